@@ -1,0 +1,270 @@
+//! The errors of the crate: [`Error`] for a task, [`BuildError`] for a pool.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+
+/// Why a [`Task`](crate::Task) did not produce its value.
+///
+/// The error is opaque: ask it what happened with the predicates ([`is_panic`](Error::is_panic),
+/// [`is_worker_died`](Error::is_worker_died), ...) and the accessors
+/// ([`panic_message`](Error::panic_message), [`worker_pid`](Error::worker_pid)). Its `Display`
+/// says what failed in one lowercase sentence.
+///
+/// # Examples
+///
+/// A panic in the offloaded closure comes back as an error carrying the panic's message:
+///
+/// ```
+/// # smol::block_on(async {
+/// let pool = smol_offload::ThreadPool::new(1)?;
+/// let err = pool.spawn(|| -> u32 { panic!("no answer") }).await.unwrap_err();
+/// assert!(err.is_panic());
+/// assert_eq!(err.panic_message(), Some("no answer"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct Error {
+    kind: ErrorKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum ErrorKind {
+    Panic(String),
+    Cancelled,
+    Timeout(std::time::Duration),
+    WorkerDied { pid: u32, exit: WorkerExit },
+    Shutdown,
+    Encode(postcard::Error),
+    Decode(postcard::Error),
+    Io(io::Error),
+    Config(String),
+}
+
+/// How a worker process ended, as the pool learned it from `waitpid`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WorkerExit {
+    /// The process called `exit` with this code.
+    Code(i32),
+    /// The process was ended by this signal.
+    Signal(i32),
+    /// The pool lost its link to the worker before it learned the status.
+    Unknown,
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            WorkerExit::Code(code) => write!(f, "exited with code {code}"),
+            WorkerExit::Signal(signal) => match nix::sys::signal::Signal::try_from(signal) {
+                Ok(name) => write!(f, "was killed by signal {signal} ({})", name.as_str()),
+                Err(_) => write!(f, "was killed by signal {signal}"),
+            },
+            WorkerExit::Unknown => write!(f, "stopped answering"),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind) -> Error {
+        Error { kind }
+    }
+
+    /// Turns the payload of a caught panic into an error that keeps its message.
+    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Error {
+        Error::new(ErrorKind::Panic(panic_payload_message(payload.as_ref())))
+    }
+
+    /// True when the task panicked. The panic was caught: the caller and the pool go on.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.kind, ErrorKind::Panic(_))
+    }
+
+    /// The panic's message, when the task panicked with a `&str` or `String` payload (as
+    /// `panic!` does). Other payloads give `Some("Box<dyn Any>")`, like the standard library.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.kind {
+            ErrorKind::Panic(message) => Some(message),
+            _ => None,
+        }
+    }
+
+    /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)) before its
+    /// work started.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.kind, ErrorKind::Cancelled)
+    }
+
+    /// True when the task did not finish within the time it was given
+    /// (see [`Task::timeout`](crate::Task::timeout)).
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.kind, ErrorKind::Timeout(_))
+    }
+
+    /// True when the worker process running the task died (a signal, `abort`, `exit`). Only
+    /// that task fails; the pool replaces the worker.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self.kind, ErrorKind::WorkerDied { .. })
+    }
+
+    /// The pid of the worker process that died running the task.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match self.kind {
+            ErrorKind::WorkerDied { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// The signal that ended the worker running the task, if a signal did.
+    pub fn worker_signal(&self) -> Option<i32> {
+        match self.kind {
+            ErrorKind::WorkerDied {
+                exit: WorkerExit::Signal(signal),
+                ..
+            } => Some(signal),
+            _ => None,
+        }
+    }
+
+    /// The exit code of the worker running the task, if it called `exit`.
+    pub fn worker_exit_code(&self) -> Option<i32> {
+        match self.kind {
+            ErrorKind::WorkerDied {
+                exit: WorkerExit::Code(code),
+                ..
+            } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True when the pool shut down before the task could finish: its last handle was dropped
+    /// with the task still queued, or its worker processes could not be kept alive.
+    pub fn is_shutdown(&self) -> bool {
+        matches!(self.kind, ErrorKind::Shutdown)
+    }
+
+    /// True when the argument or the result of a process task could not be serialized or
+    /// deserialized. The task's function did not run when the argument failed.
+    pub fn is_codec(&self) -> bool {
+        matches!(self.kind, ErrorKind::Encode(_) | ErrorKind::Decode(_))
+    }
+}
+
+/// The text of a panic payload, the way the standard library's hook prints it.
+pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            ErrorKind::Panic(message) => write!(f, "the task panicked: {message}"),
+            ErrorKind::Cancelled => write!(f, "the task was cancelled"),
+            ErrorKind::Timeout(limit) => write!(f, "the task did not finish within {limit:?}"),
+            ErrorKind::WorkerDied { pid, exit } => {
+                write!(f, "worker process {pid} {exit} while running the task")
+            }
+            ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
+            ErrorKind::Encode(err) => write!(f, "could not serialize the task's value: {err}"),
+            ErrorKind::Decode(err) => write!(f, "could not deserialize the task's value: {err}"),
+            ErrorKind::Io(err) => write!(f, "the process pool lost its worker link: {err}"),
+            ErrorKind::Config(message) => f.write_str(message),
+        }
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Error").field(&self.kind).finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Encode(err) | ErrorKind::Decode(err) => Some(err),
+            ErrorKind::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Why a pool could not be built.
+///
+/// # Examples
+///
+/// ```
+/// let err = smol_offload::ThreadPool::new(0).unwrap_err();
+/// assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+/// ```
+pub struct BuildError {
+    kind: BuildErrorKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum BuildErrorKind {
+    ZeroWorkers,
+    Environment {
+        variable: &'static str,
+        value: String,
+    },
+    Rayon(rayon::ThreadPoolBuildError),
+    NeedsInit {
+        threads: usize,
+    },
+    Io(io::Error),
+}
+
+impl BuildError {
+    pub(crate) fn new(kind: BuildErrorKind) -> BuildError {
+        BuildError { kind }
+    }
+
+    /// True when the error says to call [`init`](crate::init) at the start of `main`.
+    pub fn needs_init(&self) -> bool {
+        matches!(self.kind, BuildErrorKind::NeedsInit { .. })
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            BuildErrorKind::ZeroWorkers => write!(f, "a pool needs at least one worker, got 0"),
+            BuildErrorKind::Environment { variable, value } => {
+                write!(
+                    f,
+                    "{variable} must be a positive whole number of workers, got {value:?}"
+                )
+            }
+            BuildErrorKind::Rayon(err) => write!(f, "could not start the worker threads: {err}"),
+            BuildErrorKind::NeedsInit { threads } => write!(
+                f,
+                "process pools need smol_offload::init() at the start of main: \
+                 this process already runs {threads} threads"
+            ),
+            BuildErrorKind::Io(err) => write!(f, "could not start the fork server: {err}"),
+        }
+    }
+}
+
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("BuildError").field(&self.kind).finish()
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            BuildErrorKind::Rayon(err) => Some(err),
+            BuildErrorKind::Io(err) => Some(err),
+            _ => None,
+        }
+    }
+}

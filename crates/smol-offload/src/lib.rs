@@ -1,0 +1,86 @@
+//! Bounded thread and process pools for smol: offload blocking work and await it.
+//!
+//! An async program must never block its event loop. `smol-offload` hands blocking I/O and
+//! CPU-heavy work to a fixed pool of named threads and gives back a [`Task`] to await: the Rust
+//! counterpart of Python's `await loop.run_in_executor(ThreadPoolExecutor(3), f, arg)`. The
+//! loop stays responsive, the pool never grows past its size, and a panic in the work comes back
+//! as an [`Error`] instead of tearing anything down.
+//!
+//! # Examples
+//!
+//! Offload a closure to a pool of three named threads and await its value:
+//!
+//! ```
+//! use smol_offload::ThreadPool;
+//!
+//! # smol::block_on(async {
+//! let pool = ThreadPool::new(3)?;
+//! let len = pool.spawn(|| std::fs::read("Cargo.toml").map(|bytes| bytes.len())).await??;
+//! assert!(len > 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Write the async code once against [`Executor`], and choose the pool at the call site:
+//!
+//! ```
+//! use smol_offload::{Executor, ThreadPool, gather};
+//!
+//! fn blocks(n: u64) -> u64 {
+//!     std::thread::sleep(std::time::Duration::from_millis(10));
+//!     n * n
+//! }
+//!
+//! async fn run_blocking_tasks(executor: &impl Executor) -> Vec<u64> {
+//!     let tasks = (0..6).map(|n| executor.run(blocks, n));
+//!     gather(tasks).await.into_iter().map(Result::unwrap).collect()
+//! }
+//!
+//! # smol::block_on(async {
+//! let pool = ThreadPool::new(3)?;
+//! assert_eq!(run_blocking_tasks(&pool).await, [0, 1, 4, 9, 16, 25]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! Without a pool of your own, [`spawn`] uses a default one sized by `SMOL_OFFLOAD_THREADS`
+//! or the number of CPUs:
+//!
+//! ```
+//! # smol::block_on(async {
+//! let hash = smol_offload::spawn(|| (0..1000u64).fold(0, |h, x| h ^ x.rotate_left(7))).await?;
+//! # let _ = hash;
+//! # Ok::<(), smol_offload::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # Panics and cancellation
+//!
+//! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
+//! [`is_panic`](Error::is_panic) is true and whose [`panic_message`](Error::panic_message) is
+//! the panic's text, and the worker goes on. Dropping a [`Task`] before its work started cancels
+//! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
+//! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
+//! `asyncio.wait` and `asyncio.gather` do.
+//!
+//! # Feature flags
+//!
+//! None yet: everything is on by default.
+
+#![deny(unsafe_code)]
+
+mod default_pool;
+mod error;
+mod executor;
+mod stats;
+mod task;
+mod thread_pool;
+mod wait;
+
+pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
+pub use crate::error::{BuildError, Error};
+pub use crate::executor::Executor;
+pub use crate::stats::PoolStats;
+pub use crate::task::{Task, Timeout};
+pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
+pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};

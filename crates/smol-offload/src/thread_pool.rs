@@ -1,0 +1,239 @@
+//! [`ThreadPool`]: a fixed number of named rayon threads that smol tasks offload to.
+
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{BuildError, BuildErrorKind, Error};
+use crate::executor::Executor;
+use crate::stats::{Counters, PoolStats};
+use crate::task::{self, Promise, Task};
+
+/// A pool of a fixed number of named threads that run blocking or CPU-heavy closures for async
+/// code, the counterpart of Python's `ThreadPoolExecutor(max_workers=n)`.
+///
+/// The pool is a [rayon] thread pool with exactly `workers` threads, whatever the burst: work
+/// waits in rayon's queue until a thread is free. Rayon code inside a task (`par_iter`, `join`)
+/// runs on the same threads. Handles are cheap to clone and can be shared by many threads and
+/// many event loops; the threads stop when the last handle is dropped and the queued work is
+/// done.
+///
+/// # Examples
+///
+/// ```
+/// use smol_offload::ThreadPool;
+///
+/// # smol::block_on(async {
+/// let pool = ThreadPool::builder()
+///     .workers(3)
+///     .thread_name(|i| format!("Thread-{}", i + 1))
+///     .build()?;
+/// let name = pool.spawn(|| std::thread::current().name().map(str::to_owned)).await?;
+/// assert!(name.unwrap().starts_with("Thread-"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct ThreadPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rayon: rayon::ThreadPool,
+    counters: Arc<Counters>,
+    workers: usize,
+}
+
+impl ThreadPool {
+    /// A pool of `workers` threads named `smol-offload-0`, `smol-offload-1`, ...
+    ///
+    /// # Errors
+    ///
+    /// `workers == 0`, or the operating system refused to start a thread.
+    pub fn new(workers: usize) -> Result<ThreadPool, BuildError> {
+        ThreadPool::builder().workers(workers).build()
+    }
+
+    /// A builder to choose the number of workers, their names and stack size.
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder::default()
+    }
+
+    /// Runs `f` on one of the pool's threads and returns the task to await its value.
+    ///
+    /// The closure starts as soon as a worker is free. Dropping the task before that cancels
+    /// it; a panic in `f` is caught and returned as an [`Error`] whose
+    /// [`is_panic`](Error::is_panic) is true, and the worker thread goes on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let pool = smol_offload::ThreadPool::new(2)?;
+    /// let text = pool.spawn(|| std::fs::read_to_string("Cargo.toml")).await??;
+    /// assert!(text.contains("smol-offload"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// The closure must be `Send + 'static`: it cannot borrow from the caller.
+    ///
+    /// ```compile_fail
+    /// let pool = smol_offload::ThreadPool::new(1).unwrap();
+    /// let data = vec![1, 2, 3];
+    /// let _ = pool.spawn(|| data.len()); // borrows `data`
+    /// ```
+    ///
+    /// ```compile_fail
+    /// let pool = smol_offload::ThreadPool::new(1).unwrap();
+    /// let shared = std::rc::Rc::new(1);
+    /// let _ = pool.spawn(move || *shared); // `Rc` is not `Send`
+    /// ```
+    pub fn spawn<F, T>(&self, f: F) -> Task<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (promise, task) = task::pair();
+        let counters = self.inner.counters.clone();
+        counters.submitted();
+        self.inner
+            .rayon
+            .spawn(move || run_job(&counters, promise, f));
+        task
+    }
+
+    /// How many threads the pool has.
+    pub fn workers(&self) -> usize {
+        self.inner.workers
+    }
+
+    /// A snapshot of the pool's queued, running and completed tasks.
+    pub fn stats(&self) -> PoolStats {
+        self.inner.counters.snapshot(self.inner.workers)
+    }
+}
+
+/// The body of every job on the rayon queue: skip cancelled work, run the rest under
+/// `catch_unwind` so a panic never reaches rayon (which would abort the process).
+fn run_job<F, T>(counters: &Counters, promise: Promise<T>, f: F)
+where
+    F: FnOnce() -> T,
+{
+    counters.picked();
+    if !promise.start() {
+        counters.cancelled();
+        return;
+    }
+    let result = panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic);
+    counters.completed();
+    promise.complete(result);
+}
+
+impl Executor for ThreadPool {
+    fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.spawn(move || f(arg))
+    }
+
+    fn workers(&self) -> usize {
+        self.inner.workers
+    }
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Builds a [`ThreadPool`]: `ThreadPool::builder().workers(n).thread_name(..).build()`.
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ThreadPoolBuilder {
+    workers: Option<usize>,
+    thread_name: Option<Box<dyn FnMut(usize) -> String + 'static>>,
+    stack_size: Option<usize>,
+}
+
+impl Default for ThreadPoolBuilder {
+    fn default() -> ThreadPoolBuilder {
+        ThreadPoolBuilder {
+            workers: None,
+            thread_name: None,
+            stack_size: None,
+        }
+    }
+}
+
+impl ThreadPoolBuilder {
+    /// The number of worker threads. Without it, the pool has one per CPU.
+    pub fn workers(mut self, workers: usize) -> ThreadPoolBuilder {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Names worker `i` (from 0) `name(i)`, so that logs say which thread ran a task.
+    pub fn thread_name<N>(mut self, name: N) -> ThreadPoolBuilder
+    where
+        N: FnMut(usize) -> String + 'static,
+    {
+        self.thread_name = Some(Box::new(name));
+        self
+    }
+
+    /// The stack size of each worker thread, in bytes.
+    pub fn stack_size(mut self, bytes: usize) -> ThreadPoolBuilder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Starts the threads.
+    ///
+    /// # Errors
+    ///
+    /// Zero workers, or the operating system refused to start a thread.
+    pub fn build(self) -> Result<ThreadPool, BuildError> {
+        let workers = match self.workers {
+            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let mut builder = rayon::ThreadPoolBuilder::new().num_threads(workers);
+        builder = match self.thread_name {
+            Some(name) => builder.thread_name(name),
+            None => builder.thread_name(|i| format!("smol-offload-{i}")),
+        };
+        if let Some(bytes) = self.stack_size {
+            builder = builder.stack_size(bytes);
+        }
+        let rayon = builder
+            .build()
+            .map_err(|err| BuildError::new(BuildErrorKind::Rayon(err)))?;
+        let counters = Arc::new(Counters::default());
+        Ok(ThreadPool {
+            inner: Arc::new(Inner {
+                rayon,
+                counters,
+                workers,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("workers", &self.workers)
+            .field("thread_name", &self.thread_name.as_ref().map(|_| "<fn>"))
+            .field("stack_size", &self.stack_size)
+            .finish()
+    }
+}

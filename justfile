@@ -1,0 +1,22 @@
+# Thin recipes named after the CI steps; .ci/run runs the same commands.
+
+# Run the thread demo of seed 001.
+demo:
+    cargo run --release --bin blocks-thread
+
+# The whole test suite: unit, integration, end-to-end and doc tests.
+test:
+    cargo test --workspace
+
+# Benchmarks against the incumbents, printed side by side with ratios.
+bench:
+    cargo bench -p smol-offload
+
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets
+
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+ci: lint doc test
