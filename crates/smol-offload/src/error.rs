@@ -33,11 +33,16 @@ pub(crate) enum ErrorKind {
     Panic(String),
     Cancelled,
     Timeout(std::time::Duration),
-    WorkerDied { pid: u32, exit: WorkerExit },
+    WorkerDied {
+        pid: u32,
+        exit: WorkerExit,
+    },
     Shutdown,
-    Encode(postcard::Error),
-    Decode(postcard::Error),
-    Io(io::Error),
+    Codec {
+        stage: &'static str,
+        detail: String,
+        source: Option<postcard::Error>,
+    },
     Config(String),
 }
 
@@ -68,6 +73,19 @@ impl fmt::Display for WorkerExit {
 impl Error {
     pub(crate) fn new(kind: ErrorKind) -> Error {
         Error { kind }
+    }
+
+    /// A value that could not cross to or from a worker process, at `stage`.
+    pub(crate) fn codec(
+        stage: &'static str,
+        detail: String,
+        source: Option<postcard::Error>,
+    ) -> Error {
+        Error::new(ErrorKind::Codec {
+            stage,
+            detail,
+            source,
+        })
     }
 
     /// Turns the payload of a caught panic into an error that keeps its message.
@@ -146,7 +164,7 @@ impl Error {
     /// True when the argument or the result of a process task could not be serialized or
     /// deserialized. The task's function did not run when the argument failed.
     pub fn is_codec(&self) -> bool {
-        matches!(self.kind, ErrorKind::Encode(_) | ErrorKind::Decode(_))
+        matches!(self.kind, ErrorKind::Codec { .. })
     }
 }
 
@@ -171,9 +189,7 @@ impl fmt::Display for Error {
                 write!(f, "worker process {pid} {exit} while running the task")
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
-            ErrorKind::Encode(err) => write!(f, "could not serialize the task's value: {err}"),
-            ErrorKind::Decode(err) => write!(f, "could not deserialize the task's value: {err}"),
-            ErrorKind::Io(err) => write!(f, "the process pool lost its worker link: {err}"),
+            ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
         }
     }
@@ -188,8 +204,9 @@ impl fmt::Debug for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            ErrorKind::Encode(err) | ErrorKind::Decode(err) => Some(err),
-            ErrorKind::Io(err) => Some(err),
+            ErrorKind::Codec {
+                source: Some(err), ..
+            } => Some(err),
             _ => None,
         }
     }
@@ -218,7 +235,10 @@ pub(crate) enum BuildErrorKind {
     NeedsInit {
         threads: usize,
     },
-    Io(io::Error),
+    Io {
+        doing: &'static str,
+        source: io::Error,
+    },
 }
 
 impl BuildError {
@@ -248,7 +268,7 @@ impl fmt::Display for BuildError {
                 "process pools need smol_offload::init() at the start of main: \
                  this process already runs {threads} threads"
             ),
-            BuildErrorKind::Io(err) => write!(f, "could not start the fork server: {err}"),
+            BuildErrorKind::Io { doing, source } => write!(f, "could not {doing}: {source}"),
         }
     }
 }
@@ -263,7 +283,7 @@ impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             BuildErrorKind::Rayon(err) => Some(err),
-            BuildErrorKind::Io(err) => Some(err),
+            BuildErrorKind::Io { source, .. } => Some(source),
             _ => None,
         }
     }

@@ -9,7 +9,7 @@ use crate::Task;
 ///
 /// This is the one-line switch of Python's `loop.run_in_executor(executor, f, arg)`: code that
 /// takes `&impl Executor` runs unchanged on a [`ThreadPool`](crate::ThreadPool) or a
-/// `ProcessPool`. The function is a plain `fn` pointer (non-capturing
+/// [`ProcessPool`](crate::ProcessPool). The function is a plain `fn` pointer (non-capturing
 /// closures coerce to one) and whatever it needs travels in `arg`, so that a process pool can
 /// send both to another process: `A` and `R` are serde types.
 ///

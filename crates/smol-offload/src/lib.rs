@@ -72,7 +72,9 @@
 mod default_pool;
 mod error;
 mod executor;
+mod process_pool;
 mod stats;
+mod sys;
 mod task;
 mod thread_pool;
 mod wait;
@@ -80,6 +82,8 @@ mod wait;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
+pub use crate::process_pool::server::init;
+pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;
 pub use crate::task::{Task, Timeout};
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};

@@ -1,0 +1,397 @@
+//! The parent side of a process pool: one thread, blocked in `poll(2)` on an eventfd and the
+//! workers' sockets, that hands queued jobs to idle workers and turns replies into task results.
+//!
+//! Submitters push a job on the queue and write the eventfd only when the dispatcher is about
+//! to sleep with an idle worker, so a burst of submissions costs one wake-up, not one each.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::eventfd::{EfdFlags, EventFd};
+use nix::sys::socket::{MsgFlags, recv};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::process_pool::server::{self, ServerLink};
+use crate::process_pool::wire::{self, Reply, ReplyReader};
+use crate::stats::Counters;
+use crate::sys::{CallStatus, ErasedCall};
+use crate::task::Promise;
+
+/// One submitted call, waiting for a worker.
+pub(crate) struct Job {
+    pub(crate) call: ErasedCall,
+    pub(crate) arg: Vec<u8>,
+    pub(crate) completion: Box<dyn Completion>,
+}
+
+/// The typed end of a job: decides whether it may start and decodes its reply.
+pub(crate) trait Completion: Send {
+    fn start(&self) -> bool;
+    fn finish(self: Box<Self>, reply: Reply);
+    fn fail(self: Box<Self>, error: Error);
+}
+
+impl<R: DeserializeOwned + Send> Completion for Promise<R> {
+    fn start(&self) -> bool {
+        Promise::start(self)
+    }
+
+    fn finish(self: Box<Self>, reply: Reply) {
+        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
+        let result = match reply.status {
+            CallStatus::Returned => postcard::from_bytes(&reply.payload)
+                .map_err(|err| Error::codec("deserialize the result", err.to_string(), Some(err))),
+            CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
+            CallStatus::BadArgument => Err(Error::codec(
+                "deserialize the argument in the worker",
+                text(),
+                None,
+            )),
+            CallStatus::BadResult => Err(Error::codec(
+                "serialize the result in the worker",
+                text(),
+                None,
+            )),
+        };
+        self.complete(result);
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        self.complete(Err(error));
+    }
+}
+
+/// What the pool's handles and its dispatcher share.
+pub(crate) struct Shared {
+    queue: Mutex<VecDeque<Job>>,
+    wake: EventFd,
+    /// Set by the dispatcher just before it sleeps with an idle worker: the next submitter
+    /// must wake it.
+    sleeping_idle: AtomicBool,
+    closed: AtomicBool,
+    /// Set when no worker could be kept alive: the pool refuses work.
+    broken: AtomicBool,
+    pids: Mutex<Vec<u32>>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            queue: Mutex::new(VecDeque::new()),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            sleeping_idle: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            pids: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Queues a job, waking the dispatcher if it sleeps with an idle worker.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        if self.broken.load(Ordering::Acquire) {
+            return Err(job);
+        }
+        self.counters.submitted();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(job);
+        if self.sleeping_idle.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+        Ok(())
+    }
+
+    /// Tells the dispatcher that the last pool handle is gone.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake_dispatcher();
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn wake_dispatcher(&self) {
+        // A full eventfd counter still wakes the poller; nothing else can fail here.
+        let _ = self.wake.write(1);
+    }
+
+    fn pop(&self) -> Option<Job> {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    fn has_queued(&self) -> bool {
+        !self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+}
+
+/// A worker as the dispatcher sees it.
+struct Worker {
+    pid: u32,
+    stream: UnixStream,
+    replies: ReplyReader,
+    /// The job it runs now, with its id.
+    running: Option<(u64, Box<dyn Completion>)>,
+}
+
+impl Worker {
+    fn new((pid, stream): (u32, UnixStream)) -> Worker {
+        Worker {
+            pid,
+            stream,
+            replies: ReplyReader::default(),
+            running: None,
+        }
+    }
+}
+
+/// Reads what a socket has without blocking, leaving the socket itself blocking for writes.
+struct Available<'a>(&'a UnixStream);
+
+impl Read for Available<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?)
+    }
+}
+
+/// Forks `count` workers on the server.
+pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<(u32, UnixStream)>> {
+    (0..count).map(|_| server::spawn_worker(link)).collect()
+}
+
+/// The dispatcher's state and loop.
+pub(crate) struct Dispatcher {
+    shared: Arc<Shared>,
+    link: &'static ServerLink,
+    workers: Vec<Worker>,
+    next_id: u64,
+    frame: Vec<u8>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        link: &'static ServerLink,
+        workers: Vec<(u32, UnixStream)>,
+    ) -> Dispatcher {
+        *shared.pids.lock().unwrap_or_else(PoisonError::into_inner) =
+            workers.iter().map(|(pid, _)| *pid).collect();
+        let workers = workers.into_iter().map(Worker::new).collect();
+        Dispatcher {
+            shared,
+            link,
+            workers,
+            next_id: 0,
+            frame: Vec::new(),
+        }
+    }
+
+    /// Runs until the last pool handle is dropped and the running jobs are done.
+    pub(crate) fn run(mut self) {
+        loop {
+            let closed = self.shared.closed.load(Ordering::SeqCst);
+            if closed {
+                // Queued jobs will never run: dropping their promises resolves their tasks
+                // with a shutdown error.
+                while let Some(job) = self.shared.pop() {
+                    self.shared.counters.picked();
+                    self.shared.counters.cancelled();
+                    drop(job);
+                }
+                if self.workers.iter().all(|worker| worker.running.is_none()) {
+                    break;
+                }
+            } else {
+                self.hand_out_jobs();
+            }
+            if self.workers.is_empty() {
+                self.give_up();
+                break;
+            }
+            if !closed && self.workers.iter().any(|worker| worker.running.is_none()) {
+                self.shared.sleeping_idle.store(true, Ordering::SeqCst);
+                if self.shared.has_queued() {
+                    self.shared.sleeping_idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            let ready = match self.wait_for_events() {
+                Ok(ready) => ready,
+                Err(_) => {
+                    self.give_up();
+                    break;
+                }
+            };
+            self.shared.sleeping_idle.store(false, Ordering::SeqCst);
+            for index in ready.into_iter().rev() {
+                self.read_replies(index);
+            }
+        }
+        self.shut_down_workers();
+    }
+
+    /// Sleeps in `poll` until the eventfd or a worker has something; returns the indices of the
+    /// workers to read.
+    fn wait_for_events(&self) -> io::Result<Vec<usize>> {
+        let ready = {
+            let mut fds = Vec::with_capacity(self.workers.len() + 1);
+            fds.push(PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN));
+            for worker in &self.workers {
+                fds.push(PollFd::new(worker.stream.as_fd(), PollFlags::POLLIN));
+            }
+            loop {
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => break,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
+                .collect::<Vec<_>>()
+        };
+        if ready[0] {
+            let _ = self.shared.wake.read();
+        }
+        Ok((0..self.workers.len())
+            .filter(|&index| ready[index + 1])
+            .collect())
+    }
+
+    fn hand_out_jobs(&mut self) {
+        let mut index = 0;
+        while index < self.workers.len() {
+            if self.workers[index].running.is_some() {
+                index += 1;
+                continue;
+            }
+            let Some(job) = self.shared.pop() else { return };
+            self.shared.counters.picked();
+            if !job.completion.start() {
+                self.shared.counters.cancelled();
+                continue;
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            self.frame.clear();
+            wire::write_request(&mut self.frame, id, job.call, &job.arg);
+            let worker = &mut self.workers[index];
+            worker.running = Some((id, job.completion));
+            if let Err(_lost) = send_all(&worker.stream, &self.frame) {
+                // The worker is gone: the job fails with its exit status, like any job it runs.
+                self.replace_worker(index);
+            }
+            index += 1;
+        }
+    }
+
+    fn read_replies(&mut self, index: usize) {
+        let worker = &mut self.workers[index];
+        let open = worker.replies.fill(&mut Available(&worker.stream));
+        loop {
+            match worker.replies.next_reply() {
+                Ok(Some(reply)) => {
+                    let Some((id, completion)) = worker.running.take() else {
+                        break;
+                    };
+                    debug_assert_eq!(id, reply.id, "a worker answers the job it was given");
+                    self.shared.counters.completed();
+                    completion.finish(reply);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.replace_worker(index);
+                    return;
+                }
+            }
+        }
+        if !matches!(open, Ok(true)) {
+            self.replace_worker(index);
+        }
+    }
+
+    /// The worker at `index` died or broke its stream: fail its job with how it ended, and fork
+    /// a replacement unless the pool is closing.
+    fn replace_worker(&mut self, index: usize) {
+        let dead = self.workers.swap_remove(index);
+        drop(dead.stream);
+        let exit = self.link.reap(dead.pid).unwrap_or(WorkerExit::Unknown);
+        if let Some((_, completion)) = dead.running {
+            self.shared.counters.completed();
+            completion.fail(Error::new(ErrorKind::WorkerDied {
+                pid: dead.pid,
+                exit,
+            }));
+        }
+        let mut pids = self
+            .shared
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        pids.retain(|&pid| pid != dead.pid);
+        if !self.shared.closed.load(Ordering::SeqCst) {
+            if let Ok(spawned) = server::spawn_worker(self.link) {
+                pids.push(spawned.0);
+                self.workers.push(Worker::new(spawned));
+            }
+        }
+    }
+
+    /// No worker is left and none can be forked: fail everything, refuse new work.
+    fn give_up(&mut self) {
+        self.shared.broken.store(true, Ordering::SeqCst);
+        while let Some(job) = self.shared.pop() {
+            self.shared.counters.picked();
+            self.shared.counters.completed();
+            job.completion.fail(Error::new(ErrorKind::Shutdown));
+        }
+    }
+
+    /// Closes every worker's socket (each exits at the end of its stream) and reaps them.
+    fn shut_down_workers(&mut self) {
+        for worker in std::mem::take(&mut self.workers) {
+            drop(worker.stream);
+            let _ = self.link.reap(worker.pid);
+            if let Some((_, completion)) = worker.running {
+                completion.fail(Error::new(ErrorKind::Shutdown));
+            }
+        }
+        self.shared
+            .pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::sys::socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let mut stream = stream;
+    stream.flush()
+}

@@ -1,0 +1,194 @@
+//! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
+
+mod dispatcher;
+pub(crate) mod server;
+mod wire;
+mod worker;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
+use crate::executor::Executor;
+use crate::stats::PoolStats;
+use crate::sys;
+use crate::task::{self, Task};
+use dispatcher::{Dispatcher, Job, Shared};
+
+/// A pool of a fixed number of worker processes, the counterpart of Python's
+/// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
+/// [`ThreadPool`](crate::ThreadPool).
+///
+/// Each worker is a process forked (without `exec`) from the fork server that [`init`](crate::init)
+/// starts, so it runs the same program: [`Executor::run`] sends it the address of `f` and the
+/// postcard encoding of the argument, and it sends back the encoded result. A worker runs one
+/// task at a time. A panic in `f` comes back as an [`Error`] and the worker goes on; a worker that
+/// dies (a signal, `abort`, `exit`) fails only the task it was running, with an error naming its
+/// pid and how it ended, and the pool forks a replacement.
+///
+/// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
+/// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
+/// server and the workers exit with it.
+///
+/// # Examples
+///
+/// ```no_run
+/// use smol_offload::{Executor, ProcessPool};
+///
+/// fn square(n: u64) -> u64 {
+///     n * n
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     smol_offload::init(); // first thing in main, before any thread starts
+///     let pool = ProcessPool::new(3)?;
+///     smol::block_on(async {
+///         assert_eq!(pool.run(square, 7).await?, 49);
+///         Ok(())
+///     })
+/// }
+/// ```
+#[derive(Clone)]
+pub struct ProcessPool {
+    handle: Arc<Handle>,
+}
+
+/// The last handle closes the pool when dropped.
+struct Handle {
+    shared: Arc<Shared>,
+    workers: usize,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
+}
+
+impl ProcessPool {
+    /// A pool of `workers` processes.
+    ///
+    /// # Errors
+    ///
+    /// `workers == 0`; [`init`](crate::init) was not called and the process already runs
+    /// other threads; or the workers could not be forked.
+    pub fn new(workers: usize) -> Result<ProcessPool, BuildError> {
+        ProcessPool::builder().workers(workers).build()
+    }
+
+    /// A builder to choose the number of workers.
+    pub fn builder() -> ProcessPoolBuilder {
+        ProcessPoolBuilder::default()
+    }
+
+    /// How many worker processes the pool has.
+    pub fn workers(&self) -> usize {
+        self.handle.workers
+    }
+
+    /// The pids of the current workers, for logs and tests. A worker that dies is replaced by
+    /// one with a new pid.
+    pub fn pids(&self) -> Vec<u32> {
+        self.handle.shared.pids()
+    }
+
+    /// A snapshot of the pool's queued, running and completed tasks.
+    pub fn stats(&self) -> PoolStats {
+        self.handle.shared.counters.snapshot(self.handle.workers)
+    }
+}
+
+impl Executor for ProcessPool {
+    fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let arg = match postcard::to_allocvec(&arg) {
+            Ok(bytes) if bytes.len() <= wire::MAX_ARGUMENT => bytes,
+            Ok(bytes) => {
+                let detail = format!("{} bytes is more than a frame holds", bytes.len());
+                return Task::ready(Err(Error::codec("serialize the argument", detail, None)));
+            }
+            Err(err) => {
+                let detail = err.to_string();
+                return Task::ready(Err(Error::codec(
+                    "serialize the argument",
+                    detail,
+                    Some(err),
+                )));
+            }
+        };
+        let (promise, task) = task::pair::<R>();
+        let job = Job {
+            call: sys::erase(f),
+            arg,
+            completion: Box::new(promise),
+        };
+        match self.handle.shared.submit(job) {
+            Ok(()) => task,
+            Err(refused) => {
+                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                task
+            }
+        }
+    }
+
+    fn workers(&self) -> usize {
+        self.handle.workers
+    }
+}
+
+impl fmt::Debug for ProcessPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessPool")
+            .field("pids", &self.pids())
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Builds a [`ProcessPool`]: `ProcessPool::builder().workers(n).build()`.
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ProcessPoolBuilder {
+    workers: Option<usize>,
+}
+
+impl ProcessPoolBuilder {
+    /// The number of worker processes. Without it, the pool has one per CPU.
+    pub fn workers(mut self, workers: usize) -> ProcessPoolBuilder {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Forks the workers and starts the pool's dispatcher thread.
+    ///
+    /// # Errors
+    ///
+    /// Zero workers; [`init`](crate::init) was not called and the process already runs other
+    /// threads; or the workers could not be forked.
+    pub fn build(self) -> Result<ProcessPool, BuildError> {
+        let workers = match self.workers {
+            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let link = server::link_or_start()?;
+        let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
+        let shared = Arc::new(Shared::new().map_err(io_error("create the pool's eventfd"))?);
+        let spawned = dispatcher::spawn_workers(link, workers)
+            .map_err(io_error("fork the worker processes"))?;
+        let dispatcher = Dispatcher::new(shared.clone(), link, spawned);
+        std::thread::Builder::new()
+            .name("smol-offload-dispatch".into())
+            .spawn(move || dispatcher.run())
+            .map_err(io_error("start the dispatcher thread"))?;
+        Ok(ProcessPool {
+            handle: Arc::new(Handle { shared, workers }),
+        })
+    }
+}

@@ -1,0 +1,301 @@
+//! The fork server: a small single-threaded process, forked by [`init`] while the application
+//! is still single-threaded, that forks every worker on request.
+//!
+//! The parent holds one `SOCK_SEQPACKET` link to it. Each request gets one reply, under a lock,
+//! so several pools can share the server. The server answers `Spawn` (with the worker's socket
+//! attached as `SCM_RIGHTS`) by forking a worker, and `Reap` by waiting for a worker that is
+//! exiting and reporting how it ended. When the application dies, the server sees the end of
+//! its link (and gets `SIGKILL` from `PR_SET_PDEATHSIG`), kills its workers and exits.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use crate::error::{BuildError, BuildErrorKind, WorkerExit};
+use crate::process_pool::wire::{ServerReply, ServerRequest};
+use crate::process_pool::worker;
+use crate::sys::{self, ChildGuard, Forked};
+
+/// The parent's link to the fork server, once started.
+static SERVER: OnceLock<ServerLink> = OnceLock::new();
+
+/// Starts the fork server that process pools fork their workers from. Call it first thing in
+/// `main`, before anything starts a thread.
+///
+/// Forking a process that runs several threads is unsafe: the child inherits locks (stdout,
+/// the allocator, loggers) held by threads that do not exist in it, and may hang on them
+/// forever. So every worker is forked from a small server process that `init` forks while the
+/// program still has one thread. Calling `init` again does nothing. If the process already runs
+/// other threads, `init` does nothing either, and [`ProcessPool::new`](crate::ProcessPool::new)
+/// will say so.
+///
+/// Test binaries do not own `main`: start the server before the test harness starts its
+/// threads, from a constructor function (the `ctor` crate):
+///
+/// ```ignore
+/// #[ctor::ctor]
+/// fn start_fork_server() {
+///     smol_offload::init();
+/// }
+/// ```
+///
+/// # Examples
+///
+/// ```no_run
+/// use smol_offload::{Executor, ProcessPool};
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     smol_offload::init();
+///     let pool = ProcessPool::new(2)?;
+///     let pid = smol::block_on(pool.run(|()| std::process::id(), ()))?;
+///     assert_ne!(pid, std::process::id());
+///     Ok(())
+/// }
+/// ```
+pub fn init() {
+    let _ = link_or_start();
+}
+
+/// The link to the server, started now if the process is still single-threaded.
+pub(crate) fn link_or_start() -> Result<&'static ServerLink, BuildError> {
+    if let Some(link) = SERVER.get() {
+        return Ok(link);
+    }
+    let threads = sys::thread_count().map_err(|source| {
+        BuildError::new(BuildErrorKind::Io {
+            doing: "count the threads of this process",
+            source,
+        })
+    })?;
+    if threads != 1 {
+        return Err(BuildError::new(BuildErrorKind::NeedsInit { threads }));
+    }
+    // One thread: nothing can race with this start.
+    let link = ServerLink::start().map_err(|source| {
+        BuildError::new(BuildErrorKind::Io {
+            doing: "start the fork server",
+            source,
+        })
+    })?;
+    Ok(SERVER.get_or_init(|| link))
+}
+
+/// The parent's end of the link to the fork server.
+#[derive(Debug)]
+pub(crate) struct ServerLink {
+    socket: Mutex<OwnedFd>,
+}
+
+impl ServerLink {
+    fn start() -> io::Result<ServerLink> {
+        let (parent_end, server_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let application = std::process::id();
+        match sys::fork()? {
+            Forked::Parent(_) => {
+                drop(server_end);
+                Ok(ServerLink {
+                    socket: Mutex::new(parent_end),
+                })
+            }
+            Forked::Child => {
+                let _guard = ChildGuard;
+                drop(parent_end);
+                serve(server_end, application)
+            }
+        }
+    }
+
+    /// Forks a worker serving `socket`; returns its pid.
+    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>) -> io::Result<u32> {
+        match self.request(&ServerRequest::Spawn, Some(socket))? {
+            ServerReply::Spawned { pid } => Ok(pid),
+            ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits for worker `pid`, which is exiting, and says how it ended.
+    pub(crate) fn reap(&self, pid: u32) -> io::Result<WorkerExit> {
+        match self.request(&ServerRequest::Reap { pid }, None)? {
+            ServerReply::Exited { pid: reaped, code } if reaped == pid => {
+                Ok(WorkerExit::Code(code))
+            }
+            ServerReply::Killed {
+                pid: reaped,
+                signal,
+            } if reaped == pid => Ok(WorkerExit::Signal(signal)),
+            ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn request(
+        &self,
+        request: &ServerRequest,
+        fd: Option<BorrowedFd<'_>>,
+    ) -> io::Result<ServerReply> {
+        let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
+        send_message(socket.as_fd(), request, fd)?;
+        let (reply, _) = receive_message(socket.as_fd())?
+            .ok_or_else(|| io::Error::other("the fork server exited"))?;
+        Ok(reply)
+    }
+}
+
+fn unexpected(reply: &ServerReply) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected fork server reply {reply:?}"),
+    )
+}
+
+fn send_message<T: serde::Serialize>(
+    socket: BorrowedFd<'_>,
+    message: &T,
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let bytes = postcard::to_allocvec(message).map_err(io::Error::other)?;
+    let raw_fds: Vec<_> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&raw_fds)];
+    let cmsgs: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message and the descriptor attached to it, if any; `None` at end of stream.
+fn receive_message<T: serde::de::DeserializeOwned>(
+    socket: BorrowedFd<'_>,
+) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+    let mut bytes = [0u8; 64];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let (len, fd) = loop {
+        let mut iov = [IoSliceMut::new(&mut bytes)];
+        match recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(message) => {
+                let mut fd = None;
+                for cmsg in message.cmsgs()? {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        for raw in fds {
+                            let owned = sys::own_received_fd(raw);
+                            fd.get_or_insert(owned);
+                        }
+                    }
+                }
+                break (message.bytes, fd);
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    };
+    if len == 0 {
+        return Ok(None);
+    }
+    let message = postcard::from_bytes(&bytes[..len])
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
+    Ok(Some((message, fd)))
+}
+
+/// The server's loop, in the forked server process; never returns.
+fn serve(socket: OwnedFd, application: u32) -> ! {
+    if sys::die_with_parent(application).is_err() || sys::ignore_interrupts().is_err() {
+        sys::exit_child(1);
+    }
+    let server = std::process::id();
+    let mut workers: Vec<u32> = Vec::new();
+    loop {
+        let (request, fd) = match receive_message::<ServerRequest>(socket.as_fd()) {
+            Ok(Some(message)) => message,
+            // The application closed the link or died.
+            Ok(None) | Err(_) => break,
+        };
+        let reply = match (request, fd) {
+            (ServerRequest::Spawn, Some(worker_socket)) => match sys::fork() {
+                Ok(Forked::Parent(pid)) => {
+                    workers.push(pid);
+                    ServerReply::Spawned { pid }
+                }
+                Ok(Forked::Child) => {
+                    drop(socket);
+                    worker::serve(worker_socket, server)
+                }
+                Err(err) => ServerReply::Failed {
+                    errno: err.raw_os_error().unwrap_or(libc::EIO),
+                },
+            },
+            (ServerRequest::Spawn, None) => ServerReply::Failed {
+                errno: libc::EINVAL,
+            },
+            (ServerRequest::Reap { pid }, _) => {
+                workers.retain(|&worker| worker != pid);
+                reap(pid)
+            }
+        };
+        if send_message(socket.as_fd(), &reply, None).is_err() {
+            break;
+        }
+    }
+    for pid in workers {
+        let _ =
+            nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = reap(pid);
+    }
+    sys::exit_child(0)
+}
+
+/// Waits for child `pid` to exit and says how it did.
+fn reap(pid: u32) -> ServerReply {
+    loop {
+        match nix::sys::wait::waitpid(Pid::from_raw(pid as i32), None) {
+            Ok(WaitStatus::Exited(_, code)) => return ServerReply::Exited { pid, code },
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return ServerReply::Killed {
+                    pid,
+                    signal: signal as i32,
+                };
+            }
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => {
+                return ServerReply::Failed {
+                    errno: errno as i32,
+                };
+            }
+        }
+    }
+}
+
+/// Creates the parent's end of a new worker's socket pair and forks the worker on the server.
+pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
+    let (parent_end, worker_end) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let pid = link.spawn(worker_end.as_fd())?;
+    drop(worker_end);
+    Ok((pid, UnixStream::from(parent_end)))
+}

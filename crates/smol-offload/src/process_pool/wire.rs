@@ -1,0 +1,244 @@
+//! What crosses the sockets: length-prefixed frames between the parent and a worker, and small
+//! postcard messages between the parent and the fork server.
+//!
+//! A request frame is `len: u32 | id: u64 | trampoline: u64 | function: u64 | argument`, a
+//! reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian, where `len`
+//! counts the bytes after itself. The argument and a returned value are postcard-encoded.
+
+use std::io::{self, Read};
+
+use serde::{Deserialize, Serialize};
+
+use crate::sys::{CallStatus, ErasedCall};
+
+const REQUEST_HEADER: usize = 8 + 8 + 8;
+const REPLY_HEADER: usize = 8 + 1;
+/// The largest frame accepted: a bigger length means a corrupt stream.
+const MAX_FRAME: usize = u32::MAX as usize;
+
+/// Appends a request frame to `out`.
+pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, call: ErasedCall, arg: &[u8]) {
+    let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.extend_from_slice(&call.trampoline.to_le_bytes());
+    out.extend_from_slice(&call.function.to_le_bytes());
+    out.extend_from_slice(arg);
+}
+
+/// The largest argument a request can carry.
+pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER;
+
+/// A request as the worker reads it.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) id: u64,
+    pub(crate) call: ErasedCall,
+    pub(crate) arg: Vec<u8>,
+}
+
+/// Reads one request frame; `Ok(None)` at a clean end of stream (the parent closed the socket).
+pub(crate) fn read_request(
+    input: &mut impl Read,
+    buffer: &mut Vec<u8>,
+) -> io::Result<Option<Request>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len < REQUEST_HEADER {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "request frame too short",
+        ));
+    }
+    buffer.resize(len, 0);
+    input.read_exact(buffer)?;
+    let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
+    let request = Request {
+        id: word(0),
+        call: ErasedCall {
+            trampoline: word(8),
+            function: word(16),
+        },
+        arg: buffer[REQUEST_HEADER..].to_vec(),
+    };
+    Ok(Some(request))
+}
+
+/// Starts a reply frame in `out` (cleared first): the payload is appended by the caller, then
+/// [`finish_reply`] writes the length.
+pub(crate) fn begin_reply(out: &mut Vec<u8>, id: u64) {
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(0);
+}
+
+/// The offset in a reply frame where the payload starts.
+pub(crate) const REPLY_PAYLOAD: usize = 4 + REPLY_HEADER;
+
+/// Fills in the length and the status of a reply frame begun with [`begin_reply`].
+pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
+    let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[12] = status as u8;
+}
+
+/// A reply as the parent reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub(crate) id: u64,
+    pub(crate) status: CallStatus,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Cuts reply frames out of the bytes read from a non-blocking socket.
+#[derive(Debug, Default)]
+pub(crate) struct ReplyReader {
+    buffer: Vec<u8>,
+}
+
+impl ReplyReader {
+    /// Reads what `input` has without blocking, into the buffer. Returns `Ok(false)` at the end
+    /// of the stream (the worker is gone).
+    pub(crate) fn fill(&mut self, input: &mut impl Read) -> io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match input.read(&mut chunk) {
+                Ok(0) => return Ok(false),
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// The next complete reply, if the buffer holds one.
+    pub(crate) fn next_reply(&mut self) -> io::Result<Option<Reply>> {
+        if self.buffer.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_le_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        if len < REPLY_HEADER {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply frame too short",
+            ));
+        }
+        if self.buffer.len() < 4 + len {
+            return Ok(None);
+        }
+        let id = u64::from_le_bytes(self.buffer[4..12].try_into().expect("8 bytes"));
+        let status = CallStatus::from_byte(self.buffer[12])
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown reply status"))?;
+        let payload = self.buffer[REPLY_PAYLOAD..4 + len].to_vec();
+        self.buffer.drain(..4 + len);
+        Ok(Some(Reply {
+            id,
+            status,
+            payload,
+        }))
+    }
+}
+
+/// What the parent asks of the fork server. A `Spawn` carries the worker's end of its socket
+/// pair as an `SCM_RIGHTS` descriptor.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ServerRequest {
+    /// Fork a worker that serves the attached socket.
+    Spawn,
+    /// Wait for this worker, which is exiting, and report how it ended.
+    Reap { pid: u32 },
+}
+
+/// What the fork server answers, one reply per request.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) enum ServerReply {
+    /// The worker was forked with this pid.
+    Spawned { pid: u32 },
+    /// The worker exited with this code.
+    Exited { pid: u32, code: i32 },
+    /// The worker was ended by this signal.
+    Killed { pid: u32, signal: i32 },
+    /// The request failed with this OS error.
+    Failed { errno: i32 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_frame_round_trips() {
+        let call = ErasedCall {
+            trampoline: 0x1122,
+            function: 0x3344,
+        };
+        let mut frame = Vec::new();
+        write_request(&mut frame, 7, call, b"arg");
+        write_request(&mut frame, 8, call, b"");
+        let mut input = &frame[..];
+        let mut buffer = Vec::new();
+        let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
+        assert_eq!(
+            (first.id, first.call, first.arg.as_slice()),
+            (7, call, &b"arg"[..])
+        );
+        let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
+        assert_eq!((second.id, second.arg.len()), (8, 0));
+        assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
+    }
+
+    #[test]
+    fn replies_are_cut_from_partial_reads() {
+        let mut stream = Vec::new();
+        for (id, status, payload) in [
+            (1, CallStatus::Returned, &b"ok"[..]),
+            (2, CallStatus::Panicked, b"boom"),
+        ] {
+            let mut frame = Vec::new();
+            begin_reply(&mut frame, id);
+            frame.extend_from_slice(payload);
+            finish_reply(&mut frame, status);
+            stream.extend_from_slice(&frame);
+        }
+        let mut reader = ReplyReader::default();
+        let mut replies = Vec::new();
+        for byte in stream {
+            reader.fill(&mut &[byte][..]).unwrap();
+            while let Some(reply) = reader.next_reply().unwrap() {
+                replies.push(reply);
+            }
+        }
+        assert_eq!(replies.len(), 2);
+        assert_eq!(
+            replies[0],
+            Reply {
+                id: 1,
+                status: CallStatus::Returned,
+                payload: b"ok".to_vec()
+            }
+        );
+        assert_eq!(replies[1].status, CallStatus::Panicked);
+        assert_eq!(replies[1].payload, b"boom");
+    }
+
+    #[test]
+    fn corrupt_reply_is_an_error() {
+        let mut reader = ReplyReader::default();
+        reader.fill(&mut &[1, 0, 0, 0, 9][..]).unwrap();
+        assert!(reader.next_reply().is_err());
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let bytes = postcard::to_allocvec(&ServerReply::Killed { pid: 12, signal: 9 }).unwrap();
+        let back: ServerReply = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, ServerReply::Killed { pid: 12, signal: 9 });
+    }
+}

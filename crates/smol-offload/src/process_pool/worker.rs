@@ -1,0 +1,41 @@
+//! The loop of a worker process: read a request, call the function, write the reply, until the
+//! parent closes the socket.
+
+use std::io::{BufReader, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+
+use crate::process_pool::wire;
+use crate::sys::{self, ChildGuard};
+
+/// Serves requests on `socket` until the parent closes it, then exits. Runs in a process just
+/// forked from the fork server `server`; never returns.
+pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
+    let _guard = ChildGuard;
+    if sys::die_with_parent(server).is_err() || sys::ignore_interrupts().is_err() {
+        sys::exit_child(1);
+    }
+    let stream = UnixStream::from(socket);
+    let code = match serve_requests(&stream) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    };
+    // Output written with `print!` sits in the worker's own buffer: flush it, since `_exit`
+    // will not.
+    let _ = std::io::stdout().flush();
+    sys::exit_child(code)
+}
+
+fn serve_requests(stream: &UnixStream) -> std::io::Result<()> {
+    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let mut output = stream;
+    let mut buffer = Vec::new();
+    let mut reply = Vec::new();
+    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
+        wire::begin_reply(&mut reply, request.id);
+        let status = sys::invoke(request.call, &request.arg, &mut reply);
+        wire::finish_reply(&mut reply, status);
+        output.write_all(&reply)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,246 @@
+//! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
+//! descriptors, and calling a function through its address.
+//!
+//! # The fork contract
+//!
+//! A child forked from a process that runs other threads inherits every lock those threads held
+//! at that instant (stdout, the allocator's arenas, a logger's mutex), held forever by threads
+//! that do not exist in the child. So this crate forks only from a process that has a single
+//! thread: the application before it starts threads ([`crate::init`]), and the fork server that
+//! `init` creates, which never starts one. A forked child never returns or unwinds into its
+//! parent's stack frames: it runs its loop, then calls [`exit_child`]; a guard aborts the child
+//! should a panic ever escape. See `docs/fork-safety.md`.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Which side of a fork the caller is on.
+pub(crate) enum Forked {
+    /// The original process; the child has this pid.
+    Parent(u32),
+    /// The new process.
+    Child,
+}
+
+/// How many threads the calling process runs now, from `/proc/self/task`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// Forks the calling process, refusing when it runs more than one thread.
+///
+/// The child must not return from the function that called `fork`: it ends with
+/// [`exit_child`], under a [`ChildGuard`].
+///
+/// # Errors
+///
+/// The process runs other threads (the error says how many), or `fork` failed.
+pub(crate) fn fork() -> io::Result<Forked> {
+    let threads = thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "cannot fork a process that runs {threads} threads"
+        )));
+    }
+    // SAFETY: the process runs a single thread (checked just above; only this thread could
+    // start another), so the child inherits no lock held by a thread it does not have.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child.as_raw() as u32)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Ends a forked child at once with `code`, without running the parent's `atexit` handlers or
+/// flushing buffers it inherited (they belong to the parent).
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and has no preconditions; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Aborts a forked child if it is dropped while unwinding: a panic must never unwind out of the
+/// child's loop into the frames it copied from its parent.
+pub(crate) struct ChildGuard;
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Unwinding past the child's entry point: stop here.
+            std::process::abort();
+        }
+    }
+}
+
+/// Makes the kernel send `SIGKILL` to the calling process when its parent dies, and checks that
+/// the parent is still `parent` (it may have died before the request took effect).
+pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() as u32 != parent {
+        return Err(io::Error::other("the parent process already exited"));
+    }
+    Ok(())
+}
+
+/// Makes the calling process ignore `SIGINT`: a Ctrl-C in the terminal reaches the whole
+/// process group, and the application, not its workers, decides what it means.
+pub(crate) fn ignore_interrupts() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
+    unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }?;
+    Ok(())
+}
+
+/// Takes ownership of a descriptor that arrived through `SCM_RIGHTS`.
+pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process for this message only; nothing else in
+    // the process knows it, so this is its one owner.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// How a call through [`invoke`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum CallStatus {
+    /// `out` holds the encoded value.
+    Returned = 0,
+    /// `out` holds the panic's message, in UTF-8.
+    Panicked = 1,
+    /// The argument could not be decoded; `out` holds the message.
+    BadArgument = 2,
+    /// The value could not be encoded; `out` holds the message.
+    BadResult = 3,
+}
+
+impl CallStatus {
+    pub(crate) fn from_byte(byte: u8) -> Option<CallStatus> {
+        match byte {
+            0 => Some(CallStatus::Returned),
+            1 => Some(CallStatus::Panicked),
+            2 => Some(CallStatus::BadArgument),
+            3 => Some(CallStatus::BadResult),
+            _ => None,
+        }
+    }
+}
+
+/// A function `fn(A) -> R` with its types erased: the address of the function, and the address
+/// of the trampoline that knows `A` and `R`. Both stay valid in a child forked without `exec`,
+/// which runs the same program image at the same addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ErasedCall {
+    pub(crate) trampoline: u64,
+    pub(crate) function: u64,
+}
+
+type Trampoline = fn(u64, &[u8], &mut Vec<u8>) -> CallStatus;
+
+/// Erases the types of `f`, to send it to a forked worker.
+pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let trampoline: Trampoline = trampoline::<A, R>;
+    ErasedCall {
+        trampoline: trampoline as usize as u64,
+        function: f as usize as u64,
+    }
+}
+
+/// Decodes `A`, calls `f`, and appends the encoded `R` (or the panic's message) to `out`.
+fn trampoline<A, R>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> CallStatus
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    // SAFETY: `function` was made by `erase::<A, R>` from a `fn(A) -> R` of this same program
+    // image (see `invoke`), and this trampoline is the `trampoline::<A, R>` it was paired with.
+    let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
+    let start = out.len();
+    let arg: A = match postcard::from_bytes(arg) {
+        Ok(arg) => arg,
+        Err(err) => {
+            out.extend_from_slice(err.to_string().as_bytes());
+            return CallStatus::BadArgument;
+        }
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
+        Ok(value) => match postcard::to_extend(&value, std::mem::take(out)) {
+            Ok(encoded) => {
+                *out = encoded;
+                CallStatus::Returned
+            }
+            Err(err) => {
+                out.truncate(start);
+                out.extend_from_slice(err.to_string().as_bytes());
+                CallStatus::BadResult
+            }
+        },
+        Err(payload) => {
+            let message = crate::error::panic_payload_message(payload.as_ref());
+            // The payload's own drop may panic too; it must not escape the worker.
+            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            out.extend_from_slice(message.as_bytes());
+            CallStatus::Panicked
+        }
+    }
+}
+
+/// Calls a function erased by [`erase`], in a forked worker.
+///
+/// The crate's invariant makes this safe to call: an [`ErasedCall`] is only ever made by
+/// [`erase`], in this process or in the parent this worker was forked from without `exec`
+/// (which shares its program image and addresses), and only crosses the socket pair that the
+/// parent and this one worker hold. Nothing else can write to that socket.
+pub(crate) fn invoke(call: ErasedCall, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
+    // SAFETY: by the invariant above, `call.trampoline` is the address of a
+    // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(call.trampoline as usize) };
+    trampoline(call.function, arg, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn double(n: u32) -> u32 {
+        n * 2
+    }
+
+    fn fail(message: String) -> u32 {
+        panic!("{message}")
+    }
+
+    #[test]
+    fn erased_call_round_trips_in_process() {
+        let call = erase(double);
+        let mut out = Vec::new();
+        let arg = postcard::to_allocvec(&21u32).unwrap();
+        let status = invoke(call, &arg, &mut out);
+        assert_eq!(status, CallStatus::Returned);
+        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
+    }
+
+    #[test]
+    fn erased_call_reports_panic_and_bad_argument() {
+        let call = erase(fail);
+        let mut out = Vec::new();
+        let arg = postcard::to_allocvec(&"boom".to_string()).unwrap();
+        let hook = panic::take_hook();
+        panic::set_hook(Box::new(|_| {}));
+        let status = invoke(call, &arg, &mut out);
+        panic::set_hook(hook);
+        assert_eq!(status, CallStatus::Panicked);
+        assert_eq!(out, b"boom");
+
+        out.clear();
+        let status = invoke(call, &[0xff], &mut out);
+        assert_eq!(status, CallStatus::BadArgument);
+        assert!(!out.is_empty());
+    }
+}
