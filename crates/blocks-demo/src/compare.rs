@@ -1,0 +1,559 @@
+//! What `blocks-compare` computes from two runs: a [`RunReport`] per backend, the [`Check`]s,
+//! and the side-by-side text.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use crate::events::{Event, max_concurrency};
+use crate::options::Options;
+use crate::run::python_list;
+
+/// One backend's run as `blocks-compare` saw it: how long the binary took, and the events it
+/// wrote, or why it failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// The backend's name: `thread` or `process`.
+    pub backend: String,
+    /// How long the binary ran, from spawn to exit.
+    pub wall: Duration,
+    /// The tasks it ran, in the order they finished.
+    pub events: Vec<Event>,
+    /// Why the run failed (the binary exited with an error, or its events were unreadable).
+    pub failure: Option<String>,
+}
+
+impl RunReport {
+    /// The highest number of tasks that ran at once.
+    pub fn max_concurrency(&self) -> usize {
+        max_concurrency(self.events.iter().map(|e| (e.start_us, e.end_us)))
+    }
+
+    /// From the run's start to the end of its last task, in microseconds.
+    pub fn span_us(&self) -> u64 {
+        self.events.iter().map(|e| e.end_us).max().unwrap_or(0)
+    }
+
+    /// The workers that ran a task, each once, in natural order (`Thread-2` before `Thread-10`).
+    pub fn workers(&self) -> Vec<&str> {
+        let mut workers: Vec<&str> = self.events.iter().map(|e| e.worker.as_str()).collect();
+        workers.sort_by(|a, b| natural_cmp(a, b));
+        workers.dedup();
+        workers
+    }
+
+    /// The results in the order the tasks finished.
+    pub fn results(&self) -> Vec<u64> {
+        self.events.iter().map(|e| e.result).collect()
+    }
+
+    /// The set of results each task number gave.
+    fn results_by_task(&self) -> BTreeMap<u64, BTreeSet<u64>> {
+        let mut by_task: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        for event in &self.events {
+            by_task.entry(event.task).or_default().insert(event.result);
+        }
+        by_task
+    }
+}
+
+/// One verdict of `blocks-compare`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// What was found when it did not.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: String, problems: Vec<String>) -> Check {
+        Check {
+            name,
+            passed: problems.is_empty(),
+            detail: problems.join("; "),
+        }
+    }
+}
+
+/// Checks each run (it finished, every task `0..tasks` ran exactly once, never more than
+/// `workers` at once), then that both runs gave the same results per task.
+pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for run in runs {
+        let backend = &run.backend;
+        checks.push(Check::new(
+            format!("{backend}: the run finished"),
+            run.failure.iter().cloned().collect(),
+        ));
+        checks.push(Check::new(
+            format!(
+                "{backend}: every task 0..{} ran exactly once",
+                options.tasks
+            ),
+            task_count_problems(options.tasks, run),
+        ));
+        let most = run.max_concurrency();
+        let problems = if most > options.workers {
+            vec![format!(
+                "{most} tasks ran at once on {} workers",
+                options.workers
+            )]
+        } else {
+            Vec::new()
+        };
+        checks.push(Check::new(
+            format!("{backend}: at most {} tasks at once", options.workers),
+            problems,
+        ));
+    }
+    for pair in runs.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        checks.push(Check::new(
+            format!("{} and {} gave the same results", a.backend, b.backend),
+            result_problems(a, b),
+        ));
+    }
+    checks
+}
+
+fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for event in &run.events {
+        *counts.entry(event.task).or_default() += 1;
+    }
+    let expected = 0..tasks as u64;
+    let missing: Vec<u64> = expected
+        .clone()
+        .filter(|task| !counts.contains_key(task))
+        .collect();
+    let repeated: Vec<String> = counts
+        .iter()
+        .filter(|&(_, &count)| count > 1)
+        .map(|(task, count)| format!("{task} (x{count})"))
+        .collect();
+    let unexpected: Vec<u64> = counts
+        .keys()
+        .copied()
+        .filter(|task| !expected.contains(task))
+        .collect();
+    let mut problems = Vec::new();
+    if !missing.is_empty() {
+        problems.push(format!("missing {}", list(&missing)));
+    }
+    if !repeated.is_empty() {
+        problems.push(format!("ran more than once: {}", repeated.join(", ")));
+    }
+    if !unexpected.is_empty() {
+        problems.push(format!("unexpected {}", list(&unexpected)));
+    }
+    problems
+}
+
+fn result_problems(a: &RunReport, b: &RunReport) -> Vec<String> {
+    let (by_a, by_b) = (a.results_by_task(), b.results_by_task());
+    let tasks: BTreeSet<u64> = by_a.keys().chain(by_b.keys()).copied().collect();
+    let empty = BTreeSet::new();
+    tasks
+        .into_iter()
+        .filter_map(|task| {
+            let (ra, rb) = (
+                by_a.get(&task).unwrap_or(&empty),
+                by_b.get(&task).unwrap_or(&empty),
+            );
+            (ra != rb).then(|| {
+                format!(
+                    "task {task}: {} {} vs {} {}",
+                    a.backend,
+                    set(ra),
+                    b.backend,
+                    set(rb)
+                )
+            })
+        })
+        .collect()
+}
+
+fn list(values: &[u64]) -> String {
+    values
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn set(values: &BTreeSet<u64>) -> String {
+    if values.is_empty() {
+        return "nothing".to_owned();
+    }
+    format!("{{{}}}", list(&values.iter().copied().collect::<Vec<_>>()))
+}
+
+/// The checks as `PASS name` / `FAIL name: detail` lines.
+pub fn render_checks(checks: &[Check]) -> String {
+    let mut text = String::new();
+    for check in checks {
+        if check.passed {
+            let _ = writeln!(text, "PASS {}", check.name);
+        } else {
+            let _ = writeln!(text, "FAIL {}: {}", check.name, check.detail);
+        }
+    }
+    text
+}
+
+/// Milliseconds with one decimal, from microseconds.
+pub fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
+/// each backend, then per run the wall time, the span of its tasks, the most tasks at once, its
+/// workers and its results.
+pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "blocks(n): {} tasks of {} ms on {} workers\n",
+        options.tasks, options.sleep_ms, options.workers
+    );
+
+    // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
+    let tasks: BTreeSet<u64> = (0..options.tasks as u64)
+        .chain(
+            runs.iter()
+                .flat_map(|run| run.events.iter().map(|e| e.task)),
+        )
+        .collect();
+    let worker_width = runs
+        .iter()
+        .flat_map(|run| run.events.iter().map(|e| e.worker.len() + 3))
+        .chain([6])
+        .max()
+        .unwrap_or(6);
+    let column_width = worker_width + 2 * 10;
+    let _ = write!(text, "{:>5}", "task");
+    for run in runs {
+        let _ = write!(text, " | {:<column_width$}", run.backend);
+    }
+    text.push('\n');
+    let _ = write!(text, "{:>5}", "");
+    for _ in runs {
+        let _ = write!(
+            text,
+            " | {:<worker_width$}{:>10}{:>10}",
+            "worker", "start ms", "end ms"
+        );
+    }
+    text.push('\n');
+    for task in tasks {
+        let _ = write!(text, "{task:>5}");
+        for run in runs {
+            let ran: Vec<&Event> = run.events.iter().filter(|e| e.task == task).collect();
+            match ran.first() {
+                None => {
+                    let _ = write!(text, " | {:<column_width$}", "-");
+                }
+                Some(event) => {
+                    let mut worker = event.worker.clone();
+                    if ran.len() > 1 {
+                        let _ = write!(worker, " x{}", ran.len());
+                    }
+                    let _ = write!(
+                        text,
+                        " | {worker:<worker_width$}{:>10}{:>10}",
+                        ms(event.start_us),
+                        ms(event.end_us)
+                    );
+                }
+            }
+        }
+        text.push('\n');
+    }
+    text.push('\n');
+
+    let rows: [(&str, Summary); 4] = [
+        ("wall time (ms)", |run| ms(micros(run.wall))),
+        ("tasks span (ms)", |run| ms(run.span_us())),
+        ("most at once", |run| run.max_concurrency().to_string()),
+        ("workers", |run| run.workers().len().to_string()),
+    ];
+    let _ = write!(text, "{:<16}", "");
+    for run in runs {
+        let _ = write!(text, "{:>12}", run.backend);
+    }
+    text.push('\n');
+    for (label, value) in rows {
+        let _ = write!(text, "{label:<16}");
+        for run in runs {
+            let _ = write!(text, "{:>12}", value(run));
+        }
+        text.push('\n');
+    }
+    text.push('\n');
+    for run in runs {
+        let _ = writeln!(
+            text,
+            "{} workers: {}",
+            run.backend,
+            run.workers().join(", ")
+        );
+        let _ = writeln!(
+            text,
+            "{} results: {}",
+            run.backend,
+            python_list(&run.results())
+        );
+        if let Some(failure) = &run.failure {
+            let _ = writeln!(text, "{} failed: {failure}", run.backend);
+        }
+    }
+    text.lines()
+        .map(|line| line.trim_end().to_owned() + "\n")
+        .collect()
+}
+
+/// One row of the summary under the table: a figure of a run, as text.
+type Summary = fn(&RunReport) -> String;
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Compares names the way people read them: runs of digits by value, so `Thread-2` comes
+/// before `Thread-10` and pid `999` before pid `1000`.
+///
+/// # Examples
+///
+/// ```
+/// use blocks_demo::compare::natural_cmp;
+///
+/// let mut names = vec!["Thread-10", "Thread-2", "Thread-1"];
+/// names.sort_by(|a, b| natural_cmp(a, b));
+/// assert_eq!(names, ["Thread-1", "Thread-2", "Thread-10"]);
+/// ```
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a, b);
+    loop {
+        match (a.chars().next(), b.chars().next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(ca), Some(cb)) if ca.is_ascii_digit() && cb.is_ascii_digit() => {
+                let (da, ra) = split_digits(a);
+                let (db, rb) = split_digits(b);
+                let (ta, tb) = (da.trim_start_matches('0'), db.trim_start_matches('0'));
+                let order = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb));
+                if order != Ordering::Equal {
+                    return order;
+                }
+                (a, b) = (ra, rb);
+            }
+            (Some(ca), Some(cb)) => {
+                if ca != cb {
+                    return ca.cmp(&cb);
+                }
+                (a, b) = (&a[ca.len_utf8()..], &b[cb.len_utf8()..]);
+            }
+        }
+    }
+}
+
+fn split_digits(text: &str) -> (&str, &str) {
+    let end = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    text.split_at(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(task: u64, result: u64, worker: &str, start_ms: u64, end_ms: u64) -> Event {
+        Event {
+            task,
+            worker: worker.to_owned(),
+            start_us: start_ms * 1000,
+            end_us: end_ms * 1000,
+            result,
+            backend: "test".to_owned(),
+            pid: 1,
+        }
+    }
+
+    /// Six tasks of 100 ms on three workers, finishing in the seed's order.
+    fn seed_run(backend: &str) -> RunReport {
+        let events = [
+            (0, "W-1", 0, 100),
+            (2, "W-3", 0, 100),
+            (1, "W-2", 0, 100),
+            (3, "W-1", 100, 200),
+            (5, "W-2", 100, 200),
+            (4, "W-3", 100, 200),
+        ]
+        .into_iter()
+        .map(|(task, worker, start, end)| event(task, task * task, worker, start, end))
+        .collect();
+        RunReport {
+            backend: backend.to_owned(),
+            wall: Duration::from_millis(215),
+            events,
+            failure: None,
+        }
+    }
+
+    fn failed(checks: &[Check]) -> Vec<(&str, &str)> {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| (c.name.as_str(), c.detail.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn two_good_runs_pass_every_check() {
+        let (thread, process) = (seed_run("thread"), seed_run("process"));
+        let checks = checks(&Options::default(), &[&thread, &process]);
+        assert_eq!(checks.len(), 7);
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+        let text = render_checks(&checks);
+        assert!(
+            text.starts_with("PASS thread: the run finished\n"),
+            "{text}"
+        );
+        assert!(text.contains("PASS process: every task 0..6 ran exactly once\n"));
+        assert!(text.contains("PASS thread: at most 3 tasks at once\n"));
+        assert!(text.ends_with("PASS thread and process gave the same results\n"));
+    }
+
+    #[test]
+    fn missing_repeated_and_unexpected_tasks_fail() {
+        let mut thread = seed_run("thread");
+        thread.events.retain(|e| e.task != 4);
+        thread.events.push(event(1, 1, "W-1", 200, 300));
+        thread.events.push(event(1, 1, "W-1", 300, 400));
+        thread.events.push(event(9, 81, "W-2", 200, 300));
+        let process = seed_run("process");
+        let checks = checks(&Options::default(), &[&thread, &process]);
+        assert_eq!(
+            failed(&checks),
+            [
+                (
+                    "thread: every task 0..6 ran exactly once",
+                    "missing 4; ran more than once: 1 (x3); unexpected 9"
+                ),
+                (
+                    "thread and process gave the same results",
+                    "task 4: thread nothing vs process {16}; task 9: thread {81} vs process nothing"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_at_once_fails() {
+        let mut thread = seed_run("thread");
+        thread.events[3].start_us = 50_000; // blocks(3) starts before anything finished
+        let checks = checks(&Options::default(), &[&thread]);
+        assert_eq!(
+            failed(&checks),
+            [(
+                "thread: at most 3 tasks at once",
+                "4 tasks ran at once on 3 workers"
+            )]
+        );
+    }
+
+    #[test]
+    fn different_results_and_failed_runs_fail() {
+        let thread = seed_run("thread");
+        let mut process = seed_run("process");
+        process.events[5].result = 17;
+        process.failure = Some("blocks-process exited with code 1".to_owned());
+        let checks = checks(&Options::default(), &[&thread, &process]);
+        assert_eq!(
+            failed(&checks),
+            [
+                (
+                    "process: the run finished",
+                    "blocks-process exited with code 1"
+                ),
+                (
+                    "thread and process gave the same results",
+                    "task 4: thread {16} vs process {17}"
+                ),
+            ]
+        );
+        assert!(
+            render_checks(&checks)
+                .contains("FAIL process: the run finished: blocks-process exited with code 1\n")
+        );
+    }
+
+    #[test]
+    fn zero_tasks_pass_with_empty_runs() {
+        let options = Options {
+            tasks: 0,
+            ..Options::default()
+        };
+        let empty = RunReport {
+            backend: "thread".to_owned(),
+            wall: Duration::ZERO,
+            events: Vec::new(),
+            failure: None,
+        };
+        assert!(failed(&checks(&options, &[&empty, &empty])).is_empty());
+    }
+
+    #[test]
+    fn report_summaries() {
+        let run = seed_run("thread");
+        assert_eq!(run.max_concurrency(), 3);
+        assert_eq!(run.span_us(), 200_000);
+        assert_eq!(run.workers(), ["W-1", "W-2", "W-3"]);
+        assert_eq!(run.results(), [0, 4, 1, 9, 25, 16]);
+    }
+
+    #[test]
+    fn table_shows_each_task_on_both_backends() {
+        let thread = seed_run("thread");
+        let mut process = seed_run("process");
+        process.events.retain(|e| e.task != 5);
+        process.events.push(event(0, 0, "W-2", 200, 300));
+        let text = render_table(&Options::default(), &[&thread, &process]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "blocks(n): 6 tasks of 100 ms on 3 workers");
+        assert_eq!(lines[2], " task | thread                     | process");
+        assert_eq!(
+            lines[3],
+            "      | worker  start ms    end ms | worker  start ms    end ms"
+        );
+        assert_eq!(
+            lines[4],
+            "    0 | W-1          0.0     100.0 | W-1 x2       0.0     100.0"
+        );
+        assert_eq!(lines[9], "    5 | W-2        100.0     200.0 | -");
+        assert!(
+            text.contains("\nwall time (ms)         215.0       215.0\n"),
+            "{text}"
+        );
+        assert!(text.contains("\nmost at once               3           3\n"));
+        assert!(text.contains("\nthread results: [0, 4, 1, 9, 25, 16]\n"));
+        assert!(text.contains("\nprocess workers: W-1, W-2, W-3\n"));
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut names = vec!["10", "9", "Thread-10", "Thread-9", "Thread-09x", "a", "Z"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            ["9", "10", "Thread-9", "Thread-09x", "Thread-10", "Z", "a"]
+        );
+        assert_eq!(natural_cmp("Thread-1", "Thread-1"), Ordering::Equal);
+    }
+}

@@ -1,0 +1,238 @@
+//! The `--events` file: one JSON object per task and line, and what can be computed from it.
+//!
+//! A line looks like
+//! `{"task":3,"worker":"Thread-1","start_us":100412,"end_us":200519,"result":9,"backend":"thread","pid":4242}`:
+//! times are microseconds after the run's start, measured inside `blocks`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::blocks::Outcome;
+
+/// One task of a run, as written to and read from an events file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The task number `n` of `blocks(n)`.
+    pub task: u64,
+    /// The worker that ran it: a thread name or a process id.
+    pub worker: String,
+    /// When the call started, in microseconds after the run's start.
+    pub start_us: u64,
+    /// When the call ended, in microseconds after the run's start.
+    pub end_us: u64,
+    /// What the call returned.
+    pub result: u64,
+    /// Which pool ran it: `thread` or `process`.
+    pub backend: String,
+    /// The process that ran it.
+    pub pid: u32,
+}
+
+impl Event {
+    /// The event of `outcome`, run by `backend`.
+    pub fn new(backend: &str, outcome: &Outcome) -> Event {
+        Event {
+            task: outcome.task,
+            worker: outcome.worker.clone(),
+            start_us: outcome.start_us,
+            end_us: outcome.end_us,
+            result: outcome.result,
+            backend: backend.to_owned(),
+            pid: outcome.pid,
+        }
+    }
+}
+
+/// Writes `events` to `path`, one JSON object per line, replacing the file.
+///
+/// # Errors
+///
+/// The file could not be created or written.
+pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
+    let write = || -> io::Result<()> {
+        let mut file = io::BufWriter::new(fs::File::create(path)?);
+        for event in events {
+            serde_json::to_writer(&mut file, event)?;
+            file.write_all(b"\n")?;
+        }
+        file.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()
+    };
+    write().with_context(|| format!("cannot write events to {}", path.display()))
+}
+
+/// Reads the events file at `path`.
+///
+/// # Errors
+///
+/// The file could not be read, or a line is not an event (the error gives its number).
+pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read events from {}", path.display()))?;
+    parse_events(&text).with_context(|| format!("bad events file {}", path.display()))
+}
+
+/// Parses the lines of an events file; blank lines are skipped.
+///
+/// # Examples
+///
+/// ```
+/// let text = r#"{"task":0,"worker":"Thread-1","start_us":5,"end_us":100005,"result":0,"backend":"thread","pid":1}"#;
+/// let events = blocks_demo::events::parse_events(text)?;
+/// assert_eq!(events[0].worker, "Thread-1");
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// A line is not a JSON event; the error gives its number.
+pub fn parse_events(text: &str) -> anyhow::Result<Vec<Event>> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line).with_context(|| format!("line {}", index + 1))
+        })
+        .collect()
+}
+
+/// The highest number of intervals `[start, end)` that overlap at one instant: how many tasks
+/// ran at once at the busiest moment. A task that starts exactly when another ends does not
+/// overlap it.
+///
+/// # Examples
+///
+/// ```
+/// use blocks_demo::events::max_concurrency;
+///
+/// assert_eq!(max_concurrency([(0, 10), (5, 15), (10, 20)]), 2);
+/// assert_eq!(max_concurrency([(0, 10), (10, 20)]), 1);
+/// ```
+pub fn max_concurrency<I>(intervals: I) -> usize
+where
+    I: IntoIterator<Item = (u64, u64)>,
+{
+    // At one instant, ends of tasks that took time come first, then starts, then ends of
+    // tasks that took no time: touching tasks do not overlap, and an instantaneous task still
+    // counts against whatever runs across it.
+    const END: u8 = 0;
+    const START: u8 = 1;
+    const INSTANT_END: u8 = 2;
+    let mut edges: Vec<(u64, u8)> = intervals
+        .into_iter()
+        .flat_map(|(start, end)| {
+            let end_kind = if end > start { END } else { INSTANT_END };
+            [(start, START), (end.max(start), end_kind)]
+        })
+        .collect();
+    edges.sort_unstable();
+    let mut running = 0usize;
+    let mut most = 0;
+    for (_, kind) in edges {
+        if kind == START {
+            running += 1;
+            most = most.max(running);
+        } else {
+            running -= 1;
+        }
+    }
+    most
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
+        Event {
+            task,
+            worker: worker.to_owned(),
+            start_us,
+            end_us,
+            result: task * task,
+            backend: "thread".to_owned(),
+            pid: 42,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_a_file() {
+        let dir = std::env::temp_dir().join(format!("blocks-demo-events-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let events = vec![
+            event(1, "Thread-2", 3, 100_003),
+            event(0, "Thread-1", 1, 100_001),
+        ];
+        write_events(&path, &events).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.starts_with(r#"{"task":1,"worker":"Thread-2","start_us":3,"#));
+        assert_eq!(read_events(&path).unwrap(), events);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_event_copies_its_outcome() {
+        let outcome = Outcome {
+            task: 5,
+            result: 25,
+            worker: "4242".to_owned(),
+            pid: 4242,
+            start_us: 10,
+            end_us: 20,
+        };
+        let event = Event::new("process", &outcome);
+        assert_eq!(
+            (event.task, event.result, event.worker.as_str(), event.pid),
+            (5, 25, "4242", 4242)
+        );
+        assert_eq!((event.start_us, event.end_us), (10, 20));
+        assert_eq!(event.backend, "process");
+    }
+
+    #[test]
+    fn a_bad_line_is_reported_by_number() {
+        let good = serde_json::to_string(&event(0, "Thread-1", 0, 1)).unwrap();
+        let text = format!("{good}\n\n{{\"task\": \"zero\"}}\n");
+        let err = parse_events(&text).unwrap_err();
+        assert_eq!(err.to_string(), "line 3");
+        assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+    }
+
+    #[test]
+    fn a_missing_file_names_its_path() {
+        let err = read_events(Path::new("/nonexistent/events.jsonl")).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/events.jsonl"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn concurrency_counts_the_busiest_instant() {
+        assert_eq!(max_concurrency(std::iter::empty()), 0);
+        assert_eq!(max_concurrency([(0, 100)]), 1);
+        // Three workers, two rounds: never more than three at once.
+        let rounds = [
+            (0, 100),
+            (1, 101),
+            (2, 102),
+            (100, 200),
+            (101, 201),
+            (102, 202),
+        ];
+        assert_eq!(max_concurrency(rounds), 3);
+        // A fourth task overlapping all three.
+        assert_eq!(max_concurrency([(0, 100), (1, 101), (2, 102), (50, 60)]), 4);
+        // Zero-length tasks count at their instant only against tasks that span it.
+        assert_eq!(max_concurrency([(5, 5), (0, 10)]), 2);
+        assert_eq!(max_concurrency([(5, 5), (5, 5)]), 2);
+        assert_eq!(max_concurrency([(5, 5), (0, 5), (5, 9)]), 2);
+    }
+}

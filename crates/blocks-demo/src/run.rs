@@ -1,0 +1,196 @@
+//! [`run_blocking_tasks`], the seed's coroutine, written once for every [`Executor`].
+
+use std::fmt::Write as _;
+
+use smol_offload::{Executor, ReturnWhen, wait};
+
+use crate::blocks::{Job, Outcome, blocks, unix_micros};
+use crate::logging::log;
+use crate::options::Options;
+
+/// The logger name of [`run_blocking_tasks`], as in the seed.
+const LOGGER: &str = "run_blocking_tasks";
+
+/// Runs `blocks(0)` .. `blocks(tasks - 1)` on `executor` and waits for all of them, logging each
+/// step as the seed does: `starting`, `creating executor tasks`, `waiting for executor tasks`,
+/// `results: [..]` (the squares in the order the tasks finished) and `exiting`.
+///
+/// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a process pool: the
+/// executor is the only thing that changes. The outcomes come back in the order the tasks
+/// finished.
+///
+/// # Examples
+///
+/// ```
+/// use blocks_demo::{Options, run_blocking_tasks};
+///
+/// # fn main() -> anyhow::Result<()> {
+/// let pool = smol_offload::ThreadPool::new(2)?;
+/// let options = Options { tasks: 4, sleep_ms: 1, ..Options::default() };
+/// let outcomes = smol::block_on(run_blocking_tasks(&pool, &options))?;
+/// let mut squares: Vec<u64> = outcomes.iter().map(|o| o.result).collect();
+/// squares.sort();
+/// assert_eq!(squares, [0, 1, 4, 9]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Errors
+///
+/// When a task fails (its call panicked, its worker died, the pool shut down), the error names
+/// every failed task and says why.
+pub async fn run_blocking_tasks<E: Executor>(
+    executor: &E,
+    options: &Options,
+) -> anyhow::Result<Vec<Outcome>> {
+    let run_start_us = unix_micros();
+    log(LOGGER, "starting");
+    log(LOGGER, "creating executor tasks");
+    let tasks: Vec<_> = (0..options.tasks as u64)
+        .map(|n| {
+            let job = Job {
+                n,
+                sleep_ms: options.sleep_ms,
+                run_start_us,
+            };
+            executor.run(blocks, job)
+        })
+        .collect();
+    log(LOGGER, "waiting for executor tasks");
+    let waited = wait(tasks, ReturnWhen::AllCompleted).await;
+    debug_assert!(waited.pending.is_empty());
+
+    let mut outcomes = Vec::with_capacity(waited.done.len());
+    let mut failures = Vec::new();
+    for (n, result) in waited.done {
+        match result {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(err) => failures.push(format!("blocks({n}): {err}")),
+        }
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} of {} tasks failed: {}",
+            failures.len(),
+            options.tasks,
+            failures.join("; ")
+        );
+    }
+    let results: Vec<u64> = outcomes.iter().map(|outcome| outcome.result).collect();
+    log(LOGGER, &format!("results: {}", python_list(&results)));
+    log(LOGGER, "exiting");
+    Ok(outcomes)
+}
+
+/// Formats numbers the way Python's `repr` prints a list of ints.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(blocks_demo::python_list(&[16, 4, 1, 0, 9, 25]), "[16, 4, 1, 0, 9, 25]");
+/// assert_eq!(blocks_demo::python_list(&[]), "[]");
+/// ```
+pub fn python_list(values: &[u64]) -> String {
+    let mut text = String::from("[");
+    for (i, value) in values.iter().enumerate() {
+        if i > 0 {
+            text.push_str(", ");
+        }
+        let _ = write!(text, "{value}");
+    }
+    text.push(']');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use smol_offload::{Task, ThreadPool};
+
+    use super::*;
+
+    fn options(tasks: usize, workers: usize) -> Options {
+        Options {
+            tasks,
+            workers,
+            sleep_ms: 5,
+            events: None,
+        }
+    }
+
+    #[test]
+    fn every_task_runs_once_on_the_pool() {
+        let pool = ThreadPool::builder()
+            .workers(2)
+            .thread_name(|i| format!("Thread-{}", i + 1))
+            .build()
+            .unwrap();
+        let outcomes = smol::block_on(run_blocking_tasks(&pool, &options(7, 2))).unwrap();
+        let mut tasks: Vec<u64> = outcomes.iter().map(|o| o.task).collect();
+        tasks.sort_unstable();
+        assert_eq!(tasks, (0..7).collect::<Vec<_>>());
+        for outcome in &outcomes {
+            assert_eq!(outcome.result, outcome.task * outcome.task);
+            assert!(
+                outcome.worker == "Thread-1" || outcome.worker == "Thread-2",
+                "{outcome:?}"
+            );
+            assert!(outcome.start_us <= outcome.end_us);
+        }
+    }
+
+    /// A thread pool whose third submission panics instead of running its function.
+    struct ThirdCallPanics {
+        pool: ThreadPool,
+        calls: AtomicUsize,
+    }
+
+    impl Executor for ThirdCallPanics {
+        fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
+        where
+            A: Serialize + DeserializeOwned + Send + 'static,
+            R: Serialize + DeserializeOwned + Send + 'static,
+        {
+            let third = self.calls.fetch_add(1, Ordering::Relaxed) == 2;
+            self.pool.spawn(move || {
+                if third {
+                    panic!("boom");
+                }
+                f(arg)
+            })
+        }
+
+        fn workers(&self) -> usize {
+            self.pool.workers()
+        }
+    }
+
+    #[test]
+    fn a_failed_task_is_an_error_naming_it() {
+        let executor = ThirdCallPanics {
+            pool: ThreadPool::new(2).unwrap(),
+            calls: AtomicUsize::new(0),
+        };
+        let err = smol::block_on(run_blocking_tasks(&executor, &options(4, 2))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "1 of 4 tasks failed: blocks(2): the task panicked: boom"
+        );
+    }
+
+    #[test]
+    fn zero_tasks_is_an_empty_run() {
+        let pool = ThreadPool::new(1).unwrap();
+        let outcomes = smol::block_on(run_blocking_tasks(&pool, &options(0, 1))).unwrap();
+        assert!(outcomes.is_empty());
+    }
+
+    #[test]
+    fn python_list_matches_repr() {
+        assert_eq!(python_list(&[7]), "[7]");
+        assert_eq!(python_list(&[0, 1]), "[0, 1]");
+    }
+}

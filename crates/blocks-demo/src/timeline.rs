@@ -1,0 +1,397 @@
+//! The `--svg` picture of `blocks-compare`: one panel per run, one lane per worker, one bar per
+//! task, on a shared time axis in milliseconds.
+//!
+//! The SVG is written by hand: a few `format!` strings, no dependency.
+
+use std::fmt::Write as _;
+
+use crate::compare::{RunReport, ms};
+use crate::options::Options;
+
+const WIDTH: f64 = 960.0;
+const LEFT: f64 = 140.0;
+const RIGHT: f64 = 30.0;
+const TOP: f64 = 70.0;
+const PANEL_HEADER: f64 = 26.0;
+const LANE: f64 = 26.0;
+const BAR: f64 = 18.0;
+const AXIS: f64 = 42.0;
+const PANEL_GAP: f64 = 24.0;
+
+/// Draws `runs` one above the other, on one time scale so the panels compare at a glance.
+///
+/// Each panel has a lane per worker, labelled with the worker's name, and a bar per task from
+/// its start to its end, labelled with the task number and coloured by it (task 3 has the same
+/// colour in every panel). Hovering a bar shows its task, worker and times. The title gives the
+/// run's parameters, each panel header its wall time, the span of its tasks and the most tasks
+/// that ran at once.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use blocks_demo::{Options, compare::RunReport, events::Event, timeline::render_svg};
+///
+/// let event = Event {
+///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0,
+///     backend: "thread".into(), pid: 1,
+/// };
+/// let run = RunReport {
+///     backend: "thread".into(), wall: Duration::from_millis(105), events: vec![event],
+///     failure: None,
+/// };
+/// let svg = render_svg(&Options::default(), &[&run]);
+/// assert!(svg.starts_with("<svg") && svg.contains(">Thread-1</text>"));
+/// ```
+pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
+    let span_us = runs.iter().map(|run| run.span_us()).max().unwrap_or(0);
+    let axis = Axis::new(span_us);
+    let plot_width = WIDTH - LEFT - RIGHT;
+
+    let mut body = String::new();
+    let mut y = TOP;
+    for run in runs {
+        y = draw_panel(&mut body, run, &axis, plot_width, y) + PANEL_GAP;
+    }
+    let height = y - PANEL_GAP + 16.0;
+
+    let walls: Vec<String> = runs
+        .iter()
+        .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall))))
+        .collect();
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>"##
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="26" font-size="17" font-weight="bold" text-anchor="middle">{}</text>"#,
+        WIDTH / 2.0,
+        escape(&format!(
+            "blocks(n): {} tasks of {} ms on {} workers",
+            options.tasks, options.sleep_ms, options.workers
+        ))
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="46" text-anchor="middle" fill="#444444">{}</text>"##,
+        WIDTH / 2.0,
+        escape(&format!("wall time: {}", walls.join(", ")))
+    );
+    svg.push_str(&body);
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Draws one run from `top` down; returns the y just below its axis.
+fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, top: f64) -> f64 {
+    let mut header = format!(
+        "{} pool: wall {} ms, tasks span {} ms, {} workers, at most {} at once",
+        run.backend,
+        ms(micros(run.wall)),
+        ms(run.span_us()),
+        run.workers().len(),
+        run.max_concurrency()
+    );
+    if let Some(failure) = &run.failure {
+        let _ = write!(header, " (failed: {failure})");
+    }
+    let color = if run.failure.is_some() {
+        "#b00020"
+    } else {
+        "#000000"
+    };
+    let _ = writeln!(
+        svg,
+        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold" fill="{color}">{}</text>"#,
+        top + 16.0,
+        escape(&header)
+    );
+    let workers = run.workers();
+    let lanes_top = top + PANEL_HEADER;
+    let lanes_height = LANE * workers.len().max(1) as f64;
+    let x_of = |us: u64| LEFT + plot_width * us as f64 / axis.end_us as f64;
+
+    // Lanes with their labels, striped so a bar's lane is easy to follow.
+    for (i, worker) in workers.iter().enumerate() {
+        let y = lanes_top + LANE * i as f64;
+        let fill = if i % 2 == 0 { "#f3f3f3" } else { "#fafafa" };
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{LEFT}" y="{y}" width="{plot_width}" height="{LANE}" fill="{fill}"/>"#
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
+            LEFT - 8.0,
+            y + LANE / 2.0 + 4.0,
+            escape(worker)
+        );
+    }
+    if workers.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" fill="#666666">no tasks ran</text>"##,
+            LEFT + 8.0,
+            lanes_top + LANE / 2.0 + 4.0
+        );
+    }
+
+    // Grid lines and the axis below the lanes.
+    let axis_y = lanes_top + lanes_height;
+    for tick_us in axis.ticks() {
+        let x = x_of(tick_us);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{lanes_top}" x2="{x:.1}" y2="{axis_y}" stroke="#dddddd"/>"##
+        );
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{}" stroke="#333333"/>"##,
+            axis_y + 5.0
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            axis_y + 18.0,
+            axis.label(tick_us)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#333333"/>"##,
+        LEFT + plot_width
+    );
+    let _ = writeln!(
+        svg,
+        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444444">time since the run started (ms)</text>"##,
+        LEFT + plot_width / 2.0,
+        axis_y + 34.0
+    );
+
+    // One bar per task, in its worker's lane.
+    for event in &run.events {
+        let lane = workers
+            .iter()
+            .position(|w| *w == event.worker)
+            .expect("every event's worker has a lane");
+        let y = lanes_top + LANE * lane as f64 + (LANE - BAR) / 2.0;
+        let x = x_of(event.start_us);
+        let width = (x_of(event.end_us) - x).max(1.0);
+        let hue = (event.task as f64 * 137.508) % 360.0;
+        let _ = writeln!(
+            svg,
+            r#"<g class="task"><title>{}</title>"#,
+            escape(&format!(
+                "blocks({}) = {} on {}: {} to {} ms",
+                event.task,
+                event.result,
+                event.worker,
+                ms(event.start_us),
+                ms(event.end_us)
+            ))
+        );
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{BAR}" rx="3" fill="hsl({hue:.0}, 65%, 62%)" stroke="#333333" stroke-width="0.8"/>"##
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"#,
+            x + width / 2.0,
+            y + BAR / 2.0 + 4.0,
+            event.task
+        );
+    }
+    axis_y + AXIS
+}
+
+/// A time axis from 0 to a round number of milliseconds, with round ticks.
+#[derive(Debug)]
+struct Axis {
+    step_us: u64,
+    end_us: u64,
+}
+
+impl Axis {
+    /// An axis that covers `span_us` with about 5 to 10 ticks of 1, 2 or 5 times a power of
+    /// ten microseconds.
+    fn new(span_us: u64) -> Axis {
+        let span_us = span_us.max(1000);
+        let raw = span_us.div_ceil(10);
+        let mut magnitude = 1u64;
+        while magnitude * 10 <= raw {
+            magnitude *= 10;
+        }
+        let step_us = [1, 2, 5, 10]
+            .into_iter()
+            .map(|m| m * magnitude)
+            .find(|&step| step >= raw)
+            .unwrap_or(10 * magnitude);
+        Axis {
+            step_us,
+            end_us: span_us.div_ceil(step_us) * step_us,
+        }
+    }
+
+    fn ticks(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..=self.end_us / self.step_us).map(|i| i * self.step_us)
+    }
+
+    /// A tick's label in ms, with as many decimals as the step needs.
+    fn label(&self, us: u64) -> String {
+        let decimals = match self.step_us {
+            1000.. => 0,
+            100.. => 1,
+            10.. => 2,
+            _ => 3,
+        };
+        format!("{:.*}", decimals, us as f64 / 1000.0)
+    }
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Escapes text for SVG content and attribute values.
+fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&apos;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::events::Event;
+
+    fn run(backend: &str, workers: &[&str], failure: Option<&str>) -> RunReport {
+        let events = (0..6u64)
+            .map(|task| Event {
+                task,
+                worker: workers[task as usize % workers.len()].to_owned(),
+                start_us: task / 3 * 100_000 + task,
+                end_us: (task / 3 + 1) * 100_000 + task,
+                result: task * task,
+                backend: backend.to_owned(),
+                pid: 7,
+            })
+            .collect();
+        RunReport {
+            backend: backend.to_owned(),
+            wall: Duration::from_micros(213_400),
+            events,
+            failure: failure.map(str::to_owned),
+        }
+    }
+
+    /// Checks that tags open and close in order, as an XML parser would.
+    fn assert_well_formed(svg: &str) {
+        let mut open: Vec<&str> = Vec::new();
+        let mut rest = svg;
+        while let Some(start) = rest.find('<') {
+            let end = rest[start..].find('>').expect("unclosed tag") + start;
+            let tag = &rest[start + 1..end];
+            assert!(!tag.contains('<'), "bad tag {tag}");
+            if let Some(name) = tag.strip_prefix('/') {
+                assert_eq!(open.pop(), Some(name), "mismatched </{name}>");
+            } else if !tag.ends_with('/') {
+                open.push(tag.split_whitespace().next().unwrap());
+            }
+            rest = &rest[end + 1..];
+        }
+        assert!(open.is_empty(), "unclosed {open:?}");
+    }
+
+    #[test]
+    fn two_panels_with_lanes_bars_and_an_axis() {
+        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"], None);
+        let process = run("process", &["4101", "4102", "4103"], None);
+        let svg = render_svg(&Options::default(), &[&thread, &process]);
+        assert_well_formed(&svg);
+        assert!(svg.contains(">blocks(n): 6 tasks of 100 ms on 3 workers</text>"));
+        assert!(svg.contains(">wall time: thread 213.4 ms, process 213.4 ms</text>"));
+        let thread_header = svg.find(">thread pool: wall 213.4 ms").unwrap();
+        let process_header = svg.find(">process pool: wall 213.4 ms").unwrap();
+        assert!(thread_header < process_header, "thread panel first");
+        for worker in ["Thread-1", "Thread-2", "Thread-3", "4101", "4102", "4103"] {
+            assert_eq!(svg.matches(&format!(">{worker}</text>")).count(), 1);
+        }
+        assert_eq!(svg.matches(r#"<g class="task">"#).count(), 12);
+        for task in 0..6 {
+            assert_eq!(svg.matches(&format!(">{task}</text></g>")).count(), 2);
+        }
+        assert!(svg.contains("<title>blocks(4) = 16 on 4102: 100.0 to 200.0 ms</title>"));
+        // Ticks every 50 ms up to 250 ms, under each panel (task labels end in `</g>`).
+        for tick in ["0", "50", "100", "150", "200", "250"] {
+            assert_eq!(
+                svg.matches(&format!(">{tick}</text>\n")).count(),
+                2,
+                "{tick}"
+            );
+        }
+        assert_eq!(svg.matches(">300</text>").count(), 0);
+        assert_eq!(svg.matches("time since the run started (ms)").count(), 2);
+    }
+
+    #[test]
+    fn bars_sit_in_their_lanes_at_their_times() {
+        let thread = run("thread", &["A", "B"], None);
+        let svg = render_svg(&Options::default(), &[&thread]);
+        // Axis 0..250 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
+        let plot = WIDTH - LEFT - RIGHT;
+        let first_bar = format!(
+            r#"<rect x="{LEFT:.1}" y="{:.1}" width="{:.1}" height="{BAR}""#,
+            TOP + PANEL_HEADER + (LANE - BAR) / 2.0,
+            plot * 100_000.0 / 250_000.0
+        );
+        assert!(svg.contains(&first_bar), "{first_bar} not in {svg}");
+    }
+
+    #[test]
+    fn a_failed_run_says_so_and_names_are_escaped() {
+        let empty = RunReport {
+            backend: "process".to_owned(),
+            wall: Duration::from_millis(3),
+            events: Vec::new(),
+            failure: Some("exited with code 1 & said <nothing>".to_owned()),
+        };
+        let thread = run("thread", &["T<1>", "T&2"], None);
+        let svg = render_svg(&Options::default(), &[&thread, &empty]);
+        assert_well_formed(&svg);
+        assert!(svg.contains(">T&lt;1&gt;</text>"));
+        assert!(svg.contains(">T&amp;2</text>"));
+        assert!(svg.contains("(failed: exited with code 1 &amp; said &lt;nothing&gt;)</text>"));
+        assert!(svg.contains(">no tasks ran</text>"));
+    }
+
+    #[test]
+    fn axis_steps_are_round() {
+        let axis = Axis::new(201_000);
+        assert_eq!((axis.step_us, axis.end_us), (50_000, 250_000));
+        assert_eq!(axis.ticks().count(), 6);
+        assert_eq!(axis.label(150_000), "150");
+        let axis = Axis::new(0);
+        assert_eq!((axis.step_us, axis.end_us), (100, 1000));
+        assert_eq!(axis.label(300), "0.3");
+        let axis = Axis::new(2_345_678);
+        assert_eq!((axis.step_us, axis.end_us), (500_000, 2_500_000));
+    }
+}
