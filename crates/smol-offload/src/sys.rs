@@ -170,11 +170,8 @@ where
         }
     };
     match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(value) => match postcard::to_extend(&value, std::mem::take(out)) {
-            Ok(encoded) => {
-                *out = encoded;
-                CallStatus::Returned
-            }
+        Ok(value) => match postcard::to_extend(&value, Append(out)) {
+            Ok(_) => CallStatus::Returned,
             Err(err) => {
                 out.truncate(start);
                 out.extend_from_slice(err.to_string().as_bytes());
@@ -188,6 +185,15 @@ where
             out.extend_from_slice(message.as_bytes());
             CallStatus::Panicked
         }
+    }
+}
+
+/// Lets postcard append to a buffer it borrows, so a failure leaves what was there before.
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Append<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
     }
 }
 

@@ -298,7 +298,7 @@ impl Dispatcher {
             worker.running = Some((id, job.completion));
             if let Err(_lost) = send_all(&worker.stream, &self.frame) {
                 // The worker is gone: the job fails with its exit status, like any job it runs.
-                self.replace_worker(index);
+                self.replace_worker(index, false);
             }
             index += 1;
         }
@@ -308,32 +308,40 @@ impl Dispatcher {
         let worker = &mut self.workers[index];
         let open = worker.replies.fill(&mut Available(&worker.stream));
         loop {
+            let answers_running = |reply: &Reply, worker: &Worker| {
+                worker
+                    .running
+                    .as_ref()
+                    .is_some_and(|(id, _)| *id == reply.id)
+            };
             match worker.replies.next_reply() {
-                Ok(Some(reply)) => {
-                    let Some((id, completion)) = worker.running.take() else {
-                        break;
-                    };
-                    debug_assert_eq!(id, reply.id, "a worker answers the job it was given");
+                Ok(Some(reply)) if answers_running(&reply, worker) => {
+                    let (_, completion) = worker.running.take().expect("checked just above");
                     self.shared.counters.completed();
                     completion.finish(reply);
                 }
                 Ok(None) => break,
-                Err(_) => {
-                    self.replace_worker(index);
+                // A reply to no job, or a corrupt frame: this worker cannot be trusted.
+                Ok(Some(_)) | Err(_) => {
+                    self.replace_worker(index, true);
                     return;
                 }
             }
         }
         if !matches!(open, Ok(true)) {
-            self.replace_worker(index);
+            self.replace_worker(index, false);
         }
     }
 
-    /// The worker at `index` died or broke its stream: fail its job with how it ended, and fork
-    /// a replacement unless the pool is closing.
-    fn replace_worker(&mut self, index: usize) {
+    /// The worker at `index` died or broke its stream (`kill` it then): fail its job with how
+    /// it ended, and fork a replacement unless the pool is closing.
+    fn replace_worker(&mut self, index: usize, kill: bool) {
         let dead = self.workers.swap_remove(index);
         drop(dead.stream);
+        if kill {
+            let pid = nix::unistd::Pid::from_raw(dead.pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
         let exit = self.link.reap(dead.pid).unwrap_or(WorkerExit::Unknown);
         if let Some((_, completion)) = dead.running {
             self.shared.counters.completed();
