@@ -284,7 +284,12 @@ pub(crate) fn max_overlap(events: &[TaskEvent]) -> usize {
 
 /// Checks an events file against the run's log: `0..tasks` once each with `n * n`, from the
 /// worker the log named, `start <= end`, and at most `workers` at once.
-pub(crate) fn check_events(path: &Path, tasks: u64, workers: usize, log_workers: &BTreeMap<u64, String>) {
+pub(crate) fn check_events(
+    path: &Path,
+    tasks: u64,
+    workers: usize,
+    log_workers: &BTreeMap<u64, String>,
+) {
     let events = read_events(path);
     assert_eq!(events.len() as u64, tasks, "{events:?}");
     let mut seen: Vec<u64> = events.iter().map(|e| e.task).collect();
