@@ -3,7 +3,7 @@
 //! Python's asyncio documentation shows `run_in_executor` with a function `blocks(n)` that logs,
 //! sleeps 0.1 s and returns `n ** 2`, run six times on a `ThreadPoolExecutor(3)` and then on a
 //! `ProcessPoolExecutor(3)`, with logs that show which thread or process ran each call. This
-//! crate is that demo on `smol-offload`: [`blocks`] and [`run_blocking_tasks`] are written once
+//! crate is that demo on `smol-offload`: [`blocks()`] and [`run_blocking_tasks`] are written once
 //! against [`Executor`](smol_offload::Executor), and the binaries only choose the pool.
 //!
 //! - `blocks-thread` runs it on a [`ThreadPool`](smol_offload::ThreadPool) with threads named
