@@ -13,11 +13,13 @@ const LOGGER: &str = "run_blocking_tasks";
 
 /// Runs `blocks(0)` .. `blocks(tasks - 1)` on `executor` and waits for all of them, logging each
 /// step as the seed does: `starting`, `creating executor tasks`, `waiting for executor tasks`,
-/// `results: [..]` (the squares in the order the tasks finished) and `exiting`.
+/// `results: [..]` (the squares in completion order) and `exiting`.
 ///
-/// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a process pool: the
-/// executor is the only thing that changes. The outcomes come back in the order the tasks
-/// finished.
+/// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a
+/// [`ProcessPool`](smol_offload::ProcessPool): the executor is the only thing that changes.
+/// The outcomes come back in completion order as [`wait`] saw it: tasks found finished in the
+/// same wake-up are listed by task number, so the order can differ a little from the order of
+/// the `done` lines.
 ///
 /// # Examples
 ///
