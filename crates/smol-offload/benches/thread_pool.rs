@@ -1,1 +1,499 @@
+//! Thread pool benchmark: `smol_offload::ThreadPool` against `blocking::unblock`, a rayon pool
+//! plus a channel (what `async_rayon` does) and tokio's `spawn_blocking`, all on 2 threads.
+//!
+//! Run with `cargo bench -p smol-offload --bench thread_pool`; add `-- --quick` (or set
+//! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test with small counts. The contenders take turns
+//! in every round, so machine noise hits them alike, and each figure is the median over rounds.
 
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// Environment variable that selects the quick mode, like the `--quick` argument.
+const QUICK_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_QUICK";
+
+/// Where ours and the anchor (rayon + async-channel) sit in the list of contenders.
+const OURS: usize = 0;
+const ANCHOR: usize = 2;
+
+/// Threads in every contender's pool.
+const WORKERS: usize = 2;
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    quick: bool,
+    /// Rounds; each contender runs once per round.
+    rounds: usize,
+    /// Round trips before the measured ones, in every round.
+    warmup: usize,
+    /// Measured round trips per round.
+    round_trips: usize,
+    /// Tasks submitted at once in one throughput run.
+    burst: u64,
+    /// Throughput runs per round; the round keeps the best.
+    bursts_per_round: usize,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        // `cargo bench` passes `--bench`, and a filter may follow: ignore all but `--quick`.
+        let quick = std::env::args().skip(1).any(|arg| arg == "--quick")
+            || std::env::var_os(QUICK_VARIABLE)
+                .is_some_and(|value| !value.is_empty() && value != "0");
+        if quick {
+            Config {
+                quick,
+                rounds: 2,
+                warmup: 200,
+                round_trips: 2_000,
+                burst: 10_000,
+                bursts_per_round: 1,
+            }
+        } else {
+            Config {
+                quick,
+                rounds: 7,
+                warmup: 2_000,
+                round_trips: 20_000,
+                burst: 100_000,
+                bursts_per_round: 3,
+            }
+        }
+    }
+}
+
+/// One way to offload a trivial closure and await its result.
+trait Contender {
+    /// The name in the table.
+    fn name(&self) -> &'static str;
+
+    /// Runs `warmup` unmeasured round trips, then `n` measured ones; returns each in nanoseconds.
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64>;
+
+    /// Submits `n` tasks at once, then awaits them all in order; returns the time it took.
+    fn burst(&self, n: u64) -> Duration;
+}
+
+/// The trivial work: returns its input through `black_box`, so nothing can be folded away.
+fn work(i: u64) -> u64 {
+    black_box(i)
+}
+
+/// Checks that a burst of `n` tasks returned every input once.
+fn check_sum(sum: u64, n: u64) {
+    assert_eq!(sum, n * (n - 1) / 2, "a burst lost or changed results");
+}
+
+fn nanos(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Contender 1, ours: `smol_offload::ThreadPool::spawn`, awaited from `smol::block_on`.
+struct Ours {
+    pool: smol_offload::ThreadPool,
+}
+
+impl Contender for Ours {
+    fn name(&self) -> &'static str {
+        "smol-offload ThreadPool"
+    }
+
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
+        smol::block_on(async {
+            for i in 0..warmup as u64 {
+                black_box(self.pool.spawn(move || work(i)).await.unwrap());
+            }
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n as u64 {
+                let start = Instant::now();
+                black_box(self.pool.spawn(move || work(i)).await.unwrap());
+                samples.push(nanos(start));
+            }
+            samples
+        })
+    }
+
+    fn burst(&self, n: u64) -> Duration {
+        smol::block_on(async {
+            let mut tasks = Vec::with_capacity(n as usize);
+            let start = Instant::now();
+            for i in 0..n {
+                tasks.push(self.pool.spawn(move || work(i)));
+            }
+            let mut sum = 0;
+            for task in tasks {
+                sum += task.await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            check_sum(sum, n);
+            elapsed
+        })
+    }
+}
+
+/// Contender 2: `blocking::unblock`, capped at 2 threads by `BLOCKING_MAX_THREADS`, awaited
+/// from `smol::block_on`.
+struct Blocking;
+
+impl Contender for Blocking {
+    fn name(&self) -> &'static str {
+        "blocking::unblock"
+    }
+
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
+        smol::block_on(async {
+            for i in 0..warmup as u64 {
+                black_box(blocking::unblock(move || work(i)).await);
+            }
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n as u64 {
+                let start = Instant::now();
+                black_box(blocking::unblock(move || work(i)).await);
+                samples.push(nanos(start));
+            }
+            samples
+        })
+    }
+
+    fn burst(&self, n: u64) -> Duration {
+        smol::block_on(async {
+            let mut tasks = Vec::with_capacity(n as usize);
+            let start = Instant::now();
+            for i in 0..n {
+                tasks.push(blocking::unblock(move || work(i)));
+            }
+            let mut sum = 0;
+            for task in tasks {
+                sum += task.await;
+            }
+            let elapsed = start.elapsed();
+            check_sum(sum, n);
+            elapsed
+        })
+    }
+}
+
+/// Contender 3, the anchor, as `async_rayon` does it: `rayon::ThreadPool::spawn` on a 2-thread
+/// pool and an `async_channel::bounded(1)` per task to carry the result back, awaited from
+/// `smol::block_on`.
+struct RayonChannel {
+    pool: rayon::ThreadPool,
+}
+
+impl RayonChannel {
+    fn spawn(&self, i: u64) -> async_channel::Receiver<u64> {
+        let (sender, receiver) = async_channel::bounded(1);
+        self.pool.spawn(move || {
+            let _ = sender.try_send(work(i));
+        });
+        receiver
+    }
+}
+
+impl Contender for RayonChannel {
+    fn name(&self) -> &'static str {
+        "rayon + async-channel"
+    }
+
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
+        smol::block_on(async {
+            for i in 0..warmup as u64 {
+                black_box(self.spawn(i).recv().await.unwrap());
+            }
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n as u64 {
+                let start = Instant::now();
+                black_box(self.spawn(i).recv().await.unwrap());
+                samples.push(nanos(start));
+            }
+            samples
+        })
+    }
+
+    fn burst(&self, n: u64) -> Duration {
+        smol::block_on(async {
+            let mut receivers = Vec::with_capacity(n as usize);
+            let start = Instant::now();
+            for i in 0..n {
+                receivers.push(self.spawn(i));
+            }
+            let mut sum = 0;
+            for receiver in receivers {
+                sum += receiver.recv().await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            check_sum(sum, n);
+            elapsed
+        })
+    }
+}
+
+/// Contender 4: tokio's `spawn_blocking` on a current-thread runtime with
+/// `max_blocking_threads(2)`; the `JoinHandle`s are awaited inside `rt.block_on`, as a tokio
+/// program would.
+struct Tokio {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Contender for Tokio {
+    fn name(&self) -> &'static str {
+        "tokio spawn_blocking"
+    }
+
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
+        self.runtime.block_on(async {
+            for i in 0..warmup as u64 {
+                black_box(tokio::task::spawn_blocking(move || work(i)).await.unwrap());
+            }
+            let mut samples = Vec::with_capacity(n);
+            for i in 0..n as u64 {
+                let start = Instant::now();
+                black_box(tokio::task::spawn_blocking(move || work(i)).await.unwrap());
+                samples.push(nanos(start));
+            }
+            samples
+        })
+    }
+
+    fn burst(&self, n: u64) -> Duration {
+        self.runtime.block_on(async {
+            let mut handles = Vec::with_capacity(n as usize);
+            let start = Instant::now();
+            for i in 0..n {
+                handles.push(tokio::task::spawn_blocking(move || work(i)));
+            }
+            let mut sum = 0;
+            for handle in handles {
+                sum += handle.await.unwrap();
+            }
+            let elapsed = start.elapsed();
+            check_sum(sum, n);
+            elapsed
+        })
+    }
+}
+
+/// One contender's figures in one round.
+#[derive(Debug, Clone, Copy)]
+struct RoundResult {
+    median_us: f64,
+    p99_us: f64,
+    tasks_per_sec: f64,
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    } else {
+        sorted[mid]
+    }
+}
+
+/// The smallest and the largest of `values`.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
+        (low.min(value), high.max(value))
+    })
+}
+
+fn run_round(contender: &dyn Contender, config: &Config) -> RoundResult {
+    let mut samples = contender.round_trips(config.warmup, config.round_trips);
+    samples.sort_unstable();
+    let at = |fraction: f64| {
+        samples[((samples.len() as f64 * fraction) as usize).min(samples.len() - 1)]
+    };
+    let median_us = at(0.5) as f64 / 1e3;
+    let p99_us = at(0.99) as f64 / 1e3;
+    let best = (0..config.bursts_per_round)
+        .map(|_| contender.burst(config.burst))
+        .min()
+        .expect("at least one burst per round");
+    RoundResult {
+        median_us,
+        p99_us,
+        tasks_per_sec: config.burst as f64 / best.as_secs_f64(),
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn rustc_version() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    std::process::Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|version| version.trim().to_owned())
+        .filter(|version| !version.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn main() {
+    // SAFETY: this is the first statement of `main`: no other thread of this process exists yet
+    // (the harness is ours, `harness = false`), so nothing can read the environment concurrently.
+    // `blocking` reads the variable once, when its pool is first used, which is later.
+    unsafe { std::env::set_var("BLOCKING_MAX_THREADS", WORKERS.to_string()) };
+
+    let config = Config::from_env();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "smol-offload thread pool benchmark{}",
+        if config.quick { " (quick mode)" } else { "" }
+    );
+    println!("machine: {cpus} CPUs, {}; {}", cpu_model(), rustc_version());
+    println!(
+        "pools of {WORKERS} threads; {} rounds, contenders interleaved (rotated order) in each;",
+        config.rounds
+    );
+    println!(
+        "round trip: {} awaited one at a time after {} warm-up, per-round median and p99;",
+        config.round_trips, config.warmup
+    );
+    println!(
+        "throughput: {} tasks submitted at once then awaited in order, best of {} per round;",
+        config.burst, config.bursts_per_round
+    );
+    println!("every figure below is the median over rounds of the per-round figure;");
+    println!("(rounds range) is the smallest and largest per-round figure.");
+    println!("tokio: current-thread runtime, max_blocking_threads({WORKERS}),");
+    println!("awaited inside rt.block_on; the others are awaited from smol::block_on.");
+    println!();
+
+    // Ours first (`OURS`), the anchor third (`ANCHOR`).
+    let contenders: Vec<Box<dyn Contender>> = vec![
+        Box::new(Ours {
+            pool: smol_offload::ThreadPool::new(WORKERS).expect("start our pool"),
+        }),
+        Box::new(Blocking),
+        Box::new(RayonChannel {
+            pool: rayon::ThreadPoolBuilder::new()
+                .num_threads(WORKERS)
+                .thread_name(|i| format!("rayon-bench-{i}"))
+                .build()
+                .expect("start the rayon pool"),
+        }),
+        Box::new(Tokio {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(WORKERS)
+                .build()
+                .expect("start the tokio runtime"),
+        }),
+    ];
+
+    let started = Instant::now();
+    let mut results: Vec<Vec<RoundResult>> = vec![Vec::new(); contenders.len()];
+    for round in 0..config.rounds {
+        for k in 0..contenders.len() {
+            let index = (round + k) % contenders.len();
+            let result = run_round(contenders[index].as_ref(), &config);
+            println!(
+                "round {}  {:<24} rt median {:>7.2} us  p99 {:>7.2} us  {:>6.2} M tasks/s",
+                round + 1,
+                contenders[index].name(),
+                result.median_us,
+                result.p99_us,
+                result.tasks_per_sec / 1e6
+            );
+            results[index].push(result);
+        }
+    }
+    println!("({:.1} s)", started.elapsed().as_secs_f64());
+    println!();
+
+    let summary: Vec<RoundResult> = results
+        .iter()
+        .map(|rounds| {
+            let pick = |field: fn(&RoundResult) -> f64| {
+                median(&rounds.iter().map(field).collect::<Vec<_>>())
+            };
+            RoundResult {
+                median_us: pick(|r| r.median_us),
+                p99_us: pick(|r| r.p99_us),
+                tasks_per_sec: pick(|r| r.tasks_per_sec),
+            }
+        })
+        .collect();
+
+    println!(
+        "| {:<24} | {:>17} | {:>14} | {:>15} | {:>20} | {:>14} |",
+        "contender",
+        "round trip median",
+        "(rounds range)",
+        "round trip p99",
+        "throughput",
+        "(rounds range)"
+    );
+    println!(
+        "| {:-<24} | {:->17} | {:->14} | {:->15} | {:->20} | {:->14} |",
+        "", "", "", "", "", ""
+    );
+    for ((contender, figures), rounds) in contenders.iter().zip(&summary).zip(&results) {
+        let (rt_low, rt_high) = range(rounds.iter().map(|r| r.median_us));
+        let (tp_low, tp_high) = range(rounds.iter().map(|r| r.tasks_per_sec / 1e6));
+        println!(
+            "| {:<24} | {:>14.2} us | {:>14} | {:>12.2} us | {:>10.2} M tasks/s | {:>14} |",
+            contender.name(),
+            figures.median_us,
+            format!("{rt_low:.1}-{rt_high:.1}"),
+            figures.p99_us,
+            figures.tasks_per_sec / 1e6,
+            format!("{tp_low:.2}-{tp_high:.2}"),
+        );
+    }
+    println!();
+
+    let ours = summary[OURS];
+    println!("ours relative to each other contender:");
+    for (index, (contender, figures)) in contenders.iter().zip(&summary).enumerate() {
+        if index == OURS {
+            continue;
+        }
+        let name = contender.name();
+        let round_trip = ours.median_us / figures.median_us;
+        let throughput = ours.tasks_per_sec / figures.tasks_per_sec;
+        println!("  round trip: {round_trip:.2}x of {name} (lower is better)");
+        println!("  throughput: {throughput:.2}x of {name} (higher is better)");
+    }
+    println!();
+
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    let rayon = summary[ANCHOR];
+    println!("targets:");
+    println!(
+        "  round trip no slower than rayon + async-channel: {} ({:.2} us vs {:.2} us)",
+        verdict(ours.median_us <= rayon.median_us),
+        ours.median_us,
+        rayon.median_us
+    );
+    println!(
+        "  throughput >= 2.5 M tasks/s: {} ({:.2} M tasks/s)",
+        verdict(ours.tasks_per_sec >= 2.5e6),
+        ours.tasks_per_sec / 1e6
+    );
+    for (index, (contender, figures)) in contenders.iter().zip(&summary).enumerate() {
+        if index == OURS || index == ANCHOR {
+            continue;
+        }
+        println!(
+            "  ahead of {} on round trip: {}; on throughput: {}",
+            contender.name(),
+            verdict(ours.median_us < figures.median_us),
+            verdict(ours.tasks_per_sec > figures.tasks_per_sec)
+        );
+    }
+}
