@@ -10,6 +10,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
@@ -136,12 +137,27 @@ impl Shared {
     }
 
     fn has_queued(&self) -> bool {
-        !self
-            .queue
+        self.queued() > 0
+    }
+
+    fn queued(&self) -> usize {
+        self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
+            .len()
     }
+}
+
+/// A task shorter than this is short: the pool may send short tasks ahead to busy workers.
+const SHORT_TASK: Duration = Duration::from_micros(200);
+/// How many tasks a worker may hold at once, the one it runs included, when tasks are short.
+const PIPELINE_DEPTH: usize = 16;
+
+/// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
+/// job, the job goes to another worker.
+struct InFlight {
+    id: u64,
+    job: Job,
 }
 
 /// A worker as the dispatcher sees it.
@@ -149,8 +165,12 @@ struct Worker {
     pid: u32,
     stream: UnixStream,
     replies: ReplyReader,
-    /// The job it runs now, with its id.
-    running: Option<(u64, Box<dyn Completion>)>,
+    /// The jobs sent to it, in order: it runs the first and has not started the others.
+    in_flight: VecDeque<InFlight>,
+    /// When the first job in flight began (as far as the dispatcher can tell).
+    head_since: Instant,
+    /// Request frames to send in one write.
+    outbox: Vec<u8>,
 }
 
 impl Worker {
@@ -159,7 +179,9 @@ impl Worker {
             pid,
             stream,
             replies: ReplyReader::default(),
-            running: None,
+            in_flight: VecDeque::new(),
+            head_since: Instant::now(),
+            outbox: Vec::new(),
         }
     }
 }
@@ -179,12 +201,21 @@ pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<(
 }
 
 /// The dispatcher's state and loop.
+///
+/// A worker runs one task at a time. To spare a round trip per task when tasks are tiny, the
+/// dispatcher sends tasks ahead (up to [`PIPELINE_DEPTH`] per worker), but only while the tasks
+/// it has seen are short and the queue is deep: a task sent ahead counts as started, so with
+/// slow tasks or a short queue every task waits in the pool's queue, where dropping it cancels
+/// it. If a worker dies, the task it was running fails and the ones sent ahead go to others.
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     link: &'static ServerLink,
     workers: Vec<Worker>,
+    /// Jobs that were sent to a worker that died before starting them: they go first.
+    retry: VecDeque<Job>,
+    /// A moving average of how long a task takes, reply to reply.
+    typical_task: Option<Duration>,
     next_id: u64,
-    frame: Vec<u8>,
 }
 
 impl Dispatcher {
@@ -200,34 +231,38 @@ impl Dispatcher {
             shared,
             link,
             workers,
+            retry: VecDeque::new(),
+            typical_task: None,
             next_id: 0,
-            frame: Vec::new(),
         }
     }
 
-    /// Runs until the last pool handle is dropped and the running jobs are done.
+    /// Runs until the last pool handle is dropped and the jobs sent to workers are done.
     pub(crate) fn run(mut self) {
         loop {
             let closed = self.shared.closed.load(Ordering::SeqCst);
             if closed {
-                // Queued jobs will never run: dropping their promises resolves their tasks
-                // with a shutdown error.
-                while let Some(job) = self.shared.pop() {
-                    self.shared.counters.picked();
-                    self.shared.counters.cancelled();
-                    drop(job);
-                }
-                if self.workers.iter().all(|worker| worker.running.is_none()) {
+                self.fail_waiting_jobs();
+                if self
+                    .workers
+                    .iter()
+                    .all(|worker| worker.in_flight.is_empty())
+                {
                     break;
                 }
             } else {
                 self.hand_out_jobs();
             }
             if self.workers.is_empty() {
-                self.give_up();
+                self.shared.broken.store(true, Ordering::SeqCst);
+                self.fail_waiting_jobs();
                 break;
             }
-            if !closed && self.workers.iter().any(|worker| worker.running.is_none()) {
+            let idle = self
+                .workers
+                .iter()
+                .any(|worker| worker.in_flight.is_empty());
+            if !closed && idle {
                 self.shared.sleeping_idle.store(true, Ordering::SeqCst);
                 if self.shared.has_queued() {
                     self.shared.sleeping_idle.store(false, Ordering::SeqCst);
@@ -237,7 +272,8 @@ impl Dispatcher {
             let ready = match self.wait_for_events() {
                 Ok(ready) => ready,
                 Err(_) => {
-                    self.give_up();
+                    self.shared.broken.store(true, Ordering::SeqCst);
+                    self.fail_waiting_jobs();
                     break;
                 }
             };
@@ -277,48 +313,88 @@ impl Dispatcher {
             .collect())
     }
 
-    fn hand_out_jobs(&mut self) {
-        let mut index = 0;
-        while index < self.workers.len() {
-            if self.workers[index].running.is_some() {
-                index += 1;
-                continue;
-            }
-            let Some(job) = self.shared.pop() else { return };
+    /// The next job to send: one a dead worker left, else the oldest queued one that was not
+    /// cancelled (which is then marked started).
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some(job) = self.retry.pop_front() {
+            return Some(job);
+        }
+        while let Some(job) = self.shared.pop() {
             self.shared.counters.picked();
-            if !job.completion.start() {
-                self.shared.counters.cancelled();
+            if job.completion.start() {
+                return Some(job);
+            }
+            self.shared.counters.cancelled();
+        }
+        None
+    }
+
+    fn hand_out_jobs(&mut self) {
+        // One job to each idle worker first, so that work spreads before it queues up.
+        for index in 0..self.workers.len() {
+            if self.workers[index].in_flight.is_empty() {
+                let Some(job) = self.next_job() else { break };
+                self.assign(index, job);
+            }
+        }
+        let short_tasks = self
+            .typical_task
+            .is_some_and(|typical| typical < SHORT_TASK);
+        let backlog = self.retry.len() + self.shared.queued();
+        if short_tasks && backlog >= 2 * self.workers.len() {
+            'fill: for depth in 2..=PIPELINE_DEPTH {
+                for index in 0..self.workers.len() {
+                    if self.workers[index].in_flight.len() < depth {
+                        let Some(job) = self.next_job() else {
+                            break 'fill;
+                        };
+                        self.assign(index, job);
+                    }
+                }
+            }
+        }
+        for index in (0..self.workers.len()).rev() {
+            let worker = &mut self.workers[index];
+            if worker.outbox.is_empty() {
                 continue;
             }
-            let id = self.next_id;
-            self.next_id += 1;
-            self.frame.clear();
-            wire::write_request(&mut self.frame, id, job.call, &job.arg);
-            let worker = &mut self.workers[index];
-            worker.running = Some((id, job.completion));
-            if let Err(_lost) = send_all(&worker.stream, &self.frame) {
-                // The worker is gone: the job fails with its exit status, like any job it runs.
+            let sent = send_all(&worker.stream, &worker.outbox);
+            worker.outbox.clear();
+            if sent.is_err() {
+                // The worker is gone: its first job fails with its exit status.
                 self.replace_worker(index, false);
             }
-            index += 1;
         }
+    }
+
+    fn assign(&mut self, index: usize, job: Job) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let worker = &mut self.workers[index];
+        wire::write_request(&mut worker.outbox, id, job.call, &job.arg);
+        if worker.in_flight.is_empty() {
+            worker.head_since = Instant::now();
+        }
+        worker.in_flight.push_back(InFlight { id, job });
     }
 
     fn read_replies(&mut self, index: usize) {
         let worker = &mut self.workers[index];
         let open = worker.replies.fill(&mut Available(&worker.stream));
         loop {
-            let answers_running = |reply: &Reply, worker: &Worker| {
-                worker
-                    .running
-                    .as_ref()
-                    .is_some_and(|(id, _)| *id == reply.id)
-            };
+            let expected = worker.in_flight.front().map(|in_flight| in_flight.id);
             match worker.replies.next_reply() {
-                Ok(Some(reply)) if answers_running(&reply, worker) => {
-                    let (_, completion) = worker.running.take().expect("checked just above");
+                Ok(Some(reply)) if Some(reply.id) == expected => {
+                    let done = worker.in_flight.pop_front().expect("checked just above");
+                    let now = Instant::now();
+                    let took = now - worker.head_since;
+                    worker.head_since = now;
+                    self.typical_task = Some(match self.typical_task {
+                        Some(typical) => (typical * 7 + took) / 8,
+                        None => took,
+                    });
                     self.shared.counters.completed();
-                    completion.finish(reply);
+                    done.job.completion.finish(reply);
                 }
                 Ok(None) => break,
                 // A reply to no job, or a corrupt frame: this worker cannot be trusted.
@@ -333,22 +409,27 @@ impl Dispatcher {
         }
     }
 
-    /// The worker at `index` died or broke its stream (`kill` it then): fail its job with how
-    /// it ended, and fork a replacement unless the pool is closing.
+    /// The worker at `index` died or broke its stream (`kill` it then): fail the job it was
+    /// running with how it ended, give the jobs sent ahead to others, and fork a replacement
+    /// unless the pool is closing.
     fn replace_worker(&mut self, index: usize, kill: bool) {
-        let dead = self.workers.swap_remove(index);
+        let mut dead = self.workers.swap_remove(index);
         drop(dead.stream);
         if kill {
             let pid = nix::unistd::Pid::from_raw(dead.pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
         let exit = self.link.reap(dead.pid).unwrap_or(WorkerExit::Unknown);
-        if let Some((_, completion)) = dead.running {
+        if let Some(running) = dead.in_flight.pop_front() {
             self.shared.counters.completed();
-            completion.fail(Error::new(ErrorKind::WorkerDied {
+            let error = Error::new(ErrorKind::WorkerDied {
                 pid: dead.pid,
                 exit,
-            }));
+            });
+            running.job.completion.fail(error);
+        }
+        for (position, waiting) in dead.in_flight.into_iter().enumerate() {
+            self.retry.insert(position, waiting.job);
         }
         let mut pids = self
             .shared
@@ -356,20 +437,24 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         pids.retain(|&pid| pid != dead.pid);
-        if !self.shared.closed.load(Ordering::SeqCst) {
-            if let Ok(spawned) = server::spawn_worker(self.link) {
-                pids.push(spawned.0);
-                self.workers.push(Worker::new(spawned));
-            }
+        if !self.shared.closed.load(Ordering::SeqCst)
+            && let Ok(spawned) = server::spawn_worker(self.link)
+        {
+            pids.push(spawned.0);
+            self.workers.push(Worker::new(spawned));
         }
     }
 
-    /// No worker is left and none can be forked: fail everything, refuse new work.
-    fn give_up(&mut self) {
-        self.shared.broken.store(true, Ordering::SeqCst);
+    /// Fails every job that no worker holds, with a shutdown error: the queued ones and those
+    /// a dead worker left.
+    fn fail_waiting_jobs(&mut self) {
+        for job in self.retry.drain(..) {
+            self.shared.counters.completed();
+            job.completion.fail(Error::new(ErrorKind::Shutdown));
+        }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.picked();
-            self.shared.counters.completed();
+            self.shared.counters.cancelled();
             job.completion.fail(Error::new(ErrorKind::Shutdown));
         }
     }
@@ -378,9 +463,17 @@ impl Dispatcher {
     fn shut_down_workers(&mut self) {
         for worker in std::mem::take(&mut self.workers) {
             drop(worker.stream);
+            if !worker.in_flight.is_empty() {
+                // Only when the dispatcher itself failed: do not wait for its tasks.
+                let pid = nix::unistd::Pid::from_raw(worker.pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = self.link.reap(worker.pid);
-            if let Some((_, completion)) = worker.running {
-                completion.fail(Error::new(ErrorKind::Shutdown));
+            for in_flight in worker.in_flight {
+                in_flight
+                    .job
+                    .completion
+                    .fail(Error::new(ErrorKind::Shutdown));
             }
         }
         self.shared
