@@ -86,6 +86,16 @@ pub(crate) fn die_with_parent(parent: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Runs `f` when the process exits normally (returning from `main`, or `std::process::exit`).
+pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `atexit` only records the pointer; `f` is a plain function with no arguments, as
+    // the C signature asks.
+    if unsafe { libc::atexit(f) } != 0 {
+        return Err(io::Error::other("atexit refused the handler"));
+    }
+    Ok(())
+}
+
 /// Makes the calling process ignore `SIGINT`: a Ctrl-C in the terminal reaches the whole
 /// process group, and the application, not its workers, decides what it means.
 pub(crate) fn ignore_interrupts() -> io::Result<()> {

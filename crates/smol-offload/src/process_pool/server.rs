@@ -92,6 +92,19 @@ pub(crate) fn link_or_start() -> Result<&'static ServerLink, BuildError> {
 #[derive(Debug)]
 pub(crate) struct ServerLink {
     socket: Mutex<OwnedFd>,
+    /// The socket's descriptor, to shut it down at exit without taking the lock.
+    raw: std::os::fd::RawFd,
+    pid: u32,
+}
+
+/// At a normal exit, ends the link so the server kills and reaps its workers and exits, then
+/// reaps the server: the application leaves no process behind, not even a zombie for init.
+extern "C" fn stop_server_at_exit() {
+    if let Some(link) = SERVER.get() {
+        // Other threads may still hold the lock: shut the socket down under them instead.
+        let _ = nix::sys::socket::shutdown(link.raw, nix::sys::socket::Shutdown::Both);
+        let _ = nix::sys::wait::waitpid(Pid::from_raw(link.pid as i32), None);
+    }
 }
 
 impl ServerLink {
@@ -104,10 +117,15 @@ impl ServerLink {
         )?;
         let application = std::process::id();
         match sys::fork()? {
-            Forked::Parent(_) => {
+            Forked::Parent(pid) => {
                 drop(server_end);
+                // Best effort: without it, the server is reaped by init instead.
+                let _ = sys::at_exit(stop_server_at_exit);
+                let raw = parent_end.as_raw_fd();
                 Ok(ServerLink {
                     socket: Mutex::new(parent_end),
+                    raw,
+                    pid,
                 })
             }
             Forked::Child => {
