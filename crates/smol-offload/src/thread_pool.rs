@@ -156,21 +156,12 @@ impl fmt::Debug for ThreadPool {
 }
 
 /// Builds a [`ThreadPool`]: `ThreadPool::builder().workers(n).thread_name(..).build()`.
+#[derive(Default)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ThreadPoolBuilder {
     workers: Option<usize>,
     thread_name: Option<Box<dyn FnMut(usize) -> String + 'static>>,
     stack_size: Option<usize>,
-}
-
-impl Default for ThreadPoolBuilder {
-    fn default() -> ThreadPoolBuilder {
-        ThreadPoolBuilder {
-            workers: None,
-            thread_name: None,
-            stack_size: None,
-        }
-    }
 }
 
 impl ThreadPoolBuilder {

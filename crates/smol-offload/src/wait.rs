@@ -166,10 +166,10 @@ impl<T> Future for Wait<T> {
             }
             this.registered = Some(cx.waker().clone());
         }
-        if let Some(timer) = &mut this.timer {
-            if Pin::new(timer).poll(cx).is_ready() {
-                return Poll::Ready(this.finish());
-            }
+        if let Some(timer) = &mut this.timer
+            && Pin::new(timer).poll(cx).is_ready()
+        {
+            return Poll::Ready(this.finish());
         }
         Poll::Pending
     }
