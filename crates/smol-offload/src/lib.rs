@@ -72,6 +72,7 @@
 mod default_pool;
 mod error;
 mod executor;
+mod job_queue;
 mod process_pool;
 mod stats;
 mod sys;

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{BuildError, BuildErrorKind, Error};
 use crate::executor::Executor;
+use crate::job_queue::{Job, JobQueue};
 use crate::stats::{Counters, PoolStats};
 use crate::task::{self, Promise, Task};
 
@@ -16,10 +17,10 @@ use crate::task::{self, Promise, Task};
 /// code, the counterpart of Python's `ThreadPoolExecutor(max_workers=n)`.
 ///
 /// The pool is a [rayon] thread pool with exactly `workers` threads, whatever the burst: work
-/// waits in rayon's queue until a thread is free. Rayon code inside a task (`par_iter`, `join`)
-/// runs on the same threads. Handles are cheap to clone and can be shared by many threads and
-/// many event loops; the threads stop when the last handle is dropped and the queued work is
-/// done.
+/// waits in the pool's first-in, first-out queue until a thread is free. Rayon code inside a
+/// task (`par_iter`, `join`) runs on the same threads. Handles are cheap to clone and can be
+/// shared by many threads and many event loops; the threads stop when the last handle is
+/// dropped and the queued work is done.
 ///
 /// # Examples
 ///
@@ -43,7 +44,7 @@ pub struct ThreadPool {
 
 struct Inner {
     rayon: rayon::ThreadPool,
-    counters: Arc<Counters>,
+    queue: Arc<JobQueue>,
     workers: usize,
 }
 
@@ -98,11 +99,8 @@ impl ThreadPool {
         T: Send + 'static,
     {
         let (promise, task) = task::pair();
-        let counters = self.inner.counters.clone();
-        counters.submitted();
-        self.inner
-            .rayon
-            .spawn(move || run_job(&counters, promise, f));
+        let job: Job = Box::new(move |counters: &Counters| run_job(counters, promise, f));
+        self.inner.queue.push(job, &self.inner.rayon);
         task
     }
 
@@ -113,12 +111,12 @@ impl ThreadPool {
 
     /// A snapshot of the pool's queued, running and completed tasks.
     pub fn stats(&self) -> PoolStats {
-        self.inner.counters.snapshot(self.inner.workers)
+        self.inner.queue.counters.snapshot(self.inner.workers)
     }
 }
 
-/// The body of every job on the rayon queue: skip cancelled work, run the rest under
-/// `catch_unwind` so a panic never reaches rayon (which would abort the process).
+/// The body of every queued job: skip cancelled work, run the rest under `catch_unwind` so
+/// a panic never reaches rayon (which would abort the process).
 fn run_job<F, T>(counters: &Counters, promise: Promise<T>, f: F)
 where
     F: FnOnce() -> T,
@@ -208,11 +206,11 @@ impl ThreadPoolBuilder {
         let rayon = builder
             .build()
             .map_err(|err| BuildError::new(BuildErrorKind::Rayon(err)))?;
-        let counters = Arc::new(Counters::default());
+        let queue = Arc::new(JobQueue::new(workers));
         Ok(ThreadPool {
             inner: Arc::new(Inner {
                 rayon,
-                counters,
+                queue,
                 workers,
             }),
         })
