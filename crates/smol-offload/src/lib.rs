@@ -1,8 +1,9 @@
 //! Bounded thread and process pools for smol: offload blocking work and await it.
 //!
 //! An async program must never block its event loop. `smol-offload` hands blocking I/O and
-//! CPU-heavy work to a fixed pool of named threads and gives back a [`Task`] to await: the Rust
-//! counterpart of Python's `await loop.run_in_executor(ThreadPoolExecutor(3), f, arg)`. The
+//! CPU-heavy work to a fixed pool of named threads, or of forked worker processes, and gives
+//! back a [`Task`] to await: the Rust counterpart of Python's
+//! `await loop.run_in_executor(ThreadPoolExecutor(3) | ProcessPoolExecutor(3), f, arg)`. The
 //! loop stays responsive, the pool never grows past its size, and a panic in the work comes back
 //! as an [`Error`] instead of tearing anything down.
 //!
@@ -63,6 +64,36 @@
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
 //!
+//! # Processes and fork safety
+//!
+//! [`ProcessPool`] runs functions in forked worker processes, for CPU-heavy work that should
+//! not share the application's memory or for code that may crash: a worker that dies fails
+//! only the task it was running, and the pool forks a replacement. [`Executor::run`] takes a
+//! plain `fn(A) -> R` and a serde argument, so the same call works on both pools:
+//!
+//! ```
+//! use smol_offload::{Executor, ProcessPool};
+//!
+//! fn checksum(data: Vec<u8>) -> u64 {
+//!     data.iter().map(|&b| u64::from(b)).sum()
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     smol_offload::init(); // first thing in main, before any thread starts
+//!     let pool = ProcessPool::new(2)?;
+//!     let sum = smol::block_on(pool.run(checksum, vec![1, 2, 3]))?;
+//!     assert_eq!(sum, 6);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Forking a process that runs threads copies locks held by threads that do not exist in the
+//! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small
+//! single-threaded fork server at the start of `main`, and every worker is forked from it,
+//! never from the application. When the application dies, even by `SIGKILL`, the server and
+//! the workers die with it. `docs/fork-safety.md` in the repository tells the whole story,
+//! including how test binaries start the server.
+//!
 //! # Feature flags
 //!
 //! None yet: everything is on by default.
@@ -89,3 +120,8 @@ pub use crate::stats::PoolStats;
 pub use crate::task::{Task, Timeout};
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
+
+/// The README's code blocks, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
