@@ -1,0 +1,93 @@
+//! `ProcessPool::new` without `smol_offload::init()`: it starts the fork server itself while the
+//! process has one thread, and refuses with a clear error once other threads run.
+//!
+//! This test has its own `main` (`harness = false`): libtest would start threads before any
+//! test runs. The refusal runs in a child process, started by re-running this binary.
+
+use std::process::Command;
+
+use smol_offload::{Executor, ProcessPool};
+
+const REFUSAL_ARG: &str = "--refusal-child";
+
+fn double(n: u32) -> u32 {
+    n * 2
+}
+
+/// No `init()`, one thread: the pool starts the server itself, and later pools reuse it even
+/// after threads were started.
+fn lazy_start() -> Result<(), String> {
+    let pool = ProcessPool::new(2).map_err(|err| format!("lazy start failed: {err}"))?;
+    let value = smol::block_on(pool.run(double, 21)).map_err(|err| err.to_string())?;
+    if value != 42 {
+        return Err(format!("expected 42, got {value}"));
+    }
+    // The pool's dispatcher thread now runs: a second pool must reuse the running server.
+    let second = ProcessPool::new(1).map_err(|err| format!("second pool failed: {err}"))?;
+    let value = smol::block_on(second.run(double, 5)).map_err(|err| err.to_string())?;
+    if value != 10 {
+        return Err(format!("expected 10, got {value}"));
+    }
+    Ok(())
+}
+
+/// In the child: a thread runs before the first pool, so the pool must refuse.
+fn refusal_child() -> ! {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || stopped.recv());
+    let code = match ProcessPool::new(1) {
+        Ok(_) => {
+            eprintln!("a pool was built in a threaded process without init()");
+            1
+        }
+        Err(err) if err.needs_init() => {
+            println!("{err}");
+            0
+        }
+        Err(err) => {
+            eprintln!("wrong error: {err}");
+            1
+        }
+    };
+    drop(stop);
+    let _ = thread.join();
+    std::process::exit(code)
+}
+
+fn refusal() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let output = Command::new(exe).arg(REFUSAL_ARG).output().map_err(|err| err.to_string())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("child failed ({}): {stderr}", output.status));
+    }
+    let expected = "process pools need smol_offload::init() at the start of main: \
+                    this process already runs 2 threads";
+    if stdout.trim() != expected {
+        return Err(format!("unexpected message {stdout:?}"));
+    }
+    Ok(())
+}
+
+fn main() {
+    if std::env::args().any(|arg| arg == REFUSAL_ARG) {
+        refusal_child();
+    }
+    let checks: [(&str, fn() -> Result<(), String>); 2] =
+        [("lazy_start", lazy_start), ("refusal", refusal)];
+    let mut failed = 0;
+    for (name, check) in checks {
+        match check() {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(message) => {
+                println!("test {name} ... FAILED: {message}");
+                failed += 1;
+            }
+        }
+    }
+    println!("{} passed, {failed} failed", checks.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
