@@ -71,22 +71,43 @@ fn refusal() -> Result<(), String> {
 }
 
 fn main() {
-    if std::env::args().any(|arg| arg == REFUSAL_ARG) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == REFUSAL_ARG) {
         refusal_child();
     }
     let checks: [(&str, fn() -> Result<(), String>); 2] =
         [("lazy_start", lazy_start), ("refusal", refusal)];
-    let mut failed = 0;
-    for (name, check) in checks {
+    // Enough of libtest's command line for `cargo test` and `cargo nextest`: `--list` names the
+    // tests (none of them is ignored), and a name runs only the tests it matches.
+    if args.iter().any(|arg| arg == "--list") {
+        if !args.iter().any(|arg| arg == "--ignored") {
+            for (name, _) in checks {
+                println!("{name}: test");
+            }
+        }
+        return;
+    }
+    let exact = args.iter().any(|arg| arg == "--exact");
+    let filter = args.iter().find(|arg| !arg.starts_with("--"));
+    let selected = checks.iter().filter(|(name, _)| match filter {
+        Some(filter) if exact => name == filter,
+        Some(filter) => name.contains(filter.as_str()),
+        None => true,
+    });
+    let (mut passed, mut failed) = (0, 0);
+    for (name, check) in selected {
         match check() {
-            Ok(()) => println!("test {name} ... ok"),
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
             Err(message) => {
                 println!("test {name} ... FAILED: {message}");
                 failed += 1;
             }
         }
     }
-    println!("{} passed, {failed} failed", checks.len() - failed);
+    println!("{passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);
     }
