@@ -117,7 +117,9 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
     let lanes_height = LANE * workers.len().max(1) as f64;
     let x_of = |us: u64| LEFT + plot_width * us as f64 / axis.end_us as f64;
 
-    // Lanes with their labels, striped so a bar's lane is easy to follow.
+    // Lanes with their labels, striped so a bar's lane is easy to follow. Process workers are
+    // named by their pid: say so, as the process demo's log lines do.
+    let lane_prefix = if run.backend == "process" { "PID " } else { "" };
     for (i, worker) in workers.iter().enumerate() {
         let y = lanes_top + LANE * i as f64;
         let fill = if i % 2 == 0 { "#f3f3f3" } else { "#fafafa" };
@@ -130,7 +132,7 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
             r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             LEFT - 8.0,
             y + LANE / 2.0 + 4.0,
-            escape(worker)
+            escape(&format!("{lane_prefix}{worker}"))
         );
     }
     if workers.is_empty() {
@@ -331,8 +333,8 @@ mod tests {
         let thread_header = svg.find(">thread pool: wall 213.4 ms").unwrap();
         let process_header = svg.find(">process pool: wall 213.4 ms").unwrap();
         assert!(thread_header < process_header, "thread panel first");
-        for worker in ["Thread-1", "Thread-2", "Thread-3", "4101", "4102", "4103"] {
-            assert_eq!(svg.matches(&format!(">{worker}</text>")).count(), 1);
+        for lane in ["Thread-1", "Thread-2", "Thread-3", "PID 4101", "PID 4102", "PID 4103"] {
+            assert_eq!(svg.matches(&format!(">{lane}</text>")).count(), 1);
         }
         assert_eq!(svg.matches(r#"<g class="task">"#).count(), 12);
         for task in 0..6 {
