@@ -416,6 +416,29 @@ fn large_values_cross() {
     assert!(back == expected);
 }
 
+fn echo_bytes(bytes: Vec<u8>) -> Vec<u8> {
+    bytes
+}
+
+#[test]
+fn burst_of_large_values_after_short_tasks() {
+    // Short tasks first, so that the pool sends tasks ahead; then large values both ways,
+    // which must neither deadlock the dispatcher with a worker writing its reply nor get lost.
+    let pool = ProcessPool::new(2).unwrap();
+    smol::block_on(async {
+        let warm_up: Vec<_> = (0..2_000).map(|n| pool.run(square, n)).collect();
+        assert_eq!(gather(warm_up).await.len(), 2_000);
+        let tasks: Vec<_> = (0..300u32)
+            .map(|n| pool.run(echo_bytes, vec![(n % 251) as u8; 64 * 1024]).timeout(WATCHDOG))
+            .collect();
+        for (n, task) in tasks.into_iter().enumerate() {
+            let bytes = task.await.unwrap();
+            assert_eq!(bytes.len(), 64 * 1024);
+            assert!(bytes.iter().all(|&b| b == (n % 251) as u8));
+        }
+    });
+}
+
 #[test]
 fn dropping_the_pool_fails_pending_tasks_and_ends_workers() {
     let pool = ProcessPool::new(1).unwrap();

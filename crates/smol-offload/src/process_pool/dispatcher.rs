@@ -97,14 +97,16 @@ impl Shared {
 
     /// Queues a job, waking the dispatcher if it sleeps with an idle worker.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
-        if self.broken.load(Ordering::Acquire) {
-            return Err(job);
+        {
+            // `broken` is set under this lock before the queue is drained for the last time,
+            // so no job can slip in after that drain.
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.broken.load(Ordering::Acquire) {
+                return Err(job);
+            }
+            self.counters.submitted();
+            queue.push_back(job);
         }
-        self.counters.submitted();
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(job);
         if self.sleeping_idle.swap(false, Ordering::SeqCst) {
             self.wake_dispatcher();
         }
@@ -127,6 +129,22 @@ impl Shared {
     fn wake_dispatcher(&self) {
         // A full eventfd counter still wakes the poller; nothing else can fail here.
         let _ = self.wake.write(1);
+    }
+
+    /// Refuses new work from now on; the caller then fails what is queued.
+    fn break_pool(&self) {
+        let _queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// The oldest queued job, if `fits` accepts it.
+    fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if queue.front().is_some_and(fits) {
+            queue.pop_front()
+        } else {
+            None
+        }
     }
 
     fn pop(&self) -> Option<Job> {
@@ -152,6 +170,10 @@ impl Shared {
 const SHORT_TASK: Duration = Duration::from_micros(200);
 /// How many tasks a worker may hold at once, the one it runs included, when tasks are short.
 const PIPELINE_DEPTH: usize = 16;
+/// The largest argument sent to a busy worker. The dispatcher writes with blocking sends, and a
+/// busy worker is not reading: what is sent ahead must fit in the socket's buffer (16 frames of
+/// at most 4 KiB), or the dispatcher and a worker writing its reply would wait for each other.
+const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
 /// job, the job goes to another worker.
@@ -254,7 +276,7 @@ impl Dispatcher {
                 self.hand_out_jobs();
             }
             if self.workers.is_empty() {
-                self.shared.broken.store(true, Ordering::SeqCst);
+                self.shared.break_pool();
                 self.fail_waiting_jobs();
                 break;
             }
@@ -272,7 +294,7 @@ impl Dispatcher {
             let ready = match self.wait_for_events() {
                 Ok(ready) => ready,
                 Err(_) => {
-                    self.shared.broken.store(true, Ordering::SeqCst);
+                    self.shared.break_pool();
                     self.fail_waiting_jobs();
                     break;
                 }
@@ -315,11 +337,17 @@ impl Dispatcher {
 
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
-    fn next_job(&mut self) -> Option<Job> {
-        if let Some(job) = self.retry.pop_front() {
-            return Some(job);
+    ///
+    /// A job for a busy worker must be small (`ahead`): see [`SEND_AHEAD_LIMIT`].
+    fn next_job(&mut self, ahead: bool) -> Option<Job> {
+        let fits = |job: &Job| !ahead || job.arg.len() <= SEND_AHEAD_LIMIT;
+        if self.retry.front().is_some_and(fits) {
+            return self.retry.pop_front();
         }
-        while let Some(job) = self.shared.pop() {
+        if !self.retry.is_empty() {
+            return None;
+        }
+        while let Some(job) = self.shared.pop_if(fits) {
             self.shared.counters.picked();
             if job.completion.start() {
                 return Some(job);
@@ -333,7 +361,9 @@ impl Dispatcher {
         // One job to each idle worker first, so that work spreads before it queues up.
         for index in 0..self.workers.len() {
             if self.workers[index].in_flight.is_empty() {
-                let Some(job) = self.next_job() else { break };
+                let Some(job) = self.next_job(false) else {
+                    break;
+                };
                 self.assign(index, job);
             }
         }
@@ -345,7 +375,7 @@ impl Dispatcher {
             'fill: for depth in 2..=PIPELINE_DEPTH {
                 for index in 0..self.workers.len() {
                     if self.workers[index].in_flight.len() < depth {
-                        let Some(job) = self.next_job() else {
+                        let Some(job) = self.next_job(true) else {
                             break 'fill;
                         };
                         self.assign(index, job);
@@ -481,6 +511,18 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A bug in the dispatcher must not leave tasks waiting forever: refuse new work and
+            // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
+            // workers exit when their sockets close.
+            self.shared.break_pool();
+            self.fail_waiting_jobs();
+        }
     }
 }
 
