@@ -1,0 +1,264 @@
+//! The default pool behind `smol_offload::spawn`, and the `SMOL_OFFLOAD_THREADS` variable that
+//! sizes it. The default pool is created once per process, so each value of the variable is
+//! tried in a fresh child process: this binary runs itself again with one `child_*` test
+//! selected, the variable set, and a marker telling that test to run its body.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use smol::prelude::*;
+use smol_offload::THREADS_VARIABLE;
+
+/// The longest any test may wait for something that should happen: a bug fails, never hangs.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Set in a child process: its `child_*` test runs its body instead of returning at once.
+const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_DEFAULT_POOL_CHILD";
+
+/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
+/// it fails the test even when its own wake-up would let the work be polled again and so hide
+/// a lost wake-up.
+async fn watchdog<T>() -> T {
+    smol::Timer::after(WATCHDOG).await;
+    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
+}
+
+/// `smol::block_on` with a watchdog.
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    smol::block_on(watchdog().or(future))
+}
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD_MARKER).is_some()
+}
+
+/// Runs the test `name` of this binary in a child process with `SMOL_OFFLOAD_THREADS` set to
+/// `value` (or unset), asserts that it passed, and returns its output.
+fn run_child(name: &str, value: Option<&str>) -> String {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_MARKER, "1");
+    match value {
+        Some(value) => command.env(THREADS_VARIABLE, value),
+        None => command.env_remove(THREADS_VARIABLE),
+    };
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "child {name} with {THREADS_VARIABLE}={value:?} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // A wrong name would select no test and still succeed: the child must say it ran.
+    let done = format!("{name}: done");
+    assert!(
+        stdout.contains(&done),
+        "child {name} did not run its body\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout.into_owned()
+}
+
+/// The names of the threads that run `n` tasks held on one barrier: `n` distinct workers.
+fn names_of_n_concurrent_tasks(n: usize) -> HashSet<String> {
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            smol_offload::spawn(move || {
+                barrier.wait();
+                thread::current().name().unwrap().to_owned()
+            })
+        })
+        .collect();
+    block_on(async {
+        let mut names = HashSet::new();
+        for task in tasks {
+            names.insert(task.await.unwrap());
+        }
+        names
+    })
+}
+
+/// In a child whose variable holds a bad value: the pool is refused with a message that quotes
+/// the value and names the variable, and no work runs.
+fn refused_value_body(name: &str, value: &str) {
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    let err = block_on(smol_offload::spawn(move || {
+        flag.store(true, Ordering::SeqCst)
+    }))
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(THREADS_VARIABLE), "{message}");
+    assert!(message.contains(&format!("{value:?}")), "{message}");
+    assert!(!err.is_panic() && !err.is_cancelled() && !err.is_shutdown());
+    assert!(!ran.load(Ordering::SeqCst), "work ran on a refused pool");
+
+    let again = block_on(smol_offload::spawn(|| 1)).unwrap_err();
+    assert_eq!(again.to_string(), message);
+    let pool_err = smol_offload::default_pool().unwrap_err();
+    assert_eq!(pool_err.to_string(), message);
+    println!("message: {message}");
+    println!("{name}: done");
+}
+
+#[test]
+fn spawn_runs_on_the_default_pool() {
+    let values = block_on(async {
+        let tasks: Vec<_> = (0..100u64)
+            .map(|i| smol_offload::spawn(move || i * i))
+            .collect();
+        let mut values = Vec::new();
+        for task in tasks {
+            values.push(task.await.unwrap());
+        }
+        values
+    });
+    assert_eq!(values, (0..100u64).map(|i| i * i).collect::<Vec<_>>());
+    let name = block_on(smol_offload::spawn(|| {
+        thread::current().name().map(str::to_owned)
+    }))
+    .unwrap();
+    let name = name.expect("default workers have names");
+    assert!(name.starts_with("smol-offload-"), "{name}");
+}
+
+#[test]
+fn default_pool_is_one_shared_instance() {
+    let a = smol_offload::default_pool().unwrap();
+    let b = smol_offload::default_pool().unwrap();
+    assert_eq!(a.workers(), b.workers());
+    let before = b.stats().completed;
+    block_on(a.spawn(|| ())).unwrap();
+    // Clones of one pool share their counters: the second handle saw the first's task.
+    assert!(b.stats().completed > before);
+}
+
+#[test]
+fn unset_variable_gives_one_worker_per_cpu() {
+    let output = run_child("child_unset", None);
+    let cpus = thread::available_parallelism().unwrap().get();
+    assert!(output.contains(&format!("workers={cpus}")), "{output}");
+}
+
+#[test]
+fn child_unset() {
+    if !in_child() {
+        return;
+    }
+    let pool = smol_offload::default_pool().unwrap();
+    let cpus = thread::available_parallelism().unwrap().get();
+    assert_eq!(pool.workers(), cpus);
+    assert_eq!(block_on(smol_offload::spawn(|| 40 + 2)).unwrap(), 42);
+    println!("workers={}", pool.workers());
+    println!("child_unset: done");
+}
+
+#[test]
+fn two_gives_a_pool_of_two_workers() {
+    let output = run_child("child_two", Some("2"));
+    assert!(output.contains("workers=2"), "{output}");
+}
+
+#[test]
+fn child_two() {
+    if !in_child() {
+        return;
+    }
+    let pool = smol_offload::default_pool().unwrap();
+    assert_eq!(pool.workers(), 2);
+    assert_eq!(pool.stats().workers, 2);
+
+    // Exactly two threads when two tasks must run at once ...
+    let names = names_of_n_concurrent_tasks(2);
+    let expected: HashSet<String> = ["smol-offload-0", "smol-offload-1"]
+        .map(str::to_owned)
+        .into();
+    assert_eq!(names, expected);
+
+    // ... and never more under a burst.
+    let tasks: Vec<_> = (0..2_000)
+        .map(|_| smol_offload::spawn(|| thread::current().id()))
+        .collect();
+    let ids: HashSet<_> = block_on(async {
+        let mut ids = HashSet::new();
+        for task in tasks {
+            ids.insert(task.await.unwrap());
+        }
+        ids
+    });
+    assert!(ids.len() <= 2, "{} threads ran the burst", ids.len());
+    println!("workers={}", pool.workers());
+    println!("child_two: done");
+}
+
+#[test]
+fn surrounding_spaces_are_accepted() {
+    let output = run_child("child_spaced_three", Some(" 3 "));
+    assert!(output.contains("workers=3"), "{output}");
+}
+
+#[test]
+fn child_spaced_three() {
+    if !in_child() {
+        return;
+    }
+    let pool = smol_offload::default_pool().unwrap();
+    assert_eq!(pool.workers(), 3);
+    assert_eq!(names_of_n_concurrent_tasks(3).len(), 3);
+    println!("workers={}", pool.workers());
+    println!("child_spaced_three: done");
+}
+
+#[test]
+fn zero_is_refused_with_a_clear_error() {
+    let output = run_child("child_zero", Some("0"));
+    assert!(
+        output.contains("message: SMOL_OFFLOAD_THREADS") && output.contains("\"0\""),
+        "{output}"
+    );
+}
+
+#[test]
+fn child_zero() {
+    if !in_child() {
+        return;
+    }
+    refused_value_body("child_zero", "0");
+}
+
+#[test]
+fn garbage_is_refused_with_a_clear_error() {
+    let output = run_child("child_garbage", Some("abc"));
+    assert!(output.contains("\"abc\""), "{output}");
+    assert!(output.contains(THREADS_VARIABLE), "{output}");
+}
+
+#[test]
+fn child_garbage() {
+    if !in_child() {
+        return;
+    }
+    refused_value_body("child_garbage", "abc");
+}
+
+#[test]
+fn negative_is_refused_with_a_clear_error() {
+    let output = run_child("child_negative", Some("-2"));
+    assert!(output.contains("\"-2\""), "{output}");
+}
+
+#[test]
+fn child_negative() {
+    if !in_child() {
+        return;
+    }
+    refused_value_body("child_negative", "-2");
+}

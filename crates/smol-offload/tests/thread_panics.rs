@@ -1,0 +1,334 @@
+//! Panics in thread-pool tasks: each becomes an `Error` with the panic's message, and the pool
+//! keeps all its workers; a panic while dropping a task's closure or value does not crash the
+//! process either. This binary silences the panic hook for pool threads, so it holds only panic
+//! tests. Scenarios that could abort the process run in a child process: the binary runs itself
+//! again with one `child_*` test selected and a marker telling that test to run its body.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic;
+use std::process::Command;
+use std::sync::{Arc, Barrier, Once, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use smol::prelude::*;
+use smol_offload::{Task, ThreadPool};
+
+/// The longest any test may wait for something that should happen: a bug fails, never hangs.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
+/// it fails the test even when its own wake-up would let the work be polled again and so hide
+/// a lost wake-up.
+async fn watchdog<T>() -> T {
+    smol::Timer::after(WATCHDOG).await;
+    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
+}
+
+/// `smol::block_on` with a watchdog.
+fn block_on<T>(future: impl Future<Output = T>) -> T {
+    smol::block_on(watchdog().or(future))
+}
+
+/// Keeps the expected panics of pool threads off stderr. The hook is process-global, which is
+/// why this binary holds nothing but panic tests; the test threads keep the default hook, so a
+/// failing assertion still prints its message.
+fn quiet_worker_panics() {
+    static QUIET: Once = Once::new();
+    QUIET.call_once(|| {
+        let default = panic::take_hook();
+        panic::set_hook(Box::new(move |info| {
+            let name = thread::current().name().unwrap_or("").to_owned();
+            let expected = name.starts_with("smol-offload-") || name.starts_with("panicky-");
+            if !expected {
+                default(info);
+            }
+        }));
+    });
+}
+
+/// Names of the threads that run `n` tasks held on one barrier of `n`: all `n` workers.
+fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<String> {
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            pool.spawn(move || {
+                barrier.wait();
+                thread::current().name().unwrap().to_owned()
+            })
+        })
+        .collect();
+    block_on(async {
+        let mut names = HashSet::new();
+        for task in tasks {
+            names.insert(task.await.unwrap());
+        }
+        names
+    })
+}
+
+/// What task `i` panics with, and the message the error must carry.
+fn panic_for(i: usize) -> (Box<dyn FnOnce() -> usize + Send>, String) {
+    match i % 5 {
+        0 => (
+            Box::new(move || panic!("task {i} failed")),
+            format!("task {i} failed"),
+        ),
+        1 => (
+            Box::new(|| panic!("a literal message")),
+            "a literal message".to_owned(),
+        ),
+        2 => (
+            Box::new(move || panic::panic_any(format!("string payload {i}"))),
+            format!("string payload {i}"),
+        ),
+        3 => (
+            Box::new(|| panic::panic_any("static str payload")),
+            "static str payload".to_owned(),
+        ),
+        _ => (
+            Box::new(move || panic::panic_any(i)),
+            "Box<dyn Any>".to_owned(),
+        ),
+    }
+}
+
+#[test]
+fn every_panic_becomes_an_error_with_its_message() {
+    quiet_worker_panics();
+    const TASKS: usize = 1_000;
+    let pool = ThreadPool::new(2).unwrap();
+    let before = names_of_all_workers(&pool, 2);
+
+    let (tasks, messages): (Vec<Task<usize>>, Vec<String>) = (0..TASKS)
+        .map(|i| {
+            let (work, message) = panic_for(i);
+            (pool.spawn(work), message)
+        })
+        .unzip();
+    block_on(async {
+        for (i, (task, message)) in tasks.into_iter().zip(messages).enumerate() {
+            let err = task.await.unwrap_err();
+            assert!(err.is_panic(), "task {i}: {err}");
+            assert!(!err.is_cancelled() && !err.is_timeout() && !err.is_shutdown());
+            assert!(!err.is_worker_died() && !err.is_codec());
+            assert_eq!(err.panic_message(), Some(message.as_str()), "task {i}");
+            assert_eq!(err.to_string(), format!("the task panicked: {message}"));
+            assert!(std::error::Error::source(&err).is_none());
+        }
+    });
+
+    // The pool goes on, with the same workers.
+    block_on(async {
+        for i in 0..100 {
+            assert_eq!(pool.spawn(move || i * 2).await.unwrap(), i * 2);
+        }
+    });
+    assert_eq!(pool.workers(), 2);
+    assert_eq!(names_of_all_workers(&pool, 2), before);
+    let stats = pool.stats();
+    // Two barrier rounds, the panics and the 100 values: a panic counts as completed.
+    assert_eq!(stats.completed, (2 + TASKS + 100 + 2) as u64);
+    assert_eq!((stats.queued, stats.running, stats.cancelled), (0, 0, 0));
+}
+
+#[test]
+fn panics_mixed_with_values_keep_each_result_apart() {
+    quiet_worker_panics();
+    let pool = ThreadPool::builder()
+        .workers(3)
+        .thread_name(|i| format!("panicky-{i}"))
+        .build()
+        .unwrap();
+    let tasks: Vec<Task<u32>> = (0..1_000u32)
+        .map(|i| {
+            pool.spawn(move || {
+                if i % 2 == 0 {
+                    panic!("odd one out {i}");
+                }
+                i
+            })
+        })
+        .collect();
+    block_on(async {
+        for (i, task) in (0..1_000u32).zip(tasks) {
+            match task.await {
+                Ok(value) => assert_eq!(value, i),
+                Err(err) => {
+                    assert_eq!(i % 2, 0, "task {i} failed: {err}");
+                    assert_eq!(
+                        err.panic_message().unwrap(),
+                        format!("odd one out {i}").as_str()
+                    );
+                }
+            }
+        }
+    });
+    assert_eq!(names_of_all_workers(&pool, 3).len(), 3);
+}
+
+#[test]
+fn a_panic_does_not_disturb_a_running_task() {
+    quiet_worker_panics();
+    let pool = ThreadPool::new(2).unwrap();
+    let (open, closed) = async_channel::bounded::<()>(1);
+    let (started_tx, started) = mpsc::channel();
+    let survivor = pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv_blocking();
+        "survived"
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    block_on(async {
+        for _ in 0..100 {
+            let err = pool.spawn(|| panic!("next door")).await.unwrap_err();
+            assert_eq!(err.panic_message(), Some("next door"));
+        }
+        drop(open);
+        assert_eq!(survivor.await.unwrap(), "survived");
+    });
+}
+
+#[test]
+fn a_panicking_closure_drops_its_captures() {
+    quiet_worker_panics();
+    let pool = ThreadPool::new(1).unwrap();
+    let resource = Arc::new(());
+    let held = resource.clone();
+    let err = block_on(pool.spawn(move || {
+        let _held = held;
+        panic!("dropped on unwind")
+    }))
+    .unwrap_err();
+    assert_eq!(err.panic_message(), Some("dropped on unwind"));
+    assert_eq!(Arc::strong_count(&resource), 1, "the capture leaked");
+}
+
+#[test]
+fn a_panic_in_rayon_work_inside_a_task_is_caught() {
+    use rayon::prelude::*;
+
+    quiet_worker_panics();
+    let pool = ThreadPool::new(2).unwrap();
+    let err = block_on(pool.spawn(|| {
+        (0..1_000u32)
+            .into_par_iter()
+            .map(|i| if i == 777 { panic!("par_iter {i}") } else { i })
+            .sum::<u32>()
+    }))
+    .unwrap_err();
+    assert_eq!(err.panic_message(), Some("par_iter 777"));
+    assert_eq!(names_of_all_workers(&pool, 2).len(), 2);
+}
+
+#[test]
+fn default_pool_panics_become_errors() {
+    quiet_worker_panics();
+    let err = block_on(smol_offload::spawn(|| -> u8 { panic!("default pool") })).unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(err.panic_message(), Some("default pool"));
+    assert_eq!(block_on(smol_offload::spawn(|| 9)).unwrap(), 9);
+}
+
+#[test]
+fn a_panic_in_a_detached_task_is_contained() {
+    quiet_worker_panics();
+    let pool = ThreadPool::new(1).unwrap();
+    for _ in 0..100 {
+        pool.spawn(|| panic!("nobody listens")).detach();
+    }
+    // One worker, submission order: this runs after every detached panic.
+    assert_eq!(block_on(pool.spawn(|| "still here")).unwrap(), "still here");
+    assert_eq!(pool.stats().completed, 101);
+}
+
+/// Set in a child process: its `child_*` test runs its body instead of returning at once.
+const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_THREAD_PANICS_CHILD";
+
+fn in_child() -> bool {
+    std::env::var_os(CHILD_MARKER).is_some()
+}
+
+/// Runs the test `name` of this binary in a child process and asserts that it passed: it was
+/// not aborted, and it ran its body.
+fn run_child(name: &str) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_MARKER, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "child {name} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    assert!(
+        stdout.contains(&format!("{name}: done")),
+        "child {name} did not run its body\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+}
+
+/// Panics when dropped, like a guard whose cleanup fails.
+struct PanicOnDrop;
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        panic!("dropping failed");
+    }
+}
+
+#[test]
+fn a_panic_dropping_a_cancelled_closure_does_not_abort() {
+    run_child("child_panic_dropping_a_cancelled_closure");
+}
+
+#[test]
+fn child_panic_dropping_a_cancelled_closure() {
+    if !in_child() {
+        return;
+    }
+    quiet_worker_panics();
+    let pool = ThreadPool::new(1).unwrap();
+    let (open, closed) = async_channel::bounded::<()>(1);
+    let busy = pool.spawn(move || {
+        let _ = closed.recv_blocking();
+    });
+    let guard = PanicOnDrop;
+    // Cancelled before it starts: the worker drops the closure, and with it the guard.
+    drop(pool.spawn(move || drop(guard)));
+    drop(open);
+    block_on(busy).unwrap();
+    assert_eq!(block_on(pool.spawn(|| "still here")).unwrap(), "still here");
+    println!("child_panic_dropping_a_cancelled_closure: done");
+}
+
+#[test]
+fn a_panic_dropping_an_unread_result_does_not_abort() {
+    run_child("child_panic_dropping_an_unread_result");
+}
+
+#[test]
+fn child_panic_dropping_an_unread_result() {
+    if !in_child() {
+        return;
+    }
+    quiet_worker_panics();
+    let pool = ThreadPool::new(1).unwrap();
+    let (open, closed) = async_channel::bounded::<()>(1);
+    let (started_tx, started) = mpsc::channel();
+    let task = pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv_blocking();
+        PanicOnDrop
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    // Dropped while it runs: nobody reads the value, so the worker drops it.
+    drop(task);
+    drop(open);
+    assert_eq!(block_on(pool.spawn(|| "still here")).unwrap(), "still here");
+    println!("child_panic_dropping_an_unread_result: done");
+}
