@@ -90,7 +90,10 @@ impl Error {
 
     /// Turns the payload of a caught panic into an error that keeps its message.
     pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Error {
-        Error::new(ErrorKind::Panic(panic_payload_message(payload.as_ref())))
+        let message = panic_payload_message(payload.as_ref());
+        // The payload's own destructor may panic: that must not escape a worker either.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        Error::new(ErrorKind::Panic(message))
     }
 
     /// True when the task panicked. The panic was caught: the caller and the pool go on.

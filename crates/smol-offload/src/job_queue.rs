@@ -6,6 +6,7 @@
 //! with no rayon job to allocate and no sleeping thread to wake per task; when work trickles
 //! in, each task still starts a pump and runs at once.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
@@ -68,18 +69,74 @@ impl JobQueue {
 
     /// Runs queued jobs, on a rayon worker, until the queue is empty.
     fn pump(&self) {
+        if IN_TASK.with(Cell::get) {
+            // Rayon runs injected jobs on a thread that waits inside a task (in `join`, say),
+            // but a task must not start on top of another: it could wait for the task below it,
+            // which cannot finish first. Give the slot back: the pump that runs the task below
+            // takes the next job from the queue as soon as that task ends.
+            self.pumps.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let _in_task = InTask::enter();
+        let mut slot = Slot {
+            queue: self,
+            held: true,
+        };
         loop {
             while let Ok(job) = self.jobs.pop() {
                 job(&self.counters);
             }
-            self.pumps.fetch_sub(1, Ordering::SeqCst);
+            slot.release();
             fence(Ordering::SeqCst);
             // A job pushed after the last pop may have found every pump slot taken: take one
             // back and run it, unless another pump already did.
             if self.jobs.is_empty() || !self.take_pump_slot() {
                 return;
             }
+            slot.held = true;
         }
+    }
+}
+
+thread_local! {
+    /// True on a pool thread while it runs queued jobs.
+    static IN_TASK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as running tasks until dropped.
+struct InTask;
+
+impl InTask {
+    fn enter() -> InTask {
+        IN_TASK.with(|flag| flag.set(true));
+        InTask
+    }
+}
+
+impl Drop for InTask {
+    fn drop(&mut self) {
+        IN_TASK.with(|flag| flag.set(false));
+    }
+}
+
+/// A pump's slot, given back even if a panic ever unwinds out of a job.
+struct Slot<'a> {
+    queue: &'a JobQueue,
+    held: bool,
+}
+
+impl Slot<'_> {
+    fn release(&mut self) {
+        if self.held {
+            self.held = false;
+            self.queue.pumps.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

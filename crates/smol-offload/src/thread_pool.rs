@@ -115,8 +115,9 @@ impl ThreadPool {
     }
 }
 
-/// The body of every queued job: skip cancelled work, run the rest under `catch_unwind` so
-/// a panic never reaches rayon (which would abort the process).
+/// The body of every queued job: skip cancelled work, run the rest under `catch_unwind`, and
+/// drop whatever is left under `catch_unwind` too, so that a panic never reaches rayon (which
+/// would abort the process).
 fn run_job<F, T>(counters: &Counters, promise: Promise<T>, f: F)
 where
     F: FnOnce() -> T,
@@ -124,11 +125,15 @@ where
     counters.picked();
     if !promise.start() {
         counters.cancelled();
+        // Dropping the closure runs the destructors of what it captured, which may panic.
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
         return;
     }
     let result = panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic);
     counters.completed();
-    promise.complete(result);
+    // If the task was dropped meanwhile, completing drops the value here, and its destructor may
+    // panic too.
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }
 
 impl Executor for ThreadPool {
@@ -195,7 +200,12 @@ impl ThreadPoolBuilder {
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let mut builder = rayon::ThreadPoolBuilder::new().num_threads(workers);
+        // Every job catches its panics; should one escape anyway, rayon must not abort.
+        let mut builder = rayon::ThreadPoolBuilder::new()
+            .num_threads(workers)
+            .panic_handler(|payload| {
+                let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
+            });
         builder = match self.thread_name {
             Some(name) => builder.thread_name(name),
             None => builder.thread_name(|i| format!("smol-offload-{i}")),
