@@ -172,30 +172,30 @@ where
     // image (see `invoke`), and this trampoline is the `trampoline::<A, R>` it was paired with.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     let start = out.len();
-    let arg: A = match postcard::from_bytes(arg) {
-        Ok(arg) => arg,
-        Err(err) => {
-            out.extend_from_slice(err.to_string().as_bytes());
-            return CallStatus::BadArgument;
-        }
-    };
-    match panic::catch_unwind(AssertUnwindSafe(|| f(arg))) {
-        Ok(value) => match postcard::to_extend(&value, Append(out)) {
-            Ok(_) => CallStatus::Returned,
-            Err(err) => {
-                out.truncate(start);
-                out.extend_from_slice(err.to_string().as_bytes());
-                CallStatus::BadResult
-            }
-        },
+    // Everything under `catch_unwind`: `f`, but also the user's `Deserialize` and `Serialize`
+    // code and the destructors of the argument and the value. A panic there is the task's
+    // error, not the end of the worker.
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+        let arg: A =
+            postcard::from_bytes(arg).map_err(|err| (CallStatus::BadArgument, err.to_string()))?;
+        let value = f(arg);
+        postcard::to_extend(&value, Append(&mut *out))
+            .map_err(|err| (CallStatus::BadResult, err.to_string()))?;
+        Ok(())
+    }));
+    let (status, message) = match outcome {
+        Ok(Ok(())) => return CallStatus::Returned,
+        Ok(Err(failure)) => failure,
         Err(payload) => {
             let message = crate::error::panic_payload_message(payload.as_ref());
             // The payload's own drop may panic too; it must not escape the worker.
             let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            out.extend_from_slice(message.as_bytes());
-            CallStatus::Panicked
+            (CallStatus::Panicked, message)
         }
-    }
+    };
+    out.truncate(start);
+    out.extend_from_slice(message.as_bytes());
+    status
 }
 
 /// Lets postcard append to a buffer it borrows, so a failure leaves what was there before.

@@ -402,6 +402,71 @@ fn values_that_cannot_cross_are_errors() {
     });
 }
 
+/// Deserializing it panics (serializing works).
+#[derive(Debug, Serialize)]
+struct PanicsOnArrival(u8);
+
+impl<'de> Deserialize<'de> for PanicsOnArrival {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        std::panic::set_hook(Box::new(|_| {}));
+        panic!("cannot arrive")
+    }
+}
+
+/// Dropping it panics, in any process but the one that made it.
+#[derive(Debug, Serialize, Deserialize)]
+struct PanicsOnDrop {
+    made_in: u32,
+    value: u8,
+}
+
+impl PanicsOnDrop {
+    fn new(value: u8) -> PanicsOnDrop {
+        PanicsOnDrop { made_in: std::process::id(), value }
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        if self.made_in != std::process::id() && !std::thread::panicking() {
+            std::panic::set_hook(Box::new(|_| {}));
+            panic!("cannot leave");
+        }
+    }
+}
+
+fn takes_panics_on_arrival(_: PanicsOnArrival) -> u8 {
+    unreachable!("its argument cannot be decoded")
+}
+
+fn returns_panics_on_arrival(n: u8) -> PanicsOnArrival {
+    PanicsOnArrival(n)
+}
+
+fn takes_panics_on_drop(value: PanicsOnDrop) -> u8 {
+    value.value
+}
+
+#[test]
+fn panics_in_user_serde_code_and_destructors_are_errors() {
+    let pool = ProcessPool::new(1).unwrap();
+    let pid = pool.pids()[0];
+    smol::block_on(async {
+        // In the worker, decoding the argument.
+        let err = pool.run(takes_panics_on_arrival, PanicsOnArrival(1)).await.unwrap_err();
+        assert_eq!(err.panic_message(), Some("cannot arrive"), "{err}");
+        // In the worker, dropping the argument after the call.
+        let err = pool.run(takes_panics_on_drop, PanicsOnDrop::new(2)).await.unwrap_err();
+        assert_eq!(err.panic_message(), Some("cannot leave"), "{err}");
+        assert_eq!(pool.pids(), [pid], "the worker survived");
+    });
+    // In the parent's dispatcher thread, decoding the result: the hook is silenced by the
+    // panicking impl itself, in this process, only from here on.
+    let err = smol::block_on(pool.run(returns_panics_on_arrival, 3)).unwrap_err();
+    assert_eq!(err.panic_message(), Some("cannot arrive"), "{err}");
+    assert_eq!(smol::block_on(pool.run(square, 6)).unwrap(), 36, "the dispatcher survived");
+}
+
 #[test]
 fn large_values_cross() {
     fn reverse(mut bytes: Vec<u8>) -> Vec<u8> {
@@ -429,7 +494,10 @@ fn burst_of_large_values_after_short_tasks() {
         let warm_up: Vec<_> = (0..2_000).map(|n| pool.run(square, n)).collect();
         assert_eq!(gather(warm_up).await.len(), 2_000);
         let tasks: Vec<_> = (0..300u32)
-            .map(|n| pool.run(echo_bytes, vec![(n % 251) as u8; 64 * 1024]).timeout(WATCHDOG))
+            .map(|n| {
+                pool.run(echo_bytes, vec![(n % 251) as u8; 64 * 1024])
+                    .timeout(WATCHDOG)
+            })
             .collect();
         for (n, task) in tasks.into_iter().enumerate() {
             let bytes = task.await.unwrap();

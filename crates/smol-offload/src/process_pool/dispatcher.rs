@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,8 +47,13 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     fn finish(self: Box<Self>, reply: Reply) {
         let text = || String::from_utf8_lossy(&reply.payload).into_owned();
         let result = match reply.status {
-            CallStatus::Returned => postcard::from_bytes(&reply.payload)
-                .map_err(|err| Error::codec("deserialize the result", err.to_string(), Some(err))),
+            // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
+            CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
+                postcard::from_bytes(&reply.payload).map_err(|err| {
+                    Error::codec("deserialize the result", err.to_string(), Some(err))
+                })
+            }))
+            .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
             CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
             CallStatus::BadArgument => Err(Error::codec(
                 "deserialize the argument in the worker",
@@ -60,7 +66,8 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
                 None,
             )),
         };
-        self.complete(result);
+        // An unread value (its task was dropped) is dropped here, and its destructor may panic.
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || self.complete(result)));
     }
 
     fn fail(self: Box<Self>, error: Error) {
