@@ -333,7 +333,9 @@ mod tests {
         let thread_header = svg.find(">thread pool: wall 213.4 ms").unwrap();
         let process_header = svg.find(">process pool: wall 213.4 ms").unwrap();
         assert!(thread_header < process_header, "thread panel first");
-        for lane in ["Thread-1", "Thread-2", "Thread-3", "PID 4101", "PID 4102", "PID 4103"] {
+        for lane in [
+            "Thread-1", "Thread-2", "Thread-3", "PID 4101", "PID 4102", "PID 4103",
+        ] {
             assert_eq!(svg.matches(&format!(">{lane}</text>")).count(), 1);
         }
         assert_eq!(svg.matches(r#"<g class="task">"#).count(), 12);

@@ -10,6 +10,9 @@ use smol_offload::{Executor, ProcessPool};
 
 const REFUSAL_ARG: &str = "--refusal-child";
 
+/// One check of this binary: its outcome, or what went wrong.
+type Check = fn() -> Result<(), String>;
+
 fn double(n: u32) -> u32 {
     n * 2
 }
@@ -56,7 +59,10 @@ fn refusal_child() -> ! {
 
 fn refusal() -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|err| err.to_string())?;
-    let output = Command::new(exe).arg(REFUSAL_ARG).output().map_err(|err| err.to_string())?;
+    let output = Command::new(exe)
+        .arg(REFUSAL_ARG)
+        .output()
+        .map_err(|err| err.to_string())?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -75,8 +81,7 @@ fn main() {
     if args.iter().any(|arg| arg == REFUSAL_ARG) {
         refusal_child();
     }
-    let checks: [(&str, fn() -> Result<(), String>); 2] =
-        [("lazy_start", lazy_start), ("refusal", refusal)];
+    let checks: [(&str, Check); 2] = [("lazy_start", lazy_start), ("refusal", refusal)];
     // Enough of libtest's command line for `cargo test` and `cargo nextest`: `--list` names the
     // tests (none of them is ignored), and a name runs only the tests it matches.
     if args.iter().any(|arg| arg == "--list") {
