@@ -422,7 +422,10 @@ struct PanicsOnDrop {
 
 impl PanicsOnDrop {
     fn new(value: u8) -> PanicsOnDrop {
-        PanicsOnDrop { made_in: std::process::id(), value }
+        PanicsOnDrop {
+            made_in: std::process::id(),
+            value,
+        }
     }
 }
 
@@ -453,10 +456,16 @@ fn panics_in_user_serde_code_and_destructors_are_errors() {
     let pid = pool.pids()[0];
     smol::block_on(async {
         // In the worker, decoding the argument.
-        let err = pool.run(takes_panics_on_arrival, PanicsOnArrival(1)).await.unwrap_err();
+        let err = pool
+            .run(takes_panics_on_arrival, PanicsOnArrival(1))
+            .await
+            .unwrap_err();
         assert_eq!(err.panic_message(), Some("cannot arrive"), "{err}");
         // In the worker, dropping the argument after the call.
-        let err = pool.run(takes_panics_on_drop, PanicsOnDrop::new(2)).await.unwrap_err();
+        let err = pool
+            .run(takes_panics_on_drop, PanicsOnDrop::new(2))
+            .await
+            .unwrap_err();
         assert_eq!(err.panic_message(), Some("cannot leave"), "{err}");
         assert_eq!(pool.pids(), [pid], "the worker survived");
     });
@@ -464,7 +473,11 @@ fn panics_in_user_serde_code_and_destructors_are_errors() {
     // panicking impl itself, in this process, only from here on.
     let err = smol::block_on(pool.run(returns_panics_on_arrival, 3)).unwrap_err();
     assert_eq!(err.panic_message(), Some("cannot arrive"), "{err}");
-    assert_eq!(smol::block_on(pool.run(square, 6)).unwrap(), 36, "the dispatcher survived");
+    assert_eq!(
+        smol::block_on(pool.run(square, 6)).unwrap(),
+        36,
+        "the dispatcher survived"
+    );
 }
 
 #[test]
