@@ -37,6 +37,7 @@
 //! ```
 
 pub mod blocks;
+pub mod cli;
 pub mod compare;
 pub mod events;
 pub mod launch;

@@ -7,24 +7,19 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use blocks_demo::CompareOptions;
+use blocks_demo::cli::options_or_exit;
 use blocks_demo::compare::{checks, render_checks, render_table};
 use blocks_demo::launch::{Launched, PROCESS, ScratchDir, THREAD};
 use blocks_demo::timeline::render_svg;
-use blocks_demo::{CompareOptions, Parsed, USAGE_EXIT_CODE};
 
 const PROGRAM: &str = "blocks-compare";
 
 fn main() -> ExitCode {
-    let options = match CompareOptions::parse(std::env::args_os().skip(1)) {
-        Ok(Parsed::Run(options)) => options,
-        Ok(Parsed::Help) => {
-            print!("{}", CompareOptions::usage(PROGRAM));
-            return ExitCode::SUCCESS;
-        }
-        Err(err) => {
-            eprintln!("{PROGRAM}: {err}");
-            return ExitCode::from(USAGE_EXIT_CODE);
-        }
+    let parsed = CompareOptions::parse(std::env::args_os().skip(1));
+    let options = match options_or_exit(PROGRAM, parsed, CompareOptions::usage) {
+        Ok(options) => options,
+        Err(code) => return code,
     };
     match compare(&options) {
         Ok(true) => ExitCode::SUCCESS,
