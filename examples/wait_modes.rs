@@ -89,7 +89,8 @@ async fn first_then_timeout_then_all() -> Result<()> {
         seen.push(result?);
     }
     println!("  {seen:?}, unfinished: {}", first.pending.len());
-    assert_eq!(seen, [2], "tag 2 sleeps least");
+    // Tag 2 sleeps least; a loop slow to look may find more tasks done.
+    assert!(!seen.is_empty() && seen.len() + first.pending.len() == 10);
 
     println!("Get more results in 150 ms:");
     // `pending` keeps each task's position in the first call; the tasks return their tag, so
