@@ -4,86 +4,32 @@
 //! selected, the variable set, and a marker telling that test to run its body.
 
 use std::collections::HashSet;
-use std::future::Future;
-use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::Duration;
 
-use smol::prelude::*;
 use smol_offload::THREADS_VARIABLE;
 
-/// The longest any test may wait for something that should happen: a bug fails, never hangs.
-const WATCHDOG: Duration = Duration::from_secs(60);
+mod common;
+
+use common::block_on;
 
 /// Set in a child process: its `child_*` test runs its body instead of returning at once.
 const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_DEFAULT_POOL_CHILD";
 
-/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
-/// it fails the test even when its own wake-up would let the work be polled again and so hide
-/// a lost wake-up.
-async fn watchdog<T>() -> T {
-    smol::Timer::after(WATCHDOG).await;
-    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
-}
-
-/// `smol::block_on` with a watchdog.
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    smol::block_on(watchdog().or(future))
-}
-
 fn in_child() -> bool {
-    std::env::var_os(CHILD_MARKER).is_some()
+    common::in_child(CHILD_MARKER)
 }
 
 /// Runs the test `name` of this binary in a child process with `SMOL_OFFLOAD_THREADS` set to
 /// `value` (or unset), asserts that it passed, and returns its output.
 fn run_child(name: &str, value: Option<&str>) -> String {
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_MARKER, "1");
-    match value {
-        Some(value) => command.env(THREADS_VARIABLE, value),
-        None => command.env_remove(THREADS_VARIABLE),
-    };
-    let output = command.output().unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "child {name} with {THREADS_VARIABLE}={value:?} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    // A wrong name would select no test and still succeed: the child must say it ran.
-    let done = format!("{name}: done");
-    assert!(
-        stdout.contains(&done),
-        "child {name} did not run its body\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    stdout.into_owned()
+    common::run_child(name, CHILD_MARKER, &[(THREADS_VARIABLE, value)])
 }
 
 /// The names of the threads that run `n` tasks held on one barrier: `n` distinct workers.
 fn names_of_n_concurrent_tasks(n: usize) -> HashSet<String> {
-    let barrier = Arc::new(Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let barrier = barrier.clone();
-            smol_offload::spawn(move || {
-                barrier.wait();
-                thread::current().name().unwrap().to_owned()
-            })
-        })
-        .collect();
-    block_on(async {
-        let mut names = HashSet::new();
-        for task in tasks {
-            names.insert(task.await.unwrap());
-        }
-        names
-    })
+    common::names_of_concurrent_tasks(n, smol_offload::spawn)
 }
 
 /// In a child whose variable holds a bad value: the pool is refused with a message that quotes

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
 
+mod common;
+
+use common::WATCHDOG;
+
 #[ctor::ctor]
 fn start_fork_server() {
     smol_offload::init();
 }
-
-/// Long enough that a healthy run never reaches it, short enough that a hang fails the test.
-const WATCHDOG: Duration = Duration::from_secs(60);
 
 fn square(n: u64) -> u64 {
     n * n

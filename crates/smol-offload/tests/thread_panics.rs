@@ -4,32 +4,15 @@
 //! tests. Scenarios that could abort the process run in a child process: the binary runs itself
 //! again with one `child_*` test selected and a marker telling that test to run its body.
 
-use std::collections::HashSet;
-use std::future::Future;
 use std::panic;
-use std::process::Command;
-use std::sync::{Arc, Barrier, Once, mpsc};
+use std::sync::{Arc, Once, mpsc};
 use std::thread;
-use std::time::Duration;
 
-use smol::prelude::*;
 use smol_offload::{Task, ThreadPool};
 
-/// The longest any test may wait for something that should happen: a bug fails, never hangs.
-const WATCHDOG: Duration = Duration::from_secs(60);
+mod common;
 
-/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
-/// it fails the test even when its own wake-up would let the work be polled again and so hide
-/// a lost wake-up.
-async fn watchdog<T>() -> T {
-    smol::Timer::after(WATCHDOG).await;
-    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
-}
-
-/// `smol::block_on` with a watchdog.
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    smol::block_on(watchdog().or(future))
-}
+use common::{WATCHDOG, block_on, gate, names_of_all_workers};
 
 /// Keeps the expected panics of pool threads off stderr. The hook is process-global, which is
 /// why this binary holds nothing but panic tests; the test threads keep the default hook, so a
@@ -46,27 +29,6 @@ fn quiet_worker_panics() {
             }
         }));
     });
-}
-
-/// Names of the threads that run `n` tasks held on one barrier of `n`: all `n` workers.
-fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<String> {
-    let barrier = Arc::new(Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let barrier = barrier.clone();
-            pool.spawn(move || {
-                barrier.wait();
-                thread::current().name().unwrap().to_owned()
-            })
-        })
-        .collect();
-    block_on(async {
-        let mut names = HashSet::new();
-        for task in tasks {
-            names.insert(task.await.unwrap());
-        }
-        names
-    })
 }
 
 /// What task `i` panics with, and the message the error must carry.
@@ -173,7 +135,7 @@ fn panics_mixed_with_values_keep_each_result_apart() {
 fn a_panic_does_not_disturb_a_running_task() {
     quiet_worker_panics();
     let pool = ThreadPool::new(2).unwrap();
-    let (open, closed) = async_channel::bounded::<()>(1);
+    let (open, closed) = gate();
     let (started_tx, started) = mpsc::channel();
     let survivor = pool.spawn(move || {
         started_tx.send(()).unwrap();
@@ -248,28 +210,13 @@ fn a_panic_in_a_detached_task_is_contained() {
 const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_THREAD_PANICS_CHILD";
 
 fn in_child() -> bool {
-    std::env::var_os(CHILD_MARKER).is_some()
+    common::in_child(CHILD_MARKER)
 }
 
 /// Runs the test `name` of this binary in a child process and asserts that it passed: it was
 /// not aborted, and it ran its body.
 fn run_child(name: &str) {
-    let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_MARKER, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "child {name} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
-    assert!(
-        stdout.contains(&format!("{name}: done")),
-        "child {name} did not run its body\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    common::run_child(name, CHILD_MARKER, &[]);
 }
 
 /// Panics when dropped, like a guard whose cleanup fails.
@@ -293,7 +240,7 @@ fn child_panic_dropping_a_cancelled_closure() {
     }
     quiet_worker_panics();
     let pool = ThreadPool::new(1).unwrap();
-    let (open, closed) = async_channel::bounded::<()>(1);
+    let (open, closed) = gate();
     let busy = pool.spawn(move || {
         let _ = closed.recv_blocking();
     });
@@ -318,7 +265,7 @@ fn child_panic_dropping_an_unread_result() {
     }
     quiet_worker_panics();
     let pool = ThreadPool::new(1).unwrap();
-    let (open, closed) = async_channel::bounded::<()>(1);
+    let (open, closed) = gate();
     let (started_tx, started) = mpsc::channel();
     let task = pool.spawn(move || {
         started_tx.send(()).unwrap();

@@ -3,7 +3,6 @@
 //! the pool with work in flight.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::thread::{self, ThreadId};
@@ -12,55 +11,15 @@ use std::time::Duration;
 use smol::prelude::*;
 use smol_offload::{Error, Executor, PoolStats, Task, ThreadPool};
 
-/// The longest any test may wait for something that should happen: a bug fails, never hangs.
-const WATCHDOG: Duration = Duration::from_secs(60);
+mod common;
 
-/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
-/// it fails the test even when its own wake-up would let the work be polled again and so hide
-/// a lost wake-up.
-async fn watchdog<T>() -> T {
-    smol::Timer::after(WATCHDOG).await;
-    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
-}
-
-/// `smol::block_on` with a watchdog.
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    smol::block_on(watchdog().or(future))
-}
-
-/// A gate that blocked workers wait on: `recv_blocking` returns once the sender is dropped,
-/// also when the test fails and unwinds, so no worker stays blocked.
-fn gate() -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
-    async_channel::bounded(1)
-}
+use common::{WATCHDOG, block_on, gate, names_of_all_workers, watchdog};
 
 fn current_name() -> String {
     thread::current()
         .name()
         .expect("pool threads have names")
         .to_owned()
-}
-
-/// Runs `n` tasks that all wait on one barrier of `n`: they can only finish if `n` workers run
-/// them at the same time. Returns the name of the thread each ran on.
-fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<String> {
-    let barrier = Arc::new(Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let barrier = barrier.clone();
-            pool.spawn(move || {
-                barrier.wait();
-                current_name()
-            })
-        })
-        .collect();
-    block_on(async {
-        let mut names = HashSet::new();
-        for task in tasks {
-            names.insert(task.await.unwrap());
-        }
-        names
-    })
 }
 
 fn stats(pool: &ThreadPool) -> (u64, u64, u64, u64) {

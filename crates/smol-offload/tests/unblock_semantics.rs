@@ -11,23 +11,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use smol::prelude::*;
 use smol_offload::{Task, ThreadPool};
 
-/// The longest any test may wait for something that should happen: a bug fails, never hangs.
-const WATCHDOG: Duration = Duration::from_secs(60);
+mod common;
 
-/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
-/// it fails the test even when its own wake-up would let the work be polled again and so hide
-/// a lost wake-up.
-async fn watchdog<T>() -> T {
-    smol::Timer::after(WATCHDOG).await;
-    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
-}
+use common::{WATCHDOG, watched};
 
-/// `future::block_on` with a watchdog.
+/// `future::block_on` with a watchdog: like the `blocking` tests it ports, the test thread does
+/// not drive the reactor itself.
 fn block_on<T>(future: impl Future<Output = T>) -> T {
-    future::block_on(watchdog().or(future))
+    future::block_on(watched(future))
 }
 
 /// A file in the temporary directory, removed when dropped.

@@ -2,7 +2,6 @@
 //! thread-pool tasks, driven by gates rather than by timing.
 
 use std::collections::BTreeSet;
-use std::future::Future;
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
 
@@ -10,26 +9,9 @@ use futures_lite::future;
 use smol::prelude::*;
 use smol_offload::{ReturnWhen, Task, ThreadPool, Waited, gather, try_gather, wait};
 
-/// The longest any test may wait for something that should happen: a bug fails, never hangs.
-const WATCHDOG: Duration = Duration::from_secs(60);
+mod common;
 
-/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
-/// it fails the test even when its own wake-up would let the work be polled again and so hide
-/// a lost wake-up.
-async fn watchdog<T>() -> T {
-    smol::Timer::after(WATCHDOG).await;
-    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
-}
-
-/// `smol::block_on` with a watchdog.
-fn block_on<T>(future: impl Future<Output = T>) -> T {
-    smol::block_on(watchdog().or(future))
-}
-
-/// A gate that blocked workers wait on; dropping the sender opens it (also on unwind).
-fn gate() -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
-    async_channel::bounded(1)
-}
+use common::{WATCHDOG, block_on, gate, watchdog};
 
 /// A task that returns `value` once the gate opens.
 fn gated(pool: &ThreadPool, closed: &async_channel::Receiver<()>, value: u32) -> Task<u32> {

@@ -1,0 +1,122 @@
+//! Helpers shared by the integration test binaries of `smol-offload`: the watchdog that turns a
+//! hang into a failure, a gate for holding workers, the names of the threads that run tasks at
+//! the same time, and running one test of the binary again in a child process. A test binary
+//! takes them with `mod common;`; being `common/mod.rs`, this file is no test binary itself.
+
+// Every test binary compiles its own copy of this module and uses only some of its helpers:
+// the rest would be reported as dead code in each binary that does not use them.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use smol::prelude::*;
+use smol_offload::{Task, ThreadPool};
+
+/// The longest any test may wait for something that should happen: a bug fails, never hangs.
+pub(crate) const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// Panics after [`WATCHDOG`]. Put it first in `watchdog().or(work)`: polled before the work,
+/// it fails the test even when its own wake-up would let the work be polled again and so hide
+/// a lost wake-up.
+pub(crate) async fn watchdog<T>() -> T {
+    smol::Timer::after(WATCHDOG).await;
+    panic!("nothing happened within {WATCHDOG:?}: a task or a wake-up was lost");
+}
+
+/// `future` with a watchdog: `watchdog().or(future)`, for any `block_on`.
+pub(crate) fn watched<T>(future: impl Future<Output = T>) -> impl Future<Output = T> {
+    watchdog().or(future)
+}
+
+/// `smol::block_on` with a watchdog.
+pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
+    smol::block_on(watched(future))
+}
+
+/// A gate that blocked workers wait on: `recv_blocking` returns once the sender is dropped,
+/// also when the test fails and unwinds, so no worker stays blocked.
+pub(crate) fn gate() -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
+    async_channel::bounded(1)
+}
+
+/// The names of the threads that run `n` tasks, each handed to `spawn`, that all wait on one
+/// barrier of `n`: they can only finish if `n` workers run them at the same time, so the set
+/// holds `n` distinct names. `spawn` is `|work| pool.spawn(work)` for a given pool (see
+/// [`names_of_all_workers`]) or `smol_offload::spawn` for the default pool.
+pub(crate) fn names_of_concurrent_tasks(
+    n: usize,
+    spawn: impl Fn(Box<dyn FnOnce() -> String + Send>) -> Task<String>,
+) -> HashSet<String> {
+    let barrier = Arc::new(Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let barrier = barrier.clone();
+            spawn(Box::new(move || {
+                barrier.wait();
+                thread::current()
+                    .name()
+                    .expect("pool threads have names")
+                    .to_owned()
+            }))
+        })
+        .collect();
+    block_on(async {
+        let mut names = HashSet::new();
+        for task in tasks {
+            names.insert(task.await.unwrap());
+        }
+        names
+    })
+}
+
+/// Names of the threads that run `n` tasks held on one barrier of `n` on `pool`: all `n`
+/// workers when the pool has `n`.
+pub(crate) fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<String> {
+    names_of_concurrent_tasks(n, |work| pool.spawn(work))
+}
+
+/// Whether this process is a child started by [`run_child`] with `marker`: its `child_*` test
+/// then runs its body instead of returning at once.
+pub(crate) fn in_child(marker: &str) -> bool {
+    std::env::var_os(marker).is_some()
+}
+
+/// Runs the test `name` of this test binary in a child process (`--exact name`), with the
+/// environment variable `marker` set so that the test runs its body, and each variable of
+/// `vars` set to its value or, for `None`, removed. Asserts that the child passed (it was not
+/// aborted either) and printed `name: done`, showing its stdout and stderr otherwise, and
+/// returns its stdout.
+pub(crate) fn run_child(name: &str, marker: &str, vars: &[(&str, Option<&str>)]) -> String {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(marker, "1");
+    let mut with = String::new();
+    for &(variable, value) in vars {
+        match value {
+            Some(value) => command.env(variable, value),
+            None => command.env_remove(variable),
+        };
+        with.push_str(&format!(" with {variable}={value:?}"));
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "child {name}{with} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // A wrong name would select no test and still succeed: the child must say it ran.
+    let done = format!("{name}: done");
+    assert!(
+        stdout.contains(&done),
+        "child {name} did not run its body\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout.into_owned()
+}
