@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use smol_offload::{Executor, ProcessPool};
 
-const QUICK_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_QUICK";
+mod common;
+
+use common::{machine, median, quick_mode};
+
 const WORKERS: usize = 2;
 /// procspawn opens two descriptors per queued task: more than this many at once dies of EMFILE.
 const PROCSPAWN_IN_FLIGHT: usize = 256;
@@ -23,9 +26,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        let quick = std::env::var_os(QUICK_VARIABLE).is_some()
-            || std::env::args().any(|arg| arg == "--quick");
-        if quick {
+        if quick_mode() {
             Config {
                 rounds: 2,
                 round_trips: 500,
@@ -229,11 +230,6 @@ struct Figures {
     per_second: f64,
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn measure(contender: &mut dyn Contender, config: &Config) -> Figures {
     for n in 0..(config.round_trips / 10) as u64 {
         contender.round_trip(n);
@@ -269,8 +265,10 @@ fn main() {
             pool: procspawn::Pool::new(WORKERS).unwrap(),
         }),
     ];
+    println!("smol-offload process pool benchmark");
+    println!("machine: {}", machine());
     println!(
-        "process pool benchmark: {WORKERS} workers, {} round trips and a burst of {} tasks per \
+        "{WORKERS} workers, {} round trips and a burst of {} tasks per \
          round, {} rounds (medians across rounds); procspawn bursts keep at most \
          {PROCSPAWN_IN_FLIGHT} in flight",
         config.round_trips, config.burst, config.rounds
@@ -284,9 +282,9 @@ fn main() {
     let summary: Vec<Figures> = results
         .iter()
         .map(|rounds| Figures {
-            median_us: median(&mut rounds.iter().map(|f| f.median_us).collect::<Vec<_>>()),
-            p99_us: median(&mut rounds.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
-            per_second: median(&mut rounds.iter().map(|f| f.per_second).collect::<Vec<_>>()),
+            median_us: median(&rounds.iter().map(|f| f.median_us).collect::<Vec<_>>()),
+            p99_us: median(&rounds.iter().map(|f| f.p99_us).collect::<Vec<_>>()),
+            per_second: median(&rounds.iter().map(|f| f.per_second).collect::<Vec<_>>()),
         })
         .collect();
     println!();

@@ -8,8 +8,9 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Environment variable that selects the quick mode, like the `--quick` argument.
-const QUICK_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_QUICK";
+mod common;
+
+use common::{machine, median, quick_mode};
 
 /// Where ours and the anchor (rayon + async-channel) sit in the list of contenders.
 const OURS: usize = 0;
@@ -36,10 +37,7 @@ struct Config {
 
 impl Config {
     fn from_env() -> Config {
-        // `cargo bench` passes `--bench`, and a filter may follow: ignore all but `--quick`.
-        let quick = std::env::args().skip(1).any(|arg| arg == "--quick")
-            || std::env::var_os(QUICK_VARIABLE)
-                .is_some_and(|value| !value.is_empty() && value != "0");
+        let quick = quick_mode();
         if quick {
             Config {
                 quick,
@@ -281,18 +279,6 @@ struct RoundResult {
     tasks_per_sec: f64,
 }
 
-/// The median of `values` (the mean of the two middle ones for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
-}
-
 /// The smallest and the largest of `values`.
 fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     values.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), value| {
@@ -319,30 +305,6 @@ fn run_round(contender: &dyn Contender, config: &Config) -> RoundResult {
     }
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|line| line.starts_with("model name"))
-                .and_then(|line| line.split_once(':'))
-                .map(|(_, model)| model.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn rustc_version() -> String {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    std::process::Command::new(rustc)
-        .arg("-V")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .map(|version| version.trim().to_owned())
-        .filter(|version| !version.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
 fn main() {
     // SAFETY: this is the first statement of `main`: no other thread of this process exists yet
     // (the harness is ours, `harness = false`), so nothing can read the environment concurrently.
@@ -350,12 +312,11 @@ fn main() {
     unsafe { std::env::set_var("BLOCKING_MAX_THREADS", WORKERS.to_string()) };
 
     let config = Config::from_env();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "smol-offload thread pool benchmark{}",
         if config.quick { " (quick mode)" } else { "" }
     );
-    println!("machine: {cpus} CPUs, {}; {}", cpu_model(), rustc_version());
+    println!("machine: {}", machine());
     println!(
         "pools of {WORKERS} threads; {} rounds, contenders interleaved (rotated order) in each;",
         config.rounds
