@@ -125,7 +125,11 @@ impl Drop for PipeFloor {
     fn drop(&mut self) {
         for (pid, stream) in self.children.drain(..) {
             drop(stream);
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+            // Processes forked later (the other echo child, the fork server) hold copies of this
+            // socket, so the child never sees its end: stop it outright.
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
         }
     }
 }
