@@ -168,6 +168,10 @@ mod tests {
         fn workers(&self) -> usize {
             self.pool.workers()
         }
+
+        fn stats(&self) -> smol_offload::PoolStats {
+            self.pool.stats()
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Task;
+use crate::{PoolStats, Task};
 
 /// A pool that runs `f(arg)` somewhere else and gives back a [`Task`] to await.
 ///
@@ -34,6 +34,15 @@ use crate::Task;
 /// # }).unwrap();
 /// ```
 ///
+/// # Shutting down
+///
+/// The two pools differ in one way when their last handle is dropped with work still queued: a
+/// [`ThreadPool`](crate::ThreadPool) runs the queued work to the end, like Python's
+/// `shutdown(wait=True)`, while a [`ProcessPool`](crate::ProcessPool) lets the running tasks
+/// finish and fails the queued ones with an error whose
+/// [`is_shutdown`](crate::Error::is_shutdown) is true, so that its worker processes end
+/// promptly. Keep a handle alive until the tasks you care about are done.
+///
 /// Process arguments must be serde types: a closure or a reference does not compile.
 ///
 /// ```compile_fail
@@ -54,6 +63,9 @@ pub trait Executor {
 
     /// How many tasks the pool runs at once.
     fn workers(&self) -> usize;
+
+    /// A snapshot of the pool's queued, running and completed tasks, for logs.
+    fn stats(&self) -> PoolStats;
 }
 
 impl<E: Executor + ?Sized> Executor for &E {
@@ -67,5 +79,9 @@ impl<E: Executor + ?Sized> Executor for &E {
 
     fn workers(&self) -> usize {
         (**self).workers()
+    }
+
+    fn stats(&self) -> PoolStats {
+        (**self).stats()
     }
 }

@@ -96,6 +96,12 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     Ok(())
 }
 
+/// Names the calling process for `ps` and `top` (at most 15 bytes are kept).
+pub(crate) fn set_process_name(name: &std::ffi::CStr) {
+    // Only a label: a failure changes nothing else.
+    let _ = nix::sys::prctl::set_name(name);
+}
+
 /// Makes the calling process ignore `SIGINT`: a Ctrl-C in the terminal reaches the whole
 /// process group, and the application, not its workers, decides what it means.
 pub(crate) fn ignore_interrupts() -> io::Result<()> {

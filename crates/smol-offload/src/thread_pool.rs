@@ -148,6 +148,10 @@ impl Executor for ThreadPool {
     fn workers(&self) -> usize {
         self.inner.workers
     }
+
+    fn stats(&self) -> PoolStats {
+        ThreadPool::stats(self)
+    }
 }
 
 impl fmt::Debug for ThreadPool {

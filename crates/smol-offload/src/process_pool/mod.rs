@@ -140,6 +140,10 @@ impl Executor for ProcessPool {
     fn workers(&self) -> usize {
         self.handle.workers
     }
+
+    fn stats(&self) -> PoolStats {
+        ProcessPool::stats(self)
+    }
 }
 
 impl fmt::Debug for ProcessPool {

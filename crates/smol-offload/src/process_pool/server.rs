@@ -242,6 +242,7 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
     if sys::die_with_parent(application).is_err() || sys::ignore_interrupts().is_err() {
         sys::exit_child(1);
     }
+    sys::set_process_name(c"smol-offload-fs");
     let server = std::process::id();
     let mut workers: Vec<u32> = Vec::new();
     loop {

@@ -15,6 +15,7 @@ pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     if sys::die_with_parent(server).is_err() || sys::ignore_interrupts().is_err() {
         sys::exit_child(1);
     }
+    sys::set_process_name(c"smol-offload-wk");
     let stream = UnixStream::from(socket);
     let code = match serve_requests(&stream) {
         Ok(()) => 0,
