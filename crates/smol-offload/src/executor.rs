@@ -51,6 +51,15 @@ use crate::{PoolStats, Task};
 /// let text = String::from("borrowed");
 /// let _ = pool.run(|s: &str| s.len(), text.as_str());
 /// ```
+///
+/// And so does a value that serde cannot serialize, such as an open file:
+///
+/// ```compile_fail
+/// use smol_offload::{Executor, ThreadPool};
+/// let pool = ThreadPool::new(1).unwrap();
+/// let file = std::fs::File::open("Cargo.toml").unwrap();
+/// let _ = pool.run(|_file: std::fs::File| 0u8, file);
+/// ```
 pub trait Executor {
     /// Runs `f(arg)` on one of the pool's workers.
     ///
