@@ -255,6 +255,15 @@ impl BuildError {
     }
 }
 
+/// The number of workers a builder asked for: zero is refused, none means one per CPU.
+pub(crate) fn worker_count(requested: Option<usize>) -> Result<usize, BuildError> {
+    match requested {
+        Some(0) => Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
+        Some(n) => Ok(n),
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
+}
+
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{BuildError, BuildErrorKind, Error};
+use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::job_queue::{Job, JobQueue};
 use crate::stats::{Counters, PoolStats};
@@ -199,11 +199,7 @@ impl ThreadPoolBuilder {
     ///
     /// Zero workers, or the operating system refused to start a thread.
     pub fn build(self) -> Result<ThreadPool, BuildError> {
-        let workers = match self.workers {
-            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let workers = worker_count(self.workers)?;
         // Every job catches its panics; should one escape anyway, rayon must not abort.
         let mut builder = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
+use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
 use crate::executor::Executor;
 use crate::stats::PoolStats;
 use crate::sys;
@@ -176,11 +176,7 @@ impl ProcessPoolBuilder {
     /// Zero workers; [`init`](crate::init) was not called and the process already runs other
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
-        let workers = match self.workers {
-            Some(0) => return Err(BuildError::new(BuildErrorKind::ZeroWorkers)),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let workers = worker_count(self.workers)?;
         let link = server::link_or_start()?;
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
         let shared = Arc::new(Shared::new().map_err(io_error("create the pool's eventfd"))?);
