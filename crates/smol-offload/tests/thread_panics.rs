@@ -5,14 +5,14 @@
 //! again with one `child_*` test selected and a marker telling that test to run its body.
 
 use std::panic;
-use std::sync::{Arc, Once, mpsc};
+use std::sync::{Arc, Once};
 use std::thread;
 
 use smol_offload::{Task, ThreadPool};
 
 mod common;
 
-use common::{WATCHDOG, block_on, gate, names_of_all_workers};
+use common::{block_on, gate, hold_a_worker, names_of_all_workers};
 
 /// Keeps the expected panics of pool threads off stderr. The hook is process-global, which is
 /// why this binary holds nothing but panic tests; the test threads keep the default hook, so a
@@ -135,14 +135,7 @@ fn panics_mixed_with_values_keep_each_result_apart() {
 fn a_panic_does_not_disturb_a_running_task() {
     quiet_worker_panics();
     let pool = ThreadPool::new(2).unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = mpsc::channel();
-    let survivor = pool.spawn(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-        "survived"
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (survivor, open) = hold_a_worker(&pool, "survived");
     block_on(async {
         for _ in 0..100 {
             let err = pool.spawn(|| panic!("next door")).await.unwrap_err();
@@ -265,14 +258,7 @@ fn child_panic_dropping_an_unread_result() {
     }
     quiet_worker_panics();
     let pool = ThreadPool::new(1).unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = mpsc::channel();
-    let task = pool.spawn(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-        PanicOnDrop
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (task, open) = hold_a_worker(&pool, PanicOnDrop);
     // Dropped while it runs: nobody reads the value, so the worker drops it.
     drop(task);
     drop(open);

@@ -13,7 +13,7 @@ use smol_offload::{Error, Executor, PoolStats, Task, ThreadPool};
 
 mod common;
 
-use common::{WATCHDOG, block_on, gate, names_of_all_workers, watchdog};
+use common::{WATCHDOG, block_on, gate, hold_a_worker, names_of_all_workers, watchdog};
 
 fn current_name() -> String {
     thread::current()
@@ -187,14 +187,7 @@ fn blocked_tasks_occupy_exactly_n_threads() {
 #[test]
 fn a_task_dropped_before_it_starts_never_runs() {
     let pool = ThreadPool::new(1).unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = mpsc::channel();
-    let busy = pool.spawn(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-        "busy"
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (busy, open) = hold_a_worker(&pool, "busy");
 
     let ran = Arc::new(AtomicBool::new(false));
     let dropped = {
@@ -296,14 +289,7 @@ fn cancel_before_start_gives_cancelled_and_skips_the_work() {
 #[test]
 fn cancel_after_start_gives_the_value() {
     let pool = ThreadPool::new(1).unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = mpsc::channel();
-    let task = pool.spawn(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-        "finished anyway"
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (task, open) = hold_a_worker(&pool, "finished anyway");
     assert!(task.is_started());
     assert!(!task.is_finished());
     block_on(async {

@@ -120,3 +120,20 @@ pub(crate) fn run_child(name: &str, marker: &str, vars: &[(&str, Option<&str>)])
     );
     stdout.into_owned()
 }
+
+/// Spawns a task on `pool` that holds its worker until the returned sender is dropped, then
+/// returns `value`; returns once the task is running, so the worker is known to be busy.
+pub(crate) fn hold_a_worker<T: Send + 'static>(
+    pool: &smol_offload::ThreadPool,
+    value: T,
+) -> (smol_offload::Task<T>, async_channel::Sender<()>) {
+    let (open, closed) = gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let task = pool.spawn(move || {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv_blocking();
+        value
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    (task, open)
+}
