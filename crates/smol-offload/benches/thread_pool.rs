@@ -91,41 +91,25 @@ struct Ours {
     pool: smol_offload::ThreadPool,
 }
 
+impl Ours {
+    /// Submits job `i` now; the future awaits its value.
+    fn submit(&self, i: u64) -> impl Future<Output = u64> + use<> {
+        let task = self.pool.spawn(move || work(i));
+        async move { task.await.unwrap() }
+    }
+}
+
 impl Contender for Ours {
     fn name(&self) -> &'static str {
         "smol-offload ThreadPool"
     }
 
     fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
-        smol::block_on(async {
-            for i in 0..warmup as u64 {
-                black_box(self.pool.spawn(move || work(i)).await.unwrap());
-            }
-            let mut samples = Vec::with_capacity(n);
-            for i in 0..n as u64 {
-                let start = Instant::now();
-                black_box(self.pool.spawn(move || work(i)).await.unwrap());
-                samples.push(nanos(start));
-            }
-            samples
-        })
+        smol::block_on(measure_round_trips(warmup, n, |i| self.submit(i)))
     }
 
     fn burst(&self, n: u64) -> Duration {
-        smol::block_on(async {
-            let mut tasks = Vec::with_capacity(n as usize);
-            let start = Instant::now();
-            for i in 0..n {
-                tasks.push(self.pool.spawn(move || work(i)));
-            }
-            let mut sum = 0;
-            for task in tasks {
-                sum += task.await.unwrap();
-            }
-            let elapsed = start.elapsed();
-            check_sum(sum, n);
-            elapsed
-        })
+        smol::block_on(measure_burst(n, |i| self.submit(i)))
     }
 }
 
@@ -139,35 +123,13 @@ impl Contender for Blocking {
     }
 
     fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
-        smol::block_on(async {
-            for i in 0..warmup as u64 {
-                black_box(blocking::unblock(move || work(i)).await);
-            }
-            let mut samples = Vec::with_capacity(n);
-            for i in 0..n as u64 {
-                let start = Instant::now();
-                black_box(blocking::unblock(move || work(i)).await);
-                samples.push(nanos(start));
-            }
-            samples
-        })
+        smol::block_on(measure_round_trips(warmup, n, |i| {
+            blocking::unblock(move || work(i))
+        }))
     }
 
     fn burst(&self, n: u64) -> Duration {
-        smol::block_on(async {
-            let mut tasks = Vec::with_capacity(n as usize);
-            let start = Instant::now();
-            for i in 0..n {
-                tasks.push(blocking::unblock(move || work(i)));
-            }
-            let mut sum = 0;
-            for task in tasks {
-                sum += task.await;
-            }
-            let elapsed = start.elapsed();
-            check_sum(sum, n);
-            elapsed
-        })
+        smol::block_on(measure_burst(n, |i| blocking::unblock(move || work(i))))
     }
 }
 
@@ -179,12 +141,13 @@ struct RayonChannel {
 }
 
 impl RayonChannel {
-    fn spawn(&self, i: u64) -> async_channel::Receiver<u64> {
+    /// Submits job `i` now; the future awaits its value from the channel.
+    fn submit(&self, i: u64) -> impl Future<Output = u64> + use<> {
         let (sender, receiver) = async_channel::bounded(1);
         self.pool.spawn(move || {
             let _ = sender.try_send(work(i));
         });
-        receiver
+        async move { receiver.recv().await.unwrap() }
     }
 }
 
@@ -194,35 +157,11 @@ impl Contender for RayonChannel {
     }
 
     fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
-        smol::block_on(async {
-            for i in 0..warmup as u64 {
-                black_box(self.spawn(i).recv().await.unwrap());
-            }
-            let mut samples = Vec::with_capacity(n);
-            for i in 0..n as u64 {
-                let start = Instant::now();
-                black_box(self.spawn(i).recv().await.unwrap());
-                samples.push(nanos(start));
-            }
-            samples
-        })
+        smol::block_on(measure_round_trips(warmup, n, |i| self.submit(i)))
     }
 
     fn burst(&self, n: u64) -> Duration {
-        smol::block_on(async {
-            let mut receivers = Vec::with_capacity(n as usize);
-            let start = Instant::now();
-            for i in 0..n {
-                receivers.push(self.spawn(i));
-            }
-            let mut sum = 0;
-            for receiver in receivers {
-                sum += receiver.recv().await.unwrap();
-            }
-            let elapsed = start.elapsed();
-            check_sum(sum, n);
-            elapsed
-        })
+        smol::block_on(measure_burst(n, |i| self.submit(i)))
     }
 }
 
@@ -239,36 +178,60 @@ impl Contender for Tokio {
     }
 
     fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
-        self.runtime.block_on(async {
-            for i in 0..warmup as u64 {
-                black_box(tokio::task::spawn_blocking(move || work(i)).await.unwrap());
-            }
-            let mut samples = Vec::with_capacity(n);
-            for i in 0..n as u64 {
-                let start = Instant::now();
-                black_box(tokio::task::spawn_blocking(move || work(i)).await.unwrap());
-                samples.push(nanos(start));
-            }
-            samples
-        })
+        self.runtime
+            .block_on(measure_round_trips(warmup, n, submit_to_tokio))
     }
 
     fn burst(&self, n: u64) -> Duration {
-        self.runtime.block_on(async {
-            let mut handles = Vec::with_capacity(n as usize);
-            let start = Instant::now();
-            for i in 0..n {
-                handles.push(tokio::task::spawn_blocking(move || work(i)));
-            }
-            let mut sum = 0;
-            for handle in handles {
-                sum += handle.await.unwrap();
-            }
-            let elapsed = start.elapsed();
-            check_sum(sum, n);
-            elapsed
-        })
+        self.runtime.block_on(measure_burst(n, submit_to_tokio))
     }
+}
+
+/// Submits job `i` to tokio's blocking pool now; the future awaits its value. Must run inside
+/// the runtime.
+fn submit_to_tokio(i: u64) -> impl Future<Output = u64> {
+    let handle = tokio::task::spawn_blocking(move || work(i));
+    async move { handle.await.unwrap() }
+}
+
+/// Awaits `warmup` unmeasured round trips, then `n` measured ones, each submitting one job with
+/// `submit` and awaiting it; returns each measured one in nanoseconds.
+async fn measure_round_trips<S, F>(warmup: usize, n: usize, submit: S) -> Vec<u64>
+where
+    S: Fn(u64) -> F,
+    F: Future<Output = u64>,
+{
+    for i in 0..warmup as u64 {
+        black_box(submit(i).await);
+    }
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let start = Instant::now();
+        black_box(submit(i).await);
+        samples.push(nanos(start));
+    }
+    samples
+}
+
+/// Submits `n` jobs at once with `submit` (which must submit before it returns), then awaits
+/// them all in order; returns the time it took.
+async fn measure_burst<S, F>(n: u64, submit: S) -> Duration
+where
+    S: Fn(u64) -> F,
+    F: Future<Output = u64>,
+{
+    let mut pending = Vec::with_capacity(n as usize);
+    let start = Instant::now();
+    for i in 0..n {
+        pending.push(submit(i));
+    }
+    let mut sum = 0;
+    for value in pending {
+        sum += value.await;
+    }
+    let elapsed = start.elapsed();
+    check_sum(sum, n);
+    elapsed
 }
 
 /// One contender's figures in one round.
