@@ -31,17 +31,18 @@ pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER;
 
 /// A request as the worker reads it.
 #[derive(Debug)]
-pub(crate) struct Request {
+pub(crate) struct Request<'a> {
     pub(crate) id: u64,
     pub(crate) call: ErasedCall,
-    pub(crate) arg: Vec<u8>,
+    /// The encoded argument, borrowed from the read buffer.
+    pub(crate) arg: &'a [u8],
 }
 
 /// Reads one request frame; `Ok(None)` at a clean end of stream (the parent closed the socket).
-pub(crate) fn read_request(
+pub(crate) fn read_request<'a>(
     input: &mut impl Read,
-    buffer: &mut Vec<u8>,
-) -> io::Result<Option<Request>> {
+    buffer: &'a mut Vec<u8>,
+) -> io::Result<Option<Request<'a>>> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len) {
         Ok(()) => {}
@@ -64,7 +65,7 @@ pub(crate) fn read_request(
             trampoline: word(8),
             function: word(16),
         },
-        arg: buffer[REQUEST_HEADER..].to_vec(),
+        arg: &buffer[REQUEST_HEADER..],
     };
     Ok(Some(request))
 }
@@ -185,10 +186,7 @@ mod tests {
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
-        assert_eq!(
-            (first.id, first.call, first.arg.as_slice()),
-            (7, call, &b"arg"[..])
-        );
+        assert_eq!((first.id, first.call, first.arg), (7, call, &b"arg"[..]));
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.id, second.arg.len()), (8, 0));
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());

@@ -34,7 +34,7 @@ fn serve_requests(stream: &UnixStream) -> std::io::Result<()> {
     let mut reply = Vec::new();
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
         wire::begin_reply(&mut reply, request.id);
-        let status = sys::invoke(request.call, &request.arg, &mut reply);
+        let status = sys::invoke(request.call, request.arg, &mut reply);
         wire::finish_reply(&mut reply, status);
         output.write_all(&reply)?;
     }
