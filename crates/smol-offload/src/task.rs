@@ -5,6 +5,10 @@
 //! flags: *started* (set by the runner when the work begins), *cancelled* (set when the `Task` is
 //! dropped without being detached) and *done* (set once the result is stored). Whichever of
 //! *started* and *cancelled* comes first wins, so a task dropped before it started never runs.
+//!
+//! A task may also carry an [`Assist`]: work the awaiting side can do itself so that the result
+//! comes in without a detour through another thread. A process task sent straight to an idle
+//! worker reads that worker's reply this way, on the thread that awaits it.
 
 use std::fmt;
 use std::future::Future;
@@ -53,8 +57,22 @@ pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
         },
         Task {
             shared: Some(shared),
+            assist: None,
         },
     )
+}
+
+/// Work the awaiting side of a [`Task`] can do to bring its result in.
+///
+/// The task calls [`assist`](Assist::assist) whenever it is polled, asked whether it is
+/// finished, or registered with a waker, and drops the assist once nobody will do that again:
+/// when it returns its result, is dropped or is detached. Dropping an assist hands whatever it
+/// still holds back to the pool, which then completes the promise on its own.
+pub(crate) trait Assist: Send + Sync {
+    /// Moves the work on without blocking; it may complete the task's promise. When the work
+    /// cannot go on yet and `waker` is given, arranges for `waker` to be woken when it can (the
+    /// waker last given is remembered for calls without one).
+    fn assist(&self, waker: Option<&Waker>);
 }
 
 /// The runner's end of a [`Task`]: it decides whether the work may start, and delivers its
@@ -123,9 +141,27 @@ impl<T> fmt::Debug for Promise<T> {
 #[must_use = "a task is cancelled when dropped before it starts: await it or call detach()"]
 pub struct Task<T> {
     shared: Option<Arc<Shared<T>>>,
+    assist: Option<Box<dyn Assist>>,
 }
 
 impl<T> Task<T> {
+    /// This task, helped by `assist` while it is awaited.
+    pub(crate) fn with_assist(mut self, assist: Box<dyn Assist>) -> Task<T> {
+        self.assist = Some(assist);
+        self
+    }
+
+    /// Drops the assist, which gives back what it holds.
+    fn release_assist(&mut self) {
+        self.assist = None;
+    }
+
+    fn is_done(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_none_or(|shared| shared.state.load(Ordering::Acquire) & DONE != 0)
+    }
+
     /// A task that is already finished with `result`.
     pub(crate) fn ready(result: Result<T, Error>) -> Task<T> {
         let (promise, task) = pair();
@@ -148,14 +184,17 @@ impl<T> Task<T> {
     /// ```
     pub fn detach(mut self) {
         self.shared = None;
+        self.release_assist();
     }
 
     /// True once the result is ready: awaiting the task will not wait.
     pub fn is_finished(&self) -> bool {
-        match &self.shared {
-            Some(shared) => shared.state.load(Ordering::Acquire) & DONE != 0,
-            None => true,
+        if !self.is_done()
+            && let Some(assist) = &self.assist
+        {
+            assist.assist(None);
         }
+        self.is_done()
     }
 
     /// True once the work has begun on a worker (or has finished).
@@ -223,6 +262,7 @@ impl<T> Task<T> {
                 ) {
                     Ok(_) => {
                         self.shared = None;
+                        self.release_assist();
                         return Err(Error::new(ErrorKind::Cancelled));
                     }
                     Err(actual) => state = actual,
@@ -236,6 +276,9 @@ impl<T> Task<T> {
     pub(crate) fn register(&self, waker: &Waker) {
         if let Some(shared) = &self.shared {
             shared.waker.register(waker);
+            if let Some(assist) = &self.assist {
+                assist.assist(Some(waker));
+            }
         }
     }
 }
@@ -249,6 +292,9 @@ impl<T> Future for Task<T> {
             .as_ref()
             .expect("`Task` polled after it returned its result");
         if shared.state.load(Ordering::Acquire) & DONE == 0 {
+            if let Some(assist) = &self.assist {
+                assist.assist(Some(cx.waker()));
+            }
             shared.waker.register(cx.waker());
             if shared.state.load(Ordering::Acquire) & DONE == 0 {
                 return Poll::Pending;
@@ -260,6 +306,7 @@ impl<T> Future for Task<T> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         self.shared = None;
+        self.release_assist();
         Poll::Ready(result.expect("a finished task holds its result"))
     }
 }
@@ -269,6 +316,7 @@ impl<T> Drop for Task<T> {
         if let Some(shared) = self.shared.take() {
             shared.state.fetch_or(CANCELLED, Ordering::AcqRel);
         }
+        self.release_assist();
     }
 }
 

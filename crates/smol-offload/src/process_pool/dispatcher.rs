@@ -1,26 +1,31 @@
 //! The parent side of a process pool: one thread, blocked in `poll(2)` on an eventfd and the
 //! workers' sockets, that hands queued jobs to idle workers and turns replies into task results.
 //!
-//! Submitters push a job on the queue and write the eventfd only when the dispatcher is about
-//! to sleep with an idle worker, so a burst of submissions costs one wake-up, not one each.
+//! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
+//! submitted then goes straight to a worker and reads its own reply (see
+//! [`loan`](super::loan)), and the dispatcher is not woken at all. Otherwise submitters push a
+//! job on the queue and write the eventfd only when the dispatcher sleeps with workers lent
+//! out, so a burst of submissions costs one wake-up, not one each.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use async_io::Async;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::{MsgFlags, recv};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
-use crate::process_pool::wire::{self, Reply, ReplyReader};
+use crate::process_pool::wire::Reply;
+use crate::process_pool::worker_link::{Incoming, WorkerLink};
 use crate::stats::Counters;
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::Promise;
@@ -75,13 +80,13 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     }
 }
 
-/// What the pool's handles and its dispatcher share.
+/// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
-    queue: Mutex<VecDeque<Job>>,
+    state: Mutex<State>,
     wake: EventFd,
-    /// Set by the dispatcher just before it sleeps with an idle worker: the next submitter
-    /// must wake it.
-    sleeping_idle: AtomicBool,
+    /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
+    /// workers are lent out: the next job queued must wake it.
+    wake_on_submit: AtomicBool,
     closed: AtomicBool,
     /// Set when no worker could be kept alive: the pool refuses work.
     broken: AtomicBool,
@@ -89,12 +94,38 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
 }
 
+/// Where the jobs and the workers the dispatcher does not hold are.
+#[derive(Default)]
+struct State {
+    /// Jobs waiting for a worker, oldest first.
+    jobs: VecDeque<Job>,
+    /// Idle workers the dispatcher lent out while nothing is queued: a submitter may take one.
+    idle: Vec<WorkerLink>,
+    /// Workers given back to the dispatcher: with a job still in flight, or while jobs wait.
+    returned: Vec<WorkerLink>,
+    /// Workers on loan to a task.
+    loans: Vec<Arc<Loan>>,
+}
+
+/// How [`Shared::submit`] placed a job.
+pub(crate) enum Placed {
+    /// In the queue, for the dispatcher.
+    Queued,
+    /// Sent straight to an idle worker, lent to the task until it reads the reply.
+    Lent(Arc<Loan>),
+}
+
+/// The largest argument sent straight to an idle worker from the submitting thread. The send
+/// blocks until the socket takes it, which an idle worker's empty socket buffer does at once
+/// for a frame this size; larger ones go through the dispatcher.
+const DIRECT_SEND_LIMIT: usize = 64 * 1024;
+
 impl Shared {
     pub(crate) fn new() -> io::Result<Shared> {
         Ok(Shared {
-            queue: Mutex::new(VecDeque::new()),
+            state: Mutex::new(State::default()),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-            sleeping_idle: AtomicBool::new(false),
+            wake_on_submit: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             pids: Mutex::new(Vec::new()),
@@ -102,22 +133,86 @@ impl Shared {
         })
     }
 
-    /// Queues a job, waking the dispatcher if it sleeps with an idle worker.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
-        {
-            // `broken` is set under this lock before the queue is drained for the last time,
-            // so no job can slip in after that drain.
-            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            if self.broken.load(Ordering::Acquire) {
-                return Err(job);
-            }
-            self.counters.submitted();
-            queue.push_back(job);
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends a job straight to an idle worker if nothing is queued, else queues it, waking the
+    /// dispatcher if it sleeps with workers lent out. Gives the job back if the pool is broken.
+    ///
+    /// The job's task must not have been handed out yet: a job sent straight away is started
+    /// without asking whether it was cancelled.
+    pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
+        let mut state = self.lock();
+        // `broken` is set under this lock before the queue is drained for the last time, so no
+        // job can slip in after that drain.
+        if self.broken.load(Ordering::Acquire) {
+            return Err(job);
         }
-        if self.sleeping_idle.swap(false, Ordering::SeqCst) {
+        self.counters.submitted();
+        if state.jobs.is_empty()
+            && job.arg.len() <= DIRECT_SEND_LIMIT
+            && let Some(worker) = state.idle.pop()
+        {
+            return Ok(self.lend(state, worker, job));
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
             self.wake_dispatcher();
         }
-        Ok(())
+        Ok(Placed::Queued)
+    }
+
+    /// Sends `job` to the idle `worker` from this thread, and lends the worker to the job's task.
+    fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
+        let started = job.completion.start();
+        debug_assert!(started, "nobody holds the task yet");
+        worker.assign(job);
+        // The loan is registered before the lock is released, so that the dispatcher always
+        // knows where every worker is, and stays locked until the request is sent, so that the
+        // dispatcher cannot take the worker back in between.
+        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
+        // reach this one yet.)
+        let loan = Loan::new();
+        let mut lent = loan.lock();
+        state.loans.push(loan.clone());
+        drop(state);
+        if worker.flush().is_ok() {
+            lent.hold(worker);
+            self.counters.picked();
+            return Placed::Lent(loan.clone());
+        }
+        // The worker is gone and the job never reached it: queue the job for another worker,
+        // and let the dispatcher replace this one.
+        let job = worker.take_back_last().expect("a job was assigned");
+        let mut state = self.lock();
+        state.loans.retain(|other| !Arc::ptr_eq(other, &loan));
+        state.returned.push(worker);
+        state.jobs.push_front(job);
+        drop(state);
+        drop(lent);
+        self.wake_dispatcher();
+        Placed::Queued
+    }
+
+    /// Takes back the worker of a loan that ended: it is lent again if it is idle and nothing
+    /// is queued, else the dispatcher gets it.
+    pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
+        let mut state = self.lock();
+        state.loans.retain(|other| !Arc::ptr_eq(other, loan));
+        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
+            state.idle.push(worker);
+        } else {
+            state.returned.push(worker);
+            drop(state);
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Forgets a loan whose worker the dispatcher took back.
+    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
+        self.lock().loans.retain(|other| !Arc::ptr_eq(other, loan));
     }
 
     /// Tells the dispatcher that the last pool handle is gone.
@@ -140,36 +235,26 @@ impl Shared {
 
     /// Refuses new work from now on; the caller then fails what is queued.
     fn break_pool(&self) {
-        let _queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let _state = self.lock();
         self.broken.store(true, Ordering::Release);
     }
 
     /// The oldest queued job, if `fits` accepts it.
     fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if queue.front().is_some_and(fits) {
-            queue.pop_front()
+        let mut state = self.lock();
+        if state.jobs.front().is_some_and(fits) {
+            state.jobs.pop_front()
         } else {
             None
         }
     }
 
     fn pop(&self) -> Option<Job> {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
-    }
-
-    fn has_queued(&self) -> bool {
-        self.queued() > 0
+        self.lock().jobs.pop_front()
     }
 
     fn queued(&self) -> usize {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.lock().jobs.len()
     }
 }
 
@@ -182,51 +267,19 @@ const PIPELINE_DEPTH: usize = 16;
 /// at most 4 KiB), or the dispatcher and a worker writing its reply would wait for each other.
 const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 
-/// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
-/// job, the job goes to another worker.
-struct InFlight {
-    id: u64,
-    job: Job,
-}
-
-/// A worker as the dispatcher sees it.
-struct Worker {
-    pid: u32,
-    stream: UnixStream,
-    replies: ReplyReader,
-    /// The jobs sent to it, in order: it runs the first and has not started the others.
-    in_flight: VecDeque<InFlight>,
-    /// When the first job in flight began (as far as the dispatcher can tell).
-    head_since: Instant,
-    /// Request frames to send in one write.
-    outbox: Vec<u8>,
-}
-
-impl Worker {
-    fn new((pid, stream): (u32, UnixStream)) -> Worker {
-        Worker {
-            pid,
-            stream,
-            replies: ReplyReader::default(),
-            in_flight: VecDeque::new(),
-            head_since: Instant::now(),
-            outbox: Vec::new(),
-        }
-    }
-}
-
-/// Reads what a socket has without blocking, leaving the socket itself blocking for writes.
-struct Available<'a>(&'a UnixStream);
-
-impl Read for Available<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?)
-    }
-}
-
 /// Forks `count` workers on the server.
-pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<(u32, UnixStream)>> {
-    (0..count).map(|_| server::spawn_worker(link)).collect()
+pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<WorkerLink>> {
+    (0..count)
+        .map(|_| WorkerLink::new(server::spawn_worker(link)?))
+        .collect()
+}
+
+/// What the dispatcher watches while it sleeps, besides its eventfd.
+enum Watched {
+    /// One of its own workers, by index.
+    Own(usize),
+    /// A worker lent out while idle, or a loan: watched for its end only, unless jobs wait.
+    Lent(Option<Arc<Loan>>),
 }
 
 /// The dispatcher's state and loop.
@@ -239,66 +292,69 @@ pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<(
 pub(crate) struct Dispatcher {
     shared: Arc<Shared>,
     link: &'static ServerLink,
-    workers: Vec<Worker>,
+    workers: Vec<WorkerLink>,
     /// Jobs that were sent to a worker that died before starting them: they go first.
     retry: VecDeque<Job>,
     /// A moving average of how long a task takes, reply to reply.
     typical_task: Option<Duration>,
-    next_id: u64,
+    /// Replies read but not yet delivered to their tasks.
+    replies: Vec<(Job, Reply)>,
 }
 
 impl Dispatcher {
     pub(crate) fn new(
         shared: Arc<Shared>,
         link: &'static ServerLink,
-        workers: Vec<(u32, UnixStream)>,
+        workers: Vec<WorkerLink>,
     ) -> Dispatcher {
         *shared.pids.lock().unwrap_or_else(PoisonError::into_inner) =
-            workers.iter().map(|(pid, _)| *pid).collect();
-        let workers = workers.into_iter().map(Worker::new).collect();
+            workers.iter().map(|worker| worker.pid).collect();
+        // Lent out from the start, so that the first task goes straight to a worker.
+        shared.lock().idle = workers;
         Dispatcher {
             shared,
             link,
-            workers,
+            workers: Vec::new(),
             retry: VecDeque::new(),
             typical_task: None,
-            next_id: 0,
+            replies: Vec::new(),
         }
     }
 
     /// Runs until the last pool handle is dropped and the jobs sent to workers are done.
     pub(crate) fn run(mut self) {
+        // Whether an idle worker lent out ended while the dispatcher slept.
+        let mut idle_ended = false;
         loop {
             let closed = self.shared.closed.load(Ordering::SeqCst);
             if closed {
+                self.reclaim_loans(|_| true);
+            }
+            // Idle workers stay lent out unless they are needed or one of them ended: taking
+            // them back would open a window in which a submitter finds none.
+            let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
+            self.take_back_workers(closed || jobs_wait || idle_ended);
+            if closed {
                 self.fail_waiting_jobs();
-                if self
-                    .workers
-                    .iter()
-                    .all(|worker| worker.in_flight.is_empty())
-                {
+                if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
                 }
             } else {
                 self.hand_out_jobs();
             }
-            if self.workers.is_empty() {
+            if self.workers.is_empty() && self.all_home() {
                 self.shared.break_pool();
                 self.fail_waiting_jobs();
                 break;
             }
-            let idle = self
-                .workers
-                .iter()
-                .any(|worker| worker.in_flight.is_empty());
-            if !closed && idle {
-                self.shared.sleeping_idle.store(true, Ordering::SeqCst);
-                if self.shared.has_queued() {
-                    self.shared.sleeping_idle.store(false, Ordering::SeqCst);
-                    continue;
-                }
-            }
-            let ready = match self.wait_for_events() {
+            let sleep = self.prepare_to_sleep(closed);
+            // Results are delivered only now that idle workers are lent out again, so that a
+            // task submitted as soon as its awaiting thread wakes goes straight to a worker.
+            self.deliver_results();
+            let Some(sleep) = sleep else {
+                continue;
+            };
+            let ready = match sleep.wait(&self.shared.wake) {
                 Ok(ready) => ready,
                 Err(_) => {
                     self.shared.break_pool();
@@ -306,42 +362,118 @@ impl Dispatcher {
                     break;
                 }
             };
-            self.shared.sleeping_idle.store(false, Ordering::SeqCst);
-            for index in ready.into_iter().rev() {
-                self.read_replies(index);
+            self.shared.wake_on_submit.store(false, Ordering::SeqCst);
+            idle_ended = false;
+            let mut ready_loans = Vec::new();
+            for ((_, watched), ready) in sleep.watched.into_iter().zip(ready).rev() {
+                if !ready {
+                    continue;
+                }
+                match watched {
+                    // Indices go down, so a worker replaced meanwhile does not shift the others.
+                    Watched::Own(worker) => self.read_replies(worker),
+                    Watched::Lent(Some(loan)) => ready_loans.push(loan),
+                    Watched::Lent(None) => idle_ended = true,
+                }
             }
+            self.reclaim_loans(|loan| ready_loans.iter().any(|ready| Arc::ptr_eq(ready, loan)));
         }
         self.shut_down_workers();
     }
 
-    /// Sleeps in `poll` until the eventfd or a worker has something; returns the indices of the
-    /// workers to read.
-    fn wait_for_events(&self) -> io::Result<Vec<usize>> {
-        let ready = {
-            let mut fds = Vec::with_capacity(self.workers.len() + 1);
-            fds.push(PollFd::new(self.shared.wake.as_fd(), PollFlags::POLLIN));
-            for worker in &self.workers {
-                fds.push(PollFd::new(worker.stream.as_fd(), PollFlags::POLLIN));
-            }
-            loop {
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(_) => break,
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(err) => return Err(err.into()),
-                }
-            }
-            fds.iter()
-                .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
-                .collect::<Vec<_>>()
-        };
-        if ready[0] {
-            let _ = self.shared.wake.read();
+    /// Completes the tasks whose replies were read.
+    fn deliver_results(&mut self) {
+        for (job, reply) in self.replies.drain(..) {
+            self.shared.counters.completed();
+            job.completion.finish(reply);
         }
-        Ok((0..self.workers.len())
-            .filter(|&index| ready[index + 1])
-            .collect())
     }
 
+    /// True when no worker is on loan or waiting to be taken back.
+    fn all_home(&self) -> bool {
+        let state = self.shared.lock();
+        state.loans.is_empty() && state.returned.is_empty() && state.idle.is_empty()
+    }
+
+    /// Takes back the workers given back, and those lent out while idle if `idle_too`, and
+    /// reads what they hold: one may have died, or have its reply already there.
+    fn take_back_workers(&mut self, idle_too: bool) {
+        let taken: Vec<WorkerLink> = {
+            let mut state = self.shared.lock();
+            let mut taken: Vec<WorkerLink> = state.returned.drain(..).collect();
+            if idle_too {
+                taken.append(&mut state.idle);
+            }
+            taken
+        };
+        for worker in taken {
+            self.workers.push(worker);
+            self.read_replies(self.workers.len() - 1);
+        }
+    }
+
+    /// Takes the workers of the loans `which` picks away from their tasks, and reads them.
+    fn reclaim_loans(&mut self, which: impl Fn(&Arc<Loan>) -> bool) {
+        let loans: Vec<Arc<Loan>> = self
+            .shared
+            .lock()
+            .loans
+            .iter()
+            .filter(|loan| which(loan))
+            .cloned()
+            .collect();
+        // The queue lock is not held here: a loan's lock comes first.
+        for loan in loans {
+            if let Some(worker) = loan.reclaim(&self.shared) {
+                self.workers.push(worker);
+                self.read_replies(self.workers.len() - 1);
+            }
+        }
+    }
+
+    /// Lends the idle workers out if nothing is queued, and lists what to watch while asleep.
+    /// Returns `None` when there is more to do first.
+    fn prepare_to_sleep(&mut self, closed: bool) -> Option<Sleep> {
+        let mut state = self.shared.lock();
+        if !state.returned.is_empty() {
+            return None;
+        }
+        let jobs_wait = !state.jobs.is_empty() || !self.retry.is_empty();
+        if !closed && !jobs_wait {
+            let mut index = 0;
+            while index < self.workers.len() {
+                if self.workers[index].is_idle() {
+                    state.idle.push(self.workers.swap_remove(index));
+                } else {
+                    index += 1;
+                }
+            }
+            if !state.idle.is_empty() || !state.loans.is_empty() {
+                self.shared.wake_on_submit.store(true, Ordering::SeqCst);
+            }
+        } else if !closed
+            && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
+        {
+            // Jobs came in after the idle workers were taken back and handed jobs: go round
+            // again to take them back and hand these out too.
+            return None;
+        }
+        let mut watched = Vec::with_capacity(self.workers.len() + state.idle.len());
+        for (index, worker) in self.workers.iter().enumerate() {
+            watched.push((worker.stream.clone(), Watched::Own(index)));
+        }
+        for worker in &state.idle {
+            watched.push((worker.stream.clone(), Watched::Lent(None)));
+        }
+        let loans = state.loans.clone();
+        drop(state);
+        for loan in loans {
+            if let Some(stream) = loan.stream() {
+                watched.push((stream, Watched::Lent(Some(loan))));
+            }
+        }
+        Some(Sleep { watched, jobs_wait })
+    }
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
     ///
@@ -367,11 +499,11 @@ impl Dispatcher {
     fn hand_out_jobs(&mut self) {
         // One job to each idle worker first, so that work spreads before it queues up.
         for index in 0..self.workers.len() {
-            if self.workers[index].in_flight.is_empty() {
+            if self.workers[index].is_idle() {
                 let Some(job) = self.next_job(false) else {
                     break;
                 };
-                self.assign(index, job);
+                self.workers[index].assign(job);
             }
         }
         let short_tasks = self
@@ -385,63 +517,38 @@ impl Dispatcher {
                         let Some(job) = self.next_job(true) else {
                             break 'fill;
                         };
-                        self.assign(index, job);
+                        self.workers[index].assign(job);
                     }
                 }
             }
         }
         for index in (0..self.workers.len()).rev() {
-            let worker = &mut self.workers[index];
-            if worker.outbox.is_empty() {
-                continue;
-            }
-            let sent = send_all(&worker.stream, &worker.outbox);
-            worker.outbox.clear();
-            if sent.is_err() {
+            if self.workers[index].flush().is_err() {
                 // The worker is gone: its first job fails with its exit status.
                 self.replace_worker(index, false);
             }
         }
     }
 
-    fn assign(&mut self, index: usize, job: Job) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let worker = &mut self.workers[index];
-        wire::write_request(&mut worker.outbox, id, job.call, &job.arg);
-        if worker.in_flight.is_empty() {
-            worker.head_since = Instant::now();
-        }
-        worker.in_flight.push_back(InFlight { id, job });
-    }
-
     fn read_replies(&mut self, index: usize) {
-        let worker = &mut self.workers[index];
-        let open = worker.replies.fill(&mut Available(&worker.stream));
+        let open = self.workers[index].receive();
         loop {
-            let expected = worker.in_flight.front().map(|in_flight| in_flight.id);
-            match worker.replies.next_reply() {
-                Ok(Some(reply)) if Some(reply.id) == expected => {
-                    let done = worker.in_flight.pop_front().expect("checked just above");
-                    let now = Instant::now();
-                    let took = now - worker.head_since;
-                    worker.head_since = now;
+            match self.workers[index].next_incoming() {
+                Incoming::Reply(job, reply, took) => {
                     self.typical_task = Some(match self.typical_task {
                         Some(typical) => (typical * 7 + took) / 8,
                         None => took,
                     });
-                    self.shared.counters.completed();
-                    done.job.completion.finish(reply);
+                    self.replies.push((job, reply));
                 }
-                Ok(None) => break,
-                // A reply to no job, or a corrupt frame: this worker cannot be trusted.
-                Ok(Some(_)) | Err(_) => {
+                Incoming::Nothing => break,
+                Incoming::Corrupt => {
                     self.replace_worker(index, true);
                     return;
                 }
             }
         }
-        if !matches!(open, Ok(true)) {
+        if !open {
             self.replace_worker(index, false);
         }
     }
@@ -450,22 +557,21 @@ impl Dispatcher {
     /// running with how it ended, give the jobs sent ahead to others, and fork a replacement
     /// unless the pool is closing.
     fn replace_worker(&mut self, index: usize, kill: bool) {
-        let mut dead = self.workers.swap_remove(index);
+        let dead = self.workers.swap_remove(index);
+        let pid = dead.pid;
+        let mut in_flight = dead.in_flight;
         drop(dead.stream);
         if kill {
-            let pid = nix::unistd::Pid::from_raw(dead.pid as i32);
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
-        let exit = self.link.reap(dead.pid).unwrap_or(WorkerExit::Unknown);
-        if let Some(running) = dead.in_flight.pop_front() {
+        let exit = self.link.reap(pid).unwrap_or(WorkerExit::Unknown);
+        if let Some(running) = in_flight.pop_front() {
             self.shared.counters.completed();
-            let error = Error::new(ErrorKind::WorkerDied {
-                pid: dead.pid,
-                exit,
-            });
+            let error = Error::new(ErrorKind::WorkerDied { pid, exit });
             running.job.completion.fail(error);
         }
-        for (position, waiting) in dead.in_flight.into_iter().enumerate() {
+        for (position, waiting) in in_flight.into_iter().enumerate() {
             self.retry.insert(position, waiting.job);
         }
         let mut pids = self
@@ -473,12 +579,19 @@ impl Dispatcher {
             .pids
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        pids.retain(|&pid| pid != dead.pid);
+        pids.retain(|&other| other != pid);
         if !self.shared.closed.load(Ordering::SeqCst)
             && let Ok(spawned) = server::spawn_worker(self.link)
         {
-            pids.push(spawned.0);
-            self.workers.push(Worker::new(spawned));
+            let new_pid = spawned.0;
+            match WorkerLink::new(spawned) {
+                Ok(worker) => {
+                    pids.push(new_pid);
+                    self.workers.push(worker);
+                }
+                // Its socket is closed: it exits at once.
+                Err(_) => drop(self.link.reap(new_pid)),
+            }
         }
     }
 
@@ -498,15 +611,21 @@ impl Dispatcher {
 
     /// Closes every worker's socket (each exits at the end of its stream) and reaps them.
     fn shut_down_workers(&mut self) {
+        // Only after a failure can workers still be out: take them all back.
+        self.reclaim_loans(|_| true);
+        self.take_back_workers(true);
+        self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
+            let pid = worker.pid;
+            let in_flight = worker.in_flight;
             drop(worker.stream);
-            if !worker.in_flight.is_empty() {
+            if !in_flight.is_empty() {
                 // Only when the dispatcher itself failed: do not wait for its tasks.
-                let pid = nix::unistd::Pid::from_raw(worker.pid as i32);
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
-            let _ = self.link.reap(worker.pid);
-            for in_flight in worker.in_flight {
+            let _ = self.link.reap(pid);
+            for in_flight in in_flight {
                 in_flight
                     .job
                     .completion
@@ -521,6 +640,49 @@ impl Dispatcher {
     }
 }
 
+/// What the dispatcher sleeps on.
+struct Sleep {
+    watched: Vec<(Arc<Async<UnixStream>>, Watched)>,
+    /// Jobs wait for a worker: a reply on loan ends the loan.
+    jobs_wait: bool,
+}
+
+impl Sleep {
+    /// Sleeps in `poll` until the eventfd or a watched worker has something; returns which of
+    /// the watched workers are ready.
+    ///
+    /// Lent workers are watched for their end only, so that a reply their task reads does not
+    /// wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a task nobody
+    /// polls cannot keep its worker from the queue.
+    fn wait(&self, wake: &EventFd) -> io::Result<Vec<bool>> {
+        let mut fds = Vec::with_capacity(self.watched.len() + 1);
+        fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
+        for (stream, what) in &self.watched {
+            let events = match what {
+                // `poll` reports POLLHUP without being asked: the worker's end closed.
+                Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
+                _ => PollFlags::POLLIN,
+            };
+            fds.push(PollFd::new(stream.get_ref().as_fd(), events));
+        }
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
+            .collect();
+        if ready[0] {
+            let _ = wake.read();
+        }
+        Ok(ready[1..].to_vec())
+    }
+}
+
 impl Drop for Dispatcher {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -531,17 +693,4 @@ impl Drop for Dispatcher {
             self.fail_waiting_jobs();
         }
     }
-}
-
-fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match nix::sys::socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let mut stream = stream;
-    stream.flush()
 }

@@ -1,9 +1,11 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 mod dispatcher;
+mod loan;
 pub(crate) mod server;
 mod wire;
 mod worker;
+mod worker_link;
 
 use std::fmt;
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use crate::executor::Executor;
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
-use dispatcher::{Dispatcher, Job, Shared};
+use dispatcher::{Dispatcher, Job, Placed, Shared};
+use loan::LoanAssist;
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
@@ -129,7 +132,11 @@ impl Executor for ProcessPool {
             completion: Box::new(promise),
         };
         match self.handle.shared.submit(job) {
-            Ok(()) => task,
+            Ok(Placed::Queued) => task,
+            Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
+                loan,
+                shared: self.handle.shared.clone(),
+            })),
             Err(refused) => {
                 refused.completion.fail(Error::new(ErrorKind::Shutdown));
                 task

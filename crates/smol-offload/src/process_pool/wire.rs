@@ -104,11 +104,11 @@ pub(crate) struct ReplyReader {
 }
 
 impl ReplyReader {
-    /// Reads what `input` has without blocking, into the buffer. Returns `Ok(false)` at the end
-    /// of the stream (the worker is gone).
-    pub(crate) fn fill(&mut self, input: &mut impl Read) -> io::Result<bool> {
+    /// Reads what `input` has without blocking, into the buffer, until the buffer holds `limit`
+    /// bytes. Returns `Ok(false)` at the end of the stream (the worker is gone).
+    pub(crate) fn fill(&mut self, input: &mut impl Read, limit: usize) -> io::Result<bool> {
         let mut chunk = [0u8; 16 * 1024];
-        loop {
+        while self.buffer.len() < limit {
             match input.read(&mut chunk) {
                 Ok(0) => return Ok(false),
                 Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
@@ -117,6 +117,13 @@ impl ReplyReader {
                 Err(err) => return Err(err),
             }
         }
+        Ok(true)
+    }
+
+    /// The length of the frame that comes next, once its length prefix was read.
+    pub(crate) fn next_frame_len(&self) -> Option<usize> {
+        let prefix = self.buffer.get(..4)?;
+        Some(4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize)
     }
 
     /// The next complete reply, if the buffer holds one.
@@ -208,7 +215,7 @@ mod tests {
         let mut reader = ReplyReader::default();
         let mut replies = Vec::new();
         for byte in stream {
-            reader.fill(&mut &[byte][..]).unwrap();
+            reader.fill(&mut &[byte][..], usize::MAX).unwrap();
             while let Some(reply) = reader.next_reply().unwrap() {
                 replies.push(reply);
             }
@@ -227,9 +234,28 @@ mod tests {
     }
 
     #[test]
+    fn reading_up_to_a_limit_leaves_the_rest() {
+        let mut frame = Vec::new();
+        begin_reply(&mut frame, 7);
+        frame.extend_from_slice(&[5; 40_000]);
+        finish_reply(&mut frame, CallStatus::Returned);
+        let mut reader = ReplyReader::default();
+        let mut input = &frame[..];
+        assert!(reader.fill(&mut input, 100).unwrap());
+        assert!(
+            input.len() < frame.len() && !input.is_empty(),
+            "read some, not all"
+        );
+        assert_eq!(reader.next_frame_len(), Some(frame.len()));
+        assert_eq!(reader.next_reply().unwrap(), None);
+        reader.fill(&mut input, usize::MAX).unwrap();
+        assert_eq!(reader.next_reply().unwrap().unwrap().payload, [5; 40_000]);
+    }
+
+    #[test]
     fn corrupt_reply_is_an_error() {
         let mut reader = ReplyReader::default();
-        reader.fill(&mut &[1, 0, 0, 0, 9][..]).unwrap();
+        reader.fill(&mut &[1, 0, 0, 0, 9][..], usize::MAX).unwrap();
         assert!(reader.next_reply().is_err());
     }
 
