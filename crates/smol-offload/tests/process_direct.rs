@@ -1,0 +1,182 @@
+//! Tasks sent straight to an idle worker: a task submitted while a worker is idle and nothing
+//! is queued skips the dispatcher and reads its own reply. These tests check that such a task
+//! behaves like any other: awaited, polled for `is_finished` alone, left unpolled, dropped,
+//! detached, timed out, moved across threads, or outlived by its pool.
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use smol_offload::{Executor, ProcessPool, ReturnWhen, wait};
+
+mod common;
+
+use common::{WATCHDOG, block_on};
+
+#[ctor::ctor]
+fn start_fork_server() {
+    smol_offload::init();
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn sleep_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+/// Waits, without a deadline of its own, until `condition` holds; fails after [`WATCHDOG`].
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_unpolled_task_does_not_keep_its_worker_from_queued_work() {
+    let pool = ProcessPool::new(1).unwrap();
+    let first = pool.run(square, 3);
+    // Long enough for the reply to be waiting in the socket, unread: nobody polls `first`.
+    std::thread::sleep(Duration::from_millis(50));
+    let second = pool.run(square, 4);
+    assert_eq!(block_on(second).unwrap(), 16);
+    assert_eq!(block_on(first).unwrap(), 9);
+}
+
+#[test]
+fn is_finished_alone_brings_the_result_in() {
+    let pool = ProcessPool::new(1).unwrap();
+    let task = pool.run(square, 5);
+    eventually("the task finished", || task.is_finished());
+    assert_eq!(block_on(task).unwrap(), 25);
+}
+
+#[test]
+fn a_dropped_task_gives_its_worker_back() {
+    let pool = ProcessPool::new(1).unwrap();
+    let task = pool.run(sleep_ms, 30);
+    eventually("the task started", || task.is_started());
+    drop(task);
+    assert_eq!(block_on(pool.run(square, 6)).unwrap(), 36);
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.cancelled), (2, 0), "{stats}");
+}
+
+#[test]
+fn a_detached_task_runs_and_gives_its_worker_back() {
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.pids()[0];
+    pool.run(sleep_ms, 30).detach();
+    assert_eq!(block_on(pool.run(sleep_ms, 0)).unwrap(), worker);
+    eventually("both tasks counted", || pool.stats().completed == 2);
+}
+
+#[test]
+fn a_timed_out_task_gives_its_worker_back() {
+    let pool = ProcessPool::new(1).unwrap();
+    let slow = pool.run(sleep_ms, 300).timeout(Duration::from_millis(10));
+    assert!(block_on(slow).unwrap_err().is_timeout());
+    assert_eq!(block_on(pool.run(square, 7)).unwrap(), 49);
+}
+
+#[test]
+fn a_task_outlives_its_pool() {
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.pids()[0];
+    let task = pool.run(sleep_ms, 100);
+    eventually("the task started", || task.is_started());
+    drop(pool);
+    assert_eq!(block_on(task).unwrap(), worker, "a running task finishes");
+}
+
+#[test]
+fn a_task_polled_on_one_thread_finishes_on_another() {
+    let pool = ProcessPool::new(1).unwrap();
+    let mut task = pool.run(sleep_ms, 50);
+    let polled = pin!(&mut task).poll(&mut Context::from_waker(Waker::noop()));
+    assert!(polled.is_pending());
+    let worker = std::thread::spawn(move || block_on(task))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pool.pids(), [worker]);
+}
+
+#[test]
+fn wait_sees_the_first_of_two_direct_tasks() {
+    let pool = ProcessPool::new(2).unwrap();
+    let tasks = vec![pool.run(sleep_ms, 300), pool.run(sleep_ms, 0)];
+    let waited = block_on(wait(tasks, ReturnWhen::FirstCompleted));
+    assert_eq!(waited.done.len(), 1);
+    assert_eq!(waited.done[0].0, 1, "the short task ends first");
+    let rest = waited.pending.into_iter().map(|(_, task)| task);
+    let waited = block_on(wait(rest, ReturnWhen::AllCompleted));
+    assert!(waited.done[0].1.is_ok());
+}
+
+#[test]
+fn an_idle_worker_that_dies_is_replaced() {
+    let pool = ProcessPool::new(2).unwrap();
+    let victim = pool.pids()[0];
+    let pid = nix::unistd::Pid::from_raw(victim as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually("the dead worker replaced", || {
+        let pids = pool.pids();
+        pids.len() == 2 && !pids.contains(&victim)
+    });
+    for n in 0..4 {
+        assert_eq!(block_on(pool.run(square, n)).unwrap(), n * n);
+    }
+}
+
+#[test]
+fn a_task_sent_to_a_worker_that_just_died_runs_elsewhere() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let pid = nix::unistd::Pid::from_raw(victim as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Submitted as soon as the worker is gone, before or after the pool notices: the task
+    // never reached the dead worker, so it must not fail with it.
+    eventually("the worker gone", || {
+        std::fs::read_to_string(format!("/proc/{victim}/stat"))
+            .map_or(true, |stat| stat.contains(") Z"))
+    });
+    let worker = block_on(pool.run(sleep_ms, 0)).unwrap();
+    assert_ne!(worker, victim);
+}
+
+#[test]
+fn many_lone_round_trips_alternate_with_bursts() {
+    let pool = ProcessPool::new(2).unwrap();
+    block_on(async {
+        for round in 0..50u64 {
+            assert_eq!(pool.run(square, round).await.unwrap(), round * round);
+            let burst: Vec<_> = (0..20).map(|n| pool.run(square, n)).collect();
+            for (n, task) in (0..20u64).zip(burst) {
+                assert_eq!(task.await.unwrap(), n * n);
+            }
+        }
+    });
+    let stats = pool.stats();
+    assert_eq!((stats.completed, stats.queued, stats.running), (1050, 0, 0));
+}
+
+fn bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| i as u8).collect()
+}
+
+#[test]
+fn long_replies_to_direct_tasks_arrive_whole() {
+    let pool = ProcessPool::new(1).unwrap();
+    block_on(async {
+        for len in [0, 100, 64 * 1024, 64 * 1024 + 1, 3 << 20] {
+            let reply = pool.run(bytes, len).await.unwrap();
+            assert_eq!(reply, bytes(len), "a reply of {len} bytes");
+        }
+    });
+}
