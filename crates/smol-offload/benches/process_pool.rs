@@ -1,12 +1,20 @@
-//! Process pool benchmark: `ProcessPool` against a forked child echoing over a pipe (the floor)
-//! and `procspawn`'s pool, side by side in one run, with ratios.
+//! Process pool benchmark: `ProcessPool` against forked children echoing over a socket (the
+//! floor, read blocking and read through the smol reactor) and `procspawn`'s pool, side by side
+//! in one run, with ratios.
 //!
 //! Run with `cargo bench -p smol-offload --bench process_pool`; set
-//! `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run.
+//! `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run, and `SMOL_OFFLOAD_BENCH_CPU=0` to keep the
+//! benchmark and every process it forks on CPU 0.
+//!
+//! Round trips are measured one after another inside one running event loop, as in the thread
+//! benchmark; procspawn has no async API and is joined from the benchmark's thread.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+use async_io::Async;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use smol_offload::{Executor, ProcessPool};
 
@@ -46,10 +54,13 @@ fn echo(n: u64) -> u64 {
     std::hint::black_box(n)
 }
 
+/// Environment variable naming the one CPU the benchmark and its children may run on.
+const CPU_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_CPU";
+
 trait Contender {
     fn name(&self) -> &'static str;
-    /// One call, awaited; returns the time it took.
-    fn round_trip(&mut self, n: u64) -> Duration;
+    /// `count` calls one after another, each awaited before the next; returns each one's time.
+    fn round_trips(&mut self, count: usize) -> Vec<Duration>;
     /// `count` calls submitted at once (or as many as the contender allows), all awaited.
     fn burst(&mut self, count: usize) -> Duration;
 }
@@ -63,12 +74,17 @@ impl Contender for Ours {
         "smol-offload ProcessPool"
     }
 
-    fn round_trip(&mut self, n: u64) -> Duration {
-        let start = Instant::now();
-        let value = smol::block_on(self.pool.run(echo, n)).unwrap();
-        let took = start.elapsed();
-        assert_eq!(value, n);
-        took
+    fn round_trips(&mut self, count: usize) -> Vec<Duration> {
+        smol::block_on(async {
+            let mut times = Vec::with_capacity(count);
+            for n in 0..count as u64 {
+                let start = Instant::now();
+                let value = self.pool.run(echo, n).await.unwrap();
+                times.push(start.elapsed());
+                assert_eq!(value, n);
+            }
+            times
+        })
     }
 
     fn burst(&mut self, count: usize) -> Duration {
@@ -139,15 +155,19 @@ impl Contender for PipeFloor {
         "forked child, socket echo (floor)"
     }
 
-    fn round_trip(&mut self, n: u64) -> Duration {
+    fn round_trips(&mut self, count: usize) -> Vec<Duration> {
         let stream = &mut self.children[0].1;
-        let start = Instant::now();
-        stream.write_all(&n.to_le_bytes()).unwrap();
-        let mut word = [0u8; 8];
-        stream.read_exact(&mut word).unwrap();
-        let took = start.elapsed();
-        assert_eq!(u64::from_le_bytes(word), n);
-        took
+        (0..count as u64)
+            .map(|n| {
+                let start = Instant::now();
+                stream.write_all(&n.to_le_bytes()).unwrap();
+                let mut word = [0u8; 8];
+                stream.read_exact(&mut word).unwrap();
+                let took = start.elapsed();
+                assert_eq!(u64::from_le_bytes(word), n);
+                took
+            })
+            .collect()
     }
 
     fn burst(&mut self, count: usize) -> Duration {
@@ -191,6 +211,89 @@ impl Contender for PipeFloor {
     }
 }
 
+/// The same echo children, awaited through the smol reactor: the floor for an async caller.
+struct ReactorFloor {
+    streams: Vec<Async<UnixStream>>,
+    /// Owns the children, and stops them when dropped.
+    _children: PipeFloor,
+}
+
+impl ReactorFloor {
+    fn new(mut children: PipeFloor) -> ReactorFloor {
+        let streams = children
+            .children
+            .iter_mut()
+            .map(|(_, stream)| Async::new(stream.try_clone().unwrap()).unwrap())
+            .collect();
+        ReactorFloor {
+            streams,
+            _children: children,
+        }
+    }
+}
+
+impl Contender for ReactorFloor {
+    fn name(&self) -> &'static str {
+        "forked child, socket echo awaited on the smol reactor"
+    }
+
+    fn round_trips(&mut self, count: usize) -> Vec<Duration> {
+        let mut stream = &self.streams[0];
+        smol::block_on(async {
+            let mut times = Vec::with_capacity(count);
+            for n in 0..count as u64 {
+                let start = Instant::now();
+                stream.write_all(&n.to_le_bytes()).await.unwrap();
+                let mut word = [0u8; 8];
+                stream.read_exact(&mut word).await.unwrap();
+                times.push(start.elapsed());
+                assert_eq!(u64::from_le_bytes(word), n);
+            }
+            times
+        })
+    }
+
+    fn burst(&mut self, count: usize) -> Duration {
+        // Pipelined like the blocking floor: each child's share is written while its answers
+        // are read, all on the one event loop.
+        let share = count / self.streams.len();
+        smol::block_on(async {
+            let start = Instant::now();
+            let each = self
+                .streams
+                .iter()
+                .enumerate()
+                .map(|(index, stream)| async move {
+                    let words: Vec<u8> = (0..share as u64)
+                        .flat_map(|n| (n + (index * share) as u64).to_le_bytes())
+                        .collect();
+                    let mut writer = stream;
+                    let mut reader = stream;
+                    let mut answers = vec![0u8; share * 8];
+                    let (written, read) = futures_lite::future::zip(
+                        writer.write_all(&words),
+                        reader.read_exact(&mut answers),
+                    )
+                    .await;
+                    written.unwrap();
+                    read.unwrap();
+                    answers
+                        .chunks(8)
+                        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+                        .sum::<u64>()
+                });
+            let mut sum = 0;
+            for part in each.collect::<Vec<_>>() {
+                sum += part.await;
+            }
+            let took = start.elapsed();
+            let total = (share * self.streams.len()) as u64;
+            assert_eq!(sum, total * (total - 1) / 2);
+            took
+        })
+    }
+}
+
 struct Procspawn {
     pool: procspawn::Pool,
 }
@@ -200,12 +303,16 @@ impl Contender for Procspawn {
         "procspawn::Pool"
     }
 
-    fn round_trip(&mut self, n: u64) -> Duration {
-        let start = Instant::now();
-        let value = self.pool.spawn(n, echo).join().unwrap();
-        let took = start.elapsed();
-        assert_eq!(value, n);
-        took
+    fn round_trips(&mut self, count: usize) -> Vec<Duration> {
+        (0..count as u64)
+            .map(|n| {
+                let start = Instant::now();
+                let value = self.pool.spawn(n, echo).join().unwrap();
+                let took = start.elapsed();
+                assert_eq!(value, n);
+                took
+            })
+            .collect()
     }
 
     fn burst(&mut self, count: usize) -> Duration {
@@ -235,11 +342,12 @@ struct Figures {
 }
 
 fn measure(contender: &mut dyn Contender, config: &Config) -> Figures {
-    for n in 0..(config.round_trips / 10) as u64 {
-        contender.round_trip(n);
-    }
-    let mut times: Vec<f64> = (0..config.round_trips as u64)
-        .map(|n| contender.round_trip(n).as_secs_f64() * 1e6)
+    let warmup = config.round_trips / 10;
+    let mut times: Vec<f64> = contender
+        .round_trips(warmup + config.round_trips)
+        .split_off(warmup)
+        .into_iter()
+        .map(|took| took.as_secs_f64() * 1e6)
         .collect();
     times.sort_by(f64::total_cmp);
     let median_us = times[times.len() / 2];
@@ -252,12 +360,26 @@ fn measure(contender: &mut dyn Contender, config: &Config) -> Figures {
     }
 }
 
+/// Keeps this process, and every process it forks or spawns from now on, on the CPU that
+/// [`CPU_VARIABLE`] names, if it names one.
+fn pin_if_asked() -> Option<usize> {
+    let cpu: usize = std::env::var(CPU_VARIABLE).ok()?.parse().ok()?;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    Some(cpu)
+}
+
 fn main() {
-    // Both must come first: procspawn re-executes this binary for its workers, and the fork
+    let pinned = pin_if_asked();
+    // These must come first: procspawn re-executes this binary for its workers, and the fork
     // server and the echo children must be forked while the process has a single thread.
     procspawn::init();
     let floor = PipeFloor::start(WORKERS);
+    let reactor_children = PipeFloor::start(WORKERS);
     smol_offload::init();
+    // Registering with the reactor starts its thread: only after the forks.
+    let reactor_floor = ReactorFloor::new(reactor_children);
 
     let config = Config::from_env();
     let mut contenders: Vec<Box<dyn Contender>> = vec![
@@ -265,6 +387,7 @@ fn main() {
             pool: ProcessPool::new(WORKERS).unwrap(),
         }),
         Box::new(floor),
+        Box::new(reactor_floor),
         Box::new(Procspawn {
             pool: procspawn::Pool::new(WORKERS).unwrap(),
         }),
@@ -277,6 +400,10 @@ fn main() {
          {PROCSPAWN_IN_FLIGHT} in flight",
         config.round_trips, config.burst, config.rounds
     );
+    match pinned {
+        Some(cpu) => println!("every process on CPU {cpu} ({CPU_VARIABLE})"),
+        None => println!("processes placed by the scheduler (set {CPU_VARIABLE} to pin them)"),
+    }
     let mut results: Vec<Vec<Figures>> = contenders.iter().map(|_| Vec::new()).collect();
     for _ in 0..config.rounds {
         for (contender, figures) in contenders.iter_mut().zip(&mut results) {
@@ -313,5 +440,22 @@ fn main() {
             ours.per_second / figures.per_second
         );
     }
+    let pipe_floor = &summary[1];
+    let round_trip = ours.median_us / pipe_floor.median_us;
+    println!();
+    println!("targets:");
+    println!(
+        "  round trip within 3x of the pipe floor: {round_trip:.2}x, {}",
+        if round_trip <= 3.0 { "met" } else { "missed" }
+    );
+    println!(
+        "  at least 100000 tasks/s: {:.0}, {}",
+        ours.per_second,
+        if ours.per_second >= 100_000.0 {
+            "met"
+        } else {
+            "missed"
+        }
+    );
     drop(contenders);
 }
