@@ -32,6 +32,12 @@ use loan::LoanAssist;
 /// dies (a signal, `abort`, `exit`) fails only the task it was running, with an error naming its
 /// pid and how it ended, and the pool forks a replacement.
 ///
+/// A call made while a worker is idle and nothing is queued goes straight to that worker: the
+/// calling thread writes the request, and the task reads the reply itself when it is awaited,
+/// sleeping on the worker's socket in smol's reactor. Other calls wait in the pool's queue for
+/// its dispatcher thread, which also sends short tasks ahead to busy workers when the queue is
+/// deep.
+///
 /// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
 /// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
 /// server and the workers exit with it.
