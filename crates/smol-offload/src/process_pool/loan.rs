@@ -18,7 +18,8 @@ use std::task::{Context, Waker};
 
 use async_io::Async;
 
-use crate::process_pool::dispatcher::Shared;
+use crate::process_pool::dispatcher::{Job, Shared};
+use crate::process_pool::wire::Reply;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
 use crate::task::Assist;
 
@@ -93,6 +94,19 @@ pub(crate) struct LoanAssist {
 
 impl Assist for LoanAssist {
     fn assist(&self, waker: Option<&Waker>) {
+        // The result is delivered once the loan's lock is released: delivering runs the user's
+        // `Deserialize` and wakes the task, and neither should run under the lock.
+        if let Some((job, reply)) = self.read_reply(waker) {
+            self.shared.counters.completed();
+            job.completion.finish(reply);
+        }
+    }
+}
+
+impl LoanAssist {
+    /// Reads what the worker sent; returns the job and its reply once the reply is in, after
+    /// giving the worker back.
+    fn read_reply(&self, waker: Option<&Waker>) -> Option<(Job, Reply)> {
         let mut state = self.loan.state();
         if let Some(waker) = waker
             && !state.waker.as_ref().is_some_and(|old| old.will_wake(waker))
@@ -100,46 +114,35 @@ impl Assist for LoanAssist {
             state.waker = Some(waker.clone());
         }
         let LoanState { worker, waker } = &mut *state;
-        let Some(link) = worker.as_mut() else {
-            // The dispatcher took the worker back: it completes the promise.
-            return;
-        };
+        // Without a worker, the dispatcher took it back: it completes the promise.
+        let link = worker.as_mut()?;
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
-            match link.next_incoming() {
-                Incoming::Reply(job, reply, _) => {
-                    self.shared.counters.completed();
-                    job.completion.finish(reply);
-                    let link = worker.take().expect("the worker is on loan");
-                    self.shared.give_back(&self.loan, link);
-                    return;
-                }
+            let done = match link.next_incoming() {
+                Incoming::Reply(job, reply, _) => Some((job, reply)),
                 // A long reply is read and decoded on the dispatcher's thread, not on the
                 // thread of an event loop.
-                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => {
-                    let link = worker.take().expect("the worker is on loan");
-                    self.shared.give_back(&self.loan, link);
-                    return;
+                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => None,
+                Incoming::Nothing if open => {
+                    let waker = waker.as_ref()?;
+                    // Ready means the socket became readable since the last look: read again.
+                    // Pending means `waker` is woken when it does.
+                    if link
+                        .stream
+                        .poll_readable(&mut Context::from_waker(waker))
+                        .is_pending()
+                    {
+                        return None;
+                    }
+                    continue;
                 }
-                Incoming::Nothing if open => {}
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt => {
-                    let link = worker.take().expect("the worker is on loan");
-                    self.shared.give_back(&self.loan, link);
-                    return;
-                }
-            }
-            let Some(waker) = waker.as_ref() else { return };
-            // Ready means the socket became readable since the last look: read again. Pending
-            // means `waker` is woken when it does.
-            if link
-                .stream
-                .poll_readable(&mut Context::from_waker(waker))
-                .is_pending()
-            {
-                return;
-            }
+                Incoming::Nothing | Incoming::Corrupt => None,
+            };
+            let link = worker.take().expect("the worker is on loan");
+            self.shared.give_back(&self.loan, link);
+            return done;
         }
     }
 }
