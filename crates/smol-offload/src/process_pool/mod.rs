@@ -34,9 +34,9 @@ use loan::LoanAssist;
 ///
 /// A call made while a worker is idle and nothing is queued goes straight to that worker: the
 /// calling thread writes the request, and the task reads the reply itself when it is awaited,
-/// sleeping on the worker's socket in smol's reactor. Other calls wait in the pool's queue for
-/// its dispatcher thread, which also sends short tasks ahead to busy workers when the queue is
-/// deep.
+/// sleeping on the worker's socket in smol's reactor. Such a task has started when `run`
+/// returns, so dropping it no longer cancels it. Other calls wait in the pool's queue for its
+/// dispatcher thread, which also sends short tasks ahead to busy workers when the queue is deep.
 ///
 /// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
 /// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
