@@ -113,7 +113,10 @@ impl LoanAssist {
         {
             state.waker = Some(waker.clone());
         }
-        let LoanState { worker, waker } = &mut *state;
+        let LoanState {
+            worker,
+            waker: last_waker,
+        } = &mut *state;
         // Without a worker, the dispatcher took it back: it completes the promise.
         let link = worker.as_mut()?;
         loop {
@@ -124,7 +127,8 @@ impl LoanAssist {
                 // thread of an event loop.
                 Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => None,
                 Incoming::Nothing if open => {
-                    let waker = waker.as_ref()?;
+                    // Called without a waker (from `is_finished`), the last one is armed again.
+                    let waker = last_waker.as_ref()?;
                     // Ready means the socket became readable since the last look: read again.
                     // Pending means `waker` is woken when it does.
                     if link
