@@ -413,6 +413,65 @@ mod tests {
         assert!(promise.is_cancelled());
     }
 
+    /// An assist that completes the promise it holds when first asked, and records its drop.
+    struct CompletesWhenAsked {
+        promise: Mutex<Option<Promise<u8>>>,
+        dropped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Assist for CompletesWhenAsked {
+        fn assist(&self, _: Option<&Waker>) {
+            if let Some(promise) = self.promise.lock().unwrap().take() {
+                promise.complete(Ok(7));
+            }
+        }
+    }
+
+    impl Drop for CompletesWhenAsked {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn assisted_task() -> (Task<u8>, Arc<std::sync::atomic::AtomicBool>) {
+        let (promise, task) = pair::<u8>();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let assist = CompletesWhenAsked {
+            promise: Mutex::new(Some(promise)),
+            dropped: dropped.clone(),
+        };
+        (task.with_assist(Box::new(assist)), dropped)
+    }
+
+    #[test]
+    fn is_finished_asks_the_assist() {
+        let (task, dropped) = assisted_task();
+        assert!(task.is_finished());
+        assert!(
+            !dropped.load(Ordering::SeqCst),
+            "kept until the result is taken"
+        );
+        assert_eq!(futures_lite::future::block_on(task).unwrap(), 7);
+    }
+
+    #[test]
+    fn the_assist_is_dropped_once_the_result_is_taken() {
+        let (mut task, dropped) = assisted_task();
+        let polled = Pin::new(&mut task).poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(polled, Poll::Ready(Ok(7))));
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn dropping_or_detaching_a_task_drops_its_assist() {
+        let (task, dropped) = assisted_task();
+        drop(task);
+        assert!(dropped.load(Ordering::SeqCst));
+        let (task, dropped) = assisted_task();
+        task.detach();
+        assert!(dropped.load(Ordering::SeqCst));
+    }
+
     #[test]
     fn ready_task_is_finished() {
         let task = Task::ready(Ok(3));
