@@ -180,3 +180,30 @@ fn long_replies_to_direct_tasks_arrive_whole() {
         }
     });
 }
+
+#[test]
+fn direct_tasks_resolve_under_any_executor() {
+    // Only `smol::block_on` drives the reactor on the awaiting thread; elsewhere the reply
+    // wakes async-io's own thread, which wakes the task.
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.pids()[0];
+    let call = || common::watched(pool.run(sleep_ms, 20));
+
+    assert_eq!(futures_lite::future::block_on(call()).unwrap(), worker);
+
+    let local = smol::LocalExecutor::new();
+    let value = futures_lite::future::block_on(local.run(local.spawn(call())));
+    assert_eq!(value.unwrap(), worker);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    assert_eq!(runtime.block_on(call()).unwrap(), worker);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let value = runtime.block_on(async { tokio::spawn(call()).await });
+    assert_eq!(value.unwrap().unwrap(), worker);
+}
