@@ -107,6 +107,13 @@ struct State {
     loans: Vec<Arc<Loan>>,
 }
 
+impl State {
+    /// Removes `loan` from the loans in progress.
+    fn forget(&mut self, loan: &Arc<Loan>) {
+        self.loans.retain(|other| !Arc::ptr_eq(other, loan));
+    }
+}
+
 /// How [`Shared::submit`] placed a job.
 pub(crate) enum Placed {
     /// In the queue, for the dispatcher.
@@ -187,7 +194,7 @@ impl Shared {
         // and let the dispatcher replace this one.
         let job = worker.take_back_last().expect("a job was assigned");
         let mut state = self.lock();
-        state.loans.retain(|other| !Arc::ptr_eq(other, &loan));
+        state.forget(&loan);
         state.returned.push(worker);
         state.jobs.push_front(job);
         drop(state);
@@ -200,7 +207,7 @@ impl Shared {
     /// is queued, else the dispatcher gets it.
     pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
         let mut state = self.lock();
-        state.loans.retain(|other| !Arc::ptr_eq(other, loan));
+        state.forget(loan);
         if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
             state.idle.push(worker);
         } else {
@@ -212,7 +219,7 @@ impl Shared {
 
     /// Forgets a loan whose worker the dispatcher took back.
     pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
-        self.lock().loans.retain(|other| !Arc::ptr_eq(other, loan));
+        self.lock().forget(loan);
     }
 
     /// Tells the dispatcher that the last pool handle is gone.
