@@ -5,7 +5,8 @@
 //! mode on, and the cost of a watched poll in nanoseconds.
 //!
 //! Run with `cargo bench -p smol-offload --bench loop_responsiveness`; add `-- --quick` (or set
-//! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test. The contenders take turns in every round,
+//! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test, and words to run only the contenders whose
+//! names contain one of them (`-- --quick threadpool unblock`). The contenders take turns in every round,
 //! and each figure is the median over rounds of the per-round figure.
 
 use std::cell::{Cell, RefCell};
@@ -18,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use smol_offload::debug::{self, DebugMode};
+use smol_offload::debug::{self, DebugMode, ReportKind};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
 
 mod common;
@@ -114,8 +115,8 @@ struct Pools {
     threads: ThreadPool,
     processes: ProcessPool,
     tokio: tokio::runtime::Runtime,
-    /// Reports debug mode made during the debug runs.
-    reports: Arc<AtomicUsize>,
+    /// Reports debug mode made during the debug runs: slow or stuck polls, and queue waits.
+    reports: Arc<[AtomicUsize; 2]>,
 }
 
 /// The ticker's lateness samples, in nanoseconds: each scheduled tick (every `TICK` from the
@@ -205,8 +206,9 @@ fn run(contender: Contender, pools: &Pools, run_for: Duration) -> Vec<u64> {
         Contender::ThreadsDebug => {
             let reports = pools.reports.clone();
             DebugMode::new()
-                .on_report(move |_| {
-                    reports.fetch_add(1, Ordering::Relaxed);
+                .on_report(move |report| {
+                    let index = usize::from(matches!(report.kind, ReportKind::QueueWait { .. }));
+                    reports[index].fetch_add(1, Ordering::Relaxed);
                 })
                 .enable();
             let lateness = run_smol(run_for, true, || {
@@ -334,11 +336,23 @@ fn main() {
     );
     println!();
 
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .map(|arg| arg.to_lowercase())
+        .collect();
+    let selected = |contender: Contender| {
+        let name = contender.name().to_lowercase();
+        filters.is_empty() || filters.iter().any(|word| name.contains(word))
+    };
     let mut results: Vec<Vec<Lateness>> = vec![Vec::new(); Contender::ALL.len()];
     for round in 0..config.rounds {
         for k in 0..Contender::ALL.len() {
             let index = (round + k) % Contender::ALL.len();
             let contender = Contender::ALL[index];
+            if !selected(contender) {
+                continue;
+            }
             let lateness = summarise(run(contender, &pools, config.run_for));
             println!(
                 "round {}  {:<26} p50 {:>8.3} ms  p99 {:>8.3} ms  max {:>8.3} ms",
@@ -350,6 +364,9 @@ fn main() {
             );
             results[index].push(lateness);
         }
+    }
+    if results.iter().any(Vec::is_empty) {
+        return; // a filtered run: the rounds above are the result
     }
     let summary: Vec<Lateness> = results
         .iter()
@@ -390,8 +407,10 @@ fn main() {
     let p99 = |contender: Contender| summary[contender as usize].p99_ms;
     println!();
     println!(
-        "debug mode reports during the debug runs: {}",
-        pools.reports.load(Ordering::Relaxed)
+        "debug mode reports during the debug runs: {} slow or stuck polls, {} queue waits \
+         (half of each batch waits about 100 ms for a worker)",
+        pools.reports[0].load(Ordering::Relaxed),
+        pools.reports[1].load(Ordering::Relaxed)
     );
     for ours in [Contender::Threads, Contender::Processes] {
         println!(

@@ -108,7 +108,6 @@ pub(crate) fn current() -> Option<(Arc<str>, Option<TaskName>)> {
 /// Pops the frame pushed by [`enter`] when the poll returns, or unwinds, and reports the poll if
 /// it was slow.
 struct PollGuard {
-    polls: Arc<ThreadPolls>,
     threshold: Duration,
 }
 
@@ -123,10 +122,7 @@ fn enter(task: &TaskName) -> Option<PollGuard> {
                 next_stuck_report: threshold,
                 was_stuck: false,
             });
-            PollGuard {
-                polls: polls.clone(),
-                threshold,
-            }
+            PollGuard { threshold }
         })
         .ok()
 }
@@ -134,31 +130,38 @@ fn enter(task: &TaskName) -> Option<PollGuard> {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         let end = Instant::now();
-        let report = {
-            let mut frames = self.polls.lock();
-            let Some(frame) = frames.pop() else { return };
-            let elapsed = end.saturating_duration_since(frame.start);
-            let own = elapsed.saturating_sub(frame.explained);
-            if own < self.threshold && !frame.was_stuck {
-                return;
-            }
-            // The outer polls were slow because of this one, which is reported: they are not to
-            // blame for it.
-            if let Some(outer) = frames.last_mut() {
-                outer.explained += elapsed;
-            }
-            Report {
-                kind: ReportKind::SlowPoll {
-                    was_stuck: frame.was_stuck,
-                },
-                task: frame.task.label(),
-                location: frame.task.location,
-                thread: self.polls.thread.to_string(),
-                elapsed,
-                threshold: self.threshold,
-            }
+        let Ok(Some(report)) = POLLS.try_with(|polls| self.pop(polls, end)) else {
+            return;
         };
         emit(&report);
+    }
+}
+
+impl PollGuard {
+    /// Pops this poll's frame; the report to make if it was slow.
+    fn pop(&self, polls: &ThreadPolls, end: Instant) -> Option<Report> {
+        let mut frames = polls.lock();
+        let frame = frames.pop()?;
+        let elapsed = end.saturating_duration_since(frame.start);
+        let own = elapsed.saturating_sub(frame.explained);
+        if own < self.threshold && !frame.was_stuck {
+            return None;
+        }
+        // The outer polls were slow because of this one, which is reported: they are not to
+        // blame for it.
+        if let Some(outer) = frames.last_mut() {
+            outer.explained += elapsed;
+        }
+        Some(Report {
+            kind: ReportKind::SlowPoll {
+                was_stuck: frame.was_stuck,
+            },
+            task: frame.task.label(),
+            location: frame.task.location,
+            thread: polls.thread.to_string(),
+            elapsed,
+            threshold: self.threshold,
+        })
     }
 }
 
