@@ -122,7 +122,11 @@ pub(crate) fn emit(report: &Report) {
 
 #[cfg(feature = "tracing")]
 fn default_sink(report: &Report) {
-    if !tracing::dispatcher::has_been_set() {
+    // The subscriber of this thread: the scoped one if any, else the global one.
+    let subscribed = tracing::dispatcher::get_default(|dispatch| {
+        !dispatch.is::<tracing::subscriber::NoSubscriber>()
+    });
+    if !subscribed {
         eprintln!("smol-offload: {report}");
         return;
     }
