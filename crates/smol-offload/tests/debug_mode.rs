@@ -306,3 +306,38 @@ fn work_starved_in_a_process_pool_queue_is_reported_with_the_pool_stats() {
     assert!(stats.queued >= 1, "{stats}");
     assert_eq!(report.location.file(), file!());
 }
+
+#[test]
+fn extreme_thresholds_neither_spin_nor_overflow() {
+    let _serial = serial();
+    for threshold in [Duration::ZERO, Duration::MAX] {
+        let (reports, _) = capture(threshold);
+        smol::block_on(debug::watch_named("tiny", async {
+            std::thread::sleep(Duration::from_millis(5));
+        }));
+        // Let the watchdog compute its deadlines with this threshold.
+        std::thread::sleep(Duration::from_millis(20));
+        debug::disable();
+        let reports = reports.lock().unwrap();
+        let slow = slow_polls(&reports);
+        if threshold == Duration::ZERO {
+            // Raised to 1 ms: the 5 ms poll is slow.
+            assert_eq!(slow.len(), 1, "{reports:#?}");
+            assert_eq!(slow[0].threshold, Duration::from_millis(1));
+        } else {
+            assert!(reports.is_empty(), "{reports:#?}");
+        }
+    }
+    // The watchdog survived both: it still reports a stuck poll.
+    let (_, receiver) = capture(Duration::from_millis(20));
+    let (release, stuck) = mpsc::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        wait_for(&receiver, |report| report.kind == ReportKind::Stuck);
+        release.send(()).unwrap();
+    });
+    smol::block_on(debug::watch(async {
+        stuck.recv_timeout(WATCHDOG).unwrap();
+    }));
+    debug::disable();
+    watcher.join().unwrap();
+}

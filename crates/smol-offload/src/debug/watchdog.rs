@@ -100,7 +100,7 @@ fn run(watchdog: &Watchdog) {
         }
         let now = Instant::now();
         let threshold = threshold();
-        let mut next = now + threshold;
+        let mut next = later(now, threshold);
         let mut reports = Vec::new();
         check_queue(&mut state.queued, now, threshold, &mut next, &mut reports);
         drop(state);
@@ -123,6 +123,14 @@ fn run(watchdog: &Watchdog) {
     }
 }
 
+/// `instant + wait`, or a year later when a huge threshold would overflow the clock.
+fn later(instant: Instant, wait: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    instant
+        .checked_add(wait.min(YEAR))
+        .unwrap_or(instant + Duration::from_secs(3600))
+}
+
 /// Reports the work that has waited a threshold without starting, and forgets it, and the work
 /// that started or was dropped.
 fn check_queue(
@@ -139,7 +147,7 @@ fn check_queue(
         if progress.is_started_or_cancelled() {
             return false;
         }
-        let deadline = work.since + threshold;
+        let deadline = later(work.since, threshold);
         if deadline > now {
             *next = (*next).min(deadline);
             return true;
@@ -186,7 +194,7 @@ fn check_polls(now: Instant, threshold: Duration, next: &mut Instant, reports: &
             if own >= frame.next_stuck_report {
                 frame.was_stuck = true;
                 while frame.next_stuck_report <= own {
-                    frame.next_stuck_report *= 2;
+                    frame.next_stuck_report = frame.next_stuck_report.saturating_mul(2);
                 }
                 reports.push(Report {
                     kind: ReportKind::Stuck,
@@ -198,7 +206,7 @@ fn check_polls(now: Instant, threshold: Duration, next: &mut Instant, reports: &
                 });
             }
             if inner_start.is_none() {
-                *next = (*next).min(now + (frame.next_stuck_report - own));
+                *next = (*next).min(later(now, frame.next_stuck_report - own));
             }
             inner_start = Some(frame.start);
         }
