@@ -341,3 +341,41 @@ fn extreme_thresholds_neither_spin_nor_overflow() {
     debug::disable();
     watcher.join().unwrap();
 }
+
+#[test]
+fn work_on_the_default_pool_is_named_by_the_spawn_call() {
+    let _serial = serial();
+    let workers = smol_offload::default_pool().unwrap().workers();
+    // Hold every worker of the default pool, so the next task waits.
+    let (hold, gate) = common::gate();
+    let (started_tx, started) = mpsc::channel();
+    let held: Vec<_> = (0..workers)
+        .map(|_| {
+            let gate = gate.clone();
+            let started_tx = started_tx.clone();
+            smol_offload::spawn(move || {
+                started_tx.send(()).unwrap();
+                let _ = gate.recv_blocking();
+            })
+        })
+        .collect();
+    for _ in 0..workers {
+        started.recv_timeout(WATCHDOG).unwrap();
+    }
+    let (_, receiver) = capture(Duration::from_millis(50));
+    let line = line!() + 1;
+    let waiting = smol_offload::spawn(|| 3);
+    let report = wait_for(&receiver, |report| {
+        matches!(report.kind, ReportKind::QueueWait { .. })
+    });
+    debug::disable();
+    drop(hold);
+    assert_eq!(smol::block_on(waiting).unwrap(), 3);
+    for task in held {
+        smol::block_on(task).unwrap();
+    }
+    assert_eq!(report.location.file(), file!());
+    assert_eq!(report.location.line(), line);
+    // Submitted outside any watched task: named by the call.
+    assert_eq!(report.task, format!("{}", report.location));
+}
