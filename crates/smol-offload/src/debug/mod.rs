@@ -60,7 +60,8 @@
 //!   `ex.run(..)`: time spent in a watched task that was reported is not blamed on `ex.run`
 //!   again, but many quick tasks that together hold the loop past the threshold are reported
 //!   as the `block_on` body, which is what happened to the loop.
-//! - Threads of `Executor::run` on several threads each get their own reports.
+//! - A multi-threaded `Executor` (`ex.run(..)` on several threads): each thread keeps its own
+//!   stack of watched polls, and a report names the thread that ran the slow poll.
 //!
 //! # Where reports go
 //!
