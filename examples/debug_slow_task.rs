@@ -74,11 +74,23 @@ fn main() -> ExitCode {
             ok = false;
         }
     }
+    // The sleep itself on the loop would show as a poll of at least 0.5 s. A shorter report can
+    // only be a machine so busy that the loop's thread waited for a CPU in the middle of a poll:
+    // say so, but that is no failure of the offloading.
+    let blocking_the_loop = |report: &&Report| {
+        !matches!(report.kind, ReportKind::QueueWait { .. })
+            && report.elapsed >= Duration::from_millis(400)
+    };
     if offloaded.is_empty() {
         println!("   offloaded: no report, the loop stayed free");
-    } else {
-        eprintln!("error: the offloaded sleep was reported: {offloaded:#?}");
+    } else if let Some(report) = offloaded.iter().find(blocking_the_loop) {
+        eprintln!("error: the offloaded sleep blocked the loop: {report}");
         ok = false;
+    } else {
+        println!(
+            "   offloaded: {} short report(s), from a busy machine, not from the sleep",
+            offloaded.len()
+        );
     }
     if ok {
         ExitCode::SUCCESS
