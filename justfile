@@ -8,6 +8,11 @@ demo:
 test:
     cargo test --workspace
 
+# Debug mode's reports as tracing events, with the optional feature on.
+test-tracing:
+    cargo clippy -p smol-offload --all-targets --features tracing
+    cargo test -p smol-offload --features tracing --test debug_tracing
+
 # Benchmarks against the incumbents, printed side by side with ratios.
 bench:
     cargo bench -p smol-offload
@@ -19,4 +24,4 @@ lint:
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
-ci: lint doc test
+ci: lint doc test test-tracing

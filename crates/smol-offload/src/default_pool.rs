@@ -25,6 +25,7 @@ static DEFAULT: OnceLock<Result<ThreadPool, String>> = OnceLock::new();
 /// # Ok::<(), smol_offload::Error>(())
 /// # }).unwrap();
 /// ```
+#[track_caller]
 pub fn spawn<F, T>(f: F) -> Task<T>
 where
     F: FnOnce() -> T + Send + 'static,

@@ -242,6 +242,10 @@ pub(crate) enum BuildErrorKind {
         doing: &'static str,
         source: io::Error,
     },
+    DebugEnvironment {
+        variable: &'static str,
+        value: String,
+    },
 }
 
 impl BuildError {
@@ -281,6 +285,11 @@ impl fmt::Display for BuildError {
                  this process already runs {threads} threads"
             ),
             BuildErrorKind::Io { doing, source } => write!(f, "could not {doing}: {source}"),
+            BuildErrorKind::DebugEnvironment { variable, value } => write!(
+                f,
+                "{variable} must be 1 or a threshold such as 50ms or 1s, got {value:?}: \
+                 unset it to leave debug mode off"
+            ),
         }
     }
 }

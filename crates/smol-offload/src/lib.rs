@@ -94,12 +94,39 @@
 //! the workers die with it. `docs/fork-safety.md` in the repository tells the whole story,
 //! including how test binaries start the server.
 //!
+//! # Debug mode
+//!
+//! The counterpart of `asyncio.run(main(), debug=True)`: [`debug::block_on`] (with
+//! `SMOL_OFFLOAD_DEBUG=1` in the environment) or [`debug::DebugMode`] reports every poll that
+//! blocks the loop longer than a threshold (100 ms by default), naming the task
+//! ([`debug::watch_named`]), its thread and the duration; a watchdog thread reports a poll
+//! that is stuck *now*, before it returns; and work that waits too long in a pool's queue is
+//! reported with the pool's [`stats`](ThreadPool::stats). Off, it costs nothing: no thread, no
+//! timer.
+//!
+//! ```
+//! use std::time::Duration;
+//! use smol_offload::debug::{self, DebugMode};
+//!
+//! DebugMode::new()
+//!     .threshold(Duration::from_millis(50))
+//!     .on_report(|report| eprintln!("{report}"))
+//!     .enable();
+//! let pool = smol_offload::ThreadPool::new(1)?;
+//! debug::block_on(debug::watch_named("handler", async {
+//!     // Offloaded, the sleep blocks a pool thread, not the loop: nothing is reported.
+//!     pool.spawn(|| std::thread::sleep(Duration::from_millis(100))).await
+//! }))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Feature flags
 //!
 //! None yet: everything is on by default.
 
 #![deny(unsafe_code)]
 
+pub mod debug;
 mod default_pool;
 mod error;
 mod executor;

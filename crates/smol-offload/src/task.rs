@@ -44,6 +44,19 @@ impl<T> Shared<T> {
     }
 }
 
+/// Whether an offloaded call has begun, read without owning its [`Task`]: what debug mode's
+/// watchdog asks about work waiting in a pool's queue.
+pub(crate) trait Progress: Send + Sync {
+    /// True once the work started, finished, or was cancelled by dropping its task.
+    fn is_started_or_cancelled(&self) -> bool;
+}
+
+impl<T: Send> Progress for Shared<T> {
+    fn is_started_or_cancelled(&self) -> bool {
+        self.state.load(Ordering::Acquire) & (STARTED | CANCELLED | DONE) != 0
+    }
+}
+
 /// Creates the two ends of one offloaded call.
 pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
     let shared = Arc::new(Shared {
@@ -149,6 +162,15 @@ impl<T> Task<T> {
     pub(crate) fn with_assist(mut self, assist: Box<dyn Assist>) -> Task<T> {
         self.assist = Some(assist);
         self
+    }
+
+    /// A weak view of whether the work has begun, for debug mode; `None` once detached.
+    pub(crate) fn progress(&self) -> Option<std::sync::Weak<dyn Progress>>
+    where
+        T: Send + 'static,
+    {
+        let shared: Arc<dyn Progress> = self.shared.clone()?;
+        Some(Arc::downgrade(&shared))
     }
 
     /// Drops the assist, which gives back what it holds.

@@ -1,7 +1,7 @@
 //! [`ThreadPool`]: a fixed number of named rayon threads that smol tasks offload to.
 
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic::{self, AssertUnwindSafe, Location};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -93,12 +93,16 @@ impl ThreadPool {
     /// let shared = std::rc::Rc::new(1);
     /// let _ = pool.spawn(move || *shared); // `Rc` is not `Send`
     /// ```
+    #[track_caller]
     pub fn spawn<F, T>(&self, f: F) -> Task<T>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let (promise, task) = task::pair();
+        if crate::debug::is_enabled() {
+            self.watch_queued(&task, Location::caller());
+        }
         let job: Job = Box::new(move |counters: &Counters| run_job(counters, promise, f));
         self.inner.queue.push(job, &self.inner.rayon);
         task
@@ -107,6 +111,14 @@ impl ThreadPool {
     /// How many threads the pool has.
     pub fn workers(&self) -> usize {
         self.inner.workers
+    }
+
+    /// Debug mode: reports `task` if it waits in the queue longer than the threshold.
+    fn watch_queued<T: Send + 'static>(&self, task: &Task<T>, at: &'static Location<'static>) {
+        let (queue, workers) = (Arc::downgrade(&self.inner.queue), self.inner.workers);
+        crate::debug::watch_queued(task, "ThreadPool", at, move || {
+            Some(queue.upgrade()?.counters.snapshot(workers))
+        });
     }
 
     /// A snapshot of the pool's queued, running and completed tasks.
@@ -137,6 +149,7 @@ where
 }
 
 impl Executor for ThreadPool {
+    #[track_caller]
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,

@@ -111,6 +111,7 @@ impl ProcessPool {
 }
 
 impl Executor for ProcessPool {
+    #[track_caller]
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -132,6 +133,13 @@ impl Executor for ProcessPool {
             }
         };
         let (promise, task) = task::pair::<R>();
+        if crate::debug::is_enabled() {
+            let (shared, workers) = (Arc::downgrade(&self.handle.shared), self.handle.workers);
+            let at = std::panic::Location::caller();
+            crate::debug::watch_queued(&task, "ProcessPool", at, move || {
+                Some(shared.upgrade()?.counters.snapshot(workers))
+            });
+        }
         let job = Job {
             call: sys::erase(f),
             arg,
