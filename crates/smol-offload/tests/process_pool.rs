@@ -580,7 +580,10 @@ fn several_pools_share_the_fork_server() {
 #[test]
 fn zero_workers_is_refused() {
     let err = ProcessPool::new(0).unwrap_err();
-    assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+    assert_eq!(
+        err.to_string(),
+        "a pool needs at least one worker, got 0: ask for 1 or more, or leave the count out for one per CPU"
+    );
 }
 
 fn print_and_allocate(n: u64) -> usize {
