@@ -103,6 +103,7 @@
 mod default_pool;
 mod error;
 mod executor;
+mod init_for_tests;
 mod job_queue;
 mod process_pool;
 mod stats;
@@ -120,6 +121,12 @@ pub use crate::stats::PoolStats;
 pub use crate::task::{Task, Timeout};
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
+
+/// What the crate's macros expand to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ctor::ctor;
+}
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -12,10 +12,7 @@ mod common;
 
 use common::WATCHDOG;
 
-#[ctor::ctor]
-fn start_fork_server() {
-    smol_offload::init();
-}
+smol_offload::init_for_tests!();
 
 fn square(n: u64) -> u64 {
     n * n
