@@ -87,6 +87,10 @@
 //! }
 //! ```
 //!
+//! A function that can fail returns `Result<R, `[`TaskError`]`>`: `?` converts any error into
+//! it, keeping its message, its sources and its `io::ErrorKind`, and it crosses to a process
+//! and back. A test binary starts the fork server with [`init_for_tests!`].
+//!
 //! Forking a process that runs threads copies locks held by threads that do not exist in the
 //! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small
 //! single-threaded fork server at the start of `main`, and every worker is forked from it,
@@ -109,6 +113,7 @@ mod process_pool;
 mod stats;
 mod sys;
 mod task;
+mod task_error;
 mod thread_pool;
 mod wait;
 
@@ -119,6 +124,7 @@ pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;
 pub use crate::task::{Task, Timeout};
+pub use crate::task_error::TaskError;
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
 
