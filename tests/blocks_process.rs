@@ -1,4 +1,4 @@
-//! End-to-end: the `blocks-process` binary against the seed's process demo.
+//! End-to-end: the `blocks-process` binary against the Python original's process demo.
 
 mod blocks_common;
 

@@ -1,4 +1,4 @@
-//! End-to-end: the `blocks-thread` binary against the seed's thread demo.
+//! End-to-end: the `blocks-thread` binary against the Python original's thread demo.
 
 mod blocks_common;
 

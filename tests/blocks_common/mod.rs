@@ -2,7 +2,7 @@
 //! from stderr in either layout, and reading its `--events` file.
 //!
 //! The parsing here is deliberately independent of the `blocks_demo` library, so that the tests
-//! check the binaries against the seed's layouts rather than against the library's own code.
+//! check the binaries against the Python original's layouts rather than against the library's own code.
 
 #![allow(dead_code)] // each test binary uses a part
 
@@ -139,7 +139,7 @@ pub(crate) fn process_log(text: &str) -> Vec<Line> {
         .collect()
 }
 
-/// Checks the lines of `run_blocking_tasks`: all from `main_who`, the seed's five messages in
+/// Checks the lines of `run_blocking_tasks`: all from `main_who`, the Python original's five messages in
 /// order, and the results after every `done`. Returns the results.
 pub(crate) fn check_main_lines(lines: &[Line], main_who: &str) -> Vec<u64> {
     let main: Vec<(usize, &Line)> = lines

@@ -1,4 +1,4 @@
-//! [`blocks`], the seed's blocking function, with the [`Job`] it takes and the [`Outcome`] it
+//! [`blocks`], the Python original's blocking function, with the [`Job`] it takes and the [`Outcome`] it
 //! gives back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,7 +39,7 @@ pub struct Outcome {
     pub end_us: u64,
 }
 
-/// The seed's `blocks(n)`: logs `running` under the logger `blocks(n)`, sleeps, logs `done` and
+/// The Python original's `blocks(n)`: logs `running` under the logger `blocks(n)`, sleeps, logs `done` and
 /// returns `n * n` with the worker's name and the call's start and end.
 ///
 /// It is a plain `fn(Job) -> Outcome` of serde types, so that both pools run it through

@@ -385,7 +385,7 @@ mod tests {
         }
     }
 
-    /// Six tasks of 100 ms on three workers, finishing in the seed's order.
+    /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
     fn seed_run(backend: &str) -> RunReport {
         let events = [
             (0, "W-1", 0, 100),

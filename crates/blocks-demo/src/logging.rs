@@ -1,6 +1,6 @@
-//! Log lines in the seed's two layouts: by thread name, or by process id.
+//! Log lines in the Python original's two layouts: by thread name, or by process id.
 //!
-//! The seed configures Python's `logging` with `%(threadName)10s %(name)18s: %(message)s` for
+//! The Python original configures Python's `logging` with `%(threadName)10s %(name)18s: %(message)s` for
 //! threads and `PID %(process)5s %(name)18s: %(message)s` for processes. [`log`] writes the same
 //! lines to stderr, each with a single `write`, so that lines from many threads or processes
 //! never interleave.

@@ -64,7 +64,7 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The seed's run: 6 tasks of 100 ms on 3 workers.
+    /// The Python original's run: 6 tasks of 100 ms on 3 workers.
     fn default() -> Options {
         Options {
             tasks: 6,
@@ -123,7 +123,7 @@ impl Options {
     /// The usage text of a binary named `program` that takes these options.
     pub fn usage(program: &str) -> String {
         format!(
-            "{program}: the blocks(n) demo of seed 001 on smol-offload\n\
+            "{program}: the blocks(n) demo of Python's run_in_executor, on smol-offload\n\
              \n\
              Runs blocks(0), blocks(1), ... on a bounded pool; each logs, sleeps and returns n*n.\n\
              \n\

@@ -1,4 +1,4 @@
-//! [`run_blocking_tasks`], the seed's coroutine, written once for every [`Executor`].
+//! [`run_blocking_tasks`], the Python original's coroutine, written once for every [`Executor`].
 
 use std::fmt::Write as _;
 
@@ -8,11 +8,11 @@ use crate::blocks::{Job, Outcome, blocks, unix_micros};
 use crate::logging::log;
 use crate::options::Options;
 
-/// The logger name of [`run_blocking_tasks`], as in the seed.
+/// The logger name of [`run_blocking_tasks`], as in the Python original.
 const LOGGER: &str = "run_blocking_tasks";
 
 /// Runs `blocks(0)` .. `blocks(tasks - 1)` on `executor` and waits for all of them, logging each
-/// step as the seed does: `starting`, `creating executor tasks`, `waiting for executor tasks`,
+/// step as the Python original does: `starting`, `creating executor tasks`, `waiting for executor tasks`,
 /// `results: [..]` (the squares in completion order) and `exiting`.
 ///
 /// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a

@@ -98,11 +98,22 @@
 //! the workers die with it. `docs/fork-safety.md` in the repository tells the whole story,
 //! including how test binaries start the server.
 //!
+//! # Platforms
+//!
+//! Linux only: the pools use `fork`, `eventfd`, `prctl(PR_SET_PDEATHSIG)` and
+//! `/proc/self/task`. Building for another target stops with an error saying so.
+//!
 //! # Feature flags
 //!
 //! None yet: everything is on by default.
 
 #![deny(unsafe_code)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "smol-offload runs on Linux only: its pools need fork, eventfd, prctl(PR_SET_PDEATHSIG) \
+     and /proc; build on Linux (or in a Linux container or VM)"
+);
 
 mod default_pool;
 mod error;

@@ -1,6 +1,6 @@
 //! Runs blocks(n) on the thread pool and on the process pool and shows them side by side.
 //!
-//! Run with `cargo run --release --bin blocks-compare -- --svg timeline.svg` after building
+//! Run with `cargo run --release --bin blocks-compare -- --svg target/timeline.svg` after building
 //! the other binaries (`cargo build --release --bins`). `BLOCKS_THREAD_BIN` and
 //! `BLOCKS_PROCESS_BIN` override where the backends are found.
 

@@ -1,4 +1,4 @@
-//! The seed's `asyncio_executor_process.py`: blocks(n) on a pool of forked worker processes,
+//! The Python original's `asyncio_executor_process.py`: blocks(n) on a pool of forked worker processes,
 //! logging process ids.
 //!
 //! Run with `cargo run --release --bin blocks-process` (`-- --help` for the flags).

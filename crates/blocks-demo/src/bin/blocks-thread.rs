@@ -1,4 +1,4 @@
-//! The seed's `asyncio_executor_thread.py`: blocks(n) on a pool of threads named `Thread-N`.
+//! The Python original's `asyncio_executor_thread.py`: blocks(n) on a pool of threads named `Thread-N`.
 //!
 //! Run with `cargo run --release --bin blocks-thread` (`-- --help` for the flags).
 
