@@ -17,9 +17,8 @@ const LOGGER: &str = "run_blocking_tasks";
 ///
 /// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a
 /// [`ProcessPool`](smol_offload::ProcessPool): the executor is the only thing that changes.
-/// The outcomes come back in completion order as [`wait`] saw it: tasks found finished in the
-/// same wake-up are listed by task number, so the order can differ a little from the order of
-/// the `done` lines.
+/// The outcomes come back in completion order as [`wait`] saw it (the order in which the
+/// tasks woke it), which can differ a little from the order of the `done` lines.
 ///
 /// # Examples
 ///

@@ -643,6 +643,7 @@ fn fork_safety_under_busy_threads() {
 /// The child half of `workers_die_with_their_application`: makes a pool, prints the pids of
 /// the fork server and the workers, and waits to be killed.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_application_that_gets_killed() {
     if std::env::var_os("SMOL_OFFLOAD_TEST_CHILD").is_none() {
         return;
@@ -669,6 +670,7 @@ fn workers_die_with_their_application() {
         .args([
             "--exact",
             "child_application_that_gets_killed",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -81,12 +81,14 @@ pub(crate) fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<Strin
 }
 
 /// Whether this process is a child started by [`run_child`] with `marker`: its `child_*` test
-/// then runs its body instead of returning at once.
+/// then runs its body. The `child_*` tests are `#[ignore]`d, so a normal run skips them; run
+/// directly with `--ignored`, without the marker, they return at once.
 pub(crate) fn in_child(marker: &str) -> bool {
     std::env::var_os(marker).is_some()
 }
 
-/// Runs the test `name` of this test binary in a child process (`--exact name`), with the
+/// Runs the test `name` of this test binary, an `#[ignore]`d one, in a child process
+/// (`--exact name --ignored`), with the
 /// environment variable `marker` set so that the test runs its body, and each variable of
 /// `vars` set to its value or, for `None`, removed. Asserts that the child passed (it was not
 /// aborted either) and printed `name: done`, showing its stdout and stderr otherwise, and
@@ -94,7 +96,13 @@ pub(crate) fn in_child(marker: &str) -> bool {
 pub(crate) fn run_child(name: &str, marker: &str, vars: &[(&str, Option<&str>)]) -> String {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(marker, "1");
     let mut with = String::new();
     for &(variable, value) in vars {
