@@ -5,7 +5,6 @@
 //! lines to stderr, each with a single `write`, so that lines from many threads or processes
 //! never interleave.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Which layout [`log`] writes, chosen once by a binary's `main` with [`set_log_style`].
@@ -63,7 +62,11 @@ pub fn log_style() -> LogStyle {
 /// ignored: logging never stops the demo.
 pub fn log(logger: &str, message: &str) {
     let line = format_line(log_style(), logger, message);
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    // In this crate's unit tests, through the test harness's capture: shown only on failure.
+    #[cfg(test)]
+    eprint!("{line}");
+    #[cfg(not(test))]
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
 
 /// The line [`log`] writes in `style` from the current thread and process, newline included.

@@ -145,3 +145,50 @@ pub(crate) fn hold_a_worker<T: Send + 'static>(
     started.recv_timeout(WATCHDOG).unwrap();
     (task, open)
 }
+
+/// A gate that process tasks wait on: a path that does not exist until the gate opens. Pass
+/// [`path`](FileGate::path) to [`wait_for_file`] run on a worker; the test opens the gate with
+/// [`open`](FileGate::open), or by dropping it (also when it fails and unwinds), so no worker
+/// stays blocked.
+pub(crate) struct FileGate {
+    path: std::path::PathBuf,
+}
+
+impl FileGate {
+    /// A closed gate, named after `name` and this process.
+    pub(crate) fn new(name: &str) -> FileGate {
+        let path =
+            std::env::temp_dir().join(format!("smol-offload-gate-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        FileGate { path }
+    }
+
+    /// The path that [`wait_for_file`] waits for.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        self.path.clone()
+    }
+
+    /// Lets every task waiting on the gate go on.
+    pub(crate) fn open(self) {}
+}
+
+impl Drop for FileGate {
+    fn drop(&mut self) {
+        std::fs::write(&self.path, b"open").unwrap();
+    }
+}
+
+/// Run on a worker: waits until the gate at `path` opens, then removes the file and returns
+/// the worker's pid. Gives up after [`WATCHDOG`], so a lost gate fails a test, never hangs it.
+pub(crate) fn wait_for_file(path: std::path::PathBuf) -> u32 {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never opened"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    let _ = std::fs::remove_file(&path);
+    std::process::id()
+}
