@@ -330,11 +330,13 @@ impl Drop for TempPath {
 /// The bad command lines every demo binary must refuse with exit code 2, and a piece of the
 /// message each must print.
 pub(crate) const BAD_FLAGS: &[(&[&str], &str)] = &[
-    (&["--bogus"], "unknown flag '--bogus'"),
-    (&["--tasks"], "--tasks needs a value"),
-    (&["--tasks", "six"], "--tasks expects a whole number"),
-    (&["--sleep-ms", "-1"], "--sleep-ms expects a whole number"),
-    (&["--workers", "0"], "--workers must be at least 1"),
+    (&["--bogus"], "unexpected argument '--bogus'"),
+    (&["--tasks"], "a value is required for '--tasks <N>'"),
+    (&["--tasks", "six"], "invalid value 'six' for '--tasks <N>'"),
+    (&["--sleep-ms", "-1"], "unexpected argument '-1'"),
+    (&["--workers", "0"], "0 is not in 1..=1024"),
+    (&["--workers", "1025"], "1025 is not in 1..=1024"),
+    (&["--tasks", "1000001"], "1000001 is not in 0..=1000000"),
     (&["stray"], "unexpected argument 'stray'"),
 ];
 

@@ -1,14 +1,111 @@
-//! What `blocks-compare` computes from two runs: a [`RunReport`] per backend, the [`Check`]s,
-//! and the side-by-side text.
+//! What `blocks-compare` does with the two backends: run them ([`Backend`]), report each run
+//! ([`RunReport`]), check them ([`Check`]) and show them side by side ([`render_table`]).
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::events::{Event, max_concurrency};
+use anyhow::Context as _;
+
+use crate::blocks::{Outcome, micros, ms};
+use crate::events::{Event, max_concurrency, read_events};
 use crate::options::Options;
 use crate::run::python_list;
+
+/// One backend binary of the demo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's name in reports: `thread` or `process`.
+    pub name: &'static str,
+    /// The binary's name, looked for next to the running executable.
+    pub binary: &'static str,
+    /// The environment variable that overrides the binary's path.
+    pub env_var: &'static str,
+}
+
+/// `blocks-thread`, overridden by `BLOCKS_THREAD_BIN`.
+pub const THREAD: Backend = Backend {
+    name: "thread",
+    binary: "blocks-thread",
+    env_var: "BLOCKS_THREAD_BIN",
+};
+
+/// `blocks-process`, overridden by `BLOCKS_PROCESS_BIN`.
+pub const PROCESS: Backend = Backend {
+    name: "process",
+    binary: "blocks-process",
+    env_var: "BLOCKS_PROCESS_BIN",
+};
+
+impl Backend {
+    /// The binary to run: the path in [`env_var`](Backend::env_var) if set and not empty,
+    /// otherwise [`binary`](Backend::binary) in the directory of the running executable (where
+    /// cargo puts every binary of a package).
+    ///
+    /// # Errors
+    ///
+    /// The running executable's path is unknown.
+    pub fn locate(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = std::env::var_os(self.env_var).filter(|path| !path.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        let dir = exe
+            .parent()
+            .context("the running executable has no directory")?;
+        Ok(dir.join(format!("{}{}", self.binary, std::env::consts::EXE_SUFFIX)))
+    }
+
+    /// Runs `binary` with the run flags of `options` and `--events events`, and reads the
+    /// events it wrote. Gives the run's report and its stderr (its log). A run that could not
+    /// start, failed, or wrote unreadable events comes back with its
+    /// [`failure`](RunReport::failure) set, never as an error.
+    pub fn run(&self, binary: &Path, options: &Options, events: &Path) -> (RunReport, String) {
+        let _ = std::fs::remove_file(events);
+        let started = Instant::now();
+        let output = Command::new(binary)
+            .args(options.run_args())
+            .arg("--events")
+            .arg(events)
+            .output();
+        let mut report = RunReport {
+            backend: self.name.to_owned(),
+            wall: started.elapsed(),
+            events: Vec::new(),
+            failure: None,
+        };
+        let output = match output {
+            Ok(output) => output,
+            Err(err) => {
+                report.failure = Some(format!(
+                    "cannot run {}: {err} (build it with `cargo build --release --bin {}`, or set {})",
+                    binary.display(),
+                    self.binary,
+                    self.env_var
+                ));
+                return (report, String::new());
+            }
+        };
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.status.success() {
+            let last_line = log.lines().last().unwrap_or("no output");
+            report.failure = Some(format!(
+                "{} {}: {last_line}",
+                binary.display(),
+                output.status
+            ));
+        } else {
+            match read_events(events) {
+                Ok(read) => report.events = read,
+                Err(err) => report.failure = Some(format!("{err:#}")),
+            }
+        }
+        (report, log)
+    }
+}
 
 /// One backend's run as `blocks-compare` saw it: how long the binary took, and the events it
 /// wrote, or why it failed.
@@ -25,39 +122,41 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The outcome of each task the run reported, in the order they finished.
+    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
+        self.events.iter().map(|event| &event.outcome)
+    }
+
     /// The highest number of tasks that ran at once.
     pub fn max_concurrency(&self) -> usize {
-        max_concurrency(self.events.iter().map(|e| (e.start_us, e.end_us)))
+        max_concurrency(self.outcomes().map(|o| (o.start_us, o.end_us)))
     }
 
     /// From the run's start to the end of its last task, in microseconds.
     pub fn span_us(&self) -> u64 {
-        self.events.iter().map(|e| e.end_us).max().unwrap_or(0)
+        self.outcomes().map(|o| o.end_us).max().unwrap_or(0)
     }
 
     /// The workers that ran a task, each once, in natural order (`Thread-2` before `Thread-10`).
     pub fn workers(&self) -> Vec<&str> {
-        let mut workers: Vec<&str> = self.events.iter().map(|e| e.worker.as_str()).collect();
+        let mut workers: Vec<&str> = self.outcomes().map(|o| o.worker.as_str()).collect();
         workers.sort_by(|a, b| natural_cmp(a, b));
         workers.dedup();
         workers
     }
 
-    /// The results in the order the tasks finished.
-    pub fn results(&self) -> Vec<u64> {
-        self.events.iter().map(|e| e.result).collect()
-    }
-
     /// The set of results each task number gave.
     fn results_by_task(&self) -> BTreeMap<u64, BTreeSet<u64>> {
         let mut by_task: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        for event in &self.events {
-            by_task.entry(event.task).or_default().insert(event.result);
+        for outcome in self.outcomes() {
+            by_task
+                .entry(outcome.task)
+                .or_default()
+                .insert(outcome.result);
         }
         by_task
     }
 }
-
 /// One verdict of `blocks-compare`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
@@ -122,8 +221,8 @@ pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
 
 fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
     let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for event in &run.events {
-        *counts.entry(event.task).or_default() += 1;
+    for outcome in run.outcomes() {
+        *counts.entry(outcome.task).or_default() += 1;
     }
     let expected = 0..tasks as u64;
     let missing: Vec<u64> = expected
@@ -205,11 +304,6 @@ pub fn render_checks(checks: &[Check]) -> String {
     text
 }
 
-/// Milliseconds with one decimal, from microseconds.
-pub fn ms(us: u64) -> String {
-    format!("{:.1}", us as f64 / 1000.0)
-}
-
 /// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
 /// each backend, then per run the wall time, the span of its tasks, the most tasks at once, its
 /// workers and its results.
@@ -223,14 +317,11 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 
     // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
     let tasks: BTreeSet<u64> = (0..options.tasks as u64)
-        .chain(
-            runs.iter()
-                .flat_map(|run| run.events.iter().map(|e| e.task)),
-        )
+        .chain(runs.iter().flat_map(|run| run.outcomes().map(|o| o.task)))
         .collect();
     let worker_width = runs
         .iter()
-        .flat_map(|run| run.events.iter().map(|e| e.worker.len() + 3))
+        .flat_map(|run| run.outcomes().map(|o| o.worker.len() + 3))
         .chain([6])
         .max()
         .unwrap_or(6);
@@ -252,7 +343,7 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
     for task in tasks {
         let _ = write!(text, "{task:>5}");
         for run in runs {
-            let ran: Vec<&Event> = run.events.iter().filter(|e| e.task == task).collect();
+            let ran: Vec<&Outcome> = run.outcomes().filter(|o| o.task == task).collect();
             match ran.first() {
                 None => {
                     let _ = write!(text, " | {:<column_width$}", "-");
@@ -305,7 +396,7 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
             text,
             "{} results: {}",
             run.backend,
-            python_list(&run.results())
+            python_list(&run.outcomes().map(|o| o.result).collect::<Vec<_>>())
         );
         if let Some(failure) = &run.failure {
             let _ = writeln!(text, "{} failed: {failure}", run.backend);
@@ -318,10 +409,6 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 
 /// One row of the summary under the table: a figure of a run, as text.
 type Summary = fn(&RunReport) -> String;
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
 
 /// Compares names the way people read them: runs of digits by value, so `Thread-2` comes
 /// before `Thread-10` and pid `999` before pid `1000`.
@@ -374,19 +461,23 @@ mod tests {
     use super::*;
 
     fn event(task: u64, result: u64, worker: &str, start_ms: u64, end_ms: u64) -> Event {
-        Event {
+        let (worker, start_us, end_us) = (worker.to_owned(), start_ms * 1000, end_ms * 1000);
+        let outcome = Outcome {
             task,
-            worker: worker.to_owned(),
-            start_us: start_ms * 1000,
-            end_us: end_ms * 1000,
+            worker,
+            start_us,
+            end_us,
             result,
-            backend: "test".to_owned(),
             pid: 1,
+        };
+        Event {
+            outcome,
+            backend: "test".to_owned(),
         }
     }
 
     /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
-    fn seed_run(backend: &str) -> RunReport {
+    fn python_run(backend: &str) -> RunReport {
         let events = [
             (0, "W-1", 0, 100),
             (2, "W-3", 0, 100),
@@ -416,7 +507,7 @@ mod tests {
 
     #[test]
     fn two_good_runs_pass_every_check() {
-        let (thread, process) = (seed_run("thread"), seed_run("process"));
+        let (thread, process) = (python_run("thread"), python_run("process"));
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(checks.len(), 7);
         assert!(failed(&checks).is_empty(), "{checks:?}");
@@ -432,12 +523,12 @@ mod tests {
 
     #[test]
     fn missing_repeated_and_unexpected_tasks_fail() {
-        let mut thread = seed_run("thread");
-        thread.events.retain(|e| e.task != 4);
+        let mut thread = python_run("thread");
+        thread.events.retain(|e| e.outcome.task != 4);
         thread.events.push(event(1, 1, "W-1", 200, 300));
         thread.events.push(event(1, 1, "W-1", 300, 400));
         thread.events.push(event(9, 81, "W-2", 200, 300));
-        let process = seed_run("process");
+        let process = python_run("process");
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
             failed(&checks),
@@ -456,8 +547,8 @@ mod tests {
 
     #[test]
     fn too_many_at_once_fails() {
-        let mut thread = seed_run("thread");
-        thread.events[3].start_us = 50_000; // blocks(3) starts before anything finished
+        let mut thread = python_run("thread");
+        thread.events[3].outcome.start_us = 50_000; // blocks(3) starts before anything finished
         let checks = checks(&Options::default(), &[&thread]);
         assert_eq!(
             failed(&checks),
@@ -470,9 +561,9 @@ mod tests {
 
     #[test]
     fn different_results_and_failed_runs_fail() {
-        let thread = seed_run("thread");
-        let mut process = seed_run("process");
-        process.events[5].result = 17;
+        let thread = python_run("thread");
+        let mut process = python_run("process");
+        process.events[5].outcome.result = 17;
         process.failure = Some("blocks-process exited with code 1".to_owned());
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
@@ -511,18 +602,17 @@ mod tests {
 
     #[test]
     fn report_summaries() {
-        let run = seed_run("thread");
+        let run = python_run("thread");
         assert_eq!(run.max_concurrency(), 3);
         assert_eq!(run.span_us(), 200_000);
         assert_eq!(run.workers(), ["W-1", "W-2", "W-3"]);
-        assert_eq!(run.results(), [0, 4, 1, 9, 25, 16]);
     }
 
     #[test]
     fn table_shows_each_task_on_both_backends() {
-        let thread = seed_run("thread");
-        let mut process = seed_run("process");
-        process.events.retain(|e| e.task != 5);
+        let thread = python_run("thread");
+        let mut process = python_run("process");
+        process.events.retain(|e| e.outcome.task != 5);
         process.events.push(event(0, 0, "W-2", 200, 300));
         let text = render_table(&Options::default(), &[&thread, &process]);
         let lines: Vec<&str> = text.lines().collect();
@@ -544,6 +634,26 @@ mod tests {
         assert!(text.contains("\nmost at once               3           3\n"));
         assert!(text.contains("\nthread results: [0, 4, 1, 9, 25, 16]\n"));
         assert!(text.contains("\nprocess workers: W-1, W-2, W-3\n"));
+    }
+
+    #[test]
+    fn a_missing_or_failing_binary_is_a_failed_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, events) = (Options::default(), dir.path().join("events.jsonl"));
+        let (report, _) = THREAD.run(Path::new("/nonexistent/blocks-thread"), &options, &events);
+        let failure = report.failure.unwrap();
+        assert!(
+            failure.starts_with("cannot run /nonexistent/blocks-thread: "),
+            "{failure}"
+        );
+        assert!(failure.contains("BLOCKS_THREAD_BIN"), "{failure}");
+        let (report, _) = PROCESS.run(Path::new("/bin/false"), &options, &events);
+        assert_eq!(report.backend, "process");
+        let failure = report.failure.unwrap();
+        assert!(
+            failure.starts_with("/bin/false exit status: 1"),
+            "{failure}"
+        );
     }
 
     #[test]

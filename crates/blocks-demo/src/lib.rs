@@ -37,10 +37,8 @@
 //! ```
 
 pub mod blocks;
-pub mod cli;
 pub mod compare;
 pub mod events;
-pub mod launch;
 pub mod logging;
 pub mod options;
 pub mod run;
@@ -48,5 +46,5 @@ pub mod timeline;
 
 pub use crate::blocks::{Job, Outcome, blocks, unix_micros};
 pub use crate::logging::{LogStyle, log, log_style, set_log_style};
-pub use crate::options::{CompareOptions, Options, Parsed, USAGE_EXIT_CODE, UsageError};
-pub use crate::run::{python_list, run_blocking_tasks};
+pub use crate::options::{CompareArgs, DemoArgs, Options};
+pub use crate::run::{demo_main, python_list, run_blocking_tasks};

@@ -5,7 +5,8 @@
 
 use std::fmt::Write as _;
 
-use crate::compare::{RunReport, ms};
+use crate::blocks::{micros, ms};
+use crate::compare::RunReport;
 use crate::options::Options;
 
 const WIDTH: f64 = 960.0;
@@ -30,12 +31,12 @@ const PANEL_GAP: f64 = 24.0;
 ///
 /// ```
 /// use std::time::Duration;
-/// use blocks_demo::{Options, compare::RunReport, events::Event, timeline::render_svg};
+/// use blocks_demo::{Options, Outcome, compare::RunReport, events::Event, timeline::render_svg};
 ///
-/// let event = Event {
-///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0,
-///     backend: "thread".into(), pid: 1,
+/// let outcome = Outcome {
+///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
+/// let event = Event { outcome, backend: "thread".into() };
 /// let run = RunReport {
 ///     backend: "thread".into(), wall: Duration::from_millis(105), events: vec![event],
 ///     failure: None,
@@ -177,7 +178,7 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
     );
 
     // One bar per task, in its worker's lane.
-    for event in &run.events {
+    for event in run.outcomes() {
         let lane = workers
             .iter()
             .position(|w| *w == event.worker)
@@ -257,10 +258,6 @@ impl Axis {
     }
 }
 
-fn micros(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// Escapes text for SVG content and attribute values.
 fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -282,18 +279,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::blocks::Outcome;
     use crate::events::Event;
 
     fn run(backend: &str, workers: &[&str], failure: Option<&str>) -> RunReport {
         let events = (0..6u64)
             .map(|task| Event {
-                task,
-                worker: workers[task as usize % workers.len()].to_owned(),
-                start_us: task / 3 * 100_000 + task,
-                end_us: (task / 3 + 1) * 100_000 + task,
-                result: task * task,
+                outcome: Outcome {
+                    task,
+                    worker: workers[task as usize % workers.len()].to_owned(),
+                    start_us: task / 3 * 100_000 + task,
+                    end_us: (task / 3 + 1) * 100_000 + task,
+                    result: task * task,
+                    pid: 7,
+                },
                 backend: backend.to_owned(),
-                pid: 7,
             })
             .collect();
         RunReport {
