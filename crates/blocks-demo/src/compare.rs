@@ -1,7 +1,6 @@
 //! What `blocks-compare` does with the two backends: run them ([`Backend`]), report each run
 //! ([`RunReport`]), check them ([`Check`]) and show them side by side ([`render_table`]).
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -137,10 +136,11 @@ impl RunReport {
         self.outcomes().map(|o| o.end_us).max().unwrap_or(0)
     }
 
-    /// The workers that ran a task, each once, in natural order (`Thread-2` before `Thread-10`).
+    /// The workers that ran a task, each once, in natural order: shorter names first, so that
+    /// `Thread-2` comes before `Thread-10` and pid `999` before pid `1000`.
     pub fn workers(&self) -> Vec<&str> {
         let mut workers: Vec<&str> = self.outcomes().map(|o| o.worker.as_str()).collect();
-        workers.sort_by(|a, b| natural_cmp(a, b));
+        workers.sort_by_key(|name| (name.len(), *name));
         workers.dedup();
         workers
     }
@@ -157,247 +157,214 @@ impl RunReport {
         by_task
     }
 }
-/// One verdict of `blocks-compare`.
+/// One verdict of `blocks-compare`: what was checked, and what was found when it did not hold
+/// (nothing when it held).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
     /// What was checked.
     pub name: String,
-    /// Whether it held.
-    pub passed: bool,
-    /// What was found when it did not.
+    /// The problems found, joined by `"; "`; empty when the check passed.
     pub detail: String,
 }
 
 impl Check {
     fn new(name: String, problems: Vec<String>) -> Check {
-        Check {
-            name,
-            passed: problems.is_empty(),
-            detail: problems.join("; "),
-        }
+        let detail = problems.join("; ");
+        Check { name, detail }
+    }
+
+    /// Whether the check held.
+    pub fn passed(&self) -> bool {
+        self.detail.is_empty()
     }
 }
 
 /// Checks each run (it finished, every task `0..tasks` ran exactly once, never more than
 /// `workers` at once), then that both runs gave the same results per task.
 pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
+    let (tasks, workers) = (options.tasks, options.workers);
     let mut checks = Vec::new();
     for run in runs {
         let backend = &run.backend;
-        checks.push(Check::new(
-            format!("{backend}: the run finished"),
-            run.failure.iter().cloned().collect(),
-        ));
-        checks.push(Check::new(
-            format!(
-                "{backend}: every task 0..{} ran exactly once",
-                options.tasks
-            ),
-            task_count_problems(options.tasks, run),
-        ));
         let most = run.max_concurrency();
-        let problems = if most > options.workers {
-            vec![format!(
-                "{most} tasks ran at once on {} workers",
-                options.workers
-            )]
-        } else {
-            Vec::new()
-        };
-        checks.push(Check::new(
-            format!("{backend}: at most {} tasks at once", options.workers),
-            problems,
-        ));
+        let crowded =
+            (most > workers).then(|| format!("{most} tasks ran at once on {workers} workers"));
+        checks.extend([
+            Check::new(
+                format!("{backend}: the run finished"),
+                run.failure.iter().cloned().collect(),
+            ),
+            Check::new(
+                format!("{backend}: every task 0..{tasks} ran exactly once"),
+                task_count_problems(tasks, run),
+            ),
+            Check::new(
+                format!("{backend}: at most {workers} tasks at once"),
+                crowded.into_iter().collect(),
+            ),
+        ]);
     }
     for pair in runs.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        checks.push(Check::new(
-            format!("{} and {} gave the same results", a.backend, b.backend),
-            result_problems(a, b),
-        ));
+        let name = format!("{} and {} gave the same results", a.backend, b.backend);
+        checks.push(Check::new(name, result_problems(a, b)));
     }
     checks
 }
 
 fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
-    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut counts: BTreeMap<u64, usize> = (0..tasks as u64).map(|task| (task, 0)).collect();
     for outcome in run.outcomes() {
         *counts.entry(outcome.task).or_default() += 1;
     }
-    let expected = 0..tasks as u64;
-    let missing: Vec<u64> = expected
-        .clone()
-        .filter(|task| !counts.contains_key(task))
-        .collect();
-    let repeated: Vec<String> = counts
-        .iter()
-        .filter(|&(_, &count)| count > 1)
-        .map(|(task, count)| format!("{task} (x{count})"))
-        .collect();
-    let unexpected: Vec<u64> = counts
-        .keys()
-        .copied()
-        .filter(|task| !expected.contains(task))
-        .collect();
-    let mut problems = Vec::new();
-    if !missing.is_empty() {
-        problems.push(format!("missing {}", list(&missing)));
-    }
-    if !repeated.is_empty() {
-        problems.push(format!("ran more than once: {}", repeated.join(", ")));
-    }
-    if !unexpected.is_empty() {
-        problems.push(format!("unexpected {}", list(&unexpected)));
-    }
-    problems
+    let with = |keep: &dyn Fn(u64, usize) -> bool, show: &dyn Fn(u64, usize) -> String| {
+        let found: Vec<String> = counts
+            .iter()
+            .filter(|&(&t, &c)| keep(t, c))
+            .map(|(&t, &c)| show(t, c))
+            .collect();
+        found.join(", ")
+    };
+    let expected = |task: u64| task < tasks as u64;
+    [
+        (
+            "missing ",
+            with(&|_, count| count == 0, &|task, _| task.to_string()),
+        ),
+        (
+            "ran more than once: ",
+            with(
+                &|_, count| count > 1,
+                &|task, count| format!("{task} (x{count})"),
+            ),
+        ),
+        (
+            "unexpected ",
+            with(&|task, _| !expected(task), &|task, _| task.to_string()),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, found)| !found.is_empty())
+    .map(|(what, found)| format!("{what}{found}"))
+    .collect()
 }
 
 fn result_problems(a: &RunReport, b: &RunReport) -> Vec<String> {
     let (by_a, by_b) = (a.results_by_task(), b.results_by_task());
     let tasks: BTreeSet<u64> = by_a.keys().chain(by_b.keys()).copied().collect();
-    let empty = BTreeSet::new();
+    let set = |by: &BTreeMap<u64, BTreeSet<u64>>, task| match by.get(&task) {
+        None => "nothing".to_owned(),
+        Some(results) => format!(
+            "{{{}}}",
+            results
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     tasks
         .into_iter()
-        .filter_map(|task| {
-            let (ra, rb) = (
-                by_a.get(&task).unwrap_or(&empty),
-                by_b.get(&task).unwrap_or(&empty),
-            );
-            (ra != rb).then(|| {
-                format!(
-                    "task {task}: {} {} vs {} {}",
-                    a.backend,
-                    set(ra),
-                    b.backend,
-                    set(rb)
-                )
-            })
+        .filter(|task| by_a.get(task) != by_b.get(task))
+        .map(|task| {
+            format!(
+                "task {task}: {} {} vs {} {}",
+                a.backend,
+                set(&by_a, task),
+                b.backend,
+                set(&by_b, task)
+            )
         })
         .collect()
 }
 
-fn list(values: &[u64]) -> String {
-    values
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn set(values: &BTreeSet<u64>) -> String {
-    if values.is_empty() {
-        return "nothing".to_owned();
-    }
-    format!("{{{}}}", list(&values.iter().copied().collect::<Vec<_>>()))
-}
-
 /// The checks as `PASS name` / `FAIL name: detail` lines.
 pub fn render_checks(checks: &[Check]) -> String {
-    let mut text = String::new();
-    for check in checks {
-        if check.passed {
-            let _ = writeln!(text, "PASS {}", check.name);
-        } else {
-            let _ = writeln!(text, "FAIL {}: {}", check.name, check.detail);
-        }
-    }
-    text
+    checks
+        .iter()
+        .map(|check| match check.passed() {
+            true => format!("PASS {}\n", check.name),
+            false => format!("FAIL {}: {}\n", check.name, check.detail),
+        })
+        .collect()
 }
 
 /// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
 /// each backend, then per run the wall time, the span of its tasks, the most tasks at once, its
 /// workers and its results.
 pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "blocks(n): {} tasks of {} ms on {} workers\n",
+    let mut text = format!(
+        "blocks(n): {} tasks of {} ms on {} workers\n\n",
         options.tasks, options.sleep_ms, options.workers
     );
-
     // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
     let tasks: BTreeSet<u64> = (0..options.tasks as u64)
         .chain(runs.iter().flat_map(|run| run.outcomes().map(|o| o.task)))
         .collect();
-    let worker_width = runs
-        .iter()
-        .flat_map(|run| run.outcomes().map(|o| o.worker.len() + 3))
+    let all = || runs.iter().flat_map(|run| run.outcomes());
+    let worker_width = all()
+        .map(|o| o.worker.len() + 3)
         .chain([6])
         .max()
         .unwrap_or(6);
     let column_width = worker_width + 2 * 10;
-    let _ = write!(text, "{:>5}", "task");
-    for run in runs {
-        let _ = write!(text, " | {:<column_width$}", run.backend);
-    }
-    text.push('\n');
-    let _ = write!(text, "{:>5}", "");
-    for _ in runs {
-        let _ = write!(
-            text,
-            " | {:<worker_width$}{:>10}{:>10}",
-            "worker", "start ms", "end ms"
+    let mut row = |first: &str, cells: &mut dyn Iterator<Item = String>| {
+        let _ = write!(text, "{first:>5}");
+        cells.for_each(|cell| text.push_str(&format!(" | {cell:<column_width$}")));
+        text.push('\n');
+    };
+    row("task", &mut runs.iter().map(|run| run.backend.clone()));
+    let header = format!(
+        "{:<worker_width$}{:>10}{:>10}",
+        "worker", "start ms", "end ms"
+    );
+    row("", &mut runs.iter().map(|_| header.clone()));
+    for task in tasks {
+        row(
+            &task.to_string(),
+            &mut runs.iter().map(|run| {
+                let ran: Vec<&Outcome> = run.outcomes().filter(|o| o.task == task).collect();
+                let Some(first) = ran.first() else {
+                    return "-".to_owned();
+                };
+                let repeats = if ran.len() > 1 {
+                    format!(" x{}", ran.len())
+                } else {
+                    String::new()
+                };
+                let worker = format!("{}{repeats}", first.worker);
+                format!(
+                    "{worker:<worker_width$}{:>10}{:>10}",
+                    ms(first.start_us),
+                    ms(first.end_us)
+                )
+            }),
         );
     }
-    text.push('\n');
-    for task in tasks {
-        let _ = write!(text, "{task:>5}");
-        for run in runs {
-            let ran: Vec<&Outcome> = run.outcomes().filter(|o| o.task == task).collect();
-            match ran.first() {
-                None => {
-                    let _ = write!(text, " | {:<column_width$}", "-");
-                }
-                Some(event) => {
-                    let mut worker = event.worker.clone();
-                    if ran.len() > 1 {
-                        let _ = write!(worker, " x{}", ran.len());
-                    }
-                    let _ = write!(
-                        text,
-                        " | {worker:<worker_width$}{:>10}{:>10}",
-                        ms(event.start_us),
-                        ms(event.end_us)
-                    );
-                }
-            }
-        }
-        text.push('\n');
-    }
-    text.push('\n');
-
-    let rows: [(&str, Summary); 4] = [
+    let summaries: [(&str, Summary); 4] = [
         ("wall time (ms)", |run| ms(micros(run.wall))),
         ("tasks span (ms)", |run| ms(run.span_us())),
         ("most at once", |run| run.max_concurrency().to_string()),
         ("workers", |run| run.workers().len().to_string()),
     ];
-    let _ = write!(text, "{:<16}", "");
-    for run in runs {
-        let _ = write!(text, "{:>12}", run.backend);
+    text.push_str(&format!("\n{:<16}", ""));
+    runs.iter()
+        .for_each(|run| text.push_str(&format!("{:>12}", run.backend)));
+    for (label, value) in summaries {
+        text.push_str(&format!("\n{label:<16}"));
+        runs.iter()
+            .for_each(|run| text.push_str(&format!("{:>12}", value(run))));
     }
-    text.push('\n');
-    for (label, value) in rows {
-        let _ = write!(text, "{label:<16}");
-        for run in runs {
-            let _ = write!(text, "{:>12}", value(run));
-        }
-        text.push('\n');
-    }
-    text.push('\n');
+    text.push_str("\n\n");
     for run in runs {
+        let results: Vec<u64> = run.outcomes().map(|o| o.result).collect();
         let _ = writeln!(
             text,
             "{} workers: {}",
             run.backend,
             run.workers().join(", ")
         );
-        let _ = writeln!(
-            text,
-            "{} results: {}",
-            run.backend,
-            python_list(&run.outcomes().map(|o| o.result).collect::<Vec<_>>())
-        );
+        let _ = writeln!(text, "{} results: {}", run.backend, python_list(&results));
         if let Some(failure) = &run.failure {
             let _ = writeln!(text, "{} failed: {failure}", run.backend);
         }
@@ -409,52 +376,6 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 
 /// One row of the summary under the table: a figure of a run, as text.
 type Summary = fn(&RunReport) -> String;
-
-/// Compares names the way people read them: runs of digits by value, so `Thread-2` comes
-/// before `Thread-10` and pid `999` before pid `1000`.
-///
-/// # Examples
-///
-/// ```
-/// use blocks_demo::compare::natural_cmp;
-///
-/// let mut names = vec!["Thread-10", "Thread-2", "Thread-1"];
-/// names.sort_by(|a, b| natural_cmp(a, b));
-/// assert_eq!(names, ["Thread-1", "Thread-2", "Thread-10"]);
-/// ```
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a, b);
-    loop {
-        match (a.chars().next(), b.chars().next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(ca), Some(cb)) if ca.is_ascii_digit() && cb.is_ascii_digit() => {
-                let (da, ra) = split_digits(a);
-                let (db, rb) = split_digits(b);
-                let (ta, tb) = (da.trim_start_matches('0'), db.trim_start_matches('0'));
-                let order = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb));
-                if order != Ordering::Equal {
-                    return order;
-                }
-                (a, b) = (ra, rb);
-            }
-            (Some(ca), Some(cb)) => {
-                if ca != cb {
-                    return ca.cmp(&cb);
-                }
-                (a, b) = (&a[ca.len_utf8()..], &b[cb.len_utf8()..]);
-            }
-        }
-    }
-}
-
-fn split_digits(text: &str) -> (&str, &str) {
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    text.split_at(end)
-}
 
 #[cfg(test)]
 mod tests {
@@ -500,7 +421,7 @@ mod tests {
     fn failed(checks: &[Check]) -> Vec<(&str, &str)> {
         checks
             .iter()
-            .filter(|c| !c.passed)
+            .filter(|c| !c.passed())
             .map(|c| (c.name.as_str(), c.detail.as_str()))
             .collect()
     }
@@ -654,16 +575,5 @@ mod tests {
             failure.starts_with("/bin/false exit status: 1"),
             "{failure}"
         );
-    }
-
-    #[test]
-    fn natural_order() {
-        let mut names = vec!["10", "9", "Thread-10", "Thread-9", "Thread-09x", "a", "Z"];
-        names.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(
-            names,
-            ["9", "10", "Thread-9", "Thread-09x", "Thread-10", "Z", "a"]
-        );
-        assert_eq!(natural_cmp("Thread-1", "Thread-1"), Ordering::Equal);
     }
 }

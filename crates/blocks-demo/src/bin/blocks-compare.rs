@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use blocks_demo::CompareArgs;
-use blocks_demo::compare::{PROCESS, THREAD, checks, render_checks, render_table};
+use blocks_demo::compare::{Check, PROCESS, THREAD, checks, render_checks, render_table};
 use blocks_demo::options::parse_or_exit;
 use blocks_demo::timeline::render_svg;
 
@@ -58,5 +58,5 @@ fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
     let checks = checks(&args.run, &reports);
     println!();
     print!("{}", render_checks(&checks));
-    Ok(checks.iter().all(|check| check.passed))
+    Ok(checks.iter().all(Check::passed))
 }
