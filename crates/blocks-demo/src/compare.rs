@@ -217,35 +217,22 @@ fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
     for outcome in run.outcomes() {
         *counts.entry(outcome.task).or_default() += 1;
     }
-    let with = |keep: &dyn Fn(u64, usize) -> bool, show: &dyn Fn(u64, usize) -> String| {
-        let found: Vec<String> = counts
-            .iter()
-            .filter(|&(&t, &c)| keep(t, c))
-            .map(|(&t, &c)| show(t, c))
-            .collect();
-        found.join(", ")
+    let listed = |what: &str, show: &dyn Fn(u64, usize) -> Option<String>| {
+        let found: Vec<String> = counts.iter().filter_map(|(&t, &c)| show(t, c)).collect();
+        (!found.is_empty()).then(|| format!("{what}{}", found.join(", ")))
     };
-    let expected = |task: u64| task < tasks as u64;
+    let more = |task, count| (count > 1).then(|| format!("{task} (x{count})"));
     [
-        (
-            "missing ",
-            with(&|_, count| count == 0, &|task, _| task.to_string()),
-        ),
-        (
-            "ran more than once: ",
-            with(
-                &|_, count| count > 1,
-                &|task, count| format!("{task} (x{count})"),
-            ),
-        ),
-        (
-            "unexpected ",
-            with(&|task, _| !expected(task), &|task, _| task.to_string()),
-        ),
+        listed("missing ", &|task, count| {
+            (count == 0).then(|| task.to_string())
+        }),
+        listed("ran more than once: ", &more),
+        listed("unexpected ", &|task, _| {
+            (task >= tasks as u64).then(|| task.to_string())
+        }),
     ]
     .into_iter()
-    .filter(|(_, found)| !found.is_empty())
-    .map(|(what, found)| format!("{what}{found}"))
+    .flatten()
     .collect()
 }
 
