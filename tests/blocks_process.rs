@@ -38,7 +38,7 @@ fn assert_gone(pids: &BTreeSet<u32>) {
 }
 
 #[test]
-fn the_seed_run_six_tasks_on_three_processes() {
+fn the_python_run_six_tasks_on_three_processes() {
     let pids = check_run(&[], 6, 3);
     assert!(!pids.is_empty());
     assert_gone(&pids);

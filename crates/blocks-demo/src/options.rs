@@ -54,8 +54,7 @@ impl Options {
     }
 }
 
-/// `blocks-thread` and `blocks-process`: the blocks(n) demo of Python's run_in_executor, on
-/// smol-offload.
+/// The blocks(n) demo of Python's run_in_executor, on smol-offload.
 ///
 /// Runs blocks(0), blocks(1), ... on a bounded pool; each logs, sleeps and returns n*n.
 #[derive(Clone, Debug, Parser)]
@@ -68,7 +67,7 @@ pub struct DemoArgs {
     pub events: Option<PathBuf>,
 }
 
-/// `blocks-compare`: run blocks(n) on the thread pool and on the process pool, side by side.
+/// Run blocks(n) on the thread pool and on the process pool, side by side.
 ///
 /// Runs the sibling binaries blocks-thread and blocks-process with the same flags (override
 /// their paths with BLOCKS_THREAD_BIN and BLOCKS_PROCESS_BIN), shows which worker ran each task
