@@ -1,5 +1,8 @@
 //! The newcomer's functions on a thread pool and a process pool, the way a user tests them.
 
+// A crate that denies unsafe code can use `init_for_tests!()` all the same.
+#![deny(unsafe_code)]
+
 use std::io;
 use std::path::PathBuf;
 use std::process::Command;
