@@ -157,6 +157,7 @@ impl RunReport {
         by_task
     }
 }
+
 /// One verdict of `blocks-compare`: what was checked, and what was found when it did not hold
 /// (nothing when it held).
 #[derive(Clone, Debug, PartialEq, Eq)]
