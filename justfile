@@ -1,6 +1,7 @@
-# Thin recipes named after the CI steps; .ci/run runs the same commands.
+# The usual steps, each one or two commands you can also type. `just ci` runs .ci/run, which
+# is exactly what CI runs.
 
-# Run the thread demo of seed 001.
+# Run the thread demo: blocks(n) on three threads.
 demo:
     cargo run --release --bin blocks-thread
 
@@ -13,15 +14,23 @@ test-tracing:
     cargo clippy -p smol-offload --all-targets --features tracing
     cargo test -p smol-offload --features tracing --test debug_tracing
 
+# Formatting and clippy, warnings as errors.
+lint:
+    cargo fmt --all --check
+    RUSTFLAGS="-D warnings" cargo clippy --workspace --all-targets
+
+# The API docs, warnings as errors.
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
+# Every example; each checks its own result and fails when wrong.
+examples:
+    for example in examples/*.rs; do cargo run --release --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
+
 # Benchmarks against the incumbents, printed side by side with ratios.
 bench:
     cargo bench -p smol-offload
 
-lint:
-    cargo fmt --all --check
-    cargo clippy --workspace --all-targets
-
-doc:
-    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
-
-ci: lint doc test test-tracing
+# What CI runs: lint, doc, test, examples, and no process left behind.
+ci:
+    bash .ci/run

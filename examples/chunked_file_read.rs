@@ -1,4 +1,4 @@
-//! Reading a large file without freezing the event loop: seed 002's `AsyncFileWrapper`, which
+//! Reading a large file without freezing the event loop: article 002's `AsyncFileWrapper`, which
 //! reads a big file in small pieces scheduled with `call_soon` so that other callbacks run in
 //! between, and its errata (each piece is still a blocking read on the loop).
 //!
@@ -13,6 +13,9 @@
 //!
 //! It prints the ticker's largest gap for each (timings depend on the machine and are not
 //! checked) and checks the byte count and checksum of every read.
+//!
+//! Article 002 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example chunked_file_read`.
 
@@ -128,7 +131,7 @@ async fn chunks_on_the_loop(path: &Path) -> Result<(usize, Checksum)> {
         }
         total += chunk.len();
         sum.update(&chunk);
-        smol::future::yield_now().await; // the seed's loop.call_soon(self.read_ready, ...)
+        smol::future::yield_now().await; // the article's loop.call_soon(self.read_ready, ...)
     }
 }
 
@@ -201,7 +204,10 @@ fn main() -> Result<()> {
         whole_file_on_the_loop(path),
     )?;
     drop_from_page_cache(path);
-    let on_loop = measure("2. chunks on the loop (seed 002)", chunks_on_the_loop(path))?;
+    let on_loop = measure(
+        "2. chunks on the loop (article 002)",
+        chunks_on_the_loop(path),
+    )?;
     drop_from_page_cache(path);
     let pooled = measure(
         "3. chunks through a ThreadPool",

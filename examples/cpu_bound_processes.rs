@@ -1,4 +1,4 @@
-//! CPU-heavy work on a `ProcessPool` and on a `ThreadPool`: seed 001's point that processes
+//! CPU-heavy work on a `ProcessPool` and on a `ThreadPool`: article 001's point that processes
 //! suit CPU-bound work (`ProcessPoolExecutor`, one task per CPU), shown by counting primes in
 //! ranges with the same `fn` on both pools. It prints where each range ran and the wall times,
 //! and checks that both pools find the same count.
@@ -7,6 +7,9 @@
 //! parallel, so both pools take about the same time. What processes add is isolation, shown at
 //! the end: a panic comes back as an error, and a worker killed mid-task fails only that task
 //! while the pool forks a replacement.
+//!
+//! Article 001 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example cpu_bound_processes`.
 

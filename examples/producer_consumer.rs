@@ -1,5 +1,5 @@
-//! A producer thread feeding an event loop that offloads the handling of each message: seed
-//! 003's producer/consumer, where a plain thread takes messages from a `deque` and submits
+//! A producer thread feeding an event loop that offloads the handling of each message:
+//! article 003's producer/consumer, where a plain thread takes messages from a `deque` and submits
 //! `thread_example(msg)` to an event loop with `run_coroutine_threadsafe`.
 //!
 //! Here the producer is a `std::thread` that sends into an `async_channel` with
@@ -7,8 +7,11 @@
 //! loop: for each message it starts a task on the same loop that runs the blocking handler on
 //! a `ThreadPool` of 3. When the producer is done it drops its sender, the channel closes, and
 //! the consumer waits for the handlers still running. (Submitting to a loop that runs in
-//! another thread, the seed's `new_loop` + `run_coroutine_threadsafe`, is a later layer of
+//! another thread, the article's `new_loop` + `run_coroutine_threadsafe`, is a later layer of
 //! smol-offload: a loop thread.)
+//!
+//! Article 003 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example producer_consumer`.
 
@@ -19,7 +22,7 @@ use smol_offload::ThreadPool;
 
 const MESSAGES: u64 = 20;
 
-/// The seed's `thread_example(name)`: slow, blocking handling of one message.
+/// The article's `thread_example(name)`: slow, blocking handling of one message.
 fn thread_example(name: String) -> String {
     std::thread::sleep(Duration::from_millis(40));
     format!("result: {name}")

@@ -1,10 +1,13 @@
 //! Several threads, each running its own `smol::block_on` event loop, share one cloned
-//! `ThreadPool` of 5 workers: seed 003's "several loops in several threads, all throwing work
+//! `ThreadPool` of 5 workers: article 003's "several loops in several threads, all throwing work
 //! at the same `ThreadPoolExecutor`" (`loop.run_in_executor(e, worker, index)` per thread).
 //!
 //! A pool handle is cheap to clone and can be used from any thread and any loop: the work of all
 //! loops waits in one queue and never runs on more than the pool's 5 threads. The pool's
 //! `stats()` are logged while the loops run.
+//!
+//! Article 003 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example several_loops_one_pool`.
 
@@ -26,7 +29,7 @@ struct Concurrency {
     peak: AtomicUsize,
 }
 
-/// The seed's `worker(index)`: sleep, then say which pool thread ran it.
+/// The article's `worker(index)`: sleep, then say which pool thread ran it.
 fn worker(concurrency: &Concurrency, index: usize) -> (usize, String) {
     let running = concurrency.now.fetch_add(1, Ordering::SeqCst) + 1;
     concurrency.peak.fetch_max(running, Ordering::SeqCst);

@@ -1,4 +1,4 @@
-//! Tail several growing files and merge their lines into one output file: seed 000's
+//! Tail several growing files and merge their lines into one output file: article 000's
 //! `tail_async` + `run_in_executor(None, readline, handle)` + `confirm_merge`.
 //!
 //! Five writer threads append numbered random lines to five temporary files. On one event
@@ -8,12 +8,15 @@
 //! too. At the end `confirm_merge` checks that every input line reached the output exactly once
 //! and in order per input.
 //!
-//! Two changes from the seed: the seed moves the writes into `WriteThread`, a thread running its
+//! Two changes from the article: the article moves the writes into `WriteThread`, a thread running its
 //! own event loop that other loops await (`run_coroutine_threadsafe`); that loop thread is a
 //! later layer of smol-offload, so here one merger task owns the output file and an
 //! `async_channel` carries the lines to it. And instead of closing the input handles after a
 //! fixed second (`close_all`), each writer says when it is done, and its tailer stops once it
 //! has read everything after that.
+//!
+//! Article 000 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example tail_and_merge`.
 
@@ -57,7 +60,7 @@ impl Random {
     }
 }
 
-/// The seed's `write_random_data`: numbered lines with ten random letters, at random times.
+/// The article's `write_random_data`: numbered lines with ten random letters, at random times.
 fn write_random_data(path: &Path, done: &AtomicBool, seed: u64) -> io::Result<()> {
     let mut random = Random(seed | 1);
     let mut file = File::options().append(true).open(path)?;
@@ -67,7 +70,7 @@ fn write_random_data(path: &Path, done: &AtomicBool, seed: u64) -> io::Result<()
         let letters: String = (0..10)
             .map(|_| char::from(b'a' + random.below(26) as u8))
             .collect();
-        // One `write` call per line, like the seed's write + flush.
+        // One `write` call per line, like the article's write + flush.
         file.write_all(format!("{}-{i:02}-{letters}\n", path.display()).as_bytes())?;
     }
     done.store(true, Ordering::Release);
@@ -82,7 +85,7 @@ struct Input {
     writer: JoinHandle<io::Result<()>>,
 }
 
-/// The seed's `start_write_threads`: one empty file and one writer thread per input.
+/// The article's `start_write_threads`: one empty file and one writer thread per input.
 fn start_write_threads(directory: &Path) -> io::Result<Vec<Input>> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -108,8 +111,8 @@ struct Tail {
     partial: Vec<u8>,
 }
 
-/// The seed's `readline(handle)`: the next whole line, or `None` if there is none yet (the
-/// seed's `NoNewData`). Runs on a pool thread: it is a blocking read.
+/// The article's `readline(handle)`: the next whole line, or `None` if there is none yet (the
+/// article's `NoNewData`). Runs on a pool thread: it is a blocking read.
 fn readline(tail: &mut Tail) -> io::Result<Option<Vec<u8>>> {
     tail.reader.read_until(b'\n', &mut tail.partial)?;
     if tail.partial.ends_with(b"\n") {
@@ -119,7 +122,7 @@ fn readline(tail: &mut Tail) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The seed's `tail_async`: read lines until the writer is done and everything is read.
+/// The article's `tail_async`: read lines until the writer is done and everything is read.
 async fn tail_async(
     mut tail: Tail,
     writer_done: Arc<AtomicBool>,
@@ -148,7 +151,7 @@ async fn tail_async(
     }
 }
 
-/// The one writer of the merged file (the seed's `WriteThread.write`); its writes are
+/// The one writer of the merged file (the article's `WriteThread.write`); its writes are
 /// offloaded so the loop never waits for the disk. Ends when every tailer has hung up.
 async fn merge(lines: Receiver<Vec<u8>>, mut output: File) -> Result<usize> {
     let mut count = 0;
@@ -161,7 +164,7 @@ async fn merge(lines: Receiver<Vec<u8>>, mut output: File) -> Result<usize> {
     Ok(count)
 }
 
-/// The seed's `confirm_merge`: every input line is in the output, once, in input order.
+/// The article's `confirm_merge`: every input line is in the output, once, in input order.
 fn confirm_merge(input_paths: &[PathBuf], output_path: &Path) -> io::Result<()> {
     let mut found: BTreeMap<&Path, Vec<String>> = BTreeMap::new();
     for line in std::fs::read_to_string(output_path)?.lines() {

@@ -1,4 +1,4 @@
-//! Blocking functions that return something to await, in the style of seed 004's aiomisc
+//! Blocking functions that return something to await, in the style of article 004's aiomisc
 //! decorators: `@aiomisc.threaded` becomes a plain `fn` that returns a `Task` from
 //! `smol_offload::spawn` (the default pool), and what aiomisc carries in `contextvars` (the
 //! `user_id` of `write_user`) travels as an argument captured by the closure.
@@ -10,6 +10,9 @@
 //! smol-offload, so here it reads the whole log in one offloaded call. Likewise
 //! `@threaded_separate` (a dedicated thread for a long job with a stop event) is a later layer;
 //! the end of the example shows the plain `std::thread` + `async_channel` version of it.
+//!
+//! Article 004 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example threaded_functions`.
 

@@ -1,9 +1,12 @@
 //! One `async fn` written against `Executor`, run on a `ThreadPool(3)` and then on a
-//! `ProcessPool(3)` by changing one line: seed 001's `run_blocking_tasks(executor)` with
+//! `ProcessPool(3)` by changing one line: article 001's `run_blocking_tasks(executor)` with
 //! `run_in_executor(ThreadPoolExecutor(3) | ProcessPoolExecutor(3), blocks, i)`.
 //!
-//! Each log line names the thread and the process that wrote it, as the seed's two logging
+//! Each log line names the thread and the process that wrote it, as the article's two logging
 //! formats do. Six 100 ms calls on three workers take about 0.2 s on either backend.
+//!
+//! Article 001 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example threads_or_processes`.
 
@@ -30,7 +33,7 @@ fn log(name: &str, message: &str) {
     );
 }
 
-/// The seed's `blocks(n)`: log, sleep 0.1 s, log, return n².
+/// The article's `blocks(n)`: log, sleep 0.1 s, log, return n².
 fn blocks(n: u64) -> Ran {
     let name = format!("blocks({n})");
     log(&name, "running");
@@ -43,7 +46,7 @@ fn blocks(n: u64) -> Ran {
     }
 }
 
-/// The seed's `run_blocking_tasks(executor)`, unchanged whichever pool it is given.
+/// The article's `run_blocking_tasks(executor)`, unchanged whichever pool it is given.
 async fn run_blocking_tasks(executor: &impl Executor) -> Vec<Ran> {
     let name = "run_blocking_tasks";
     log(name, "starting");

@@ -1,10 +1,13 @@
 //! `gather` and `wait` with `FirstCompleted`, `FirstError`, `AllCompleted` and a timeout, what
 //! to do with the tasks still pending (await them later, or cancel them), `Task::timeout`, and
-//! a semaphore that limits how many offloaded calls are in flight: the patterns of seed 003
+//! a semaphore that limits how many offloaded calls are in flight: the patterns of article 003
 //! (`asyncio.gather`, `asyncio.wait(return_when=...)`, `asyncio.wait(timeout=2)`,
 //! `task.cancel()`, `asyncio.Semaphore(500)`, `run_in_executor(ThreadPoolExecutor(5), sleep, t)`).
 //!
-//! The seed's durations (seconds) are scaled down to tens of milliseconds.
+//! The article's durations (seconds) are scaled down to tens of milliseconds.
+//!
+//! Article 003 is one of the Python asyncio articles summarised at the end of
+//! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example wait_modes`.
 
@@ -24,7 +27,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// `asyncio.gather` of the seed's `blocked_sleep(name, t)` on `ThreadPoolExecutor(5)`:
+/// `asyncio.gather` of the article's `blocked_sleep(name, t)` on `ThreadPoolExecutor(5)`:
 /// results come back in the order the calls were made, whatever order they finish in.
 async fn gather_results() -> Result<()> {
     println!("== gather: blocked_sleep(1..=5) on a pool of 5, results in call order");
@@ -65,7 +68,7 @@ async fn gather_results() -> Result<()> {
     Ok(())
 }
 
-/// The seed's `coro(tag)` ten times with "random" durations, collected in three rounds:
+/// The article's `coro(tag)` ten times with "random" durations, collected in three rounds:
 /// the first to complete, then whatever completes within a timeout, then all the rest.
 async fn first_then_timeout_then_all() -> Result<()> {
     println!("== wait: FirstCompleted, then a 150 ms timeout, then AllCompleted");

@@ -173,11 +173,17 @@ fn logs_shows_both_runs() {
 #[test]
 fn bad_flags_exit_with_code_2() {
     for (args, message) in [
-        (&["--events", "x.jsonl"][..], "unknown flag '--events'"),
-        (&["--svg"][..], "--svg needs a value"),
+        (
+            &["--events", "x.jsonl"][..],
+            "unexpected argument '--events'",
+        ),
+        (
+            &["--workers", "0"][..],
+            "invalid value '0' for '--workers <N>'",
+        ),
         (
             &["--workers", "none"][..],
-            "--workers expects a whole number",
+            "invalid value 'none' for '--workers <N>'",
         ),
     ] {
         let output = compare(args, None);
@@ -187,4 +193,24 @@ fn bad_flags_exit_with_code_2() {
         assert!(err.contains(message), "{args:?}: {err}");
         assert!(output.stdout.is_empty());
     }
+}
+
+#[test]
+fn svg_without_a_file_writes_under_target_and_says_where() {
+    let dir = std::env::temp_dir().join(format!("blocks-compare-svg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = Command::new(BIN)
+        .args(["--svg", "--tasks", "2", "--sleep-ms", "1"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = stdout(&output);
+    let written = dir.join("target/blocks-timeline.svg").exists();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    assert!(
+        text.contains("\ntimeline written to target/blocks-timeline.svg\n"),
+        "{text}"
+    );
+    assert!(written, "no SVG under target/");
 }

@@ -1,4 +1,4 @@
-//! End-to-end: the `blocks-process` binary against the seed's process demo.
+//! End-to-end: the `blocks-process` binary against the Python original's process demo.
 
 mod blocks_common;
 
@@ -38,7 +38,7 @@ fn assert_gone(pids: &BTreeSet<u32>) {
 }
 
 #[test]
-fn the_seed_run_six_tasks_on_three_processes() {
+fn the_python_run_six_tasks_on_three_processes() {
     let pids = check_run(&[], 6, 3);
     assert!(!pids.is_empty());
     assert_gone(&pids);

@@ -1,4 +1,4 @@
-//! End-to-end: the `blocks-thread` binary against the seed's thread demo.
+//! End-to-end: the `blocks-thread` binary against the Python original's thread demo.
 
 mod blocks_common;
 
@@ -34,7 +34,7 @@ fn check_run(args: &[&str], tasks: u64, workers: usize) -> BTreeSet<String> {
 }
 
 #[test]
-fn the_seed_run_six_tasks_on_three_threads() {
+fn the_python_run_six_tasks_on_three_threads() {
     let names = check_run(&[], 6, 3);
     assert!(!names.is_empty());
 }

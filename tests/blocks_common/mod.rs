@@ -2,7 +2,7 @@
 //! from stderr in either layout, and reading its `--events` file.
 //!
 //! The parsing here is deliberately independent of the `blocks_demo` library, so that the tests
-//! check the binaries against the seed's layouts rather than against the library's own code.
+//! check the binaries against the Python original's layouts rather than against the library's own code.
 
 #![allow(dead_code)] // each test binary uses a part
 
@@ -139,7 +139,7 @@ pub(crate) fn process_log(text: &str) -> Vec<Line> {
         .collect()
 }
 
-/// Checks the lines of `run_blocking_tasks`: all from `main_who`, the seed's five messages in
+/// Checks the lines of `run_blocking_tasks`: all from `main_who`, the Python original's five messages in
 /// order, and the results after every `done`. Returns the results.
 pub(crate) fn check_main_lines(lines: &[Line], main_who: &str) -> Vec<u64> {
     let main: Vec<(usize, &Line)> = lines
@@ -330,11 +330,13 @@ impl Drop for TempPath {
 /// The bad command lines every demo binary must refuse with exit code 2, and a piece of the
 /// message each must print.
 pub(crate) const BAD_FLAGS: &[(&[&str], &str)] = &[
-    (&["--bogus"], "unknown flag '--bogus'"),
-    (&["--tasks"], "--tasks needs a value"),
-    (&["--tasks", "six"], "--tasks expects a whole number"),
-    (&["--sleep-ms", "-1"], "--sleep-ms expects a whole number"),
-    (&["--workers", "0"], "--workers must be at least 1"),
+    (&["--bogus"], "unexpected argument '--bogus'"),
+    (&["--tasks"], "a value is required for '--tasks <N>'"),
+    (&["--tasks", "six"], "invalid value 'six' for '--tasks <N>'"),
+    (&["--sleep-ms", "-1"], "unexpected argument '-1'"),
+    (&["--workers", "0"], "0 is not in 1..=1024"),
+    (&["--workers", "1025"], "1025 is not in 1..=1024"),
+    (&["--tasks", "1000001"], "1000001 is not in 0..=1000000"),
     (&["stray"], "unexpected argument 'stray'"),
 ];
 

@@ -1,5 +1,5 @@
-//! [`blocks`], the seed's blocking function, with the [`Job`] it takes and the [`Outcome`] it
-//! gives back.
+//! [`blocks`], the Python original's blocking function, with the [`Job`] it takes and the
+//! [`Outcome`] it gives back.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,25 +22,26 @@ pub struct Job {
     pub run_start_us: u64,
 }
 
-/// What one call of [`blocks`] reports: its result, where it ran and when.
+/// What one call of [`blocks`] reports: its result, where it ran and when. The fields are in
+/// the order of an events file's line.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The task number, `n` of the [`Job`].
     pub task: u64,
-    /// `n * n`.
-    pub result: u64,
     /// The worker that ran it: the thread name in thread style, the process id in process style.
     pub worker: String,
-    /// The process that ran it.
-    pub pid: u32,
     /// When the call started, in microseconds after the run's start.
     pub start_us: u64,
     /// When the call ended, in microseconds after the run's start.
     pub end_us: u64,
+    /// `n * n`.
+    pub result: u64,
+    /// The process that ran it.
+    pub pid: u32,
 }
 
-/// The seed's `blocks(n)`: logs `running` under the logger `blocks(n)`, sleeps, logs `done` and
-/// returns `n * n` with the worker's name and the call's start and end.
+/// The Python original's `blocks(n)`: logs `running` under the logger `blocks(n)`, sleeps,
+/// logs `done` and returns `n * n` with the worker's name and the call's start and end.
 ///
 /// It is a plain `fn(Job) -> Outcome` of serde types, so that both pools run it through
 /// [`Executor::run`](smol_offload::Executor::run).
@@ -60,80 +61,75 @@ pub fn blocks(job: Job) -> Outcome {
     log(&logger, "running");
     std::thread::sleep(Duration::from_millis(job.sleep_ms));
     log(&logger, "done");
-    let end_us = unix_micros().saturating_sub(job.run_start_us);
     Outcome {
         task: job.n,
-        result: job.n * job.n,
         worker: worker_name(),
-        pid: std::process::id(),
         start_us,
-        end_us,
+        end_us: unix_micros().saturating_sub(job.run_start_us),
+        result: job.n * job.n,
+        pid: std::process::id(),
     }
 }
 
 /// Now, as microseconds since the UNIX epoch: a clock that every process on the machine shares.
 /// A clock set before 1970 reads as 0.
 pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        })
+    micros(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// A duration in whole microseconds, saturating.
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds with one decimal, from microseconds: `ms(100_412)` is `"100.4"`.
+pub fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn job(n: u64, sleep_ms: u64, run_start_us: u64) -> Job {
+        Job {
+            n,
+            sleep_ms,
+            run_start_us,
+        }
+    }
+
     #[test]
     fn blocks_squares_and_times_itself() {
-        let run_start_us = unix_micros();
-        let outcome = blocks(Job {
-            n: 12,
-            sleep_ms: 20,
-            run_start_us,
-        });
-        assert_eq!(outcome.task, 12);
-        assert_eq!(outcome.result, 144);
+        let outcome = blocks(job(12, 20, unix_micros()));
+        assert_eq!((outcome.task, outcome.result), (12, 144));
         assert_eq!(outcome.pid, std::process::id());
         assert!(outcome.end_us >= outcome.start_us + 20_000, "{outcome:?}");
     }
 
     #[test]
     fn blocks_names_its_thread() {
-        let outcome = std::thread::Builder::new()
-            .name("Thread-5".into())
-            .spawn(|| {
-                blocks(Job {
-                    n: 3,
-                    sleep_ms: 0,
-                    run_start_us: unix_micros(),
-                })
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(outcome.worker, "Thread-5");
+        let named = std::thread::Builder::new().name("Thread-5".into());
+        let outcome = named.spawn(|| blocks(job(3, 0, unix_micros()))).unwrap();
+        assert_eq!(outcome.join().unwrap().worker, "Thread-5");
     }
 
     #[test]
     fn a_start_in_the_future_gives_zero_offsets() {
-        let outcome = blocks(Job {
-            n: 1,
-            sleep_ms: 0,
-            run_start_us: u64::MAX,
-        });
+        let outcome = blocks(job(1, 0, u64::MAX));
         assert_eq!((outcome.start_us, outcome.end_us), (0, 0));
     }
 
     #[test]
-    fn jobs_and_outcomes_round_trip_through_json() {
-        let job = Job {
-            n: 4,
-            sleep_ms: 100,
-            run_start_us: 1_700_000_000_000_000,
-        };
+    fn jobs_round_trip_through_json_and_times_print_in_ms() {
+        let job = job(4, 100, 1_700_000_000_000_000);
         let text = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), job);
+        assert_eq!((ms(100_412), ms(0)), ("100.4".to_owned(), "0.0".to_owned()));
+        assert_eq!(micros(Duration::MAX), u64::MAX);
     }
 }

@@ -1,14 +1,110 @@
-//! What `blocks-compare` computes from two runs: a [`RunReport`] per backend, the [`Check`]s,
-//! and the side-by-side text.
+//! What `blocks-compare` does with the two backends: run them ([`Backend`]), report each run
+//! ([`RunReport`]), check them ([`Check`]) and show them side by side ([`render_table`]).
 
-use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
 
-use crate::events::{Event, max_concurrency};
+use anyhow::Context as _;
+
+use crate::blocks::{Outcome, micros, ms};
+use crate::events::{Event, max_concurrency, read_events};
 use crate::options::Options;
 use crate::run::python_list;
+
+/// One backend binary of the demo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backend {
+    /// The backend's name in reports: `thread` or `process`.
+    pub name: &'static str,
+    /// The binary's name, looked for next to the running executable.
+    pub binary: &'static str,
+    /// The environment variable that overrides the binary's path.
+    pub env_var: &'static str,
+}
+
+/// `blocks-thread`, overridden by `BLOCKS_THREAD_BIN`.
+pub const THREAD: Backend = Backend {
+    name: "thread",
+    binary: "blocks-thread",
+    env_var: "BLOCKS_THREAD_BIN",
+};
+
+/// `blocks-process`, overridden by `BLOCKS_PROCESS_BIN`.
+pub const PROCESS: Backend = Backend {
+    name: "process",
+    binary: "blocks-process",
+    env_var: "BLOCKS_PROCESS_BIN",
+};
+
+impl Backend {
+    /// The binary to run: the path in [`env_var`](Backend::env_var) if set and not empty,
+    /// otherwise [`binary`](Backend::binary) in the directory of the running executable (where
+    /// cargo puts every binary of a package).
+    ///
+    /// # Errors
+    ///
+    /// The running executable's path is unknown.
+    pub fn locate(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = std::env::var_os(self.env_var).filter(|path| !path.is_empty()) {
+            return Ok(PathBuf::from(path));
+        }
+        let exe = std::env::current_exe().context("cannot find the running executable")?;
+        let dir = exe
+            .parent()
+            .context("the running executable has no directory")?;
+        Ok(dir.join(format!("{}{}", self.binary, std::env::consts::EXE_SUFFIX)))
+    }
+
+    /// Runs `binary` with the run flags of `options` and `--events events`, and reads the
+    /// events it wrote. Gives the run's report and its stderr (its log). A run that could not
+    /// start, failed, or wrote unreadable events comes back with its
+    /// [`failure`](RunReport::failure) set, never as an error.
+    pub fn run(&self, binary: &Path, options: &Options, events: &Path) -> (RunReport, String) {
+        let _ = std::fs::remove_file(events);
+        let started = Instant::now();
+        let output = Command::new(binary)
+            .args(options.run_args())
+            .arg("--events")
+            .arg(events)
+            .output();
+        let mut report = RunReport {
+            backend: self.name.to_owned(),
+            wall: started.elapsed(),
+            events: Vec::new(),
+            failure: None,
+        };
+        let output = match output {
+            Ok(output) => output,
+            Err(err) => {
+                report.failure = Some(format!(
+                    "cannot run {}: {err} (build it with `cargo build --release --bin {}`, or set {})",
+                    binary.display(),
+                    self.binary,
+                    self.env_var
+                ));
+                return (report, String::new());
+            }
+        };
+        let log = String::from_utf8_lossy(&output.stderr).into_owned();
+        if !output.status.success() {
+            let last_line = log.lines().last().unwrap_or("no output");
+            report.failure = Some(format!(
+                "{} {}: {last_line}",
+                binary.display(),
+                output.status
+            ));
+        } else {
+            match read_events(events) {
+                Ok(read) => report.events = read,
+                Err(err) => report.failure = Some(format!("{err:#}")),
+            }
+        }
+        (report, log)
+    }
+}
 
 /// One backend's run as `blocks-compare` saw it: how long the binary took, and the events it
 /// wrote, or why it failed.
@@ -25,288 +121,238 @@ pub struct RunReport {
 }
 
 impl RunReport {
+    /// The outcome of each task the run reported, in the order they finished.
+    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
+        self.events.iter().map(|event| &event.outcome)
+    }
+
     /// The highest number of tasks that ran at once.
     pub fn max_concurrency(&self) -> usize {
-        max_concurrency(self.events.iter().map(|e| (e.start_us, e.end_us)))
+        max_concurrency(self.outcomes().map(|o| (o.start_us, o.end_us)))
     }
 
     /// From the run's start to the end of its last task, in microseconds.
     pub fn span_us(&self) -> u64 {
-        self.events.iter().map(|e| e.end_us).max().unwrap_or(0)
+        self.outcomes().map(|o| o.end_us).max().unwrap_or(0)
     }
 
-    /// The workers that ran a task, each once, in natural order (`Thread-2` before `Thread-10`).
+    /// The workers that ran a task, each once, in natural order: shorter names first, so that
+    /// `Thread-2` comes before `Thread-10` and pid `999` before pid `1000`.
     pub fn workers(&self) -> Vec<&str> {
-        let mut workers: Vec<&str> = self.events.iter().map(|e| e.worker.as_str()).collect();
-        workers.sort_by(|a, b| natural_cmp(a, b));
+        let mut workers: Vec<&str> = self.outcomes().map(|o| o.worker.as_str()).collect();
+        workers.sort_by_key(|name| (name.len(), *name));
         workers.dedup();
         workers
-    }
-
-    /// The results in the order the tasks finished.
-    pub fn results(&self) -> Vec<u64> {
-        self.events.iter().map(|e| e.result).collect()
     }
 
     /// The set of results each task number gave.
     fn results_by_task(&self) -> BTreeMap<u64, BTreeSet<u64>> {
         let mut by_task: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        for event in &self.events {
-            by_task.entry(event.task).or_default().insert(event.result);
+        for outcome in self.outcomes() {
+            by_task
+                .entry(outcome.task)
+                .or_default()
+                .insert(outcome.result);
         }
         by_task
     }
 }
 
-/// One verdict of `blocks-compare`.
+/// One verdict of `blocks-compare`: what was checked, and what was found when it did not hold
+/// (nothing when it held).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Check {
     /// What was checked.
     pub name: String,
-    /// Whether it held.
-    pub passed: bool,
-    /// What was found when it did not.
+    /// The problems found, joined by `"; "`; empty when the check passed.
     pub detail: String,
 }
 
 impl Check {
     fn new(name: String, problems: Vec<String>) -> Check {
-        Check {
-            name,
-            passed: problems.is_empty(),
-            detail: problems.join("; "),
-        }
+        let detail = problems.join("; ");
+        Check { name, detail }
+    }
+
+    /// Whether the check held.
+    pub fn passed(&self) -> bool {
+        self.detail.is_empty()
     }
 }
 
 /// Checks each run (it finished, every task `0..tasks` ran exactly once, never more than
 /// `workers` at once), then that both runs gave the same results per task.
 pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
+    let (tasks, workers) = (options.tasks, options.workers);
     let mut checks = Vec::new();
     for run in runs {
         let backend = &run.backend;
-        checks.push(Check::new(
-            format!("{backend}: the run finished"),
-            run.failure.iter().cloned().collect(),
-        ));
-        checks.push(Check::new(
-            format!(
-                "{backend}: every task 0..{} ran exactly once",
-                options.tasks
-            ),
-            task_count_problems(options.tasks, run),
-        ));
         let most = run.max_concurrency();
-        let problems = if most > options.workers {
-            vec![format!(
-                "{most} tasks ran at once on {} workers",
-                options.workers
-            )]
-        } else {
-            Vec::new()
-        };
-        checks.push(Check::new(
-            format!("{backend}: at most {} tasks at once", options.workers),
-            problems,
-        ));
+        let crowded =
+            (most > workers).then(|| format!("{most} tasks ran at once on {workers} workers"));
+        checks.extend([
+            Check::new(
+                format!("{backend}: the run finished"),
+                run.failure.iter().cloned().collect(),
+            ),
+            Check::new(
+                format!("{backend}: every task 0..{tasks} ran exactly once"),
+                task_count_problems(tasks, run),
+            ),
+            Check::new(
+                format!("{backend}: at most {workers} tasks at once"),
+                crowded.into_iter().collect(),
+            ),
+        ]);
     }
     for pair in runs.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        checks.push(Check::new(
-            format!("{} and {} gave the same results", a.backend, b.backend),
-            result_problems(a, b),
-        ));
+        let name = format!("{} and {} gave the same results", a.backend, b.backend);
+        checks.push(Check::new(name, result_problems(a, b)));
     }
     checks
 }
 
 fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
-    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for event in &run.events {
-        *counts.entry(event.task).or_default() += 1;
+    let mut counts: BTreeMap<u64, usize> = (0..tasks as u64).map(|task| (task, 0)).collect();
+    for outcome in run.outcomes() {
+        *counts.entry(outcome.task).or_default() += 1;
     }
-    let expected = 0..tasks as u64;
-    let missing: Vec<u64> = expected
-        .clone()
-        .filter(|task| !counts.contains_key(task))
-        .collect();
-    let repeated: Vec<String> = counts
-        .iter()
-        .filter(|&(_, &count)| count > 1)
-        .map(|(task, count)| format!("{task} (x{count})"))
-        .collect();
-    let unexpected: Vec<u64> = counts
-        .keys()
-        .copied()
-        .filter(|task| !expected.contains(task))
-        .collect();
-    let mut problems = Vec::new();
-    if !missing.is_empty() {
-        problems.push(format!("missing {}", list(&missing)));
-    }
-    if !repeated.is_empty() {
-        problems.push(format!("ran more than once: {}", repeated.join(", ")));
-    }
-    if !unexpected.is_empty() {
-        problems.push(format!("unexpected {}", list(&unexpected)));
-    }
-    problems
+    let listed = |what: &str, show: &dyn Fn(u64, usize) -> Option<String>| {
+        let found: Vec<String> = counts.iter().filter_map(|(&t, &c)| show(t, c)).collect();
+        (!found.is_empty()).then(|| format!("{what}{}", found.join(", ")))
+    };
+    let more = |task, count| (count > 1).then(|| format!("{task} (x{count})"));
+    [
+        listed("missing ", &|task, count| {
+            (count == 0).then(|| task.to_string())
+        }),
+        listed("ran more than once: ", &more),
+        listed("unexpected ", &|task, _| {
+            (task >= tasks as u64).then(|| task.to_string())
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 fn result_problems(a: &RunReport, b: &RunReport) -> Vec<String> {
     let (by_a, by_b) = (a.results_by_task(), b.results_by_task());
     let tasks: BTreeSet<u64> = by_a.keys().chain(by_b.keys()).copied().collect();
-    let empty = BTreeSet::new();
+    let set = |by: &BTreeMap<u64, BTreeSet<u64>>, task| match by.get(&task) {
+        None => "nothing".to_owned(),
+        Some(results) => format!(
+            "{{{}}}",
+            results
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
     tasks
         .into_iter()
-        .filter_map(|task| {
-            let (ra, rb) = (
-                by_a.get(&task).unwrap_or(&empty),
-                by_b.get(&task).unwrap_or(&empty),
-            );
-            (ra != rb).then(|| {
-                format!(
-                    "task {task}: {} {} vs {} {}",
-                    a.backend,
-                    set(ra),
-                    b.backend,
-                    set(rb)
-                )
-            })
+        .filter(|task| by_a.get(task) != by_b.get(task))
+        .map(|task| {
+            format!(
+                "task {task}: {} {} vs {} {}",
+                a.backend,
+                set(&by_a, task),
+                b.backend,
+                set(&by_b, task)
+            )
         })
         .collect()
 }
 
-fn list(values: &[u64]) -> String {
-    values
-        .iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn set(values: &BTreeSet<u64>) -> String {
-    if values.is_empty() {
-        return "nothing".to_owned();
-    }
-    format!("{{{}}}", list(&values.iter().copied().collect::<Vec<_>>()))
-}
-
 /// The checks as `PASS name` / `FAIL name: detail` lines.
 pub fn render_checks(checks: &[Check]) -> String {
-    let mut text = String::new();
-    for check in checks {
-        if check.passed {
-            let _ = writeln!(text, "PASS {}", check.name);
-        } else {
-            let _ = writeln!(text, "FAIL {}: {}", check.name, check.detail);
-        }
-    }
-    text
-}
-
-/// Milliseconds with one decimal, from microseconds.
-pub fn ms(us: u64) -> String {
-    format!("{:.1}", us as f64 / 1000.0)
+    checks
+        .iter()
+        .map(|check| match check.passed() {
+            true => format!("PASS {}\n", check.name),
+            false => format!("FAIL {}: {}\n", check.name, check.detail),
+        })
+        .collect()
 }
 
 /// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
 /// each backend, then per run the wall time, the span of its tasks, the most tasks at once, its
 /// workers and its results.
 pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
-    let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "blocks(n): {} tasks of {} ms on {} workers\n",
+    let mut text = format!(
+        "blocks(n): {} tasks of {} ms on {} workers\n\n",
         options.tasks, options.sleep_ms, options.workers
     );
-
     // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
     let tasks: BTreeSet<u64> = (0..options.tasks as u64)
-        .chain(
-            runs.iter()
-                .flat_map(|run| run.events.iter().map(|e| e.task)),
-        )
+        .chain(runs.iter().flat_map(|run| run.outcomes().map(|o| o.task)))
         .collect();
-    let worker_width = runs
-        .iter()
-        .flat_map(|run| run.events.iter().map(|e| e.worker.len() + 3))
+    let all = || runs.iter().flat_map(|run| run.outcomes());
+    let worker_width = all()
+        .map(|o| o.worker.len() + 3)
         .chain([6])
         .max()
         .unwrap_or(6);
     let column_width = worker_width + 2 * 10;
-    let _ = write!(text, "{:>5}", "task");
-    for run in runs {
-        let _ = write!(text, " | {:<column_width$}", run.backend);
-    }
-    text.push('\n');
-    let _ = write!(text, "{:>5}", "");
-    for _ in runs {
-        let _ = write!(
-            text,
-            " | {:<worker_width$}{:>10}{:>10}",
-            "worker", "start ms", "end ms"
+    let mut row = |first: &str, cells: &mut dyn Iterator<Item = String>| {
+        let _ = write!(text, "{first:>5}");
+        cells.for_each(|cell| text.push_str(&format!(" | {cell:<column_width$}")));
+        text.push('\n');
+    };
+    row("task", &mut runs.iter().map(|run| run.backend.clone()));
+    let header = format!(
+        "{:<worker_width$}{:>10}{:>10}",
+        "worker", "start ms", "end ms"
+    );
+    row("", &mut runs.iter().map(|_| header.clone()));
+    for task in tasks {
+        row(
+            &task.to_string(),
+            &mut runs.iter().map(|run| {
+                let ran: Vec<&Outcome> = run.outcomes().filter(|o| o.task == task).collect();
+                let Some(first) = ran.first() else {
+                    return "-".to_owned();
+                };
+                let repeats = if ran.len() > 1 {
+                    format!(" x{}", ran.len())
+                } else {
+                    String::new()
+                };
+                let worker = format!("{}{repeats}", first.worker);
+                format!(
+                    "{worker:<worker_width$}{:>10}{:>10}",
+                    ms(first.start_us),
+                    ms(first.end_us)
+                )
+            }),
         );
     }
-    text.push('\n');
-    for task in tasks {
-        let _ = write!(text, "{task:>5}");
-        for run in runs {
-            let ran: Vec<&Event> = run.events.iter().filter(|e| e.task == task).collect();
-            match ran.first() {
-                None => {
-                    let _ = write!(text, " | {:<column_width$}", "-");
-                }
-                Some(event) => {
-                    let mut worker = event.worker.clone();
-                    if ran.len() > 1 {
-                        let _ = write!(worker, " x{}", ran.len());
-                    }
-                    let _ = write!(
-                        text,
-                        " | {worker:<worker_width$}{:>10}{:>10}",
-                        ms(event.start_us),
-                        ms(event.end_us)
-                    );
-                }
-            }
-        }
-        text.push('\n');
-    }
-    text.push('\n');
-
-    let rows: [(&str, Summary); 4] = [
+    let summaries: [(&str, Summary); 4] = [
         ("wall time (ms)", |run| ms(micros(run.wall))),
         ("tasks span (ms)", |run| ms(run.span_us())),
         ("most at once", |run| run.max_concurrency().to_string()),
         ("workers", |run| run.workers().len().to_string()),
     ];
-    let _ = write!(text, "{:<16}", "");
-    for run in runs {
-        let _ = write!(text, "{:>12}", run.backend);
+    text.push_str(&format!("\n{:<16}", ""));
+    runs.iter()
+        .for_each(|run| text.push_str(&format!("{:>12}", run.backend)));
+    for (label, value) in summaries {
+        text.push_str(&format!("\n{label:<16}"));
+        runs.iter()
+            .for_each(|run| text.push_str(&format!("{:>12}", value(run))));
     }
-    text.push('\n');
-    for (label, value) in rows {
-        let _ = write!(text, "{label:<16}");
-        for run in runs {
-            let _ = write!(text, "{:>12}", value(run));
-        }
-        text.push('\n');
-    }
-    text.push('\n');
+    text.push_str("\n\n");
     for run in runs {
+        let results: Vec<u64> = run.outcomes().map(|o| o.result).collect();
         let _ = writeln!(
             text,
             "{} workers: {}",
             run.backend,
             run.workers().join(", ")
         );
-        let _ = writeln!(
-            text,
-            "{} results: {}",
-            run.backend,
-            python_list(&run.results())
-        );
+        let _ = writeln!(text, "{} results: {}", run.backend, python_list(&results));
         if let Some(failure) = &run.failure {
             let _ = writeln!(text, "{} failed: {failure}", run.backend);
         }
@@ -319,74 +365,28 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 /// One row of the summary under the table: a figure of a run, as text.
 type Summary = fn(&RunReport) -> String;
 
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Compares names the way people read them: runs of digits by value, so `Thread-2` comes
-/// before `Thread-10` and pid `999` before pid `1000`.
-///
-/// # Examples
-///
-/// ```
-/// use blocks_demo::compare::natural_cmp;
-///
-/// let mut names = vec!["Thread-10", "Thread-2", "Thread-1"];
-/// names.sort_by(|a, b| natural_cmp(a, b));
-/// assert_eq!(names, ["Thread-1", "Thread-2", "Thread-10"]);
-/// ```
-pub fn natural_cmp(a: &str, b: &str) -> Ordering {
-    let (mut a, mut b) = (a, b);
-    loop {
-        match (a.chars().next(), b.chars().next()) {
-            (None, None) => return Ordering::Equal,
-            (None, Some(_)) => return Ordering::Less,
-            (Some(_), None) => return Ordering::Greater,
-            (Some(ca), Some(cb)) if ca.is_ascii_digit() && cb.is_ascii_digit() => {
-                let (da, ra) = split_digits(a);
-                let (db, rb) = split_digits(b);
-                let (ta, tb) = (da.trim_start_matches('0'), db.trim_start_matches('0'));
-                let order = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb));
-                if order != Ordering::Equal {
-                    return order;
-                }
-                (a, b) = (ra, rb);
-            }
-            (Some(ca), Some(cb)) => {
-                if ca != cb {
-                    return ca.cmp(&cb);
-                }
-                (a, b) = (&a[ca.len_utf8()..], &b[cb.len_utf8()..]);
-            }
-        }
-    }
-}
-
-fn split_digits(text: &str) -> (&str, &str) {
-    let end = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    text.split_at(end)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn event(task: u64, result: u64, worker: &str, start_ms: u64, end_ms: u64) -> Event {
-        Event {
+        let (worker, start_us, end_us) = (worker.to_owned(), start_ms * 1000, end_ms * 1000);
+        let outcome = Outcome {
             task,
-            worker: worker.to_owned(),
-            start_us: start_ms * 1000,
-            end_us: end_ms * 1000,
+            worker,
+            start_us,
+            end_us,
             result,
-            backend: "test".to_owned(),
             pid: 1,
+        };
+        Event {
+            outcome,
+            backend: "test".to_owned(),
         }
     }
 
-    /// Six tasks of 100 ms on three workers, finishing in the seed's order.
-    fn seed_run(backend: &str) -> RunReport {
+    /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
+    fn python_run(backend: &str) -> RunReport {
         let events = [
             (0, "W-1", 0, 100),
             (2, "W-3", 0, 100),
@@ -409,14 +409,14 @@ mod tests {
     fn failed(checks: &[Check]) -> Vec<(&str, &str)> {
         checks
             .iter()
-            .filter(|c| !c.passed)
+            .filter(|c| !c.passed())
             .map(|c| (c.name.as_str(), c.detail.as_str()))
             .collect()
     }
 
     #[test]
     fn two_good_runs_pass_every_check() {
-        let (thread, process) = (seed_run("thread"), seed_run("process"));
+        let (thread, process) = (python_run("thread"), python_run("process"));
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(checks.len(), 7);
         assert!(failed(&checks).is_empty(), "{checks:?}");
@@ -432,12 +432,12 @@ mod tests {
 
     #[test]
     fn missing_repeated_and_unexpected_tasks_fail() {
-        let mut thread = seed_run("thread");
-        thread.events.retain(|e| e.task != 4);
+        let mut thread = python_run("thread");
+        thread.events.retain(|e| e.outcome.task != 4);
         thread.events.push(event(1, 1, "W-1", 200, 300));
         thread.events.push(event(1, 1, "W-1", 300, 400));
         thread.events.push(event(9, 81, "W-2", 200, 300));
-        let process = seed_run("process");
+        let process = python_run("process");
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
             failed(&checks),
@@ -456,8 +456,8 @@ mod tests {
 
     #[test]
     fn too_many_at_once_fails() {
-        let mut thread = seed_run("thread");
-        thread.events[3].start_us = 50_000; // blocks(3) starts before anything finished
+        let mut thread = python_run("thread");
+        thread.events[3].outcome.start_us = 50_000; // blocks(3) starts before anything finished
         let checks = checks(&Options::default(), &[&thread]);
         assert_eq!(
             failed(&checks),
@@ -470,9 +470,9 @@ mod tests {
 
     #[test]
     fn different_results_and_failed_runs_fail() {
-        let thread = seed_run("thread");
-        let mut process = seed_run("process");
-        process.events[5].result = 17;
+        let thread = python_run("thread");
+        let mut process = python_run("process");
+        process.events[5].outcome.result = 17;
         process.failure = Some("blocks-process exited with code 1".to_owned());
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
@@ -511,18 +511,17 @@ mod tests {
 
     #[test]
     fn report_summaries() {
-        let run = seed_run("thread");
+        let run = python_run("thread");
         assert_eq!(run.max_concurrency(), 3);
         assert_eq!(run.span_us(), 200_000);
         assert_eq!(run.workers(), ["W-1", "W-2", "W-3"]);
-        assert_eq!(run.results(), [0, 4, 1, 9, 25, 16]);
     }
 
     #[test]
     fn table_shows_each_task_on_both_backends() {
-        let thread = seed_run("thread");
-        let mut process = seed_run("process");
-        process.events.retain(|e| e.task != 5);
+        let thread = python_run("thread");
+        let mut process = python_run("process");
+        process.events.retain(|e| e.outcome.task != 5);
         process.events.push(event(0, 0, "W-2", 200, 300));
         let text = render_table(&Options::default(), &[&thread, &process]);
         let lines: Vec<&str> = text.lines().collect();
@@ -547,13 +546,22 @@ mod tests {
     }
 
     #[test]
-    fn natural_order() {
-        let mut names = vec!["10", "9", "Thread-10", "Thread-9", "Thread-09x", "a", "Z"];
-        names.sort_by(|a, b| natural_cmp(a, b));
-        assert_eq!(
-            names,
-            ["9", "10", "Thread-9", "Thread-09x", "Thread-10", "Z", "a"]
+    fn a_missing_or_failing_binary_is_a_failed_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (options, events) = (Options::default(), dir.path().join("events.jsonl"));
+        let (report, _) = THREAD.run(Path::new("/nonexistent/blocks-thread"), &options, &events);
+        let failure = report.failure.unwrap();
+        assert!(
+            failure.starts_with("cannot run /nonexistent/blocks-thread: "),
+            "{failure}"
         );
-        assert_eq!(natural_cmp("Thread-1", "Thread-1"), Ordering::Equal);
+        assert!(failure.contains("BLOCKS_THREAD_BIN"), "{failure}");
+        let (report, _) = PROCESS.run(Path::new("/bin/false"), &options, &events);
+        assert_eq!(report.backend, "process");
+        let failure = report.failure.unwrap();
+        assert!(
+            failure.starts_with("/bin/false exit status: 1"),
+            "{failure}"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The `--events` file: one JSON object per task and line, and what can be computed from it.
 //!
 //! A line looks like
-//! `{"task":3,"worker":"Thread-1","start_us":100412,"end_us":200519,"result":9,"backend":"thread","pid":4242}`:
+//! `{"task":3,"worker":"Thread-1","start_us":100412,"end_us":200519,"result":9,"pid":4242,"backend":"thread"}`:
 //! times are microseconds after the run's start, measured inside `blocks`.
 
 use std::fs;
@@ -13,38 +13,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::blocks::Outcome;
 
-/// One task of a run, as written to and read from an events file.
+/// One task of a run, as written to and read from an events file: its [`Outcome`], and the
+/// pool that ran it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// The task number `n` of `blocks(n)`.
-    pub task: u64,
-    /// The worker that ran it: a thread name or a process id.
-    pub worker: String,
-    /// When the call started, in microseconds after the run's start.
-    pub start_us: u64,
-    /// When the call ended, in microseconds after the run's start.
-    pub end_us: u64,
-    /// What the call returned.
-    pub result: u64,
+    /// What the call of `blocks` reported.
+    #[serde(flatten)]
+    pub outcome: Outcome,
     /// Which pool ran it: `thread` or `process`.
     pub backend: String,
-    /// The process that ran it.
-    pub pid: u32,
-}
-
-impl Event {
-    /// The event of `outcome`, run by `backend`.
-    pub fn new(backend: &str, outcome: &Outcome) -> Event {
-        Event {
-            task: outcome.task,
-            worker: outcome.worker.clone(),
-            start_us: outcome.start_us,
-            end_us: outcome.end_us,
-            result: outcome.result,
-            backend: backend.to_owned(),
-            pid: outcome.pid,
-        }
-    }
 }
 
 /// Writes `events` to `path`, one JSON object per line, replacing the file.
@@ -66,7 +43,7 @@ pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
     write().with_context(|| format!("cannot write events to {}", path.display()))
 }
 
-/// Reads the events file at `path`.
+/// Reads the events file at `path`; blank lines are skipped.
 ///
 /// # Errors
 ///
@@ -74,31 +51,14 @@ pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
 pub fn read_events(path: &Path) -> anyhow::Result<Vec<Event>> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("cannot read events from {}", path.display()))?;
-    parse_events(&text).with_context(|| format!("bad events file {}", path.display()))
-}
-
-/// Parses the lines of an events file; blank lines are skipped.
-///
-/// # Examples
-///
-/// ```
-/// let text = r#"{"task":0,"worker":"Thread-1","start_us":5,"end_us":100005,"result":0,"backend":"thread","pid":1}"#;
-/// let events = blocks_demo::events::parse_events(text)?;
-/// assert_eq!(events[0].worker, "Thread-1");
-/// # Ok::<(), anyhow::Error>(())
-/// ```
-///
-/// # Errors
-///
-/// A line is not a JSON event; the error gives its number.
-pub fn parse_events(text: &str) -> anyhow::Result<Vec<Event>> {
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
         .map(|(index, line)| {
             serde_json::from_str(line).with_context(|| format!("line {}", index + 1))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()
+        .with_context(|| format!("bad events file {}", path.display()))
 }
 
 /// The highest number of intervals `[start, end)` that overlap at one instant: how many tasks
@@ -131,8 +91,7 @@ where
         })
         .collect();
     edges.sort_unstable();
-    let mut running = 0usize;
-    let mut most = 0;
+    let (mut running, mut most) = (0usize, 0);
     for (_, kind) in edges {
         if kind == START {
             running += 1;
@@ -149,22 +108,25 @@ mod tests {
     use super::*;
 
     fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
-        Event {
+        let worker = worker.to_owned();
+        let outcome = Outcome {
             task,
-            worker: worker.to_owned(),
+            worker,
             start_us,
             end_us,
             result: task * task,
-            backend: "thread".to_owned(),
             pid: 42,
+        };
+        Event {
+            outcome,
+            backend: "thread".to_owned(),
         }
     }
 
     #[test]
     fn events_round_trip_through_a_file() {
-        let dir = std::env::temp_dir().join(format!("blocks-demo-events-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("events.jsonl");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
         let events = vec![
             event(1, "Thread-2", 3, 100_003),
             event(0, "Thread-1", 1, 100_001),
@@ -172,41 +134,25 @@ mod tests {
         write_events(&path, &events).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
-        assert!(text.starts_with(r#"{"task":1,"worker":"Thread-2","start_us":3,"#));
-        assert_eq!(read_events(&path).unwrap(), events);
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn an_event_copies_its_outcome() {
-        let outcome = Outcome {
-            task: 5,
-            result: 25,
-            worker: "4242".to_owned(),
-            pid: 4242,
-            start_us: 10,
-            end_us: 20,
-        };
-        let event = Event::new("process", &outcome);
-        assert_eq!(
-            (event.task, event.result, event.worker.as_str(), event.pid),
-            (5, 25, "4242", 4242)
+        assert!(
+            text.starts_with(r#"{"task":1,"worker":"Thread-2","start_us":3,"#),
+            "{text}"
         );
-        assert_eq!((event.start_us, event.end_us), (10, 20));
-        assert_eq!(event.backend, "process");
+        assert!(
+            text.contains(r#""result":1,"pid":42,"backend":"thread"}"#),
+            "{text}"
+        );
+        assert_eq!(read_events(&path).unwrap(), events);
     }
 
     #[test]
-    fn a_bad_line_is_reported_by_number() {
+    fn a_bad_line_is_reported_by_number_and_a_missing_file_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.jsonl");
         let good = serde_json::to_string(&event(0, "Thread-1", 0, 1)).unwrap();
-        let text = format!("{good}\n\n{{\"task\": \"zero\"}}\n");
-        let err = parse_events(&text).unwrap_err();
-        assert_eq!(err.to_string(), "line 3");
-        assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
-    }
-
-    #[test]
-    fn a_missing_file_names_its_path() {
+        fs::write(&path, format!("{good}\n\n{{\"task\": \"zero\"}}\n")).unwrap();
+        let err = format!("{:#}", read_events(&path).unwrap_err());
+        assert!(err.contains("bad.jsonl: line 3: missing field"), "{err}");
         let err = read_events(Path::new("/nonexistent/events.jsonl")).unwrap_err();
         assert!(
             err.to_string().contains("/nonexistent/events.jsonl"),

@@ -1,4 +1,4 @@
-//! The blocks(n) demo of seed 001 on smol-offload's thread and process pools.
+//! The blocks(n) demo of Python's run_in_executor on smol-offload's thread and process pools.
 //!
 //! Python's asyncio documentation shows `run_in_executor` with a function `blocks(n)` that logs,
 //! sleeps 0.1 s and returns `n ** 2`, run six times on a `ThreadPoolExecutor(3)` and then on a
@@ -7,7 +7,7 @@
 //! against [`Executor`](smol_offload::Executor), and the binaries only choose the pool.
 //!
 //! - `blocks-thread` runs it on a [`ThreadPool`](smol_offload::ThreadPool) with threads named
-//!   `Thread-1`, `Thread-2`, ... and logs in the seed's thread layout.
+//!   `Thread-1`, `Thread-2`, ... and logs in the Python original's thread layout.
 //! - `blocks-process` runs it on a process pool and logs process ids.
 //! - `blocks-compare` runs both, prints who ran what and when side by side, checks that every
 //!   task ran once and no more than `--workers` at once, and can draw an SVG timeline.
@@ -37,10 +37,8 @@
 //! ```
 
 pub mod blocks;
-pub mod cli;
 pub mod compare;
 pub mod events;
-pub mod launch;
 pub mod logging;
 pub mod options;
 pub mod run;
@@ -48,5 +46,5 @@ pub mod timeline;
 
 pub use crate::blocks::{Job, Outcome, blocks, unix_micros};
 pub use crate::logging::{LogStyle, log, log_style, set_log_style};
-pub use crate::options::{CompareOptions, Options, Parsed, USAGE_EXIT_CODE, UsageError};
-pub use crate::run::{python_list, run_blocking_tasks};
+pub use crate::options::{CompareArgs, DemoArgs, Options};
+pub use crate::run::{demo_main, python_list, run_blocking_tasks};

@@ -1,12 +1,11 @@
-//! Log lines in the seed's two layouts: by thread name, or by process id.
+//! Log lines in the Python original's two layouts: by thread name, or by process id.
 //!
-//! The seed configures Python's `logging` with `%(threadName)10s %(name)18s: %(message)s` for
-//! threads and `PID %(process)5s %(name)18s: %(message)s` for processes. [`log`] writes the same
-//! lines to stderr, each with a single `write`, so that lines from many threads or processes
-//! never interleave.
+//! The original configures Python's `logging` with `%(threadName)10s %(name)18s: %(message)s`
+//! for threads and `PID %(process)5s %(name)18s: %(message)s` for processes. [`log`] writes
+//! the same lines to stderr, each with a single `write`, so that lines from many threads or
+//! processes never interleave.
 
-use std::io::Write;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which layout [`log`] writes, chosen once by a binary's `main` with [`set_log_style`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,20 +16,16 @@ pub enum LogStyle {
     Process,
 }
 
-const THREAD: u8 = 0;
-const PROCESS: u8 = 1;
+/// Whether this process logs in the process layout. An atomic rather than a lazily set cell,
+/// so that a forked worker reads whatever its parent had stored when it was forked.
+static PROCESS_STYLE: AtomicBool = AtomicBool::new(false);
 
-/// The style of every log line of this process. An atomic rather than a lazily set cell, so
-/// that a forked worker reads whatever its parent had stored when it was forked.
-static STYLE: AtomicU8 = AtomicU8::new(THREAD);
-
-/// Sets the layout of every later [`log`] line in this process. The default is
+/// Sets the layout of every later [`log`] line in this process; the default is
 /// [`LogStyle::Thread`].
 ///
 /// Call it first thing in `main`, and in a program with process pools **before
-/// `smol_offload::init()`**: process workers are forked from the fork server that `init()`
-/// creates, so they see the statics as they were when `init()` ran, and a style set later
-/// would not reach them.
+/// `smol_offload::init()`**: the workers are forked from the fork server that `init()` starts,
+/// so they see the style as it was then.
 ///
 /// # Examples
 ///
@@ -41,79 +36,55 @@ static STYLE: AtomicU8 = AtomicU8::new(THREAD);
 /// assert_eq!(log_style(), LogStyle::Process);
 /// ```
 pub fn set_log_style(style: LogStyle) {
-    let value = match style {
-        LogStyle::Thread => THREAD,
-        LogStyle::Process => PROCESS,
-    };
-    STYLE.store(value, Ordering::Relaxed);
+    PROCESS_STYLE.store(style == LogStyle::Process, Ordering::Relaxed);
 }
 
-/// The layout set by [`set_log_style`], [`LogStyle::Thread`] if none was.
+/// The layout set by [`set_log_style`].
 pub fn log_style() -> LogStyle {
-    match STYLE.load(Ordering::Relaxed) {
-        PROCESS => LogStyle::Process,
-        _ => LogStyle::Thread,
+    match PROCESS_STYLE.load(Ordering::Relaxed) {
+        true => LogStyle::Process,
+        false => LogStyle::Thread,
     }
 }
 
-/// Writes one line `message` from `logger` to stderr, in the layout of [`log_style`].
-///
-/// The line is formatted first and written with a single `write`, so concurrent lines from
-/// threads or processes sharing stderr come out whole. A failed write (a closed stderr) is
-/// ignored: logging never stops the demo.
+/// Writes one line `message` from `logger` to stderr, in the layout of [`log_style`], with a
+/// single `write`. A failed write (a closed stderr) is ignored: logging never stops the demo.
 pub fn log(logger: &str, message: &str) {
-    let line = format_line(log_style(), logger, message);
-    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    let line = format_line(log_style(), &worker_name(), logger, message);
+    // In this crate's unit tests, through the test harness's capture: shown only on failure.
+    #[cfg(test)]
+    eprint!("{line}");
+    #[cfg(not(test))]
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
 }
 
-/// The line [`log`] writes in `style` from the current thread and process, newline included.
-pub fn format_line(style: LogStyle, logger: &str, message: &str) -> String {
-    match style {
-        LogStyle::Thread => format_thread_line(&current_thread_name(), logger, message),
-        LogStyle::Process => format_process_line(std::process::id(), logger, message),
-    }
-}
-
-/// A line in the thread layout, `%(threadName)10s %(name)18s: %(message)s`, newline included.
+/// A line in `style` from the worker named `who` (a thread name, or a pid), newline included.
 ///
 /// # Examples
 ///
 /// ```
-/// let line = blocks_demo::logging::format_thread_line("Thread-1", "blocks(0)", "running");
+/// use blocks_demo::{LogStyle, logging::format_line};
+///
+/// let line = format_line(LogStyle::Thread, "Thread-1", "blocks(0)", "running");
 /// assert_eq!(line, "  Thread-1          blocks(0): running\n");
-/// ```
-pub fn format_thread_line(thread_name: &str, logger: &str, message: &str) -> String {
-    format!("{thread_name:>10} {logger:>18}: {message}\n")
-}
-
-/// A line in the process layout, `PID %(process)5s %(name)18s: %(message)s`, newline included.
-///
-/// # Examples
-///
-/// ```
-/// let line = blocks_demo::logging::format_process_line(4242, "run_blocking_tasks", "exiting");
+/// let line = format_line(LogStyle::Process, "4242", "run_blocking_tasks", "exiting");
 /// assert_eq!(line, "PID  4242 run_blocking_tasks: exiting\n");
 /// ```
-pub fn format_process_line(pid: u32, logger: &str, message: &str) -> String {
-    format!("PID {pid:>5} {logger:>18}: {message}\n")
-}
-
-/// The current thread's name as Python would print it: `MainThread` for the main thread
-/// (which Rust names `main`), `<unnamed>` for a thread without a name.
-pub fn current_thread_name() -> String {
-    match std::thread::current().name() {
-        Some("main") => "MainThread".to_owned(),
-        Some(name) => name.to_owned(),
-        None => "<unnamed>".to_owned(),
+pub fn format_line(style: LogStyle, who: &str, logger: &str, message: &str) -> String {
+    match style {
+        LogStyle::Thread => format!("{who:>10} {logger:>18}: {message}\n"),
+        LogStyle::Process => format!("PID {who:>5} {logger:>18}: {message}\n"),
     }
 }
 
-/// Names the worker running the caller in the current [`log_style`]: the thread name for
-/// threads, the process id for processes.
+/// The worker running the caller, as the current [`log_style`] names it: the thread's name as
+/// Python prints it (`MainThread` for Rust's `main`, `<unnamed>` without a name), or the pid.
 pub fn worker_name() -> String {
-    match log_style() {
-        LogStyle::Thread => current_thread_name(),
-        LogStyle::Process => std::process::id().to_string(),
+    match (log_style(), std::thread::current().name()) {
+        (LogStyle::Process, _) => std::process::id().to_string(),
+        (LogStyle::Thread, Some("main")) => "MainThread".to_owned(),
+        (LogStyle::Thread, Some(name)) => name.to_owned(),
+        (LogStyle::Thread, None) => "<unnamed>".to_owned(),
     }
 }
 
@@ -122,58 +93,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thread_layout_right_aligns_both_columns() {
+    fn thread_layout_right_aligns_both_columns_and_widens_for_long_names() {
+        let line = |who, logger, message| format_line(LogStyle::Thread, who, logger, message);
         assert_eq!(
-            format_thread_line("MainThread", "run_blocking_tasks", "starting"),
+            line("MainThread", "run_blocking_tasks", "starting"),
             "MainThread run_blocking_tasks: starting\n"
         );
         assert_eq!(
-            format_thread_line("Thread-3", "blocks(12)", "done"),
+            line("Thread-3", "blocks(12)", "done"),
             "  Thread-3         blocks(12): done\n"
         );
-    }
-
-    #[test]
-    fn long_names_widen_the_column_instead_of_being_cut() {
-        let line = format_thread_line("a-long-thread-name", "a-very-long-logger-name", "x");
-        assert_eq!(line, "a-long-thread-name a-very-long-logger-name: x\n");
+        assert_eq!(
+            line("a-long-thread-name", "a-very-long-logger-name", "x"),
+            "a-long-thread-name a-very-long-logger-name: x\n"
+        );
     }
 
     #[test]
     fn process_layout_pads_the_pid_to_five() {
-        assert_eq!(
-            format_process_line(7, "blocks(1)", "running"),
-            "PID     7          blocks(1): running\n"
-        );
-        assert_eq!(
-            format_process_line(1234567, "blocks(1)", "done"),
-            "PID 1234567          blocks(1): done\n"
-        );
+        let line = |pid| format_line(LogStyle::Process, pid, "blocks(1)", "running");
+        assert_eq!(line("7"), "PID     7          blocks(1): running\n");
+        assert_eq!(line("1234567"), "PID 1234567          blocks(1): running\n");
     }
 
     #[test]
     fn threads_are_named_like_python() {
-        let named = std::thread::Builder::new()
-            .name("Thread-9".into())
-            .spawn(current_thread_name)
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(named, "Thread-9");
-        let unnamed = std::thread::Builder::new()
-            .spawn(current_thread_name)
-            .unwrap()
-            .join()
-            .unwrap();
-        assert_eq!(unnamed, "<unnamed>");
-    }
-
-    #[test]
-    fn process_style_line_carries_this_pid() {
-        let line = format_line(LogStyle::Process, "blocks(2)", "done");
-        assert_eq!(
-            line,
-            format!("PID {:>5}          blocks(2): done\n", std::process::id())
-        );
+        let name_of = |builder: std::thread::Builder| builder.spawn(worker_name).unwrap().join();
+        let named = std::thread::Builder::new().name("Thread-9".into());
+        assert_eq!(name_of(named).unwrap(), "Thread-9");
+        assert_eq!(name_of(std::thread::Builder::new()).unwrap(), "<unnamed>");
     }
 }

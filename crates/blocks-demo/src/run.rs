@@ -1,25 +1,26 @@
-//! [`run_blocking_tasks`], the seed's coroutine, written once for every [`Executor`].
+//! [`run_blocking_tasks`], the Python original's coroutine, written once for every
+//! [`Executor`], and [`demo_main`], the `main` of the two demo binaries.
 
-use std::fmt::Write as _;
+use std::process::ExitCode;
 
 use smol_offload::{Executor, ReturnWhen, wait};
 
 use crate::blocks::{Job, Outcome, blocks, unix_micros};
+use crate::events::{Event, write_events};
 use crate::logging::log;
-use crate::options::Options;
+use crate::options::{DemoArgs, Options, parse_or_exit};
 
-/// The logger name of [`run_blocking_tasks`], as in the seed.
+/// The logger name of [`run_blocking_tasks`], as in the Python original.
 const LOGGER: &str = "run_blocking_tasks";
 
 /// Runs `blocks(0)` .. `blocks(tasks - 1)` on `executor` and waits for all of them, logging each
-/// step as the seed does: `starting`, `creating executor tasks`, `waiting for executor tasks`,
-/// `results: [..]` (the squares in completion order) and `exiting`.
+/// step as the Python original does: `starting`, `creating executor tasks`, `waiting for
+/// executor tasks`, `results: [..]` (the squares in completion order) and `exiting`.
 ///
 /// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a
 /// [`ProcessPool`](smol_offload::ProcessPool): the executor is the only thing that changes.
-/// The outcomes come back in completion order as [`wait`] saw it: tasks found finished in the
-/// same wake-up are listed by task number, so the order can differ a little from the order of
-/// the `done` lines.
+/// The outcomes come back in completion order as [`wait`] saw it (the order in which the
+/// tasks woke it), which can differ a little from the order of the `done` lines.
 ///
 /// # Examples
 ///
@@ -93,15 +94,44 @@ pub async fn run_blocking_tasks<E: Executor>(
 /// assert_eq!(blocks_demo::python_list(&[]), "[]");
 /// ```
 pub fn python_list(values: &[u64]) -> String {
-    let mut text = String::from("[");
-    for (i, value) in values.iter().enumerate() {
-        if i > 0 {
-            text.push_str(", ");
+    let items: Vec<String> = values.iter().map(u64::to_string).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The `main` of `blocks-thread` and `blocks-process`: reads the flags, builds the pool with
+/// `build_pool(workers)`, runs [`run_blocking_tasks`] on it, and writes the events file when
+/// `--events` asks for one, each event tagged with `backend`.
+pub fn demo_main<E, B>(program: &'static str, backend: &str, build_pool: B) -> ExitCode
+where
+    E: Executor,
+    B: FnOnce(usize) -> anyhow::Result<E>,
+{
+    let args: DemoArgs = match parse_or_exit(program) {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    let run = || -> anyhow::Result<()> {
+        let pool = build_pool(args.run.workers)?;
+        let outcomes = smol::block_on(run_blocking_tasks(&pool, &args.run))?;
+        if let Some(path) = &args.events {
+            let events: Vec<Event> = outcomes
+                .into_iter()
+                .map(|outcome| Event {
+                    outcome,
+                    backend: backend.to_owned(),
+                })
+                .collect();
+            write_events(path, &events)?;
         }
-        let _ = write!(text, "{value}");
-    }
-    text.push(']');
-    text
+        Ok(())
+    };
+    run().map_or_else(
+        |err| {
+            eprintln!("{program}: error: {err:#}");
+            ExitCode::FAILURE
+        },
+        |()| ExitCode::SUCCESS,
+    )
 }
 
 #[cfg(test)]
@@ -119,7 +149,6 @@ mod tests {
             tasks,
             workers,
             sleep_ms: 5,
-            events: None,
         }
     }
 
@@ -181,10 +210,12 @@ mod tests {
             calls: AtomicUsize::new(0),
         };
         let err = smol::block_on(run_blocking_tasks(&executor, &options(4, 2))).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "1 of 4 tasks failed: blocks(2): the task panicked: boom"
+        let err = err.to_string();
+        assert!(
+            err.starts_with("1 of 4 tasks failed: blocks(2): the task panicked"),
+            "{err}"
         );
+        assert!(err.ends_with("boom"), "{err}");
     }
 
     #[test]
@@ -192,11 +223,5 @@ mod tests {
         let pool = ThreadPool::new(1).unwrap();
         let outcomes = smol::block_on(run_blocking_tasks(&pool, &options(0, 1))).unwrap();
         assert!(outcomes.is_empty());
-    }
-
-    #[test]
-    fn python_list_matches_repr() {
-        assert_eq!(python_list(&[7]), "[7]");
-        assert_eq!(python_list(&[0, 1]), "[0, 1]");
     }
 }

@@ -5,7 +5,8 @@
 
 use std::fmt::Write as _;
 
-use crate::compare::{RunReport, ms};
+use crate::blocks::{micros, ms};
+use crate::compare::RunReport;
 use crate::options::Options;
 
 const WIDTH: f64 = 960.0;
@@ -30,12 +31,12 @@ const PANEL_GAP: f64 = 24.0;
 ///
 /// ```
 /// use std::time::Duration;
-/// use blocks_demo::{Options, compare::RunReport, events::Event, timeline::render_svg};
+/// use blocks_demo::{Options, Outcome, compare::RunReport, events::Event, timeline::render_svg};
 ///
-/// let event = Event {
-///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0,
-///     backend: "thread".into(), pid: 1,
+/// let outcome = Outcome {
+///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
+/// let event = Event { outcome, backend: "thread".into() };
 /// let run = RunReport {
 ///     backend: "thread".into(), wall: Duration::from_millis(105), events: vec![event],
 ///     failure: None,
@@ -44,52 +45,54 @@ const PANEL_GAP: f64 = 24.0;
 /// assert!(svg.starts_with("<svg") && svg.contains(">Thread-1</text>"));
 /// ```
 pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
-    let span_us = runs.iter().map(|run| run.span_us()).max().unwrap_or(0);
-    let axis = Axis::new(span_us);
-    let plot_width = WIDTH - LEFT - RIGHT;
-
+    let axis = Axis::new(runs.iter().map(|run| run.span_us()).max().unwrap_or(0));
     let mut body = String::new();
     let mut y = TOP;
     for run in runs {
-        y = draw_panel(&mut body, run, &axis, plot_width, y) + PANEL_GAP;
+        y = draw_panel(&mut body, run, &axis, y) + PANEL_GAP;
     }
     let height = y - PANEL_GAP + 16.0;
-
     let walls: Vec<String> = runs
         .iter()
         .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall))))
         .collect();
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>"##
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="26" font-size="17" font-weight="bold" text-anchor="middle">{}</text>"#,
+    let (title, middle) = (
+        r#" font-size="17" font-weight="bold" text-anchor="middle""#,
         WIDTH / 2.0,
-        escape(&format!(
-            "blocks(n): {} tasks of {} ms on {} workers",
-            options.tasks, options.sleep_ms, options.workers
-        ))
     );
+    let run = format!(
+        "blocks(n): {} tasks of {} ms on {} workers",
+        options.tasks, options.sleep_ms, options.workers
+    );
+    let mut svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
+<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
+"##
+    );
+    text(&mut svg, middle, 26.0, title, &run);
+    let wall = format!("wall time: {}", walls.join(", "));
+    text(
+        &mut svg,
+        middle,
+        46.0,
+        r##" text-anchor="middle" fill="#444444""##,
+        &wall,
+    );
+    svg + &body + "</svg>\n"
+}
+
+/// Appends a `<text>` element at `x`, `y` with more attributes `attrs` and escaped `content`.
+fn text(svg: &mut String, x: f64, y: f64, attrs: &str, content: &str) {
     let _ = writeln!(
         svg,
-        r##"<text x="{}" y="46" text-anchor="middle" fill="#444444">{}</text>"##,
-        WIDTH / 2.0,
-        escape(&format!("wall time: {}", walls.join(", ")))
+        r#"<text x="{x}" y="{y}"{attrs}>{}</text>"#,
+        escape(content)
     );
-    svg.push_str(&body);
-    svg.push_str("</svg>\n");
-    svg
 }
 
 /// Draws one run from `top` down; returns the y just below its axis.
-fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, top: f64) -> f64 {
+fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
+    let plot_width = WIDTH - LEFT - RIGHT;
     let mut header = format!(
         "{} pool: wall {} ms, tasks span {} ms, {} workers, at most {} at once",
         run.backend,
@@ -106,15 +109,10 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
     } else {
         "#000000"
     };
-    let _ = writeln!(
-        svg,
-        r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold" fill="{color}">{}</text>"#,
-        top + 16.0,
-        escape(&header)
-    );
+    let bold = format!(r#" font-size="14" font-weight="bold" fill="{color}""#);
+    text(svg, LEFT, top + 16.0, &bold, &header);
     let workers = run.workers();
     let lanes_top = top + PANEL_HEADER;
-    let lanes_height = LANE * workers.len().max(1) as f64;
     let x_of = |us: u64| LEFT + plot_width * us as f64 / axis.end_us as f64;
 
     // Lanes with their labels, striped so a bar's lane is easy to follow. Process workers are
@@ -127,39 +125,35 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
             svg,
             r#"<rect x="{LEFT}" y="{y}" width="{plot_width}" height="{LANE}" fill="{fill}"/>"#
         );
-        let _ = writeln!(
+        let label = format!("{lane_prefix}{worker}");
+        text(
             svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
             LEFT - 8.0,
             y + LANE / 2.0 + 4.0,
-            escape(&format!("{lane_prefix}{worker}"))
+            r#" text-anchor="end""#,
+            &label,
         );
     }
     if workers.is_empty() {
-        let _ = writeln!(
+        text(
             svg,
-            r##"<text x="{}" y="{}" fill="#666666">no tasks ran</text>"##,
             LEFT + 8.0,
-            lanes_top + LANE / 2.0 + 4.0
+            lanes_top + LANE / 2.0 + 4.0,
+            r##" fill="#666666""##,
+            "no tasks ran",
         );
     }
 
     // Grid lines and the axis below the lanes.
-    let axis_y = lanes_top + lanes_height;
+    let axis_y = lanes_top + LANE * workers.len().max(1) as f64;
     for tick_us in axis.ticks() {
         let x = x_of(tick_us);
         let _ = writeln!(
             svg,
-            r##"<line x1="{x:.1}" y1="{lanes_top}" x2="{x:.1}" y2="{axis_y}" stroke="#dddddd"/>"##
-        );
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{}" stroke="#333333"/>"##,
-            axis_y + 5.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            r##"<line x1="{x:.1}" y1="{lanes_top}" x2="{x:.1}" y2="{axis_y}" stroke="#dddddd"/>
+<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{}" stroke="#333333"/>
+<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
+            axis_y + 5.0,
             axis_y + 18.0,
             axis.label(tick_us)
         );
@@ -169,45 +163,43 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, plot_width: f64, t
         r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#333333"/>"##,
         LEFT + plot_width
     );
-    let _ = writeln!(
+    let axis_label = "time since the run started (ms)";
+    let grey = r##" text-anchor="middle" fill="#444444""##;
+    text(
         svg,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#444444">time since the run started (ms)</text>"##,
         LEFT + plot_width / 2.0,
-        axis_y + 34.0
+        axis_y + 34.0,
+        grey,
+        axis_label,
     );
 
-    // One bar per task, in its worker's lane.
-    for event in &run.events {
+    // One bar per task, in its worker's lane, coloured by its task number.
+    for o in run.outcomes() {
         let lane = workers
             .iter()
-            .position(|w| *w == event.worker)
-            .expect("every event's worker has a lane");
+            .position(|w| *w == o.worker)
+            .expect("every worker has a lane");
         let y = lanes_top + LANE * lane as f64 + (LANE - BAR) / 2.0;
-        let x = x_of(event.start_us);
-        let width = (x_of(event.end_us) - x).max(1.0);
-        let hue = (event.task as f64 * 137.508) % 360.0;
-        let _ = writeln!(
-            svg,
-            r#"<g class="task"><title>{}</title>"#,
-            escape(&format!(
-                "blocks({}) = {} on {}: {} to {} ms",
-                event.task,
-                event.result,
-                event.worker,
-                ms(event.start_us),
-                ms(event.end_us)
-            ))
+        let x = x_of(o.start_us);
+        let width = (x_of(o.end_us) - x).max(1.0);
+        let hue = (o.task as f64 * 137.508) % 360.0;
+        let title = format!(
+            "blocks({}) = {} on {}: {} to {} ms",
+            o.task,
+            o.result,
+            o.worker,
+            ms(o.start_us),
+            ms(o.end_us)
         );
         let _ = writeln!(
             svg,
-            r##"<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{BAR}" rx="3" fill="hsl({hue:.0}, 65%, 62%)" stroke="#333333" stroke-width="0.8"/>"##
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"#,
+            r##"<g class="task"><title>{}</title>
+<rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{BAR}" rx="3" fill="hsl({hue:.0}, 65%, 62%)" stroke="#333333" stroke-width="0.8"/>
+<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"##,
+            escape(&title),
             x + width / 2.0,
             y + BAR / 2.0 + 4.0,
-            event.task
+            o.task
         );
     }
     axis_y + AXIS
@@ -257,10 +249,6 @@ impl Axis {
     }
 }
 
-fn micros(duration: std::time::Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
-
 /// Escapes text for SVG content and attribute values.
 fn escape(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
@@ -282,18 +270,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::blocks::Outcome;
     use crate::events::Event;
 
     fn run(backend: &str, workers: &[&str], failure: Option<&str>) -> RunReport {
         let events = (0..6u64)
             .map(|task| Event {
-                task,
-                worker: workers[task as usize % workers.len()].to_owned(),
-                start_us: task / 3 * 100_000 + task,
-                end_us: (task / 3 + 1) * 100_000 + task,
-                result: task * task,
+                outcome: Outcome {
+                    task,
+                    worker: workers[task as usize % workers.len()].to_owned(),
+                    start_us: task / 3 * 100_000 + task,
+                    end_us: (task / 3 + 1) * 100_000 + task,
+                    result: task * task,
+                    pid: 7,
+                },
                 backend: backend.to_owned(),
-                pid: 7,
             })
             .collect();
         RunReport {

@@ -94,7 +94,8 @@ mod tests {
         let zero = workers_from_env(Some("0".into())).unwrap_err();
         assert_eq!(
             zero,
-            "SMOL_OFFLOAD_THREADS must be a positive whole number of workers, got \"0\""
+            "SMOL_OFFLOAD_THREADS must be a positive whole number of workers, got \"0\": \
+             set it to 1 or more, or unset it for one per CPU"
         );
         let garbage = workers_from_env(Some("many".into())).unwrap_err();
         assert!(garbage.contains("\"many\""), "{garbage}");

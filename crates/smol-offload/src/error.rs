@@ -198,9 +198,14 @@ impl fmt::Display for Error {
     }
 }
 
+/// Prints the message and the chain of sources, as `anyhow` does, so that an error returned
+/// from `main` reads as a sentence; `{:#?}` prints the structure instead.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Error").field(&self.kind).finish()
+        if f.alternate() {
+            return f.debug_tuple("Error").field(&self.kind).finish();
+        }
+        write_report(f, self)
     }
 }
 
@@ -221,8 +226,12 @@ impl std::error::Error for Error {
 ///
 /// ```
 /// let err = smol_offload::ThreadPool::new(0).unwrap_err();
-/// assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+/// assert!(err.to_string().starts_with("a pool needs at least one worker, got 0: "));
 /// ```
+///
+/// Its `Debug` form is its message, followed by the chain of sources when there is one, so
+/// that `fn main() -> Result<(), Box<dyn std::error::Error>>` prints
+/// `Error: a pool needs at least one worker, got 0: ...` rather than a struct.
 pub struct BuildError {
     kind: BuildErrorKind,
 }
@@ -271,11 +280,16 @@ pub(crate) fn worker_count(requested: Option<usize>) -> Result<usize, BuildError
 impl fmt::Display for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            BuildErrorKind::ZeroWorkers => write!(f, "a pool needs at least one worker, got 0"),
+            BuildErrorKind::ZeroWorkers => write!(
+                f,
+                "a pool needs at least one worker, got 0: ask for 1 or more, \
+                 or leave the count out for one per CPU"
+            ),
             BuildErrorKind::Environment { variable, value } => {
                 write!(
                     f,
-                    "{variable} must be a positive whole number of workers, got {value:?}"
+                    "{variable} must be a positive whole number of workers, got {value:?}: \
+                     set it to 1 or more, or unset it for one per CPU"
                 )
             }
             BuildErrorKind::Rayon(err) => write!(f, "could not start the worker threads: {err}"),
@@ -294,9 +308,46 @@ impl fmt::Display for BuildError {
     }
 }
 
+/// Prints the message and the chain of sources, as `anyhow` does, so that
+/// `fn main() -> Result<(), Box<dyn Error>>` shows what failed and what to do; `{:#?}` prints
+/// the structure instead.
 impl fmt::Debug for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("BuildError").field(&self.kind).finish()
+        if f.alternate() {
+            return f.debug_tuple("BuildError").field(&self.kind).finish();
+        }
+        write_report(f, self)
+    }
+}
+
+/// Writes `err`'s message, then a `Caused by:` list of the sources whose text the message does
+/// not already include (the crate's messages often end with their source's text).
+pub(crate) fn write_report(
+    f: &mut fmt::Formatter<'_>,
+    err: &(dyn std::error::Error + 'static),
+) -> fmt::Result {
+    let mut shown = err.to_string();
+    f.write_str(&shown)?;
+    let mut causes = Vec::new();
+    let mut next = err.source();
+    while let Some(source) = next {
+        let text = source.to_string();
+        if !shown.contains(&text) {
+            shown.push_str(&text);
+            causes.push(text);
+        }
+        next = source.source();
+    }
+    match causes.as_slice() {
+        [] => Ok(()),
+        [cause] => write!(f, "\n\nCaused by:\n    {cause}"),
+        causes => {
+            f.write_str("\n\nCaused by:")?;
+            for (n, cause) in causes.iter().enumerate() {
+                write!(f, "\n    {n}: {cause}")?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -307,5 +358,82 @@ impl std::error::Error for BuildError {
             BuildErrorKind::Io { source, .. } => Some(source),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error whose message does not repeat its source's, with an optional source.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|layer| layer as _)
+        }
+    }
+
+    #[test]
+    fn debug_of_build_error_is_its_message() {
+        let err = BuildError::new(BuildErrorKind::NeedsInit { threads: 3 });
+        assert_eq!(
+            format!("{err:?}"),
+            "process pools need smol_offload::init() at the start of main: \
+             this process already runs 3 threads"
+        );
+        assert_eq!(
+            format!("{err:#?}"),
+            "BuildError(\n    NeedsInit {\n        threads: 3,\n    },\n)"
+        );
+    }
+
+    #[test]
+    fn debug_does_not_repeat_a_source_the_message_includes() {
+        let source = io::Error::new(io::ErrorKind::PermissionDenied, "no socket for you");
+        let err = BuildError::new(BuildErrorKind::Io {
+            doing: "open the socket",
+            source,
+        });
+        assert_eq!(
+            format!("{err:?}"),
+            "could not open the socket: no socket for you"
+        );
+        let err = Error::new(ErrorKind::Panic("no answer".to_owned()));
+        assert_eq!(format!("{err:?}"), "the task panicked: no answer");
+    }
+
+    #[test]
+    fn debug_lists_the_sources_the_message_leaves_out() {
+        /// Shows a `Layer` the way the crate's `Debug` impls show their errors.
+        struct Report<'a>(&'a Layer);
+        impl fmt::Display for Report<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write_report(f, self.0)
+            }
+        }
+        let one = Layer("could not load", Some(Box::new(Layer("disk full", None))));
+        assert_eq!(
+            Report(&one).to_string(),
+            "could not load\n\nCaused by:\n    disk full"
+        );
+        let two = Layer(
+            "could not load",
+            Some(Box::new(Layer(
+                "could not read",
+                Some(Box::new(Layer("disk full", None))),
+            ))),
+        );
+        assert_eq!(
+            Report(&two).to_string(),
+            "could not load\n\nCaused by:\n    0: could not read\n    1: disk full"
+        );
     }
 }

@@ -45,7 +45,7 @@ use crate::{PoolStats, Task};
 ///
 /// Process arguments must be serde types: a closure or a reference does not compile.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use smol_offload::{Executor, ThreadPool};
 /// let pool = ThreadPool::new(1).unwrap();
 /// let text = String::from("borrowed");
@@ -54,7 +54,7 @@ use crate::{PoolStats, Task};
 ///
 /// And so does a value that serde cannot serialize, such as an open file:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use smol_offload::{Executor, ThreadPool};
 /// let pool = ThreadPool::new(1).unwrap();
 /// let file = std::fs::File::open("Cargo.toml").unwrap();

@@ -87,6 +87,10 @@
 //! }
 //! ```
 //!
+//! A function that can fail returns `Result<R, `[`TaskError`]`>`: `?` converts any error into
+//! it, keeping its message, its sources and its `io::ErrorKind`, and it crosses to a process
+//! and back. A test binary starts the fork server with [`init_for_tests!`].
+//!
 //! Forking a process that runs threads copies locks held by threads that do not exist in the
 //! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small
 //! single-threaded fork server at the start of `main`, and every worker is forked from it,
@@ -119,6 +123,10 @@
 //! }))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//! # Platforms
+//!
+//! Linux only: the pools use `fork`, `eventfd`, `prctl(PR_SET_PDEATHSIG)` and
+//! `/proc/self/task`. Building for another target stops with an error saying so.
 //!
 //! # Feature flags
 //!
@@ -127,14 +135,22 @@
 #![deny(unsafe_code)]
 
 pub mod debug;
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "smol-offload runs on Linux only: its pools need fork, eventfd, prctl(PR_SET_PDEATHSIG) \
+     and /proc; build on Linux (or in a Linux container or VM)"
+);
+
 mod default_pool;
 mod error;
 mod executor;
+mod init_for_tests;
 mod job_queue;
 mod process_pool;
 mod stats;
 mod sys;
 mod task;
+mod task_error;
 mod thread_pool;
 mod wait;
 
@@ -145,8 +161,15 @@ pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;
 pub use crate::task::{Task, Timeout};
+pub use crate::task_error::TaskError;
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
+
+/// What the crate's macros expand to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use ctor::ctor;
+}
 
 /// The README's code blocks, compiled and run as doctests.
 #[cfg(doctest)]

@@ -293,16 +293,6 @@ impl<T> Task<T> {
         }
         self.await
     }
-
-    /// Registers `waker` to be woken when the result is ready.
-    pub(crate) fn register(&self, waker: &Waker) {
-        if let Some(shared) = &self.shared {
-            shared.waker.register(waker);
-            if let Some(assist) = &self.assist {
-                assist.assist(Some(waker));
-            }
-        }
-    }
 }
 
 impl<T> Future for Task<T> {

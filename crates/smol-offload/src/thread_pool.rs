@@ -82,13 +82,13 @@ impl ThreadPool {
     ///
     /// The closure must be `Send + 'static`: it cannot borrow from the caller.
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0373
     /// let pool = smol_offload::ThreadPool::new(1).unwrap();
     /// let data = vec![1, 2, 3];
     /// let _ = pool.spawn(|| data.len()); // borrows `data`
     /// ```
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0277
     /// let pool = smol_offload::ThreadPool::new(1).unwrap();
     /// let shared = std::rc::Rc::new(1);
     /// let _ = pool.spawn(move || *shared); // `Rc` is not `Send`

@@ -4,8 +4,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
+
+use atomic_waker::AtomicWaker;
+use concurrent_queue::ConcurrentQueue;
 
 use crate::{Error, Task};
 
@@ -76,24 +81,68 @@ pub fn wait<T, I>(tasks: I, when: ReturnWhen) -> Wait<T>
 where
     I: IntoIterator<Item = Task<T>>,
 {
+    let slots: Vec<Option<Task<T>>> = tasks.into_iter().map(Some).collect();
     Wait {
-        slots: tasks.into_iter().map(Some).collect(),
+        remaining: slots.len(),
+        slots,
+        wakers: Vec::new(),
+        ready: Arc::new(ReadyQueue {
+            indexes: ConcurrentQueue::unbounded(),
+            waker: AtomicWaker::new(),
+        }),
         done: Vec::new(),
+        failed: false,
         when,
         timer: None,
-        registered: None,
     }
 }
 
 /// The future returned by [`wait`].
+///
+/// Each task holds a waker of its own, which puts the task's position on a shared queue and
+/// wakes the waiting future, as `FuturesUnordered` does: a wake-up costs the tasks that
+/// finished, not a look at every task.
 #[must_use = "futures do nothing unless awaited"]
 pub struct Wait<T> {
     slots: Vec<Option<Task<T>>>,
+    /// The waker of each slot, made on the first poll (empty before).
+    wakers: Vec<Arc<SlotWaker>>,
+    ready: Arc<ReadyQueue>,
+    /// How many slots still hold a task.
+    remaining: usize,
     done: Vec<(usize, Result<T, Error>)>,
+    /// Whether a result in `done` is an error.
+    failed: bool,
     when: ReturnWhen,
     timer: Option<async_io::Timer>,
-    /// The waker every pending task holds; the tasks are registered again only when it changes.
-    registered: Option<Waker>,
+}
+
+/// The positions of the tasks that woke since the last poll, and the waker of the future.
+struct ReadyQueue {
+    indexes: ConcurrentQueue<usize>,
+    waker: AtomicWaker,
+}
+
+/// The waker one task of a [`Wait`] holds.
+struct SlotWaker {
+    index: usize,
+    /// True while `index` is on the queue, so that a task that wakes often is queued once.
+    queued: AtomicBool,
+    ready: Arc<ReadyQueue>,
+}
+
+impl Wake for SlotWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            // An unbounded queue that is never closed always takes the push.
+            let _ = self.ready.indexes.push(self.index);
+        }
+        self.ready.waker.wake();
+    }
 }
 
 impl<T> Wait<T> {
@@ -103,25 +152,50 @@ impl<T> Wait<T> {
         self
     }
 
-    fn collect_finished(&mut self, cx: &mut Context<'_>) {
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            let Some(task) = slot else { continue };
-            if !task.is_finished() {
-                continue;
+    /// Polls the task at `index` with its own waker, and moves its result to `done` if ready.
+    fn poll_slot(&mut self, index: usize) {
+        let Some(task) = &mut self.slots[index] else {
+            return;
+        };
+        let waker = Waker::from(Arc::clone(&self.wakers[index]));
+        if let Poll::Ready(result) = Pin::new(task).poll(&mut Context::from_waker(&waker)) {
+            self.failed |= result.is_err();
+            self.done.push((index, result));
+            self.slots[index] = None;
+            self.remaining -= 1;
+        }
+    }
+
+    /// Polls every task that woke since the last call; on the first call, every task.
+    fn collect_finished(&mut self) {
+        if self.wakers.len() != self.slots.len() {
+            self.wakers = (0..self.slots.len())
+                .map(|index| {
+                    Arc::new(SlotWaker {
+                        index,
+                        queued: AtomicBool::new(false),
+                        ready: Arc::clone(&self.ready),
+                    })
+                })
+                .collect();
+            for index in 0..self.slots.len() {
+                self.poll_slot(index);
             }
-            if let Poll::Ready(result) = Pin::new(task).poll(cx) {
-                self.done.push((index, result));
-                *slot = None;
-            }
+            return;
+        }
+        while let Ok(index) = self.ready.indexes.pop() {
+            // Cleared before the poll: a wake-up during or after it queues the task again.
+            self.wakers[index].queued.store(false, Ordering::Release);
+            self.poll_slot(index);
         }
     }
 
     fn should_return(&self) -> bool {
-        let all_done = self.slots.iter().all(Option::is_none);
+        let all_done = self.remaining == 0;
         match self.when {
             ReturnWhen::AllCompleted => all_done,
             ReturnWhen::FirstCompleted => all_done || !self.done.is_empty(),
-            ReturnWhen::FirstError => all_done || self.done.iter().any(|(_, r)| r.is_err()),
+            ReturnWhen::FirstError => all_done || self.failed,
         }
     }
 
@@ -132,6 +206,7 @@ impl<T> Wait<T> {
             .enumerate()
             .filter_map(|(index, slot)| slot.take().map(|task| (index, task)))
             .collect();
+        self.remaining = 0;
         Waited {
             done: std::mem::take(&mut self.done),
             pending,
@@ -147,24 +222,11 @@ impl<T> Future for Wait<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Waited<T>> {
         let this = &mut *self;
-        loop {
-            this.collect_finished(cx);
-            if this.should_return() {
-                return Poll::Ready(this.finish());
-            }
-            let waker_changed = this
-                .registered
-                .as_ref()
-                .is_none_or(|waker| !waker.will_wake(cx.waker()));
-            if !waker_changed {
-                break;
-            }
-            // Register with every pending task, then look again: a task that finished in
-            // between would otherwise wake nobody.
-            for task in this.slots.iter().flatten() {
-                task.register(cx.waker());
-            }
-            this.registered = Some(cx.waker().clone());
+        // Registered first: a task that finishes after its slot was polled wakes this waker.
+        this.ready.waker.register(cx.waker());
+        this.collect_finished();
+        if this.should_return() {
+            return Poll::Ready(this.finish());
         }
         if let Some(timer) = &mut this.timer
             && Pin::new(timer).poll(cx).is_ready()
@@ -178,7 +240,7 @@ impl<T> Future for Wait<T> {
 impl<T> fmt::Debug for Wait<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Wait")
-            .field("pending", &self.slots.iter().flatten().count())
+            .field("pending", &self.remaining)
             .field("done", &self.done.len())
             .field("when", &self.when)
             .finish()

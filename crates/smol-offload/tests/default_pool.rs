@@ -14,7 +14,7 @@ mod common;
 
 use common::block_on;
 
-/// Set in a child process: its `child_*` test runs its body instead of returning at once.
+/// Set in a child process: its `#[ignore]`d `child_*` test runs its body there.
 const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_DEFAULT_POOL_CHILD";
 
 fn in_child() -> bool {
@@ -95,6 +95,7 @@ fn unset_variable_gives_one_worker_per_cpu() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_unset() {
     if !in_child() {
         return;
@@ -114,6 +115,7 @@ fn two_gives_a_pool_of_two_workers() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_two() {
     if !in_child() {
         return;
@@ -152,6 +154,7 @@ fn surrounding_spaces_are_accepted() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_spaced_three() {
     if !in_child() {
         return;
@@ -173,6 +176,7 @@ fn zero_is_refused_with_a_clear_error() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_zero() {
     if !in_child() {
         return;
@@ -188,6 +192,7 @@ fn garbage_is_refused_with_a_clear_error() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_garbage() {
     if !in_child() {
         return;
@@ -202,6 +207,7 @@ fn negative_is_refused_with_a_clear_error() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_negative() {
     if !in_child() {
         return;

@@ -12,12 +12,9 @@ use smol_offload::{Executor, ProcessPool, ReturnWhen, wait};
 
 mod common;
 
-use common::{WATCHDOG, block_on};
+use common::{FileGate, WATCHDOG, block_on, wait_for_file};
 
-#[ctor::ctor]
-fn start_fork_server() {
-    smol_offload::init();
-}
+smol_offload::init_for_tests!();
 
 fn square(n: u64) -> u64 {
     n * n
@@ -37,12 +34,57 @@ fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Where and how often a process has gone to sleep, from `/proc`: a worker that was waiting
+/// for a request, ran one and wrote its reply is asleep in the same place again, one or more
+/// sleeps later.
+#[derive(PartialEq)]
+struct Sleep {
+    /// The kernel function it sleeps in, if it sleeps.
+    wchan: Option<String>,
+    /// How many times it has gone to sleep.
+    sleeps: u64,
+}
+
+impl Sleep {
+    fn of(pid: u32) -> Sleep {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> String {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .to_owned()
+        };
+        let asleep = field("State:").starts_with('S');
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap();
+        Sleep {
+            wchan: asleep.then_some(wchan),
+            sleeps: field("voluntary_ctxt_switches:").parse().unwrap(),
+        }
+    }
+
+    /// True when the process sleeps where it slept at `earlier`, having woken since.
+    fn is_a_later(&self, earlier: &Sleep) -> bool {
+        self.wchan.is_some() && self.wchan == earlier.wchan && self.sleeps > earlier.sleeps
+    }
+}
+
 #[test]
 fn an_unpolled_task_does_not_keep_its_worker_from_queued_work() {
     let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.pids()[0];
+    block_on(pool.run(square, 2)).unwrap();
+    let mut idle = Sleep::of(worker);
+    eventually("the worker waits for a request", || {
+        idle = Sleep::of(worker);
+        idle.wchan.is_some()
+    });
     let first = pool.run(square, 3);
-    // Long enough for the reply to be waiting in the socket, unread: nobody polls `first`.
-    std::thread::sleep(Duration::from_millis(50));
+    // The reply waits in the socket, unread: nobody polls `first`.
+    eventually("the worker replied and waits again", || {
+        Sleep::of(worker).is_a_later(&idle)
+    });
     let second = pool.run(square, 4);
     assert_eq!(block_on(second).unwrap(), 16);
     assert_eq!(block_on(first).unwrap(), 9);
@@ -59,9 +101,11 @@ fn is_finished_alone_brings_the_result_in() {
 #[test]
 fn a_dropped_task_gives_its_worker_back() {
     let pool = ProcessPool::new(1).unwrap();
-    let task = pool.run(sleep_ms, 30);
+    let gate = FileGate::new("dropped-task");
+    let task = pool.run(wait_for_file, gate.path());
     eventually("the task started", || task.is_started());
     drop(task);
+    gate.open();
     assert_eq!(block_on(pool.run(square, 6)).unwrap(), 36);
     let stats = pool.stats();
     assert_eq!((stats.completed, stats.cancelled), (2, 0), "{stats}");
@@ -79,8 +123,12 @@ fn a_detached_task_runs_and_gives_its_worker_back() {
 #[test]
 fn a_timed_out_task_gives_its_worker_back() {
     let pool = ProcessPool::new(1).unwrap();
-    let slow = pool.run(sleep_ms, 300).timeout(Duration::from_millis(10));
+    let gate = FileGate::new("timed-out-task");
+    let slow = pool
+        .run(wait_for_file, gate.path())
+        .timeout(Duration::from_millis(10));
     assert!(block_on(slow).unwrap_err().is_timeout());
+    gate.open();
     assert_eq!(block_on(pool.run(square, 7)).unwrap(), 49);
 }
 
@@ -88,18 +136,22 @@ fn a_timed_out_task_gives_its_worker_back() {
 fn a_task_outlives_its_pool() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.pids()[0];
-    let task = pool.run(sleep_ms, 100);
+    let gate = FileGate::new("outlives-its-pool");
+    let task = pool.run(wait_for_file, gate.path());
     eventually("the task started", || task.is_started());
     drop(pool);
+    gate.open();
     assert_eq!(block_on(task).unwrap(), worker, "a running task finishes");
 }
 
 #[test]
 fn a_task_polled_on_one_thread_finishes_on_another() {
     let pool = ProcessPool::new(1).unwrap();
-    let mut task = pool.run(sleep_ms, 50);
+    let gate = FileGate::new("polled-on-one-thread");
+    let mut task = pool.run(wait_for_file, gate.path());
     let polled = pin!(&mut task).poll(&mut Context::from_waker(Waker::noop()));
     assert!(polled.is_pending());
+    gate.open();
     let worker = std::thread::spawn(move || block_on(task))
         .join()
         .unwrap()
@@ -110,10 +162,12 @@ fn a_task_polled_on_one_thread_finishes_on_another() {
 #[test]
 fn wait_sees_the_first_of_two_direct_tasks() {
     let pool = ProcessPool::new(2).unwrap();
-    let tasks = vec![pool.run(sleep_ms, 300), pool.run(sleep_ms, 0)];
+    let gate = FileGate::new("first-of-two");
+    let tasks = vec![pool.run(wait_for_file, gate.path()), pool.run(sleep_ms, 0)];
     let waited = block_on(wait(tasks, ReturnWhen::FirstCompleted));
     assert_eq!(waited.done.len(), 1);
-    assert_eq!(waited.done[0].0, 1, "the short task ends first");
+    assert_eq!(waited.done[0].0, 1, "the ungated task ends first");
+    gate.open();
     let rest = waited.pending.into_iter().map(|(_, task)| task);
     let waited = block_on(wait(rest, ReturnWhen::AllCompleted));
     assert!(waited.done[0].1.is_ok());

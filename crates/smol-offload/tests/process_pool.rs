@@ -10,12 +10,9 @@ use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
 
 mod common;
 
-use common::WATCHDOG;
+use common::{FileGate, WATCHDOG, wait_for_file};
 
-#[ctor::ctor]
-fn start_fork_server() {
-    smol_offload::init();
-}
+smol_offload::init_for_tests!();
 
 fn square(n: u64) -> u64 {
     n * n
@@ -292,10 +289,12 @@ fn task_dropped_before_start_never_runs() {
     let pool = ProcessPool::new(1).unwrap();
     let marker = temp_path("dropped-before-start");
     let _ = std::fs::remove_file(&marker);
+    let gate = FileGate::new("dropped-before-start");
     smol::block_on(async {
-        let busy = pool.run(sleep_ms, 300);
+        let busy = pool.run(wait_for_file, gate.path());
         let dropped = pool.run(touch, marker.clone());
         drop(dropped);
+        gate.open();
         busy.await.unwrap();
         // Runs after the dropped one would have: the worker took its queue in order.
         pool.run(square, 1).await.unwrap();
@@ -310,10 +309,12 @@ fn cancel_before_start_is_cancelled() {
     let pool = ProcessPool::new(1).unwrap();
     let marker = temp_path("cancelled");
     let _ = std::fs::remove_file(&marker);
+    let gate = FileGate::new("cancel-before-start");
     smol::block_on(async {
-        let busy = pool.run(sleep_ms, 200);
+        let busy = pool.run(wait_for_file, gate.path());
         let err = pool.run(touch, marker.clone()).cancel().await.unwrap_err();
         assert!(err.is_cancelled(), "{err}");
+        gate.open();
         busy.await.unwrap();
         pool.run(square, 1).await.unwrap();
     });
@@ -525,8 +526,9 @@ fn burst_of_large_values_after_short_tasks() {
 fn dropping_the_pool_fails_pending_tasks_and_ends_workers() {
     let pool = ProcessPool::new(1).unwrap();
     let pids = pool.pids();
+    let gate = FileGate::new("pool-dropped-with-pending-tasks");
     smol::block_on(async {
-        let running = pool.run(sleep_ms, 300);
+        let running = pool.run(wait_for_file, gate.path());
         while !running.is_started() {
             smol::Timer::after(Duration::from_millis(5)).await;
         }
@@ -535,6 +537,7 @@ fn dropping_the_pool_fails_pending_tasks_and_ends_workers() {
         for result in gather(pending).await {
             assert!(result.unwrap_err().is_shutdown());
         }
+        gate.open();
         assert_eq!(running.await.unwrap(), pids[0], "the running task finishes");
     });
     wait_until_gone(&pids);
@@ -580,12 +583,19 @@ fn several_pools_share_the_fork_server() {
 #[test]
 fn zero_workers_is_refused() {
     let err = ProcessPool::new(0).unwrap_err();
-    assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+    assert_eq!(
+        err.to_string(),
+        "a pool needs at least one worker, got 0: ask for 1 or more, or leave the count out for one per CPU"
+    );
 }
 
+/// Allocates and takes the stdout lock, as `println!` does, without printing to the terminal.
 fn print_and_allocate(n: u64) -> usize {
+    use std::io::Write;
     let text: Vec<String> = (0..50).map(|i| format!("{n}:{i}")).collect();
-    println!("task {n} {}", text.join(","));
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{}", &text.join(",")[..0]).unwrap();
+    stdout.flush().unwrap();
     text.len()
 }
 
@@ -643,6 +653,7 @@ fn fork_safety_under_busy_threads() {
 /// The child half of `workers_die_with_their_application`: makes a pool, prints the pids of
 /// the fork server and the workers, and waits to be killed.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_application_that_gets_killed() {
     if std::env::var_os("SMOL_OFFLOAD_TEST_CHILD").is_none() {
         return;
@@ -669,6 +680,7 @@ fn workers_die_with_their_application() {
         .args([
             "--exact",
             "child_application_that_gets_killed",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -9,6 +9,7 @@ use std::process::Command;
 use smol_offload::{Executor, ProcessPool};
 
 const REFUSAL_ARG: &str = "--refusal-child";
+const MAIN_RETURNS_ARG: &str = "--main-returns-child";
 
 /// One check of this binary: its outcome, or what went wrong.
 type Check = fn() -> Result<(), String>;
@@ -76,12 +77,47 @@ fn refusal() -> Result<(), String> {
     Ok(())
 }
 
-fn main() {
+/// In the child: `main` returns the refusal with `?`, as a user's `main` would.
+fn main_returns_child() -> Result<(), Box<dyn std::error::Error>> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let _thread = std::thread::spawn(move || stopped.recv());
+    let _pool = ProcessPool::new(1)?;
+    drop(stop);
+    Ok(())
+}
+
+/// An error returned from `main` prints its message (its `Debug` form), not a struct.
+fn main_prints_the_message() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|err| err.to_string())?;
+    let output = Command::new(exe)
+        .arg(MAIN_RETURNS_ARG)
+        .output()
+        .map_err(|err| err.to_string())?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.code() != Some(1) {
+        return Err(format!("child ended with {}: {stderr}", output.status));
+    }
+    let expected = "Error: process pools need smol_offload::init() at the start of main: \
+                    this process already runs 2 threads\n";
+    if stderr != expected {
+        return Err(format!("unexpected stderr {stderr:?}"));
+    }
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|arg| arg == REFUSAL_ARG) {
         refusal_child();
     }
-    let checks: [(&str, Check); 2] = [("lazy_start", lazy_start), ("refusal", refusal)];
+    if args.iter().any(|arg| arg == MAIN_RETURNS_ARG) {
+        return main_returns_child();
+    }
+    let checks: [(&str, Check); 3] = [
+        ("lazy_start", lazy_start),
+        ("refusal", refusal),
+        ("main_prints_the_message", main_prints_the_message),
+    ];
     // Enough of libtest's command line for `cargo test` and `cargo nextest`: `--list` names the
     // tests (none of them is ignored), and a name runs only the tests it matches.
     if args.iter().any(|arg| arg == "--list") {
@@ -90,7 +126,7 @@ fn main() {
                 println!("{name}: test");
             }
         }
-        return;
+        return Ok(());
     }
     let exact = args.iter().any(|arg| arg == "--exact");
     let filter = args.iter().find(|arg| !arg.starts_with("--"));
@@ -116,4 +152,5 @@ fn main() {
     if failed > 0 {
         std::process::exit(1);
     }
+    Ok(())
 }

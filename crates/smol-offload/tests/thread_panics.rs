@@ -199,7 +199,7 @@ fn a_panic_in_a_detached_task_is_contained() {
     assert_eq!(pool.stats().completed, 101);
 }
 
-/// Set in a child process: its `child_*` test runs its body instead of returning at once.
+/// Set in a child process: its `#[ignore]`d `child_*` test runs its body there.
 const CHILD_MARKER: &str = "SMOL_OFFLOAD_TEST_THREAD_PANICS_CHILD";
 
 fn in_child() -> bool {
@@ -227,6 +227,7 @@ fn a_panic_dropping_a_cancelled_closure_does_not_abort() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_panic_dropping_a_cancelled_closure() {
     if !in_child() {
         return;
@@ -252,6 +253,7 @@ fn a_panic_dropping_an_unread_result_does_not_abort() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_panic_dropping_an_unread_result() {
     if !in_child() {
         return;

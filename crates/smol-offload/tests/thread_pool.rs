@@ -87,10 +87,16 @@ fn workers_take_custom_names() {
 #[test]
 fn zero_workers_is_a_build_error() {
     let err = ThreadPool::new(0).unwrap_err();
-    assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+    assert_eq!(
+        err.to_string(),
+        "a pool needs at least one worker, got 0: ask for 1 or more, or leave the count out for one per CPU"
+    );
     assert!(!err.needs_init());
     let err = ThreadPool::builder().workers(0).build().unwrap_err();
-    assert_eq!(err.to_string(), "a pool needs at least one worker, got 0");
+    assert_eq!(
+        err.to_string(),
+        "a pool needs at least one worker, got 0: ask for 1 or more, or leave the count out for one per CPU"
+    );
     let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
     assert!(boxed.source().is_none());
 }

@@ -2,7 +2,9 @@
 //! thread-pool tasks, driven by gates rather than by timing.
 
 use std::collections::BTreeSet;
+use std::pin::Pin;
 use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_lite::future;
@@ -446,4 +448,82 @@ fn wait_wakes_under_another_executor() {
     }));
     assert!(waited.pending.is_empty());
     assert_eq!(waited.done.len(), 2);
+}
+
+/// Many tasks through `gather` and `wait`, finishing in bursts.
+#[test]
+fn gather_and_wait_handle_a_hundred_thousand_tasks() {
+    let count: u64 = if cfg!(miri) { 50 } else { 100_000 };
+    let pool = ThreadPool::new(2).unwrap();
+    let results = block_on(gather((0..count).map(|n| pool.spawn(move || n * 2))));
+    assert_eq!(results.len(), count as usize);
+    for (n, result) in (0..count).zip(results) {
+        assert_eq!(result.unwrap(), n * 2);
+    }
+
+    let tasks = (0..count).map(|n| pool.spawn(move || n));
+    let waited = block_on(wait(tasks, ReturnWhen::FirstError));
+    assert_eq!(waited.done.len(), count as usize);
+    assert!(waited.pending.is_empty());
+    let mut seen: Vec<usize> = waited.done.iter().map(|(index, _)| *index).collect();
+    seen.sort_unstable();
+    assert!(seen.iter().copied().eq(0..count as usize));
+}
+
+/// A waker that unparks the test's thread and counts its wake-ups.
+struct Unpark {
+    thread: std::thread::Thread,
+    woken: std::sync::atomic::AtomicBool,
+}
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// A wake-up costs the tasks that finished, not a look at every task: 100 000 tasks finish
+/// one at a time, and `wait` is polled after each. Looking at every pending task on each
+/// wake-up would be 5 billion looks, and trip the watchdog.
+#[test]
+fn each_wake_up_costs_only_the_task_that_finished() {
+    use std::sync::atomic::Ordering;
+    let count: u64 = if cfg!(miri) { 50 } else { 100_000 };
+    let pool = ThreadPool::new(1).unwrap();
+    // One worker takes the tasks in order; task n waits for the n-th token.
+    let (tokens, token) = async_channel::unbounded::<()>();
+    let tasks = (0..count).map(|n| {
+        let token = token.clone();
+        pool.spawn(move || {
+            token.recv_blocking().unwrap();
+            n
+        })
+    });
+    let mut waiting = wait(tasks, ReturnWhen::AllCompleted);
+    let unpark = Arc::new(Unpark {
+        thread: std::thread::current(),
+        woken: false.into(),
+    });
+    let waker = std::task::Waker::from(Arc::clone(&unpark));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    assert!(Pin::new(&mut waiting).poll(&mut cx).is_pending());
+    for n in 0..count {
+        tokens.send_blocking(()).unwrap();
+        // Task n, and only it, can finish now: wait for its wake-up, then poll once.
+        while !unpark.woken.swap(false, Ordering::AcqRel) {
+            let now = std::time::Instant::now();
+            assert!(now < deadline, "stuck at task {n} of {count}");
+            std::thread::park_timeout(deadline - now);
+        }
+        match Pin::new(&mut waiting).poll(&mut cx) {
+            Poll::Pending => assert!(n + 1 < count, "the last task finished, wait did not"),
+            Poll::Ready(waited) => {
+                assert_eq!(n + 1, count, "wait returned with {n} of {count} tasks done");
+                let order: Vec<usize> = waited.done.iter().map(|(index, _)| *index).collect();
+                assert!(order.into_iter().eq(0..count as usize));
+            }
+        }
+    }
 }

@@ -1,27 +1,25 @@
 //! Runs blocks(n) on the thread pool and on the process pool and shows them side by side.
 //!
-//! Run with `cargo run --release --bin blocks-compare -- --svg timeline.svg` after building
-//! the other binaries (`cargo build --release --bins`). `BLOCKS_THREAD_BIN` and
+//! Run with `cargo build --release --bins && ./target/release/blocks-compare --svg`, which
+//! draws the timeline to `target/blocks-timeline.svg`. `BLOCKS_THREAD_BIN` and
 //! `BLOCKS_PROCESS_BIN` override where the backends are found.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use blocks_demo::CompareOptions;
-use blocks_demo::cli::options_or_exit;
-use blocks_demo::compare::{checks, render_checks, render_table};
-use blocks_demo::launch::{Launched, PROCESS, ScratchDir, THREAD};
+use blocks_demo::CompareArgs;
+use blocks_demo::compare::{Check, PROCESS, THREAD, checks, render_checks, render_table};
+use blocks_demo::options::parse_or_exit;
 use blocks_demo::timeline::render_svg;
 
 const PROGRAM: &str = "blocks-compare";
 
 fn main() -> ExitCode {
-    let parsed = CompareOptions::parse(std::env::args_os().skip(1));
-    let options = match options_or_exit(PROGRAM, parsed, CompareOptions::usage) {
-        Ok(options) => options,
+    let args: CompareArgs = match parse_or_exit(PROGRAM) {
+        Ok(args) => args,
         Err(code) => return code,
     };
-    match compare(&options) {
+    match compare(&args) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
@@ -32,28 +30,33 @@ fn main() -> ExitCode {
 }
 
 /// Runs both backends one after the other; true when every check passed.
-fn compare(options: &CompareOptions) -> anyhow::Result<bool> {
-    let scratch = ScratchDir::new()?;
-    let mut launched: Vec<Launched> = Vec::new();
+fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
+    let scratch = tempfile::Builder::new()
+        .prefix("blocks-compare-")
+        .tempdir()?;
+    let mut runs = Vec::new();
     for backend in [THREAD, PROCESS] {
-        let binary = backend.locate()?;
         let events = scratch.path().join(format!("{}.jsonl", backend.name));
-        launched.push(backend.run(&binary, &options.run, &events));
+        runs.push(backend.run(&backend.locate()?, &args.run, &events));
     }
-    if options.logs {
-        for run in &launched {
-            println!("--- {} log ---\n{}", run.report.backend, run.log);
+    if args.logs {
+        for (report, log) in &runs {
+            println!("--- {} log ---\n{log}", report.backend);
         }
     }
-    let reports: Vec<_> = launched.iter().map(|run| &run.report).collect();
-    print!("{}", render_table(&options.run, &reports));
-    if let Some(path) = &options.svg {
-        std::fs::write(path, render_svg(&options.run, &reports))
+    let reports: Vec<_> = runs.iter().map(|(report, _)| report).collect();
+    print!("{}", render_table(&args.run, &reports));
+    if let Some(path) = &args.svg {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(path, render_svg(&args.run, &reports))
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("\ntimeline written to {}", path.display());
     }
-    let checks = checks(&options.run, &reports);
+    let checks = checks(&args.run, &reports);
     println!();
     print!("{}", render_checks(&checks));
-    Ok(checks.iter().all(|check| check.passed))
+    Ok(checks.iter().all(Check::passed))
 }

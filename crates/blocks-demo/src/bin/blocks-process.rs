@@ -1,12 +1,11 @@
-//! The seed's `asyncio_executor_process.py`: blocks(n) on a pool of forked worker processes,
-//! logging process ids.
+//! The Python original's `asyncio_executor_process.py`: blocks(n) on a pool of forked worker
+//! processes, logging process ids.
 //!
 //! Run with `cargo run --release --bin blocks-process` (`-- --help` for the flags).
 
 use std::process::ExitCode;
 
-use blocks_demo::cli::demo_main;
-use blocks_demo::{LogStyle, set_log_style};
+use blocks_demo::{LogStyle, demo_main, set_log_style};
 use smol_offload::ProcessPool;
 
 fn main() -> ExitCode {

@@ -1,11 +1,11 @@
-//! The seed's `asyncio_executor_thread.py`: blocks(n) on a pool of threads named `Thread-N`.
+//! The Python original's `asyncio_executor_thread.py`: blocks(n) on a pool of threads named
+//! `Thread-N`.
 //!
 //! Run with `cargo run --release --bin blocks-thread` (`-- --help` for the flags).
 
 use std::process::ExitCode;
 
-use blocks_demo::cli::demo_main;
-use blocks_demo::{LogStyle, set_log_style};
+use blocks_demo::{LogStyle, demo_main, set_log_style};
 use smol_offload::ThreadPool;
 
 fn main() -> ExitCode {

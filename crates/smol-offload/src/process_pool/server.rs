@@ -38,13 +38,11 @@ static SERVER: OnceLock<ServerLink> = OnceLock::new();
 /// will say so.
 ///
 /// Test binaries do not own `main`: start the server before the test harness starts its
-/// threads, from a constructor function (the `ctor` crate):
+/// threads with one line at the top level of the test file, which runs `init` from a
+/// constructor function (see [`init_for_tests!`](crate::init_for_tests)):
 ///
 /// ```ignore
-/// #[ctor::ctor]
-/// fn start_fork_server() {
-///     smol_offload::init();
-/// }
+/// smol_offload::init_for_tests!();
 /// ```
 ///
 /// # Examples

@@ -81,12 +81,14 @@ pub(crate) fn names_of_all_workers(pool: &ThreadPool, n: usize) -> HashSet<Strin
 }
 
 /// Whether this process is a child started by [`run_child`] with `marker`: its `child_*` test
-/// then runs its body instead of returning at once.
+/// then runs its body. The `child_*` tests are `#[ignore]`d, so a normal run skips them; run
+/// directly with `--ignored`, without the marker, they return at once.
 pub(crate) fn in_child(marker: &str) -> bool {
     std::env::var_os(marker).is_some()
 }
 
-/// Runs the test `name` of this test binary in a child process (`--exact name`), with the
+/// Runs the test `name` of this test binary, an `#[ignore]`d one, in a child process
+/// (`--exact name --ignored`), with the
 /// environment variable `marker` set so that the test runs its body, and each variable of
 /// `vars` set to its value or, for `None`, removed. Asserts that the child passed (it was not
 /// aborted either) and printed `name: done`, showing its stdout and stderr otherwise, and
@@ -94,7 +96,13 @@ pub(crate) fn in_child(marker: &str) -> bool {
 pub(crate) fn run_child(name: &str, marker: &str, vars: &[(&str, Option<&str>)]) -> String {
     let mut command = Command::new(std::env::current_exe().unwrap());
     command
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(marker, "1");
     let mut with = String::new();
     for &(variable, value) in vars {
@@ -136,4 +144,51 @@ pub(crate) fn hold_a_worker<T: Send + 'static>(
     });
     started.recv_timeout(WATCHDOG).unwrap();
     (task, open)
+}
+
+/// A gate that process tasks wait on: a path that does not exist until the gate opens. Pass
+/// [`path`](FileGate::path) to [`wait_for_file`] run on a worker; the test opens the gate with
+/// [`open`](FileGate::open), or by dropping it (also when it fails and unwinds), so no worker
+/// stays blocked.
+pub(crate) struct FileGate {
+    path: std::path::PathBuf,
+}
+
+impl FileGate {
+    /// A closed gate, named after `name` and this process.
+    pub(crate) fn new(name: &str) -> FileGate {
+        let path =
+            std::env::temp_dir().join(format!("smol-offload-gate-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        FileGate { path }
+    }
+
+    /// The path that [`wait_for_file`] waits for.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        self.path.clone()
+    }
+
+    /// Lets every task waiting on the gate go on.
+    pub(crate) fn open(self) {}
+}
+
+impl Drop for FileGate {
+    fn drop(&mut self) {
+        std::fs::write(&self.path, b"open").unwrap();
+    }
+}
+
+/// Run on a worker: waits until the gate at `path` opens, then removes the file and returns
+/// the worker's pid. Gives up after [`WATCHDOG`], so a lost gate fails a test, never hangs it.
+pub(crate) fn wait_for_file(path: std::path::PathBuf) -> u32 {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gate never opened"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    let _ = std::fs::remove_file(&path);
+    std::process::id()
 }
