@@ -1,8 +1,9 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// wire → job → worker_link → loan → shared → loan_assist → server → dispatcher.
+// wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
 mod dispatcher;
+mod dying;
 mod job;
 mod loan;
 mod loan_assist;

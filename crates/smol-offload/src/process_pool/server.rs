@@ -10,7 +10,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
@@ -145,7 +145,9 @@ impl ServerLink {
         }
     }
 
-    /// Waits for worker `pid`, which is exiting, and says how it ended.
+    /// Waits for worker `pid` and says how it ended. The server waits in `waitpid`, holding the
+    /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
+    /// readable) or that was just killed.
     pub(crate) fn reap(&self, pid: u32) -> io::Result<WorkerExit> {
         match self.request(&ServerRequest::Reap { pid }, None)? {
             ServerReply::Exited { pid: reaped, code } if reaped == pid => {
@@ -254,6 +256,9 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
         let reply = match (request, fd) {
             (ServerRequest::Spawn, Some(worker_socket)) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
+                    // The worker does it too: whichever runs first, the group exists before
+                    // the parent learns the pid.
+                    let _ = sys::lead_own_group(pid);
                     workers.push(pid);
                     ServerReply::Spawned { pid }
                 }
@@ -278,8 +283,8 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
         }
     }
     for pid in workers {
-        let _ =
-            nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        // Not reaped yet, so the pid and its group are still this worker's.
+        sys::kill_worker_group(pid);
         let _ = reap(pid);
     }
     sys::exit_child(0)
@@ -306,8 +311,18 @@ fn reap(pid: u32) -> ServerReply {
     }
 }
 
-/// Creates the parent's end of a new worker's socket pair and forks the worker on the server.
-pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
+/// A worker just forked: its pid, the parent's end of its socket, and its pidfd.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    /// Readable once the worker has exited (see [`sys::pidfd_open`]).
+    pub(crate) pidfd: Arc<OwnedFd>,
+}
+
+/// Creates the parent's end of a new worker's socket pair, forks the worker on the server, and
+/// opens its pidfd.
+pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
     let (parent_end, worker_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -316,5 +331,18 @@ pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
     )?;
     let pid = link.spawn(worker_end.as_fd())?;
     drop(worker_end);
-    Ok((pid, UnixStream::from(parent_end)))
+    // The server reaps a worker only when asked to, so `pid` is still this worker.
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned {
+            pid,
+            stream: UnixStream::from(parent_end),
+            pidfd: Arc::new(pidfd),
+        }),
+        Err(err) => {
+            // Killed first, so the reap does not wait.
+            sys::kill_worker_group(pid);
+            let _ = link.reap(pid);
+            Err(err)
+        }
+    }
 }

@@ -264,6 +264,7 @@ mod tests {
     use crate::error::Error;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
+    use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::{self, Reply};
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -319,7 +320,12 @@ mod tests {
     /// A worker link whose other end the test holds, as the worker would.
     fn worker() -> (WorkerLink, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        (WorkerLink::new((std::process::id(), ours)).unwrap(), theirs)
+        let spawned = Spawned {
+            pid: std::process::id(),
+            stream: ours,
+            pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
+        };
+        (WorkerLink::new(spawned).unwrap(), theirs)
     }
 
     /// Reads one request as the worker would, and answers it with `payload`.
@@ -361,7 +367,7 @@ mod tests {
             assert_eq!(state.loans.len(), 1);
             assert!(Arc::ptr_eq(&state.loans[0], &loan));
         }
-        assert!(loan.stream().is_some(), "the loan holds the worker");
+        assert!(loan.watch().is_some(), "the loan holds the worker");
         // The request was written by the submitting thread, and the dispatcher not woken.
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut &worker_end, &mut buffer)
@@ -441,7 +447,7 @@ mod tests {
         );
         drop(state);
         assert_eq!(wake_ups(&shared), 0);
-        assert!(loan.stream().is_none(), "the loan is over");
+        assert!(loan.watch().is_none(), "the loan is over");
     }
 
     #[test]
