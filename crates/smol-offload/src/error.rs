@@ -38,6 +38,8 @@ pub(crate) enum ErrorKind {
         exit: WorkerExit,
     },
     Shutdown,
+    /// The pool gave up (it could not keep any worker process alive), for this reason.
+    Broken(String),
     Codec {
         stage: &'static str,
         detail: String,
@@ -171,9 +173,10 @@ impl Error {
     }
 
     /// True when the pool shut down before the task could finish: its last handle was dropped
-    /// with the task still queued, or its worker processes could not be kept alive.
+    /// with the task still queued, or its worker processes could not be kept alive (the
+    /// message then says why).
     pub fn is_shutdown(&self) -> bool {
-        matches!(self.kind, ErrorKind::Shutdown)
+        matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
     }
 
     /// True when the argument or the result of a process task could not be serialized or
@@ -204,6 +207,7 @@ impl fmt::Display for Error {
                 write!(f, "worker process {pid} {exit} while running the task")
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
+            ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
         }

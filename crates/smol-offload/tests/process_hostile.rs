@@ -362,3 +362,285 @@ fn garbage_from_a_worker_with_tasks_sent_ahead_fails_only_its_task() {
     assert_eq!(squares[9], 81);
     assert_eq!(pool.pids().len(), 2);
 }
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(')').next().unwrap();
+    after_name
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The processes whose parent is `pid`, zombies included.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|parent| parent.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Limits this process to descriptors below `limit` (`RLIMIT_NOFILE`), returning the old
+/// soft limit.
+fn limit_descriptors(limit: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` to the live struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `setrlimit` reads one `rlimit` from the live struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) }, 0);
+    old.rlim_cur
+}
+
+/// Leaves this process room for `room` more descriptors: fills the free numbers below the
+/// highest open one (the kernel hands out the lowest free number), then limits descriptors to
+/// `room` numbers above it. Returns the old limit, for [`limit_descriptors`].
+fn leave_room_for(room: u64) -> u64 {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u64>().ok())
+        .max()
+        .unwrap();
+    loop {
+        let filler = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&filler) as u64;
+        if fd > highest {
+            break;
+        }
+        // Kept open for the life of this (child) process.
+        std::mem::forget(filler);
+    }
+    limit_descriptors(highest + 1 + room)
+}
+
+/// Makes the fork server (`server`) unable to receive a worker's socket, so that forking a
+/// worker fails (with `enable = false`), or able again.
+fn let_server_fork(server: u32, enable: bool) {
+    let limit = libc::rlimit {
+        rlim_cur: if enable { 1024 } else { 0 },
+        rlim_max: 1024,
+    };
+    // SAFETY: `prlimit` reads one live `rlimit` and writes none (the old value is not asked).
+    let done = unsafe {
+        libc::prlimit(
+            server as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Runs the child test `name` of this binary (see `common::run_child`), within [`SHORT`].
+fn run_child_promptly(name: &'static str) {
+    promptly_blocking(name, move || {
+        common::run_child(name, "SMOL_OFFLOAD_TEST_HOSTILE", &[]);
+    });
+}
+
+/// The child half of `a_failed_build_leaves_no_worker_behind`.
+#[test]
+fn child_fails_to_build_a_pool() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let first = ProcessPool::new(1).unwrap();
+    let server = parent_of(first.pids()[0]);
+    assert_eq!(children_of(server), first.pids());
+    // Room for the descriptors of a few workers, not of twenty.
+    let old = leave_room_for(8);
+    let err = ProcessPool::new(20).unwrap_err();
+    limit_descriptors(old);
+    assert!(
+        err.to_string()
+            .contains("could not fork the worker processes"),
+        "{err}"
+    );
+    // The workers forked before the failure are gone and reaped: the server's only child is
+    // the first pool's worker.
+    let deadline = Instant::now() + SHORT;
+    while children_of(server) != first.pids() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            children_of(server)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("child_fails_to_build_a_pool: done");
+}
+
+#[test]
+fn a_failed_build_leaves_no_worker_behind() {
+    run_child_promptly("child_fails_to_build_a_pool");
+}
+
+/// The child half of `a_pool_whose_forks_fail_tries_again_and_recovers`.
+#[test]
+fn child_pool_recovers_after_forks_failed() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    assert_eq!(promptly("a task", pool.run(square, 2)).unwrap(), 4);
+    let server = parent_of(pool.pids()[0]);
+    let_server_fork(server, false);
+    let crashed = promptly("the crash", pool.run(abort, ())).unwrap_err();
+    assert!(crashed.is_worker_died(), "{crashed}");
+    // No worker, and forking one fails: the task waits while the pool tries again.
+    let waiting = pool.run(square, 3);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(pool.pids().is_empty());
+    let_server_fork(server, true);
+    assert_eq!(promptly("the waiting task", waiting).unwrap(), 9);
+    assert_eq!(pool.pids().len(), 1);
+    println!("child_pool_recovers_after_forks_failed: done");
+}
+
+#[test]
+fn a_pool_whose_forks_fail_tries_again_and_recovers() {
+    run_child_promptly("child_pool_recovers_after_forks_failed");
+}
+
+/// The child half of `a_pool_that_cannot_keep_any_worker_says_why`.
+#[test]
+fn child_pool_cannot_fork_any_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let server = parent_of(pool.pids()[0]);
+    let_server_fork(server, false);
+    let crashed = promptly("the crash", pool.run(abort, ())).unwrap_err();
+    assert!(crashed.is_worker_died(), "{crashed}");
+    let err = promptly("the waiting task", pool.run(square, 3)).unwrap_err();
+    let_server_fork(server, true);
+    assert!(err.is_shutdown(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("none of its worker processes could be kept alive")
+            && message.contains("os error"),
+        "{message}"
+    );
+    // Every later task is refused at once, with the same reason.
+    let later = promptly("a later task", pool.run(square, 4)).unwrap_err();
+    assert_eq!(later.to_string(), message);
+    assert!(pool.pids().is_empty());
+    println!("child_pool_cannot_fork_any_worker: done");
+}
+
+#[test]
+fn a_pool_that_cannot_keep_any_worker_says_why() {
+    run_child_promptly("child_pool_cannot_fork_any_worker");
+}
+
+#[test]
+fn a_dropped_pool_kills_a_stopped_worker() {
+    let pool = ProcessPool::new(2).unwrap();
+    let pids = pool.pids();
+    assert_eq!(promptly("a task", pool.run(square, 2)).unwrap(), 4);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    drop(pool);
+    // The stopped worker cannot exit at the end of its socket: it is killed after the grace
+    // period, and both workers are reaped.
+    wait_until_reaped(&pids);
+}
+
+/// The child half of `sigterm_to_the_process_group_spares_the_pool`.
+#[test]
+fn child_pool_gets_sigterm() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    use nix::sys::signal::{Signal, kill};
+    let pool = ProcessPool::new(2).unwrap();
+    let pids = pool.pids();
+    let server = parent_of(pids[0]);
+    // What `kill -TERM` of the application's process group does to the server and the
+    // workers (the application itself would decide what to do with its own).
+    for pid in [server, pids[0], pids[1]] {
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    }
+    let tasks: Vec<_> = (0..2).map(|_| pool.run(sleep_ms, 100)).collect();
+    let ran_on: Vec<u32> = promptly("two tasks", gather(tasks))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(ran_on.iter().all(|pid| pids.contains(pid)), "{ran_on:?}");
+    assert_eq!(pool.pids(), pids);
+    let other = promptly_blocking("building a pool", || ProcessPool::new(1).unwrap());
+    assert_eq!(promptly("a task", other.run(square, 5)).unwrap(), 25);
+    println!("child_pool_gets_sigterm: done");
+}
+
+#[test]
+fn sigterm_to_the_process_group_spares_the_pool() {
+    run_child_promptly("child_pool_gets_sigterm");
+}
+
+/// The child half of `after_the_fork_server_dies_every_pool_says_so`.
+#[test]
+fn child_loses_its_fork_server() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let server = parent_of(pool.pids()[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The worker dies with the server; its replacement cannot be forked.
+    let deadline = Instant::now() + SHORT;
+    let err = loop {
+        match promptly("a task", pool.run(square, 3)) {
+            Err(err) if err.is_shutdown() => break err,
+            Err(err) => assert!(err.is_worker_died(), "{err}"),
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "the pool still works");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(err.to_string().contains("the fork server is gone"), "{err}");
+    let build = ProcessPool::new(1).unwrap_err();
+    assert!(
+        build.to_string().contains("the fork server is gone"),
+        "{build}"
+    );
+    println!("child_loses_its_fork_server: done");
+}
+
+#[test]
+fn after_the_fork_server_dies_every_pool_says_so() {
+    run_child_promptly("child_loses_its_fork_server");
+}

@@ -104,6 +104,44 @@ pub(crate) struct Dispatcher {
     replies: Vec<(Job, Reply)>,
     /// Workers let go of and not reaped yet.
     dying: Vec<Dying>,
+    /// Replacements still to fork, after a fork failed.
+    respawn: Respawn,
+}
+
+/// The first wait before forking again after a failed fork; it doubles with each failure in a
+/// row, up to [`RESPAWN_MAX_DELAY`].
+const RESPAWN_FIRST_DELAY: Duration = Duration::from_millis(50);
+const RESPAWN_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Failed forks in a row after which a pool left without any worker gives up.
+const RESPAWN_ATTEMPTS: u32 = 5;
+
+/// The workers a pool misses because forking them failed, and when to try again.
+#[derive(Default)]
+struct Respawn {
+    missing: usize,
+    /// Failed forks in a row.
+    failures: u32,
+    /// When to try again, after a failure.
+    at: Option<Instant>,
+    /// What the last failure said.
+    error: Option<String>,
+}
+
+impl Respawn {
+    fn failed(&mut self, error: &io::Error) {
+        self.failures += 1;
+        let delay = RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(RESPAWN_MAX_DELAY);
+        self.at = Some(Instant::now() + delay);
+        self.error = Some(error.to_string());
+    }
+
+    fn succeeded(&mut self) {
+        self.missing -= 1;
+        self.failures = 0;
+        self.at = None;
+    }
 }
 
 impl Dispatcher {
@@ -123,6 +161,7 @@ impl Dispatcher {
             typical_task: None,
             replies: Vec::new(),
             dying: Vec::new(),
+            respawn: Respawn::default(),
         }
     }
 
@@ -145,10 +184,22 @@ impl Dispatcher {
                     break;
                 }
             } else {
+                if self.respawn.at.is_some_and(|at| at <= Instant::now()) {
+                    self.fork_missing_workers();
+                }
                 self.hand_out_jobs();
             }
-            if self.workers.is_empty() && self.all_home() {
-                self.shared.break_pool();
+            if self.workers.is_empty()
+                && self.all_home()
+                && (closed || self.respawn.failures >= RESPAWN_ATTEMPTS)
+            {
+                if !closed {
+                    let error = self.respawn.error.take().unwrap_or_default();
+                    self.shared.break_pool(Some(format!(
+                        "none of its worker processes could be kept alive ({error}); \
+                         build a new pool once the cause is fixed"
+                    )));
+                }
                 self.fail_waiting_jobs();
                 break;
             }
@@ -159,10 +210,12 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared) {
+            let ready = match sleep.wait(&self.shared, self.respawn.at) {
                 Ok(ready) => ready,
-                Err(_) => {
-                    self.shared.break_pool();
+                Err(err) => {
+                    self.shared.break_pool(Some(format!(
+                        "its dispatcher thread could not wait for its workers ({err})"
+                    )));
                     self.fail_waiting_jobs();
                     break;
                 }
@@ -411,34 +464,54 @@ impl Dispatcher {
         let worker = self.workers.swap_remove(index);
         let pid = worker.pid;
         let mut in_flight = worker.in_flight;
-        drop(worker.stream);
         let running = in_flight.pop_front().map(|running| running.job);
         for (position, waiting) in in_flight.into_iter().enumerate() {
             self.retry.insert(position, waiting.job);
         }
+        // Killed (if the cause says so) before its socket closes, which would let it exit.
         self.dying
             .push(Dying::new(pid, worker.pidfd, running, cause));
+        drop(worker.stream);
         self.shared.pids_mut().retain(|&other| other != pid);
         if !self.shared.is_closed() {
             self.spawn_replacement();
         }
     }
 
-    /// Forks a worker to replace one that was let go of.
+    /// Forks a worker to replace one that was let go of, now or, after failures, later.
     fn spawn_replacement(&mut self) {
-        let Ok(spawned) = server::spawn_worker(self.link) else {
-            return;
-        };
-        let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
-        match WorkerLink::new(spawned) {
-            Ok(worker) => {
-                self.shared.pids_mut().push(pid);
-                self.workers.push(worker);
+        self.respawn.missing += 1;
+        if self.respawn.at.is_none() {
+            self.fork_missing_workers();
+        }
+    }
+
+    /// Forks the workers the pool misses; on a failure, tries again after a delay that
+    /// doubles with each failure in a row (never a tight fork loop).
+    fn fork_missing_workers(&mut self) {
+        while self.respawn.missing > 0 {
+            let spawned = match server::spawn_worker(self.link) {
+                Ok(spawned) => spawned,
+                Err(err) => {
+                    self.respawn.failed(&err);
+                    return;
+                }
+            };
+            let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
+            match WorkerLink::new(spawned) {
+                Ok(worker) => {
+                    self.shared.pids_mut().push(pid);
+                    self.workers.push(worker);
+                    self.respawn.succeeded();
+                }
+                Err(err) => {
+                    // Its socket is closed: it exits at once.
+                    self.dying
+                        .push(Dying::new(pid, pidfd, None, Cause::ClosedLink));
+                    self.respawn.failed(&err);
+                    return;
+                }
             }
-            // Its socket is closed: it exits at once.
-            Err(_) => self
-                .dying
-                .push(Dying::new(pid, pidfd, None, Cause::ClosedLink)),
         }
     }
 
@@ -447,12 +520,12 @@ impl Dispatcher {
     fn fail_waiting_jobs(&mut self) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.picked();
             self.shared.counters.cancelled();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
     }
 
@@ -566,7 +639,7 @@ impl Sleep {
     /// Lent workers' sockets are watched for their end only, so that a reply their task reads
     /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
     /// task nobody polls cannot keep its worker from the queue.
-    fn wait(&self, shared: &Shared) -> io::Result<Vec<Readiness>> {
+    fn wait(&self, shared: &Shared, respawn_at: Option<Instant>) -> io::Result<Vec<Readiness>> {
         let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
         fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
         for watch in &self.watched {
@@ -580,7 +653,8 @@ impl Sleep {
             }
             fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = self.deadline.map_or(PollTimeout::NONE, timeout_until);
+        let deadline = self.deadline.into_iter().chain(respawn_at).min();
+        let timeout = deadline.map_or(PollTimeout::NONE, timeout_until);
         loop {
             match poll(&mut fds, timeout) {
                 Ok(_) => break,
@@ -623,7 +697,7 @@ impl Drop for Dispatcher {
             // A bug in the dispatcher must not leave tasks waiting forever: refuse new work and
             // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
             // workers exit when their sockets close.
-            self.shared.break_pool();
+            self.shared.break_pool(None);
             self.fail_waiting_jobs();
         }
     }

@@ -50,7 +50,7 @@ pub(crate) struct Dying {
     pub(crate) pidfd: Arc<OwnedFd>,
     /// The job it was running: it fails with how the worker ended.
     running: Option<Job>,
-    /// Why the pool killed it, once it did: said instead of `SIGKILL` if that is how it ended.
+    /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
     kill_at: Option<Instant>,
@@ -111,10 +111,13 @@ impl Dying {
     /// process that left the group, with `setsid`, escapes).
     pub(crate) fn reap(self, link: &ServerLink) -> Option<(Job, Error)> {
         sys::kill_worker_group(self.pid);
-        let exit = match (link.reap(self.pid), self.killed_for) {
-            (Ok(WorkerExit::Signal(libc::SIGKILL)), Some(reason)) => reason,
-            (Ok(exit), _) => exit,
-            (Err(_), _) => WorkerExit::Unknown,
+        let reaped = link.reap(self.pid);
+        // Once the pool killed it, the reason is the cause: the worker may have exited on its
+        // own in the instant before the kill (at the end of its socket), but it was broken.
+        let exit = match (reaped, self.killed_for) {
+            (_, Some(reason)) => reason,
+            (Ok(exit), None) => exit,
+            (Err(_), None) => WorkerExit::Unknown,
         };
         let pid = self.pid;
         self.running

@@ -10,6 +10,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nix::sys::socket::{
@@ -92,6 +93,8 @@ pub(crate) fn link_or_start() -> Result<&'static ServerLink, BuildError> {
 #[derive(Debug)]
 pub(crate) struct ServerLink {
     socket: Mutex<OwnedFd>,
+    /// Set once the server is known to be gone: every later request fails at once.
+    gone: AtomicBool,
     /// The socket's descriptor, to shut it down at exit without taking the lock.
     raw: std::os::fd::RawFd,
     pid: u32,
@@ -124,6 +127,7 @@ impl ServerLink {
                 let raw = parent_end.as_raw_fd();
                 Ok(ServerLink {
                     socket: Mutex::new(parent_end),
+                    gone: AtomicBool::new(false),
                     raw,
                     pid,
                 })
@@ -168,11 +172,41 @@ impl ServerLink {
         fd: Option<BorrowedFd<'_>>,
     ) -> io::Result<ServerReply> {
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        send_message(socket.as_fd(), request, fd)?;
-        let (reply, _) = receive_message(socket.as_fd())?
-            .ok_or_else(|| io::Error::other("the fork server exited"))?;
-        Ok(reply)
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(server_gone());
+        }
+        let sent = send_message(socket.as_fd(), request, fd);
+        let reply = sent.and_then(|()| receive_message(socket.as_fd()));
+        match reply {
+            Ok(Some((reply, _))) => Ok(reply),
+            // The end of the link, or a link the other end reset: the server died.
+            Ok(None) => Err(self.mark_gone()),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+                ) =>
+            {
+                Err(self.mark_gone())
+            }
+            Err(err) => Err(err),
+        }
     }
+
+    fn mark_gone(&self) -> io::Error {
+        self.gone.store(true, Ordering::Relaxed);
+        server_gone()
+    }
+}
+
+/// The error of every request once the fork server is gone. The server cannot be started
+/// again: the application runs threads by now, and only a single-threaded process may fork.
+fn server_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the fork server is gone (it was killed or exited), so no process pool of this \
+         program can fork workers any more; restart the program",
+    )
 }
 
 fn unexpected(reply: &ServerReply) -> io::Error {
@@ -217,7 +251,9 @@ fn receive_message<T: serde::de::DeserializeOwned>(
         ) {
             Ok(message) => {
                 let mut fd = None;
-                for cmsg in message.cmsgs()? {
+                // Truncated control data (this process is out of descriptors, say) brings no
+                // descriptor: the request is answered with an error, and the link stays.
+                for cmsg in message.cmsgs().into_iter().flatten() {
                     if let ControlMessageOwned::ScmRights(fds) = cmsg {
                         for raw in fds {
                             let owned = sys::own_received_fd(raw);
@@ -270,8 +306,10 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                 },
             },
+            // The parent always attaches the worker's socket: the server could not take it
+            // (it is out of descriptors).
             (ServerRequest::Spawn, None) => ServerReply::Failed {
-                errno: libc::EINVAL,
+                errno: libc::EMFILE,
             },
             (ServerRequest::Reap { pid }, _) => {
                 workers.retain(|&worker| worker != pid);
