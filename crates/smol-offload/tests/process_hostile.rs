@@ -852,3 +852,35 @@ fn a_task_its_dead_worker_never_started_runs_on_the_replacement() {
     assert!(!pool.pids().contains(&victim));
     wait_until_reaped(&[victim]);
 }
+
+fn mark_and_sleep(marker: PathBuf) -> u32 {
+    std::fs::write(marker, b"running").unwrap();
+    std::thread::sleep(LONG);
+    std::process::id()
+}
+
+#[test]
+fn a_dropped_pool_kills_a_worker_stopped_in_the_middle_of_a_task() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let marker = temp_path("stopped-mid-task");
+    let task = pool.run(mark_and_sleep, marker.clone());
+    wait_for_file(&marker);
+    std::fs::remove_file(&marker).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // A dropped pool lets its running tasks finish, but a stopped worker never would.
+    drop(pool);
+    let err = promptly("the stopped worker's task", task).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim));
+    assert!(
+        err.to_string()
+            .contains("stayed stopped after its pool was dropped and was killed"),
+        "{err}"
+    );
+    wait_until_reaped(&[victim]);
+}

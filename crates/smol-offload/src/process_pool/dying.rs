@@ -41,6 +41,9 @@ pub(crate) enum Cause {
     /// The pool's dispatcher stopped it (it had nothing to run): killed if it does not exit
     /// within `grace`.
     Stopped { grace: Duration },
+    /// Its pool was dropped while it ran a job, and it stayed stopped (`SIGSTOP`): killed at
+    /// once.
+    StoppedAfterClose,
 }
 
 /// A worker on its way out, kept until it is reaped.
@@ -75,6 +78,7 @@ impl Dying {
                 dying.kill(WorkerExit::MalformedReply(malformed.0));
             }
             Cause::Stopped { grace } => dying.kill_at = Some(Instant::now() + grace),
+            Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
     }
