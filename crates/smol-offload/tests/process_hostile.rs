@@ -731,12 +731,9 @@ fn chaos_every_task_resolves_once_and_nothing_is_left_behind() {
             Err(err) => {
                 assert!(err.is_worker_died(), "task {n}: {err}");
                 seen.lock().unwrap().insert(err.worker_pid().unwrap());
-                if garbage(n) {
-                    assert!(
-                        err.to_string().contains("malformed reply"),
-                        "task {n}: {err}"
-                    );
-                } else {
+                // A garbage task fails saying its reply was malformed, unless the chaos killed
+                // its worker before it wrote the garbage: only the others count as failures.
+                if !garbage(n) {
                     failed += 1;
                 }
             }
