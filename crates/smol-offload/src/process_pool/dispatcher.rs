@@ -1,269 +1,33 @@
-//! The parent side of a process pool: one thread, blocked in `poll(2)` on an eventfd and the
-//! workers' sockets, that hands queued jobs to idle workers and turns replies into task results.
+//! The dispatcher: one thread per pool, blocked in `poll(2)` on the pool's eventfd and the
+//! workers' sockets, that hands queued jobs to idle workers, turns replies into task results,
+//! and replaces workers that die.
 //!
 //! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
 //! submitted then goes straight to a worker and reads its own reply (see
 //! [`loan`](super::loan)), and the dispatcher is not woken at all. Otherwise submitters push a
-//! job on the queue and write the eventfd only when the dispatcher sleeps with workers lent
-//! out, so a burst of submissions costs one wake-up, not one each.
+//! job on the queue (see [`shared`](super::shared)) and write the eventfd only when the
+//! dispatcher sleeps with workers lent out, so a burst of submissions costs one wake-up, not
+//! one each.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_io::Async;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::error::{Error, ErrorKind};
+use crate::process_pool::dying::{Cause, Dying, SHUTDOWN_GRACE};
+use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
+use crate::process_pool::shared::Shared;
 use crate::process_pool::wire::Reply;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
-use crate::stats::Counters;
-use crate::sys::{CallStatus, ErasedCall};
-use crate::task::Promise;
-
-/// One submitted call, waiting for a worker.
-pub(crate) struct Job {
-    pub(crate) call: ErasedCall,
-    pub(crate) arg: Vec<u8>,
-    pub(crate) completion: Box<dyn Completion>,
-}
-
-/// The typed end of a job: decides whether it may start and decodes its reply.
-pub(crate) trait Completion: Send {
-    fn start(&self) -> bool;
-    fn finish(self: Box<Self>, reply: Reply);
-    fn fail(self: Box<Self>, error: Error);
-}
-
-impl<R: DeserializeOwned + Send> Completion for Promise<R> {
-    fn start(&self) -> bool {
-        Promise::start(self)
-    }
-
-    fn finish(self: Box<Self>, reply: Reply) {
-        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
-        let result = match reply.status {
-            // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
-            CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
-                postcard::from_bytes(&reply.payload).map_err(|err| {
-                    Error::codec("deserialize the result", err.to_string(), Some(err))
-                })
-            }))
-            .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
-            CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
-            CallStatus::BadArgument => Err(Error::codec(
-                "deserialize the argument in the worker",
-                text(),
-                None,
-            )),
-            CallStatus::BadResult => Err(Error::codec(
-                "serialize the result in the worker",
-                text(),
-                None,
-            )),
-        };
-        // An unread value (its task was dropped) is dropped here, and its destructor may panic.
-        let _ = panic::catch_unwind(AssertUnwindSafe(move || self.complete(result)));
-    }
-
-    fn fail(self: Box<Self>, error: Error) {
-        self.complete(Err(error));
-    }
-}
-
-/// What the pool's handles, its loans and its dispatcher share.
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    wake: EventFd,
-    /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
-    /// workers are lent out: the next job queued must wake it.
-    wake_on_submit: AtomicBool,
-    closed: AtomicBool,
-    /// Set when no worker could be kept alive: the pool refuses work.
-    broken: AtomicBool,
-    pids: Mutex<Vec<u32>>,
-    pub(crate) counters: Counters,
-}
-
-/// Where the jobs and the workers the dispatcher does not hold are.
-#[derive(Default)]
-struct State {
-    /// Jobs waiting for a worker, oldest first.
-    jobs: VecDeque<Job>,
-    /// Idle workers the dispatcher lent out while nothing is queued: a submitter may take one.
-    idle: Vec<WorkerLink>,
-    /// Workers given back to the dispatcher: with a job still in flight, or while jobs wait.
-    returned: Vec<WorkerLink>,
-    /// Workers on loan to a task.
-    loans: Vec<Arc<Loan>>,
-}
-
-impl State {
-    /// Removes `loan` from the loans in progress.
-    fn forget(&mut self, loan: &Arc<Loan>) {
-        self.loans.retain(|other| !Arc::ptr_eq(other, loan));
-    }
-}
-
-/// How [`Shared::submit`] placed a job.
-pub(crate) enum Placed {
-    /// In the queue, for the dispatcher.
-    Queued,
-    /// Sent straight to an idle worker, lent to the task until it reads the reply.
-    Lent(Arc<Loan>),
-}
-
-/// The largest argument sent straight to an idle worker from the submitting thread. The send
-/// blocks until the socket takes it, which an idle worker's empty socket buffer does at once
-/// for a frame this size; larger ones go through the dispatcher.
-const DIRECT_SEND_LIMIT: usize = 64 * 1024;
-
-impl Shared {
-    pub(crate) fn new() -> io::Result<Shared> {
-        Ok(Shared {
-            state: Mutex::new(State::default()),
-            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-            wake_on_submit: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            broken: AtomicBool::new(false),
-            pids: Mutex::new(Vec::new()),
-            counters: Counters::default(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends a job straight to an idle worker if nothing is queued, else queues it, waking the
-    /// dispatcher if it sleeps with workers lent out. Gives the job back if the pool is broken.
-    ///
-    /// The job's task must not have been handed out yet: a job sent straight away is started
-    /// without asking whether it was cancelled.
-    pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
-        let mut state = self.lock();
-        // `broken` is set under this lock before the queue is drained for the last time, so no
-        // job can slip in after that drain.
-        if self.broken.load(Ordering::Acquire) {
-            return Err(job);
-        }
-        self.counters.submitted();
-        if state.jobs.is_empty()
-            && job.arg.len() <= DIRECT_SEND_LIMIT
-            && let Some(worker) = state.idle.pop()
-        {
-            return Ok(self.lend(state, worker, job));
-        }
-        state.jobs.push_back(job);
-        drop(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
-        Ok(Placed::Queued)
-    }
-
-    /// Sends `job` to the idle `worker` from this thread, and lends the worker to the job's task.
-    fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
-        let started = job.completion.start();
-        debug_assert!(started, "nobody holds the task yet");
-        worker.assign(job);
-        // The loan is registered before the lock is released, so that the dispatcher always
-        // knows where every worker is, and stays locked until the request is sent, so that the
-        // dispatcher cannot take the worker back in between.
-        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
-        // reach this one yet.)
-        let loan = Loan::new();
-        let mut lent = loan.lock();
-        state.loans.push(loan.clone());
-        drop(state);
-        if worker.flush().is_ok() {
-            lent.hold(worker);
-            self.counters.picked();
-            return Placed::Lent(loan.clone());
-        }
-        // The worker is gone and the job never reached it: queue the job for another worker,
-        // and let the dispatcher replace this one.
-        let job = worker.take_back_last().expect("a job was assigned");
-        let mut state = self.lock();
-        state.forget(&loan);
-        state.returned.push(worker);
-        state.jobs.push_front(job);
-        drop(state);
-        drop(lent);
-        self.wake_dispatcher();
-        Placed::Queued
-    }
-
-    /// Takes back the worker of a loan that ended: it is lent again if it is idle and nothing
-    /// is queued, else the dispatcher gets it.
-    pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
-        let mut state = self.lock();
-        state.forget(loan);
-        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
-            state.idle.push(worker);
-        } else {
-            state.returned.push(worker);
-            drop(state);
-            self.wake_dispatcher();
-        }
-    }
-
-    /// Forgets a loan whose worker the dispatcher took back.
-    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
-        self.lock().forget(loan);
-    }
-
-    /// Tells the dispatcher that the last pool handle is gone.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.wake_dispatcher();
-    }
-
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn wake_dispatcher(&self) {
-        // A full eventfd counter still wakes the poller; nothing else can fail here.
-        let _ = self.wake.write(1);
-    }
-
-    /// Refuses new work from now on; the caller then fails what is queued.
-    fn break_pool(&self) {
-        let _state = self.lock();
-        self.broken.store(true, Ordering::Release);
-    }
-
-    /// The oldest queued job, if `fits` accepts it.
-    fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
-        let mut state = self.lock();
-        if state.jobs.front().is_some_and(fits) {
-            state.jobs.pop_front()
-        } else {
-            None
-        }
-    }
-
-    fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
-    }
-
-    fn queued(&self) -> usize {
-        self.lock().jobs.len()
-    }
-}
+use crate::sys;
 
 /// A task shorter than this is short: the pool may send short tasks ahead to busy workers.
 const SHORT_TASK: Duration = Duration::from_micros(200);
@@ -274,19 +38,51 @@ const PIPELINE_DEPTH: usize = 16;
 /// at most 4 KiB), or the dispatcher and a worker writing its reply would wait for each other.
 const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 
-/// Forks `count` workers on the server.
+/// Forks `count` workers on the server. If one cannot be forked, those forked already are
+/// killed and reaped before the error is returned.
 pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<WorkerLink>> {
-    (0..count)
-        .map(|_| WorkerLink::new(server::spawn_worker(link)?))
-        .collect()
+    let mut pids = Vec::with_capacity(count);
+    let mut workers = Vec::with_capacity(count);
+    let result = (|| {
+        for _ in 0..count {
+            let spawned = server::spawn_worker(link)?;
+            pids.push(spawned.pid);
+            workers.push(WorkerLink::new(spawned)?);
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(workers),
+        Err(err) => {
+            drop(workers);
+            for pid in pids {
+                // Killed first, so that the reap does not wait.
+                sys::kill_worker_group(pid);
+                let _ = link.reap(pid);
+            }
+            Err(err)
+        }
+    }
 }
 
 /// What the dispatcher watches while it sleeps, besides its eventfd.
 enum Watched {
-    /// One of its own workers, by index.
+    /// One of its own workers, by index: its socket and its pidfd.
     Own(usize),
-    /// A worker lent out while idle, or a loan: watched for its end only, unless jobs wait.
+    /// A worker lent out while idle, or a loan: its pidfd, and its socket for its end only,
+    /// unless jobs wait.
     Lent(Option<Arc<Loan>>),
+    /// A dying worker, by index: its pidfd.
+    Dying(usize),
+}
+
+/// What one watched entry showed after a sleep.
+#[derive(Clone, Copy, Default)]
+struct Readiness {
+    /// The socket has data or ended.
+    socket: bool,
+    /// The pidfd says the process exited.
+    exited: bool,
 }
 
 /// The dispatcher's state and loop.
@@ -306,6 +102,56 @@ pub(crate) struct Dispatcher {
     typical_task: Option<Duration>,
     /// Replies read but not yet delivered to their tasks.
     replies: Vec<(Job, Reply)>,
+    /// Workers let go of and not reaped yet.
+    dying: Vec<Dying>,
+    /// Replacements still to fork, after a fork failed.
+    respawn: Respawn,
+    /// Once the pool is closed: the workers with a job in flight seen stopped (`SIGSTOP`),
+    /// and since when.
+    stopped: Vec<(u32, Instant)>,
+}
+
+/// How often a closed pool looks for stopped workers among those that still run a job.
+const STOPPED_CHECK: Duration = Duration::from_millis(500);
+
+/// The first wait before forking again after a failed fork; it doubles with each failure in a
+/// row, up to [`RESPAWN_MAX_DELAY`].
+const RESPAWN_FIRST_DELAY: Duration = Duration::from_millis(50);
+const RESPAWN_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Failed forks in a row after which a pool left without any worker gives up.
+const RESPAWN_ATTEMPTS: u32 = 5;
+
+/// The workers a pool misses because forking them failed, and when to try again.
+#[derive(Default)]
+struct Respawn {
+    missing: usize,
+    /// Failed forks in a row.
+    failures: u32,
+    /// When to try again, after a failure.
+    at: Option<Instant>,
+    /// What the last failure said.
+    error: Option<String>,
+}
+
+impl Respawn {
+    fn failed(&mut self, error: &io::Error) {
+        self.failures += 1;
+        self.at = Some(Instant::now() + Respawn::delay_after(self.failures));
+        self.error = Some(error.to_string());
+    }
+
+    /// How long to wait after `failures` failed forks in a row (at least one).
+    fn delay_after(failures: u32) -> Duration {
+        RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(RESPAWN_MAX_DELAY)
+    }
+
+    fn succeeded(&mut self) {
+        self.missing -= 1;
+        self.failures = 0;
+        self.at = None;
+    }
 }
 
 impl Dispatcher {
@@ -314,8 +160,7 @@ impl Dispatcher {
         link: &'static ServerLink,
         workers: Vec<WorkerLink>,
     ) -> Dispatcher {
-        *shared.pids.lock().unwrap_or_else(PoisonError::into_inner) =
-            workers.iter().map(|worker| worker.pid).collect();
+        *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
         // Lent out from the start, so that the first task goes straight to a worker.
         shared.lock().idle = workers;
         Dispatcher {
@@ -325,6 +170,9 @@ impl Dispatcher {
             retry: VecDeque::new(),
             typical_task: None,
             replies: Vec::new(),
+            dying: Vec::new(),
+            respawn: Respawn::default(),
+            stopped: Vec::new(),
         }
     }
 
@@ -333,24 +181,41 @@ impl Dispatcher {
         // Whether an idle worker lent out ended while the dispatcher slept.
         let mut idle_ended = false;
         loop {
-            let closed = self.shared.closed.load(Ordering::SeqCst);
+            let closed = self.shared.is_closed();
             if closed {
                 self.reclaim_loans(|_| true);
             }
             // Idle workers stay lent out unless they are needed or one of them ended: taking
             // them back would open a window in which a submitter finds none.
-            let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
+            let jobs_wait =
+                !self.retry.is_empty() || self.shared.queued() > 0 || self.has_jobs_sent_ahead();
             self.take_back_workers(closed || jobs_wait || idle_ended);
             if closed {
                 self.fail_waiting_jobs();
+                // A closed pool waits for the jobs its workers run, but not for a stopped
+                // worker, which would keep it (and its thread) forever: it looks for them
+                // every `STOPPED_CHECK` (the deadline of its sleep).
+                self.kill_stopped_workers();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
                 }
             } else {
+                if self.respawn.at.is_some_and(|at| at <= Instant::now()) {
+                    self.fork_missing_workers();
+                }
                 self.hand_out_jobs();
             }
-            if self.workers.is_empty() && self.all_home() {
-                self.shared.break_pool();
+            if self.workers.is_empty()
+                && self.all_home()
+                && (closed || self.respawn.failures >= RESPAWN_ATTEMPTS)
+            {
+                if !closed {
+                    let error = self.respawn.error.take().unwrap_or_default();
+                    self.shared.break_pool(Some(format!(
+                        "none of its worker processes could be kept alive ({error}); \
+                         build a new pool once the cause is fixed"
+                    )));
+                }
                 self.fail_waiting_jobs();
                 break;
             }
@@ -361,31 +226,54 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared.wake) {
+            let mut wake_at = self.respawn.at;
+            if closed && self.workers.iter().any(|worker| !worker.is_idle()) {
+                wake_at = Some(Instant::now() + STOPPED_CHECK);
+            }
+            let ready = match sleep.wait(&self.shared, wake_at) {
                 Ok(ready) => ready,
-                Err(_) => {
-                    self.shared.break_pool();
+                Err(err) => {
+                    self.shared.break_pool(Some(format!(
+                        "its dispatcher thread could not wait for its workers ({err})"
+                    )));
                     self.fail_waiting_jobs();
                     break;
                 }
             };
-            self.shared.wake_on_submit.store(false, Ordering::SeqCst);
+            self.shared.disarm_wake_on_submit();
             idle_ended = false;
             let mut ready_loans = Vec::new();
-            for ((_, watched), ready) in sleep.watched.into_iter().zip(ready).rev() {
-                if !ready {
+            // Indices go down, dying workers (listed last) first: a worker let go of meanwhile
+            // moves the last of its list into its place, which was already seen.
+            for (watch, ready) in sleep.watched.into_iter().zip(ready).rev() {
+                if !ready.socket && !ready.exited {
                     continue;
                 }
-                match watched {
-                    // Indices go down, so a worker replaced meanwhile does not shift the others.
-                    Watched::Own(worker) => self.read_replies(worker),
+                match watch.what {
+                    Watched::Own(worker) => {
+                        self.read_replies(worker, ready.exited);
+                    }
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
+                    Watched::Dying(index) => self.reap(index),
                 }
+            }
+            let now = Instant::now();
+            for dying in &mut self.dying {
+                dying.kill_if_late(now);
             }
             self.reclaim_loans(|loan| ready_loans.iter().any(|ready| Arc::ptr_eq(ready, loan)));
         }
         self.shut_down_workers();
+    }
+
+    /// Reaps the dying worker at `index`, which exited, and fails the job it was running.
+    fn reap(&mut self, index: usize) {
+        let dying = self.dying.swap_remove(index);
+        for (job, error) in dying.reap(self.link) {
+            self.shared.counters.completed();
+            job.completion.fail(error);
+        }
     }
 
     /// Completes the tasks whose replies were read.
@@ -415,7 +303,7 @@ impl Dispatcher {
         };
         for worker in taken {
             self.workers.push(worker);
-            self.read_replies(self.workers.len() - 1);
+            self.read_replies(self.workers.len() - 1, false);
         }
     }
 
@@ -431,9 +319,18 @@ impl Dispatcher {
             .collect();
         // The queue lock is not held here: a loan's lock comes first.
         for loan in loans {
-            if let Some(worker) = loan.reclaim(&self.shared) {
+            let worker = {
+                let mut lent = loan.lock();
+                let worker = lent.take();
+                if worker.is_some() {
+                    // Under the loan's lock, as the loan's task gives a worker back.
+                    self.shared.end_loan(&loan);
+                }
+                worker
+            };
+            if let Some(worker) = worker {
                 self.workers.push(worker);
-                self.read_replies(self.workers.len() - 1);
+                self.read_replies(self.workers.len() - 1, false);
             }
         }
     }
@@ -446,7 +343,11 @@ impl Dispatcher {
             return None;
         }
         let jobs_wait = !state.jobs.is_empty() || !self.retry.is_empty();
-        if !closed && !jobs_wait {
+        // Jobs sent ahead wait behind running ones: idle workers stay home to take them (see
+        // `hand_out_jobs`), and a loan that ends comes home too.
+        let sent_ahead = self.has_jobs_sent_ahead();
+        self.shared.set_jobs_sent_ahead(sent_ahead);
+        if !closed && !jobs_wait && !sent_ahead {
             let mut index = 0;
             while index < self.workers.len() {
                 if self.workers[index].is_idle() {
@@ -456,30 +357,52 @@ impl Dispatcher {
                 }
             }
             if !state.idle.is_empty() || !state.loans.is_empty() {
-                self.shared.wake_on_submit.store(true, Ordering::SeqCst);
+                self.shared.arm_wake_on_submit();
             }
         } else if !closed
+            && jobs_wait
             && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
             return None;
+        } else if self.workers.iter().any(WorkerLink::is_idle) {
+            // An idle worker at home: a job submitted now must wake the dispatcher.
+            self.shared.arm_wake_on_submit();
         }
-        let mut watched = Vec::with_capacity(self.workers.len() + state.idle.len());
+        let mut watched = Vec::with_capacity(
+            self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
+        );
         for (index, worker) in self.workers.iter().enumerate() {
-            watched.push((worker.stream.clone(), Watched::Own(index)));
+            watched.push(Watch::worker(worker, Watched::Own(index)));
         }
         for worker in &state.idle {
-            watched.push((worker.stream.clone(), Watched::Lent(None)));
+            watched.push(Watch::worker(worker, Watched::Lent(None)));
         }
         let loans = state.loans.clone();
         drop(state);
         for loan in loans {
-            if let Some(stream) = loan.stream() {
-                watched.push((stream, Watched::Lent(Some(loan))));
+            if let Some((stream, pidfd)) = loan.watch() {
+                watched.push(Watch {
+                    stream: Some(stream),
+                    pidfd,
+                    what: Watched::Lent(Some(loan)),
+                });
             }
         }
-        Some(Sleep { watched, jobs_wait })
+        for (index, dying) in self.dying.iter().enumerate() {
+            watched.push(Watch {
+                stream: None,
+                pidfd: dying.pidfd.clone(),
+                what: Watched::Dying(index),
+            });
+        }
+        let deadline = self.dying.iter().filter_map(Dying::kill_at).min();
+        Some(Sleep {
+            watched,
+            jobs_wait: jobs_wait || sent_ahead,
+            deadline,
+        })
     }
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
@@ -504,14 +427,17 @@ impl Dispatcher {
     }
 
     fn hand_out_jobs(&mut self) {
-        // One job to each idle worker first, so that work spreads before it queues up.
-        for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() {
-                let Some(job) = self.next_job(false) else {
-                    break;
-                };
-                self.workers[index].assign(job);
+        self.assign_to_idle_workers();
+        // A worker is idle while another holds jobs sent ahead that it has not started: take
+        // them back, so that no job waits behind a running one while a worker is free.
+        if self.workers.iter().any(WorkerLink::is_idle) && self.has_jobs_sent_ahead() {
+            for index in 0..self.workers.len() {
+                if self.workers[index].in_flight.len() > 1 {
+                    let unstarted = self.workers[index].take_back_unstarted();
+                    self.retry.extend(unstarted);
+                }
             }
+            self.assign_to_idle_workers();
         }
         let short_tasks = self
             .typical_task
@@ -531,13 +457,35 @@ impl Dispatcher {
         }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].flush().is_err() {
-                // The worker is gone: its first job fails with its exit status.
-                self.replace_worker(index, false);
+                // The worker closed its socket: take the replies it sent before, then let it
+                // go; the job it ran fails with how it ended.
+                if self.read_replies(index, false) {
+                    self.let_go(index, Cause::ClosedLink);
+                }
             }
         }
     }
 
-    fn read_replies(&mut self, index: usize) {
+    /// One job to each idle worker, so that work spreads before it queues up.
+    fn assign_to_idle_workers(&mut self) {
+        for index in 0..self.workers.len() {
+            if self.workers[index].is_idle() {
+                let Some(job) = self.next_job(false) else {
+                    break;
+                };
+                self.workers[index].assign(job);
+            }
+        }
+    }
+
+    /// True when a worker holds jobs sent ahead, behind the one it runs.
+    fn has_jobs_sent_ahead(&self) -> bool {
+        self.workers.iter().any(|worker| worker.in_flight.len() > 1)
+    }
+
+    /// Reads the replies of the worker at `index`, and lets it go if it broke its stream or
+    /// `exited`. Returns `false` when it let the worker go.
+    fn read_replies(&mut self, index: usize, exited: bool) -> bool {
         let open = self.workers[index].receive();
         loop {
             match self.workers[index].next_incoming() {
@@ -549,55 +497,112 @@ impl Dispatcher {
                     self.replies.push((job, reply));
                 }
                 Incoming::Nothing => break,
-                Incoming::Corrupt => {
-                    self.replace_worker(index, true);
-                    return;
+                Incoming::Corrupt(malformed) => {
+                    self.let_go(index, Cause::Malformed(malformed));
+                    return false;
                 }
             }
         }
-        if !open {
-            self.replace_worker(index, false);
+        if exited {
+            self.let_go(index, Cause::Exited);
+        } else if !open {
+            self.let_go(index, Cause::ClosedLink);
+        } else {
+            return true;
+        }
+        false
+    }
+
+    /// Lets the worker at `index` go for `cause`: it is killed now or soon (see [`Dying`]), the
+    /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
+    /// a replacement is forked unless the pool is closing.
+    fn let_go(&mut self, index: usize, cause: Cause) {
+        let mut worker = self.workers.swap_remove(index);
+        let pid = worker.pid;
+        // The jobs it never started go to others first, the one it ran fails: a worker that
+        // died between two jobs fails none. Taken back before anything else, so that a
+        // worker still alive cannot start them.
+        let unstarted = worker.take_back_unstarted();
+        for (position, job) in unstarted.into_iter().enumerate() {
+            self.retry.insert(position, job);
+        }
+        let running = worker
+            .in_flight
+            .drain(..)
+            .map(|running| running.job)
+            .collect();
+        // Killed (if the cause says so) before its socket closes, which would let it exit.
+        self.dying
+            .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
+        drop(worker);
+        self.shared.pids_mut().retain(|&other| other != pid);
+        if !self.shared.is_closed() {
+            self.spawn_replacement();
         }
     }
 
-    /// The worker at `index` died or broke its stream (`kill` it then): fail the job it was
-    /// running with how it ended, give the jobs sent ahead to others, and fork a replacement
-    /// unless the pool is closing.
-    fn replace_worker(&mut self, index: usize, kill: bool) {
-        let dead = self.workers.swap_remove(index);
-        let pid = dead.pid;
-        let mut in_flight = dead.in_flight;
-        drop(dead.stream);
-        if kill {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    /// In a closed pool, lets go of the workers that run a job but have been stopped
+    /// (`SIGSTOP`, or `SIGTTIN` from reading the terminal) for [`SHUTDOWN_GRACE`]: killed, their
+    /// job fails.
+    fn kill_stopped_workers(&mut self) {
+        let now = Instant::now();
+        let mut stopped = Vec::new();
+        for worker in self.workers.iter().filter(|worker| !worker.is_idle()) {
+            if is_stopped(worker.pid) {
+                let since = self
+                    .stopped
+                    .iter()
+                    .find(|(pid, _)| *pid == worker.pid)
+                    .map_or(now, |&(_, since)| since);
+                stopped.push((worker.pid, since));
+            }
         }
-        let exit = self.link.reap(pid).unwrap_or(WorkerExit::Unknown);
-        if let Some(running) = in_flight.pop_front() {
-            self.shared.counters.completed();
-            let error = Error::new(ErrorKind::WorkerDied { pid, exit });
-            running.job.completion.fail(error);
+        self.stopped = stopped;
+        for index in (0..self.workers.len()).rev() {
+            let pid = self.workers[index].pid;
+            let long_stopped = self
+                .stopped
+                .iter()
+                .any(|&(other, since)| other == pid && now - since >= SHUTDOWN_GRACE);
+            if long_stopped {
+                self.let_go(index, Cause::StoppedAfterClose);
+            }
         }
-        for (position, waiting) in in_flight.into_iter().enumerate() {
-            self.retry.insert(position, waiting.job);
+    }
+
+    /// Forks a worker to replace one that was let go of, now or, after failures, later.
+    fn spawn_replacement(&mut self) {
+        self.respawn.missing += 1;
+        if self.respawn.at.is_none() {
+            self.fork_missing_workers();
         }
-        let mut pids = self
-            .shared
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        pids.retain(|&other| other != pid);
-        if !self.shared.closed.load(Ordering::SeqCst)
-            && let Ok(spawned) = server::spawn_worker(self.link)
-        {
-            let new_pid = spawned.0;
+    }
+
+    /// Forks the workers the pool misses; on a failure, tries again after a delay that
+    /// doubles with each failure in a row (never a tight fork loop).
+    fn fork_missing_workers(&mut self) {
+        while self.respawn.missing > 0 {
+            let spawned = match server::spawn_worker(self.link) {
+                Ok(spawned) => spawned,
+                Err(err) => {
+                    self.respawn.failed(&err);
+                    return;
+                }
+            };
+            let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
             match WorkerLink::new(spawned) {
                 Ok(worker) => {
-                    pids.push(new_pid);
+                    self.shared.pids_mut().push(pid);
                     self.workers.push(worker);
+                    self.respawn.succeeded();
                 }
-                // Its socket is closed: it exits at once.
-                Err(_) => drop(self.link.reap(new_pid)),
+                Err(err) => {
+                    // Its socket is closed: it exits at once.
+                    self.dying
+                        .push(Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink));
+                    self.respawn.failed(&err);
+                    return;
+                }
             }
         }
     }
@@ -607,87 +612,190 @@ impl Dispatcher {
     fn fail_waiting_jobs(&mut self) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.picked();
             self.shared.counters.cancelled();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
     }
 
-    /// Closes every worker's socket (each exits at the end of its stream) and reaps them.
+    /// Closes every worker's socket (each exits at the end of its stream) and reaps them,
+    /// killing those that do not exit within [`SHUTDOWN_GRACE`].
     fn shut_down_workers(&mut self) {
         // Only after a failure can workers still be out: take them all back.
         self.reclaim_loans(|_| true);
         self.take_back_workers(true);
         self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
-            let pid = worker.pid;
-            let in_flight = worker.in_flight;
+            let mut in_flight = worker.in_flight;
             drop(worker.stream);
+            let mut dying = Dying::new(
+                worker.pid,
+                worker.pidfd,
+                Vec::new(),
+                Cause::Stopped {
+                    grace: SHUTDOWN_GRACE,
+                },
+            );
             if !in_flight.is_empty() {
                 // Only when the dispatcher itself failed: do not wait for its tasks.
-                let pid = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                dying.kill_now();
             }
-            let _ = self.link.reap(pid);
-            for in_flight in in_flight {
+            self.dying.push(dying);
+            for in_flight in in_flight.drain(..) {
                 in_flight
                     .job
                     .completion
                     .fail(Error::new(ErrorKind::Shutdown));
             }
         }
-        self.shared
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.shared.pids_mut().clear();
+        self.reap_all_dying();
+    }
+
+    /// Waits for every dying worker to exit and reaps it, killing those whose deadline passes;
+    /// gives up on those still there [`SHUTDOWN_GRACE`] after they were all killed (the fork
+    /// server reaps them when the application exits).
+    fn reap_all_dying(&mut self) {
+        let mut give_up_at: Option<Instant> = None;
+        while !self.dying.is_empty() {
+            let now = Instant::now();
+            for dying in &mut self.dying {
+                dying.kill_if_late(now);
+            }
+            let deadline = match self.dying.iter().filter_map(Dying::kill_at).min() {
+                Some(kill_at) => kill_at,
+                None => *give_up_at.get_or_insert(now + SHUTDOWN_GRACE),
+            };
+            if deadline <= now && give_up_at.is_some_and(|at| at <= now) {
+                break;
+            }
+            let mut fds: Vec<PollFd<'_>> = self
+                .dying
+                .iter()
+                .map(|dying| PollFd::new(dying.pidfd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, timeout_until(deadline)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+            let exited: Vec<bool> = fds.iter().map(has_events).collect();
+            drop(fds);
+            for (index, exited) in exited.into_iter().enumerate().rev() {
+                if exited {
+                    self.reap(index);
+                }
+            }
+        }
+        for mut dying in self.dying.drain(..) {
+            for job in dying.take_running() {
+                job.completion.fail(Error::new(ErrorKind::Shutdown));
+            }
+        }
+    }
+}
+
+/// One entry of what the dispatcher sleeps on.
+struct Watch {
+    /// The worker's socket; `None` for a dying worker.
+    stream: Option<Arc<Async<UnixStream>>>,
+    pidfd: Arc<OwnedFd>,
+    what: Watched,
+}
+
+impl Watch {
+    fn worker(worker: &WorkerLink, what: Watched) -> Watch {
+        Watch {
+            stream: Some(worker.stream.clone()),
+            pidfd: worker.pidfd.clone(),
+            what,
+        }
     }
 }
 
 /// What the dispatcher sleeps on.
 struct Sleep {
-    watched: Vec<(Arc<Async<UnixStream>>, Watched)>,
+    watched: Vec<Watch>,
     /// Jobs wait for a worker: a reply on loan ends the loan.
     jobs_wait: bool,
+    /// When the first dying worker must be killed, if it has not exited by then.
+    deadline: Option<Instant>,
 }
 
 impl Sleep {
-    /// Sleeps in `poll` until the eventfd or a watched worker has something; returns which of
-    /// the watched workers are ready.
+    /// Sleeps in `poll` until the eventfd or a watched worker has something, or the deadline;
+    /// returns what each watched entry showed.
     ///
-    /// Lent workers are watched for their end only, so that a reply their task reads does not
-    /// wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a task nobody
-    /// polls cannot keep its worker from the queue.
-    fn wait(&self, wake: &EventFd) -> io::Result<Vec<bool>> {
-        let mut fds = Vec::with_capacity(self.watched.len() + 1);
-        fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
-        for (stream, what) in &self.watched {
-            let events = match what {
-                // `poll` reports POLLHUP without being asked: the worker's end closed.
-                Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
-                _ => PollFlags::POLLIN,
-            };
-            fds.push(PollFd::new(stream.get_ref().as_fd(), events));
+    /// Lent workers' sockets are watched for their end only, so that a reply their task reads
+    /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
+    /// task nobody polls cannot keep its worker from the queue.
+    fn wait(&self, shared: &Shared, respawn_at: Option<Instant>) -> io::Result<Vec<Readiness>> {
+        let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
+        fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
+        for watch in &self.watched {
+            if let Some(stream) = &watch.stream {
+                let events = match watch.what {
+                    // `poll` reports POLLHUP without being asked: the worker's end closed.
+                    Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
+                    _ => PollFlags::POLLIN,
+                };
+                fds.push(PollFd::new(stream.get_ref().as_fd(), events));
+            }
+            fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
         }
+        let deadline = self.deadline.into_iter().chain(respawn_at).min();
+        let timeout = deadline.map_or(PollTimeout::NONE, timeout_until);
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => return Err(err.into()),
             }
         }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
-            .collect();
-        if ready[0] {
-            let _ = wake.read();
+        let mut ready = fds.iter().map(has_events);
+        if ready.next() == Some(true) {
+            shared.clear_wake();
         }
-        Ok(ready[1..].to_vec())
+        let readiness = self
+            .watched
+            .iter()
+            .map(|watch| Readiness {
+                socket: watch.stream.is_some() && ready.next() == Some(true),
+                exited: ready.next() == Some(true),
+            })
+            .collect();
+        Ok(readiness)
     }
+}
+
+/// Whether process `pid` is stopped, from the state in `/proc/PID/stat`.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    })
+}
+
+/// Whether `poll` reported anything for `fd`.
+fn has_events(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|events| !events.is_empty())
+}
+
+/// A `poll` timeout that ends at `deadline`, rounded up to the millisecond so that `poll` does
+/// not return just before it.
+fn timeout_until(deadline: Instant) -> PollTimeout {
+    timeout_of(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// A `poll` timeout of `left`, rounded up to the millisecond.
+fn timeout_of(left: Duration) -> PollTimeout {
+    let millis = left.as_micros().div_ceil(1000);
+    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
 }
 
 impl Drop for Dispatcher {
@@ -696,8 +804,54 @@ impl Drop for Dispatcher {
             // A bug in the dispatcher must not leave tasks waiting forever: refuse new work and
             // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
             // workers exit when their sockets close.
-            self.shared.break_pool();
+            self.shared.break_pool(None);
             self.fail_waiting_jobs();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_forks_back_off_doubling_up_to_a_cap() {
+        let delays: Vec<Duration> = (1..=12).map(Respawn::delay_after).collect();
+        assert_eq!(delays[0], RESPAWN_FIRST_DELAY);
+        for pair in delays.windows(2) {
+            assert!(
+                pair[1] == 2 * pair[0] || pair[1] == RESPAWN_MAX_DELAY,
+                "{pair:?}"
+            );
+        }
+        assert_eq!(delays[11], RESPAWN_MAX_DELAY, "the cap is reached");
+        assert_eq!(Respawn::delay_after(u32::MAX), RESPAWN_MAX_DELAY);
+
+        let mut respawn = Respawn {
+            missing: 1,
+            ..Respawn::default()
+        };
+        respawn.failed(&io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(respawn.at.is_some());
+        assert!(respawn.error.as_deref().unwrap().contains("os error 11"));
+        respawn.succeeded();
+        assert_eq!(
+            (respawn.missing, respawn.failures, respawn.at),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn a_poll_timeout_never_ends_before_its_deadline() {
+        // Rounded up: 300 µs wait a whole millisecond, not zero (which would spin).
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(300))), 1);
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(1001))), 2);
+        assert_eq!(i32::from(timeout_of(Duration::ZERO)), 0);
+        assert_eq!(
+            timeout_of(Duration::from_secs(10_000_000)),
+            PollTimeout::MAX
+        );
+        let past = Instant::now() - Duration::from_secs(1);
+        assert_eq!(i32::from(timeout_until(past)), 0);
     }
 }

@@ -1,8 +1,16 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
+// Imports flow one way, each module using only those listed above it:
+// claim → wire → job → server → worker_link → loan → shared → loan_assist → dying →
+// dispatcher.
+mod claim;
 mod dispatcher;
+mod dying;
+mod job;
 mod loan;
+mod loan_assist;
 pub(crate) mod server;
+mod shared;
 mod wire;
 mod worker;
 mod worker_link;
@@ -13,13 +21,15 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
+use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
-use dispatcher::{Dispatcher, Job, Placed, Shared};
-use loan::LoanAssist;
+use dispatcher::Dispatcher;
+use job::Job;
+use loan_assist::LoanAssist;
+use shared::{Placed, Shared};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
@@ -30,7 +40,15 @@ use loan::LoanAssist;
 /// postcard encoding of the argument, and it sends back the encoded result. A worker runs one
 /// task at a time. A panic in `f` comes back as an [`Error`] and the worker goes on; a worker that
 /// dies (a signal, `abort`, `exit`) fails only the task it was running, with an error naming its
-/// pid and how it ended, and the pool forks a replacement.
+/// pid and how it ended, and the pool forks a replacement. Tasks sent to it that it had not
+/// started run on another worker.
+///
+/// Nothing a worker does can hang the pool, another pool or the application's exit: a worker
+/// that closes its socket and lives on, or sends bytes that are no reply, is killed and its task
+/// fails saying so; a worker's death is seen from its pidfd even while a process it forked holds
+/// its socket. Each worker leads its own process group, killed with it, so what a task forks
+/// does not outlive its worker. If no worker can be forked for a while, the pool tries again
+/// with backoff, and after repeated failures fails every task with the reason.
 ///
 /// A call made while a worker is idle and nothing is queued goes straight to that worker: the
 /// calling thread writes the request, and the task reads the reply itself when it is awaited,
@@ -39,7 +57,8 @@ use loan::LoanAssist;
 /// dispatcher thread, which also sends short tasks ahead to busy workers when the queue is deep.
 ///
 /// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
-/// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
+/// ones finish (a worker that stays stopped meanwhile is killed), then the workers exit; one
+/// that does not within 2 s is killed. If the application dies, even by `SIGKILL`, the fork
 /// server and the workers exit with it.
 ///
 /// # Examples
@@ -93,7 +112,8 @@ impl ProcessPool {
         ProcessPoolBuilder::default()
     }
 
-    /// How many worker processes the pool has.
+    /// How many worker processes the pool keeps: the number it was built with. While a
+    /// replacement cannot be forked, fewer run: [`pids`](ProcessPool::pids) lists those.
     pub fn workers(&self) -> usize {
         self.handle.workers
     }
@@ -152,7 +172,7 @@ impl Executor for ProcessPool {
                 shared: self.handle.shared.clone(),
             })),
             Err(refused) => {
-                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                refused.completion.fail(self.handle.shared.refusal());
                 task
             }
         }
@@ -204,10 +224,17 @@ impl ProcessPoolBuilder {
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;
         let dispatcher = Dispatcher::new(shared.clone(), link, spawned);
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("smol-offload-dispatch".into())
-            .spawn(move || dispatcher.run())
-            .map_err(io_error("start the dispatcher thread"))?;
+            .spawn(move || dispatcher.run());
+        if let Err(source) = started {
+            // The workers wait, lent out, for tasks that will never come: end them.
+            for worker in std::mem::take(&mut shared.lock().idle) {
+                sys::kill_worker_group(worker.pid);
+                let _ = link.reap(worker.pid);
+            }
+            return Err(io_error("start the dispatcher thread")(source));
+        }
         Ok(ProcessPool {
             handle: Arc::new(Handle { shared, workers }),
         })

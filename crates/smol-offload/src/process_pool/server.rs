@@ -10,7 +10,8 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
@@ -20,6 +21,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::{BuildError, BuildErrorKind, WorkerExit};
+use crate::process_pool::claim::Claims;
 use crate::process_pool::wire::{ServerReply, ServerRequest};
 use crate::process_pool::worker;
 use crate::sys::{self, ChildGuard, Forked};
@@ -90,6 +92,8 @@ pub(crate) fn link_or_start() -> Result<&'static ServerLink, BuildError> {
 #[derive(Debug)]
 pub(crate) struct ServerLink {
     socket: Mutex<OwnedFd>,
+    /// Set once the server is known to be gone: every later request fails at once.
+    gone: AtomicBool,
     /// The socket's descriptor, to shut it down at exit without taking the lock.
     raw: std::os::fd::RawFd,
     pid: u32,
@@ -122,6 +126,7 @@ impl ServerLink {
                 let raw = parent_end.as_raw_fd();
                 Ok(ServerLink {
                     socket: Mutex::new(parent_end),
+                    gone: AtomicBool::new(false),
                     raw,
                     pid,
                 })
@@ -134,18 +139,21 @@ impl ServerLink {
         }
     }
 
-    /// Forks a worker serving `socket`; returns its pid.
-    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>) -> io::Result<u32> {
-        match self.request(&ServerRequest::Spawn, Some(socket))? {
+    /// Forks a worker serving `socket`, with the memfd of its claim word (see
+    /// [`claim`](super::claim)); returns its pid.
+    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>, claims: BorrowedFd<'_>) -> io::Result<u32> {
+        match self.request(&ServerRequest::Spawn, &[socket, claims])? {
             ServerReply::Spawned { pid } => Ok(pid),
             ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// Waits for worker `pid`, which is exiting, and says how it ended.
+    /// Waits for worker `pid` and says how it ended. The server waits in `waitpid`, holding the
+    /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
+    /// readable) or that was just killed.
     pub(crate) fn reap(&self, pid: u32) -> io::Result<WorkerExit> {
-        match self.request(&ServerRequest::Reap { pid }, None)? {
+        match self.request(&ServerRequest::Reap { pid }, &[])? {
             ServerReply::Exited { pid: reaped, code } if reaped == pid => {
                 Ok(WorkerExit::Code(code))
             }
@@ -158,17 +166,43 @@ impl ServerLink {
         }
     }
 
-    fn request(
-        &self,
-        request: &ServerRequest,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> io::Result<ServerReply> {
+    fn request(&self, request: &ServerRequest, fds: &[BorrowedFd<'_>]) -> io::Result<ServerReply> {
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        send_message(socket.as_fd(), request, fd)?;
-        let (reply, _) = receive_message(socket.as_fd())?
-            .ok_or_else(|| io::Error::other("the fork server exited"))?;
-        Ok(reply)
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(server_gone());
+        }
+        let sent = send_message(socket.as_fd(), request, fds);
+        let reply = sent.and_then(|()| receive_message(socket.as_fd()));
+        match reply {
+            Ok(Some((reply, _))) => Ok(reply),
+            // The end of the link, or a link the other end reset: the server died.
+            Ok(None) => Err(self.mark_gone()),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+                ) =>
+            {
+                Err(self.mark_gone())
+            }
+            Err(err) => Err(err),
+        }
     }
+
+    fn mark_gone(&self) -> io::Error {
+        self.gone.store(true, Ordering::Relaxed);
+        server_gone()
+    }
+}
+
+/// The error of every request once the fork server is gone. The server cannot be started
+/// again: the application runs threads by now, and only a single-threaded process may fork.
+fn server_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the fork server is gone (it was killed or exited), so no process pool of this \
+         program can fork workers any more; restart the program",
+    )
 }
 
 fn unexpected(reply: &ServerReply) -> io::Error {
@@ -181,10 +215,10 @@ fn unexpected(reply: &ServerReply) -> io::Error {
 fn send_message<T: serde::Serialize>(
     socket: BorrowedFd<'_>,
     message: &T,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let bytes = postcard::to_allocvec(message).map_err(io::Error::other)?;
-    let raw_fds: Vec<_> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let raw_fds: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let rights = [ControlMessage::ScmRights(&raw_fds)];
     let cmsgs: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &rights };
     sendmsg::<()>(
@@ -197,13 +231,14 @@ fn send_message<T: serde::Serialize>(
     Ok(())
 }
 
-/// Receives one message and the descriptor attached to it, if any; `None` at end of stream.
+/// Receives one message and the descriptors attached to it (at most two); `None` at end of
+/// stream.
 fn receive_message<T: serde::de::DeserializeOwned>(
     socket: BorrowedFd<'_>,
-) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut bytes = [0u8; 64];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let (len, fd) = loop {
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut bytes)];
         match recvmsg::<()>(
             socket.as_raw_fd(),
@@ -212,16 +247,15 @@ fn receive_message<T: serde::de::DeserializeOwned>(
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(message) => {
-                let mut fd = None;
-                for cmsg in message.cmsgs()? {
-                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                        for raw in fds {
-                            let owned = sys::own_received_fd(raw);
-                            fd.get_or_insert(owned);
-                        }
+                let mut fds = Vec::new();
+                // Truncated control data (this process is out of descriptors, say) brings no
+                // descriptor: the request is answered with an error, and the link stays.
+                for cmsg in message.cmsgs().into_iter().flatten() {
+                    if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+                        fds.extend(raw_fds.into_iter().map(sys::own_received_fd));
                     }
                 }
-                break (message.bytes, fd);
+                break (message.bytes, fds);
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => return Err(err.into()),
@@ -232,7 +266,7 @@ fn receive_message<T: serde::de::DeserializeOwned>(
     }
     let message = postcard::from_bytes(&bytes[..len])
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
-    Ok(Some((message, fd)))
+    Ok(Some((message, fds)))
 }
 
 /// The server's loop, in the forked server process; never returns.
@@ -244,40 +278,53 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
     let server = std::process::id();
     let mut workers: Vec<u32> = Vec::new();
     loop {
-        let (request, fd) = match receive_message::<ServerRequest>(socket.as_fd()) {
+        let (request, mut fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
             Ok(Some(message)) => message,
             // The application closed the link or died.
             Ok(None) | Err(_) => break,
         };
-        let reply = match (request, fd) {
-            (ServerRequest::Spawn, Some(worker_socket)) => match sys::fork() {
+        // A spawn brings the worker's socket and its claim word, in that order.
+        let (worker_socket, claims) = match fds.len() {
+            2 => {
+                let claims = fds.pop();
+                (fds.pop(), claims)
+            }
+            _ => (None, None),
+        };
+        let reply = match (request, worker_socket, claims) {
+            (ServerRequest::Spawn, Some(worker_socket), Some(claims)) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
+                    // The worker does it too: whichever runs first, the group exists before
+                    // the parent learns the pid.
+                    let _ = sys::lead_own_group(pid);
                     workers.push(pid);
                     ServerReply::Spawned { pid }
                 }
                 Ok(Forked::Child) => {
                     drop(socket);
-                    worker::serve(worker_socket, server)
+                    worker::serve(worker_socket, claims, server)
                 }
                 Err(err) => ServerReply::Failed {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                 },
             },
-            (ServerRequest::Spawn, None) => ServerReply::Failed {
-                errno: libc::EINVAL,
+            // The parent always attaches the worker's socket: the server could not take it
+            // (it is out of descriptors).
+            (ServerRequest::Spawn, _, _) => ServerReply::Failed {
+                errno: libc::EMFILE,
             },
-            (ServerRequest::Reap { pid }, _) => {
+            (ServerRequest::Reap { pid }, _, _) => {
                 workers.retain(|&worker| worker != pid);
                 reap(pid)
             }
         };
-        if send_message(socket.as_fd(), &reply, None).is_err() {
+        if send_message(socket.as_fd(), &reply, &[]).is_err() {
             break;
         }
     }
     for pid in workers {
-        let _ =
-            nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        // Not reaped yet, so the pid and its group are still this worker's.
+        sys::kill_worker_group(pid);
         let _ = reap(pid);
     }
     sys::exit_child(0)
@@ -304,15 +351,43 @@ fn reap(pid: u32) -> ServerReply {
     }
 }
 
-/// Creates the parent's end of a new worker's socket pair and forks the worker on the server.
-pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
+/// A worker just forked: its pid, the parent's end of its socket, its claim word, and its
+/// pidfd.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    pub(crate) claims: Claims,
+    /// Readable once the worker has exited (see [`sys::pidfd_open`]).
+    pub(crate) pidfd: Arc<OwnedFd>,
+}
+
+/// Creates the parent's end of a new worker's socket pair, forks the worker on the server, and
+/// opens its pidfd.
+pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
     let (parent_end, worker_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let pid = link.spawn(worker_end.as_fd())?;
+    let (claims, claims_fd) = Claims::create()?;
+    let pid = link.spawn(worker_end.as_fd(), claims_fd.as_fd())?;
     drop(worker_end);
-    Ok((pid, UnixStream::from(parent_end)))
+    drop(claims_fd);
+    // The server reaps a worker only when asked to, so `pid` is still this worker.
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned {
+            pid,
+            stream: UnixStream::from(parent_end),
+            claims,
+            pidfd: Arc::new(pidfd),
+        }),
+        Err(err) => {
+            // Killed first, so the reap does not wait.
+            sys::kill_worker_group(pid);
+            let _ = link.reap(pid);
+            Err(err)
+        }
+    }
 }
