@@ -21,6 +21,7 @@ fn threads() -> Vec<String> {
 const CHILD: &str = "SMOL_OFFLOAD_TEST_DEBUG_CHILD";
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_debug_mode_off_starts_no_thread() {
     if !in_child(CHILD) {
         return;
@@ -53,6 +54,7 @@ fn debug_mode_off_starts_no_thread() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_env_variable_turns_debug_mode_on() {
     if !in_child(CHILD) {
         return;
@@ -63,6 +65,7 @@ fn child_env_variable_turns_debug_mode_on() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_env_variable_garbage_is_refused() {
     if !in_child(CHILD) {
         return;

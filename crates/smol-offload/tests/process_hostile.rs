@@ -217,6 +217,7 @@ fn a_worker_that_closes_its_socket_is_killed_and_delays_no_other_pool() {
 /// The child half of `returning_from_main_does_not_wait_for_a_worker_that_closed_its_socket`:
 /// leaves a worker sleeping with its socket closed, and returns.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_returns_while_a_worker_lives_with_its_socket_closed() {
     if !common::in_child("SMOL_OFFLOAD_TEST_CLOSED_SOCKET") {
         return;
@@ -456,6 +457,7 @@ fn run_child_promptly(name: &'static str) {
 
 /// The child half of `a_failed_build_leaves_no_worker_behind`.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_fails_to_build_a_pool() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
@@ -493,6 +495,7 @@ fn a_failed_build_leaves_no_worker_behind() {
 
 /// The child half of `a_pool_whose_forks_fail_tries_again_and_recovers`.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_pool_recovers_after_forks_failed() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
@@ -520,6 +523,7 @@ fn a_pool_whose_forks_fail_tries_again_and_recovers() {
 
 /// The child half of `a_pool_that_cannot_keep_any_worker_says_why`.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_pool_cannot_fork_any_worker() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
@@ -568,6 +572,7 @@ fn a_dropped_pool_kills_a_stopped_worker() {
 
 /// The child half of `sigterm_to_the_process_group_spares_the_pool`.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_pool_gets_sigterm() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
@@ -600,6 +605,7 @@ fn sigterm_to_the_process_group_spares_the_pool() {
 
 /// The child half of `after_the_fork_server_dies_every_pool_says_so`.
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_loses_its_fork_server() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
