@@ -102,6 +102,7 @@ impl Dispatcher {
             // them back would open a window in which a submitter finds none.
             let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
             self.take_back_workers(closed || jobs_wait || idle_ended);
+            self.kill_abandoned();
             if closed {
                 self.fail_waiting_jobs();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
@@ -257,6 +258,16 @@ impl Dispatcher {
     /// A job for a busy worker must be small (`ahead`): see [`SEND_AHEAD_LIMIT`].
     fn next_job(&mut self, ahead: bool) -> Option<Job> {
         let fits = |job: &Job| !ahead || job.arg.len() <= SEND_AHEAD_LIMIT;
+        while self
+            .retry
+            .front()
+            .is_some_and(|job| job.completion.is_abandoned())
+        {
+            // Sent ahead to a worker that died, and given up on since: nobody waits for it.
+            let job = self.retry.pop_front().expect("checked just above");
+            self.shared.counters.completed();
+            job.completion.fail(Error::new(ErrorKind::Cancelled));
+        }
         if self.retry.front().is_some_and(fits) {
             return self.retry.pop_front();
         }
@@ -327,6 +338,21 @@ impl Dispatcher {
         }
         if !open {
             self.replace_worker(index, false);
+        }
+    }
+
+    /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
+    /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
+    /// for work nobody wants. A job sent ahead that is abandoned is found once it runs.
+    fn kill_abandoned(&mut self) {
+        for index in (0..self.workers.len()).rev() {
+            let abandoned = self.workers[index]
+                .in_flight
+                .front()
+                .is_some_and(|running| running.job.completion.is_abandoned());
+            if abandoned {
+                self.replace_worker(index, true);
+            }
         }
     }
 

@@ -6,6 +6,7 @@ mod dispatcher;
 mod job;
 mod loan;
 mod loan_assist;
+mod options;
 pub(crate) mod server;
 mod shared;
 mod wire;
@@ -26,6 +27,7 @@ use crate::task::{self, Task};
 use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
+use options::PoolOptions;
 use shared::{Placed, Shared};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
@@ -144,6 +146,7 @@ impl Executor for ProcessPool {
             arg,
             completion: Box::new(promise),
         };
+        let task = task.with_abandon(self.handle.shared.clone());
         match self.handle.shared.submit(job) {
             Ok(Placed::Queued) => task,
             Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
@@ -180,12 +183,44 @@ impl fmt::Debug for ProcessPool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ProcessPoolBuilder {
     workers: Option<usize>,
+    options: PoolOptions,
 }
 
 impl ProcessPoolBuilder {
     /// The number of worker processes. Without it, the pool has one per CPU.
     pub fn workers(mut self, workers: usize) -> ProcessPoolBuilder {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Whether dropping a task whose work has started kills the worker running it. Off by
+    /// default, as in `tokio::process::Command::kill_on_drop`: a started task that is dropped
+    /// runs to the end and its result is dropped. [`Task::detach`] never kills.
+    ///
+    /// [`Task::timeout`] and [`Task::cancel`] kill a started task's worker either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn sleep_forever(_: ()) {
+    ///     std::thread::sleep(std::time::Duration::MAX);
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).kill_on_drop(true).build()?;
+    ///     let stuck = pool.run(sleep_forever, ());
+    ///     let before = pool.pids();
+    ///     drop(stuck); // started on the idle worker: the worker is killed and replaced
+    ///     smol::block_on(pool.run(|n: u32| n + 1, 1))?;
+    ///     assert_ne!(pool.pids(), before);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn kill_on_drop(mut self, kill: bool) -> ProcessPoolBuilder {
+        self.options.kill_on_drop = kill;
         self
     }
 
@@ -199,7 +234,9 @@ impl ProcessPoolBuilder {
         let workers = worker_count(self.workers)?;
         let link = server::link_or_start()?;
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
-        let shared = Arc::new(Shared::new().map_err(io_error("create the pool's eventfd"))?);
+        let shared = Arc::new(
+            Shared::with_options(self.options).map_err(io_error("create the pool's eventfd"))?,
+        );
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;
         let dispatcher = Dispatcher::new(shared.clone(), link, spawned);

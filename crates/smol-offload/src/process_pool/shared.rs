@@ -35,8 +35,10 @@ use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
+use crate::process_pool::options::PoolOptions;
 use crate::process_pool::worker_link::WorkerLink;
 use crate::stats::Counters;
+use crate::task::Abandon;
 
 /// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
@@ -50,6 +52,7 @@ pub(crate) struct Shared {
     broken: AtomicBool,
     pids: Mutex<Vec<u32>>,
     pub(crate) counters: Counters,
+    pub(crate) options: PoolOptions,
 }
 
 /// Where the jobs and the workers the dispatcher does not hold are.
@@ -86,7 +89,12 @@ pub(crate) enum Placed {
 const DIRECT_SEND_LIMIT: usize = 64 * 1024;
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new() -> io::Result<Shared> {
+        Shared::with_options(PoolOptions::default())
+    }
+
+    pub(crate) fn with_options(options: PoolOptions) -> io::Result<Shared> {
         Ok(Shared {
             state: Mutex::new(State::default()),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
@@ -95,6 +103,7 @@ impl Shared {
             broken: AtomicBool::new(false),
             pids: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            options,
         })
     }
 
@@ -250,6 +259,20 @@ impl Shared {
 
     pub(super) fn queued(&self) -> usize {
         self.lock().jobs.len()
+    }
+}
+
+/// The pool's side of [`Task::timeout`](crate::Task::timeout) and [`Task::cancel`](crate::Task::cancel)
+/// on a started task: the dispatcher kills the worker whose running job is abandoned.
+impl Abandon for Shared {
+    fn on_drop(&self) -> bool {
+        self.options.kill_on_drop
+    }
+
+    fn abandon(&self) {
+        // A worker on loan comes back to the dispatcher as its task drops its assist, which
+        // wakes the dispatcher again: it looks for abandoned jobs whenever it is awake.
+        self.wake_dispatcher();
     }
 }
 

@@ -1,0 +1,9 @@
+//! [`PoolOptions`]: what a [`ProcessPoolBuilder`](super::ProcessPoolBuilder) chose besides the
+//! number of workers, shared by the submit path and the dispatcher.
+
+/// The settings of one process pool.
+#[derive(Debug, Default)]
+pub(crate) struct PoolOptions {
+    /// Dropping a started task kills its worker.
+    pub(crate) kill_on_drop: bool,
+}

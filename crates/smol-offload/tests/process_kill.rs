@@ -1,0 +1,241 @@
+//! Stopping started process tasks: `Task::timeout`, `Task::cancel` and, with `kill_on_drop`,
+//! dropping a task kill the worker that runs it; the pool forks a replacement, and the next
+//! task does not wait for the abandoned work. Also the pool-wide `task_timeout`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use smol_offload::{Executor, ProcessPool, Task};
+
+mod common;
+
+use common::block_on;
+
+#[ctor::ctor]
+fn start_fork_server() {
+    smol_offload::init();
+}
+
+/// Longer than any test may take: a task of this length that is not killed fails the test.
+const FOREVER_MS: u64 = 120_000;
+/// How long the next task may take after a kill, on a loaded machine: far below `FOREVER_MS`.
+const PROMPTLY: Duration = Duration::from_secs(30);
+
+fn pid(_: ()) -> u32 {
+    std::process::id()
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+/// Writes its pid to `marker`, then sleeps `ms`: the test knows it started, and where.
+fn mark_then_sleep((marker, ms): (PathBuf, u64)) -> u32 {
+    std::fs::write(&marker, std::process::id().to_string()).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn sleep_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("smol-offload-kill-{}-{name}", std::process::id()))
+}
+
+/// Waits (polling, bounded) for `marker` to hold the pid of the worker that started the task.
+fn started_on(marker: &Path) -> u32 {
+    let deadline = Instant::now() + common::WATCHDOG;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(marker)
+            && let Ok(pid) = text.parse()
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `future`'s output, which must come within [`PROMPTLY`].
+async fn promptly<T>(future: impl std::future::Future<Output = T>) -> T {
+    use smol::future::FutureExt;
+    let late = async {
+        smol::Timer::after(PROMPTLY).await;
+        panic!("waited for work that should have been killed");
+    };
+    future.or(late).await
+}
+
+/// True while `pid` runs (a zombie has ended: it does not count).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.trim().chars().next());
+            state != Some('Z') && state != Some('X')
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "process {pid} still alive");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The next task on `pool` runs promptly, on a worker other than `killed`, which is gone and
+/// no longer listed.
+fn assert_replaced(pool: &ProcessPool, killed: u32) {
+    let next = block_on(pool.run(pid, ()).timeout(PROMPTLY));
+    let next = next.expect("the next task waited for the abandoned one");
+    assert_ne!(next, killed, "the killed worker ran the next task");
+    wait_until_gone(killed);
+    let pids = pool.pids();
+    assert_eq!(pids.len(), pool.workers(), "{pids:?}");
+    assert!(!pids.contains(&killed), "{killed} still listed in {pids:?}");
+}
+
+#[test]
+fn timeout_of_a_task_sent_straight_to_a_worker_kills_it() {
+    let pool = ProcessPool::new(1).unwrap();
+    let before = pool.pids();
+    // The only worker is idle: the task goes straight to it, and has started when run returns.
+    let task = pool.run(sleep_ms, FOREVER_MS);
+    assert!(task.is_started());
+    let err = block_on(task.timeout(Duration::from_millis(50))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_replaced(&pool, before[0]);
+}
+
+#[test]
+fn timeout_of_a_queued_task_that_started_kills_its_worker() {
+    let pool = ProcessPool::new(1).unwrap();
+    let marker = temp_path("queued-timeout");
+    let _ = std::fs::remove_file(&marker);
+    // The worker is lent to `busy`, so the next task waits in the queue for the dispatcher.
+    let busy = pool.run(sleep_ms, 100);
+    let task = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    assert!(!task.is_started());
+    block_on(busy).unwrap();
+    let worker = started_on(&marker);
+    let err = block_on(task.timeout(Duration::from_millis(10))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_replaced(&pool, worker);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn cancel_of_a_started_task_kills_its_worker_and_resolves_at_once() {
+    let pool = ProcessPool::new(1).unwrap();
+    let marker = temp_path("cancel-started");
+    let _ = std::fs::remove_file(&marker);
+    let task = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    let worker = started_on(&marker);
+    let err = block_on(promptly(task.cancel())).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert_replaced(&pool, worker);
+
+    // The same through the queue.
+    let _ = std::fs::remove_file(&marker);
+    let busy = pool.run(sleep_ms, 50);
+    let task = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    block_on(busy).unwrap();
+    let worker = started_on(&marker);
+    let err = block_on(promptly(task.cancel())).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert_replaced(&pool, worker);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn only_the_running_task_is_killed_others_run() {
+    let pool = ProcessPool::new(1).unwrap();
+    let marker = temp_path("only-running");
+    let _ = std::fs::remove_file(&marker);
+    block_on(async {
+        // Short tasks in a deep queue: the dispatcher learns to send tasks ahead.
+        let warm: Vec<_> = (0..2_000u64).map(|n| pool.run(square, n)).collect();
+        for (n, task) in warm.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap(), (n * n) as u64);
+        }
+    });
+    let slow = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    let behind: Vec<Task<u64>> = (0..200u64).map(|n| pool.run(square, n)).collect();
+    let worker = started_on(&marker);
+    let err = block_on(slow.timeout(Duration::from_millis(10))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    block_on(async {
+        for (n, task) in behind.into_iter().enumerate() {
+            let value = task.timeout(PROMPTLY).await;
+            assert_eq!(
+                value.unwrap(),
+                (n * n) as u64,
+                "task {n} behind the killed one"
+            );
+        }
+    });
+    assert_replaced(&pool, worker);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn dropping_a_started_task_kills_its_worker_with_kill_on_drop() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .kill_on_drop(true)
+        .build()
+        .unwrap();
+    let marker = temp_path("kill-on-drop");
+    let _ = std::fs::remove_file(&marker);
+    let task = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    let worker = started_on(&marker);
+    drop(task);
+    assert_replaced(&pool, worker);
+    // A detached task is not dropped: it runs to the end.
+    let _ = std::fs::remove_file(&marker);
+    pool.run(mark_then_sleep, (marker.clone(), 0)).detach();
+    let worker = started_on(&marker);
+    assert_eq!(block_on(pool.run(pid, ())).unwrap(), worker);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn dropping_a_started_task_lets_it_finish_by_default() {
+    let pool = ProcessPool::new(1).unwrap();
+    let marker = temp_path("no-kill-on-drop");
+    let _ = std::fs::remove_file(&marker);
+    let task = pool.run(mark_then_sleep, (marker.clone(), 200));
+    let worker = started_on(&marker);
+    drop(task);
+    // The worker finishes the dropped task, then runs the next one: it was not killed.
+    assert_eq!(block_on(pool.run(pid, ())).unwrap(), worker);
+    assert_eq!(pool.pids(), [worker]);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn a_timed_out_thread_task_is_left_running() {
+    let threads = smol_offload::ThreadPool::new(1).unwrap();
+    let (open, closed) = common::gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let task = threads.spawn(move || {
+        started_tx.send(()).unwrap();
+        closed.recv_blocking().is_err()
+    });
+    started.recv_timeout(common::WATCHDOG).unwrap();
+    let err = block_on(task.timeout(Duration::from_millis(10))).unwrap_err();
+    assert!(err.is_timeout());
+    // The thread still waits at the gate: the next task queues behind it until it opens.
+    let next = threads.spawn(|| 7);
+    assert!(!next.is_finished());
+    drop(open);
+    assert_eq!(block_on(next).unwrap(), 7);
+}
