@@ -242,6 +242,8 @@ pub(crate) enum BuildErrorKind {
         doing: &'static str,
         source: io::Error,
     },
+    /// A builder option was given a value it cannot take; the message says which and why.
+    Setting(String),
 }
 
 impl BuildError {
@@ -281,6 +283,7 @@ impl fmt::Display for BuildError {
                  this process already runs {threads} threads"
             ),
             BuildErrorKind::Io { doing, source } => write!(f, "could not {doing}: {source}"),
+            BuildErrorKind::Setting(message) => f.write_str(message),
         }
     }
 }

@@ -275,7 +275,6 @@ impl Dispatcher {
             return None;
         }
         while let Some(job) = self.shared.pop_if(fits) {
-            self.shared.counters.picked();
             if job.completion.start() {
                 return Some(job);
             }
@@ -402,7 +401,6 @@ impl Dispatcher {
             job.completion.fail(Error::new(ErrorKind::Shutdown));
         }
         while let Some(job) = self.shared.pop() {
-            self.shared.counters.picked();
             self.shared.counters.cancelled();
             job.completion.fail(Error::new(ErrorKind::Shutdown));
         }

@@ -40,6 +40,10 @@ pub(crate) trait Completion: Send {
     fn is_abandoned(&self) -> bool {
         false
     }
+    /// True when the task was dropped (not detached) before the job started: it must not run.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
     fn finish(self: Box<Self>, reply: Reply);
     fn fail(self: Box<Self>, error: Error);
 }
@@ -51,6 +55,10 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
 
     fn is_abandoned(&self) -> bool {
         Promise::is_abandoned(self)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        Promise::is_cancelled(self)
     }
 
     fn finish(self: Box<Self>, reply: Reply) {

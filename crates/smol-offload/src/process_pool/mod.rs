@@ -7,6 +7,7 @@ mod job;
 mod loan;
 mod loan_assist;
 mod options;
+pub(crate) mod room;
 pub(crate) mod server;
 mod shared;
 mod wire;
@@ -28,6 +29,7 @@ use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
 use options::PoolOptions;
+use room::{Ready, RoomAssist};
 use shared::{Placed, Shared};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
@@ -117,6 +119,43 @@ impl ProcessPool {
     pub fn stats(&self) -> PoolStats {
         self.handle.shared.counters.snapshot(self.handle.workers)
     }
+
+    /// Waits until the pool's queue has room for one more task, for a producer that must not
+    /// run ahead of the workers. Resolves at once without a
+    /// [`queue_limit`](ProcessPoolBuilder::queue_limit), and once the pool is shut down.
+    ///
+    /// Room is not reserved: another producer may take it first, and the next
+    /// [`run`](Executor::run) then returns a task that waits for room (see
+    /// [`queue_limit`](ProcessPoolBuilder::queue_limit)).
+    ///
+    /// # Examples
+    ///
+    /// A producer that keeps at most 4 tasks queued, however many it submits:
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(2).queue_limit(4).build()?;
+    ///     let (sender, results) = std::sync::mpsc::channel();
+    ///     smol::block_on(async {
+    ///         for n in 0..100u64 {
+    ///             pool.ready().await;
+    ///             assert!(pool.stats().queued <= 4);
+    ///             let sender = sender.clone();
+    ///             let task = pool.run(|n: u64| n * n, n);
+    ///             smol::spawn(async move { sender.send(task.await.unwrap()).unwrap() }).detach();
+    ///         }
+    ///     });
+    ///     drop(sender);
+    ///     assert_eq!(results.iter().sum::<u64>(), (0..100).map(|n| n * n).sum());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn ready(&self) -> Ready {
+        Ready::new(self.handle.shared.clone())
+    }
 }
 
 impl Executor for ProcessPool {
@@ -149,6 +188,9 @@ impl Executor for ProcessPool {
         let task = task.with_abandon(self.handle.shared.clone());
         match self.handle.shared.submit(job) {
             Ok(Placed::Queued) => task,
+            Ok(Placed::Full(job)) => {
+                task.with_assist(Box::new(RoomAssist::new(self.handle.shared.clone(), job)))
+            }
             Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
                 loan,
                 shared: self.handle.shared.clone(),
@@ -224,6 +266,48 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// At most `limit` tasks wait in the pool's queue: backpressure for a producer that
+    /// submits faster than the workers run tasks. Without it the queue is unbounded, like
+    /// Python's `ProcessPoolExecutor`: every submitted task waits in memory, with its
+    /// argument.
+    ///
+    /// [`Executor::run`] stays synchronous. When the queue is full, `run` returns a task that
+    /// holds its job and puts it in the queue itself, once there is room, when it is awaited
+    /// (or polled by [`wait`](crate::wait) or [`gather`](crate::gather)). Such a task has not
+    /// started: dropping it drops the job. A task detached while it waits for room joins an
+    /// overflow list that moves into the queue, in order, as room frees: only detached tasks
+    /// can make memory grow past the limit.
+    ///
+    /// To keep memory flat, a producer awaits [`ProcessPool::ready`] before each `run`: the
+    /// queue then holds at most `limit` jobs and the producer at most one more.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses a limit of 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).queue_limit(2).build()?;
+    ///     smol::block_on(async {
+    ///         // More tasks than the queue holds: the last ones wait for room as they are awaited.
+    ///         let tasks: Vec<_> = (0..10u64).map(|n| pool.run(|n: u64| n + 1, n)).collect();
+    ///         assert!(pool.stats().queued <= 2);
+    ///         let values = smol_offload::try_gather(tasks).await?;
+    ///         assert_eq!(values, (1..=10).collect::<Vec<u64>>());
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn queue_limit(mut self, limit: usize) -> ProcessPoolBuilder {
+        self.options.queue_limit = Some(limit);
+        self
+    }
+
     /// Forks the workers and starts the pool's dispatcher thread.
     ///
     /// # Errors
@@ -232,6 +316,11 @@ impl ProcessPoolBuilder {
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        if self.options.queue_limit == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "queue_limit must be at least 1: a pool needs room to queue one task".into(),
+            )));
+        }
         let link = server::link_or_start()?;
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
         let shared = Arc::new(

@@ -6,4 +6,6 @@
 pub(crate) struct PoolOptions {
     /// Dropping a started task kills its worker.
     pub(crate) kill_on_drop: bool,
+    /// How many jobs may wait in the queue; `None`: no limit.
+    pub(crate) queue_limit: Option<usize>,
 }

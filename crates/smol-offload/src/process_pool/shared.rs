@@ -25,11 +25,12 @@
 //! nobody else can reach that loan yet. The fork server's link has its own lock, taken last,
 //! and only by the dispatcher (to fork or reap a worker), never under the queue lock.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -66,6 +67,14 @@ pub(super) struct State {
     pub(super) returned: Vec<WorkerLink>,
     /// Workers on loan to a task.
     pub(super) loans: Vec<Arc<Loan>>,
+    /// With a queue limit: jobs of detached tasks that waited for room, oldest first. They
+    /// move into `jobs` as room frees, ahead of any later submission.
+    pub(super) overflow: VecDeque<Job>,
+    /// With a queue limit: who waits for room in the queue (tasks and `ready()` futures), by
+    /// the id they registered with; all are woken when room frees.
+    pub(super) room_waiters: HashMap<u64, Waker>,
+    /// The id of the next waiter for room.
+    pub(super) next_waiter: u64,
 }
 
 impl State {
@@ -81,6 +90,9 @@ pub(crate) enum Placed {
     Queued,
     /// Sent straight to an idle worker, lent to the task until it reads the reply.
     Lent(Arc<Loan>),
+    /// Not placed: the queue is at its limit. The waker given, if any, is woken when room
+    /// frees.
+    Full(Job),
 }
 
 /// The largest argument sent straight to an idle worker from the submitting thread. The send
@@ -118,11 +130,30 @@ impl Shared {
     /// The job's task must not have been handed out yet: a job sent straight away is started
     /// without asking whether it was cancelled.
     pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
+        self.submit_or_wait(job, None)
+    }
+
+    /// Like [`submit`](Shared::submit), but when the queue is at its limit, gives the job back
+    /// as [`Placed::Full`] and registers `waker` (as waiter `waiter`) to be woken when room
+    /// frees. Also gives the job back once the pool is closed.
+    pub(crate) fn submit_or_wait(
+        &self,
+        job: Job,
+        waiter: Option<(u64, &Waker)>,
+    ) -> Result<Placed, Job> {
         let mut state = self.lock();
         // `broken` is set under this lock before the queue is drained for the last time, so no
         // job can slip in after that drain.
-        if self.broken.load(Ordering::Acquire) {
+        if self.broken.load(Ordering::Acquire) || self.is_closed() {
             return Err(job);
+        }
+        if let Some(limit) = self.options.queue_limit
+            && (state.jobs.len() >= limit || !state.overflow.is_empty())
+        {
+            if let Some((id, waker)) = waiter {
+                register_waiter(&mut state, id, waker);
+            }
+            return Ok(Placed::Full(job));
         }
         self.counters.submitted();
         if state.jobs.is_empty()
@@ -152,10 +183,12 @@ impl Shared {
         let loan = Loan::new();
         let mut lent = loan.lock();
         state.loans.push(loan.clone());
+        // Counted under the lock, as the dispatcher's picks are, so that `stats()` never counts
+        // a job that went straight to a worker as queued.
+        self.counters.picked();
         drop(state);
         if worker.flush().is_ok() {
             lent.hold(worker);
-            self.counters.picked();
             return Placed::Lent(loan.clone());
         }
         // The worker is gone and the job never reached it: queue the job for another worker,
@@ -164,6 +197,8 @@ impl Shared {
         let mut state = self.lock();
         state.forget(&loan);
         state.returned.push(worker);
+        // Queued after all: counted as submitted once more.
+        self.counters.submitted();
         state.jobs.push_front(job);
         drop(state);
         drop(lent);
@@ -194,6 +229,7 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake_dispatcher();
+        self.wake_all_waiters();
     }
 
     /// The pids of the pool's current workers.
@@ -208,8 +244,10 @@ impl Shared {
 
     /// Refuses new work from now on; the caller then fails what is queued.
     pub(super) fn break_pool(&self) {
-        let _state = self.lock();
+        let state = self.lock();
         self.broken.store(true, Ordering::Release);
+        drop(state);
+        self.wake_all_waiters();
     }
 
     /// True once the last pool handle is gone.
@@ -243,22 +281,123 @@ impl Shared {
         self.pids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The oldest queued job, if `fits` accepts it.
+    /// The oldest queued job, if `fits` accepts it, counted as picked.
     pub(super) fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut state = self.lock();
         if state.jobs.front().is_some_and(fits) {
-            state.jobs.pop_front()
+            let job = state.jobs.pop_front();
+            // Counted under the lock, so that `stats()` never sees room refilled first.
+            self.counters.picked();
+            self.made_room(state);
+            job
         } else {
             None
         }
     }
 
     pub(super) fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
+        let mut state = self.lock();
+        let job = state.jobs.pop_front();
+        if job.is_some() {
+            self.counters.picked();
+        }
+        self.made_room(state);
+        job
+    }
+
+    /// After a job left the queue: moves jobs of detached tasks in from the overflow, and
+    /// wakes those waiting for room if there is some.
+    fn made_room(&self, mut state: MutexGuard<'_, State>) {
+        let Some(limit) = self.options.queue_limit else {
+            return;
+        };
+        while state.jobs.len() < limit
+            && let Some(job) = state.overflow.pop_front()
+        {
+            self.counters.submitted();
+            state.jobs.push_back(job);
+        }
+        if state.jobs.len() < limit && !state.room_waiters.is_empty() {
+            let waiters: Vec<Waker> = state.room_waiters.drain().map(|(_, waker)| waker).collect();
+            drop(state);
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Whether a job submitted now would be queued (or lent) rather than wait for room; if not,
+    /// registers `waker` as waiter `id`. True too once the pool is closed or broken: a
+    /// submission then fails at once.
+    pub(crate) fn has_room(&self, id: u64, waker: &Waker) -> bool {
+        let Some(limit) = self.options.queue_limit else {
+            return true;
+        };
+        let mut state = self.lock();
+        if state.jobs.len() < limit && state.overflow.is_empty()
+            || self.broken.load(Ordering::Acquire)
+            || self.is_closed()
+        {
+            return true;
+        }
+        register_waiter(&mut state, id, waker);
+        false
+    }
+
+    /// A new id for a waiter for room.
+    pub(crate) fn new_waiter(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_waiter += 1;
+        state.next_waiter
+    }
+
+    /// Forgets waiter `id`, which no longer waits for room.
+    pub(crate) fn forget_waiter(&self, id: u64) {
+        if self.options.queue_limit.is_some() {
+            self.lock().room_waiters.remove(&id);
+        }
+    }
+
+    /// Queues the job of a detached task that was waiting for room: it goes into the queue,
+    /// in order, as room frees. Fails it with the pool's shutdown if the pool is closed.
+    pub(crate) fn push_overflow(&self, job: Job) {
+        let mut state = self.lock();
+        if self.broken.load(Ordering::Acquire) || self.is_closed() {
+            drop(state);
+            job.completion
+                .fail(crate::error::Error::new(crate::error::ErrorKind::Shutdown));
+            return;
+        }
+        state.overflow.push_back(job);
+        // Room may have freed since the task last looked.
+        self.made_room(state);
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Wakes every waiter for room: the pool is closing or broke, and their submissions fail.
+    fn wake_all_waiters(&self) {
+        let waiters: Vec<Waker> = self
+            .lock()
+            .room_waiters
+            .drain()
+            .map(|(_, waker)| waker)
+            .collect();
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     pub(super) fn queued(&self) -> usize {
         self.lock().jobs.len()
+    }
+}
+
+/// Registers `waker` as waiter `id` for room, replacing what `id` registered before.
+fn register_waiter(state: &mut State, id: u64, waker: &Waker) {
+    match state.room_waiters.get_mut(&id) {
+        Some(old) if old.will_wake(waker) => {}
+        Some(old) => old.clone_from(waker),
+        None => {
+            state.room_waiters.insert(id, waker.clone());
+        }
     }
 }
 
@@ -367,7 +506,7 @@ mod tests {
     fn lent(placed: Placed) -> Arc<Loan> {
         match placed {
             Placed::Lent(loan) => loan,
-            Placed::Queued => panic!("the job was queued, not lent"),
+            Placed::Queued | Placed::Full(_) => panic!("the job was not lent"),
         }
     }
 
