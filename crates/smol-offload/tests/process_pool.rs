@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
@@ -14,6 +14,9 @@ use common::WATCHDOG;
 
 #[ctor::ctor]
 fn start_fork_server() {
+    // The fork server and workers of a child application killed by a test come to this
+    // process, which reaps them (see `common::wait_until_reaped`).
+    common::reap_orphans();
     smol_offload::init();
 }
 
@@ -60,26 +63,14 @@ fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("smol-offload-{}-{name}", std::process::id()))
 }
 
+/// True while the process exists, a zombie included: a worker the pool let go of must be
+/// reaped, not only dead.
 fn alive(pid: u32) -> bool {
-    // A zombie has exited: only running (or sleeping) processes count as alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.trim().chars().next());
-            state != Some('Z') && state != Some('X')
-        }
-        Err(_) => false,
-    }
+    common::exists(pid)
 }
 
 fn wait_until_gone(pids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|&pid| alive(pid)) {
-        assert!(Instant::now() < deadline, "processes still alive: {pids:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until_reaped(pids);
 }
 
 async fn blocks_squares(executor: &impl Executor) -> Vec<u64> {

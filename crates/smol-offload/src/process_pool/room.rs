@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan_assist::LoanAssist;
 use crate::process_pool::shared::{Placed, Shared};
@@ -83,7 +82,7 @@ impl Assist for RoomAssist {
                     lent.assist(last.as_ref());
                     *state = Waiting::Lent(lent);
                 }
-                Err(refused) => refused.completion.fail(Error::new(ErrorKind::Shutdown)),
+                Err(refused) => refused.completion.fail(self.shared.refusal()),
             }
             return;
         }

@@ -34,6 +34,7 @@ use std::task::Waker;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::options::PoolOptions;
@@ -51,6 +52,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Set when no worker could be kept alive: the pool refuses work.
     broken: AtomicBool,
+    /// Why the pool broke, said to every task it refuses.
+    broken_reason: Mutex<Option<String>>,
     pids: Mutex<Vec<u32>>,
     pub(crate) counters: Counters,
     pub(crate) options: PoolOptions,
@@ -113,6 +116,7 @@ impl Shared {
             wake_on_submit: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
             counters: Counters::default(),
             options,
@@ -242,12 +246,29 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
-    /// Refuses new work from now on; the caller then fails what is queued.
-    pub(super) fn break_pool(&self) {
+    /// Refuses new work from now on, saying `reason` if given; the caller then fails what is
+    /// queued with [`refusal`](Shared::refusal).
+    pub(super) fn break_pool(&self, reason: Option<String>) {
         let state = self.lock();
+        if let Some(reason) = reason {
+            *self
+                .broken_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        }
         self.broken.store(true, Ordering::Release);
         drop(state);
         self.wake_all_waiters();
+    }
+
+    /// The error of a job the pool refuses or gives up on: it was closed, or it broke.
+    pub(crate) fn refusal(&self) -> Error {
+        let reason = self
+            .broken_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
     }
 
     /// True once the last pool handle is gone.
@@ -362,8 +383,7 @@ impl Shared {
         let mut state = self.lock();
         if self.broken.load(Ordering::Acquire) || self.is_closed() {
             drop(state);
-            job.completion
-                .fail(crate::error::Error::new(crate::error::ErrorKind::Shutdown));
+            job.completion.fail(self.refusal());
             return;
         }
         state.overflow.push_back(job);
@@ -423,9 +443,9 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::error::Error;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
+    use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::{self, Reply};
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -481,7 +501,12 @@ mod tests {
     /// A worker link whose other end the test holds, as the worker would.
     fn worker() -> (WorkerLink, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        (WorkerLink::new((std::process::id(), ours)).unwrap(), theirs)
+        let spawned = Spawned {
+            pid: std::process::id(),
+            stream: ours,
+            pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
+        };
+        (WorkerLink::new(spawned).unwrap(), theirs)
     }
 
     /// Reads one request as the worker would, and answers it with `payload`.
@@ -523,7 +548,7 @@ mod tests {
             assert_eq!(state.loans.len(), 1);
             assert!(Arc::ptr_eq(&state.loans[0], &loan));
         }
-        assert!(loan.stream().is_some(), "the loan holds the worker");
+        assert!(loan.watch().is_some(), "the loan holds the worker");
         // The request was written by the submitting thread, and the dispatcher not woken.
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut &worker_end, &mut buffer)
@@ -603,7 +628,7 @@ mod tests {
         );
         drop(state);
         assert_eq!(wake_ups(&shared), 0);
-        assert!(loan.stream().is_none(), "the loan is over");
+        assert!(loan.watch().is_none(), "the loan is over");
     }
 
     #[test]
@@ -681,7 +706,7 @@ mod tests {
     fn a_broken_pool_gives_the_job_back() {
         let shared = Shared::new().unwrap();
         let log = Log::default();
-        shared.break_pool();
+        shared.break_pool(None);
         let refused = shared.submit(job("a", &log)).err().expect("refused");
         assert_eq!(refused.arg, b"a");
         assert_eq!(shared.queued(), 0);
