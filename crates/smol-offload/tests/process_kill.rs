@@ -239,3 +239,82 @@ fn a_timed_out_thread_task_is_left_running() {
     drop(open);
     assert_eq!(block_on(next).unwrap(), 7);
 }
+
+fn task_timeout_pool(limit: Duration) -> ProcessPool {
+    ProcessPool::builder()
+        .workers(1)
+        .task_timeout(limit)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn zero_task_timeout_is_refused() {
+    let err = ProcessPool::builder()
+        .task_timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("task_timeout"), "{err}");
+}
+
+#[test]
+fn task_timeout_fails_an_awaited_task_and_replaces_its_worker() {
+    let pool = task_timeout_pool(Duration::from_millis(200));
+    let before = pool.pids()[0];
+    // A first task, so that the dispatcher sleeps with the worker lent out idle.
+    assert_eq!(block_on(pool.run(sleep_ms, 0)).unwrap(), before);
+    std::thread::sleep(Duration::from_millis(50));
+    let err = block_on(promptly(pool.run(sleep_ms, FOREVER_MS))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(!err.is_worker_died(), "{err}");
+    assert_replaced(&pool, before);
+}
+
+#[test]
+fn task_timeout_holds_for_detached_and_unpolled_tasks() {
+    let pool = task_timeout_pool(Duration::from_millis(200));
+    let marker = temp_path("unpolled");
+    let _ = std::fs::remove_file(&marker);
+    // Never polled until its worker is gone: the dispatcher alone enforces the limit.
+    let unpolled = pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS));
+    let worker = started_on(&marker);
+    wait_until_gone(worker);
+    assert!(block_on(unpolled).unwrap_err().is_timeout());
+
+    let _ = std::fs::remove_file(&marker);
+    pool.run(mark_then_sleep, (marker.clone(), FOREVER_MS))
+        .detach();
+    let worker = started_on(&marker);
+    assert_replaced(&pool, worker);
+    std::fs::remove_file(marker).unwrap();
+}
+
+#[test]
+fn task_timeout_kills_a_task_that_waited_in_the_queue() {
+    let pool = task_timeout_pool(Duration::from_millis(1500));
+    // Queued behind tasks that take most of the limit: queued time does not count.
+    let first = pool.run(sleep_ms, 900);
+    let second = pool.run(sleep_ms, 900);
+    let third = pool.run(sleep_ms, FOREVER_MS);
+    let fourth = pool.run(sleep_ms, 0);
+    let worker = pool.pids()[0];
+    assert_eq!(block_on(first).unwrap(), worker);
+    assert_eq!(block_on(second).unwrap(), worker);
+    let err = block_on(promptly(third)).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_ne!(block_on(promptly(fourth)).unwrap(), worker);
+    assert_replaced(&pool, worker);
+}
+
+#[test]
+fn tasks_within_the_task_timeout_are_not_touched() {
+    let pool = task_timeout_pool(Duration::from_secs(30));
+    let before = pool.pids();
+    block_on(async {
+        let tasks: Vec<_> = (0..2_000u64).map(|n| pool.run(square, n)).collect();
+        for (n, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.unwrap(), (n * n) as u64);
+        }
+    });
+    assert_eq!(pool.pids(), before);
+}

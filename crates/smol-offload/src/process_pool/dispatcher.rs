@@ -179,6 +179,7 @@ impl Dispatcher {
             let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
             self.take_back_workers(closed || jobs_wait || idle_ended);
             self.kill_abandoned();
+            self.kill_overdue();
             if closed {
                 self.fail_waiting_jobs();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
@@ -368,7 +369,12 @@ impl Dispatcher {
                 what: Watched::Dying(index),
             });
         }
-        let deadline = self.dying.iter().filter_map(Dying::kill_at).min();
+        let deadline = self
+            .dying
+            .iter()
+            .filter_map(Dying::kill_at)
+            .chain(self.next_task_deadline())
+            .min();
         Some(Sleep {
             watched,
             jobs_wait,
@@ -480,6 +486,40 @@ impl Dispatcher {
                 self.let_go(index, Cause::Abandoned);
             }
         }
+    }
+
+    /// With a `task_timeout`: kills the workers whose running job outlived it, on loan or not,
+    /// and forks their replacements. Each such job fails with a timeout.
+    fn kill_overdue(&mut self) {
+        let Some(limit) = self.shared.options.task_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let overdue = |since: Instant| since + limit <= now;
+        // The loans are listed under the queue lock, and each asked under its own lock only
+        // after that is released (a loan's lock comes first).
+        let loans = self.shared.lock().loans.clone();
+        let late: Vec<Arc<Loan>> = loans
+            .into_iter()
+            .filter(|loan| loan.running_since().is_some_and(overdue))
+            .collect();
+        if !late.is_empty() {
+            self.reclaim_loans(|loan| late.iter().any(|late| Arc::ptr_eq(late, loan)));
+        }
+        for index in (0..self.workers.len()).rev() {
+            if self.workers[index].running_since().is_some_and(overdue) {
+                self.let_go(index, Cause::Overdue(limit));
+            }
+        }
+    }
+
+    /// With a `task_timeout`: when the first running job, on loan or not, outlives it.
+    fn next_task_deadline(&self) -> Option<Instant> {
+        let limit = self.shared.options.task_timeout?;
+        let loans = self.shared.lock().loans.clone();
+        let own = self.workers.iter().filter_map(WorkerLink::running_since);
+        let lent = loans.iter().filter_map(|loan| loan.running_since());
+        own.chain(lent).min().map(|since| since + limit)
     }
 
     /// Lets the worker at `index` go for `cause`: it is killed now or soon (see [`Dying`]), the

@@ -44,6 +44,9 @@ pub(crate) enum Cause {
     /// The task of the job it runs gave up on it (timed out, cancelled, or dropped with
     /// `kill_on_drop`): it is killed at once.
     Abandoned,
+    /// The job it runs outlived the pool's `task_timeout`: it is killed at once, and the job
+    /// fails with a timeout.
+    Overdue(Duration),
 }
 
 /// A worker on its way out, kept until it is reaped.
@@ -86,6 +89,10 @@ impl Dying {
                 // Nobody reads the error: the task already resolved.
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));
                 dying.fails_with = Some(ErrorKind::Cancelled);
+            }
+            Cause::Overdue(limit) => {
+                dying.kill(WorkerExit::Signal(libc::SIGKILL));
+                dying.fails_with = Some(ErrorKind::Timeout(limit));
             }
         }
         dying

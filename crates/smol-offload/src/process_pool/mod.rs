@@ -17,6 +17,7 @@ mod worker_link;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -267,6 +268,52 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// A hard time limit for every task of the pool, like billiard's `time_limit`: a task that
+    /// runs longer has its worker killed (`SIGKILL`, with the worker's process group), resolves
+    /// with an error whose [`is_timeout`](crate::Error::is_timeout) is true, and the pool forks
+    /// a replacement.
+    ///
+    /// The pool's dispatcher enforces it, so it holds for detached tasks and for tasks nobody
+    /// polls. A task's time starts when the worker is known to start it: when its request is
+    /// sent to an idle worker, or when the reply of the task before it comes in. Queued time
+    /// does not count. For one task, [`Task::timeout`] does the same from the caller's side.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses a zero limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn sleep_ms(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(1)
+    ///         .task_timeout(Duration::from_millis(200))
+    ///         .build()?;
+    ///     smol::block_on(async {
+    ///         assert_eq!(pool.run(sleep_ms, 1).await?, 1);
+    ///         let err = pool.run(sleep_ms, 60_000).await.unwrap_err();
+    ///         assert!(err.is_timeout());
+    ///         // The stuck worker was killed and replaced: the pool goes on at once.
+    ///         assert_eq!(pool.run(sleep_ms, 2).await?, 2);
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> ProcessPoolBuilder {
+        self.options.task_timeout = Some(limit);
+        self
+    }
+
     /// At most `limit` tasks wait in the pool's queue: backpressure for a producer that
     /// submits faster than the workers run tasks. Without it the queue is unbounded, like
     /// Python's `ProcessPoolExecutor`: every submitted task waits in memory, with its
@@ -317,6 +364,11 @@ impl ProcessPoolBuilder {
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        if self.options.task_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "task_timeout must be longer than zero: no task could finish".into(),
+            )));
+        }
         if self.options.queue_limit == Some(0) {
             return Err(BuildError::new(BuildErrorKind::Setting(
                 "queue_limit must be at least 1: a pool needs room to queue one task".into(),

@@ -6,6 +6,8 @@
 pub(crate) struct PoolOptions {
     /// Dropping a started task kills its worker.
     pub(crate) kill_on_drop: bool,
+    /// The longest a task may run before the dispatcher kills its worker.
+    pub(crate) task_timeout: Option<std::time::Duration>,
     /// How many jobs may wait in the queue; `None`: no limit.
     pub(crate) queue_limit: Option<usize>,
 }

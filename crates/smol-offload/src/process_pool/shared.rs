@@ -193,6 +193,10 @@ impl Shared {
         drop(state);
         if worker.flush().is_ok() {
             lent.hold(worker);
+            if self.options.task_timeout.is_some() {
+                // The dispatcher sleeps without a deadline for this job: it must arm one.
+                self.wake_dispatcher();
+            }
             return Placed::Lent(loan.clone());
         }
         // The worker is gone and the job never reached it: queue the job for another worker,

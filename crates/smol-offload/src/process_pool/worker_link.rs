@@ -71,6 +71,12 @@ impl WorkerLink {
         })
     }
 
+    /// When the job it runs began, as far as the parent can tell (never earlier than it did);
+    /// `None` while it is idle.
+    pub(crate) fn running_since(&self) -> Option<Instant> {
+        (!self.in_flight.is_empty()).then_some(self.head_since)
+    }
+
     pub(crate) fn is_idle(&self) -> bool {
         self.in_flight.is_empty()
     }
