@@ -150,6 +150,10 @@ impl Dispatcher {
         link: &'static ServerLink,
         workers: Vec<WorkerLink>,
     ) -> Dispatcher {
+        let workers: Vec<WorkerLink> = workers
+            .into_iter()
+            .map(|worker| new_worker(&shared, worker))
+            .collect();
         *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
         // Lent out from the start, so that the first task goes straight to a worker.
         shared.lock().idle = workers;
@@ -180,6 +184,7 @@ impl Dispatcher {
             self.take_back_workers(closed || jobs_wait || idle_ended);
             self.kill_abandoned();
             self.kill_overdue();
+            self.retire_spent();
             if closed {
                 self.fail_waiting_jobs();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
@@ -326,7 +331,7 @@ impl Dispatcher {
         if !closed && !jobs_wait {
             let mut index = 0;
             while index < self.workers.len() {
-                if self.workers[index].is_idle() {
+                if self.workers[index].is_idle() && self.workers[index].can_take() {
                     state.idle.push(self.workers.swap_remove(index));
                 } else {
                     index += 1;
@@ -336,7 +341,11 @@ impl Dispatcher {
                 self.shared.arm_wake_on_submit();
             }
         } else if !closed
-            && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
+            && (!state.idle.is_empty()
+                || self
+                    .workers
+                    .iter()
+                    .any(|worker| worker.is_idle() && worker.can_take()))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
@@ -415,7 +424,7 @@ impl Dispatcher {
     fn hand_out_jobs(&mut self) {
         // One job to each idle worker first, so that work spreads before it queues up.
         for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() {
+            if self.workers[index].is_idle() && self.workers[index].can_take() {
                 let Some(job) = self.next_job(false) else {
                     break;
                 };
@@ -429,7 +438,8 @@ impl Dispatcher {
         if short_tasks && backlog >= 2 * self.workers.len() {
             'fill: for depth in 2..=PIPELINE_DEPTH {
                 for index in 0..self.workers.len() {
-                    if self.workers[index].in_flight.len() < depth {
+                    if self.workers[index].in_flight.len() < depth && self.workers[index].can_take()
+                    {
                         let Some(job) = self.next_job(true) else {
                             break 'fill;
                         };
@@ -484,6 +494,24 @@ impl Dispatcher {
                 .is_some_and(|running| running.job.completion.is_abandoned());
             if abandoned {
                 self.let_go(index, Cause::Abandoned);
+            }
+        }
+    }
+
+    /// With `max_tasks_per_worker`: lets the workers that ran all their tasks go (their socket
+    /// closes and they exit) and forks their replacements.
+    fn retire_spent(&mut self) {
+        if self.shared.options.max_tasks_per_worker.is_none() {
+            return;
+        }
+        for index in (0..self.workers.len()).rev() {
+            if self.workers[index].is_spent() {
+                self.let_go(
+                    index,
+                    Cause::Stopped {
+                        grace: SHUTDOWN_GRACE,
+                    },
+                );
             }
         }
     }
@@ -565,6 +593,7 @@ impl Dispatcher {
             let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
             match WorkerLink::new(spawned) {
                 Ok(worker) => {
+                    let worker = new_worker(&self.shared, worker);
                     self.shared.pids_mut().push(pid);
                     self.workers.push(worker);
                     self.respawn.succeeded();
@@ -667,6 +696,12 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// A freshly forked worker, set up as the pool's options say.
+fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
+    worker.limit_tasks(shared.options.max_tasks_per_worker);
+    worker
 }
 
 /// One entry of what the dispatcher sleeps on.

@@ -314,6 +314,50 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Replaces each worker after it has run `tasks` tasks, like `max_tasks_per_child` in
+    /// Python's `ProcessPoolExecutor` and billiard: for task code that leaks memory or other
+    /// resources, a fresh process every `tasks` tasks.
+    ///
+    /// A worker is never sent more tasks than it has left, also when short tasks are sent
+    /// ahead; after its last reply its socket is closed, it exits, and the pool forks a
+    /// replacement. No task fails or waits for a worker that is about to go. Without it,
+    /// workers live as long as the pool (unless they die).
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).max_tasks_per_worker(2).build()?;
+    ///     let pids = smol::block_on(async {
+    ///         let mut pids = Vec::new();
+    ///         for _ in 0..6 {
+    ///             pids.push(pool.run(pid, ()).await?);
+    ///         }
+    ///         Ok::<_, smol_offload::Error>(pids)
+    ///     })?;
+    ///     // Two tasks per worker: three workers ran the six tasks, one after the other.
+    ///     assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3);
+    ///     assert!(pids.chunks(2).all(|pair| pair[0] == pair[1]));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn max_tasks_per_worker(mut self, tasks: usize) -> ProcessPoolBuilder {
+        self.options.max_tasks_per_worker = Some(tasks);
+        self
+    }
+
     /// At most `limit` tasks wait in the pool's queue: backpressure for a producer that
     /// submits faster than the workers run tasks. Without it the queue is unbounded, like
     /// Python's `ProcessPoolExecutor`: every submitted task waits in memory, with its
@@ -367,6 +411,11 @@ impl ProcessPoolBuilder {
         if self.options.task_timeout == Some(Duration::ZERO) {
             return Err(BuildError::new(BuildErrorKind::Setting(
                 "task_timeout must be longer than zero: no task could finish".into(),
+            )));
+        }
+        if self.options.max_tasks_per_worker == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "max_tasks_per_worker must be at least 1: a worker must run a task".into(),
             )));
         }
         if self.options.queue_limit == Some(0) {

@@ -8,6 +8,8 @@ pub(crate) struct PoolOptions {
     pub(crate) kill_on_drop: bool,
     /// The longest a task may run before the dispatcher kills its worker.
     pub(crate) task_timeout: Option<std::time::Duration>,
+    /// How many tasks a worker runs before it is replaced.
+    pub(crate) max_tasks_per_worker: Option<usize>,
     /// How many jobs may wait in the queue; `None`: no limit.
     pub(crate) queue_limit: Option<usize>,
 }

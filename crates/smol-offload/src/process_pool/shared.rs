@@ -219,7 +219,11 @@ impl Shared {
     pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
         let mut state = self.lock();
         state.forget(loan);
-        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
+        if worker.is_idle()
+            && worker.can_take()
+            && state.jobs.is_empty()
+            && !self.closed.load(Ordering::SeqCst)
+        {
             state.idle.push(worker);
         } else {
             state.returned.push(worker);

@@ -54,6 +54,8 @@ pub(crate) struct WorkerLink {
     /// Request frames to send in one write.
     outbox: Vec<u8>,
     next_id: u64,
+    /// How many more jobs it may be sent, with `max_tasks_per_worker`; `None`: no limit.
+    tasks_left: Option<usize>,
 }
 
 impl WorkerLink {
@@ -68,7 +70,23 @@ impl WorkerLink {
             head_since: Instant::now(),
             outbox: Vec::new(),
             next_id: 0,
+            tasks_left: None,
         })
+    }
+
+    /// Limits the jobs it will be sent to `budget`, after which it is to be replaced.
+    pub(crate) fn limit_tasks(&mut self, budget: Option<usize>) {
+        self.tasks_left = budget;
+    }
+
+    /// Whether it may be sent one more job.
+    pub(crate) fn can_take(&self) -> bool {
+        self.tasks_left != Some(0)
+    }
+
+    /// True once it ran every job it may be sent: it is to be replaced.
+    pub(crate) fn is_spent(&self) -> bool {
+        self.tasks_left == Some(0) && self.in_flight.is_empty()
     }
 
     /// When the job it runs began, as far as the parent can tell (never earlier than it did);
@@ -83,6 +101,10 @@ impl WorkerLink {
 
     /// Queues `job`'s request for the next [`flush`](WorkerLink::flush).
     pub(crate) fn assign(&mut self, job: Job) {
+        debug_assert!(self.can_take(), "a spent worker was sent a job");
+        if let Some(left) = &mut self.tasks_left {
+            *left = left.saturating_sub(1);
+        }
         let id = self.next_id;
         self.next_id += 1;
         wire::write_request(&mut self.outbox, id, job.call, &job.arg);
@@ -104,6 +126,9 @@ impl WorkerLink {
     /// Takes the last job assigned back, after a [`flush`](WorkerLink::flush) that failed: it
     /// never reached the worker.
     pub(crate) fn take_back_last(&mut self) -> Option<Job> {
+        if let Some(left) = &mut self.tasks_left {
+            *left += 1;
+        }
         self.in_flight.pop_back().map(|in_flight| in_flight.job)
     }
 
