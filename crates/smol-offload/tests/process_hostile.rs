@@ -318,6 +318,9 @@ fn garbage_from_a_worker_on_a_dispatched_task_is_a_malformed_reply() {
 fn tiny_or_garbage(n: u64) -> u64 {
     if n == 300 {
         write_garbage(n);
+        // Stuck after the garbage: the tasks sent ahead behind it never start on this worker.
+        // (A worker that went on would start them, and they would fail with it.)
+        std::thread::sleep(LONG);
     }
     n
 }
@@ -756,6 +759,14 @@ fn chaos_every_task_resolves_once_and_nothing_is_left_behind() {
             assert_eq!(count[n], 1, "task {n} returned without running");
         }
     }
+    // A task fails with its worker only once the worker claimed it; the few that failed
+    // without their mark were killed between the claim and the mark.
+    let unmarked = results
+        .iter()
+        .zip(&count)
+        .filter(|(result, count)| result.is_err() && **count == 0)
+        .count();
+    eprintln!("chaos: {unmarked} failed tasks were killed before their first line");
     // The pool works afterwards, at full size.
     let tasks: Vec<_> = (0..20).map(|n| pool.run(square, n)).collect();
     for (n, result) in promptly("tasks after the chaos", gather(tasks))
@@ -769,4 +780,75 @@ fn chaos_every_task_resolves_once_and_nothing_is_left_behind() {
     drop(pool);
     let seen: Vec<u32> = seen.lock().unwrap().iter().copied().collect();
     wait_until_reaped(&seen);
+}
+
+/// Waits (up to [`LONG`]) until `gate` exists.
+fn wait_at_gate(gate: PathBuf) -> u32 {
+    let deadline = Instant::now() + LONG;
+    while !gate.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::process::id()
+}
+
+#[test]
+fn tasks_sent_ahead_behind_a_long_task_move_to_an_idle_worker() {
+    let pool = ProcessPool::new(2).unwrap();
+    let gate = temp_path("sent-ahead-gate");
+    // Short tasks teach the pool to send tasks ahead to busy workers.
+    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    for _ in 0..5 {
+        // A deep queue, with a long task near its head: short tasks are sent ahead behind it.
+        let mut short: Vec<_> = (0..4).map(|n| pool.run(square, n)).collect();
+        let long = pool.run(wait_at_gate, gate.clone());
+        short.extend((4..100).map(|n| pool.run(square, n)));
+        // The long task waits until every short one is done: a short one stuck behind it
+        // while the other worker idles would hold it until the watchdog.
+        let results = promptly("the short tasks", gather(short));
+        for (n, result) in results.into_iter().enumerate() {
+            assert_eq!(result.unwrap(), (n * n) as u64);
+        }
+        std::fs::write(&gate, b"open").unwrap();
+        promptly("the long task", long).unwrap();
+        std::fs::remove_file(&gate).unwrap();
+    }
+}
+
+fn square_and_mark(args: (u64, PathBuf)) -> u64 {
+    use std::io::Write;
+    let (n, runs) = args;
+    let mut runs = std::fs::OpenOptions::new().append(true).open(runs).unwrap();
+    runs.write_all(format!("{n}\n").as_bytes()).unwrap();
+    n * n
+}
+
+#[test]
+fn a_task_its_dead_worker_never_started_runs_on_the_replacement() {
+    use nix::sys::signal::{Signal, kill};
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let runs = temp_path("never-started");
+    std::fs::write(&runs, b"").unwrap();
+    // A stopped worker cannot start what it is sent: the first task goes to it on loan, the
+    // second waits in the queue behind it. Then the worker is killed.
+    let victim_pid = nix::unistd::Pid::from_raw(victim as i32);
+    kill(victim_pid, Signal::SIGSTOP).unwrap();
+    let first = pool.run(square_and_mark, (7, runs.clone()));
+    let second = pool.run(square_and_mark, (8, runs.clone()));
+    kill(victim_pid, Signal::SIGKILL).unwrap();
+    // Neither had started: both run on the replacement, once, instead of failing.
+    assert_eq!(promptly("the first task", first).unwrap(), 49);
+    assert_eq!(promptly("the second task", second).unwrap(), 64);
+    let marks = std::fs::read_to_string(&runs).unwrap();
+    std::fs::remove_file(&runs).unwrap();
+    let mut marks: Vec<&str> = marks.lines().collect();
+    marks.sort_unstable();
+    assert_eq!(marks, ["7", "8"]);
+    assert!(!pool.pids().contains(&victim));
+    wait_until_reaped(&[victim]);
 }

@@ -37,6 +37,11 @@ fn touch(path: PathBuf) {
     std::fs::write(path, b"ran").unwrap();
 }
 
+fn touch_and_sleep((path, ms): (PathBuf, u64)) -> u32 {
+    std::fs::write(path, b"ran").unwrap();
+    sleep_ms(ms)
+}
+
 fn kill_self(signal: i32) -> u32 {
     let signal = nix::sys::signal::Signal::try_from(signal).unwrap();
     nix::sys::signal::raise(signal).unwrap();
@@ -259,10 +264,15 @@ fn worker_killed_from_outside_mid_task() {
     let pool = ProcessPool::new(1).unwrap();
     smol::block_on(async {
         let victim = pool.pids()[0];
-        let task = pool.run(sleep_ms, 5_000);
-        while !task.is_started() {
+        // Killed once the task runs in the worker: a task sent to a worker that dies before
+        // starting it is not failed but sent to the replacement.
+        let marker = temp_path("killed-mid-task");
+        let _ = std::fs::remove_file(&marker);
+        let task = pool.run(touch_and_sleep, (marker.clone(), 5_000));
+        while !marker.exists() {
             smol::Timer::after(Duration::from_millis(5)).await;
         }
+        std::fs::remove_file(&marker).unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(victim as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -180,7 +180,8 @@ impl Dispatcher {
             }
             // Idle workers stay lent out unless they are needed or one of them ended: taking
             // them back would open a window in which a submitter finds none.
-            let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
+            let jobs_wait =
+                !self.retry.is_empty() || self.shared.queued() > 0 || self.has_jobs_sent_ahead();
             self.take_back_workers(closed || jobs_wait || idle_ended);
             self.kill_abandoned();
             self.kill_overdue();
@@ -237,7 +238,9 @@ impl Dispatcher {
                     continue;
                 }
                 match watch.what {
-                    Watched::Own(worker) => self.read_replies(worker, ready.exited),
+                    Watched::Own(worker) => {
+                        self.read_replies(worker, ready.exited);
+                    }
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
                     Watched::Dying(index) => self.reap(index),
@@ -255,7 +258,7 @@ impl Dispatcher {
     /// Reaps the dying worker at `index`, which exited, and fails the job it was running.
     fn reap(&mut self, index: usize) {
         let dying = self.dying.swap_remove(index);
-        if let Some((job, error)) = dying.reap(self.link) {
+        for (job, error) in dying.reap(self.link) {
             self.shared.counters.completed();
             job.completion.fail(error);
         }
@@ -328,7 +331,11 @@ impl Dispatcher {
             return None;
         }
         let jobs_wait = !state.jobs.is_empty() || !self.retry.is_empty();
-        if !closed && !jobs_wait {
+        // Jobs sent ahead wait behind running ones: idle workers stay home to take them (see
+        // `hand_out_jobs`), and a loan that ends comes home too.
+        let sent_ahead = self.has_jobs_sent_ahead();
+        self.shared.set_jobs_sent_ahead(sent_ahead);
+        if !closed && !jobs_wait && !sent_ahead {
             let mut index = 0;
             while index < self.workers.len() {
                 if self.workers[index].is_idle() && self.workers[index].can_take() {
@@ -341,6 +348,7 @@ impl Dispatcher {
                 self.shared.arm_wake_on_submit();
             }
         } else if !closed
+            && jobs_wait
             && (!state.idle.is_empty()
                 || self
                     .workers
@@ -350,6 +358,9 @@ impl Dispatcher {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
             return None;
+        } else if self.workers.iter().any(WorkerLink::is_idle) {
+            // An idle worker at home: a job submitted now must wake the dispatcher.
+            self.shared.arm_wake_on_submit();
         }
         let mut watched = Vec::with_capacity(
             self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
@@ -386,7 +397,7 @@ impl Dispatcher {
             .min();
         Some(Sleep {
             watched,
-            jobs_wait,
+            jobs_wait: jobs_wait || sent_ahead,
             deadline,
         })
     }
@@ -422,14 +433,18 @@ impl Dispatcher {
     }
 
     fn hand_out_jobs(&mut self) {
-        // One job to each idle worker first, so that work spreads before it queues up.
-        for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() && self.workers[index].can_take() {
-                let Some(job) = self.next_job(false) else {
-                    break;
-                };
-                self.workers[index].assign(job);
+        self.assign_to_idle_workers();
+        // A worker is idle while another holds jobs sent ahead that it has not started: take
+        // them back, so that no job waits behind a running one while a worker is free.
+        let idle = |worker: &WorkerLink| worker.is_idle() && worker.can_take();
+        if self.workers.iter().any(idle) && self.has_jobs_sent_ahead() {
+            for index in 0..self.workers.len() {
+                if self.workers[index].in_flight.len() > 1 {
+                    let unstarted = self.workers[index].take_back_unstarted();
+                    self.retry.extend(unstarted);
+                }
             }
+            self.assign_to_idle_workers();
         }
         let short_tasks = self
             .typical_task
@@ -450,15 +465,35 @@ impl Dispatcher {
         }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].flush().is_err() {
-                // The worker closed its socket: its first job fails with how it ended.
-                self.let_go(index, Cause::ClosedLink);
+                // The worker closed its socket: take the replies it sent before, then let it
+                // go; the job it ran fails with how it ended.
+                if self.read_replies(index, false) {
+                    self.let_go(index, Cause::ClosedLink);
+                }
             }
         }
     }
 
+    /// One job to each idle worker, so that work spreads before it queues up.
+    fn assign_to_idle_workers(&mut self) {
+        for index in 0..self.workers.len() {
+            if self.workers[index].is_idle() && self.workers[index].can_take() {
+                let Some(job) = self.next_job(false) else {
+                    break;
+                };
+                self.workers[index].assign(job);
+            }
+        }
+    }
+
+    /// True when a worker holds jobs sent ahead, behind the one it runs.
+    fn has_jobs_sent_ahead(&self) -> bool {
+        self.workers.iter().any(|worker| worker.in_flight.len() > 1)
+    }
+
     /// Reads the replies of the worker at `index`, and lets it go if it broke its stream or
-    /// `exited`.
-    fn read_replies(&mut self, index: usize, exited: bool) {
+    /// `exited`. Returns `false` when it let the worker go.
+    fn read_replies(&mut self, index: usize, exited: bool) -> bool {
         let open = self.workers[index].receive();
         loop {
             match self.workers[index].next_incoming() {
@@ -472,7 +507,7 @@ impl Dispatcher {
                 Incoming::Nothing => break,
                 Incoming::Corrupt(malformed) => {
                     self.let_go(index, Cause::Malformed(malformed));
-                    return;
+                    return false;
                 }
             }
         }
@@ -480,7 +515,10 @@ impl Dispatcher {
             self.let_go(index, Cause::Exited);
         } else if !open {
             self.let_go(index, Cause::ClosedLink);
+        } else {
+            return true;
         }
+        false
     }
 
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
@@ -554,17 +592,24 @@ impl Dispatcher {
     /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
     /// a replacement is forked unless the pool is closing.
     fn let_go(&mut self, index: usize, cause: Cause) {
-        let worker = self.workers.swap_remove(index);
+        let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
-        let mut in_flight = worker.in_flight;
-        let running = in_flight.pop_front().map(|running| running.job);
-        for (position, waiting) in in_flight.into_iter().enumerate() {
-            self.retry.insert(position, waiting.job);
+        // The jobs it never started go to others first, the one it ran fails: a worker that
+        // died between two jobs fails none. Taken back before anything else, so that a
+        // worker still alive cannot start them.
+        let unstarted = worker.take_back_unstarted();
+        for (position, job) in unstarted.into_iter().enumerate() {
+            self.retry.insert(position, job);
         }
+        let running = worker
+            .in_flight
+            .drain(..)
+            .map(|running| running.job)
+            .collect();
         // Killed (if the cause says so) before its socket closes, which would let it exit.
         self.dying
-            .push(Dying::new(pid, worker.pidfd, running, cause));
-        drop(worker.stream);
+            .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
+        drop(worker);
         self.shared.pids_mut().retain(|&other| other != pid);
         if !self.shared.is_closed() {
             self.spawn_replacement();
@@ -601,7 +646,7 @@ impl Dispatcher {
                 Err(err) => {
                     // Its socket is closed: it exits at once.
                     self.dying
-                        .push(Dying::new(pid, pidfd, None, Cause::ClosedLink));
+                        .push(Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink));
                     self.respawn.failed(&err);
                     return;
                 }
@@ -635,7 +680,7 @@ impl Dispatcher {
             let mut dying = Dying::new(
                 worker.pid,
                 worker.pidfd,
-                None,
+                Vec::new(),
                 Cause::Stopped {
                     grace: SHUTDOWN_GRACE,
                 },
@@ -691,7 +736,7 @@ impl Dispatcher {
             }
         }
         for mut dying in self.dying.drain(..) {
-            if let Some(job) = dying.take_running() {
+            for job in dying.take_running() {
                 job.completion.fail(Error::new(ErrorKind::Shutdown));
             }
         }

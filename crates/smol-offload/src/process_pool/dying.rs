@@ -54,21 +54,30 @@ pub(crate) enum Cause {
 pub(crate) struct Dying {
     pub(crate) pid: u32,
     pub(crate) pidfd: Arc<OwnedFd>,
-    /// The job it was running: it fails with how the worker ended.
-    running: Option<Job>,
+    /// The jobs it started (one, unless it lost a reply): they fail with how it ended.
+    running: Vec<Job>,
     /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
     kill_at: Option<Instant>,
     /// What the job it was running fails with instead of how the worker ended, when the pool
     /// killed it for that job's sake.
-    fails_with: Option<ErrorKind>,
+    fails_with: Option<KilledFor>,
+}
+
+/// Why the pool killed a worker for its running job's sake.
+#[derive(Clone, Copy, Debug)]
+enum KilledFor {
+    /// Its task gave up on it: it fails as cancelled (nobody reads it).
+    Abandoned,
+    /// It outlived the pool's `task_timeout`: it fails as timed out.
+    Overdue(Duration),
 }
 
 impl Dying {
     /// Lets worker `pid` go for `cause`, killing it (and its process group) now if the cause
     /// says so. The pid is not reaped yet, so it and its group are still this worker's.
-    pub(crate) fn new(pid: u32, pidfd: Arc<OwnedFd>, running: Option<Job>, cause: Cause) -> Dying {
+    pub(crate) fn new(pid: u32, pidfd: Arc<OwnedFd>, running: Vec<Job>, cause: Cause) -> Dying {
         let mut dying = Dying {
             pid,
             pidfd,
@@ -88,11 +97,11 @@ impl Dying {
             Cause::Abandoned => {
                 // Nobody reads the error: the task already resolved.
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));
-                dying.fails_with = Some(ErrorKind::Cancelled);
+                dying.fails_with = Some(KilledFor::Abandoned);
             }
             Cause::Overdue(limit) => {
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));
-                dying.fails_with = Some(ErrorKind::Timeout(limit));
+                dying.fails_with = Some(KilledFor::Overdue(limit));
             }
         }
         dying
@@ -123,12 +132,12 @@ impl Dying {
         self.kill_at = None;
     }
 
-    /// Reaps the worker, which has exited (its pidfd is readable), and returns the job it was
-    /// running with the error that job fails with.
+    /// Reaps the worker, which has exited (its pidfd is readable), and returns the jobs it was
+    /// running, each with the error it fails with.
     ///
     /// Its process group is killed first: what its tasks forked does not outlive it (a
     /// process that left the group, with `setsid`, escapes).
-    pub(crate) fn reap(self, link: &ServerLink) -> Option<(Job, Error)> {
+    pub(crate) fn reap(self, link: &ServerLink) -> Vec<(Job, Error)> {
         sys::kill_worker_group(self.pid);
         let reaped = link.reap(self.pid);
         // Once the pool killed it, the reason is the cause: the worker may have exited on its
@@ -139,14 +148,25 @@ impl Dying {
             (Err(_), None) => WorkerExit::Unknown,
         };
         let pid = self.pid;
-        let kind = self
-            .fails_with
-            .unwrap_or(ErrorKind::WorkerDied { pid, exit });
-        self.running.map(|job| (job, Error::new(kind)))
+        let fails_with = self.fails_with;
+        self.running
+            .into_iter()
+            .map(|job| {
+                let kind = match fails_with {
+                    Some(KilledFor::Abandoned) => ErrorKind::Cancelled,
+                    Some(KilledFor::Overdue(limit)) => ErrorKind::Timeout(limit),
+                    None => ErrorKind::WorkerDied {
+                        pid,
+                        exit: exit.clone(),
+                    },
+                };
+                (job, Error::new(kind))
+            })
+            .collect()
     }
 
-    /// Takes the job it was running back, to fail it otherwise (the dispatcher gives up).
-    pub(crate) fn take_running(&mut self) -> Option<Job> {
-        self.running.take()
+    /// Takes the jobs it was running back, to fail them otherwise (the dispatcher gives up).
+    pub(crate) fn take_running(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.running)
     }
 }

@@ -1,7 +1,9 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
+// claim → wire → job → server → worker_link → loan → shared → loan_assist → dying →
+// dispatcher.
+mod claim;
 mod dispatcher;
 mod dying;
 mod job;

@@ -50,6 +50,10 @@ pub(crate) struct Shared {
     /// workers are lent out: the next job queued must wake it.
     wake_on_submit: AtomicBool,
     closed: AtomicBool,
+    /// Set by the dispatcher, under the state lock, while jobs sent ahead to a busy worker
+    /// wait behind the one it runs: a worker given back then goes to the dispatcher, which
+    /// hands it those jobs.
+    jobs_sent_ahead: AtomicBool,
     /// Set when no worker could be kept alive: the pool refuses work.
     broken: AtomicBool,
     /// Why the pool broke, said to every task it refuses.
@@ -115,6 +119,7 @@ impl Shared {
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
             wake_on_submit: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            jobs_sent_ahead: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
@@ -222,6 +227,7 @@ impl Shared {
         if worker.is_idle()
             && worker.can_take()
             && state.jobs.is_empty()
+            && !self.jobs_sent_ahead.load(Ordering::SeqCst)
             && !self.closed.load(Ordering::SeqCst)
         {
             state.idle.push(worker);
@@ -288,6 +294,11 @@ impl Shared {
     /// with workers lent out). Called under the queue lock.
     pub(super) fn arm_wake_on_submit(&self) {
         self.wake_on_submit.store(true, Ordering::SeqCst);
+    }
+
+    /// Says whether jobs sent ahead wait behind running ones. Called under the queue lock.
+    pub(super) fn set_jobs_sent_ahead(&self, waiting: bool) {
+        self.jobs_sent_ahead.store(waiting, Ordering::SeqCst);
     }
 
     /// The dispatcher is awake: submitters need not wake it.
@@ -451,6 +462,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::process_pool::claim::Claims;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
     use crate::process_pool::server::Spawned;
@@ -512,6 +524,7 @@ mod tests {
         let spawned = Spawned {
             pid: std::process::id(),
             stream: ours,
+            claims: Claims::create().unwrap().0,
             pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
         };
         (WorkerLink::new(spawned).unwrap(), theirs)
