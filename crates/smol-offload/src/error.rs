@@ -40,6 +40,8 @@ pub(crate) enum ErrorKind {
     Shutdown,
     /// The pool gave up (it could not keep any worker process alive), for this reason.
     Broken(String),
+    /// The pool's initializer panicked in the new worker that would have run the task.
+    InitializerFailed(String),
     Codec {
         stage: &'static str,
         detail: String,
@@ -179,6 +181,14 @@ impl Error {
         matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
     }
 
+    /// True when the task did not run because the pool's
+    /// [`initializer`](crate::ProcessPoolBuilder::initializer) panicked in the new worker that
+    /// would have run it, and no other worker could. The message names the initializer's
+    /// panic.
+    pub fn is_initializer_failure(&self) -> bool {
+        matches!(self.kind, ErrorKind::InitializerFailed(_))
+    }
+
     /// True when the argument or the result of a process task could not be serialized or
     /// deserialized. The task's function did not run when the argument failed.
     pub fn is_codec(&self) -> bool {
@@ -208,6 +218,11 @@ impl fmt::Display for Error {
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
             ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
+            ErrorKind::InitializerFailed(reason) => write!(
+                f,
+                "the task did not run: the pool has no worker, {reason}; fix the initializer \
+                 or what it needs"
+            ),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
         }

@@ -118,3 +118,161 @@ fn recycling_loses_no_task_sent_straight_to_a_worker_or_queued() {
     let worker = block_on(pool.run(sleep_ms, 100)).unwrap();
     wait_until_replaced(&pool, worker);
 }
+
+/// What the initializer left in this worker: its argument, and how often it ran here.
+static LOADED: std::sync::Mutex<Option<(String, u32)>> = std::sync::Mutex::new(None);
+
+fn load(model: String) {
+    let mut loaded = LOADED.lock().unwrap();
+    let runs = loaded.as_ref().map_or(0, |(_, runs)| *runs);
+    *loaded = Some((model, runs + 1));
+}
+
+/// The worker's pid and what its initializer left.
+fn loaded(_: ()) -> (u32, Option<(String, u32)>) {
+    (std::process::id(), LOADED.lock().unwrap().clone())
+}
+
+#[test]
+fn the_initializer_runs_once_in_every_worker_before_its_tasks() {
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .max_tasks_per_worker(3)
+        .initializer(load, "model-7".to_string())
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..30).map(|_| pool.run(loaded, ())).collect();
+    let mut pids = std::collections::HashSet::new();
+    for result in block_on(gather(tasks)) {
+        let (pid, loaded) = result.unwrap();
+        assert_eq!(loaded, Some(("model-7".to_string(), 1)), "in worker {pid}");
+        pids.insert(pid);
+    }
+    // Recycled workers ran it too: at least ten workers ran the thirty tasks.
+    assert!(pids.len() >= 10, "{pids:?}");
+}
+
+#[test]
+fn a_worker_killed_by_a_timeout_is_replaced_by_an_initialized_one() {
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .initializer(load, "model-8".to_string())
+        .build()
+        .unwrap();
+    let (first, _) = block_on(pool.run(loaded, ())).unwrap();
+    let stuck = pool.run(sleep_ms, 120_000);
+    assert!(
+        block_on(stuck.timeout(Duration::from_millis(50)))
+            .unwrap_err()
+            .is_timeout()
+    );
+    let (second, state) = block_on(pool.run(loaded, ())).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(state, Some(("model-8".to_string(), 1)));
+}
+
+fn fail_to_load(path: std::path::PathBuf) {
+    use std::io::Write;
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    writeln!(log, "{}", std::process::id()).unwrap();
+    std::panic::set_hook(Box::new(|_| {}));
+    panic!("no model on this machine");
+}
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("smol-offload-init-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn a_panicking_initializer_fails_waiting_tasks_backs_off_and_breaks_the_pool() {
+    let log = temp_path("failing");
+    let _ = std::fs::remove_file(&log);
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .initializer(fail_to_load, log.clone())
+        .build()
+        .unwrap();
+    let err = block_on(pool.run(pid, ())).unwrap_err();
+    assert!(err.is_initializer_failure() || err.is_shutdown(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("initializer") && message.contains("no model on this machine"),
+        "{message}"
+    );
+    // Tasks keep failing with the initializer's message until the pool gives up.
+    let err = block_on(async {
+        loop {
+            let err = pool.run(pid, ()).await.unwrap_err();
+            assert!(
+                err.to_string().contains("no model on this machine"),
+                "{err}"
+            );
+            if err.is_shutdown() {
+                break err;
+            }
+        }
+    });
+    assert!(err.to_string().contains("initializer"), "{err}");
+    // Backed off, not a tight loop: a handful of workers were forked in all.
+    let forked = std::fs::read_to_string(&log).unwrap().lines().count();
+    assert!((5..=12).contains(&forked), "{forked} workers forked");
+    assert!(block_on(pool.run(pid, ())).unwrap_err().is_shutdown());
+    std::fs::remove_file(log).unwrap();
+}
+
+/// Panics in the first worker that runs it only.
+fn fail_once(flag: std::path::PathBuf) {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&flag)
+        .is_ok()
+    {
+        std::panic::set_hook(Box::new(|_| {}));
+        panic!("flaky start");
+    }
+}
+
+#[test]
+fn a_flaky_initializer_costs_one_worker_and_no_task() {
+    let flag = temp_path("flaky");
+    let _ = std::fs::remove_file(&flag);
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .initializer(fail_once, flag.clone())
+        .build()
+        .unwrap();
+    // Waits for both workers to be up: the failed one was replaced.
+    let tasks: Vec<_> = (0..200u64).map(|n| pool.run(pid_and_square, n)).collect();
+    for (n, result) in block_on(gather(tasks)).into_iter().enumerate() {
+        // One worker initialized at once: nothing waited without a worker.
+        assert_eq!(result.unwrap().1, (n * n) as u64);
+    }
+    assert!(flag.exists(), "the initializer never failed");
+    std::fs::remove_file(flag).unwrap();
+}
+
+#[test]
+fn an_initializer_argument_that_cannot_be_serialized_is_a_build_error() {
+    struct Refuses;
+    impl serde::Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("Refuses will not be serialized"))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Refuses {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Refuses)
+        }
+    }
+    fn init(_: Refuses) {}
+    let err = ProcessPool::builder()
+        .initializer(init, Refuses)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("initializer"), "{err}");
+}

@@ -106,6 +106,8 @@ pub(crate) struct Dispatcher {
     dying: Vec<Dying>,
     /// Replacements still to fork, after a fork failed.
     respawn: Respawn,
+    /// Workers in a row whose initializer panicked.
+    init_failures: u32,
 }
 
 /// The first wait before forking again after a failed fork; it doubles with each failure in a
@@ -114,6 +116,8 @@ const RESPAWN_FIRST_DELAY: Duration = Duration::from_millis(50);
 const RESPAWN_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Failed forks in a row after which a pool left without any worker gives up.
 const RESPAWN_ATTEMPTS: u32 = 5;
+/// Initializer failures in a row after which a pool left without any worker gives up.
+const INIT_ATTEMPTS: u32 = 5;
 
 /// The workers a pool misses because forking them failed, and when to try again.
 #[derive(Default)]
@@ -155,17 +159,21 @@ impl Dispatcher {
             .map(|worker| new_worker(&shared, worker))
             .collect();
         *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
-        // Lent out from the start, so that the first task goes straight to a worker.
-        shared.lock().idle = workers;
+        // Lent out from the start, so that the first task goes straight to a worker; kept
+        // home while they run the pool's initializer.
+        let (initializing, ready): (Vec<WorkerLink>, Vec<WorkerLink>) =
+            workers.into_iter().partition(WorkerLink::is_initializing);
+        shared.lock().idle = ready;
         Dispatcher {
             shared,
             link,
-            workers: Vec::new(),
+            workers: initializing,
             retry: VecDeque::new(),
             typical_task: None,
             replies: Vec::new(),
             dying: Vec::new(),
             respawn: Respawn::default(),
+            init_failures: 0,
         }
     }
 
@@ -509,6 +517,11 @@ impl Dispatcher {
                     self.let_go(index, Cause::Malformed(malformed));
                     return false;
                 }
+                Incoming::Initialized => self.init_failures = 0,
+                Incoming::InitializerFailed(message) => {
+                    self.initializer_failed(index, &message);
+                    return false;
+                }
             }
         }
         if exited {
@@ -592,6 +605,57 @@ impl Dispatcher {
     /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
     /// a replacement is forked unless the pool is closing.
     fn let_go(&mut self, index: usize, cause: Cause) {
+        self.discard(index, cause);
+        if !self.shared.is_closed() {
+            self.spawn_replacement();
+        }
+    }
+
+    /// The initializer of the worker at `index` panicked with `message`: lets the worker go,
+    /// and forks its replacement only after a delay that doubles with each failure in a row
+    /// (never a tight fork loop). If no other worker can take the waiting jobs, they fail with
+    /// the initializer's message; after [`INIT_ATTEMPTS`] failures in a row the pool breaks.
+    fn initializer_failed(&mut self, index: usize, message: &str) {
+        let pid = self.workers[index].pid;
+        self.discard(
+            index,
+            Cause::Stopped {
+                grace: SHUTDOWN_GRACE,
+            },
+        );
+        self.init_failures += 1;
+        let reason = format!("its initializer panicked in worker process {pid}: {message}");
+        if self.shared.is_closed() {
+            return;
+        }
+        let delay = RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << (self.init_failures - 1).min(16))
+            .min(RESPAWN_MAX_DELAY);
+        self.respawn.missing += 1;
+        let at = Instant::now() + delay;
+        self.respawn.at = Some(self.respawn.at.map_or(at, |other| other.max(at)));
+        self.respawn.error = Some(reason.clone());
+        if self.init_failures >= INIT_ATTEMPTS {
+            // Counted with the fork failures: the run loop breaks the pool once no worker is
+            // left.
+            self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
+        }
+        if self.workers.is_empty() && self.all_home() {
+            let error = || Error::new(ErrorKind::InitializerFailed(reason.clone()));
+            for job in self.retry.drain(..) {
+                self.shared.counters.completed();
+                job.completion.fail(error());
+            }
+            while let Some(job) = self.shared.pop() {
+                self.shared.counters.cancelled();
+                job.completion.fail(error());
+            }
+        }
+    }
+
+    /// Lets the worker at `index` go for `cause`, without forking a replacement: see
+    /// [`let_go`](Dispatcher::let_go).
+    fn discard(&mut self, index: usize, cause: Cause) {
         let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
         // The jobs it never started go to others first, the one it ran fails: a worker that
@@ -611,9 +675,6 @@ impl Dispatcher {
             .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
         drop(worker);
         self.shared.pids_mut().retain(|&other| other != pid);
-        if !self.shared.is_closed() {
-            self.spawn_replacement();
-        }
     }
 
     /// Forks a worker to replace one that was let go of, now or, after failures, later.
@@ -746,6 +807,10 @@ impl Dispatcher {
 /// A freshly forked worker, set up as the pool's options say.
 fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
     worker.limit_tasks(shared.options.max_tasks_per_worker);
+    if let Some(initializer) = &shared.options.initializer {
+        // Sent with the next flush, before any job.
+        worker.initialize(initializer.call, &initializer.arg);
+    }
     worker
 }
 

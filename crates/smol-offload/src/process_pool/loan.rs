@@ -147,6 +147,8 @@ impl LoanState {
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
                 Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
+                // Never lent while it runs the initializer: the dispatcher deals with it.
+                Incoming::Initialized | Incoming::InitializerFailed(_) => LoanRead::Over(None),
             };
         }
     }

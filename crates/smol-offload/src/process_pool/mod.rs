@@ -32,7 +32,7 @@ use crate::task::{self, Task};
 use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
-use options::PoolOptions;
+use options::{Initializer, PoolOptions};
 use room::{Ready, RoomAssist};
 use shared::{Placed, Shared};
 
@@ -230,6 +230,8 @@ impl fmt::Debug for ProcessPool {
 pub struct ProcessPoolBuilder {
     workers: Option<usize>,
     options: PoolOptions,
+    /// Why an option given cannot be used, said by `build`.
+    invalid: Option<String>,
 }
 
 impl ProcessPoolBuilder {
@@ -313,6 +315,90 @@ impl ProcessPoolBuilder {
     /// ```
     pub fn task_timeout(mut self, limit: Duration) -> ProcessPoolBuilder {
         self.options.task_timeout = Some(limit);
+        self
+    }
+
+    /// Runs `f(arg)` once in every new worker before its first task, like `initializer` and
+    /// `initargs` of Python's `ProcessPoolExecutor`: to load a model, open a connection, or
+    /// fill a cache that the pool's tasks then use. What `f` leaves in the worker's memory (a
+    /// `static` `OnceLock`, say) is there for every task that worker runs. Every worker runs it:
+    /// those forked by [`build`](ProcessPoolBuilder::build), and every replacement (after a
+    /// crash, a kill, or [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker)).
+    /// A worker takes no task until its initializer returned.
+    ///
+    /// If `f` panics, the worker is discarded and a replacement is forked after a delay that
+    /// doubles with each failure in a row (50 ms, 100 ms, ... up to 5 s): never a tight fork
+    /// loop. While no other worker can run them, the tasks waiting in the queue fail with an
+    /// error whose [`is_initializer_failure`](crate::Error::is_initializer_failure) is true and
+    /// whose message names the initializer's panic. After 5 failures in a row with no worker
+    /// left, the pool breaks: every task fails with
+    /// [`is_shutdown`](crate::Error::is_shutdown) and a message that says so. A task never
+    /// runs in a worker whose initializer failed.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) fails if `arg` cannot be serialized.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// /// Loaded once in each worker, read by every task it runs.
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn load(greeting: String) {
+    ///     GREETING.set(greeting).unwrap();
+    /// }
+    ///
+    /// fn greet(name: String) -> String {
+    ///     format!("{}, {name}", GREETING.get().expect("set by the initializer"))
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(2)
+    ///         .initializer(load, "hello".to_string())
+    ///         .build()?;
+    ///     let greeting = smol::block_on(pool.run(greet, "world".to_string()))?;
+    ///     assert_eq!(greeting, "hello, world");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn initializer<A>(mut self, f: fn(A), arg: A) -> ProcessPoolBuilder
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let encoded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| postcard::to_allocvec(&arg)));
+        match encoded {
+            Ok(Ok(arg)) if arg.len() <= wire::MAX_ARGUMENT => {
+                self.options.initializer = Some(Initializer {
+                    call: sys::erase(f),
+                    arg,
+                });
+            }
+            Ok(Ok(arg)) => {
+                self.invalid = Some(format!(
+                    "the initializer's argument is too large: {} bytes is more than a frame \
+                     holds",
+                    arg.len()
+                ));
+            }
+            Ok(Err(err)) => {
+                self.invalid = Some(format!(
+                    "could not serialize the initializer's argument: {err}"
+                ));
+            }
+            Err(payload) => {
+                let message = crate::error::panic_payload_message(payload.as_ref());
+                self.invalid = Some(format!(
+                    "serializing the initializer's argument panicked: {message}"
+                ));
+            }
+        }
         self
     }
 
@@ -410,6 +496,9 @@ impl ProcessPoolBuilder {
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        if let Some(message) = self.invalid {
+            return Err(BuildError::new(BuildErrorKind::Setting(message)));
+        }
         if self.options.task_timeout == Some(Duration::ZERO) {
             return Err(BuildError::new(BuildErrorKind::Setting(
                 "task_timeout must be longer than zero: no task could finish".into(),

@@ -10,6 +10,15 @@ pub(crate) struct PoolOptions {
     pub(crate) task_timeout: Option<std::time::Duration>,
     /// How many tasks a worker runs before it is replaced.
     pub(crate) max_tasks_per_worker: Option<usize>,
+    /// What every new worker runs before its first task.
+    pub(crate) initializer: Option<Initializer>,
     /// How many jobs may wait in the queue; `None`: no limit.
     pub(crate) queue_limit: Option<usize>,
+}
+
+/// A function and its encoded argument, run once in every new worker before its first task.
+#[derive(Debug)]
+pub(crate) struct Initializer {
+    pub(crate) call: crate::sys::ErasedCall,
+    pub(crate) arg: Vec<u8>,
 }
