@@ -1,8 +1,8 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// claim → wire → job → server → worker_link → loan → shared → loan_assist → dying →
-// dispatcher.
+// claim → wire → options → job → server → worker_link → loan → shared → loan_assist → room →
+// dying → dispatcher.
 mod claim;
 mod dispatcher;
 mod dying;
@@ -56,6 +56,51 @@ use shared::{Placed, Shared};
 /// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
 /// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
 /// server and the workers exit with it.
+///
+/// # Stopping, recycling and bounding the work
+///
+/// Unlike a thread, a worker process can be stopped, and the pool does so when the work it runs
+/// is no longer wanted:
+///
+/// - [`Task::timeout`] and [`Task::cancel`] on a task that has started kill its worker
+///   (`SIGKILL`, with the worker's process group) and resolve at once, with
+///   [`is_timeout`](Error::is_timeout) or [`is_cancelled`](Error::is_cancelled); the pool forks
+///   a replacement, so the next task does not wait for abandoned work. Dropping a started task
+///   kills its worker only with [`kill_on_drop(true)`](ProcessPoolBuilder::kill_on_drop).
+///   Tasks sent ahead to that worker that had not started go to other workers.
+/// - [`task_timeout`](ProcessPoolBuilder::task_timeout) is a hard time limit for every task,
+///   enforced by the pool even for detached tasks and tasks nobody polls.
+/// - [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker) replaces each worker
+///   after a number of tasks, for code that leaks.
+/// - [`initializer`](ProcessPoolBuilder::initializer) runs once in every new worker before
+///   its first task, to load what the tasks share.
+/// - [`queue_limit`](ProcessPoolBuilder::queue_limit) bounds the queue, and
+///   [`ready`](ProcessPool::ready) lets a producer wait for room: without it the queue is
+///   unbounded, as in Python's `ProcessPoolExecutor`.
+///
+/// ```
+/// use std::time::Duration;
+/// use smol_offload::{Executor, ProcessPool};
+///
+/// fn sleep_ms(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     smol_offload::init();
+///     let pool = ProcessPool::new(1)?;
+///     let stuck = pool.pids();
+///     smol::block_on(async {
+///         // The only worker is killed at the time limit: the next task runs at once.
+///         let late = pool.run(sleep_ms, 60_000).timeout(Duration::from_millis(50)).await;
+///         assert!(late.unwrap_err().is_timeout());
+///         assert_eq!(pool.run(sleep_ms, 1).await?, 1);
+///         assert_ne!(pool.pids(), stuck);
+///         Ok(())
+///     })
+/// }
+/// ```
 ///
 /// # Examples
 ///
