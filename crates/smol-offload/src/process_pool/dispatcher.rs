@@ -108,7 +108,13 @@ pub(crate) struct Dispatcher {
     respawn: Respawn,
     /// Workers in a row whose initializer panicked.
     init_failures: u32,
+    /// Once the pool is closed: the workers with a job in flight seen stopped (`SIGSTOP`),
+    /// and since when.
+    stopped: Vec<(u32, Instant)>,
 }
+
+/// How often a closed pool looks for stopped workers among those that still run a job.
+const STOPPED_CHECK: Duration = Duration::from_millis(500);
 
 /// The first wait before forking again after a failed fork; it doubles with each failure in a
 /// row, up to [`RESPAWN_MAX_DELAY`].
@@ -174,6 +180,7 @@ impl Dispatcher {
             dying: Vec::new(),
             respawn: Respawn::default(),
             init_failures: 0,
+            stopped: Vec::new(),
         }
     }
 
@@ -196,6 +203,10 @@ impl Dispatcher {
             self.retire_spent();
             if closed {
                 self.fail_waiting_jobs();
+                // A closed pool waits for the jobs its workers run, but not for a stopped
+                // worker, which would keep it (and its thread) forever: it looks for them
+                // every `STOPPED_CHECK` (the deadline of its sleep).
+                self.kill_stopped_workers();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
                 }
@@ -226,7 +237,11 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared, self.respawn.at) {
+            let mut wake_at = self.respawn.at;
+            if closed && self.workers.iter().any(|worker| !worker.is_idle()) {
+                wake_at = Some(Instant::now() + STOPPED_CHECK);
+            }
+            let ready = match sleep.wait(&self.shared, wake_at) {
                 Ok(ready) => ready,
                 Err(err) => {
                     self.shared.break_pool(Some(format!(
@@ -677,6 +692,35 @@ impl Dispatcher {
         self.shared.pids_mut().retain(|&other| other != pid);
     }
 
+    /// In a closed pool, lets go of the workers that run a job but have been stopped
+    /// (`SIGSTOP`, or `SIGTTIN` from reading the terminal) for [`SHUTDOWN_GRACE`]: killed, their
+    /// job fails.
+    fn kill_stopped_workers(&mut self) {
+        let now = Instant::now();
+        let mut stopped = Vec::new();
+        for worker in self.workers.iter().filter(|worker| !worker.is_idle()) {
+            if is_stopped(worker.pid) {
+                let since = self
+                    .stopped
+                    .iter()
+                    .find(|(pid, _)| *pid == worker.pid)
+                    .map_or(now, |&(_, since)| since);
+                stopped.push((worker.pid, since));
+            }
+        }
+        self.stopped = stopped;
+        for index in (0..self.workers.len()).rev() {
+            let pid = self.workers[index].pid;
+            let long_stopped = self
+                .stopped
+                .iter()
+                .any(|&(other, since)| other == pid && now - since >= SHUTDOWN_GRACE);
+            if long_stopped {
+                self.let_go(index, Cause::StoppedAfterClose);
+            }
+        }
+    }
+
     /// Forks a worker to replace one that was let go of, now or, after failures, later.
     fn spawn_replacement(&mut self) {
         self.respawn.missing += 1;
@@ -885,6 +929,17 @@ impl Sleep {
             .collect();
         Ok(readiness)
     }
+}
+
+/// Whether process `pid` is stopped, from the state in `/proc/PID/stat`.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    })
 }
 
 /// Whether `poll` reported anything for `fd`.

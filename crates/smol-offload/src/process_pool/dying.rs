@@ -47,6 +47,9 @@ pub(crate) enum Cause {
     /// The job it runs outlived the pool's `task_timeout`: it is killed at once, and the job
     /// fails with a timeout.
     Overdue(Duration),
+    /// Its pool was dropped while it ran a job, and it stayed stopped (`SIGSTOP`): killed at
+    /// once.
+    StoppedAfterClose,
 }
 
 /// A worker on its way out, kept until it is reaped.
@@ -103,6 +106,7 @@ impl Dying {
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));
                 dying.fails_with = Some(KilledFor::Overdue(limit));
             }
+            Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
     }
