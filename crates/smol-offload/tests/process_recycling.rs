@@ -276,3 +276,47 @@ fn an_initializer_argument_that_cannot_be_serialized_is_a_build_error() {
         .unwrap_err();
     assert!(err.to_string().contains("initializer"), "{err}");
 }
+
+fn hang(log: std::path::PathBuf) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    writeln!(file, "{}", std::process::id()).unwrap();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[test]
+fn an_initializer_that_hangs_is_stopped_by_the_task_timeout() {
+    let log = temp_path("hanging");
+    let _ = std::fs::remove_file(&log);
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .initializer(hang, log.clone())
+        .task_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let err = block_on(pool.run(pid, ())).unwrap_err();
+    assert!(err.is_initializer_failure(), "{err}");
+    assert!(err.to_string().contains("did not return within"), "{err}");
+    let err = block_on(async {
+        loop {
+            let err = pool.run(pid, ()).await.unwrap_err();
+            if err.is_shutdown() {
+                break err;
+            }
+        }
+    });
+    assert!(err.to_string().contains("initializer"), "{err}");
+    let forked: Vec<u32> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    assert!((5..=8).contains(&forked.len()), "{forked:?}");
+    // Each hung worker was killed and reaped.
+    common::wait_until_reaped(&forked);
+    std::fs::remove_file(log).unwrap();
+}

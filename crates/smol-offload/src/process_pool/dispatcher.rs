@@ -534,7 +534,9 @@ impl Dispatcher {
                 }
                 Incoming::Initialized => self.init_failures = 0,
                 Incoming::InitializerFailed(message) => {
-                    self.initializer_failed(index, &message);
+                    let grace = SHUTDOWN_GRACE;
+                    let what = format!("panicked: {message}");
+                    self.initializer_failed(index, &what, Cause::Stopped { grace });
                     return false;
                 }
             }
@@ -603,6 +605,13 @@ impl Dispatcher {
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].running_since().is_some_and(overdue) {
                 self.let_go(index, Cause::Overdue(limit));
+            } else if self.workers[index]
+                .initializing_since()
+                .is_some_and(overdue)
+            {
+                // The limit holds for the initializer too: one that hangs counts as failed.
+                let what = format!("did not return within {limit:?}");
+                self.initializer_failed(index, &what, Cause::Abandoned);
             }
         }
     }
@@ -611,7 +620,11 @@ impl Dispatcher {
     fn next_task_deadline(&self) -> Option<Instant> {
         let limit = self.shared.options.task_timeout?;
         let loans = self.shared.lock().loans.clone();
-        let own = self.workers.iter().filter_map(WorkerLink::running_since);
+        let own = self.workers.iter().filter_map(|worker| {
+            worker
+                .running_since()
+                .or_else(|| worker.initializing_since())
+        });
         let lent = loans.iter().filter_map(|loan| loan.running_since());
         own.chain(lent).min().map(|since| since + limit)
     }
@@ -626,20 +639,15 @@ impl Dispatcher {
         }
     }
 
-    /// The initializer of the worker at `index` panicked with `message`: lets the worker go,
+    /// The initializer of the worker at `index` failed (`what` says how): lets it go for `cause`,
     /// and forks its replacement only after a delay that doubles with each failure in a row
     /// (never a tight fork loop). If no other worker can take the waiting jobs, they fail with
     /// the initializer's message; after [`INIT_ATTEMPTS`] failures in a row the pool breaks.
-    fn initializer_failed(&mut self, index: usize, message: &str) {
+    fn initializer_failed(&mut self, index: usize, what: &str, cause: Cause) {
         let pid = self.workers[index].pid;
-        self.discard(
-            index,
-            Cause::Stopped {
-                grace: SHUTDOWN_GRACE,
-            },
-        );
+        self.discard(index, cause);
         self.init_failures += 1;
-        let reason = format!("its initializer panicked in worker process {pid}: {message}");
+        let reason = format!("its initializer in worker process {pid} {what}");
         if self.shared.is_closed() {
             return;
         }

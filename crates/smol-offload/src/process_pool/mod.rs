@@ -388,7 +388,9 @@ impl ProcessPoolBuilder {
     /// whose message names the initializer's panic. After 5 failures in a row with no worker
     /// left, the pool breaks: every task fails with
     /// [`is_shutdown`](crate::Error::is_shutdown) and a message that says so. A task never
-    /// runs in a worker whose initializer failed.
+    /// runs in a worker whose initializer failed. With a
+    /// [`task_timeout`](ProcessPoolBuilder::task_timeout), an initializer that runs longer
+    /// than the limit is killed and counts as failed; without one, tasks wait for it.
     ///
     /// # Errors
     ///

@@ -96,6 +96,12 @@ impl WorkerLink {
         self.next_id += 1;
         wire::write_request(&mut self.outbox, id, call, arg);
         self.initializing = Some(id);
+        self.head_since = Instant::now();
+    }
+
+    /// When it was sent the initializer, while it runs it.
+    pub(crate) fn initializing_since(&self) -> Option<Instant> {
+        self.initializing.map(|_| self.head_since)
     }
 
     /// True while the worker runs the pool's initializer.
