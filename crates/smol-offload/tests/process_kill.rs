@@ -318,3 +318,62 @@ fn tasks_within_the_task_timeout_are_not_touched() {
     });
     assert_eq!(pool.pids(), before);
 }
+
+fn sleep_us(us: u64) -> u64 {
+    std::thread::sleep(Duration::from_micros(us));
+    us
+}
+
+#[test]
+fn timeouts_racing_with_replies_leave_a_working_pool() {
+    let pool = ProcessPool::builder()
+        .workers(2)
+        .kill_on_drop(true)
+        .build()
+        .unwrap();
+    let started = pool.pids();
+    let (mut finished, mut timed_out) = (0, 0);
+    block_on(async {
+        // Timeouts around the tasks' own length: some replies arrive as the kill goes out.
+        // Two at a time, so that most of them start before their time is up.
+        for pair in 0..150u64 {
+            let tasks: Vec<_> = (pair * 2..pair * 2 + 2)
+                .map(|n| {
+                    let task = pool.run(sleep_us, (n * 37) % 3000);
+                    task.timeout(Duration::from_micros((n * 53) % 3000))
+                })
+                .collect();
+            for (n, task) in (pair * 2..).zip(tasks) {
+                match promptly(task).await {
+                    Ok(us) => {
+                        assert_eq!(us, (n * 37) % 3000);
+                        finished += 1;
+                    }
+                    Err(err) => {
+                        assert!(err.is_timeout(), "task {n}: {err}");
+                        timed_out += 1;
+                    }
+                }
+            }
+        }
+    });
+    eprintln!("{finished} tasks finished, {timed_out} timed out");
+    assert_eq!(finished + timed_out, 300);
+    // The pool works and has its two workers; the killed ones are gone.
+    assert_eq!(block_on(promptly(pool.run(square, 12))).unwrap(), 144);
+    let deadline = Instant::now() + common::WATCHDOG;
+    while pool.pids().len() != 2 {
+        assert!(Instant::now() < deadline, "{:?}", pool.pids());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for pid in started.iter().filter(|pid| !pool.pids().contains(pid)) {
+        wait_until_gone(*pid);
+    }
+    // A killed worker's job counts as done once the worker is reaped.
+    while (pool.stats().queued, pool.stats().running) != (0, 0) {
+        assert!(Instant::now() < deadline, "{}", pool.stats());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.completed + stats.cancelled, 301, "{stats}");
+}
