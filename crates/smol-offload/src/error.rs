@@ -131,14 +131,16 @@ impl Error {
         }
     }
 
-    /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)) before its
-    /// work started.
+    /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)): before its
+    /// work started, or, for a process task, while it ran (its worker was killed).
     pub fn is_cancelled(&self) -> bool {
         matches!(self.kind, ErrorKind::Cancelled)
     }
 
-    /// True when the task did not finish within the time it was given
-    /// (see [`Task::timeout`](crate::Task::timeout)).
+    /// True when the task did not finish within the time it was given (see
+    /// [`Task::timeout`](crate::Task::timeout), and a process pool's
+    /// [`task_timeout`](crate::ProcessPoolBuilder::task_timeout)). A process task that timed
+    /// out while it ran had its worker killed.
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, ErrorKind::Timeout(_))
     }
