@@ -377,3 +377,26 @@ fn timeouts_racing_with_replies_leave_a_working_pool() {
     let stats = pool.stats();
     assert_eq!(stats.completed + stats.cancelled, 301, "{stats}");
 }
+
+/// Stops its own worker (`SIGSTOP`): it never answers, and never exits on its own.
+fn stop_self(_: ()) -> u32 {
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP).unwrap();
+    std::process::id()
+}
+
+#[test]
+fn task_timeout_and_cancel_kill_a_stopped_worker() {
+    let pool = task_timeout_pool(Duration::from_millis(200));
+    let before = pool.pids()[0];
+    let err = block_on(promptly(pool.run(stop_self, ()))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_replaced(&pool, before);
+
+    let pool = ProcessPool::new(1).unwrap();
+    let before = pool.pids()[0];
+    let stopped = pool.run(stop_self, ());
+    // Stopped or about to be: either way it will not answer, and cancel must not wait.
+    let err = block_on(promptly(stopped.cancel())).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    assert_replaced(&pool, before);
+}
