@@ -140,11 +140,15 @@ struct Respawn {
 impl Respawn {
     fn failed(&mut self, error: &io::Error) {
         self.failures += 1;
-        let delay = RESPAWN_FIRST_DELAY
-            .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(RESPAWN_MAX_DELAY);
-        self.at = Some(Instant::now() + delay);
+        self.at = Some(Instant::now() + Respawn::delay_after(self.failures));
         self.error = Some(error.to_string());
+    }
+
+    /// How long to wait after `failures` failed forks in a row (at least one).
+    fn delay_after(failures: u32) -> Duration {
+        RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(RESPAWN_MAX_DELAY)
     }
 
     fn succeeded(&mut self) {
@@ -958,7 +962,11 @@ fn has_events(fd: &PollFd<'_>) -> bool {
 /// A `poll` timeout that ends at `deadline`, rounded up to the millisecond so that `poll` does
 /// not return just before it.
 fn timeout_until(deadline: Instant) -> PollTimeout {
-    let left = deadline.saturating_duration_since(Instant::now());
+    timeout_of(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// A `poll` timeout of `left`, rounded up to the millisecond.
+fn timeout_of(left: Duration) -> PollTimeout {
     let millis = left.as_micros().div_ceil(1000);
     PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
 }
@@ -972,5 +980,51 @@ impl Drop for Dispatcher {
             self.shared.break_pool(None);
             self.fail_waiting_jobs();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_forks_back_off_doubling_up_to_a_cap() {
+        let delays: Vec<Duration> = (1..=12).map(Respawn::delay_after).collect();
+        assert_eq!(delays[0], RESPAWN_FIRST_DELAY);
+        for pair in delays.windows(2) {
+            assert!(
+                pair[1] == 2 * pair[0] || pair[1] == RESPAWN_MAX_DELAY,
+                "{pair:?}"
+            );
+        }
+        assert_eq!(delays[11], RESPAWN_MAX_DELAY, "the cap is reached");
+        assert_eq!(Respawn::delay_after(u32::MAX), RESPAWN_MAX_DELAY);
+
+        let mut respawn = Respawn {
+            missing: 1,
+            ..Respawn::default()
+        };
+        respawn.failed(&io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(respawn.at.is_some());
+        assert!(respawn.error.as_deref().unwrap().contains("os error 11"));
+        respawn.succeeded();
+        assert_eq!(
+            (respawn.missing, respawn.failures, respawn.at),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn a_poll_timeout_never_ends_before_its_deadline() {
+        // Rounded up: 300 µs wait a whole millisecond, not zero (which would spin).
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(300))), 1);
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(1001))), 2);
+        assert_eq!(i32::from(timeout_of(Duration::ZERO)), 0);
+        assert_eq!(
+            timeout_of(Duration::from_secs(10_000_000)),
+            PollTimeout::MAX
+        );
+        let past = Instant::now() - Duration::from_secs(1);
+        assert_eq!(i32::from(timeout_until(past)), 0);
     }
 }

@@ -22,8 +22,10 @@
 //!
 //! A lock may be taken while holding one above it in this list, never the reverse. The one
 //! exception is [`Shared::submit`] locking a loan it has just created under the queue lock:
-//! nobody else can reach that loan yet. The fork server's link has its own lock, taken last,
-//! and only by the dispatcher (to fork or reap a worker), never under the queue lock.
+//! nobody else can reach that loan yet. The fork server's link has its own lock, shared by
+//! every pool of the process, taken only to fork or reap a worker (by the dispatcher, or by
+//! `build` on the caller's thread) and never under any of the locks above. A reap is asked for
+//! only once the worker has exited, so that lock is never held while a worker runs.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
