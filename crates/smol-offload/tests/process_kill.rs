@@ -400,3 +400,58 @@ fn task_timeout_and_cancel_kill_a_stopped_worker() {
     assert!(err.is_cancelled(), "{err}");
     assert_replaced(&pool, before);
 }
+
+#[test]
+fn a_task_sent_ahead_that_times_out_never_runs_and_costs_no_worker() {
+    let pool = ProcessPool::new(1).unwrap();
+    let worker = pool.pids()[0];
+    let marker = temp_path("sent-ahead-running");
+    let dropped_marker = temp_path("sent-ahead-dropped");
+    for path in [&marker, &dropped_marker] {
+        let _ = std::fs::remove_file(path);
+    }
+    block_on(async {
+        // Short tasks in a deep queue: the dispatcher learns to send tasks ahead.
+        let warm: Vec<_> = (0..2_000u64).map(|n| pool.run(square, n)).collect();
+        for task in warm {
+            task.await.unwrap();
+        }
+    });
+    // A first task takes the idle worker; the rest queue, and once it is back the dispatcher
+    // sends the slow one, then short ones ahead behind it.
+    let first = pool.run(square, 1);
+    let slow = pool.run(mark_then_sleep, (marker.clone(), 500));
+    let behind: Vec<Task<()>> = (0..20)
+        .map(|n| {
+            let path = if n == 10 {
+                dropped_marker.clone()
+            } else {
+                temp_path(&format!("sent-ahead-{n}"))
+            };
+            pool.run(touch, path)
+        })
+        .collect();
+    block_on(first).unwrap();
+    assert_eq!(started_on(&marker), worker);
+    let mut behind = behind;
+    let victim = behind.remove(10);
+    let sent_ahead = victim.is_started();
+    let err = block_on(victim.timeout(Duration::from_millis(1))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // The slow task was not killed for it, and the others all ran.
+    assert_eq!(block_on(promptly(slow)).unwrap(), worker);
+    for task in behind {
+        block_on(promptly(task)).unwrap();
+    }
+    assert!(!dropped_marker.exists(), "the abandoned task ran");
+    assert_eq!(pool.pids(), [worker], "sent ahead: {sent_ahead}");
+    eprintln!("the abandoned task was sent ahead: {sent_ahead}");
+    for n in (0..20).filter(|&n| n != 10) {
+        let _ = std::fs::remove_file(temp_path(&format!("sent-ahead-{n}")));
+    }
+    std::fs::remove_file(marker).unwrap();
+}
+
+fn touch(path: PathBuf) {
+    std::fs::write(path, b"ran").unwrap();
+}

@@ -557,9 +557,24 @@ impl Dispatcher {
 
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
     /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
-    /// for work nobody wants. A job sent ahead that is abandoned is found once it runs.
+    /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
+    /// instead (start claims): an abandoned one never runs.
     fn kill_abandoned(&mut self) {
         for index in (0..self.workers.len()).rev() {
+            let abandoned_ahead = self.workers[index]
+                .in_flight
+                .iter()
+                .skip(1)
+                .any(|waiting| waiting.job.completion.is_abandoned());
+            if abandoned_ahead {
+                // Revoked before the worker starts it, a job sent ahead and given up on never
+                // runs and costs no worker; the others revoked with it go first to the next
+                // worker free, and `next_job` drops the abandoned ones.
+                let unstarted = self.workers[index].take_back_unstarted();
+                for (position, job) in unstarted.into_iter().enumerate() {
+                    self.retry.insert(position, job);
+                }
+            }
             let abandoned = self.workers[index]
                 .in_flight
                 .front()
