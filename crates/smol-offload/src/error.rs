@@ -40,6 +40,8 @@ pub(crate) enum ErrorKind {
     Shutdown,
     /// The pool gave up (it could not keep any worker process alive), for this reason.
     Broken(String),
+    /// The pool's initializer panicked in the new worker that would have run the task.
+    InitializerFailed(String),
     Codec {
         stage: &'static str,
         detail: String,
@@ -129,14 +131,16 @@ impl Error {
         }
     }
 
-    /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)) before its
-    /// work started.
+    /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)): before its
+    /// work started, or, for a process task, while it ran (its worker was killed).
     pub fn is_cancelled(&self) -> bool {
         matches!(self.kind, ErrorKind::Cancelled)
     }
 
-    /// True when the task did not finish within the time it was given
-    /// (see [`Task::timeout`](crate::Task::timeout)).
+    /// True when the task did not finish within the time it was given (see
+    /// [`Task::timeout`](crate::Task::timeout), and a process pool's
+    /// [`task_timeout`](crate::ProcessPoolBuilder::task_timeout)). A process task that timed
+    /// out while it ran had its worker killed.
     pub fn is_timeout(&self) -> bool {
         matches!(self.kind, ErrorKind::Timeout(_))
     }
@@ -185,6 +189,14 @@ impl Error {
         matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
     }
 
+    /// True when the task did not run because the pool's
+    /// [`initializer`](crate::ProcessPoolBuilder::initializer) panicked in the new worker that
+    /// would have run it, and no other worker could. The message names the initializer's
+    /// panic.
+    pub fn is_initializer_failure(&self) -> bool {
+        matches!(self.kind, ErrorKind::InitializerFailed(_))
+    }
+
     /// True when the argument or the result of a process task could not be serialized or
     /// deserialized. The task's function did not run when the argument failed.
     pub fn is_codec(&self) -> bool {
@@ -214,6 +226,11 @@ impl fmt::Display for Error {
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
             ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
+            ErrorKind::InitializerFailed(reason) => write!(
+                f,
+                "the task did not run: the pool has no worker, {reason}; fix the initializer \
+                 or what it needs"
+            ),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
         }
@@ -277,6 +294,8 @@ pub(crate) enum BuildErrorKind {
         variable: &'static str,
         value: String,
     },
+    /// A builder option was given a value it cannot take; the message says which and why.
+    Setting(String),
 }
 
 impl BuildError {
@@ -326,6 +345,7 @@ impl fmt::Display for BuildError {
                 "{variable} must be 1 or a threshold such as 50ms or 1s, got {value:?}: \
                  unset it to leave debug mode off"
             ),
+            BuildErrorKind::Setting(message) => f.write_str(message),
         }
     }
 }

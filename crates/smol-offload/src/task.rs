@@ -9,6 +9,11 @@
 //! A task may also carry an [`Assist`]: work the awaiting side can do itself so that the result
 //! comes in without a detour through another thread. A process task sent straight to an idle
 //! worker reads that worker's reply this way, on the thread that awaits it.
+//!
+//! And a task may carry an [`Abandon`] hook: how to stop work that has started. A thread cannot
+//! be stopped, so thread tasks have none; a process task's hook asks its pool to kill the worker
+//! that runs it. The task marks itself *abandoned* (a fourth flag, set only while the work runs)
+//! and calls the hook when it is timed out, cancelled, or dropped when the hook asks for that.
 
 use std::fmt;
 use std::future::Future;
@@ -25,6 +30,9 @@ use crate::error::{Error, ErrorKind};
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
 const DONE: u8 = 4;
+/// Set on a started, unfinished task whose awaiting side gave up on it: its runner should stop
+/// the work (a process pool kills the worker).
+const ABANDONED: u8 = 8;
 
 struct Shared<T> {
     state: AtomicU8,
@@ -71,6 +79,7 @@ pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
         Task {
             shared: Some(shared),
             assist: None,
+            abandon: None,
         },
     )
 }
@@ -86,6 +95,18 @@ pub(crate) trait Assist: Send + Sync {
     /// cannot go on yet and `waker` is given, arranges for `waker` to be woken when it can (the
     /// waker last given is remembered for calls without one).
     fn assist(&self, waker: Option<&Waker>);
+}
+
+/// How to stop the work of a [`Task`] that has started: the process pool kills its worker.
+///
+/// The task marks itself abandoned first, then calls [`abandon`](Abandon::abandon); the runner
+/// finds the abandoned work with [`Promise::is_abandoned`].
+pub(crate) trait Abandon: Send + Sync {
+    /// Whether dropping a started task (without detaching it) abandons its work.
+    fn on_drop(&self) -> bool;
+
+    /// Asks the runner to stop the work of a task just marked abandoned. Must not block.
+    fn abandon(&self);
 }
 
 /// The runner's end of a [`Task`]: it decides whether the work may start, and delivers its
@@ -104,10 +125,17 @@ impl<T> Promise<T> {
     }
 
     /// True when the task was dropped (and not detached): nobody waits for the result.
-    #[cfg(test)]
     pub(crate) fn is_cancelled(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.load(Ordering::Acquire) & CANCELLED != 0
+    }
+
+    /// True when the awaiting side gave up on the started work (see [`Abandon`]): it should be
+    /// stopped, and nobody will read its result.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|shared| shared.state.load(Ordering::Acquire) & ABANDONED != 0)
     }
 
     /// Delivers the result and wakes the awaiting task.
@@ -138,8 +166,10 @@ impl<T> fmt::Debug for Promise<T> {
 /// did not return one (it panicked, its worker process died, its pool shut down, ...).
 ///
 /// Dropping a `Task` before its work started cancels the work: it never runs. Once it has
-/// started, the work runs to the end and its result is dropped. Call [`detach`](Task::detach)
-/// to let the work run without awaiting it.
+/// started, the work runs to the end and its result is dropped, unless it runs in a
+/// [`ProcessPool`](crate::ProcessPool) built with
+/// [`kill_on_drop(true)`](crate::ProcessPoolBuilder::kill_on_drop): its worker is then killed.
+/// Call [`detach`](Task::detach) to let the work run without awaiting it.
 ///
 /// # Examples
 ///
@@ -155,9 +185,45 @@ impl<T> fmt::Debug for Promise<T> {
 pub struct Task<T> {
     shared: Option<Arc<Shared<T>>>,
     assist: Option<Box<dyn Assist>>,
+    abandon: Option<Arc<dyn Abandon>>,
 }
 
 impl<T> Task<T> {
+    /// This task, whose started work `abandon` can stop.
+    pub(crate) fn with_abandon(mut self, abandon: Arc<dyn Abandon>) -> Task<T> {
+        self.abandon = Some(abandon);
+        self
+    }
+
+    /// Marks the work abandoned and asks the hook to stop it, if it has started, has not
+    /// finished, and can be stopped. Returns whether it did. `dropped` says the task is being
+    /// dropped: the hook then decides.
+    fn abandon_started(&self, dropped: bool) -> bool {
+        let (Some(shared), Some(abandon)) = (&self.shared, &self.abandon) else {
+            return false;
+        };
+        if dropped && !abandon.on_drop() {
+            return false;
+        }
+        let mut state = shared.state.load(Ordering::Acquire);
+        loop {
+            if state & STARTED == 0 || state & (DONE | ABANDONED) != 0 {
+                return false;
+            }
+            match shared.state.compare_exchange_weak(
+                state,
+                state | ABANDONED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => state = actual,
+            }
+        }
+        abandon.abandon();
+        true
+    }
+
     /// This task, helped by `assist` while it is awaited.
     pub(crate) fn with_assist(mut self, assist: Box<dyn Assist>) -> Task<T> {
         self.assist = Some(assist);
@@ -231,7 +297,9 @@ impl<T> Task<T> {
     ///
     /// When the time is up first, the future resolves to an error whose
     /// [`is_timeout`](Error::is_timeout) is true and the task is dropped: cancelled if it had
-    /// not started, left to finish (its result dropped) if it had.
+    /// not started. If it had started, a thread task is left to finish (its result dropped: a
+    /// thread cannot be stopped), and a process task's worker is killed at once, so that the
+    /// pool's next task does not wait for abandoned work; the pool forks a replacement.
     ///
     /// # Examples
     ///
@@ -256,8 +324,10 @@ impl<T> Task<T> {
     /// Cancels the task, like Python's `task.cancel()` followed by awaiting it.
     ///
     /// If the work has not started, it never will, and this resolves to an error whose
-    /// [`is_cancelled`](Error::is_cancelled) is true. If it has started, cancelling cannot stop
-    /// it: this waits for it to end and gives its result.
+    /// [`is_cancelled`](Error::is_cancelled) is true. If it has started in a
+    /// [`ProcessPool`](crate::ProcessPool), its worker is killed (the pool forks a replacement)
+    /// and this resolves at once to the same error. A thread cannot be stopped: if a thread
+    /// task has started, this waits for it to end and gives its result.
     ///
     /// # Examples
     ///
@@ -290,6 +360,11 @@ impl<T> Task<T> {
                     Err(actual) => state = actual,
                 }
             }
+        }
+        if self.abandon_started(false) {
+            self.shared = None;
+            self.release_assist();
+            return Err(Error::new(ErrorKind::Cancelled));
         }
         self.await
     }
@@ -325,6 +400,7 @@ impl<T> Future for Task<T> {
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
+        self.abandon_started(true);
         if let Some(shared) = self.shared.take() {
             shared.state.fetch_or(CANCELLED, Ordering::AcqRel);
         }
@@ -373,7 +449,9 @@ impl<T> Future for Timeout<T> {
             return Poll::Ready(result);
         }
         if Pin::new(&mut this.timer).poll(cx).is_ready() {
-            this.task = None;
+            if let Some(task) = this.task.take() {
+                task.abandon_started(false);
+            }
             return Poll::Ready(Err(Error::new(ErrorKind::Timeout(this.limit))));
         }
         Poll::Pending
@@ -482,6 +560,92 @@ mod tests {
         let (task, dropped) = assisted_task();
         task.detach();
         assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    /// An abandon hook that counts its calls.
+    struct CountsAbandons {
+        on_drop: bool,
+        calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Abandon for CountsAbandons {
+        fn on_drop(&self) -> bool {
+            self.on_drop
+        }
+
+        fn abandon(&self) {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn abandonable(on_drop: bool) -> (Promise<u8>, Task<u8>, Arc<CountsAbandons>) {
+        let (promise, task) = pair::<u8>();
+        let hook = Arc::new(CountsAbandons {
+            on_drop,
+            calls: std::sync::atomic::AtomicUsize::new(0),
+        });
+        (promise, task.with_abandon(hook.clone()), hook)
+    }
+
+    #[test]
+    fn cancelling_started_work_abandons_it_at_once() {
+        let (promise, task, hook) = abandonable(false);
+        assert!(promise.start());
+        let err = futures_lite::future::block_on(task.cancel()).unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+        assert!(promise.is_abandoned());
+        assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn cancelling_unstarted_or_finished_work_does_not_abandon_it() {
+        let (promise, task, hook) = abandonable(true);
+        let err = futures_lite::future::block_on(task.cancel()).unwrap_err();
+        assert!(err.is_cancelled());
+        assert!(!promise.start());
+        assert!(!promise.is_abandoned());
+
+        let (promise, task, _) = abandonable(true);
+        assert!(promise.start());
+        promise.complete(Ok(5));
+        assert_eq!(futures_lite::future::block_on(task.cancel()).unwrap(), 5);
+        assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn timing_out_started_work_abandons_it() {
+        let (promise, task, hook) = abandonable(false);
+        assert!(promise.start());
+        let err =
+            futures_lite::future::block_on(task.timeout(Duration::from_millis(1))).unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert!(promise.is_abandoned());
+        assert_eq!(
+            hook.calls.load(Ordering::SeqCst),
+            1,
+            "once, not again on drop"
+        );
+    }
+
+    #[test]
+    fn dropping_started_work_abandons_it_only_when_the_hook_asks() {
+        let (promise, task, hook) = abandonable(false);
+        assert!(promise.start());
+        drop(task);
+        assert!(!promise.is_abandoned());
+        assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
+
+        let (promise, task, hook) = abandonable(true);
+        assert!(promise.start());
+        drop(task);
+        assert!(promise.is_abandoned());
+        assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
+
+        let (promise, task, hook) = abandonable(true);
+        assert!(promise.start());
+        task.detach();
+        assert!(!promise.is_abandoned(), "a detached task runs on");
+        assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
     }
 
     #[test]

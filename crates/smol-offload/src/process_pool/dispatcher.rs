@@ -106,6 +106,8 @@ pub(crate) struct Dispatcher {
     dying: Vec<Dying>,
     /// Replacements still to fork, after a fork failed.
     respawn: Respawn,
+    /// Workers in a row whose initializer panicked.
+    init_failures: u32,
     /// Once the pool is closed: the workers with a job in flight seen stopped (`SIGSTOP`),
     /// and since when.
     stopped: Vec<(u32, Instant)>,
@@ -120,6 +122,8 @@ const RESPAWN_FIRST_DELAY: Duration = Duration::from_millis(50);
 const RESPAWN_MAX_DELAY: Duration = Duration::from_secs(5);
 /// Failed forks in a row after which a pool left without any worker gives up.
 const RESPAWN_ATTEMPTS: u32 = 5;
+/// Initializer failures in a row after which a pool left without any worker gives up.
+const INIT_ATTEMPTS: u32 = 5;
 
 /// The workers a pool misses because forking them failed, and when to try again.
 #[derive(Default)]
@@ -160,18 +164,26 @@ impl Dispatcher {
         link: &'static ServerLink,
         workers: Vec<WorkerLink>,
     ) -> Dispatcher {
+        let workers: Vec<WorkerLink> = workers
+            .into_iter()
+            .map(|worker| new_worker(&shared, worker))
+            .collect();
         *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
-        // Lent out from the start, so that the first task goes straight to a worker.
-        shared.lock().idle = workers;
+        // Lent out from the start, so that the first task goes straight to a worker; kept
+        // home while they run the pool's initializer.
+        let (initializing, ready): (Vec<WorkerLink>, Vec<WorkerLink>) =
+            workers.into_iter().partition(WorkerLink::is_initializing);
+        shared.lock().idle = ready;
         Dispatcher {
             shared,
             link,
-            workers: Vec::new(),
+            workers: initializing,
             retry: VecDeque::new(),
             typical_task: None,
             replies: Vec::new(),
             dying: Vec::new(),
             respawn: Respawn::default(),
+            init_failures: 0,
             stopped: Vec::new(),
         }
     }
@@ -190,6 +202,9 @@ impl Dispatcher {
             let jobs_wait =
                 !self.retry.is_empty() || self.shared.queued() > 0 || self.has_jobs_sent_ahead();
             self.take_back_workers(closed || jobs_wait || idle_ended);
+            self.kill_abandoned();
+            self.kill_overdue();
+            self.retire_spent();
             if closed {
                 self.fail_waiting_jobs();
                 // A closed pool waits for the jobs its workers run, but not for a stopped
@@ -350,7 +365,7 @@ impl Dispatcher {
         if !closed && !jobs_wait && !sent_ahead {
             let mut index = 0;
             while index < self.workers.len() {
-                if self.workers[index].is_idle() {
+                if self.workers[index].is_idle() && self.workers[index].can_take() {
                     state.idle.push(self.workers.swap_remove(index));
                 } else {
                     index += 1;
@@ -361,7 +376,11 @@ impl Dispatcher {
             }
         } else if !closed
             && jobs_wait
-            && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
+            && (!state.idle.is_empty()
+                || self
+                    .workers
+                    .iter()
+                    .any(|worker| worker.is_idle() && worker.can_take()))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
@@ -397,7 +416,12 @@ impl Dispatcher {
                 what: Watched::Dying(index),
             });
         }
-        let deadline = self.dying.iter().filter_map(Dying::kill_at).min();
+        let deadline = self
+            .dying
+            .iter()
+            .filter_map(Dying::kill_at)
+            .chain(self.next_task_deadline())
+            .min();
         Some(Sleep {
             watched,
             jobs_wait: jobs_wait || sent_ahead,
@@ -410,6 +434,16 @@ impl Dispatcher {
     /// A job for a busy worker must be small (`ahead`): see [`SEND_AHEAD_LIMIT`].
     fn next_job(&mut self, ahead: bool) -> Option<Job> {
         let fits = |job: &Job| !ahead || job.arg.len() <= SEND_AHEAD_LIMIT;
+        while self
+            .retry
+            .front()
+            .is_some_and(|job| job.completion.is_abandoned())
+        {
+            // Sent ahead to a worker that died, and given up on since: nobody waits for it.
+            let job = self.retry.pop_front().expect("checked just above");
+            self.shared.counters.completed();
+            job.completion.fail(Error::new(ErrorKind::Cancelled));
+        }
         if self.retry.front().is_some_and(fits) {
             return self.retry.pop_front();
         }
@@ -417,7 +451,6 @@ impl Dispatcher {
             return None;
         }
         while let Some(job) = self.shared.pop_if(fits) {
-            self.shared.counters.picked();
             if job.completion.start() {
                 return Some(job);
             }
@@ -430,7 +463,8 @@ impl Dispatcher {
         self.assign_to_idle_workers();
         // A worker is idle while another holds jobs sent ahead that it has not started: take
         // them back, so that no job waits behind a running one while a worker is free.
-        if self.workers.iter().any(WorkerLink::is_idle) && self.has_jobs_sent_ahead() {
+        let idle = |worker: &WorkerLink| worker.is_idle() && worker.can_take();
+        if self.workers.iter().any(idle) && self.has_jobs_sent_ahead() {
             for index in 0..self.workers.len() {
                 if self.workers[index].in_flight.len() > 1 {
                     let unstarted = self.workers[index].take_back_unstarted();
@@ -446,7 +480,8 @@ impl Dispatcher {
         if short_tasks && backlog >= 2 * self.workers.len() {
             'fill: for depth in 2..=PIPELINE_DEPTH {
                 for index in 0..self.workers.len() {
-                    if self.workers[index].in_flight.len() < depth {
+                    if self.workers[index].in_flight.len() < depth && self.workers[index].can_take()
+                    {
                         let Some(job) = self.next_job(true) else {
                             break 'fill;
                         };
@@ -469,7 +504,7 @@ impl Dispatcher {
     /// One job to each idle worker, so that work spreads before it queues up.
     fn assign_to_idle_workers(&mut self) {
         for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() {
+            if self.workers[index].is_idle() && self.workers[index].can_take() {
                 let Some(job) = self.next_job(false) else {
                     break;
                 };
@@ -501,6 +536,13 @@ impl Dispatcher {
                     self.let_go(index, Cause::Malformed(malformed));
                     return false;
                 }
+                Incoming::Initialized => self.init_failures = 0,
+                Incoming::InitializerFailed(message) => {
+                    let grace = SHUTDOWN_GRACE;
+                    let what = format!("panicked: {message}");
+                    self.initializer_failed(index, &what, Cause::Stopped { grace });
+                    return false;
+                }
             }
         }
         if exited {
@@ -513,10 +555,149 @@ impl Dispatcher {
         false
     }
 
+    /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
+    /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
+    /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
+    /// instead (start claims): an abandoned one never runs.
+    fn kill_abandoned(&mut self) {
+        for index in (0..self.workers.len()).rev() {
+            let abandoned_ahead = self.workers[index]
+                .in_flight
+                .iter()
+                .skip(1)
+                .any(|waiting| waiting.job.completion.is_abandoned());
+            if abandoned_ahead {
+                // Revoked before the worker starts it, a job sent ahead and given up on never
+                // runs and costs no worker; the others revoked with it go first to the next
+                // worker free, and `next_job` drops the abandoned ones.
+                let unstarted = self.workers[index].take_back_unstarted();
+                for (position, job) in unstarted.into_iter().enumerate() {
+                    self.retry.insert(position, job);
+                }
+            }
+            let abandoned = self.workers[index]
+                .in_flight
+                .front()
+                .is_some_and(|running| running.job.completion.is_abandoned());
+            if abandoned {
+                self.let_go(index, Cause::Abandoned);
+            }
+        }
+    }
+
+    /// With `max_tasks_per_worker`: lets the workers that ran all their tasks go (their socket
+    /// closes and they exit) and forks their replacements.
+    fn retire_spent(&mut self) {
+        if self.shared.options.max_tasks_per_worker.is_none() {
+            return;
+        }
+        for index in (0..self.workers.len()).rev() {
+            if self.workers[index].is_spent() {
+                self.let_go(
+                    index,
+                    Cause::Stopped {
+                        grace: SHUTDOWN_GRACE,
+                    },
+                );
+            }
+        }
+    }
+
+    /// With a `task_timeout`: kills the workers whose running job outlived it, on loan or not,
+    /// and forks their replacements. Each such job fails with a timeout.
+    fn kill_overdue(&mut self) {
+        let Some(limit) = self.shared.options.task_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        let overdue = |since: Instant| since + limit <= now;
+        // The loans are listed under the queue lock, and each asked under its own lock only
+        // after that is released (a loan's lock comes first).
+        let loans = self.shared.lock().loans.clone();
+        let late: Vec<Arc<Loan>> = loans
+            .into_iter()
+            .filter(|loan| loan.running_since().is_some_and(overdue))
+            .collect();
+        if !late.is_empty() {
+            self.reclaim_loans(|loan| late.iter().any(|late| Arc::ptr_eq(late, loan)));
+        }
+        for index in (0..self.workers.len()).rev() {
+            if self.workers[index].running_since().is_some_and(overdue) {
+                self.let_go(index, Cause::Overdue(limit));
+            } else if self.workers[index]
+                .initializing_since()
+                .is_some_and(overdue)
+            {
+                // The limit holds for the initializer too: one that hangs counts as failed.
+                let what = format!("did not return within {limit:?}");
+                self.initializer_failed(index, &what, Cause::Abandoned);
+            }
+        }
+    }
+
+    /// With a `task_timeout`: when the first running job, on loan or not, outlives it.
+    fn next_task_deadline(&self) -> Option<Instant> {
+        let limit = self.shared.options.task_timeout?;
+        let loans = self.shared.lock().loans.clone();
+        let own = self.workers.iter().filter_map(|worker| {
+            worker
+                .running_since()
+                .or_else(|| worker.initializing_since())
+        });
+        let lent = loans.iter().filter_map(|loan| loan.running_since());
+        own.chain(lent).min().map(|since| since + limit)
+    }
+
     /// Lets the worker at `index` go for `cause`: it is killed now or soon (see [`Dying`]), the
     /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
     /// a replacement is forked unless the pool is closing.
     fn let_go(&mut self, index: usize, cause: Cause) {
+        self.discard(index, cause);
+        if !self.shared.is_closed() {
+            self.spawn_replacement();
+        }
+    }
+
+    /// The initializer of the worker at `index` failed (`what` says how): lets it go for `cause`,
+    /// and forks its replacement only after a delay that doubles with each failure in a row
+    /// (never a tight fork loop). If no other worker can take the waiting jobs, they fail with
+    /// the initializer's message; after [`INIT_ATTEMPTS`] failures in a row the pool breaks.
+    fn initializer_failed(&mut self, index: usize, what: &str, cause: Cause) {
+        let pid = self.workers[index].pid;
+        self.discard(index, cause);
+        self.init_failures += 1;
+        let reason = format!("its initializer in worker process {pid} {what}");
+        if self.shared.is_closed() {
+            return;
+        }
+        let delay = RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << (self.init_failures - 1).min(16))
+            .min(RESPAWN_MAX_DELAY);
+        self.respawn.missing += 1;
+        let at = Instant::now() + delay;
+        self.respawn.at = Some(self.respawn.at.map_or(at, |other| other.max(at)));
+        self.respawn.error = Some(reason.clone());
+        if self.init_failures >= INIT_ATTEMPTS {
+            // Counted with the fork failures: the run loop breaks the pool once no worker is
+            // left.
+            self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
+        }
+        if self.workers.is_empty() && self.all_home() {
+            let error = || Error::new(ErrorKind::InitializerFailed(reason.clone()));
+            for job in self.retry.drain(..) {
+                self.shared.counters.completed();
+                job.completion.fail(error());
+            }
+            while let Some(job) = self.shared.pop() {
+                self.shared.counters.cancelled();
+                job.completion.fail(error());
+            }
+        }
+    }
+
+    /// Lets the worker at `index` go for `cause`, without forking a replacement: see
+    /// [`let_go`](Dispatcher::let_go).
+    fn discard(&mut self, index: usize, cause: Cause) {
         let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
         // The jobs it never started go to others first, the one it ran fails: a worker that
@@ -536,9 +717,6 @@ impl Dispatcher {
             .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
         drop(worker);
         self.shared.pids_mut().retain(|&other| other != pid);
-        if !self.shared.is_closed() {
-            self.spawn_replacement();
-        }
     }
 
     /// In a closed pool, lets go of the workers that run a job but have been stopped
@@ -592,6 +770,7 @@ impl Dispatcher {
             let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
             match WorkerLink::new(spawned) {
                 Ok(worker) => {
+                    let worker = new_worker(&self.shared, worker);
                     self.shared.pids_mut().push(pid);
                     self.workers.push(worker);
                     self.respawn.succeeded();
@@ -615,7 +794,6 @@ impl Dispatcher {
             job.completion.fail(self.shared.refusal());
         }
         while let Some(job) = self.shared.pop() {
-            self.shared.counters.picked();
             self.shared.counters.cancelled();
             job.completion.fail(self.shared.refusal());
         }
@@ -695,6 +873,16 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// A freshly forked worker, set up as the pool's options say.
+fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
+    worker.limit_tasks(shared.options.max_tasks_per_worker);
+    if let Some(initializer) = &shared.options.initializer {
+        // Sent with the next flush, before any job.
+        worker.initialize(initializer.call, &initializer.arg);
+    }
+    worker
 }
 
 /// One entry of what the dispatcher sleeps on.

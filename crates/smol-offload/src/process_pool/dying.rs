@@ -41,6 +41,12 @@ pub(crate) enum Cause {
     /// The pool's dispatcher stopped it (it had nothing to run): killed if it does not exit
     /// within `grace`.
     Stopped { grace: Duration },
+    /// The task of the job it runs gave up on it (timed out, cancelled, or dropped with
+    /// `kill_on_drop`): it is killed at once.
+    Abandoned,
+    /// The job it runs outlived the pool's `task_timeout`: it is killed at once, and the job
+    /// fails with a timeout.
+    Overdue(Duration),
     /// Its pool was dropped while it ran a job, and it stayed stopped (`SIGSTOP`): killed at
     /// once.
     StoppedAfterClose,
@@ -57,6 +63,18 @@ pub(crate) struct Dying {
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
     kill_at: Option<Instant>,
+    /// What the job it was running fails with instead of how the worker ended, when the pool
+    /// killed it for that job's sake.
+    fails_with: Option<KilledFor>,
+}
+
+/// Why the pool killed a worker for its running job's sake.
+#[derive(Clone, Copy, Debug)]
+enum KilledFor {
+    /// Its task gave up on it: it fails as cancelled (nobody reads it).
+    Abandoned,
+    /// It outlived the pool's `task_timeout`: it fails as timed out.
+    Overdue(Duration),
 }
 
 impl Dying {
@@ -69,6 +87,7 @@ impl Dying {
             running,
             killed_for: None,
             kill_at: None,
+            fails_with: None,
         };
         match cause {
             // Killed all the same, for the processes its task forked (see `reap`).
@@ -78,6 +97,15 @@ impl Dying {
                 dying.kill(WorkerExit::MalformedReply(malformed.0));
             }
             Cause::Stopped { grace } => dying.kill_at = Some(Instant::now() + grace),
+            Cause::Abandoned => {
+                // Nobody reads the error: the task already resolved.
+                dying.kill(WorkerExit::Signal(libc::SIGKILL));
+                dying.fails_with = Some(KilledFor::Abandoned);
+            }
+            Cause::Overdue(limit) => {
+                dying.kill(WorkerExit::Signal(libc::SIGKILL));
+                dying.fails_with = Some(KilledFor::Overdue(limit));
+            }
             Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
@@ -124,11 +152,19 @@ impl Dying {
             (Err(_), None) => WorkerExit::Unknown,
         };
         let pid = self.pid;
+        let fails_with = self.fails_with;
         self.running
             .into_iter()
             .map(|job| {
-                let exit = exit.clone();
-                (job, Error::new(ErrorKind::WorkerDied { pid, exit }))
+                let kind = match fails_with {
+                    Some(KilledFor::Abandoned) => ErrorKind::Cancelled,
+                    Some(KilledFor::Overdue(limit)) => ErrorKind::Timeout(limit),
+                    None => ErrorKind::WorkerDied {
+                        pid,
+                        exit: exit.clone(),
+                    },
+                };
+                (job, Error::new(kind))
             })
             .collect()
     }

@@ -35,6 +35,15 @@ impl std::fmt::Debug for Job {
 /// one of `finish` (a reply came) or `fail` (no reply will come) consumes it.
 pub(crate) trait Completion: Send {
     fn start(&self) -> bool;
+    /// True when the task gave up on the started job (timed out, cancelled, or dropped with
+    /// `kill_on_drop`): the worker running it is to be killed.
+    fn is_abandoned(&self) -> bool {
+        false
+    }
+    /// True when the task was dropped (not detached) before the job started: it must not run.
+    fn is_cancelled(&self) -> bool {
+        false
+    }
     fn finish(self: Box<Self>, reply: Reply);
     fn fail(self: Box<Self>, error: Error);
 }
@@ -42,6 +51,14 @@ pub(crate) trait Completion: Send {
 impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     fn start(&self) -> bool {
         Promise::start(self)
+    }
+
+    fn is_abandoned(&self) -> bool {
+        Promise::is_abandoned(self)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        Promise::is_cancelled(self)
     }
 
     fn finish(self: Box<Self>, reply: Reply) {

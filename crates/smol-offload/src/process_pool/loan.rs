@@ -71,6 +71,14 @@ impl Loan {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// When the job of the worker on loan began, while the loan lasts and the job runs.
+    pub(crate) fn running_since(&self) -> Option<std::time::Instant> {
+        self.lock()
+            .worker
+            .as_ref()
+            .and_then(WorkerLink::running_since)
+    }
+
     /// The worker's socket and pidfd, while the loan lasts: the dispatcher watches them.
     pub(crate) fn watch(&self) -> Option<(Arc<Async<UnixStream>>, Arc<OwnedFd>)> {
         self.lock()
@@ -139,6 +147,8 @@ impl LoanState {
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
                 Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
+                // Never lent while it runs the initializer: the dispatcher deals with it.
+                Incoming::Initialized | Incoming::InitializerFailed(_) => LoanRead::Over(None),
             };
         }
     }

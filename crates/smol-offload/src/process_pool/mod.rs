@@ -1,14 +1,16 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// claim → wire → job → server → worker_link → loan → shared → loan_assist → dying →
-// dispatcher.
+// claim → wire → options → job → server → worker_link → loan → shared → loan_assist → room →
+// dying → dispatcher.
 mod claim;
 mod dispatcher;
 mod dying;
 mod job;
 mod loan;
 mod loan_assist;
+mod options;
+pub(crate) mod room;
 pub(crate) mod server;
 mod shared;
 mod wire;
@@ -17,6 +19,7 @@ mod worker_link;
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -29,6 +32,8 @@ use crate::task::{self, Task};
 use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
+use options::{Initializer, PoolOptions};
+use room::{Ready, RoomAssist};
 use shared::{Placed, Shared};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
@@ -60,6 +65,51 @@ use shared::{Placed, Shared};
 /// ones finish (a worker that stays stopped meanwhile is killed), then the workers exit; one
 /// that does not within 2 s is killed. If the application dies, even by `SIGKILL`, the fork
 /// server and the workers exit with it.
+///
+/// # Stopping, recycling and bounding the work
+///
+/// Unlike a thread, a worker process can be stopped, and the pool does so when the work it runs
+/// is no longer wanted:
+///
+/// - [`Task::timeout`] and [`Task::cancel`] on a task that has started kill its worker
+///   (`SIGKILL`, with the worker's process group) and resolve at once, with
+///   [`is_timeout`](Error::is_timeout) or [`is_cancelled`](Error::is_cancelled); the pool forks
+///   a replacement, so the next task does not wait for abandoned work. Dropping a started task
+///   kills its worker only with [`kill_on_drop(true)`](ProcessPoolBuilder::kill_on_drop).
+///   Tasks sent ahead to that worker that had not started go to other workers.
+/// - [`task_timeout`](ProcessPoolBuilder::task_timeout) is a hard time limit for every task,
+///   enforced by the pool even for detached tasks and tasks nobody polls.
+/// - [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker) replaces each worker
+///   after a number of tasks, for code that leaks.
+/// - [`initializer`](ProcessPoolBuilder::initializer) runs once in every new worker before
+///   its first task, to load what the tasks share.
+/// - [`queue_limit`](ProcessPoolBuilder::queue_limit) bounds the queue, and
+///   [`ready`](ProcessPool::ready) lets a producer wait for room: without it the queue is
+///   unbounded, as in Python's `ProcessPoolExecutor`.
+///
+/// ```
+/// use std::time::Duration;
+/// use smol_offload::{Executor, ProcessPool};
+///
+/// fn sleep_ms(ms: u64) -> u64 {
+///     std::thread::sleep(Duration::from_millis(ms));
+///     ms
+/// }
+///
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     smol_offload::init();
+///     let pool = ProcessPool::new(1)?;
+///     let stuck = pool.pids();
+///     smol::block_on(async {
+///         // The only worker is killed at the time limit: the next task runs at once.
+///         let late = pool.run(sleep_ms, 60_000).timeout(Duration::from_millis(50)).await;
+///         assert!(late.unwrap_err().is_timeout());
+///         assert_eq!(pool.run(sleep_ms, 1).await?, 1);
+///         assert_ne!(pool.pids(), stuck);
+///         Ok(())
+///     })
+/// }
+/// ```
 ///
 /// # Examples
 ///
@@ -128,6 +178,43 @@ impl ProcessPool {
     pub fn stats(&self) -> PoolStats {
         self.handle.shared.counters.snapshot(self.handle.workers)
     }
+
+    /// Waits until the pool's queue has room for one more task, for a producer that must not
+    /// run ahead of the workers. Resolves at once without a
+    /// [`queue_limit`](ProcessPoolBuilder::queue_limit), and once the pool is shut down.
+    ///
+    /// Room is not reserved: another producer may take it first, and the next
+    /// [`run`](Executor::run) then returns a task that waits for room (see
+    /// [`queue_limit`](ProcessPoolBuilder::queue_limit)).
+    ///
+    /// # Examples
+    ///
+    /// A producer that keeps at most 4 tasks queued, however many it submits:
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(2).queue_limit(4).build()?;
+    ///     let (sender, results) = std::sync::mpsc::channel();
+    ///     smol::block_on(async {
+    ///         for n in 0..100u64 {
+    ///             pool.ready().await;
+    ///             assert!(pool.stats().queued <= 4);
+    ///             let sender = sender.clone();
+    ///             let task = pool.run(|n: u64| n * n, n);
+    ///             smol::spawn(async move { sender.send(task.await.unwrap()).unwrap() }).detach();
+    ///         }
+    ///     });
+    ///     drop(sender);
+    ///     assert_eq!(results.iter().sum::<u64>(), (0..100).map(|n| n * n).sum());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn ready(&self) -> Ready {
+        Ready::new(self.handle.shared.clone())
+    }
 }
 
 impl Executor for ProcessPool {
@@ -165,8 +252,12 @@ impl Executor for ProcessPool {
             arg,
             completion: Box::new(promise),
         };
+        let task = task.with_abandon(self.handle.shared.clone());
         match self.handle.shared.submit(job) {
             Ok(Placed::Queued) => task,
+            Ok(Placed::Full(job)) => {
+                task.with_assist(Box::new(RoomAssist::new(self.handle.shared.clone(), job)))
+            }
             Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
                 loan,
                 shared: self.handle.shared.clone(),
@@ -201,12 +292,264 @@ impl fmt::Debug for ProcessPool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ProcessPoolBuilder {
     workers: Option<usize>,
+    options: PoolOptions,
+    /// Why an option given cannot be used, said by `build`.
+    invalid: Option<String>,
 }
 
 impl ProcessPoolBuilder {
     /// The number of worker processes. Without it, the pool has one per CPU.
     pub fn workers(mut self, workers: usize) -> ProcessPoolBuilder {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Whether dropping a task whose work has started kills the worker running it. Off by
+    /// default, as in `tokio::process::Command::kill_on_drop`: a started task that is dropped
+    /// runs to the end and its result is dropped. [`Task::detach`] never kills.
+    ///
+    /// [`Task::timeout`] and [`Task::cancel`] kill a started task's worker either way.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn sleep_forever(_: ()) {
+    ///     std::thread::sleep(std::time::Duration::MAX);
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).kill_on_drop(true).build()?;
+    ///     let stuck = pool.run(sleep_forever, ());
+    ///     let before = pool.pids();
+    ///     drop(stuck); // started on the idle worker: the worker is killed and replaced
+    ///     smol::block_on(pool.run(|n: u32| n + 1, 1))?;
+    ///     assert_ne!(pool.pids(), before);
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn kill_on_drop(mut self, kill: bool) -> ProcessPoolBuilder {
+        self.options.kill_on_drop = kill;
+        self
+    }
+
+    /// A hard time limit for every task of the pool, like billiard's `time_limit`: a task that
+    /// runs longer has its worker killed (`SIGKILL`, with the worker's process group), resolves
+    /// with an error whose [`is_timeout`](crate::Error::is_timeout) is true, and the pool forks
+    /// a replacement.
+    ///
+    /// The pool's dispatcher enforces it, so it holds for detached tasks and for tasks nobody
+    /// polls. A task's time starts when the worker is known to start it: when its request is
+    /// sent to an idle worker, or when the reply of the task before it comes in. Queued time
+    /// does not count. For one task, [`Task::timeout`] does the same from the caller's side.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses a zero limit.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn sleep_ms(ms: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(ms));
+    ///     ms
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(1)
+    ///         .task_timeout(Duration::from_millis(200))
+    ///         .build()?;
+    ///     smol::block_on(async {
+    ///         assert_eq!(pool.run(sleep_ms, 1).await?, 1);
+    ///         let err = pool.run(sleep_ms, 60_000).await.unwrap_err();
+    ///         assert!(err.is_timeout());
+    ///         // The stuck worker was killed and replaced: the pool goes on at once.
+    ///         assert_eq!(pool.run(sleep_ms, 2).await?, 2);
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn task_timeout(mut self, limit: Duration) -> ProcessPoolBuilder {
+        self.options.task_timeout = Some(limit);
+        self
+    }
+
+    /// Runs `f(arg)` once in every new worker before its first task, like `initializer` and
+    /// `initargs` of Python's `ProcessPoolExecutor`: to load a model, open a connection, or
+    /// fill a cache that the pool's tasks then use. What `f` leaves in the worker's memory (a
+    /// `static` `OnceLock`, say) is there for every task that worker runs. Every worker runs it:
+    /// those forked by [`build`](ProcessPoolBuilder::build), and every replacement (after a
+    /// crash, a kill, or [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker)).
+    /// A worker takes no task until its initializer returned.
+    ///
+    /// If `f` panics, the worker is discarded and a replacement is forked after a delay that
+    /// doubles with each failure in a row (50 ms, 100 ms, ... up to 5 s): never a tight fork
+    /// loop. While no other worker can run them, the tasks waiting in the queue fail with an
+    /// error whose [`is_initializer_failure`](crate::Error::is_initializer_failure) is true and
+    /// whose message names the initializer's panic. After 5 failures in a row with no worker
+    /// left, the pool breaks: every task fails with
+    /// [`is_shutdown`](crate::Error::is_shutdown) and a message that says so. A task never
+    /// runs in a worker whose initializer failed. With a
+    /// [`task_timeout`](ProcessPoolBuilder::task_timeout), an initializer that runs longer
+    /// than the limit is killed and counts as failed; without one, tasks wait for it.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) fails if `arg` cannot be serialized.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::OnceLock;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// /// Loaded once in each worker, read by every task it runs.
+    /// static GREETING: OnceLock<String> = OnceLock::new();
+    ///
+    /// fn load(greeting: String) {
+    ///     GREETING.set(greeting).unwrap();
+    /// }
+    ///
+    /// fn greet(name: String) -> String {
+    ///     format!("{}, {name}", GREETING.get().expect("set by the initializer"))
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder()
+    ///         .workers(2)
+    ///         .initializer(load, "hello".to_string())
+    ///         .build()?;
+    ///     let greeting = smol::block_on(pool.run(greet, "world".to_string()))?;
+    ///     assert_eq!(greeting, "hello, world");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn initializer<A>(mut self, f: fn(A), arg: A) -> ProcessPoolBuilder
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let encoded =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| postcard::to_allocvec(&arg)));
+        match encoded {
+            Ok(Ok(arg)) if arg.len() <= wire::MAX_ARGUMENT => {
+                self.options.initializer = Some(Initializer {
+                    call: sys::erase(f),
+                    arg,
+                });
+            }
+            Ok(Ok(arg)) => {
+                self.invalid = Some(format!(
+                    "the initializer's argument is too large: {} bytes is more than a frame \
+                     holds",
+                    arg.len()
+                ));
+            }
+            Ok(Err(err)) => {
+                self.invalid = Some(format!(
+                    "could not serialize the initializer's argument: {err}"
+                ));
+            }
+            Err(payload) => {
+                let message = crate::error::panic_payload_message(payload.as_ref());
+                self.invalid = Some(format!(
+                    "serializing the initializer's argument panicked: {message}"
+                ));
+            }
+        }
+        self
+    }
+
+    /// Replaces each worker after it has run `tasks` tasks, like `max_tasks_per_child` in
+    /// Python's `ProcessPoolExecutor` and billiard: for task code that leaks memory or other
+    /// resources, a fresh process every `tasks` tasks.
+    ///
+    /// A worker is never sent more tasks than it has left, also when short tasks are sent
+    /// ahead; after its last reply its socket is closed, it exits, and the pool forks a
+    /// replacement. No task fails or waits for a worker that is about to go. Without it,
+    /// workers live as long as the pool (unless they die).
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn pid(_: ()) -> u32 {
+    ///     std::process::id()
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).max_tasks_per_worker(2).build()?;
+    ///     let pids = smol::block_on(async {
+    ///         let mut pids = Vec::new();
+    ///         for _ in 0..6 {
+    ///             pids.push(pool.run(pid, ()).await?);
+    ///         }
+    ///         Ok::<_, smol_offload::Error>(pids)
+    ///     })?;
+    ///     // Two tasks per worker: three workers ran the six tasks, one after the other.
+    ///     assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 3);
+    ///     assert!(pids.chunks(2).all(|pair| pair[0] == pair[1]));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn max_tasks_per_worker(mut self, tasks: usize) -> ProcessPoolBuilder {
+        self.options.max_tasks_per_worker = Some(tasks);
+        self
+    }
+
+    /// At most `limit` tasks wait in the pool's queue: backpressure for a producer that
+    /// submits faster than the workers run tasks. Without it the queue is unbounded, like
+    /// Python's `ProcessPoolExecutor`: every submitted task waits in memory, with its
+    /// argument.
+    ///
+    /// [`Executor::run`] stays synchronous. When the queue is full, `run` returns a task that
+    /// holds its job and puts it in the queue itself, once there is room, when it is awaited
+    /// (or polled by [`wait`](crate::wait) or [`gather`](crate::gather)). Such a task has not
+    /// started: dropping it drops the job. A task detached while it waits for room joins an
+    /// overflow list that moves into the queue, in order, as room frees: only detached tasks
+    /// can make memory grow past the limit.
+    ///
+    /// To keep memory flat, a producer awaits [`ProcessPool::ready`] before each `run`: the
+    /// queue then holds at most `limit` jobs and the producer at most one more.
+    ///
+    /// # Errors
+    ///
+    /// [`build`](ProcessPoolBuilder::build) refuses a limit of 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).queue_limit(2).build()?;
+    ///     smol::block_on(async {
+    ///         // More tasks than the queue holds: the last ones wait for room as they are awaited.
+    ///         let tasks: Vec<_> = (0..10u64).map(|n| pool.run(|n: u64| n + 1, n)).collect();
+    ///         assert!(pool.stats().queued <= 2);
+    ///         let values = smol_offload::try_gather(tasks).await?;
+    ///         assert_eq!(values, (1..=10).collect::<Vec<u64>>());
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn queue_limit(mut self, limit: usize) -> ProcessPoolBuilder {
+        self.options.queue_limit = Some(limit);
         self
     }
 
@@ -218,9 +561,29 @@ impl ProcessPoolBuilder {
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        if let Some(message) = self.invalid {
+            return Err(BuildError::new(BuildErrorKind::Setting(message)));
+        }
+        if self.options.task_timeout == Some(Duration::ZERO) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "task_timeout must be longer than zero: no task could finish".into(),
+            )));
+        }
+        if self.options.max_tasks_per_worker == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "max_tasks_per_worker must be at least 1: a worker must run a task".into(),
+            )));
+        }
+        if self.options.queue_limit == Some(0) {
+            return Err(BuildError::new(BuildErrorKind::Setting(
+                "queue_limit must be at least 1: a pool needs room to queue one task".into(),
+            )));
+        }
         let link = server::link_or_start()?;
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
-        let shared = Arc::new(Shared::new().map_err(io_error("create the pool's eventfd"))?);
+        let shared = Arc::new(
+            Shared::with_options(self.options).map_err(io_error("create the pool's eventfd"))?,
+        );
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;
         let dispatcher = Dispatcher::new(shared.clone(), link, spawned);

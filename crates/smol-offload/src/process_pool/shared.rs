@@ -27,19 +27,22 @@
 //! `build` on the caller's thread) and never under any of the locks above. A reap is asked for
 //! only once the worker has exited, so that lock is never held while a worker runs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
+use crate::process_pool::options::PoolOptions;
 use crate::process_pool::worker_link::WorkerLink;
 use crate::stats::Counters;
+use crate::task::Abandon;
 
 /// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
@@ -59,6 +62,7 @@ pub(crate) struct Shared {
     broken_reason: Mutex<Option<String>>,
     pids: Mutex<Vec<u32>>,
     pub(crate) counters: Counters,
+    pub(crate) options: PoolOptions,
 }
 
 /// Where the jobs and the workers the dispatcher does not hold are.
@@ -72,6 +76,14 @@ pub(super) struct State {
     pub(super) returned: Vec<WorkerLink>,
     /// Workers on loan to a task.
     pub(super) loans: Vec<Arc<Loan>>,
+    /// With a queue limit: jobs of detached tasks that waited for room, oldest first. They
+    /// move into `jobs` as room frees, ahead of any later submission.
+    pub(super) overflow: VecDeque<Job>,
+    /// With a queue limit: who waits for room in the queue (tasks and `ready()` futures), by
+    /// the id they registered with; all are woken when room frees.
+    pub(super) room_waiters: HashMap<u64, Waker>,
+    /// The id of the next waiter for room.
+    pub(super) next_waiter: u64,
 }
 
 impl State {
@@ -87,6 +99,9 @@ pub(crate) enum Placed {
     Queued,
     /// Sent straight to an idle worker, lent to the task until it reads the reply.
     Lent(Arc<Loan>),
+    /// Not placed: the queue is at its limit. The waker given, if any, is woken when room
+    /// frees.
+    Full(Job),
 }
 
 /// The largest argument sent straight to an idle worker from the submitting thread. The send
@@ -95,7 +110,12 @@ pub(crate) enum Placed {
 const DIRECT_SEND_LIMIT: usize = 64 * 1024;
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new() -> io::Result<Shared> {
+        Shared::with_options(PoolOptions::default())
+    }
+
+    pub(crate) fn with_options(options: PoolOptions) -> io::Result<Shared> {
         Ok(Shared {
             state: Mutex::new(State::default()),
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
@@ -106,6 +126,7 @@ impl Shared {
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
             counters: Counters::default(),
+            options,
         })
     }
 
@@ -120,11 +141,30 @@ impl Shared {
     /// The job's task must not have been handed out yet: a job sent straight away is started
     /// without asking whether it was cancelled.
     pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
+        self.submit_or_wait(job, None)
+    }
+
+    /// Like [`submit`](Shared::submit), but when the queue is at its limit, gives the job back
+    /// as [`Placed::Full`] and registers `waker` (as waiter `waiter`) to be woken when room
+    /// frees. Also gives the job back once the pool is closed.
+    pub(crate) fn submit_or_wait(
+        &self,
+        job: Job,
+        waiter: Option<(u64, &Waker)>,
+    ) -> Result<Placed, Job> {
         let mut state = self.lock();
         // `broken` is set under this lock before the queue is drained for the last time, so no
         // job can slip in after that drain.
-        if self.broken.load(Ordering::Acquire) {
+        if self.broken.load(Ordering::Acquire) || self.is_closed() {
             return Err(job);
+        }
+        if let Some(limit) = self.options.queue_limit
+            && (state.jobs.len() >= limit || !state.overflow.is_empty())
+        {
+            if let Some((id, waker)) = waiter {
+                register_waiter(&mut state, id, waker);
+            }
+            return Ok(Placed::Full(job));
         }
         self.counters.submitted();
         if state.jobs.is_empty()
@@ -154,10 +194,16 @@ impl Shared {
         let loan = Loan::new();
         let mut lent = loan.lock();
         state.loans.push(loan.clone());
+        // Counted under the lock, as the dispatcher's picks are, so that `stats()` never counts
+        // a job that went straight to a worker as queued.
+        self.counters.picked();
         drop(state);
         if worker.flush().is_ok() {
             lent.hold(worker);
-            self.counters.picked();
+            if self.options.task_timeout.is_some() {
+                // The dispatcher sleeps without a deadline for this job: it must arm one.
+                self.wake_dispatcher();
+            }
             return Placed::Lent(loan.clone());
         }
         // The worker is gone and the job never reached it: queue the job for another worker,
@@ -166,6 +212,8 @@ impl Shared {
         let mut state = self.lock();
         state.forget(&loan);
         state.returned.push(worker);
+        // Queued after all: counted as submitted once more.
+        self.counters.submitted();
         state.jobs.push_front(job);
         drop(state);
         drop(lent);
@@ -179,6 +227,7 @@ impl Shared {
         let mut state = self.lock();
         state.forget(loan);
         if worker.is_idle()
+            && worker.can_take()
             && state.jobs.is_empty()
             && !self.jobs_sent_ahead.load(Ordering::SeqCst)
             && !self.closed.load(Ordering::SeqCst)
@@ -200,6 +249,7 @@ impl Shared {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         self.wake_dispatcher();
+        self.wake_all_waiters();
     }
 
     /// The pids of the pool's current workers.
@@ -215,7 +265,7 @@ impl Shared {
     /// Refuses new work from now on, saying `reason` if given; the caller then fails what is
     /// queued with [`refusal`](Shared::refusal).
     pub(super) fn break_pool(&self, reason: Option<String>) {
-        let _state = self.lock();
+        let state = self.lock();
         if let Some(reason) = reason {
             *self
                 .broken_reason
@@ -223,6 +273,8 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner) = Some(reason);
         }
         self.broken.store(true, Ordering::Release);
+        drop(state);
+        self.wake_all_waiters();
     }
 
     /// The error of a job the pool refuses or gives up on: it was closed, or it broke.
@@ -271,22 +323,136 @@ impl Shared {
         self.pids.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The oldest queued job, if `fits` accepts it.
+    /// The oldest queued job, if `fits` accepts it, counted as picked.
     pub(super) fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut state = self.lock();
         if state.jobs.front().is_some_and(fits) {
-            state.jobs.pop_front()
+            let job = state.jobs.pop_front();
+            // Counted under the lock, so that `stats()` never sees room refilled first.
+            self.counters.picked();
+            self.made_room(state);
+            job
         } else {
             None
         }
     }
 
     pub(super) fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
+        let mut state = self.lock();
+        let job = state.jobs.pop_front();
+        if job.is_some() {
+            self.counters.picked();
+        }
+        self.made_room(state);
+        job
+    }
+
+    /// After a job left the queue: moves jobs of detached tasks in from the overflow, and
+    /// wakes those waiting for room if there is some.
+    fn made_room(&self, mut state: MutexGuard<'_, State>) {
+        let Some(limit) = self.options.queue_limit else {
+            return;
+        };
+        while state.jobs.len() < limit
+            && let Some(job) = state.overflow.pop_front()
+        {
+            self.counters.submitted();
+            state.jobs.push_back(job);
+        }
+        if state.jobs.len() < limit && !state.room_waiters.is_empty() {
+            let waiters: Vec<Waker> = state.room_waiters.drain().map(|(_, waker)| waker).collect();
+            drop(state);
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// Whether a job submitted now would be queued (or lent) rather than wait for room; if not,
+    /// registers `waker` as waiter `id`. True too once the pool is closed or broken: a
+    /// submission then fails at once.
+    pub(crate) fn has_room(&self, id: u64, waker: &Waker) -> bool {
+        let Some(limit) = self.options.queue_limit else {
+            return true;
+        };
+        let mut state = self.lock();
+        if state.jobs.len() < limit && state.overflow.is_empty()
+            || self.broken.load(Ordering::Acquire)
+            || self.is_closed()
+        {
+            return true;
+        }
+        register_waiter(&mut state, id, waker);
+        false
+    }
+
+    /// A new id for a waiter for room.
+    pub(crate) fn new_waiter(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_waiter += 1;
+        state.next_waiter
+    }
+
+    /// Forgets waiter `id`, which no longer waits for room.
+    pub(crate) fn forget_waiter(&self, id: u64) {
+        if self.options.queue_limit.is_some() {
+            self.lock().room_waiters.remove(&id);
+        }
+    }
+
+    /// Queues the job of a detached task that was waiting for room: it goes into the queue,
+    /// in order, as room frees. Fails it with the pool's shutdown if the pool is closed.
+    pub(crate) fn push_overflow(&self, job: Job) {
+        let mut state = self.lock();
+        if self.broken.load(Ordering::Acquire) || self.is_closed() {
+            drop(state);
+            job.completion.fail(self.refusal());
+            return;
+        }
+        state.overflow.push_back(job);
+        // Room may have freed since the task last looked.
+        self.made_room(state);
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Wakes every waiter for room: the pool is closing or broke, and their submissions fail.
+    fn wake_all_waiters(&self) {
+        let waiters: Vec<Waker> = self
+            .lock()
+            .room_waiters
+            .drain()
+            .map(|(_, waker)| waker)
+            .collect();
+        waiters.into_iter().for_each(Waker::wake);
     }
 
     pub(super) fn queued(&self) -> usize {
         self.lock().jobs.len()
+    }
+}
+
+/// Registers `waker` as waiter `id` for room, replacing what `id` registered before.
+fn register_waiter(state: &mut State, id: u64, waker: &Waker) {
+    match state.room_waiters.get_mut(&id) {
+        Some(old) if old.will_wake(waker) => {}
+        Some(old) => old.clone_from(waker),
+        None => {
+            state.room_waiters.insert(id, waker.clone());
+        }
+    }
+}
+
+/// The pool's side of [`Task::timeout`](crate::Task::timeout) and [`Task::cancel`](crate::Task::cancel)
+/// on a started task: the dispatcher kills the worker whose running job is abandoned.
+impl Abandon for Shared {
+    fn on_drop(&self) -> bool {
+        self.options.kill_on_drop
+    }
+
+    fn abandon(&self) {
+        // A worker on loan comes back to the dispatcher as its task drops its assist, which
+        // wakes the dispatcher again: it looks for abandoned jobs whenever it is awake.
+        self.wake_dispatcher();
     }
 }
 
@@ -388,7 +554,7 @@ mod tests {
     fn lent(placed: Placed) -> Arc<Loan> {
         match placed {
             Placed::Lent(loan) => loan,
-            Placed::Queued => panic!("the job was queued, not lent"),
+            Placed::Queued | Placed::Full(_) => panic!("the job was not lent"),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::process_pool::claim::Claims;
 use crate::process_pool::job::Job;
 use crate::process_pool::server::Spawned;
 use crate::process_pool::wire::{self, Malformed, Reply, ReplyReader};
+use crate::sys::{CallStatus, ErasedCall};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
 /// job, the job goes to another worker.
@@ -35,6 +36,11 @@ pub(crate) enum Incoming {
     Nothing,
     /// Bytes that are no reply to the job the worker runs: the worker cannot be trusted.
     Corrupt(Malformed),
+    /// The pool's initializer returned: the worker may take jobs.
+    Initialized,
+    /// The pool's initializer panicked (or could not decode its argument), saying this: the
+    /// worker is of no use.
+    InitializerFailed(String),
 }
 
 /// The parent's end of one worker.
@@ -57,6 +63,11 @@ pub(crate) struct WorkerLink {
     /// Request frames to send in one write.
     outbox: Vec<u8>,
     next_id: u64,
+    /// How many more jobs it may be sent, with `max_tasks_per_worker`; `None`: no limit.
+    tasks_left: Option<usize>,
+    /// The id of the initializer's request while the worker runs it: it takes no job until
+    /// the initializer returned.
+    initializing: Option<u64>,
 }
 
 impl WorkerLink {
@@ -72,7 +83,51 @@ impl WorkerLink {
             head_since: Instant::now(),
             outbox: Vec::new(),
             next_id: 0,
+            tasks_left: None,
+            initializing: None,
         })
+    }
+
+    /// Queues the request that runs the pool's initializer `call(arg)`, for the next
+    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply.
+    pub(crate) fn initialize(&mut self, call: ErasedCall, arg: &[u8]) {
+        debug_assert!(self.in_flight.is_empty(), "initialized before any job");
+        let id = self.next_id;
+        self.next_id += 1;
+        wire::write_request(&mut self.outbox, id, call, arg);
+        self.initializing = Some(id);
+        self.head_since = Instant::now();
+    }
+
+    /// When it was sent the initializer, while it runs it.
+    pub(crate) fn initializing_since(&self) -> Option<Instant> {
+        self.initializing.map(|_| self.head_since)
+    }
+
+    /// True while the worker runs the pool's initializer.
+    pub(crate) fn is_initializing(&self) -> bool {
+        self.initializing.is_some()
+    }
+
+    /// Limits the jobs it will be sent to `budget`, after which it is to be replaced.
+    pub(crate) fn limit_tasks(&mut self, budget: Option<usize>) {
+        self.tasks_left = budget;
+    }
+
+    /// Whether it may be sent one more job.
+    pub(crate) fn can_take(&self) -> bool {
+        self.initializing.is_none() && self.tasks_left != Some(0)
+    }
+
+    /// True once it ran every job it may be sent: it is to be replaced.
+    pub(crate) fn is_spent(&self) -> bool {
+        self.tasks_left == Some(0) && self.in_flight.is_empty()
+    }
+
+    /// When the job it runs began, as far as the parent can tell (never earlier than it did);
+    /// `None` while it is idle.
+    pub(crate) fn running_since(&self) -> Option<Instant> {
+        (!self.in_flight.is_empty()).then_some(self.head_since)
     }
 
     pub(crate) fn is_idle(&self) -> bool {
@@ -81,6 +136,10 @@ impl WorkerLink {
 
     /// Queues `job`'s request for the next [`flush`](WorkerLink::flush).
     pub(crate) fn assign(&mut self, job: Job) {
+        debug_assert!(self.can_take(), "a spent worker was sent a job");
+        if let Some(left) = &mut self.tasks_left {
+            *left = left.saturating_sub(1);
+        }
         let id = self.next_id;
         self.next_id += 1;
         wire::write_request(&mut self.outbox, id, job.call, &job.arg);
@@ -103,6 +162,9 @@ impl WorkerLink {
     /// never reached the worker.
     pub(crate) fn take_back_last(&mut self) -> Option<Job> {
         let last = self.in_flight.pop_back()?;
+        if let Some(left) = &mut self.tasks_left {
+            *left += 1;
+        }
         // Its id was never sent: the next job takes it, as the worker expects.
         self.next_id = last.id;
         Some(last.job)
@@ -119,8 +181,12 @@ impl WorkerLink {
             .iter()
             .take_while(|in_flight| in_flight.id < first_revoked)
             .count();
-        self.in_flight
-            .split_off(started)
+        let unstarted = self.in_flight.split_off(started);
+        if let Some(left) = &mut self.tasks_left {
+            // It will never run them: they do not count against its budget.
+            *left += unstarted.len();
+        }
+        unstarted
             .into_iter()
             .map(|in_flight| in_flight.job)
             .collect()
@@ -148,8 +214,19 @@ impl WorkerLink {
 
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
-        let expected = self.in_flight.front().map(|in_flight| in_flight.id);
+        let expected = self
+            .initializing
+            .or_else(|| self.in_flight.front().map(|in_flight| in_flight.id));
         match self.replies.next_reply(expected) {
+            Ok(Some(reply)) if self.initializing.is_some() => {
+                self.initializing = None;
+                match reply.status {
+                    CallStatus::Returned => Incoming::Initialized,
+                    _ => Incoming::InitializerFailed(
+                        String::from_utf8_lossy(reply.payload.as_slice()).into_owned(),
+                    ),
+                }
+            }
             Ok(Some(reply)) => {
                 let done = self.in_flight.pop_front().expect("checked just above");
                 let now = Instant::now();
