@@ -100,10 +100,13 @@
 
 #![deny(unsafe_code)]
 
+mod cancel;
+mod dedicated;
 mod default_pool;
 mod error;
 mod executor;
 mod job_queue;
+mod loop_thread;
 mod process_pool;
 mod stats;
 mod sys;
@@ -111,9 +114,12 @@ mod task;
 mod thread_pool;
 mod wait;
 
+pub use crate::cancel::cancelled;
+pub use crate::dedicated::spawn_dedicated;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
+pub use crate::loop_thread::LoopThread;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;

@@ -25,6 +25,9 @@ use crate::error::{Error, ErrorKind};
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
 const DONE: u8 = 4;
+/// Set by [`Task::cancel`] on work that has already started: it runs on, but
+/// [`cancelled()`](crate::cancelled) tells it that nobody waits for it any more.
+const CANCEL_REQUESTED: u8 = 8;
 
 struct Shared<T> {
     state: AtomicU8,
@@ -41,6 +44,12 @@ impl<T> Shared<T> {
         *self.result.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
         self.state.fetch_or(DONE, Ordering::AcqRel);
         self.waker.wake();
+    }
+}
+
+impl<T: Send> crate::cancel::CancelSource for Shared<T> {
+    fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::Acquire) & (CANCELLED | CANCEL_REQUESTED) != 0
     }
 }
 
@@ -95,6 +104,15 @@ impl<T> Promise<T> {
     pub(crate) fn is_cancelled(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.load(Ordering::Acquire) & CANCELLED != 0
+    }
+
+    /// What the running work sees through [`cancelled()`](crate::cancelled): true once the task
+    /// was dropped, timed out or cancelled.
+    pub(crate) fn cancel_source(&self) -> Arc<dyn crate::cancel::CancelSource>
+    where
+        T: Send + 'static,
+    {
+        self.shared.clone().expect("promise used after completion")
     }
 
     /// Delivers the result and wakes the awaiting task.
@@ -235,7 +253,9 @@ impl<T> Task<T> {
     ///
     /// If the work has not started, it never will, and this resolves to an error whose
     /// [`is_cancelled`](Error::is_cancelled) is true. If it has started, cancelling cannot stop
-    /// it: this waits for it to end and gives its result.
+    /// it: this waits for it to end and gives its result. The running closure can see the
+    /// request, though: [`cancelled()`](crate::cancelled) is true for it from then on, so a long
+    /// loop that checks it can stop early.
     ///
     /// # Examples
     ///
@@ -268,6 +288,7 @@ impl<T> Task<T> {
                     Err(actual) => state = actual,
                 }
             }
+            shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
         }
         self.await
     }
@@ -470,6 +491,37 @@ mod tests {
         let (task, dropped) = assisted_task();
         task.detach();
         assert!(dropped.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn cancel_source_sees_drop_and_cancel_of_a_started_task() {
+        let (promise, task) = pair::<u8>();
+        let source = promise.cancel_source();
+        assert!(promise.start());
+        assert!(!source.is_cancelled());
+        drop(task);
+        assert!(source.is_cancelled());
+
+        let (promise, task) = pair::<u8>();
+        let source = promise.cancel_source();
+        assert!(promise.start());
+        let cancelling = std::thread::spawn(move || futures_lite::future::block_on(task.cancel()));
+        while !source.is_cancelled() {
+            std::thread::yield_now();
+        }
+        promise.complete(Ok(5));
+        assert_eq!(
+            cancelling.join().unwrap().unwrap(),
+            5,
+            "the result still comes back"
+        );
+    }
+
+    #[test]
+    fn a_detached_task_is_not_cancelled() {
+        let (promise, task) = pair::<u8>();
+        task.detach();
+        assert!(!promise.cancel_source().is_cancelled());
     }
 
     #[test]

@@ -121,6 +121,7 @@ impl ThreadPool {
 fn run_job<F, T>(counters: &Counters, promise: Promise<T>, f: F)
 where
     F: FnOnce() -> T,
+    T: Send + 'static,
 {
     counters.picked();
     if !promise.start() {
@@ -129,7 +130,10 @@ where
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
         return;
     }
-    let result = panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic);
+    let result = {
+        let _scope = crate::cancel::enter(promise.cancel_source());
+        panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic)
+    };
     counters.completed();
     // If the task was dropped meanwhile, completing drops the value here, and its destructor may
     // panic too.
