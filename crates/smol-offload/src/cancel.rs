@@ -26,7 +26,7 @@ thread_local! {
 ///
 /// It answers for the closure running on a [`ThreadPool`](crate::ThreadPool) (and so
 /// [`spawn`](crate::spawn)), on a thread of [`spawn_dedicated`](crate::spawn_dedicated), and for
-/// the iterator behind a stream (`ThreadPool::stream`). Elsewhere
+/// the iterator behind a stream ([`ThreadPool::stream`](crate::ThreadPool::stream)). Elsewhere
 /// (outside any task, on a loop thread, in a process worker) it is always false. Work that has
 /// started always runs to its end: a long loop checks `cancelled()` and returns early, the way
 /// aiomisc's `@threaded_separate` examples poll a stop `Event`, without passing one around.
