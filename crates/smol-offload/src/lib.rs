@@ -55,6 +55,36 @@
 //! # }).unwrap();
 //! ```
 //!
+//! [`LoopThread`] is an event loop running in a thread of its own, that any thread or loop hands
+//! futures and closures to (`asyncio.run_coroutine_threadsafe`, `call_soon_threadsafe`), and
+//! that blocking code waits on with [`LoopThread::block_on`] (aiomisc's `sync_wait_coroutine`):
+//!
+//! ```
+//! # smol::block_on(async {
+//! let writer = smol_offload::LoopThread::new("writer")?;
+//! let on = writer.spawn(async { std::thread::current().name().map(str::to_owned) }).await?;
+//! assert_eq!(on.as_deref(), Some("writer"));
+//! writer.stop().await?; // runs what was submitted, then joins the thread
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! A blocking iterator becomes an async stream with a bounded buffer ([`ThreadPool::stream`],
+//! [`stream`], [`stream_dedicated`]), and a long job gets a thread of its own
+//! ([`spawn_dedicated`]):
+//!
+//! ```
+//! use futures_lite::StreamExt;
+//!
+//! # smol::block_on(async {
+//! let lines = smol_offload::stream(["a", "b", "c"].map(str::to_owned), 2);
+//! assert_eq!(lines.map(Result::unwrap).collect::<Vec<_>>().await, ["a", "b", "c"]);
+//! let long = smol_offload::spawn_dedicated("long-job", || 2 + 2);
+//! assert_eq!(long.await?, 4);
+//! # Ok::<(), smol_offload::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Panics and cancellation
 //!
 //! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
@@ -63,6 +93,10 @@
 //! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
+//!
+//! Thread work that has started can still stop early on its own: [`cancelled()`] is true inside
+//! it once nobody waits for its result (its task was dropped, cancelled or timed out, or its
+//! stream was dropped).
 //!
 //! # Processes and fork safety
 //!
@@ -96,7 +130,11 @@
 //!
 //! # Feature flags
 //!
-//! None yet: everything is on by default.
+//! - `tracing` (off by default): the [`tracing`](https://docs.rs/tracing) span current where work
+//!   is submitted to a thread ([`ThreadPool::spawn`], [`Executor::run`], [`spawn`],
+//!   [`spawn_dedicated`], the streams, [`LoopThread::spawn`], `spawn_local`, `call` and
+//!   `block_on`) is entered around the work on its thread, so what the work logs has the
+//!   submitter's span as parent. Process workers do not receive it.
 
 #![deny(unsafe_code)]
 

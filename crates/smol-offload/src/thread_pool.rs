@@ -98,6 +98,12 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        #[cfg(feature = "tracing")]
+        let f = {
+            // What the closure logs has the submitter's span as parent.
+            let span = tracing::Span::current();
+            move || span.in_scope(f)
+        };
         let (promise, task) = task::pair();
         let job: Job = Box::new(move |counters: &Counters| run_job(counters, promise, f));
         self.inner.queue.push(job, &self.inner.rayon);
