@@ -73,6 +73,10 @@ struct Shared<T> {
     /// A dedicated producer waits here for room, or for the stream to close.
     room: Condvar,
     buffer: usize,
+    /// Once the buffer was full, the producer goes on when the consumer has brought it down to
+    /// this many items: about half the buffer, so that a producer faster than its consumer is
+    /// resumed once per half buffer, not once per item.
+    resume_at: usize,
     runner: Runner,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
@@ -84,6 +88,8 @@ struct State<T> {
     parked: Option<BoxedIter<T>>,
     /// The last item is in `items`: the iterator ended or panicked.
     ended: bool,
+    /// A dedicated producer waits on `room` for the buffer to go down to `resume_at`.
+    producer_waiting: bool,
     waker: Option<Waker>,
 }
 
@@ -111,11 +117,13 @@ impl<T: Send + 'static> IterStream<T> {
                     items: VecDeque::new(),
                     parked: Some(Box::new(iter.into_iter())),
                     ended: false,
+                    producer_waiting: false,
                     waker: None,
                 }),
                 closed: AtomicBool::new(false),
                 room: Condvar::new(),
                 buffer: buffer.max(1),
+                resume_at: buffer.max(1) / 2,
                 runner,
                 #[cfg(feature = "tracing")]
                 span: tracing::Span::current(),
@@ -178,14 +186,16 @@ fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, mut iter: BoxedIter<T>) {
     loop {
         {
             let mut state = shared.lock();
-            while dedicated
-                && state.items.len() >= shared.buffer
-                && !shared.closed.load(Ordering::Acquire)
-            {
-                state = shared
-                    .room
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner);
+            if dedicated && state.items.len() >= shared.buffer {
+                while state.items.len() > shared.resume_at && !shared.closed.load(Ordering::Acquire)
+                {
+                    state.producer_waiting = true;
+                    state = shared
+                        .room
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                state.producer_waiting = false;
             }
             if shared.closed.load(Ordering::Acquire) {
                 drop(state);
@@ -249,15 +259,18 @@ impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
                 slot => *slot = Some(cx.waker().clone()),
             }
         }
-        let resumed = if state.items.len() < shared.buffer {
-            state.parked.take()
-        } else {
-            None
-        };
+        // The first poll starts the iterator; later, it goes on once the buffer is down to
+        // `resume_at` (the producer only stops on a full buffer).
+        let has_room = state.items.len() <= shared.resume_at;
+        let resumed = if has_room { state.parked.take() } else { None };
+        let wake_producer = has_room && state.producer_waiting;
+        if wake_producer {
+            state.producer_waiting = false;
+        }
         drop(state);
         if let Some(iter) = resumed {
             resume(shared, iter);
-        } else if item.is_some() && matches!(shared.runner, Runner::Dedicated(_)) {
+        } else if wake_producer {
             shared.room.notify_one();
         }
         match item {
