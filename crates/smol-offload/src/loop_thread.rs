@@ -1,9 +1,10 @@
 //! [`LoopThread`]: a named thread running its own smol executor, that any thread or event loop
 //! can hand futures and closures to.
 //!
-//! The thread runs an [`async_executor::Executor`] for the `Send` futures submitted from
-//! outside, inside a [`LocalExecutor`] for the futures that [`LoopThread::spawn_local`] builds on
-//! the thread itself. Every submission is counted while it is in flight; `stop()` (or the last
+//! The thread runs an [`async_executor::Executor`], the one `smol` re-exports. A future that
+//! [`LoopThread::spawn_local`] builds on the thread is an `async_task` task of its own whose
+//! every poll is scheduled as a small task on that executor, so it never leaves the thread and
+//! the loop needs no second executor. Every submission is counted while it is in flight; `stop()` (or the last
 //! handle's drop) sets a *stopping* bit in the same word, after which submissions are refused,
 //! and the thread leaves its executors once the count is back to zero.
 
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Poll, Waker};
 use std::thread::{JoinHandle, ThreadId};
 
-use async_executor::{Executor, LocalExecutor};
+use async_executor::Executor;
 use atomic_waker::AtomicWaker;
 use futures_lite::FutureExt;
 
@@ -101,11 +102,6 @@ struct Shared {
     stop_wakers: Mutex<Vec<Waker>>,
 }
 
-thread_local! {
-    /// The executor of the futures that `spawn_local` builds on a loop thread.
-    static LOCAL: LocalExecutor<'static> = const { LocalExecutor::new() };
-}
-
 impl Shared {
     /// Counts one more submission in flight, unless the loop is stopping.
     fn admit(self: &Arc<Self>) -> Result<Admission, Error> {
@@ -146,7 +142,7 @@ impl Shared {
                 Poll::Pending
             }
         });
-        LOCAL.with(|local| async_io::block_on(local.run(self.executor.run(drained))));
+        async_io::block_on(self.executor.run(drained));
         self.finished.store(true, Ordering::SeqCst);
         let wakers = std::mem::take(
             &mut *self
@@ -316,13 +312,22 @@ impl LoopThread {
             tracing::Instrument::instrument(make(), span.clone())
         };
         let (promise, task) = task::pair();
+        let shared = self.shared().clone();
         self.shared()
             .executor
             .spawn(async move {
-                // On the loop thread: hand the maker to the thread's local executor.
-                LOCAL.with(|local| {
-                    local.spawn(run_local(admission, promise, make)).detach();
-                });
+                // On the loop thread: build the future here, and poll it only here, by
+                // scheduling each of its polls as a task of the loop's executor.
+                let schedule = move |runnable: async_task::Runnable| {
+                    shared
+                        .executor
+                        .spawn(async move { runnable.run() })
+                        .detach();
+                };
+                let (runnable, local) =
+                    async_task::spawn_local(run_local(admission, promise, make), schedule);
+                local.detach();
+                runnable.run();
             })
             .detach();
         task
