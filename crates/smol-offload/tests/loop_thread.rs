@@ -259,3 +259,11 @@ fn a_name_with_a_nul_byte_is_refused() {
         "could not start the loop thread: a thread name cannot contain a NUL byte"
     );
 }
+
+#[test]
+fn handles_and_streams_can_cross_threads() {
+    fn shareable<T: Clone + Send + Sync + std::fmt::Debug>() {}
+    fn sendable<T: Send + Sync + Unpin + std::fmt::Debug>() {}
+    shareable::<LoopThread>();
+    sendable::<smol_offload::IterStream<String>>();
+}
