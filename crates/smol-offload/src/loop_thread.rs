@@ -372,6 +372,9 @@ impl LoopThread {
     /// # }).unwrap();
     /// ```
     ///
+    /// Only the direct case is detected: two loop threads whose futures `block_on` each other
+    /// still wait for each other forever, as any two threads waiting on each other do.
+    ///
     /// # Errors
     ///
     /// An error with [`is_deadlock`](Error::is_deadlock) when called on this loop's own thread,
@@ -394,7 +397,8 @@ impl LoopThread {
     /// Stops the loop: from now on it refuses new work (submissions get an error with
     /// [`is_shutdown`](Error::is_shutdown)), runs everything already submitted to its end, and
     /// then its thread exits. The task resolves once the thread has been joined. Any handle can
-    /// stop the loop, for all of them.
+    /// stop the loop, for all of them. A submitted future that never ends keeps the loop from
+    /// stopping: give such futures their own way out (a channel, a timer) before stopping.
     ///
     /// # Examples
     ///

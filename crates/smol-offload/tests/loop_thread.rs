@@ -267,3 +267,24 @@ fn handles_and_streams_can_cross_threads() {
     shareable::<LoopThread>();
     sendable::<smol_offload::IterStream<String>>();
 }
+
+#[test]
+fn a_started_future_runs_to_its_end_when_its_task_is_dropped() {
+    let target = LoopThread::new("runs-on").unwrap();
+    let (open, closed) = gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (finished_tx, finished) = std::sync::mpsc::channel();
+    let task = target.spawn(async move {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv().await; // waits without blocking the loop
+        finished_tx.send("finished").unwrap();
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    assert!(task.is_started());
+    drop(task);
+    // The loop is free meanwhile: other work goes on while the dropped future waits.
+    assert_eq!(block_on(target.call(|| 7)).unwrap(), 7);
+    drop(open);
+    assert_eq!(finished.recv_timeout(WATCHDOG), Ok("finished"));
+    block_on(target.stop()).unwrap();
+}
