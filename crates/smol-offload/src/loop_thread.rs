@@ -6,7 +6,7 @@
 //! every poll is scheduled as a small task on that executor, so it never leaves the thread and
 //! the loop needs no second executor. Every submission is counted while it is in flight; `stop()` (or the last
 //! handle's drop) sets a *stopping* bit in the same word, after which submissions are refused,
-//! and the thread leaves its executors once the count is back to zero.
+//! and the thread leaves its executor once the count is back to zero.
 
 use std::fmt;
 use std::future::Future;
@@ -96,7 +96,7 @@ struct Shared {
     /// The loop thread, known once it has been started.
     thread: OnceLock<ThreadId>,
     join: Mutex<Option<JoinHandle<()>>>,
-    /// Set by the loop thread when it has left its executors, just before it returns.
+    /// Set by the loop thread when it has left its executor, just before it returns.
     finished: AtomicBool,
     /// The `stop()` tasks waiting for `finished`.
     stop_wakers: Mutex<Vec<Waker>>,
@@ -132,7 +132,7 @@ impl Shared {
         self.thread.get() == Some(&std::thread::current().id())
     }
 
-    /// The loop thread's body: run both executors until stopped and drained.
+    /// The loop thread's body: run the executor until stopped and drained.
     fn run(&self) {
         let drained = futures_lite::future::poll_fn(|cx| {
             self.drained.register(cx.waker());
@@ -474,7 +474,7 @@ where
     let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }
 
-/// The awaiting side of `stop()`: once the loop thread has left its executors, joins it and
+/// The awaiting side of `stop()`: once the loop thread has left its executor, joins it and
 /// completes the stop task.
 struct Joiner {
     shared: Arc<Shared>,
