@@ -289,7 +289,10 @@ fn wait_for_room<T>(shared: &Shared<T>, deadline: Option<Instant>) -> bool {
     };
     shared.producer_waiting.store(false, Ordering::SeqCst);
     // A pool thread goes on to other work: nobody must unpark it for this stream any more.
-    *shared.producer.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    *shared
+        .producer
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
     room
 }
 

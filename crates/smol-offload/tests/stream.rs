@@ -204,3 +204,46 @@ fn a_panic_is_one_error_then_the_end() {
     assert_eq!(results.len(), 2);
     assert!(results[1].as_ref().unwrap_err().is_panic());
 }
+
+/// The state letter (`R`, `S`, ...) of this process's thread named `name`, if there is one.
+fn thread_state(name: &str) -> Option<char> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .find_map(|entry| {
+            let dir = entry.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // "pid (comm) S ...": the state follows the last ')'.
+            stat.rsplit_once(')')?.1.trim_start().chars().next()
+        })
+}
+
+#[test]
+fn a_dedicated_producer_sleeps_with_at_most_the_buffer_ahead() {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let counter = produced.clone();
+    let numbers = (0..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut numbers = stream_dedicated("bounded-prod", numbers, 4);
+    block_on(async {
+        for expected in 0..10u64 {
+            assert_eq!(numbers.next().await.unwrap().unwrap(), expected);
+        }
+    });
+    // The iterator never blocks: once its thread sleeps, it waits for room.
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while thread_state("bounded-prod") != Some('S') {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the producer never slept"
+        );
+        std::thread::yield_now();
+    }
+    let count = produced.load(Ordering::SeqCst);
+    assert!((10..=10 + 4 + 1).contains(&count), "produced {count}");
+    drop(numbers);
+}
