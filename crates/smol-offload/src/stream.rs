@@ -151,7 +151,10 @@ impl<T: Send + 'static> IterStream<T> {
         let buffer = buffer.max(1);
         IterStream {
             shared: Arc::new(Shared {
-                items: ConcurrentQueue::bounded(buffer),
+                // At least 2: a queue of one is `concurrent-queue`'s single-slot kind, whose
+                // push can fail while a pop of the only item is still in progress. The bound
+                // that counts is `buffer`, checked by the producer before each item.
+                items: ConcurrentQueue::bounded(buffer.max(2)),
                 buffer,
                 resume_at: buffer / 2,
                 consumer: AtomicWaker::new(),
@@ -215,6 +218,7 @@ fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, mut iter: BoxedIter<T>) {
     #[cfg(feature = "tracing")]
     let _entered = shared.span.enter();
     let _scope = crate::cancel::enter(shared.clone());
+    let _end_on_unwind = EndOnUnwind(shared);
     let dedicated = matches!(shared.runner, Runner::Dedicated(_));
     loop {
         if shared.closed.load(Ordering::Acquire) {
@@ -294,6 +298,24 @@ fn wait_for_room<T>(shared: &Shared<T>, deadline: Option<Instant>) -> bool {
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = None;
     room
+}
+
+/// Ends the stream if the producer unwinds (a bug here, not in the iterator, whose panics are
+/// caught), so that the consumer gets an error and the end instead of waiting forever.
+struct EndOnUnwind<'a, T>(&'a Shared<T>);
+
+impl<T> Drop for EndOnUnwind<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let message = "the stream's producer failed: this is a bug in smol-offload".to_owned();
+            let _ = self
+                .0
+                .items
+                .push(Err(Error::new(ErrorKind::Panic(message))));
+            self.0.ended.store(true, Ordering::Release);
+            self.0.consumer.wake();
+        }
+    }
 }
 
 /// Drops `value` on this thread, catching a panic in its destructor.
