@@ -7,8 +7,8 @@
 //! loop: for each message it starts a task on the same loop that runs the blocking handler on
 //! a `ThreadPool` of 3. When the producer is done it drops its sender, the channel closes, and
 //! the consumer waits for the handlers still running. (Submitting to a loop that runs in
-//! another thread, the article's `new_loop` + `run_coroutine_threadsafe`, is a later layer of
-//! smol-offload: a loop thread.)
+//! another thread, the article's `new_loop` + `run_coroutine_threadsafe`, is `LoopThread`: see
+//! the `loop_in_thread` example.)
 //!
 //! Article 003 is one of the Python asyncio articles summarised at the end of
 //! `docs/asyncio-migration.md`.

@@ -1,36 +1,41 @@
-//! Tail several growing files and merge their lines into one output file: article 000's
-//! `tail_async` + `run_in_executor(None, readline, handle)` + `confirm_merge`.
+//! Tail several growing files and merge their lines into one output file written by a thread
+//! with its own event loop: the first article's `WriteThread`, `tail_async` and
+//! `confirm_merge`, on `LoopThread`.
 //!
-//! Five writer threads append numbered random lines to five temporary files. On one event
-//! loop, one tailer task per file reads new lines with `smol_offload::spawn`, the default pool
-//! (Python's `run_in_executor(None, ...)`), sleeps `interval` when there is nothing new, and
-//! sends each line to a single merger task that writes the merged file, its writes offloaded
-//! too. At the end `confirm_merge` checks that every input line reached the output exactly once
-//! and in order per input.
+//! Five writer threads append numbered random lines to five temporary files. On the main event
+//! loop, one `tail_async` task per file reads new lines with `smol_offload::spawn`, the default
+//! pool (Python's `run_in_executor(None, readline, handle)`), and sleeps `interval` when there is
+//! nothing new. Every line goes to `WriteThread::write`, which runs the write on the writer's own
+//! loop thread (Python's `run_coroutine_threadsafe(real_write(data), loop)` + `wrap_future`), so
+//! the main loop never waits for the disk. The merged file is opened on that loop thread and
+//! never leaves it: `spawn_local` builds each write there, next to the `Rc` that owns the file.
+//! `WriteThread::start` and `stop` stand for `async with WriteThread(path) as output:`; `stop`
+//! closes the file on the loop thread, lets the loop drain and joins the thread. At the end
+//! `confirm_merge` checks that every input line reached the output exactly once and in order per
+//! input.
 //!
-//! Two changes from the article: the article moves the writes into `WriteThread`, a thread running its
-//! own event loop that other loops await (`run_coroutine_threadsafe`); that loop thread is a
-//! later layer of smol-offload, so here one merger task owns the output file and an
-//! `async_channel` carries the lines to it. And instead of closing the input handles after a
-//! fixed second (`close_all`), each writer says when it is done, and its tailer stops once it
-//! has read everything after that.
+//! One change from the article: instead of closing the input handles after a fixed second
+//! (`close_all`), each writer says when it is done, and its tailer stops once it has read
+//! everything after that.
 //!
 //! Article 000 is one of the Python asyncio articles summarised at the end of
 //! `docs/asyncio-migration.md`.
 //!
 //! Run with `cargo run --release --example tail_and_merge`.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use async_channel::{Receiver, Sender};
 use smol::{LocalExecutor, Timer};
+use smol_offload::LoopThread;
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 
@@ -122,11 +127,12 @@ fn readline(tail: &mut Tail) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// The article's `tail_async`: read lines until the writer is done and everything is read.
+/// The article's `tail_async`: read lines until the writer is done and everything is read,
+/// and hand each one to `output.write`.
 async fn tail_async(
     mut tail: Tail,
     writer_done: Arc<AtomicBool>,
-    merged: Sender<Vec<u8>>,
+    output: WriteThread,
 ) -> Result<usize> {
     let mut lines = 0;
     loop {
@@ -140,7 +146,7 @@ async fn tail_async(
         .await?;
         match line? {
             Some(line) => {
-                merged.send(line).await?;
+                output.write(line).await?;
                 lines += 1;
             }
             None if finished => return Ok(lines),
@@ -151,17 +157,118 @@ async fn tail_async(
     }
 }
 
-/// The one writer of the merged file (the article's `WriteThread.write`); its writes are
-/// offloaded so the loop never waits for the disk. Ends when every tailer has hung up.
-async fn merge(lines: Receiver<Vec<u8>>, mut output: File) -> Result<usize> {
-    let mut count = 0;
-    while let Ok(line) = lines.recv().await {
-        output = smol_offload::spawn(move || output.write_all(&line).map(|()| output)).await??;
-        count += 1;
+/// The name of the writer's loop thread.
+const WRITER_THREAD: &str = "WriteThread";
+
+/// The merged output and how many lines went into it.
+struct Merged {
+    file: BufWriter<File>,
+    lines: usize,
+}
+
+thread_local! {
+    /// The merged output, the article's `self.output`: opened on the writer's loop thread and
+    /// only ever touched there. The `Rc` makes every future that holds it `!Send`, so such a
+    /// future can only be built on that thread, with `spawn_local`.
+    static OUTPUT: RefCell<Option<Rc<RefCell<Merged>>>> = const { RefCell::new(None) };
+}
+
+/// The article's `WriteThread`: a thread running its own loop that owns the merged file.
+/// Clones are handles to the same thread.
+#[derive(Clone)]
+struct WriteThread {
+    thread: LoopThread,
+}
+
+impl WriteThread {
+    /// `__aenter__`: start the thread (through the default pool, as the article starts it in
+    /// the executor) and open the output on it.
+    async fn start(output_path: PathBuf) -> Result<WriteThread> {
+        let thread = smol_offload::spawn(|| LoopThread::new(WRITER_THREAD)).await??;
+        thread
+            .call(move || {
+                let file = BufWriter::new(File::create(output_path)?);
+                let merged = Rc::new(RefCell::new(Merged { file, lines: 0 }));
+                OUTPUT.with(|slot| *slot.borrow_mut() = Some(merged));
+                io::Result::Ok(())
+            })
+            .await??;
+        Ok(WriteThread { thread })
     }
-    output = smol_offload::spawn(move || output.sync_all().map(|()| output)).await??;
-    drop(output);
-    Ok(count)
+
+    /// `write`: run `real_write` on the writer's loop and await it from this one
+    /// (`run_coroutine_threadsafe` + `wrap_future`).
+    async fn write(&self, data: Vec<u8>) -> Result<()> {
+        self.thread.spawn_local(move || real_write(data)).await??;
+        Ok(())
+    }
+
+    /// `__aexit__`: close the output on its thread, then stop the loop (it refuses new work,
+    /// finishes what was sent, and its thread is joined). Returns the number of lines written.
+    async fn stop(self) -> Result<usize> {
+        let lines = self
+            .thread
+            .call(|| {
+                let merged = OUTPUT.with(|slot| slot.borrow_mut().take());
+                let merged = merged.expect("the output is open until stop");
+                let merged = Rc::into_inner(merged).expect("no write is in flight at stop");
+                let Merged { file, lines } = merged.into_inner();
+                file.into_inner()
+                    .map_err(io::IntoInnerError::into_error)?
+                    .sync_all()?;
+                io::Result::Ok(lines)
+            })
+            .await??;
+        self.thread.stop().await?;
+        Ok(lines)
+    }
+}
+
+/// `real_write`, built on the writer's loop thread: it holds the `Rc` of the output across an
+/// await, so it is not `Send`.
+async fn real_write(data: Vec<u8>) -> io::Result<()> {
+    assert_eq!(std::thread::current().name(), Some(WRITER_THREAD));
+    let merged = OUTPUT
+        .with(|slot| slot.borrow().clone())
+        .expect("the output is open until stop");
+    smol::future::yield_now().await; // other writes may run meanwhile, on this same thread
+    let mut merged = merged.borrow_mut();
+    merged.file.write_all(&data)?;
+    merged.lines += 1;
+    Ok(())
+}
+
+/// The article's `run_fully_async`: `async with WriteThread(output_path) as output:`, one
+/// `tail_async` task per input on this loop, then `gather`. Returns the lines written.
+async fn run_fully_async(
+    tails: Vec<(Tail, Arc<AtomicBool>)>,
+    output_path: PathBuf,
+    started: Instant,
+) -> Result<usize> {
+    let output = WriteThread::start(output_path).await?;
+    let executor = LocalExecutor::new();
+    let tasks: Vec<_> = tails
+        .into_iter()
+        .map(|(tail, done)| executor.spawn(tail_async(tail, done, output.clone())))
+        .collect();
+    executor
+        .run(async {
+            for (i, task) in tasks.into_iter().enumerate() {
+                let lines = task.await?;
+                println!(
+                    "[{:>6.1?}] tailer {i} read {lines} lines",
+                    started.elapsed()
+                );
+            }
+            Ok::<_, Box<dyn std::error::Error>>(())
+        })
+        .await?;
+    let written = output.stop().await?;
+    println!(
+        "[{:>6.1?}] {WRITER_THREAD} wrote {written} lines and stopped",
+        started.elapsed()
+    );
+    Ok(written)
 }
 
 /// The article's `confirm_merge`: every input line is in the output, once, in input order.
@@ -203,34 +310,18 @@ fn main() -> Result<()> {
         directory.0.display()
     );
 
-    let executor = LocalExecutor::new();
-    let (send, receive) = async_channel::bounded(16);
-    let merger = executor.spawn(merge(receive, File::create(&output_path)?));
-    let tailers: Vec<_> = inputs
+    let tails = inputs
         .iter()
         .map(|input| {
             let tail = Tail {
                 reader: BufReader::new(File::open(&input.path)?),
                 partial: Vec::new(),
             };
-            Ok(executor.spawn(tail_async(tail, input.done.clone(), send.clone())))
+            Ok((tail, input.done.clone()))
         })
         .collect::<io::Result<_>>()?;
-    drop(send); // the merger ends when the last tailer drops its sender
-
-    smol::block_on(executor.run(async {
-        for (i, tailer) in tailers.into_iter().enumerate() {
-            let lines = tailer.await?;
-            println!(
-                "[{:>6.1?}] tailer {i} read {lines} lines",
-                started.elapsed()
-            );
-        }
-        let merged = merger.await?;
-        println!("[{:>6.1?}] merger wrote {merged} lines", started.elapsed());
-        assert_eq!(merged, FILES * LINES_PER_FILE);
-        Ok::<_, Box<dyn std::error::Error>>(())
-    }))?;
+    let written = smol::block_on(run_fully_async(tails, output_path.clone(), started))?;
+    assert_eq!(written, FILES * LINES_PER_FILE);
 
     let mut input_paths = Vec::new();
     for input in inputs {

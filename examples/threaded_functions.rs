@@ -6,10 +6,11 @@
 //! It runs two 100 ms `blocking_function()` calls in parallel with `gather` (about 100 ms,
 //! not 200), then the audit-log example: five `write_user()` calls append a 4-byte big-endian
 //! record each, and `read_log()` reads them back. aiomisc's `read_log` is a threaded generator
-//! consumed with `async for`; a blocking iterator as an async stream is a later layer of
-//! smol-offload, so here it reads the whole log in one offloaded call. Likewise
-//! `@threaded_separate` (a dedicated thread for a long job with a stop event) is a later layer;
-//! the end of the example shows the plain `std::thread` + `async_channel` version of it.
+//! consumed with `async for`; here it reads the whole log in one offloaded call, and the
+//! `threaded_iterable` example streams a generator instead (`smol_offload::stream`). The end
+//! of this example shows `@threaded_separate` the plain way, with `std::thread` and
+//! `async_channel`; the `threaded_separate` example does it with `spawn_dedicated` and
+//! `cancelled()`.
 //!
 //! Article 004 is one of the Python asyncio articles summarised at the end of
 //! `docs/asyncio-migration.md`.

@@ -48,6 +48,10 @@ pub(crate) enum ErrorKind {
         source: Option<postcard::Error>,
     },
     Config(String),
+    /// A loop thread refused work because it is stopping; the message names it.
+    Stopped(String),
+    /// A blocking call that would have waited for itself; the message says which.
+    Deadlock(String),
 }
 
 /// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
@@ -184,9 +188,13 @@ impl Error {
 
     /// True when the pool shut down before the task could finish: its last handle was dropped
     /// with the task still queued, or its worker processes could not be kept alive (the
-    /// message then says why).
+    /// message then says why). Also true for work submitted to a
+    /// [`LoopThread`](crate::LoopThread) that is stopping.
     pub fn is_shutdown(&self) -> bool {
-        matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
+        matches!(
+            self.kind,
+            ErrorKind::Shutdown | ErrorKind::Broken(_) | ErrorKind::Stopped(_)
+        )
     }
 
     /// True when the task did not run because the pool's
@@ -195,6 +203,13 @@ impl Error {
     /// panic.
     pub fn is_initializer_failure(&self) -> bool {
         matches!(self.kind, ErrorKind::InitializerFailed(_))
+    }
+
+    /// True when a blocking call was refused because it would have waited for itself forever,
+    /// such as [`LoopThread::block_on`](crate::LoopThread::block_on) called on that loop's own
+    /// thread. The message says which call and what to do instead.
+    pub fn is_deadlock(&self) -> bool {
+        matches!(self.kind, ErrorKind::Deadlock(_))
     }
 
     /// True when the argument or the result of a process task could not be serialized or
@@ -233,6 +248,7 @@ impl fmt::Display for Error {
             ),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
+            ErrorKind::Stopped(message) | ErrorKind::Deadlock(message) => f.write_str(message),
         }
     }
 }

@@ -55,6 +55,36 @@
 //! # }).unwrap();
 //! ```
 //!
+//! [`LoopThread`] is an event loop running in a thread of its own, that any thread or loop hands
+//! futures and closures to (`asyncio.run_coroutine_threadsafe`, `call_soon_threadsafe`), and
+//! that blocking code waits on with [`LoopThread::block_on`] (aiomisc's `sync_wait_coroutine`):
+//!
+//! ```
+//! # smol::block_on(async {
+//! let writer = smol_offload::LoopThread::new("writer")?;
+//! let on = writer.spawn(async { std::thread::current().name().map(str::to_owned) }).await?;
+//! assert_eq!(on.as_deref(), Some("writer"));
+//! writer.stop().await?; // runs what was submitted, then joins the thread
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! A blocking iterator becomes an async stream with a bounded buffer ([`ThreadPool::stream`],
+//! [`stream`], [`stream_dedicated`]), and a long job gets a thread of its own
+//! ([`spawn_dedicated`]):
+//!
+//! ```
+//! use futures_lite::StreamExt;
+//!
+//! # smol::block_on(async {
+//! let lines = smol_offload::stream(["a", "b", "c"].map(str::to_owned), 2);
+//! assert_eq!(lines.map(Result::unwrap).collect::<Vec<_>>().await, ["a", "b", "c"]);
+//! let long = smol_offload::spawn_dedicated("long-job", || 2 + 2);
+//! assert_eq!(long.await?, 4);
+//! # Ok::<(), smol_offload::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # Panics and cancellation
 //!
 //! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
@@ -63,6 +93,10 @@
 //! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
+//!
+//! Thread work that has started can still stop early on its own: [`cancelled()`] is true inside
+//! it once nobody waits for its result (its task was dropped, cancelled or timed out, or its
+//! stream was dropped).
 //!
 //! # Processes and fork safety
 //!
@@ -123,6 +157,7 @@
 //! }))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
 //! # Platforms
 //!
 //! Linux only: the pools use `fork`, `eventfd`, `prctl(PR_SET_PDEATHSIG)` and
@@ -130,7 +165,12 @@
 //!
 //! # Feature flags
 //!
-//! None yet: everything is on by default.
+//! - `tracing` (off by default): the [`tracing`](https://docs.rs/tracing) span current where work
+//!   is submitted to a thread ([`ThreadPool::spawn`], [`Executor::run`], [`spawn`],
+//!   [`spawn_dedicated`], the streams, [`LoopThread::spawn`], `spawn_local`, `call` and
+//!   `block_on`) is entered around the work on its thread, so what the work logs has the
+//!   submitter's span as parent. Process workers do not receive it. Debug mode's reports also
+//!   go out as `WARN` events on the target `smol_offload::debug`.
 
 #![deny(unsafe_code)]
 
@@ -141,26 +181,34 @@ compile_error!(
      and /proc; build on Linux (or in a Linux container or VM)"
 );
 
+mod cancel;
+mod dedicated;
 mod default_pool;
 mod error;
 mod executor;
 mod init_for_tests;
 mod job_queue;
+mod loop_thread;
 mod process_pool;
 mod stats;
+mod stream;
 mod sys;
 mod task;
 mod task_error;
 mod thread_pool;
 mod wait;
 
+pub use crate::cancel::cancelled;
+pub use crate::dedicated::spawn_dedicated;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::process_pool::room::Ready;
+pub use crate::loop_thread::LoopThread;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;
+pub use crate::stream::{IterStream, stream, stream_dedicated};
 pub use crate::task::{Task, Timeout};
 pub use crate::task_error::TaskError;
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};

@@ -33,6 +33,9 @@ const DONE: u8 = 4;
 /// Set on a started, unfinished task whose awaiting side gave up on it: its runner should stop
 /// the work (a process pool kills the worker).
 const ABANDONED: u8 = 8;
+/// Set by [`Task::cancel`] on work that has already started: it runs on, but
+/// [`cancelled()`](crate::cancelled) tells it that nobody waits for it any more.
+const CANCEL_REQUESTED: u8 = 16;
 
 struct Shared<T> {
     state: AtomicU8,
@@ -62,6 +65,12 @@ pub(crate) trait Progress: Send + Sync {
 impl<T: Send> Progress for Shared<T> {
     fn is_started_or_cancelled(&self) -> bool {
         self.state.load(Ordering::Acquire) & (STARTED | CANCELLED | DONE) != 0
+    }
+}
+
+impl<T: Send> crate::cancel::CancelSource for Shared<T> {
+    fn is_cancelled(&self) -> bool {
+        self.state.load(Ordering::Acquire) & (CANCELLED | CANCEL_REQUESTED | ABANDONED) != 0
     }
 }
 
@@ -136,6 +145,15 @@ impl<T> Promise<T> {
         self.shared
             .as_ref()
             .is_some_and(|shared| shared.state.load(Ordering::Acquire) & ABANDONED != 0)
+    }
+
+    /// What the running work sees through [`cancelled()`](crate::cancelled): true once the task
+    /// was dropped, timed out or cancelled.
+    pub(crate) fn cancel_source(&self) -> Arc<dyn crate::cancel::CancelSource>
+    where
+        T: Send + 'static,
+    {
+        self.shared.clone().expect("promise used after completion")
     }
 
     /// Delivers the result and wakes the awaiting task.
@@ -327,7 +345,9 @@ impl<T> Task<T> {
     /// [`is_cancelled`](Error::is_cancelled) is true. If it has started in a
     /// [`ProcessPool`](crate::ProcessPool), its worker is killed (the pool forks a replacement)
     /// and this resolves at once to the same error. A thread cannot be stopped: if a thread
-    /// task has started, this waits for it to end and gives its result.
+    /// task has started, this waits for it to end and gives its result. The running closure
+    /// can see the request, though: [`cancelled()`](crate::cancelled) is true for it from then
+    /// on, so a long loop that checks it can stop early.
     ///
     /// # Examples
     ///
@@ -360,6 +380,7 @@ impl<T> Task<T> {
                     Err(actual) => state = actual,
                 }
             }
+            shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
         }
         if self.abandon_started(false) {
             self.shared = None;
@@ -646,6 +667,37 @@ mod tests {
         task.detach();
         assert!(!promise.is_abandoned(), "a detached task runs on");
         assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn cancel_source_sees_drop_and_cancel_of_a_started_task() {
+        let (promise, task) = pair::<u8>();
+        let source = promise.cancel_source();
+        assert!(promise.start());
+        assert!(!source.is_cancelled());
+        drop(task);
+        assert!(source.is_cancelled());
+
+        let (promise, task) = pair::<u8>();
+        let source = promise.cancel_source();
+        assert!(promise.start());
+        let cancelling = std::thread::spawn(move || futures_lite::future::block_on(task.cancel()));
+        while !source.is_cancelled() {
+            std::thread::yield_now();
+        }
+        promise.complete(Ok(5));
+        assert_eq!(
+            cancelling.join().unwrap().unwrap(),
+            5,
+            "the result still comes back"
+        );
+    }
+
+    #[test]
+    fn a_detached_task_is_not_cancelled() {
+        let (promise, task) = pair::<u8>();
+        task.detach();
+        assert!(!promise.cancel_source().is_cancelled());
     }
 
     #[test]

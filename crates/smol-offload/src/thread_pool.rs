@@ -99,6 +99,12 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        #[cfg(feature = "tracing")]
+        let f = {
+            // What the closure logs has the submitter's span as parent.
+            let span = tracing::Span::current();
+            move || span.in_scope(f)
+        };
         let (promise, task) = task::pair();
         if crate::debug::is_enabled() {
             self.watch_queued(&task, Location::caller());
@@ -133,6 +139,7 @@ impl ThreadPool {
 fn run_job<F, T>(counters: &Counters, promise: Promise<T>, f: F)
 where
     F: FnOnce() -> T,
+    T: Send + 'static,
 {
     counters.picked();
     if !promise.start() {
@@ -141,7 +148,10 @@ where
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
         return;
     }
-    let result = panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic);
+    let result = {
+        let _scope = crate::cancel::enter(promise.cancel_source());
+        panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic)
+    };
     counters.completed();
     // If the task was dropped meanwhile, completing drops the value here, and its destructor may
     // panic too.

@@ -1,0 +1,282 @@
+//! Loop thread and stream benchmark. A `LoopThread::spawn` round trip awaited from another
+//! loop, against the plain-smol way (an `Arc<smol::Executor>` run by a thread, `ex.spawn(fut)`,
+//! awaiting its `smol::Task`) and against tokio's `Handle::spawn` from outside its runtime; and
+//! the throughput of `ThreadPool::stream` (and `stream_dedicated`) over small items with
+//! `buffer = 64`, against `blocking::Unblock` over the same iterator.
+//!
+//! Run with `cargo bench -p smol-offload --bench loop_thread`; add `-- --quick` (or set
+//! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test with small counts. The contenders take turns
+//! in every round, and each figure is the median over rounds of the per-round figure.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{machine, median, quick_mode};
+use futures_lite::StreamExt;
+
+/// The buffer of every stream contender.
+const BUFFER: usize = 64;
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    quick: bool,
+    rounds: usize,
+    warmup: usize,
+    round_trips: usize,
+    items: u64,
+}
+
+impl Config {
+    fn from_env() -> Config {
+        if quick_mode() {
+            Config {
+                quick: true,
+                rounds: 2,
+                warmup: 200,
+                round_trips: 2_000,
+                items: 100_000,
+            }
+        } else {
+            Config {
+                quick: false,
+                rounds: 7,
+                warmup: 2_000,
+                round_trips: 20_000,
+                items: 1_000_000,
+            }
+        }
+    }
+}
+
+/// One way to run a trivial future on another thread's loop and await it from this loop.
+trait RoundTrip {
+    fn name(&self) -> &'static str;
+    /// Awaits one round trip carrying `i` there and back.
+    fn round_trip(&self, i: u64) -> u64;
+}
+
+struct Ours(smol_offload::LoopThread);
+
+impl RoundTrip for Ours {
+    fn name(&self) -> &'static str {
+        "LoopThread::spawn"
+    }
+    fn round_trip(&self, i: u64) -> u64 {
+        smol::block_on(self.0.spawn(async move { black_box(i) })).expect("our task")
+    }
+}
+
+/// An `Arc<smol::Executor>` run by a thread until its stop channel closes.
+struct PlainSmol {
+    executor: Arc<smol::Executor<'static>>,
+    _stop: async_channel::Sender<()>,
+}
+
+impl PlainSmol {
+    fn start() -> PlainSmol {
+        let executor = Arc::new(smol::Executor::new());
+        let (stop, stopped) = async_channel::bounded::<()>(1);
+        let running = executor.clone();
+        std::thread::Builder::new()
+            .name("plain-smol".into())
+            .spawn(move || smol::block_on(running.run(stopped.recv())))
+            .expect("start the plain smol thread");
+        PlainSmol {
+            executor,
+            _stop: stop,
+        }
+    }
+}
+
+impl RoundTrip for PlainSmol {
+    fn name(&self) -> &'static str {
+        "smol Executor::spawn"
+    }
+    fn round_trip(&self, i: u64) -> u64 {
+        smol::block_on(self.executor.spawn(async move { black_box(i) }))
+    }
+}
+
+/// A tokio runtime with one worker thread, spawned to with `Handle::spawn` from outside it.
+struct Tokio(tokio::runtime::Runtime);
+
+impl RoundTrip for Tokio {
+    fn name(&self) -> &'static str {
+        "tokio Handle::spawn"
+    }
+    fn round_trip(&self, i: u64) -> u64 {
+        let handle = self.0.handle();
+        smol::block_on(handle.spawn(async move { black_box(i) })).expect("tokio task")
+    }
+}
+
+/// The median round trip of `contender` in nanoseconds, over `n` after `warmup`.
+fn round_trips(contender: &dyn RoundTrip, warmup: usize, n: usize) -> f64 {
+    for i in 0..warmup {
+        assert_eq!(contender.round_trip(i as u64), i as u64);
+    }
+    let times: Vec<f64> = (0..n)
+        .map(|i| {
+            let start = Instant::now();
+            let back = contender.round_trip(i as u64);
+            let elapsed = start.elapsed();
+            assert_eq!(back, i as u64);
+            elapsed.as_nanos() as f64
+        })
+        .collect();
+    median(&times)
+}
+
+/// One way to consume a blocking iterator of `n` small items as a stream.
+#[derive(Clone, Copy, Debug)]
+enum StreamKind {
+    Pool,
+    Dedicated,
+    Unblock,
+}
+
+impl StreamKind {
+    fn name(self) -> &'static str {
+        match self {
+            StreamKind::Pool => "ThreadPool::stream",
+            StreamKind::Dedicated => "stream_dedicated",
+            StreamKind::Unblock => "blocking::Unblock",
+        }
+    }
+
+    /// Streams `0..n` and checks the sum; returns the time it took.
+    fn run(self, pool: &smol_offload::ThreadPool, n: u64) -> Duration {
+        let items = (0..n).map(black_box);
+        let start = Instant::now();
+        let sum = smol::block_on(async {
+            match self {
+                StreamKind::Pool => {
+                    let mut stream = pool.stream(items, BUFFER);
+                    let mut sum = 0;
+                    while let Some(item) = stream.next().await {
+                        sum += item.expect("item");
+                    }
+                    sum
+                }
+                StreamKind::Dedicated => {
+                    let mut stream = smol_offload::stream_dedicated("bench-stream", items, BUFFER);
+                    let mut sum = 0;
+                    while let Some(item) = stream.next().await {
+                        sum += item.expect("item");
+                    }
+                    sum
+                }
+                StreamKind::Unblock => {
+                    let mut stream = blocking::Unblock::with_capacity(BUFFER, items);
+                    let mut sum = 0;
+                    while let Some(item) = stream.next().await {
+                        sum += item;
+                    }
+                    sum
+                }
+            }
+        });
+        let elapsed = start.elapsed();
+        assert_eq!(sum, n * (n - 1) / 2);
+        elapsed
+    }
+}
+
+fn main() {
+    let config = Config::from_env();
+    println!(
+        "smol-offload loop thread and stream benchmark{}",
+        if config.quick { " (quick mode)" } else { "" }
+    );
+    println!("machine: {}", machine());
+    println!(
+        "{} rounds, contenders interleaved (rotated order) in each; figures are medians over rounds",
+        config.rounds
+    );
+    println!(
+        "round trip: a trivial future sent to another thread's loop and awaited from smol::block_on, \
+         {} per round after {} warm-up, per-round median",
+        config.round_trips, config.warmup
+    );
+    println!(
+        "stream: {} u64 items with buffer = {BUFFER}, consumed by smol::block_on",
+        config.items
+    );
+    println!();
+
+    let round_trippers: Vec<Box<dyn RoundTrip>> = vec![
+        Box::new(Ours(
+            smol_offload::LoopThread::new("bench-loop").expect("start the loop thread"),
+        )),
+        Box::new(PlainSmol::start()),
+        Box::new(Tokio(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .expect("start the tokio runtime"),
+        )),
+    ];
+    let pool = smol_offload::ThreadPool::new(1).expect("start the pool");
+    let kinds = [StreamKind::Pool, StreamKind::Dedicated, StreamKind::Unblock];
+
+    let mut trips = vec![Vec::new(); round_trippers.len()];
+    let mut rates = vec![Vec::new(); kinds.len()];
+    for round in 0..config.rounds {
+        for k in 0..round_trippers.len() {
+            let index = (round + k) % round_trippers.len();
+            let contender = round_trippers[index].as_ref();
+            let ns = round_trips(contender, config.warmup, config.round_trips);
+            println!(
+                "round {}  {:<22} round trip {:>8.2} us",
+                round + 1,
+                contender.name(),
+                ns / 1000.0
+            );
+            trips[index].push(ns);
+        }
+        for k in 0..kinds.len() {
+            let index = (round + k) % kinds.len();
+            let elapsed = kinds[index].run(&pool, config.items);
+            let rate = config.items as f64 / elapsed.as_secs_f64();
+            println!(
+                "round {}  {:<22} {:>8.2} M items/s",
+                round + 1,
+                kinds[index].name(),
+                rate / 1e6
+            );
+            rates[index].push(rate);
+        }
+    }
+
+    println!();
+    println!("| round trip from another loop | median (us) | ours / it |");
+    println!("| --- | ---: | ---: |");
+    let ours = median(&trips[0]);
+    for (contender, times) in round_trippers.iter().zip(&trips) {
+        let m = median(times);
+        println!(
+            "| {} | {:.2} | {:.2}x |",
+            contender.name(),
+            m / 1000.0,
+            ours / m
+        );
+    }
+    println!();
+    println!(
+        "| stream of {} items, buffer {BUFFER} | M items/s | ours / it |",
+        config.items
+    );
+    println!("| --- | ---: | ---: |");
+    let ours = median(&rates[0]);
+    for (kind, rate) in kinds.iter().zip(&rates) {
+        let m = median(rate);
+        println!("| {} | {:.2} | {:.2}x |", kind.name(), m / 1e6, ours / m);
+    }
+    println!();
+    println!(
+        "ours / it: for round trips, below 1 means ours is faster; for streams, above 1 means ours is faster"
+    );
+}

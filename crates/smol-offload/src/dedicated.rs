@@ -1,0 +1,87 @@
+//! [`spawn_dedicated`]: one long job on a thread of its own, outside every pool.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use crate::error::{Error, ErrorKind};
+use crate::task::{self, Promise, Task};
+
+/// Runs `f` on a new thread named `name`, outside every pool, and returns the task to await its
+/// value: aiomisc's `@threaded_separate`.
+///
+/// A pool has a fixed number of threads, so a job that runs for minutes (a watcher, a long
+/// import) would hold one of them all that time. `spawn_dedicated` starts a thread for that one
+/// job instead; the thread ends with the job. The [`Task`] behaves as for a pool: a panic comes
+/// back as an [`Error`] whose [`is_panic`](Error::is_panic) is true, dropping the task before
+/// the thread calls `f` means `f` never runs, and once `f` runs it runs to its end. It can stop
+/// early by checking [`cancelled()`](crate::cancelled), which becomes true when the task is
+/// dropped, cancelled or timed out: the stop event of aiomisc's example, without passing one
+/// around.
+///
+/// # Examples
+///
+/// ```
+/// # smol::block_on(async {
+/// let name = smol_offload::spawn_dedicated("importer", || {
+///     std::thread::current().name().map(str::to_owned)
+/// });
+/// assert_eq!(name.await?.as_deref(), Some("importer"));
+/// # Ok::<(), smol_offload::Error>(())
+/// # }).unwrap();
+/// ```
+///
+/// # Errors
+///
+/// The task resolves to an error when `f` panics, or when the operating system refused to
+/// start the thread (the error says why).
+pub fn spawn_dedicated<F, T>(name: impl Into<String>, f: F) -> Task<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let name = name.into();
+    let (promise, task) = task::pair();
+    #[cfg(feature = "tracing")]
+    let span = tracing::Span::current();
+    let body = move || {
+        #[cfg(feature = "tracing")]
+        let _entered = span.enter();
+        run(promise, f);
+    };
+    // `std` panics on a name with a NUL byte instead of returning an error.
+    let started = if name.contains('\0') {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a thread name cannot contain a NUL byte",
+        ))
+    } else {
+        std::thread::Builder::new().name(name.clone()).spawn(body)
+    };
+    match started {
+        Ok(_detached) => task,
+        Err(err) => {
+            // The closure, and the promise in it, are gone: `task` holds a shutdown error.
+            drop(task);
+            Task::ready(Err(Error::new(ErrorKind::Config(format!(
+                "could not start the dedicated thread {name:?}: {err}"
+            )))))
+        }
+    }
+}
+
+/// Runs `f` for `promise` unless its task was dropped first, with [`cancelled()`](crate::cancelled)
+/// answering for it, and never lets a panic escape.
+fn run<F, T>(promise: Promise<T>, f: F)
+where
+    F: FnOnce() -> T,
+    T: Send + 'static,
+{
+    if !promise.start() {
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
+        return;
+    }
+    let result = {
+        let _scope = crate::cancel::enter(promise.cancel_source());
+        panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic)
+    };
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
+}

@@ -1,0 +1,530 @@
+//! [`LoopThread`]: a named thread running its own smol executor, that any thread or event loop
+//! can hand futures and closures to.
+//!
+//! The thread runs an [`async_executor::Executor`], the one `smol` re-exports. A future that
+//! [`LoopThread::spawn_local`] builds on the thread is an `async_task` task of its own whose
+//! every poll is scheduled as a small task on that executor, so it never leaves the thread and
+//! the loop needs no second executor. Every submission is counted while it is in flight; `stop()` (or the last
+//! handle's drop) sets a *stopping* bit in the same word, after which submissions are refused,
+//! and the thread leaves its executor once the count is back to zero.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Poll, Waker};
+use std::thread::{JoinHandle, ThreadId};
+
+use async_executor::Executor;
+use atomic_waker::AtomicWaker;
+use futures_lite::FutureExt;
+
+use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
+use crate::task::{self, Assist, Promise, Task};
+
+/// Set in [`Shared::state`] once the loop takes no new work; the other bits count the
+/// submissions still in flight.
+const STOPPING: usize = 1 << (usize::BITS - 1);
+
+/// A named thread running its own smol executor until stopped: Python's event loop running
+/// forever in a `Thread`, with `asyncio.run_coroutine_threadsafe` ([`spawn`](LoopThread::spawn)),
+/// `loop.call_soon_threadsafe` ([`call`](LoopThread::call)) and aiomisc's
+/// `sync_wait_coroutine` ([`block_on`](LoopThread::block_on)).
+///
+/// A loop thread owns what must stay on one thread or must not block the caller's loop: a file
+/// that many tasks append to, a `!Send` client, a connection with its own protocol state. Any
+/// thread and any event loop submits to it; every submission returns the crate's [`Task`], which
+/// can be awaited on any executor, gives `Err` with [`is_panic`](Error::is_panic) when the
+/// future panics, and cancels the future when dropped before the future first runs (once it
+/// runs, it runs to its end, as on the pools).
+///
+/// `LoopThread` is a cheap handle: clones talk to the same thread. [`stop`](LoopThread::stop)
+/// refuses new work, lets everything already submitted finish, and resolves once the thread has
+/// been joined. Dropping the last handle does the same in the background. Rust has no async
+/// drop, so Python's `async with WriteThread() as writer:` becomes
+/// `let writer = LoopThread::new("writer")?;` ... `writer.stop().await?`.
+///
+/// # Examples
+///
+/// ```
+/// use std::rc::Rc;
+/// use smol_offload::LoopThread;
+///
+/// # smol::block_on(async {
+/// let worker = LoopThread::new("io-loop")?;
+/// // A future from any thread or loop, run on the loop thread:
+/// let name = worker.spawn(async { std::thread::current().name().map(str::to_owned) });
+/// assert_eq!(name.await?.as_deref(), Some("io-loop"));
+/// // A plain closure:
+/// assert_eq!(worker.call(|| 6 * 7).await?, 42);
+/// // A future built on the loop thread, which may hold `!Send` state:
+/// let count = worker.spawn_local(|| async {
+///     let shared = Rc::new(3);
+///     *shared + 1
+/// });
+/// assert_eq!(count.await?, 4);
+/// worker.stop().await?;
+/// assert!(worker.call(|| ()).await.unwrap_err().is_shutdown());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct LoopThread {
+    handle: Arc<Handle>,
+}
+
+/// Shared by all clones of one `LoopThread`: the last one dropped starts the stop.
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.begin_stop();
+    }
+}
+
+/// What the handles and the loop thread share.
+struct Shared {
+    name: String,
+    executor: Executor<'static>,
+    /// Submissions in flight, plus [`STOPPING`].
+    state: AtomicUsize,
+    /// The loop thread's wake-up for "stopping, and nothing left in flight".
+    drained: AtomicWaker,
+    /// The loop thread, known once it has been started.
+    thread: OnceLock<ThreadId>,
+    join: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the loop thread when it has left its executor, just before it returns.
+    finished: AtomicBool,
+    /// The `stop()` tasks waiting for `finished`.
+    stop_wakers: Mutex<Vec<Waker>>,
+}
+
+impl Shared {
+    /// Counts one more submission in flight, unless the loop is stopping.
+    fn admit(self: &Arc<Self>) -> Result<Admission, Error> {
+        let previous = self.state.fetch_add(1, Ordering::SeqCst);
+        let admission = Admission {
+            shared: self.clone(),
+        };
+        if previous & STOPPING != 0 {
+            drop(admission);
+            return Err(Error::new(ErrorKind::Stopped(format!(
+                "the loop thread {:?} is stopping and takes no new work",
+                self.name
+            ))));
+        }
+        Ok(admission)
+    }
+
+    fn begin_stop(&self) {
+        self.state.fetch_or(STOPPING, Ordering::SeqCst);
+        self.drained.wake();
+    }
+
+    fn is_drained(&self) -> bool {
+        self.state.load(Ordering::SeqCst) == STOPPING
+    }
+
+    fn on_loop_thread(&self) -> bool {
+        self.thread.get() == Some(&std::thread::current().id())
+    }
+
+    /// The loop thread's body: run the executor until stopped and drained.
+    fn run(&self) {
+        let drained = futures_lite::future::poll_fn(|cx| {
+            self.drained.register(cx.waker());
+            if self.is_drained() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        async_io::block_on(self.executor.run(drained));
+        self.finished.store(true, Ordering::SeqCst);
+        let wakers = std::mem::take(
+            &mut *self
+                .stop_wakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+/// One submission in flight; dropping it (the future finished, or was dropped) counts it out.
+struct Admission {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.shared.state.fetch_sub(1, Ordering::SeqCst) == STOPPING | 1 {
+            self.shared.drained.wake();
+        }
+    }
+}
+
+impl LoopThread {
+    /// Starts a thread named `name` that runs its own executor until stopped.
+    ///
+    /// # Errors
+    ///
+    /// `name` contains a NUL byte, or the operating system refused to start the thread.
+    pub fn new(name: impl Into<String>) -> Result<LoopThread, BuildError> {
+        let name = name.into();
+        if name.contains('\0') {
+            // `std` would panic on it instead of returning an error.
+            return Err(BuildError::new(BuildErrorKind::Io {
+                doing: "start the loop thread",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a thread name cannot contain a NUL byte",
+                ),
+            }));
+        }
+        let shared = Arc::new(Shared {
+            name: name.clone(),
+            executor: Executor::new(),
+            state: AtomicUsize::new(0),
+            drained: AtomicWaker::new(),
+            thread: OnceLock::new(),
+            join: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            stop_wakers: Mutex::new(Vec::new()),
+        });
+        let on_thread = shared.clone();
+        let join = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || on_thread.run())
+            .map_err(|source| {
+                BuildError::new(BuildErrorKind::Io {
+                    doing: "start the loop thread",
+                    source,
+                })
+            })?;
+        let _ = shared.thread.set(join.thread().id());
+        *shared.join.lock().unwrap_or_else(PoisonError::into_inner) = Some(join);
+        Ok(LoopThread {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.handle.shared
+    }
+
+    /// The name of the loop's thread.
+    pub fn name(&self) -> &str {
+        &self.shared().name
+    }
+
+    /// True when called on this loop's own thread (from a future or closure it runs).
+    pub fn is_current(&self) -> bool {
+        self.shared().on_loop_thread()
+    }
+
+    /// Runs `future` on the loop thread and returns the task to await its output: Python's
+    /// `asyncio.run_coroutine_threadsafe(coro, loop)`, callable from any thread or loop.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let other = smol_offload::LoopThread::new("other")?;
+    /// let doubled = other.spawn(async { 21 * 2 });
+    /// assert_eq!(doubled.await?, 42);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The task resolves to an error with [`is_shutdown`](Error::is_shutdown) when the loop is
+    /// stopping, and with [`is_panic`](Error::is_panic) when the future panics.
+    pub fn spawn<F>(&self, future: F) -> Task<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let admission = match self.shared().admit() {
+            Ok(admission) => admission,
+            Err(err) => return Task::ready(Err(err)),
+        };
+        #[cfg(feature = "tracing")]
+        let future = tracing::Instrument::instrument(future, tracing::Span::current());
+        let (promise, task) = task::pair();
+        self.shared()
+            .executor
+            .spawn(run_future(admission, promise, future))
+            .detach();
+        task
+    }
+
+    /// Builds a future on the loop thread with `make` and runs it there; the future need not be
+    /// `Send`, so it can own `!Send` state such as an `Rc` or a writer that must stay on one
+    /// thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    ///
+    /// # smol::block_on(async {
+    /// let owner = smol_offload::LoopThread::new("owner")?;
+    /// let total = owner.spawn_local(|| async {
+    ///     let lines = Rc::new(RefCell::new(Vec::new()));
+    ///     for n in 0..3 {
+    ///         lines.borrow_mut().push(n);
+    ///         smol::future::yield_now().await; // `lines` lives across awaits
+    ///     }
+    ///     let total: i32 = lines.borrow().iter().sum();
+    ///     total
+    /// });
+    /// assert_eq!(total.await?, 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](LoopThread::spawn); a panic in `make` is reported like one in the future.
+    pub fn spawn_local<M, F>(&self, make: M) -> Task<F::Output>
+    where
+        M: FnOnce() -> F + Send + 'static,
+        F: Future + 'static,
+        F::Output: Send + 'static,
+    {
+        let admission = match self.shared().admit() {
+            Ok(admission) => admission,
+            Err(err) => return Task::ready(Err(err)),
+        };
+        #[cfg(feature = "tracing")]
+        let span = tracing::Span::current();
+        #[cfg(feature = "tracing")]
+        let make = move || {
+            let _entered = span.enter();
+            tracing::Instrument::instrument(make(), span.clone())
+        };
+        let (promise, task) = task::pair();
+        let shared = self.shared().clone();
+        self.shared()
+            .executor
+            .spawn(async move {
+                // On the loop thread: build the future here, and poll it only here, by
+                // scheduling each of its polls as a task of the loop's executor.
+                let schedule = move |runnable: async_task::Runnable| {
+                    shared
+                        .executor
+                        .spawn(async move { runnable.run() })
+                        .detach();
+                };
+                let (runnable, local) =
+                    async_task::spawn_local(run_local(admission, promise, make), schedule);
+                local.detach();
+                runnable.run();
+            })
+            .detach();
+        task
+    }
+
+    /// Runs the closure `f` on the loop thread and returns the task to await its value:
+    /// `loop.call_soon_threadsafe(f)`, with a result.
+    ///
+    /// `f` runs between the loop's futures, so it must not block for long.
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](LoopThread::spawn).
+    pub fn call<F, T>(&self, f: F) -> Task<T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        self.spawn(async move { f() })
+    }
+
+    /// Runs `future` on the loop thread and blocks the calling thread until it is done: aiomisc's
+    /// `sync_wait_coroutine(loop, coro)`, anyio's `from_thread.run`. It is meant for code that
+    /// is not async, such as a closure running on a [`ThreadPool`](crate::ThreadPool) or a
+    /// dedicated thread.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let service = smol_offload::LoopThread::new("service")?;
+    /// let pool = smol_offload::ThreadPool::new(1)?;
+    /// let service_in_pool = service.clone();
+    /// let answer = pool.spawn(move || service_in_pool.block_on(async { 40 + 2 }));
+    /// assert_eq!(answer.await??, 42);
+    ///
+    /// // On the loop thread itself, waiting would never end: it is refused at once.
+    /// let on_itself = service.clone();
+    /// let refused = service.call(move || on_itself.block_on(async {})).await?;
+    /// assert!(refused.unwrap_err().is_deadlock());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// Only the direct case is detected: two loop threads whose futures `block_on` each other
+    /// still wait for each other forever, as any two threads waiting on each other do.
+    ///
+    /// # Errors
+    ///
+    /// An error with [`is_deadlock`](Error::is_deadlock) when called on this loop's own thread,
+    /// and otherwise the errors of [`spawn`](LoopThread::spawn).
+    pub fn block_on<F>(&self, future: F) -> Result<F::Output, Error>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        if self.is_current() {
+            return Err(Error::new(ErrorKind::Deadlock(format!(
+                "LoopThread::block_on was called on the loop thread {:?} itself, \
+                 which would wait forever for a future only it can run: await the future instead",
+                self.name()
+            ))));
+        }
+        futures_lite::future::block_on(self.spawn(future))
+    }
+
+    /// Stops the loop: from now on it refuses new work (submissions get an error with
+    /// [`is_shutdown`](Error::is_shutdown)), runs everything already submitted to its end, and
+    /// then its thread exits. The task resolves once the thread has been joined. Any handle can
+    /// stop the loop, for all of them. A submitted future that never ends keeps the loop from
+    /// stopping: give such futures their own way out (a channel, a timer) before stopping.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let writer = smol_offload::LoopThread::new("writer")?;
+    /// let queued: Vec<_> = (0..100).map(|n| writer.spawn(async move { n })).collect();
+    /// writer.stop().await?; // all 100 have run
+    /// for (n, task) in queued.into_iter().enumerate() {
+    ///     assert_eq!(task.await?, n);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Called on the loop thread itself, the stop begins but the task is at once an error with
+    /// [`is_deadlock`](Error::is_deadlock): the loop cannot wait for its own end.
+    pub fn stop(&self) -> Task<()> {
+        let shared = self.shared().clone();
+        shared.begin_stop();
+        if shared.on_loop_thread() {
+            return Task::ready(Err(Error::new(ErrorKind::Deadlock(format!(
+                "LoopThread::stop was awaited on the loop thread {:?} itself, which stops only \
+                 after this future ends: the stop has begun, await it from another thread",
+                shared.name
+            )))));
+        }
+        let (promise, task) = task::pair();
+        task.with_assist(Box::new(Joiner {
+            shared,
+            promise: Mutex::new(Some(promise)),
+        }))
+    }
+}
+
+/// Runs a submitted future on the loop's shared executor, unless its task was dropped first.
+async fn run_future<F>(admission: Admission, promise: Promise<F::Output>, future: F)
+where
+    F: Future,
+{
+    let _admission = admission;
+    if !promise.start() {
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(future)));
+        return;
+    }
+    let result = AssertUnwindSafe(future)
+        .catch_unwind()
+        .await
+        .map_err(Error::from_panic);
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
+}
+
+/// Builds and runs a `spawn_local` future on the loop's local executor.
+async fn run_local<M, F>(admission: Admission, promise: Promise<F::Output>, make: M)
+where
+    M: FnOnce() -> F,
+    F: Future,
+{
+    let _admission = admission;
+    if !promise.start() {
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(make)));
+        return;
+    }
+    let result = match panic::catch_unwind(AssertUnwindSafe(make)) {
+        Ok(future) => AssertUnwindSafe(future)
+            .catch_unwind()
+            .await
+            .map_err(Error::from_panic),
+        Err(payload) => Err(Error::from_panic(payload)),
+    };
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
+}
+
+/// The awaiting side of `stop()`: once the loop thread has left its executor, joins it and
+/// completes the stop task.
+struct Joiner {
+    shared: Arc<Shared>,
+    promise: Mutex<Option<Promise<()>>>,
+}
+
+impl Assist for Joiner {
+    fn assist(&self, waker: Option<&Waker>) {
+        if let Some(waker) = waker {
+            let mut wakers = self
+                .shared
+                .stop_wakers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !wakers.iter().any(|known| known.will_wake(waker)) {
+                wakers.push(waker.clone());
+            }
+        }
+        if !self.shared.finished.load(Ordering::SeqCst) {
+            return;
+        }
+        // The thread has nothing left to run but its return: joining does not block. The lock
+        // is held while joining, so a second `stop()` completes only after the join.
+        let mut join = self
+            .shared
+            .join
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = join.take() {
+            let _ = handle.join();
+        }
+        drop(join);
+        let promise = self
+            .promise
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(promise) = promise {
+            promise.complete(Ok(()));
+        }
+    }
+}
+
+impl fmt::Debug for LoopThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared().state.load(Ordering::SeqCst);
+        f.debug_struct("LoopThread")
+            .field("name", &self.shared().name)
+            .field("in_flight", &(state & !STOPPING))
+            .field("stopping", &(state & STOPPING != 0))
+            .finish()
+    }
+}
