@@ -1,5 +1,6 @@
 //! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, and calling a function through its address.
+//! descriptors, and calling a function through its address (with the worker's loop that does
+//! it).
 //!
 //! # The fork contract
 //!
@@ -118,7 +119,7 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// How a call through [`invoke`] ended.
+/// How a call through [`ErasedCall::invoke`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum CallStatus {
@@ -147,10 +148,15 @@ impl CallStatus {
 /// A function `fn(A) -> R` with its types erased: the address of the function, and the address
 /// of the trampoline that knows `A` and `R`. Both stay valid in a child forked without `exec`,
 /// which runs the same program image at the same addresses.
+///
+/// The fields are private and an `ErasedCall` is made only by [`erase`], or by the `unsafe`
+/// [`ErasedCall::from_wire`] from the words that [`ErasedCall::to_wire`] gave: holding one
+/// proves that its addresses are a matching trampoline and function, which is what makes
+/// [`ErasedCall::invoke`] safe to call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ErasedCall {
-    pub(crate) trampoline: u64,
-    pub(crate) function: u64,
+    trampoline: u64,
+    function: u64,
 }
 
 type Trampoline = fn(u64, &[u8], &mut Vec<u8>) -> CallStatus;
@@ -168,6 +174,56 @@ where
     }
 }
 
+impl ErasedCall {
+    /// The two words that cross the socket: the trampoline's address, then the function's.
+    pub(crate) fn to_wire(self) -> [u64; 2] {
+        [self.trampoline, self.function]
+    }
+
+    /// Rebuilds the call that [`to_wire`](ErasedCall::to_wire) encoded.
+    ///
+    /// # Safety
+    ///
+    /// `words` must be the `to_wire()` of an `ErasedCall` made by [`erase`] in this process, or
+    /// in a process this one was forked from without `exec` (which runs the same program image
+    /// at the same addresses). Any other words are addresses of arbitrary code, which
+    /// [`invoke`](ErasedCall::invoke) would jump to.
+    pub(crate) unsafe fn from_wire(words: [u64; 2]) -> ErasedCall {
+        ErasedCall {
+            trampoline: words[0],
+            function: words[1],
+        }
+    }
+
+    /// Decodes the argument in `arg`, calls the function, and appends the encoded value (or
+    /// the failure's message) to `out`.
+    pub(crate) fn invoke(self, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
+        // SAFETY: an `ErasedCall` is made only by `erase`, which pairs a `fn(A) -> R` with its
+        // `trampoline::<A, R>`, or by `from_wire`, whose caller vouches that the words are the
+        // same pair in this program image.
+        unsafe { call_address(self.trampoline, self.function, arg, out) }
+    }
+}
+
+/// Calls the trampoline at address `trampoline` with the function at address `function`.
+///
+/// # Safety
+///
+/// `trampoline` must be the address of a `trampoline::<A, R>` of this program image, and
+/// `function` the address of a `fn(A) -> R` with the same `A` and `R`, both as [`erase`]
+/// computed them in this process or in one it was forked from without `exec`.
+unsafe fn call_address(
+    trampoline: u64,
+    function: u64,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> CallStatus {
+    // SAFETY: by this function's contract, `trampoline` is the address of a
+    // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline as usize) };
+    trampoline(function, arg, out)
+}
+
 /// Decodes `A`, calls `f`, and appends the encoded `R` (or the panic's message) to `out`.
 fn trampoline<A, R>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> CallStatus
 where
@@ -175,7 +231,8 @@ where
     R: Serialize,
 {
     // SAFETY: `function` was made by `erase::<A, R>` from a `fn(A) -> R` of this same program
-    // image (see `invoke`), and this trampoline is the `trampoline::<A, R>` it was paired with.
+    // image (see `call_address`), and this trampoline is the `trampoline::<A, R>` it was
+    // paired with.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     let start = out.len();
     // Everything under `catch_unwind`: `f`, but also the user's `Deserialize` and `Serialize`
@@ -213,17 +270,35 @@ impl Extend<u8> for Append<'_> {
     }
 }
 
-/// Calls a function erased by [`erase`], in a forked worker.
+/// The loop of a worker process: reads each request its parent sends on `stream`, calls the
+/// function it names, and writes the reply, until the parent closes the socket.
 ///
-/// The crate's invariant makes this safe to call: an [`ErasedCall`] is only ever made by
-/// [`erase`], in this process or in the parent this worker was forked from without `exec`
-/// (which shares its program image and addresses), and only crosses the socket pair that the
-/// parent and this one worker hold. Nothing else can write to that socket.
-pub(crate) fn invoke(call: ErasedCall, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
-    // SAFETY: by the invariant above, `call.trampoline` is the address of a
-    // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
-    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(call.trampoline as usize) };
-    trampoline(call.function, arg, out)
+/// This is the one place where words read from a socket become an [`ErasedCall`], and why
+/// that is sound is the reason this loop lives here, next to the `unsafe` it needs: it runs
+/// only in a worker process, forked without `exec` from the fork server, which was forked
+/// without `exec` from the application, so all three run one program image at the same
+/// addresses; and `stream` is the worker's end of the socket pair that the application made
+/// for this one worker and handed over through the fork server's private link. The other end
+/// stays in the application, which writes only requests built by `wire::write_request` from a
+/// call made by [`erase`].
+pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Result<()> {
+    use crate::process_pool::wire;
+    use std::io::{BufReader, Write};
+
+    let mut input = BufReader::with_capacity(64 * 1024, stream);
+    let mut output = stream;
+    let mut buffer = Vec::new();
+    let mut reply = Vec::new();
+    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
+        // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
+        // by `erase` in the same program image (see this function's documentation).
+        let call = unsafe { ErasedCall::from_wire(request.call) };
+        wire::begin_reply(&mut reply, request.id);
+        let status = call.invoke(request.arg, &mut reply);
+        wire::finish_reply(&mut reply, status);
+        output.write_all(&reply)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -243,9 +318,21 @@ mod tests {
         let call = erase(double);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&21u32).unwrap();
-        let status = invoke(call, &arg, &mut out);
+        let status = call.invoke(&arg, &mut out);
         assert_eq!(status, CallStatus::Returned);
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
+    }
+
+    #[test]
+    fn erased_call_crosses_the_wire_as_two_words() {
+        let call = erase(double);
+        // SAFETY: the words are the `to_wire()` of a call `erase` made in this process.
+        let back = unsafe { ErasedCall::from_wire(call.to_wire()) };
+        assert_eq!(back, call);
+        let mut out = Vec::new();
+        let arg = postcard::to_allocvec(&4u32).unwrap();
+        assert_eq!(back.invoke(&arg, &mut out), CallStatus::Returned);
+        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 8);
     }
 
     #[test]
@@ -255,13 +342,13 @@ mod tests {
         let arg = postcard::to_allocvec(&"boom".to_string()).unwrap();
         let hook = panic::take_hook();
         panic::set_hook(Box::new(|_| {}));
-        let status = invoke(call, &arg, &mut out);
+        let status = call.invoke(&arg, &mut out);
         panic::set_hook(hook);
         assert_eq!(status, CallStatus::Panicked);
         assert_eq!(out, b"boom");
 
         out.clear();
-        let status = invoke(call, &[0xff], &mut out);
+        let status = call.invoke(&[0xff], &mut out);
         assert_eq!(status, CallStatus::BadArgument);
         assert!(!out.is_empty());
     }

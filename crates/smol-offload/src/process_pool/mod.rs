@@ -3,7 +3,7 @@
 mod dispatcher;
 mod loan;
 pub(crate) mod server;
-mod wire;
+pub(crate) mod wire;
 mod worker;
 mod worker_link;
 

@@ -21,8 +21,9 @@ pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, call: ErasedCall, arg: &
     let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&call.trampoline.to_le_bytes());
-    out.extend_from_slice(&call.function.to_le_bytes());
+    for word in call.to_wire() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
     out.extend_from_slice(arg);
 }
 
@@ -33,7 +34,9 @@ pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER;
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub(crate) id: u64,
-    pub(crate) call: ErasedCall,
+    /// The words of the call, as [`ErasedCall::to_wire`] gave them: only the worker's loop
+    /// in `sys` may turn them back into a call, because only it knows where they came from.
+    pub(crate) call: [u64; 2],
     /// The encoded argument, borrowed from the read buffer.
     pub(crate) arg: &'a [u8],
 }
@@ -61,10 +64,7 @@ pub(crate) fn read_request<'a>(
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
     let request = Request {
         id: word(0),
-        call: ErasedCall {
-            trampoline: word(8),
-            function: word(16),
-        },
+        call: [word(8), word(16)],
         arg: &buffer[REQUEST_HEADER..],
     };
     Ok(Some(request))
@@ -181,19 +181,23 @@ pub(crate) enum ServerReply {
 mod tests {
     use super::*;
 
+    fn some_function(n: u8) -> u8 {
+        n
+    }
+
     #[test]
     fn request_frame_round_trips() {
-        let call = ErasedCall {
-            trampoline: 0x1122,
-            function: 0x3344,
-        };
+        let call = crate::sys::erase(some_function);
         let mut frame = Vec::new();
         write_request(&mut frame, 7, call, b"arg");
         write_request(&mut frame, 8, call, b"");
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
-        assert_eq!((first.id, first.call, first.arg), (7, call, &b"arg"[..]));
+        assert_eq!(
+            (first.id, first.call, first.arg),
+            (7, call.to_wire(), &b"arg"[..])
+        );
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.id, second.arg.len()), (8, 0));
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());

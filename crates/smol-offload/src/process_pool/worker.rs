@@ -1,11 +1,10 @@
-//! The loop of a worker process: read a request, call the function, write the reply, until the
-//! parent closes the socket.
+//! A worker process: set up after the fork, serve the parent's requests (the loop itself is
+//! `sys::serve_requests`, beside the `unsafe` it needs), then exit.
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
-use crate::process_pool::wire;
 use crate::sys::{self, ChildGuard};
 
 /// Serves requests on `socket` until the parent closes it, then exits. Runs in a process just
@@ -17,7 +16,8 @@ pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     }
     sys::set_process_name(c"smol-offload-wk");
     let stream = UnixStream::from(socket);
-    let code = match serve_requests(&stream) {
+    // The loop that reads calls from the socket lives in `sys`, which says why that is sound.
+    let code = match sys::serve_requests(&stream) {
         Ok(()) => 0,
         Err(_) => 1,
     };
@@ -25,18 +25,4 @@ pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     // will not.
     let _ = std::io::stdout().flush();
     sys::exit_child(code)
-}
-
-fn serve_requests(stream: &UnixStream) -> std::io::Result<()> {
-    let mut input = BufReader::with_capacity(64 * 1024, stream);
-    let mut output = stream;
-    let mut buffer = Vec::new();
-    let mut reply = Vec::new();
-    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
-        wire::begin_reply(&mut reply, request.id);
-        let status = sys::invoke(request.call, request.arg, &mut reply);
-        wire::finish_reply(&mut reply, status);
-        output.write_all(&reply)?;
-    }
-    Ok(())
 }
