@@ -100,6 +100,7 @@
 
 #![deny(unsafe_code)]
 
+mod codec;
 mod default_pool;
 mod error;
 mod executor;

@@ -21,6 +21,8 @@ use std::panic::{self, AssertUnwindSafe};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec;
+
 /// Which side of a fork the caller is on.
 pub(crate) enum Forked {
     /// The original process; the child has this pid.
@@ -239,11 +241,9 @@ where
     // code and the destructors of the argument and the value. A panic there is the task's
     // error, not the end of the worker.
     let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let arg: A =
-            postcard::from_bytes(arg).map_err(|err| (CallStatus::BadArgument, err.to_string()))?;
+        let arg: A = codec::decode(arg).map_err(|err| (CallStatus::BadArgument, err.message))?;
         let value = f(arg);
-        postcard::to_extend(&value, Append(&mut *out))
-            .map_err(|err| (CallStatus::BadResult, err.to_string()))?;
+        codec::encode_into(&value, out).map_err(|err| (CallStatus::BadResult, err.message))?;
         Ok(())
     }));
     let (status, message) = match outcome {
@@ -259,15 +259,6 @@ where
     out.truncate(start);
     out.extend_from_slice(message.as_bytes());
     status
-}
-
-/// Lets postcard append to a buffer it borrows, so a failure leaves what was there before.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
-    }
 }
 
 /// The loop of a worker process: reads each request its parent sends on `stream`, calls the

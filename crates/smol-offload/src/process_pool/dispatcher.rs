@@ -21,6 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::error::{Error, ErrorKind, WorkerExit};
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
@@ -54,9 +55,8 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
         let result = match reply.status {
             // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
             CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
-                postcard::from_bytes(&reply.payload).map_err(|err| {
-                    Error::codec("deserialize the result", err.to_string(), Some(err))
-                })
+                codec::decode(&reply.payload)
+                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
             }))
             .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
             CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),

@@ -8,11 +8,13 @@ mod worker;
 mod worker_link;
 
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
 use crate::executor::Executor;
 use crate::stats::PoolStats;
@@ -116,20 +118,9 @@ impl Executor for ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let arg = match postcard::to_allocvec(&arg) {
-            Ok(bytes) if bytes.len() <= wire::MAX_ARGUMENT => bytes,
-            Ok(bytes) => {
-                let detail = format!("{} bytes is more than a frame holds", bytes.len());
-                return Task::ready(Err(Error::codec("serialize the argument", detail, None)));
-            }
-            Err(err) => {
-                let detail = err.to_string();
-                return Task::ready(Err(Error::codec(
-                    "serialize the argument",
-                    detail,
-                    Some(err),
-                )));
-            }
+        let arg = match encode_argument(&arg) {
+            Ok(bytes) => bytes,
+            Err(error) => return Task::ready(Err(error)),
         };
         let (promise, task) = task::pair::<R>();
         let job = Job {
@@ -156,6 +147,21 @@ impl Executor for ProcessPool {
 
     fn stats(&self) -> PoolStats {
         ProcessPool::stats(self)
+    }
+}
+
+/// Encodes a task's argument on the calling thread. The user's `Serialize` runs here: a panic
+/// in it is the task's error, like its other failures, and never unwinds into the caller.
+fn encode_argument<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
+    const STAGE: &str = "serialize the argument";
+    match panic::catch_unwind(AssertUnwindSafe(|| codec::encode(arg))) {
+        Ok(Ok(bytes)) if bytes.len() <= wire::MAX_ARGUMENT => Ok(bytes),
+        Ok(Ok(bytes)) => {
+            let detail = format!("{} bytes is more than a frame holds", bytes.len());
+            Err(Error::codec(STAGE, detail, None))
+        }
+        Ok(Err(err)) => Err(Error::codec(STAGE, err.message, err.source)),
+        Err(payload) => Err(Error::from_panic(payload)),
     }
 }
 
