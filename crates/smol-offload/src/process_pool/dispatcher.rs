@@ -1,269 +1,31 @@
-//! The parent side of a process pool: one thread, blocked in `poll(2)` on an eventfd and the
-//! workers' sockets, that hands queued jobs to idle workers and turns replies into task results.
+//! The dispatcher: one thread per pool, blocked in `poll(2)` on the pool's eventfd and the
+//! workers' sockets, that hands queued jobs to idle workers, turns replies into task results,
+//! and replaces workers that die.
 //!
 //! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
 //! submitted then goes straight to a worker and reads its own reply (see
 //! [`loan`](super::loan)), and the dispatcher is not woken at all. Otherwise submitters push a
-//! job on the queue and write the eventfd only when the dispatcher sleeps with workers lent
-//! out, so a burst of submissions costs one wake-up, not one each.
+//! job on the queue (see [`shared`](super::shared)) and write the eventfd only when the
+//! dispatcher sleeps with workers lent out, so a burst of submissions costs one wake-up, not
+//! one each.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_io::Async;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use serde::de::DeserializeOwned;
 
-use crate::codec;
 use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
+use crate::process_pool::shared::Shared;
 use crate::process_pool::wire::Reply;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
-use crate::stats::Counters;
-use crate::sys::{CallStatus, ErasedCall};
-use crate::task::Promise;
-
-/// One submitted call, waiting for a worker.
-pub(crate) struct Job {
-    pub(crate) call: ErasedCall,
-    pub(crate) arg: Vec<u8>,
-    pub(crate) completion: Box<dyn Completion>,
-}
-
-/// The typed end of a job: decides whether it may start and decodes its reply.
-pub(crate) trait Completion: Send {
-    fn start(&self) -> bool;
-    fn finish(self: Box<Self>, reply: Reply);
-    fn fail(self: Box<Self>, error: Error);
-}
-
-impl<R: DeserializeOwned + Send> Completion for Promise<R> {
-    fn start(&self) -> bool {
-        Promise::start(self)
-    }
-
-    fn finish(self: Box<Self>, reply: Reply) {
-        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
-        let result = match reply.status {
-            // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
-            CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
-                codec::decode(&reply.payload)
-                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
-            }))
-            .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
-            CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
-            CallStatus::BadArgument => Err(Error::codec(
-                "deserialize the argument in the worker",
-                text(),
-                None,
-            )),
-            CallStatus::BadResult => Err(Error::codec(
-                "serialize the result in the worker",
-                text(),
-                None,
-            )),
-        };
-        // An unread value (its task was dropped) is dropped here, and its destructor may panic.
-        let _ = panic::catch_unwind(AssertUnwindSafe(move || self.complete(result)));
-    }
-
-    fn fail(self: Box<Self>, error: Error) {
-        self.complete(Err(error));
-    }
-}
-
-/// What the pool's handles, its loans and its dispatcher share.
-pub(crate) struct Shared {
-    state: Mutex<State>,
-    wake: EventFd,
-    /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
-    /// workers are lent out: the next job queued must wake it.
-    wake_on_submit: AtomicBool,
-    closed: AtomicBool,
-    /// Set when no worker could be kept alive: the pool refuses work.
-    broken: AtomicBool,
-    pids: Mutex<Vec<u32>>,
-    pub(crate) counters: Counters,
-}
-
-/// Where the jobs and the workers the dispatcher does not hold are.
-#[derive(Default)]
-struct State {
-    /// Jobs waiting for a worker, oldest first.
-    jobs: VecDeque<Job>,
-    /// Idle workers the dispatcher lent out while nothing is queued: a submitter may take one.
-    idle: Vec<WorkerLink>,
-    /// Workers given back to the dispatcher: with a job still in flight, or while jobs wait.
-    returned: Vec<WorkerLink>,
-    /// Workers on loan to a task.
-    loans: Vec<Arc<Loan>>,
-}
-
-impl State {
-    /// Removes `loan` from the loans in progress.
-    fn forget(&mut self, loan: &Arc<Loan>) {
-        self.loans.retain(|other| !Arc::ptr_eq(other, loan));
-    }
-}
-
-/// How [`Shared::submit`] placed a job.
-pub(crate) enum Placed {
-    /// In the queue, for the dispatcher.
-    Queued,
-    /// Sent straight to an idle worker, lent to the task until it reads the reply.
-    Lent(Arc<Loan>),
-}
-
-/// The largest argument sent straight to an idle worker from the submitting thread. The send
-/// blocks until the socket takes it, which an idle worker's empty socket buffer does at once
-/// for a frame this size; larger ones go through the dispatcher.
-const DIRECT_SEND_LIMIT: usize = 64 * 1024;
-
-impl Shared {
-    pub(crate) fn new() -> io::Result<Shared> {
-        Ok(Shared {
-            state: Mutex::new(State::default()),
-            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
-            wake_on_submit: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            broken: AtomicBool::new(false),
-            pids: Mutex::new(Vec::new()),
-            counters: Counters::default(),
-        })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends a job straight to an idle worker if nothing is queued, else queues it, waking the
-    /// dispatcher if it sleeps with workers lent out. Gives the job back if the pool is broken.
-    ///
-    /// The job's task must not have been handed out yet: a job sent straight away is started
-    /// without asking whether it was cancelled.
-    pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
-        let mut state = self.lock();
-        // `broken` is set under this lock before the queue is drained for the last time, so no
-        // job can slip in after that drain.
-        if self.broken.load(Ordering::Acquire) {
-            return Err(job);
-        }
-        self.counters.submitted();
-        if state.jobs.is_empty()
-            && job.arg.len() <= DIRECT_SEND_LIMIT
-            && let Some(worker) = state.idle.pop()
-        {
-            return Ok(self.lend(state, worker, job));
-        }
-        state.jobs.push_back(job);
-        drop(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
-        Ok(Placed::Queued)
-    }
-
-    /// Sends `job` to the idle `worker` from this thread, and lends the worker to the job's task.
-    fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
-        let started = job.completion.start();
-        debug_assert!(started, "nobody holds the task yet");
-        worker.assign(job);
-        // The loan is registered before the lock is released, so that the dispatcher always
-        // knows where every worker is, and stays locked until the request is sent, so that the
-        // dispatcher cannot take the worker back in between.
-        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
-        // reach this one yet.)
-        let loan = Loan::new();
-        let mut lent = loan.lock();
-        state.loans.push(loan.clone());
-        drop(state);
-        if worker.flush().is_ok() {
-            lent.hold(worker);
-            self.counters.picked();
-            return Placed::Lent(loan.clone());
-        }
-        // The worker is gone and the job never reached it: queue the job for another worker,
-        // and let the dispatcher replace this one.
-        let job = worker.take_back_last().expect("a job was assigned");
-        let mut state = self.lock();
-        state.forget(&loan);
-        state.returned.push(worker);
-        state.jobs.push_front(job);
-        drop(state);
-        drop(lent);
-        self.wake_dispatcher();
-        Placed::Queued
-    }
-
-    /// Takes back the worker of a loan that ended: it is lent again if it is idle and nothing
-    /// is queued, else the dispatcher gets it.
-    pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
-        let mut state = self.lock();
-        state.forget(loan);
-        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
-            state.idle.push(worker);
-        } else {
-            state.returned.push(worker);
-            drop(state);
-            self.wake_dispatcher();
-        }
-    }
-
-    /// Forgets a loan whose worker the dispatcher took back.
-    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
-        self.lock().forget(loan);
-    }
-
-    /// Tells the dispatcher that the last pool handle is gone.
-    pub(crate) fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        self.wake_dispatcher();
-    }
-
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn wake_dispatcher(&self) {
-        // A full eventfd counter still wakes the poller; nothing else can fail here.
-        let _ = self.wake.write(1);
-    }
-
-    /// Refuses new work from now on; the caller then fails what is queued.
-    fn break_pool(&self) {
-        let _state = self.lock();
-        self.broken.store(true, Ordering::Release);
-    }
-
-    /// The oldest queued job, if `fits` accepts it.
-    fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
-        let mut state = self.lock();
-        if state.jobs.front().is_some_and(fits) {
-            state.jobs.pop_front()
-        } else {
-            None
-        }
-    }
-
-    fn pop(&self) -> Option<Job> {
-        self.lock().jobs.pop_front()
-    }
-
-    fn queued(&self) -> usize {
-        self.lock().jobs.len()
-    }
-}
 
 /// A task shorter than this is short: the pool may send short tasks ahead to busy workers.
 const SHORT_TASK: Duration = Duration::from_micros(200);
@@ -314,8 +76,7 @@ impl Dispatcher {
         link: &'static ServerLink,
         workers: Vec<WorkerLink>,
     ) -> Dispatcher {
-        *shared.pids.lock().unwrap_or_else(PoisonError::into_inner) =
-            workers.iter().map(|worker| worker.pid).collect();
+        *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
         // Lent out from the start, so that the first task goes straight to a worker.
         shared.lock().idle = workers;
         Dispatcher {
@@ -333,7 +94,7 @@ impl Dispatcher {
         // Whether an idle worker lent out ended while the dispatcher slept.
         let mut idle_ended = false;
         loop {
-            let closed = self.shared.closed.load(Ordering::SeqCst);
+            let closed = self.shared.is_closed();
             if closed {
                 self.reclaim_loans(|_| true);
             }
@@ -361,7 +122,7 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared.wake) {
+            let ready = match sleep.wait(&self.shared) {
                 Ok(ready) => ready,
                 Err(_) => {
                     self.shared.break_pool();
@@ -369,7 +130,7 @@ impl Dispatcher {
                     break;
                 }
             };
-            self.shared.wake_on_submit.store(false, Ordering::SeqCst);
+            self.shared.disarm_wake_on_submit();
             idle_ended = false;
             let mut ready_loans = Vec::new();
             for ((_, watched), ready) in sleep.watched.into_iter().zip(ready).rev() {
@@ -431,7 +192,16 @@ impl Dispatcher {
             .collect();
         // The queue lock is not held here: a loan's lock comes first.
         for loan in loans {
-            if let Some(worker) = loan.reclaim(&self.shared) {
+            let worker = {
+                let mut lent = loan.lock();
+                let worker = lent.take();
+                if worker.is_some() {
+                    // Under the loan's lock, as the loan's task gives a worker back.
+                    self.shared.end_loan(&loan);
+                }
+                worker
+            };
+            if let Some(worker) = worker {
                 self.workers.push(worker);
                 self.read_replies(self.workers.len() - 1);
             }
@@ -456,7 +226,7 @@ impl Dispatcher {
                 }
             }
             if !state.idle.is_empty() || !state.loans.is_empty() {
-                self.shared.wake_on_submit.store(true, Ordering::SeqCst);
+                self.shared.arm_wake_on_submit();
             }
         } else if !closed
             && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
@@ -581,13 +351,9 @@ impl Dispatcher {
         for (position, waiting) in in_flight.into_iter().enumerate() {
             self.retry.insert(position, waiting.job);
         }
-        let mut pids = self
-            .shared
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut pids = self.shared.pids_mut();
         pids.retain(|&other| other != pid);
-        if !self.shared.closed.load(Ordering::SeqCst)
+        if !self.shared.is_closed()
             && let Ok(spawned) = server::spawn_worker(self.link)
         {
             let new_pid = spawned.0;
@@ -639,11 +405,7 @@ impl Dispatcher {
                     .fail(Error::new(ErrorKind::Shutdown));
             }
         }
-        self.shared
-            .pids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.shared.pids_mut().clear();
     }
 }
 
@@ -661,9 +423,9 @@ impl Sleep {
     /// Lent workers are watched for their end only, so that a reply their task reads does not
     /// wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a task nobody
     /// polls cannot keep its worker from the queue.
-    fn wait(&self, wake: &EventFd) -> io::Result<Vec<bool>> {
+    fn wait(&self, shared: &Shared) -> io::Result<Vec<bool>> {
         let mut fds = Vec::with_capacity(self.watched.len() + 1);
-        fds.push(PollFd::new(wake.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
         for (stream, what) in &self.watched {
             let events = match what {
                 // `poll` reports POLLHUP without being asked: the worker's end closed.
@@ -684,7 +446,7 @@ impl Sleep {
             .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
             .collect();
         if ready[0] {
-            let _ = wake.read();
+            shared.clear_wake();
         }
         Ok(ready[1..].to_vec())
     }

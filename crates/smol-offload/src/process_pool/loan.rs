@@ -1,16 +1,19 @@
-//! Loans: a task submitted while a worker is idle and nothing is queued skips the dispatcher.
+//! [`Loan`]: an idle worker lent to one task, which reads the worker's reply itself.
 //!
-//! The submitting thread writes the request to the idle worker itself, and the task reads the
-//! reply itself on the thread that awaits it, sleeping on the worker's socket through the smol
-//! reactor. A lone call then costs what a bare pipe costs: one wake-up of the worker and one of
-//! the awaiting thread, where going through the dispatcher adds two more.
+//! A task submitted while a worker is idle and nothing is queued skips the dispatcher: the
+//! submitting thread writes the request to the idle worker itself, and the task reads the
+//! reply on the thread that awaits it, sleeping on the worker's socket through the smol
+//! reactor (see [`loan_assist`](super::loan_assist)). A lone call then costs what a bare pipe
+//! costs: one wake-up of the worker and one of the awaiting thread, where going through the
+//! dispatcher adds two more.
 //!
 //! The dispatcher stays in charge. It watches lent workers for their end (a worker that dies
 //! on loan is replaced as usual), and takes a loan back (reading the reply itself) when jobs
 //! are queued, so that a task nobody polls cannot keep its worker from them, or when the pool
 //! closes. A task that is dropped or detached gives its loan back at once.
 //!
-//! Locks: a loan's lock may be held while taking the pool's queue lock, never the reverse.
+//! Locks: a loan's lock comes first in the pool's lock order (see [`shared`](super::shared)):
+//! it may be held while taking the queue lock, never the reverse.
 
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -18,10 +21,9 @@ use std::task::{Context, Waker};
 
 use async_io::Async;
 
-use crate::process_pool::dispatcher::{Job, Shared};
+use crate::process_pool::job::Job;
 use crate::process_pool::wire::Reply;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
-use crate::task::Assist;
 
 /// The longest reply a task reads itself, on the thread that awaits it.
 const DIRECT_REPLY_LIMIT: usize = 64 * 1024;
@@ -31,16 +33,29 @@ pub(crate) struct Loan {
     state: Mutex<LoanState>,
 }
 
-struct LoanState {
+/// What a loan holds, under its lock.
+pub(crate) struct LoanState {
     /// `None` once the worker went back to the pool.
     worker: Option<WorkerLink>,
     /// The waker the task registered last: it is woken when the worker's socket has data.
     waker: Option<Waker>,
 }
 
+/// What [`LoanState::read_reply`] found.
+pub(crate) enum LoanRead {
+    /// Nothing to do yet: the waker given (or the one remembered) is woken when there is.
+    Pending,
+    /// The loan is over: take the worker back to the pool. It carries the job's reply when the
+    /// task read it; without one, the dispatcher reads it (a long reply), or fails the job (the
+    /// worker ended or broke its stream).
+    Over(Option<(Job, Reply)>),
+    /// The dispatcher already took the worker back: it completes the job.
+    Gone,
+}
+
 impl Loan {
     /// A loan with no worker yet: lock it, register it, send the request, then
-    /// [`hold`](LentWorker::hold) the worker.
+    /// [`hold`](LoanState::hold) the worker.
     pub(crate) fn new() -> Arc<Loan> {
         Arc::new(Loan {
             state: Mutex::new(LoanState {
@@ -50,85 +65,65 @@ impl Loan {
         })
     }
 
-    /// Locks the loan, to hand it a worker with [`hold`](LentWorker::hold).
-    pub(crate) fn lock(&self) -> LentWorker<'_> {
-        LentWorker(self.state())
-    }
-
-    /// Takes the worker away from the task, for the dispatcher: the loan is over.
-    pub(crate) fn reclaim(self: &Arc<Loan>, shared: &Shared) -> Option<WorkerLink> {
-        let mut state = self.state();
-        let worker = state.worker.take()?;
-        shared.end_loan(self);
-        Some(worker)
+    /// Locks the loan (first in the lock order).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, LoanState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The worker's socket, while the loan lasts: the dispatcher watches it.
     pub(crate) fn stream(&self) -> Option<Arc<Async<UnixStream>>> {
-        self.state()
+        self.lock()
             .worker
             .as_ref()
             .map(|worker| worker.stream.clone())
     }
-
-    fn state(&self) -> MutexGuard<'_, LoanState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
-/// A locked loan, before it holds its worker.
-pub(crate) struct LentWorker<'a>(MutexGuard<'a, LoanState>);
-
-impl LentWorker<'_> {
+impl LoanState {
     /// Puts `worker`, which was sent its job, on loan.
     pub(crate) fn hold(&mut self, worker: WorkerLink) {
-        self.0.worker = Some(worker);
+        self.worker = Some(worker);
     }
-}
 
-/// The [`Assist`] of a task on loan: reads the worker's reply on the awaiting thread.
-pub(crate) struct LoanAssist {
-    pub(crate) loan: Arc<Loan>,
-    pub(crate) shared: Arc<Shared>,
-}
-
-impl Assist for LoanAssist {
-    fn assist(&self, waker: Option<&Waker>) {
-        // The result is delivered once the loan's lock is released: delivering runs the user's
-        // `Deserialize` and wakes the task, and neither should run under the lock.
-        if let Some((job, reply)) = self.read_reply(waker) {
-            self.shared.counters.completed();
-            job.completion.finish(reply);
-        }
+    /// Takes the worker off the loan, to give it back to the pool.
+    pub(crate) fn take(&mut self) -> Option<WorkerLink> {
+        self.worker.take()
     }
-}
 
-impl LoanAssist {
-    /// Reads what the worker sent; returns the job and its reply once the reply is in, after
-    /// giving the worker back.
-    fn read_reply(&self, waker: Option<&Waker>) -> Option<(Job, Reply)> {
-        let mut state = self.loan.state();
+    /// Forgets the task's waker: nobody awaits the task any more.
+    pub(crate) fn forget_waker(&mut self) {
+        self.waker = None;
+    }
+
+    /// Reads what the worker sent, without blocking. `waker` (or, without one, the waker
+    /// remembered from an earlier call) is woken when the socket has more.
+    pub(crate) fn read_reply(&mut self, waker: Option<&Waker>) -> LoanRead {
         if let Some(waker) = waker
-            && !state.waker.as_ref().is_some_and(|old| old.will_wake(waker))
+            && !self.waker.as_ref().is_some_and(|old| old.will_wake(waker))
         {
-            state.waker = Some(waker.clone());
+            self.waker = Some(waker.clone());
         }
         let LoanState {
             worker,
             waker: last_waker,
-        } = &mut *state;
-        // Without a worker, the dispatcher took it back: it completes the promise.
-        let link = worker.as_mut()?;
+        } = self;
+        let Some(link) = worker.as_mut() else {
+            return LoanRead::Gone;
+        };
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
-            let done = match link.next_incoming() {
-                Incoming::Reply(job, reply, _) => Some((job, reply)),
+            return match link.next_incoming() {
+                Incoming::Reply(job, reply, _) => LoanRead::Over(Some((job, reply))),
                 // A long reply is read and decoded on the dispatcher's thread, not on the
                 // thread of an event loop.
-                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => None,
+                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => {
+                    LoanRead::Over(None)
+                }
                 Incoming::Nothing if open => {
                     // Called without a waker (from `is_finished`), the last one is armed again.
-                    let waker = last_waker.as_ref()?;
+                    let Some(waker) = last_waker.as_ref() else {
+                        return LoanRead::Pending;
+                    };
                     // Ready means the socket became readable since the last look: read again.
                     // Pending means `waker` is woken when it does.
                     if link
@@ -136,29 +131,14 @@ impl LoanAssist {
                         .poll_readable(&mut Context::from_waker(waker))
                         .is_pending()
                     {
-                        return None;
+                        return LoanRead::Pending;
                     }
                     continue;
                 }
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt => None,
+                Incoming::Nothing | Incoming::Corrupt => LoanRead::Over(None),
             };
-            let link = worker.take().expect("the worker is on loan");
-            self.shared.give_back(&self.loan, link);
-            return done;
-        }
-    }
-}
-
-impl Drop for LoanAssist {
-    /// The task returned its result, or was dropped or detached: if the worker is still on
-    /// loan, the dispatcher takes it back and completes the promise.
-    fn drop(&mut self) {
-        let mut state = self.loan.state();
-        state.waker = None;
-        if let Some(link) = state.worker.take() {
-            self.shared.give_back(&self.loan, link);
         }
     }
 }

@@ -1,8 +1,13 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
+// Imports flow one way, each module using only those listed above it:
+// wire → job → worker_link → loan → shared → loan_assist → server → dispatcher.
 mod dispatcher;
+mod job;
 mod loan;
+mod loan_assist;
 pub(crate) mod server;
+mod shared;
 pub(crate) mod wire;
 mod worker;
 mod worker_link;
@@ -20,8 +25,10 @@ use crate::executor::Executor;
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
-use dispatcher::{Dispatcher, Job, Placed, Shared};
-use loan::LoanAssist;
+use dispatcher::Dispatcher;
+use job::Job;
+use loan_assist::LoanAssist;
+use shared::{Placed, Shared};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as

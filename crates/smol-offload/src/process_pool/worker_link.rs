@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_io::Async;
 use nix::sys::socket::{MsgFlags, recv};
 
-use crate::process_pool::dispatcher::Job;
+use crate::process_pool::job::Job;
 use crate::process_pool::wire::{self, Reply, ReplyReader};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the

@@ -1,0 +1,76 @@
+//! [`Job`]: one submitted call on its way to a worker, and [`Completion`], its typed end that
+//! decides whether it may start and turns the worker's reply into the task's result.
+//!
+//! Everything above this module (the queue, the loans, the dispatcher) handles jobs without
+//! knowing their types: only the [`Completion`] knows the `R` of a `fn(A) -> R`.
+
+use std::panic::{self, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::{Error, ErrorKind};
+use crate::process_pool::wire::Reply;
+use crate::sys::{CallStatus, ErasedCall};
+use crate::task::Promise;
+
+/// One submitted call, waiting for a worker.
+pub(crate) struct Job {
+    pub(crate) call: ErasedCall,
+    pub(crate) arg: Vec<u8>,
+    pub(crate) completion: Box<dyn Completion>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("call", &self.call)
+            .field("arg_len", &self.arg.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The typed end of a job: decides whether it may start and decodes its reply.
+///
+/// `start` is asked once, just before the job is sent (a job sent is started); then exactly
+/// one of `finish` (a reply came) or `fail` (no reply will come) consumes it.
+pub(crate) trait Completion: Send {
+    fn start(&self) -> bool;
+    fn finish(self: Box<Self>, reply: Reply);
+    fn fail(self: Box<Self>, error: Error);
+}
+
+impl<R: DeserializeOwned + Send> Completion for Promise<R> {
+    fn start(&self) -> bool {
+        Promise::start(self)
+    }
+
+    fn finish(self: Box<Self>, reply: Reply) {
+        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
+        let result = match reply.status {
+            // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
+            CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
+                codec::decode(&reply.payload)
+                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
+            }))
+            .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
+            CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
+            CallStatus::BadArgument => Err(Error::codec(
+                "deserialize the argument in the worker",
+                text(),
+                None,
+            )),
+            CallStatus::BadResult => Err(Error::codec(
+                "serialize the result in the worker",
+                text(),
+                None,
+            )),
+        };
+        // An unread value (its task was dropped) is dropped here, and its destructor may panic.
+        let _ = panic::catch_unwind(AssertUnwindSafe(move || self.complete(result)));
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        self.complete(Err(error));
+    }
+}

@@ -1,0 +1,527 @@
+//! [`Shared`]: what a pool's handles, its loans and its dispatcher share, and the submit path
+//! that runs on the callers' threads.
+//!
+//! A job submitted while nothing is queued and a worker is idle goes straight to that worker
+//! (the worker is *lent* to the job's task, see [`loan`](super::loan)); otherwise it waits in
+//! the queue for the dispatcher, which is woken through an eventfd only when it sleeps with
+//! workers lent out, so that a burst of submissions costs one wake-up.
+//!
+//! # Where every worker is
+//!
+//! At every instant a worker is in exactly one place: held by the dispatcher, in [`State::idle`]
+//! (lent out idle, for a submitter to take), in [`State::returned`] (given back to the
+//! dispatcher) or on a loan registered in [`State::loans`]. A worker moves between a loan and
+//! these lists with both the loan's lock and the queue lock held, so the dispatcher never loses
+//! track of one.
+//!
+//! # Lock order
+//!
+//! 1. a loan's lock ([`Loan::lock`]);
+//! 2. the queue lock ([`Shared::lock`], the [`State`]);
+//! 3. the pid list ([`Shared::pids_mut`]).
+//!
+//! A lock may be taken while holding one above it in this list, never the reverse. The one
+//! exception is [`Shared::submit`] locking a loan it has just created under the queue lock:
+//! nobody else can reach that loan yet. The fork server's link has its own lock, taken last,
+//! and only by the dispatcher (to fork or reap a worker), never under the queue lock.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
+
+use crate::process_pool::job::Job;
+use crate::process_pool::loan::Loan;
+use crate::process_pool::worker_link::WorkerLink;
+use crate::stats::Counters;
+
+/// What the pool's handles, its loans and its dispatcher share.
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    wake: EventFd,
+    /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
+    /// workers are lent out: the next job queued must wake it.
+    wake_on_submit: AtomicBool,
+    closed: AtomicBool,
+    /// Set when no worker could be kept alive: the pool refuses work.
+    broken: AtomicBool,
+    pids: Mutex<Vec<u32>>,
+    pub(crate) counters: Counters,
+}
+
+/// Where the jobs and the workers the dispatcher does not hold are.
+#[derive(Default)]
+pub(super) struct State {
+    /// Jobs waiting for a worker, oldest first.
+    pub(super) jobs: VecDeque<Job>,
+    /// Idle workers the dispatcher lent out while nothing is queued: a submitter may take one.
+    pub(super) idle: Vec<WorkerLink>,
+    /// Workers given back to the dispatcher: with a job still in flight, or while jobs wait.
+    pub(super) returned: Vec<WorkerLink>,
+    /// Workers on loan to a task.
+    pub(super) loans: Vec<Arc<Loan>>,
+}
+
+impl State {
+    /// Removes `loan` from the loans in progress.
+    pub(super) fn forget(&mut self, loan: &Arc<Loan>) {
+        self.loans.retain(|other| !Arc::ptr_eq(other, loan));
+    }
+}
+
+/// How [`Shared::submit`] placed a job.
+pub(crate) enum Placed {
+    /// In the queue, for the dispatcher.
+    Queued,
+    /// Sent straight to an idle worker, lent to the task until it reads the reply.
+    Lent(Arc<Loan>),
+}
+
+/// The largest argument sent straight to an idle worker from the submitting thread. The send
+/// blocks until the socket takes it, which an idle worker's empty socket buffer does at once
+/// for a frame this size; larger ones go through the dispatcher.
+const DIRECT_SEND_LIMIT: usize = 64 * 1024;
+
+impl Shared {
+    pub(crate) fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            state: Mutex::new(State::default()),
+            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
+            wake_on_submit: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
+            pids: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+        })
+    }
+
+    /// The queue lock (second in the lock order).
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends a job straight to an idle worker if nothing is queued, else queues it, waking the
+    /// dispatcher if it sleeps with workers lent out. Gives the job back if the pool is broken.
+    ///
+    /// The job's task must not have been handed out yet: a job sent straight away is started
+    /// without asking whether it was cancelled.
+    pub(crate) fn submit(&self, job: Job) -> Result<Placed, Job> {
+        let mut state = self.lock();
+        // `broken` is set under this lock before the queue is drained for the last time, so no
+        // job can slip in after that drain.
+        if self.broken.load(Ordering::Acquire) {
+            return Err(job);
+        }
+        self.counters.submitted();
+        if state.jobs.is_empty()
+            && job.arg.len() <= DIRECT_SEND_LIMIT
+            && let Some(worker) = state.idle.pop()
+        {
+            return Ok(self.lend(state, worker, job));
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+        Ok(Placed::Queued)
+    }
+
+    /// Sends `job` to the idle `worker` from this thread, and lends the worker to the job's task.
+    fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
+        let started = job.completion.start();
+        debug_assert!(started, "nobody holds the task yet");
+        worker.assign(job);
+        // The loan is registered before the lock is released, so that the dispatcher always
+        // knows where every worker is, and stays locked until the request is sent, so that the
+        // dispatcher cannot take the worker back in between.
+        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
+        // reach this one yet.)
+        let loan = Loan::new();
+        let mut lent = loan.lock();
+        state.loans.push(loan.clone());
+        drop(state);
+        if worker.flush().is_ok() {
+            lent.hold(worker);
+            self.counters.picked();
+            return Placed::Lent(loan.clone());
+        }
+        // The worker is gone and the job never reached it: queue the job for another worker,
+        // and let the dispatcher replace this one.
+        let job = worker.take_back_last().expect("a job was assigned");
+        let mut state = self.lock();
+        state.forget(&loan);
+        state.returned.push(worker);
+        state.jobs.push_front(job);
+        drop(state);
+        drop(lent);
+        self.wake_dispatcher();
+        Placed::Queued
+    }
+
+    /// Takes back the worker of a loan that ended: it is lent again if it is idle and nothing
+    /// is queued, else the dispatcher gets it.
+    pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
+        let mut state = self.lock();
+        state.forget(loan);
+        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
+            state.idle.push(worker);
+        } else {
+            state.returned.push(worker);
+            drop(state);
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Forgets a loan whose worker the dispatcher took back.
+    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
+        self.lock().forget(loan);
+    }
+
+    /// Tells the dispatcher that the last pool handle is gone.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake_dispatcher();
+    }
+
+    /// The pids of the pool's current workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids_mut().clone()
+    }
+
+    pub(super) fn wake_dispatcher(&self) {
+        // A full eventfd counter still wakes the poller; nothing else can fail here.
+        let _ = self.wake.write(1);
+    }
+
+    /// Refuses new work from now on; the caller then fails what is queued.
+    pub(super) fn break_pool(&self) {
+        let _state = self.lock();
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// True once the last pool handle is gone.
+    pub(super) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Asks the next submitter that queues a job to wake the dispatcher (it is going to sleep
+    /// with workers lent out). Called under the queue lock.
+    pub(super) fn arm_wake_on_submit(&self) {
+        self.wake_on_submit.store(true, Ordering::SeqCst);
+    }
+
+    /// The dispatcher is awake: submitters need not wake it.
+    pub(super) fn disarm_wake_on_submit(&self) {
+        self.wake_on_submit.store(false, Ordering::SeqCst);
+    }
+
+    /// The eventfd the dispatcher sleeps on.
+    pub(super) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Clears the eventfd after a wake-up.
+    pub(super) fn clear_wake(&self) {
+        let _ = self.wake.read();
+    }
+
+    /// The workers' pids, for [`pids`](Shared::pids) (last in the lock order).
+    pub(super) fn pids_mut(&self) -> MutexGuard<'_, Vec<u32>> {
+        self.pids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The oldest queued job, if `fits` accepts it.
+    pub(super) fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
+        let mut state = self.lock();
+        if state.jobs.front().is_some_and(fits) {
+            state.jobs.pop_front()
+        } else {
+            None
+        }
+    }
+
+    pub(super) fn pop(&self) -> Option<Job> {
+        self.lock().jobs.pop_front()
+    }
+
+    pub(super) fn queued(&self) -> usize {
+        self.lock().jobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The submit and give-back paths, with a socket pair standing in for each worker.
+
+    use std::os::unix::net::UnixStream;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::error::Error;
+    use crate::process_pool::job::Completion;
+    use crate::process_pool::loan_assist::LoanAssist;
+    use crate::process_pool::wire::{self, Reply};
+    use crate::sys::{self, CallStatus};
+    use crate::task::Assist;
+
+    /// What happened to the test's jobs, in order.
+    type Log = Arc<Mutex<Vec<String>>>;
+
+    struct Recorded {
+        name: &'static str,
+        log: Log,
+    }
+
+    impl Completion for Recorded {
+        fn start(&self) -> bool {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("start {}", self.name));
+            true
+        }
+
+        fn finish(self: Box<Self>, reply: Reply) {
+            let payload = String::from_utf8(reply.payload).unwrap();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("finish {} {payload}", self.name));
+        }
+
+        fn fail(self: Box<Self>, error: Error) {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("fail {} {error}", self.name));
+        }
+    }
+
+    fn double(n: u32) -> u32 {
+        n * 2
+    }
+
+    fn job(name: &'static str, log: &Log) -> Job {
+        Job {
+            call: sys::erase(double),
+            arg: name.as_bytes().to_vec(),
+            completion: Box::new(Recorded {
+                name,
+                log: log.clone(),
+            }),
+        }
+    }
+
+    /// A worker link whose other end the test holds, as the worker would.
+    fn worker() -> (WorkerLink, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (WorkerLink::new((std::process::id(), ours)).unwrap(), theirs)
+    }
+
+    /// Reads one request as the worker would, and answers it with `payload`.
+    fn answer(worker_end: &UnixStream, payload: &str) {
+        let mut buffer = Vec::new();
+        let mut input = worker_end;
+        let request = wire::read_request(&mut input, &mut buffer)
+            .unwrap()
+            .unwrap();
+        let mut reply = Vec::new();
+        wire::begin_reply(&mut reply, request.id);
+        reply.extend_from_slice(payload.as_bytes());
+        wire::finish_reply(&mut reply, CallStatus::Returned);
+        std::io::Write::write_all(&mut &*worker_end, &reply).unwrap();
+    }
+
+    /// How many times the dispatcher was woken since the last call.
+    fn wake_ups(shared: &Shared) -> u64 {
+        shared.wake.read().unwrap_or(0)
+    }
+
+    fn lent(placed: Placed) -> Arc<Loan> {
+        match placed {
+            Placed::Lent(loan) => loan,
+            Placed::Queued => panic!("the job was queued, not lent"),
+        }
+    }
+
+    #[test]
+    fn submit_lends_an_idle_worker_when_nothing_is_queued() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        {
+            let state = shared.lock();
+            assert!(state.idle.is_empty() && state.jobs.is_empty());
+            assert_eq!(state.loans.len(), 1);
+            assert!(Arc::ptr_eq(&state.loans[0], &loan));
+        }
+        assert!(loan.stream().is_some(), "the loan holds the worker");
+        // The request was written by the submitting thread, and the dispatcher not woken.
+        let mut buffer = Vec::new();
+        let request = wire::read_request(&mut &worker_end, &mut buffer)
+            .unwrap()
+            .unwrap();
+        assert_eq!(request.arg, b"a");
+        assert_eq!(wake_ups(&shared), 0);
+        assert_eq!(*log.lock().unwrap(), ["start a"]);
+    }
+
+    #[test]
+    fn a_queued_job_wakes_a_sleeping_dispatcher_once() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        // Awake (not armed): queueing does not wake it.
+        assert!(matches!(
+            shared.submit(job("a", &log)).unwrap(),
+            Placed::Queued
+        ));
+        assert_eq!(wake_ups(&shared), 0);
+        // Asleep with workers lent out: the next job wakes it, the one after does not.
+        shared.arm_wake_on_submit();
+        for name in ["b", "c"] {
+            assert!(matches!(
+                shared.submit(job(name, &log)).unwrap(),
+                Placed::Queued
+            ));
+        }
+        assert_eq!(wake_ups(&shared), 1);
+        assert_eq!(shared.queued(), 3);
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "queued jobs have not started"
+        );
+    }
+
+    #[test]
+    fn an_idle_worker_does_not_let_a_job_jump_the_queue() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        assert!(matches!(
+            shared.submit(job("first", &log)).unwrap(),
+            Placed::Queued
+        ));
+        let (link, _worker_end) = worker();
+        shared.lock().idle.push(link);
+        assert!(matches!(
+            shared.submit(job("second", &log)).unwrap(),
+            Placed::Queued
+        ));
+        let names: Vec<String> = std::iter::from_fn(|| shared.pop())
+            .map(|job| String::from_utf8(job.arg).unwrap())
+            .collect();
+        assert_eq!(names, ["first", "second"]);
+    }
+
+    #[test]
+    fn a_reply_read_on_loan_lends_the_idle_worker_again() {
+        let shared = Arc::new(Shared::new().unwrap());
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        let assist = LoanAssist {
+            loan: loan.clone(),
+            shared: shared.clone(),
+        };
+        answer(&worker_end, "42");
+        assist.assist(None);
+        assert_eq!(*log.lock().unwrap(), ["start a", "finish a 42"]);
+        let state = shared.lock();
+        assert!(state.loans.is_empty() && state.returned.is_empty());
+        assert_eq!(
+            state.idle.len(),
+            1,
+            "idle and nothing queued: lent out again"
+        );
+        drop(state);
+        assert_eq!(wake_ups(&shared), 0);
+        assert!(loan.stream().is_none(), "the loan is over");
+    }
+
+    #[test]
+    fn a_reply_read_on_loan_while_jobs_wait_returns_the_worker_to_the_dispatcher() {
+        let shared = Arc::new(Shared::new().unwrap());
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        assert!(matches!(
+            shared.submit(job("b", &log)).unwrap(),
+            Placed::Queued
+        ));
+        answer(&worker_end, "1");
+        LoanAssist {
+            loan,
+            shared: shared.clone(),
+        }
+        .assist(None);
+        let state = shared.lock();
+        assert!(state.loans.is_empty() && state.idle.is_empty());
+        assert_eq!(
+            state.returned.len(),
+            1,
+            "jobs wait: the dispatcher takes it"
+        );
+        drop(state);
+        assert_eq!(wake_ups(&shared), 1);
+    }
+
+    #[test]
+    fn a_task_dropped_on_loan_gives_its_busy_worker_to_the_dispatcher() {
+        let shared = Arc::new(Shared::new().unwrap());
+        let log = Log::default();
+        let (link, _worker_end) = worker();
+        shared.lock().idle.push(link);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        drop(LoanAssist {
+            loan,
+            shared: shared.clone(),
+        });
+        let state = shared.lock();
+        assert!(state.loans.is_empty() && state.idle.is_empty());
+        assert_eq!(state.returned.len(), 1);
+        assert!(!state.returned[0].is_idle(), "its job is still in flight");
+        drop(state);
+        assert_eq!(wake_ups(&shared), 1);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["start a"],
+            "the dispatcher completes it"
+        );
+    }
+
+    #[test]
+    fn a_worker_gone_before_its_request_queues_the_job_first() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        drop(worker_end);
+        shared.lock().idle.push(link);
+        assert!(matches!(
+            shared.submit(job("a", &log)).unwrap(),
+            Placed::Queued
+        ));
+        let state = shared.lock();
+        assert!(state.loans.is_empty() && state.idle.is_empty());
+        assert_eq!(state.returned.len(), 1, "the dispatcher replaces it");
+        assert_eq!(state.jobs.len(), 1);
+        drop(state);
+        assert_eq!(wake_ups(&shared), 1);
+    }
+
+    #[test]
+    fn a_broken_pool_gives_the_job_back() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        shared.break_pool();
+        let refused = shared.submit(job("a", &log)).err().expect("refused");
+        assert_eq!(refused.arg, b"a");
+        assert_eq!(shared.queued(), 0);
+    }
+}
