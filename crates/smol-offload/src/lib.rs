@@ -59,7 +59,10 @@
 //!
 //! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
 //! [`is_panic`](Error::is_panic) is true and whose [`panic_message`](Error::panic_message) is
-//! the panic's text, and the worker goes on. Dropping a [`Task`] before its work started cancels
+//! the panic's text, and the worker goes on. The error's `Display` also names where the panic
+//! happened ([`panic_location`](Error::panic_location)); a worker process prints nothing when its
+//! task panics, unless its pool was built with
+//! [`print_panics(true)`](ProcessPoolBuilder::print_panics). Dropping a [`Task`] before its work started cancels
 //! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
@@ -105,6 +108,7 @@ mod default_pool;
 mod error;
 mod executor;
 mod job_queue;
+mod panics;
 mod process_pool;
 mod stats;
 mod sys;

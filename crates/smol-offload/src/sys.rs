@@ -16,12 +16,12 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::panic::{self, AssertUnwindSafe};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::panics::{self, Reporting};
 
 /// Which side of a fork the caller is on.
 pub(crate) enum Forked {
@@ -127,7 +127,7 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
 pub(crate) enum CallStatus {
     /// `out` holds the encoded value.
     Returned = 0,
-    /// `out` holds the panic's message, in UTF-8.
+    /// `out` holds the panic's message and location, a postcard-encoded `panics::Caught`.
     Panicked = 1,
     /// The argument could not be decoded; `out` holds the message.
     BadArgument = 2,
@@ -161,7 +161,7 @@ pub(crate) struct ErasedCall {
     function: u64,
 }
 
-type Trampoline = fn(u64, &[u8], &mut Vec<u8>) -> CallStatus;
+type Trampoline = fn(u64, Reporting, &[u8], &mut Vec<u8>) -> CallStatus;
 
 /// Erases the types of `f`, to send it to a forked worker.
 pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
@@ -198,12 +198,13 @@ impl ErasedCall {
     }
 
     /// Decodes the argument in `arg`, calls the function, and appends the encoded value (or
-    /// the failure's message) to `out`.
-    pub(crate) fn invoke(self, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
+    /// the failure: a message, or a panic's [`Caught`]) to `out`. A panic is reported as it
+    /// happens as `reporting` says.
+    pub(crate) fn invoke(self, reporting: Reporting, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
         // SAFETY: an `ErasedCall` is made only by `erase`, which pairs a `fn(A) -> R` with its
         // `trampoline::<A, R>`, or by `from_wire`, whose caller vouches that the words are the
         // same pair in this program image.
-        unsafe { call_address(self.trampoline, self.function, arg, out) }
+        unsafe { call_address(self.trampoline, self.function, reporting, arg, out) }
     }
 }
 
@@ -217,17 +218,23 @@ impl ErasedCall {
 unsafe fn call_address(
     trampoline: u64,
     function: u64,
+    reporting: Reporting,
     arg: &[u8],
     out: &mut Vec<u8>,
 ) -> CallStatus {
     // SAFETY: by this function's contract, `trampoline` is the address of a
     // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
     let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline as usize) };
-    trampoline(function, arg, out)
+    trampoline(function, reporting, arg, out)
 }
 
 /// Decodes `A`, calls `f`, and appends the encoded `R` (or the panic's message) to `out`.
-fn trampoline<A, R>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> CallStatus
+fn trampoline<A, R>(
+    function: u64,
+    reporting: Reporting,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> CallStatus
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -240,25 +247,27 @@ where
     // Everything under `catch_unwind`: `f`, but also the user's `Deserialize` and `Serialize`
     // code and the destructors of the argument and the value. A panic there is the task's
     // error, not the end of the worker.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+    let outcome = panics::catch(reporting, || {
         let arg: A = codec::decode(arg).map_err(|err| (CallStatus::BadArgument, err.message))?;
         let value = f(arg);
         codec::encode_into(&value, out).map_err(|err| (CallStatus::BadResult, err.message))?;
         Ok(())
-    }));
-    let (status, message) = match outcome {
-        Ok(Ok(())) => return CallStatus::Returned,
-        Ok(Err(failure)) => failure,
-        Err(payload) => {
-            let message = crate::error::panic_payload_message(payload.as_ref());
-            // The payload's own drop may panic too; it must not escape the worker.
-            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            (CallStatus::Panicked, message)
+    });
+    if !matches!(outcome, Ok(Ok(()))) {
+        out.truncate(start);
+    }
+    match outcome {
+        Ok(Ok(())) => CallStatus::Returned,
+        Ok(Err((status, message))) => {
+            out.extend_from_slice(message.as_bytes());
+            status
         }
-    };
-    out.truncate(start);
-    out.extend_from_slice(message.as_bytes());
-    status
+        Err(caught) => {
+            // Two strings: nothing in them can fail to encode.
+            let _ = codec::encode_into(&caught, out);
+            CallStatus::Panicked
+        }
+    }
 }
 
 /// The loop of a worker process: reads each request its parent sends on `stream`, calls the
@@ -285,7 +294,12 @@ pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Res
         // by `erase` in the same program image (see this function's documentation).
         let call = unsafe { ErasedCall::from_wire(request.call) };
         wire::begin_reply(&mut reply, request.id);
-        let status = call.invoke(request.arg, &mut reply);
+        let reporting = if request.options.print_panics {
+            Reporting::Labelled
+        } else {
+            Reporting::Quiet
+        };
+        let status = call.invoke(reporting, request.arg, &mut reply);
         wire::finish_reply(&mut reply, status);
         output.write_all(&reply)?;
     }
@@ -309,7 +323,7 @@ mod tests {
         let call = erase(double);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&21u32).unwrap();
-        let status = call.invoke(&arg, &mut out);
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Returned);
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
     }
@@ -322,7 +336,10 @@ mod tests {
         assert_eq!(back, call);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&4u32).unwrap();
-        assert_eq!(back.invoke(&arg, &mut out), CallStatus::Returned);
+        assert_eq!(
+            back.invoke(Reporting::Quiet, &arg, &mut out),
+            CallStatus::Returned
+        );
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 8);
     }
 
@@ -331,15 +348,15 @@ mod tests {
         let call = erase(fail);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&"boom".to_string()).unwrap();
-        let hook = panic::take_hook();
-        panic::set_hook(Box::new(|_| {}));
-        let status = call.invoke(&arg, &mut out);
-        panic::set_hook(hook);
+        panics::install_hook();
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Panicked);
-        assert_eq!(out, b"boom");
+        let caught: panics::Caught = codec::decode(&out).unwrap();
+        assert_eq!(caught.message, "boom");
+        assert!(caught.location.unwrap().starts_with(file!()));
 
         out.clear();
-        let status = call.invoke(&[0xff], &mut out);
+        let status = call.invoke(Reporting::Quiet, &[0xff], &mut out);
         assert_eq!(status, CallStatus::BadArgument);
         assert!(!out.is_empty());
     }

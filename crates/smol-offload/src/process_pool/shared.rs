@@ -264,6 +264,7 @@ mod tests {
     use crate::error::Error;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
+    use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -308,6 +309,7 @@ mod tests {
     fn job(name: &'static str, log: &Log) -> Job {
         Job {
             call: sys::erase(double),
+            options: CallOptions::default(),
             arg: name.as_bytes().to_vec(),
             completion: Box::new(Recorded {
                 name,

@@ -1,9 +1,10 @@
 //! What crosses the sockets: length-prefixed frames between the parent and a worker, and small
 //! postcard messages between the parent and the fork server.
 //!
-//! A request frame is `len: u32 | id: u64 | trampoline: u64 | function: u64 | argument`, a
-//! reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian, where `len`
-//! counts the bytes after itself. The argument and a returned value are postcard-encoded.
+//! A request frame is `len: u32 | id: u64 | flags: u8 | trampoline: u64 | function: u64 |
+//! argument`, a reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian,
+//! where `len` counts the bytes after itself. The argument and a returned value are
+//! postcard-encoded. A request's flags carry its [`CallOptions`].
 
 use std::io::{self, Read};
 
@@ -11,16 +12,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::sys::{CallStatus, ErasedCall};
 
-const REQUEST_HEADER: usize = 8 + 8 + 8;
+const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
+/// Request flag: print the call's panic in the worker as it happens.
+const PRINT_PANICS: u8 = 1;
+
+/// How the worker runs one call, besides the call itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CallOptions {
+    /// Print a panic of the call to the worker's stderr, naming the worker.
+    pub(crate) print_panics: bool,
+}
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
 
 /// Appends a request frame to `out`.
-pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, call: ErasedCall, arg: &[u8]) {
+pub(crate) fn write_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call: ErasedCall,
+    options: CallOptions,
+    arg: &[u8],
+) {
     let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
+    out.push(if options.print_panics {
+        PRINT_PANICS
+    } else {
+        0
+    });
     for word in call.to_wire() {
         out.extend_from_slice(&word.to_le_bytes());
     }
@@ -37,6 +58,7 @@ pub(crate) struct Request<'a> {
     /// The words of the call, as [`ErasedCall::to_wire`] gave them: only the worker's loop
     /// in `sys` may turn them back into a call, because only it knows where they came from.
     pub(crate) call: [u64; 2],
+    pub(crate) options: CallOptions,
     /// The encoded argument, borrowed from the read buffer.
     pub(crate) arg: &'a [u8],
 }
@@ -64,7 +86,10 @@ pub(crate) fn read_request<'a>(
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
     let request = Request {
         id: word(0),
-        call: [word(8), word(16)],
+        options: CallOptions {
+            print_panics: buffer[8] & PRINT_PANICS != 0,
+        },
+        call: [word(9), word(17)],
         arg: &buffer[REQUEST_HEADER..],
     };
     Ok(Some(request))
@@ -189,8 +214,9 @@ mod tests {
     fn request_frame_round_trips() {
         let call = crate::sys::erase(some_function);
         let mut frame = Vec::new();
-        write_request(&mut frame, 7, call, b"arg");
-        write_request(&mut frame, 8, call, b"");
+        let loud = CallOptions { print_panics: true };
+        write_request(&mut frame, 7, call, loud, b"arg");
+        write_request(&mut frame, 8, call, CallOptions::default(), b"");
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
@@ -198,8 +224,10 @@ mod tests {
             (first.id, first.call, first.arg),
             (7, call.to_wire(), &b"arg"[..])
         );
+        assert_eq!(first.options, loud);
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.id, second.arg.len()), (8, 0));
+        assert_eq!(second.options, CallOptions::default());
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
     }
 

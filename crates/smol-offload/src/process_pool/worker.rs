@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
+use crate::panics;
 use crate::sys::{self, ChildGuard};
 
 /// Serves requests on `socket` until the parent closes it, then exits. Runs in a process just
@@ -15,6 +16,9 @@ pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
         sys::exit_child(1);
     }
     sys::set_process_name(c"smol-offload-wk");
+    // Panics here are labelled with this worker's pid, and a task's are quiet unless its pool
+    // asked to print them.
+    panics::install_in_worker();
     let stream = UnixStream::from(socket);
     // The loop that reads calls from the socket lives in `sys`, which says why that is sound.
     let code = match sys::serve_requests(&stream) {

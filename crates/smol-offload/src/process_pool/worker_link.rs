@@ -73,7 +73,7 @@ impl WorkerLink {
     pub(crate) fn assign(&mut self, job: Job) {
         let id = self.next_id;
         self.next_id += 1;
-        wire::write_request(&mut self.outbox, id, job.call, &job.arg);
+        wire::write_request(&mut self.outbox, id, job.call, job.options, &job.arg);
         if self.in_flight.is_empty() {
             self.head_since = Instant::now();
         }
