@@ -40,6 +40,8 @@ pub(crate) enum ErrorKind {
         exit: WorkerExit,
     },
     Shutdown,
+    /// The pool gave up (it could not keep any worker process alive), for this reason.
+    Broken(String),
     Codec {
         stage: &'static str,
         detail: String,
@@ -48,8 +50,8 @@ pub(crate) enum ErrorKind {
     Config(String),
 }
 
-/// How a worker process ended, as the pool learned it from `waitpid`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum WorkerExit {
     /// The process called `exit` with this code.
     Code(i32),
@@ -57,17 +59,28 @@ pub(crate) enum WorkerExit {
     Signal(i32),
     /// The pool lost its link to the worker before it learned the status.
     Unknown,
+    /// The worker closed its end of the socket but went on running: the pool killed it.
+    ClosedLink,
+    /// The worker sent bytes that are no reply to the task it ran (said here): the pool killed
+    /// it.
+    MalformedReply(String),
 }
 
 impl fmt::Display for WorkerExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
+        match self {
             WorkerExit::Code(code) => write!(f, "exited with code {code}"),
-            WorkerExit::Signal(signal) => match nix::sys::signal::Signal::try_from(signal) {
+            WorkerExit::Signal(signal) => match nix::sys::signal::Signal::try_from(*signal) {
                 Ok(name) => write!(f, "was killed by signal {signal} ({})", name.as_str()),
                 Err(_) => write!(f, "was killed by signal {signal}"),
             },
             WorkerExit::Unknown => write!(f, "stopped answering"),
+            WorkerExit::ClosedLink => {
+                write!(f, "closed its link to the pool and was killed")
+            }
+            WorkerExit::MalformedReply(detail) => {
+                write!(f, "sent a malformed reply ({detail}) and was killed")
+            }
         }
     }
 }
@@ -148,46 +161,48 @@ impl Error {
         matches!(self.kind, ErrorKind::Timeout(_))
     }
 
-    /// True when the worker process running the task died (a signal, `abort`, `exit`). Only
-    /// that task fails; the pool replaces the worker.
+    /// True when the worker process running the task died (a signal, `abort`, `exit`), or the
+    /// pool had to kill it because it broke its link (it closed its socket, or sent a malformed
+    /// reply). Only that task fails; the pool replaces the worker.
     pub fn is_worker_died(&self) -> bool {
         matches!(self.kind, ErrorKind::WorkerDied { .. })
     }
 
     /// The pid of the worker process that died running the task.
     pub fn worker_pid(&self) -> Option<u32> {
-        match self.kind {
-            ErrorKind::WorkerDied { pid, .. } => Some(pid),
+        match &self.kind {
+            ErrorKind::WorkerDied { pid, .. } => Some(*pid),
             _ => None,
         }
     }
 
     /// The signal that ended the worker running the task, if a signal did.
     pub fn worker_signal(&self) -> Option<i32> {
-        match self.kind {
+        match &self.kind {
             ErrorKind::WorkerDied {
                 exit: WorkerExit::Signal(signal),
                 ..
-            } => Some(signal),
+            } => Some(*signal),
             _ => None,
         }
     }
 
     /// The exit code of the worker running the task, if it called `exit`.
     pub fn worker_exit_code(&self) -> Option<i32> {
-        match self.kind {
+        match &self.kind {
             ErrorKind::WorkerDied {
                 exit: WorkerExit::Code(code),
                 ..
-            } => Some(code),
+            } => Some(*code),
             _ => None,
         }
     }
 
     /// True when the pool shut down before the task could finish: its last handle was dropped
-    /// with the task still queued, or its worker processes could not be kept alive.
+    /// with the task still queued, or its worker processes could not be kept alive (the
+    /// message then says why).
     pub fn is_shutdown(&self) -> bool {
-        matches!(self.kind, ErrorKind::Shutdown)
+        matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
     }
 
     /// True when the argument or the result of a process task could not be serialized or
@@ -221,6 +236,7 @@ impl fmt::Display for Error {
                 write!(f, "worker process {pid} {exit} while running the task")
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
+            ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
         }

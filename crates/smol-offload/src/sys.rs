@@ -105,13 +105,59 @@ pub(crate) fn set_process_name(name: &std::ffi::CStr) {
     let _ = nix::sys::prctl::set_name(name);
 }
 
-/// Makes the calling process ignore `SIGINT`: a Ctrl-C in the terminal reaches the whole
-/// process group, and the application, not its workers, decides what it means.
+/// Makes the calling process ignore `SIGINT` and `SIGTERM`: a Ctrl-C in the terminal, or a
+/// `kill` of the application's process group, reaches every process of the group, and the
+/// application, not its fork server or workers, decides what it means. When the application
+/// exits, they follow (`PR_SET_PDEATHSIG` and the end of their sockets).
 pub(crate) fn ignore_interrupts() -> io::Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
-    unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }?;
+    for interrupt in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be
+        // broken.
+        unsafe { signal(interrupt, SigHandler::SigIgn) }?;
+    }
     Ok(())
+}
+
+/// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
+/// its pid. The fork server calls it on both sides of forking a worker, so that the group
+/// exists whichever side runs first.
+pub(crate) fn lead_own_group(pid: u32) -> io::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::unistd::setpgid(pid, pid)?;
+    Ok(())
+}
+
+/// A pidfd for process `pid`: a descriptor that `poll` reports readable once the process has
+/// exited. It works for a process that is not a child of the caller (a worker is the fork
+/// server's child), and it refers to that very process even if the pid is reused later.
+///
+/// # Errors
+///
+/// The process does not exist (it was already reaped), or the kernel is older than Linux 5.3.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: `pidfd_open(pid, flags)` takes two integers and touches no memory of the
+    // caller; it returns a new descriptor or -1 with `errno` set.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just created `fd` (close-on-exec) for this call; nothing else in the
+    // process knows it, so this is its one owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `SIGKILL` to process `pid` and to every process of the process group `pid` leads:
+/// the worker and what it forked. Call it only while `pid` is not reaped yet, so that neither
+/// id can belong to another process. Errors (already gone) are ignored.
+pub(crate) fn kill_worker_group(pid: u32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // The worker itself first: it may have left its group (`setpgid`, `setsid`) in a task.
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = killpg(pid, Signal::SIGKILL);
 }
 
 /// Takes ownership of a descriptor that arrived through `SCM_RIGHTS`.

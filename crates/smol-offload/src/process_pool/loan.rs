@@ -15,6 +15,7 @@
 //! Locks: a loan's lock comes first in the pool's lock order (see [`shared`](super::shared)):
 //! it may be held while taking the queue lock, never the reverse.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
@@ -70,12 +71,12 @@ impl Loan {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The worker's socket, while the loan lasts: the dispatcher watches it.
-    pub(crate) fn stream(&self) -> Option<Arc<Async<UnixStream>>> {
+    /// The worker's socket and pidfd, while the loan lasts: the dispatcher watches them.
+    pub(crate) fn watch(&self) -> Option<(Arc<Async<UnixStream>>, Arc<OwnedFd>)> {
         self.lock()
             .worker
             .as_ref()
-            .map(|worker| worker.stream.clone())
+            .map(|worker| (worker.stream.clone(), worker.pidfd.clone()))
     }
 }
 
@@ -137,7 +138,7 @@ impl LoanState {
                 }
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt => LoanRead::Over(None),
+                Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
             };
         }
     }

@@ -1,8 +1,9 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// wire → job → worker_link → loan → shared → loan_assist → server → dispatcher.
+// wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
 mod dispatcher;
+mod dying;
 mod job;
 mod loan;
 mod loan_assist;
@@ -19,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
+use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
@@ -146,7 +147,7 @@ impl Executor for ProcessPool {
                 shared: self.handle.shared.clone(),
             })),
             Err(refused) => {
-                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                refused.completion.fail(self.handle.shared.refusal());
                 task
             }
         }
@@ -246,10 +247,17 @@ impl ProcessPoolBuilder {
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;
         let dispatcher = Dispatcher::new(shared.clone(), link, spawned);
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("smol-offload-dispatch".into())
-            .spawn(move || dispatcher.run())
-            .map_err(io_error("start the dispatcher thread"))?;
+            .spawn(move || dispatcher.run());
+        if let Err(source) = started {
+            // The workers wait, lent out, for tasks that will never come: end them.
+            for worker in std::mem::take(&mut shared.lock().idle) {
+                sys::kill_worker_group(worker.pid);
+                let _ = link.reap(worker.pid);
+            }
+            return Err(io_error("start the dispatcher thread")(source));
+        }
         Ok(ProcessPool {
             handle: Arc::new(Handle {
                 shared,

@@ -81,8 +81,12 @@ pub(crate) fn read_request<'a>(
             "request frame too short",
         ));
     }
-    buffer.resize(len, 0);
-    input.read_exact(buffer)?;
+    // Read as the bytes come, not allocated up front: a corrupt length costs no memory.
+    buffer.clear();
+    input.take(len as u64).read_to_end(buffer)?;
+    if buffer.len() < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
     let request = Request {
         id: word(0),
@@ -151,31 +155,73 @@ impl ReplyReader {
         Some(4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize)
     }
 
-    /// The next complete reply, if the buffer holds one.
-    pub(crate) fn next_reply(&mut self) -> io::Result<Option<Reply>> {
-        if self.buffer.len() < 4 {
+    /// The next complete reply, if the buffer holds one. `expected` is the id of the request
+    /// the worker runs (`None` when it was sent none).
+    ///
+    /// The header is checked as soon as its bytes are in, before the rest of the frame: bytes
+    /// while no request is in flight, a length too short for a header, another id or an
+    /// unknown status make the stream malformed at once. So `Ok(None)` means that the bytes
+    /// read so far are the start of a valid reply to `expected`, and the reader never waits
+    /// for bytes that a valid frame would not have.
+    pub(crate) fn next_reply(&mut self, expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        if self.buffer.is_empty() {
             return Ok(None);
         }
-        let len = u32::from_le_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        let Some(expected) = expected else {
+            return Err(Malformed(format!(
+                "{} bytes while it was running no task",
+                self.buffer.len()
+            )));
+        };
+        let Some(prefix) = self.buffer.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if len < REPLY_HEADER {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "reply frame too short",
-            ));
+            return Err(Malformed(format!(
+                "a frame of {len} bytes, shorter than a reply header"
+            )));
         }
+        // The id, byte by byte as they come: a wrong first byte is enough.
+        let id_in = &self.buffer[4..self.buffer.len().min(12)];
+        if id_in != &expected.to_le_bytes()[..id_in.len()] {
+            let mut id = [0; 8];
+            id[..id_in.len()].copy_from_slice(id_in);
+            let id = u64::from_le_bytes(id);
+            let which = if id_in.len() == 8 {
+                format!("request {id}")
+            } else {
+                format!("a request whose id starts {id_in:02x?}")
+            };
+            return Err(Malformed(format!(
+                "a reply to {which} while it ran request {expected}"
+            )));
+        }
+        let Some(&status) = self.buffer.get(12) else {
+            return Ok(None);
+        };
+        let status = CallStatus::from_byte(status)
+            .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let id = u64::from_le_bytes(self.buffer[4..12].try_into().expect("8 bytes"));
-        let status = CallStatus::from_byte(self.buffer[12])
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown reply status"))?;
         let payload = self.buffer[REPLY_PAYLOAD..4 + len].to_vec();
         self.buffer.drain(..4 + len);
         Ok(Some(Reply {
-            id,
+            id: expected,
             status,
             payload,
         }))
+    }
+}
+
+/// Why the bytes a worker sent are no valid reply: a worker that sends them cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Malformed(pub(crate) String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -248,7 +294,8 @@ mod tests {
         let mut replies = Vec::new();
         for byte in stream {
             reader.fill(&mut &[byte][..], usize::MAX).unwrap();
-            while let Some(reply) = reader.next_reply().unwrap() {
+            let expected = [1, 2].get(replies.len()).copied();
+            while let Some(reply) = reader.next_reply(expected).unwrap() {
                 replies.push(reply);
             }
         }
@@ -279,16 +326,189 @@ mod tests {
             "read some, not all"
         );
         assert_eq!(reader.next_frame_len(), Some(frame.len()));
-        assert_eq!(reader.next_reply().unwrap(), None);
+        assert_eq!(reader.next_reply(Some(7)).unwrap(), None);
         reader.fill(&mut input, usize::MAX).unwrap();
-        assert_eq!(reader.next_reply().unwrap().unwrap().payload, [5; 40_000]);
+        assert_eq!(
+            reader.next_reply(Some(7)).unwrap().unwrap().payload,
+            [5; 40_000]
+        );
     }
 
     #[test]
     fn corrupt_reply_is_an_error() {
         let mut reader = ReplyReader::default();
         reader.fill(&mut &[1, 0, 0, 0, 9][..], usize::MAX).unwrap();
-        assert!(reader.next_reply().is_err());
+        assert!(reader.next_reply(Some(0)).is_err());
+    }
+
+    /// The header of a reply to request `id` with `status`, announcing `len` bytes after the
+    /// length.
+    fn header(len: u32, id: u64, status: u8) -> Vec<u8> {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.push(status);
+        bytes
+    }
+
+    fn read(bytes: &[u8], expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        let mut reader = ReplyReader::default();
+        reader.fill(&mut &bytes[..], usize::MAX).unwrap();
+        reader.next_reply(expected)
+    }
+
+    #[test]
+    fn a_huge_length_with_a_wrong_id_is_malformed_at_once() {
+        // What 64 random bytes look like: a length near 900 MB, and an id nobody sent.
+        let mut bytes = header(900_000_000, 0x1234_5678_9abc_def0, 0);
+        bytes.extend_from_slice(&[0xa5; 51]);
+        let err = read(&bytes, Some(3)).unwrap_err();
+        assert!(err.0.contains("request 3"), "{err}");
+    }
+
+    #[test]
+    fn the_header_is_checked_as_its_bytes_come_in() {
+        // Bytes while no request is in flight.
+        assert!(read(&[0], None).is_err());
+        // A length too short for a header, with only the length in.
+        assert!(read(&header(3, 0, 0)[..4], Some(0)).is_err());
+        // A wrong id, before the status byte is in.
+        assert!(read(&header(100, 9, 0)[..12], Some(0)).is_err());
+        // An unknown status, before the payload is in.
+        let err = read(&header(100, 0, 200), Some(0)).unwrap_err();
+        assert!(err.0.contains("status 200"), "{err}");
+        // A valid header announcing a long payload: wait for it.
+        assert_eq!(read(&header(100, 0, 1), Some(0)).unwrap(), None);
+        assert_eq!(read(&header(100, 0, 1)[..7], Some(0)).unwrap(), None);
+    }
+
+    /// Whether `bytes` could be the start of a valid reply to `expected` (a reference for the
+    /// property tests, written apart from the reader).
+    fn starts_a_valid_reply(bytes: &[u8], expected: Option<u64>) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let Some(expected) = expected else {
+            return false;
+        };
+        let mut frame = u32::MAX.to_le_bytes().to_vec();
+        frame.extend_from_slice(&expected.to_le_bytes());
+        let len_ok = bytes.len() < 4
+            || u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize >= REPLY_HEADER;
+        let id_ok = bytes
+            .iter()
+            .zip(&frame)
+            .skip(4)
+            .all(|(byte, wanted)| byte == wanted);
+        let status_ok = bytes
+            .get(12)
+            .is_none_or(|&status| CallStatus::from_byte(status).is_some());
+        len_ok && id_ok && status_ok
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Feeds `bytes` to a reader in chunks of the given sizes, expecting replies to
+        /// `first_id`, `first_id + 1`, ...; returns the replies cut, and how the reader ended.
+        fn feed(
+            bytes: &[u8],
+            chunks: &[usize],
+            first_id: Option<u64>,
+        ) -> (Vec<Reply>, Result<(), Malformed>, ReplyReader) {
+            let mut reader = ReplyReader::default();
+            let mut replies = Vec::new();
+            let mut rest = bytes;
+            let mut chunks = chunks.iter().cycle();
+            let expected = |replies: &Vec<Reply>| first_id.map(|id| id + replies.len() as u64);
+            while !rest.is_empty() {
+                let size = (*chunks.next().unwrap()).clamp(1, rest.len());
+                let (chunk, after) = rest.split_at(size);
+                rest = after;
+                reader.fill(&mut &chunk[..], usize::MAX).unwrap();
+                loop {
+                    match reader.next_reply(expected(&replies)) {
+                        Ok(Some(reply)) => replies.push(reply),
+                        Ok(None) => break,
+                        Err(malformed) => return (replies, Err(malformed), reader),
+                    }
+                }
+                // Never more memory than the bytes fed call for, whatever a length says.
+                let fed = bytes.len() - rest.len();
+                assert!(reader.buffer.capacity() <= 2 * fed + 64 * 1024);
+            }
+            (replies, Ok(()), reader)
+        }
+
+        proptest! {
+            #[test]
+            fn garbage_is_cut_or_refused_but_never_waited_on(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                chunks in proptest::collection::vec(1usize..64, 1..8),
+                first_id in proptest::option::of(0u64..4),
+            ) {
+                let (replies, ended, reader) = feed(&bytes, &chunks, first_id);
+                if ended.is_ok() {
+                    // What is left waiting must be the start of a valid reply.
+                    let expected = first_id.map(|id| id + replies.len() as u64);
+                    prop_assert!(starts_a_valid_reply(&reader.buffer, expected));
+                }
+            }
+
+            #[test]
+            fn a_random_frame_after_its_header_is_refused(
+                tail in proptest::collection::vec(any::<u8>(), 13..128),
+                expected in any::<u64>(),
+            ) {
+                // 64 random bytes: refused once the header is in, unless it is a valid one.
+                let (_, ended, _) = feed(&tail, &[tail.len()], Some(expected));
+                let valid = starts_a_valid_reply(&tail[..13], Some(expected));
+                prop_assert_eq!(ended.is_err(), !valid);
+            }
+
+            #[test]
+            fn valid_replies_come_out_whole_from_any_split(
+                replies in proptest::collection::vec(
+                    (0u8..4, proptest::collection::vec(any::<u8>(), 0..300)),
+                    0..6,
+                ),
+                chunks in proptest::collection::vec(1usize..100, 1..8),
+            ) {
+                let mut stream = Vec::new();
+                for (id, (status, payload)) in replies.iter().enumerate() {
+                    let mut frame = Vec::new();
+                    begin_reply(&mut frame, id as u64);
+                    frame.extend_from_slice(payload);
+                    finish_reply(&mut frame, CallStatus::from_byte(*status).unwrap());
+                    stream.extend_from_slice(&frame);
+                }
+                let (cut, ended, reader) = feed(&stream, &chunks, Some(0));
+                prop_assert!(ended.is_ok());
+                prop_assert!(reader.buffer.is_empty());
+                prop_assert_eq!(cut.len(), replies.len());
+                for (reply, (status, payload)) in cut.iter().zip(&replies) {
+                    prop_assert_eq!(reply.status as u8, *status);
+                    prop_assert_eq!(&reply.payload, payload);
+                }
+            }
+
+            #[test]
+            fn the_worker_reads_any_request_bytes_without_panicking(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                huge in any::<bool>(),
+            ) {
+                let mut bytes = bytes;
+                if huge && bytes.len() >= 4 {
+                    // A length prefix of about 4 GB: nothing is allocated for it up front.
+                    bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                }
+                let mut input = &bytes[..];
+                let mut buffer = Vec::new();
+                while let Ok(Some(_)) = read_request(&mut input, &mut buffer) {}
+                prop_assert!(buffer.capacity() <= 2 * bytes.len() + 64 * 1024);
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@ use crate::sys::{self, ChildGuard};
 /// forked from the fork server `server`; never returns.
 pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     let _guard = ChildGuard;
+    // Its own process group: the pool kills the group when the worker ends, taking what a task
+    // forked with it, and signals sent to the application's group do not reach it. The server
+    // does the same on its side; an error here means the server already did.
+    let _ = sys::lead_own_group(0);
     if sys::die_with_parent(server).is_err() || sys::ignore_interrupts().is_err() {
         sys::exit_child(1);
     }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,8 @@ use async_io::Async;
 use nix::sys::socket::{MsgFlags, recv};
 
 use crate::process_pool::job::Job;
-use crate::process_pool::wire::{self, Reply, ReplyReader};
+use crate::process_pool::server::Spawned;
+use crate::process_pool::wire::{self, Malformed, Reply, ReplyReader};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
 /// job, the job goes to another worker.
@@ -31,8 +32,8 @@ pub(crate) enum Incoming {
     Reply(Job, Reply, Duration),
     /// No complete reply yet.
     Nothing,
-    /// A reply to no job, or a corrupt frame: the worker cannot be trusted.
-    Corrupt,
+    /// Bytes that are no reply to the job the worker runs: the worker cannot be trusted.
+    Corrupt(Malformed),
 }
 
 /// The parent's end of one worker.
@@ -41,6 +42,10 @@ pub(crate) struct WorkerLink {
     /// Registered with the smol reactor, so that a task awaiting a reply can sleep on it. The
     /// socket stays in blocking mode: reads pass `MSG_DONTWAIT`, and writes block.
     pub(crate) stream: Arc<Async<UnixStream>>,
+    /// Readable once the worker process has exited, whoever holds its socket: the dispatcher
+    /// watches it, since the socket alone may outlive the worker (a process the task forked
+    /// holds a copy) or end while it lives (the task closed it).
+    pub(crate) pidfd: Arc<OwnedFd>,
     replies: ReplyReader,
     /// The jobs sent to it, in order: it runs the first and has not started the others.
     pub(crate) in_flight: VecDeque<InFlight>,
@@ -52,11 +57,12 @@ pub(crate) struct WorkerLink {
 }
 
 impl WorkerLink {
-    /// Wraps a freshly forked worker's socket.
-    pub(crate) fn new((pid, stream): (u32, UnixStream)) -> io::Result<WorkerLink> {
+    /// Wraps a freshly forked worker's socket and pidfd.
+    pub(crate) fn new(spawned: Spawned) -> io::Result<WorkerLink> {
         Ok(WorkerLink {
-            pid,
-            stream: Arc::new(Async::new_nonblocking(stream)?),
+            pid: spawned.pid,
+            stream: Arc::new(Async::new_nonblocking(spawned.stream)?),
+            pidfd: spawned.pidfd,
             replies: ReplyReader::default(),
             in_flight: VecDeque::new(),
             head_since: Instant::now(),
@@ -118,8 +124,8 @@ impl WorkerLink {
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
         let expected = self.in_flight.front().map(|in_flight| in_flight.id);
-        match self.replies.next_reply() {
-            Ok(Some(reply)) if Some(reply.id) == expected => {
+        match self.replies.next_reply(expected) {
+            Ok(Some(reply)) => {
                 let done = self.in_flight.pop_front().expect("checked just above");
                 let now = Instant::now();
                 let took = now - self.head_since;
@@ -127,7 +133,7 @@ impl WorkerLink {
                 Incoming::Reply(done.job, reply, took)
             }
             Ok(None) => Incoming::Nothing,
-            Ok(Some(_)) | Err(_) => Incoming::Corrupt,
+            Err(malformed) => Incoming::Corrupt(malformed),
         }
     }
 }
