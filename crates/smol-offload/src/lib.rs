@@ -103,6 +103,7 @@
 
 #![deny(unsafe_code)]
 
+mod byte_buf;
 mod codec;
 mod default_pool;
 mod error;
@@ -116,6 +117,7 @@ mod task;
 mod thread_pool;
 mod wait;
 
+pub use crate::byte_buf::ByteBuf;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;

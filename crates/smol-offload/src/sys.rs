@@ -167,6 +167,122 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// A new memfd holding a copy of `bytes`, sealed so that nobody (its creator included) can
+/// write, shrink or grow it any more: a process it is sent to may map it and read it as
+/// immutable memory.
+pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::Write;
+
+    let fd = memfd_create(
+        c"smol-offload-payload",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.set_len(bytes.len() as u64)?;
+    file.write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+/// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
+/// change while they are mapped.
+pub(crate) struct SealedMapping {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory that nobody can write (the memfd is sealed against
+// writes), owned by this value alone: sharing or sending it between threads is like doing so
+// with a `Box<[u8]>` that is never mutated.
+unsafe impl Send for SealedMapping {}
+// SAFETY: see `Send` just above; `&SealedMapping` only ever reads.
+unsafe impl Sync for SealedMapping {}
+
+impl SealedMapping {
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes and be sealed against writes,
+    /// shrinking and growing; `fd` is closed (the mapping keeps the memory).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is no such memfd (a broken or hostile peer), or `mmap` failed.
+    pub(crate) fn new(fd: OwnedFd, len: usize) -> io::Result<SealedMapping> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+
+        let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(needed) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a shared payload that is not sealed against writes",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let size = file.metadata()?.len();
+        if size != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a shared payload of {size} bytes announced as {len}"),
+            ));
+        }
+        let Some(length) = std::num::NonZeroUsize::new(len) else {
+            return Ok(SealedMapping {
+                address: std::ptr::NonNull::dangling(),
+                len: 0,
+            });
+        };
+        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps
+        // no memory of this process. The file is sealed against shrinking, so no page of the
+        // mapping can vanish under a reader (which would raise SIGBUS).
+        let address = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }?;
+        Ok(SealedMapping {
+            address: address.cast(),
+            len,
+        })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `address` is the start of a readable mapping of `len` bytes (or dangling with
+        // `len == 0`), alive until `self` is dropped, and its contents never change: the memfd
+        // is sealed against writes, and this process mapped it read-only.
+        unsafe { std::slice::from_raw_parts(self.address.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping was made by `new` with this address and length, and no slice
+            // of it outlives `self` (`as_slice` borrows `self`).
+            let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
+        }
+    }
+}
+
+impl std::fmt::Debug for SealedMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedMapping")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a call through [`ErasedCall::invoke`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -328,14 +444,33 @@ where
 /// stays in the application, which writes only requests built by `wire::write_request` from a
 /// call made by [`erase`].
 pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Result<()> {
+    use crate::process_pool::out_of_line::{self, FdReader};
     use crate::process_pool::wire;
-    use std::io::{BufReader, Write};
+    use std::io::BufReader;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
 
-    let mut input = BufReader::with_capacity(64 * 1024, stream);
-    let mut output = stream;
+    let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
+        // A shared argument is in the memfd that came with the frame's bytes, so it is in by
+        // now; the mapping lives until the call is over (a `ByteBuf` may keep it longer).
+        let mapping = if request.shared {
+            let size = request.shared_size()?;
+            let fd = input.get_mut().fds.pop_front().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "shared request without its memfd",
+                )
+            })?;
+            Some(Arc::new(SealedMapping::new(fd, size)?))
+        } else {
+            None
+        };
+        let arg = mapping
+            .as_deref()
+            .map_or(request.arg, SealedMapping::as_slice);
         // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
         // by `erase` in the same program image (see this function's documentation).
         let call = unsafe { ErasedCall::from_wire(request.call) };
@@ -345,9 +480,15 @@ pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Res
         } else {
             Reporting::Quiet
         };
-        let status = call.invoke(reporting, request.arg, &mut reply);
+        let status = crate::byte_buf::with_backing(mapping.as_ref(), || {
+            call.invoke(reporting, arg, &mut reply)
+        });
+        drop(mapping);
         wire::finish_reply(&mut reply, status);
-        output.write_all(&reply)?;
+        match wire::share_reply_payload(&mut reply) {
+            Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
+            None => out_of_line::send_all(stream, &reply)?,
+        }
     }
     Ok(())
 }

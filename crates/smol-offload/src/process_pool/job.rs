@@ -8,6 +8,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use serde::de::DeserializeOwned;
 
+use crate::byte_buf;
 use crate::codec;
 use crate::error::{Error, ErrorKind};
 use crate::panics::{self, Caught, Reporting};
@@ -48,16 +49,20 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     }
 
     fn finish(self: Box<Self>, reply: Reply) {
-        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
+        let text = || String::from_utf8_lossy(reply.payload.as_slice()).into_owned();
         let result = match reply.status {
             // The user's `Deserialize` runs here, on the dispatcher or the awaiting thread: its
             // panic is the task's.
             CallStatus::Returned => panics::catch(Reporting::Chain, || {
-                codec::decode(&reply.payload)
-                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
+                // A `ByteBuf` in a result that came through shared memory reads it in place.
+                byte_buf::with_backing(reply.payload.mapping(), || {
+                    codec::decode(reply.payload.as_slice()).map_err(|err| {
+                        Error::codec("deserialize the result", err.message, err.source)
+                    })
+                })
             })
             .unwrap_or_else(|caught| Err(Error::from_caught(caught))),
-            CallStatus::Panicked => Err(match codec::decode::<Caught>(&reply.payload) {
+            CallStatus::Panicked => Err(match codec::decode::<Caught>(reply.payload.as_slice()) {
                 Ok(caught) => Error::from_caught(caught),
                 Err(_) => Error::new(ErrorKind::Panic(text())),
             }),

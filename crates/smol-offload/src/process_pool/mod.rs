@@ -1,12 +1,13 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
+// out_of_line → wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
 mod dispatcher;
 mod dying;
 mod job;
 mod loan;
 mod loan_assist;
+pub(crate) mod out_of_line;
 pub(crate) mod server;
 mod shared;
 pub(crate) mod wire;

@@ -308,7 +308,7 @@ mod tests {
         }
 
         fn finish(self: Box<Self>, reply: Reply) {
-            let payload = String::from_utf8(reply.payload).unwrap();
+            let payload = String::from_utf8(reply.payload.as_slice().to_vec()).unwrap();
             self.log
                 .lock()
                 .unwrap()
