@@ -247,6 +247,9 @@ pub(crate) struct ReplyReader {
     buffer: Vec<u8>,
     /// Descriptors that came with the bytes, for the shared replies among them, oldest first.
     fds: VecDeque<OwnedFd>,
+    /// Set once a shared reply turned out malformed: its descriptor is gone, so the verdict
+    /// is kept rather than found again.
+    broken: Option<Malformed>,
 }
 
 impl ReplyReader {
@@ -297,6 +300,9 @@ impl ReplyReader {
     /// read so far are the start of a valid reply to `expected`, and the reader never waits
     /// for bytes that a valid frame would not have.
     pub(crate) fn next_reply(&mut self, expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
         if self.buffer.is_empty() {
             return Ok(None);
         }
@@ -356,16 +362,24 @@ impl ReplyReader {
                     .try_into()
                     .expect("8 bytes"),
             );
-            let fd = self.fds.pop_front().ok_or_else(|| {
-                Malformed("a shared-memory reply without its descriptor".to_owned())
-            })?;
-            let mapping = usize::try_from(size)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
-                .and_then(|size| SealedMapping::new(fd, size))
-                .map_err(|err| {
-                    Malformed(format!("a shared-memory reply that is unusable: {err}"))
-                })?;
-            Payload::Shared(Arc::new(mapping))
+            let mapping = match self.fds.pop_front() {
+                None => Err(Malformed(
+                    "a shared-memory reply without its descriptor".to_owned(),
+                )),
+                Some(fd) => usize::try_from(size)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+                    .and_then(|size| SealedMapping::new(fd, size))
+                    .map_err(|err| {
+                        Malformed(format!("a shared-memory reply that is unusable: {err}"))
+                    }),
+            };
+            match mapping {
+                Ok(mapping) => Payload::Shared(Arc::new(mapping)),
+                Err(malformed) => {
+                    self.broken = Some(malformed.clone());
+                    return Err(malformed);
+                }
+            }
         } else {
             Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
         };
