@@ -33,7 +33,7 @@ where
     let start = out.len();
     let slot = Slot::default();
     let mut serializer = postcard::Serializer {
-        output: postcard::ser_flavors::ExtendFlavor::new(Append(&mut *out)),
+        output: Append(&mut *out),
     };
     let result = value
         .serialize(Capture {
@@ -71,12 +71,26 @@ where
     .map_err(|failure| slot.finish(failure))
 }
 
-/// Lets postcard append to a buffer it borrows.
+/// Lets postcard append to a buffer it borrows: a byte with `push`, a slice with one copy.
 struct Append<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

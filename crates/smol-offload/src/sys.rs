@@ -245,7 +245,9 @@ impl SealedMapping {
                 None,
                 length,
                 ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED,
+                // Populated at once: one call instead of a page fault per few pages, since
+                // the payload is about to be read whole.
+                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
                 &file,
                 0,
             )
