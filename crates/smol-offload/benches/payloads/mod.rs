@@ -199,7 +199,7 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
         large_buffer.as_secs_f64() * 1e3
     );
     println!(
-        "| 64 MiB Vec<u8> echo on a ThreadPool (nothing copied) | {:.1} ms | |",
+        "| 64 MiB Vec<u8> echo on a ThreadPool (nothing copied) | {:.3} ms | |",
         large_threads.as_secs_f64() * 1e3
     );
 
