@@ -277,3 +277,57 @@ fn child_shared_payloads_leak_no_descriptor() {
     });
     println!("child_shared_payloads_leak_no_descriptor: done");
 }
+
+/// Sends 200 copies of a memfd's descriptor, each with one zero byte, on every socket the
+/// worker holds (its link is its only one); then sleeps.
+fn flood_descriptors(_: ()) -> u64 {
+    let fd = nix::sys::memfd::memfd_create(c"flood", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let memfd = [std::os::fd::AsRawFd::as_raw_fd(&fd)];
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(socket) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if is_socket {
+            for _ in 0..200 {
+                let _ = sendmsg::<()>(
+                    socket,
+                    &[IoSlice::new(&[0])],
+                    &[ControlMessage::ScmRights(&memfd)],
+                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                    None,
+                );
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    unreachable!("the pool kills a worker that sends a malformed reply")
+}
+
+#[test]
+fn a_flood_of_descriptors_is_closed_and_is_a_malformed_reply() {
+    common::run_child(
+        "child_a_flood_of_descriptors_is_closed",
+        "SMOL_OFFLOAD_PAYLOAD_CHILD",
+        &[],
+    );
+}
+
+#[test]
+fn child_a_flood_of_descriptors_is_closed() {
+    if !common::in_child("SMOL_OFFLOAD_PAYLOAD_CHILD") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    block_on(pool.run(large_result, 10)).unwrap();
+    let before = open_descriptors();
+    let err = block_on(pool.run(flood_descriptors, ())).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert!(err.to_string().contains("sent a malformed reply"), "{err}");
+    // The replacement works, and holds what its predecessor held: nothing the flood sent
+    // stayed open here.
+    assert_eq!(block_on(pool.run(large_result, 10)).unwrap().len(), 10);
+    assert_eq!(open_descriptors(), before);
+    println!("child_a_flood_of_descriptors_is_closed: done");
+}

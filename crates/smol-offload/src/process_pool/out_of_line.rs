@@ -18,9 +18,10 @@ use crate::sys;
 /// A payload longer than this goes through shared memory, not through the socket.
 pub(crate) const THRESHOLD: usize = 128 * 1024;
 
-/// The most descriptors a reader keeps before a frame claims them: more means a broken or
-/// hostile peer.
-pub(crate) const MAX_WAITING_FDS: usize = 4;
+/// The most descriptors a reader keeps before frames claim them: more means a broken or
+/// hostile peer. A worker may legitimately have sent one shared reply for each of the tasks
+/// sent ahead to it (at most 16) by the time the parent reads them all at once.
+pub(crate) const MAX_WAITING_FDS: usize = 32;
 
 /// Reads a socket like `read`, keeping the descriptors that arrive with the bytes, in order.
 pub(crate) struct FdReader<'a> {
@@ -29,6 +30,9 @@ pub(crate) struct FdReader<'a> {
     space: Vec<u8>,
     /// Descriptors received and not yet claimed by a frame, oldest first.
     pub(crate) fds: VecDeque<OwnedFd>,
+    /// Set when more than [`MAX_WAITING_FDS`] arrived: the extra ones were closed at once, so
+    /// that a hostile peer cannot fill this process's descriptor table.
+    pub(crate) overflowed: bool,
 }
 
 impl<'a> FdReader<'a> {
@@ -48,6 +52,7 @@ impl<'a> FdReader<'a> {
             flags: flags | MsgFlags::MSG_CMSG_CLOEXEC,
             space: nix::cmsg_space!([RawFd; MAX_WAITING_FDS]),
             fds: VecDeque::new(),
+            overflowed: false,
         }
     }
 }
@@ -63,7 +68,13 @@ impl Read for FdReader<'_> {
         )?;
         for cmsg in message.cmsgs()? {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                self.fds.extend(fds.into_iter().map(sys::own_received_fd));
+                for fd in fds.into_iter().map(sys::own_received_fd) {
+                    if self.fds.len() < MAX_WAITING_FDS {
+                        self.fds.push_back(fd);
+                    } else {
+                        self.overflowed = true;
+                    }
+                }
             }
         }
         Ok(message.bytes)

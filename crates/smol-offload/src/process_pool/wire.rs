@@ -269,6 +269,11 @@ impl ReplyReader {
         Ok(true)
     }
 
+    /// Marks the stream malformed for good, for what the bytes alone do not show.
+    pub(crate) fn refuse(&mut self, why: &str) {
+        self.broken.get_or_insert_with(|| Malformed(why.to_owned()));
+    }
+
     /// Keeps a descriptor that came with the bytes read, for the shared reply that claims it.
     pub(crate) fn push_fd(&mut self, fd: OwnedFd) {
         self.fds.push_back(fd);

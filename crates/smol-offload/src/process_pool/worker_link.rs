@@ -147,6 +147,10 @@ impl WorkerLink {
         for fd in input.fds {
             self.replies.push_fd(fd);
         }
+        if input.overflowed {
+            self.replies
+                .refuse("more descriptors than shared-memory replies");
+        }
         open
     }
 
