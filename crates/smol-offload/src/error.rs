@@ -64,6 +64,8 @@ pub(crate) enum WorkerExit {
     /// The worker sent bytes that are no reply to the task it ran (said here): the pool killed
     /// it.
     MalformedReply(String),
+    /// The worker stayed stopped (`SIGSTOP`) after its pool was dropped: the pool killed it.
+    StoppedAfterClose,
 }
 
 impl fmt::Display for WorkerExit {
@@ -81,6 +83,10 @@ impl fmt::Display for WorkerExit {
             WorkerExit::MalformedReply(detail) => {
                 write!(f, "sent a malformed reply ({detail}) and was killed")
             }
+            WorkerExit::StoppedAfterClose => write!(
+                f,
+                "stayed stopped after its pool was dropped and was killed"
+            ),
         }
     }
 }

@@ -149,6 +149,84 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A 64-bit word of memory shared by the parent and one worker: a page of a memfd, mapped
+/// `MAP_SHARED` in each. The parent creates it and passes the memfd to the worker (through
+/// the fork server); both then see the same word, for atomic operations only.
+pub(crate) struct SharedWord {
+    word: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
+}
+
+// SAFETY: the mapping is only reached through `&AtomicU64`, which is `Sync`, and it stays
+// mapped until the `SharedWord` is dropped; moving the owner to another thread changes nothing.
+unsafe impl Send for SharedWord {}
+// SAFETY: as above: every access is an atomic operation.
+unsafe impl Sync for SharedWord {}
+
+impl SharedWord {
+    /// Creates a memfd holding one zeroed page, and maps it. Returns the mapping and the memfd
+    /// (close-on-exec), to pass to the other process.
+    pub(crate) fn create() -> io::Result<(SharedWord, OwnedFd)> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"smol-offload-claim",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )?;
+        nix::unistd::ftruncate(&fd, page_size() as libc::off_t)?;
+        let word = SharedWord::map(&fd)?;
+        Ok((word, fd))
+    }
+
+    /// Maps the word of a memfd made by [`create`](SharedWord::create).
+    pub(crate) fn map(fd: &OwnedFd) -> io::Result<SharedWord> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a new shared mapping of one page of `fd` at an address the kernel picks: it
+        // overlaps nothing of this process. `fd` was sized to a page by `create`.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page_size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let word = std::ptr::NonNull::new(address.cast())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(SharedWord { word })
+    }
+
+    /// The word.
+    pub(crate) fn get(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: `word` points to the start of a live, page-aligned (so 8-byte aligned)
+        // mapping of a page, which stays mapped while `self` lives; the memory is only ever
+        // accessed atomically, by this process and the one other that maps it.
+        unsafe { self.word.as_ref() }
+    }
+}
+
+impl Drop for SharedWord {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the page `map` mapped; no reference from `get` outlives
+        // `self`, so nothing uses it afterwards.
+        unsafe { libc::munmap(self.word.as_ptr().cast(), page_size()) };
+    }
+}
+
+impl std::fmt::Debug for SharedWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SharedWord").field(self.get()).finish()
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: `sysconf` reads a configuration value; it has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096).max(8)
+}
+
 /// Sends `SIGKILL` to process `pid` and to every process of the process group `pid` leads:
 /// the worker and what it forked. Call it only while `pid` is not reaped yet, so that neither
 /// id can belong to another process. Errors (already gone) are ignored.
@@ -445,7 +523,13 @@ where
 /// for this one worker and handed over through the fork server's private link. The other end
 /// stays in the application, which writes only requests built by `wire::write_request` from a
 /// call made by [`erase`].
-pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Result<()> {
+///
+/// Each job is claimed in `claims` before it starts: one the parent took back first is skipped
+/// (its shared argument's memfd is still taken off the queue, to keep the others in order).
+pub(crate) fn serve_requests(
+    stream: &std::os::unix::net::UnixStream,
+    claims: &crate::process_pool::claim::Claims,
+) -> io::Result<()> {
     use crate::process_pool::out_of_line::{self, FdReader};
     use crate::process_pool::wire;
     use std::io::BufReader;
@@ -470,6 +554,10 @@ pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Res
         } else {
             None
         };
+        if !claims.claim(request.id) {
+            // The parent took the job back before it started: it runs elsewhere.
+            continue;
+        }
         let arg = mapping
             .as_deref()
             .map_or(request.arg, SealedMapping::as_slice);

@@ -30,7 +30,7 @@ fn start_fork_server() {
     // Processes that a worker forked are orphaned when the pool kills the worker: they come
     // to this process (not to init, which may not reap them here), so that the tests can
     // check that they were killed and reap them.
-    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    common::reap_orphans();
     smol_offload::init();
 }
 
@@ -72,20 +72,8 @@ fn wait_for_file(path: &Path) {
     }
 }
 
-/// True once process `pid` is gone and reaped: a zombie still counts as there.
-fn reaped(pid: u32) -> bool {
-    !Path::new(&format!("/proc/{pid}")).exists()
-}
-
 fn wait_until_reaped(pids: &[u32]) {
-    let deadline = Instant::now() + SHORT;
-    while !pids.iter().all(|&pid| reaped(pid)) {
-        assert!(
-            Instant::now() < deadline,
-            "processes not reaped (alive or zombies): {pids:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until_reaped(pids);
 }
 
 /// Waits for `pid`, a process orphaned to this one (see [`start_fork_server`]), to die, and
@@ -330,6 +318,9 @@ fn garbage_from_a_worker_on_a_dispatched_task_is_a_malformed_reply() {
 fn tiny_or_garbage(n: u64) -> u64 {
     if n == 300 {
         write_garbage(n);
+        // Stuck after the garbage: the tasks sent ahead behind it never start on this worker.
+        // (A worker that went on would start them, and they would fail with it.)
+        std::thread::sleep(LONG);
     }
     n
 }
@@ -643,4 +634,250 @@ fn child_loses_its_fork_server() {
 #[test]
 fn after_the_fork_server_dies_every_pool_says_so() {
     run_child_promptly("child_loses_its_fork_server");
+}
+
+/// What a chaos task does, besides recording that it ran.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ChaosTask {
+    n: u64,
+    /// The file every run appends its number to.
+    runs: PathBuf,
+    /// Write garbage to the worker's socket, then hang.
+    garbage: bool,
+}
+
+fn chaos_task(task: ChaosTask) -> u64 {
+    use std::io::Write;
+    // One short append per run (`O_APPEND`): runs of concurrent workers never interleave.
+    let mut runs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&task.runs)
+        .unwrap();
+    runs.write_all(format!("{}\n", task.n).as_bytes()).unwrap();
+    if task.garbage {
+        write_garbage(task.n);
+        // Hangs until the pool kills it: it must not go on to a task sent ahead to it.
+        std::thread::sleep(LONG);
+    }
+    // Tiny tasks, some a little longer, so that chaos strikes workers at every stage.
+    std::thread::sleep(Duration::from_micros(task.n % 4 * 150));
+    task.n * 2
+}
+
+#[test]
+fn chaos_every_task_resolves_once_and_nothing_is_left_behind() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const TASKS: u64 = 3000;
+    let pool = ProcessPool::new(4).unwrap();
+    let runs = temp_path("chaos-runs");
+    std::fs::write(&runs, b"").unwrap();
+    let seen = Arc::new(Mutex::new(HashSet::<u32>::from_iter(pool.pids())));
+    let kills = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every few milliseconds, a random worker is killed, or stopped and continued.
+    let chaos = {
+        let (pool, seen, kills, stop) = (pool.clone(), seen.clone(), kills.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use nix::sys::signal::{Signal, kill};
+            let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+            while !stop.load(Ordering::Relaxed) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let pids = pool.pids();
+                seen.lock().unwrap().extend(&pids);
+                if let Some(&pid) = pids.get(state as usize % pids.len().max(1)) {
+                    let pid = nix::unistd::Pid::from_raw(pid as i32);
+                    if state.is_multiple_of(3) {
+                        if kill(pid, Signal::SIGKILL).is_ok() {
+                            kills.fetch_add(1, Ordering::Relaxed);
+                        }
+                    } else {
+                        let _ = kill(pid, Signal::SIGSTOP);
+                        std::thread::sleep(Duration::from_millis(2));
+                        let _ = kill(pid, Signal::SIGCONT);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    let garbage = |n: u64| n % 97 == 13;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let task = ChaosTask {
+                n,
+                runs: runs.clone(),
+                garbage: garbage(n),
+            };
+            pool.run(chaos_task, task)
+        })
+        .collect();
+    let results = promptly("the chaos tasks", gather(tasks));
+    stop.store(true, Ordering::Relaxed);
+    chaos.join().unwrap();
+
+    let mut failed = 0;
+    for (n, result) in results.iter().enumerate() {
+        let n = n as u64;
+        match result {
+            Ok(value) => {
+                assert!(!garbage(n), "task {n} wrote garbage yet returned");
+                assert_eq!(*value, n * 2);
+            }
+            Err(err) => {
+                assert!(err.is_worker_died(), "task {n}: {err}");
+                seen.lock().unwrap().insert(err.worker_pid().unwrap());
+                // A garbage task fails saying its reply was malformed, unless the chaos killed
+                // its worker before it wrote the garbage: only the others count as failures.
+                if !garbage(n) {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    // A kill fails at most the one task its worker was running.
+    let kills = kills.load(Ordering::Relaxed);
+    eprintln!("chaos: {kills} workers killed, {failed} tasks failed with them");
+    assert!(kills > 0, "the chaos never struck");
+    assert!(failed <= kills, "{failed} tasks failed for {kills} kills");
+    // No task ran twice, and every task that returned a value ran.
+    let mut count = vec![0u32; TASKS as usize];
+    for line in std::fs::read_to_string(&runs).unwrap().lines() {
+        count[line.parse::<usize>().unwrap()] += 1;
+    }
+    std::fs::remove_file(&runs).unwrap();
+    for (n, result) in results.iter().enumerate() {
+        assert!(count[n] <= 1, "task {n} ran {} times", count[n]);
+        if result.is_ok() {
+            assert_eq!(count[n], 1, "task {n} returned without running");
+        }
+    }
+    // A task fails with its worker only once the worker claimed it; the few that failed
+    // without their mark were killed between the claim and the mark.
+    let unmarked = results
+        .iter()
+        .zip(&count)
+        .filter(|(result, count)| result.is_err() && **count == 0)
+        .count();
+    eprintln!("chaos: {unmarked} failed tasks were killed before their first line");
+    // The pool works afterwards, at full size.
+    let tasks: Vec<_> = (0..20).map(|n| pool.run(square, n)).collect();
+    for (n, result) in promptly("tasks after the chaos", gather(tasks))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(result.unwrap(), (n * n) as u64);
+    }
+    assert_eq!(pool.pids().len(), 4);
+    // Nothing is left behind once the pool is dropped: every worker ever seen is reaped.
+    drop(pool);
+    let seen: Vec<u32> = seen.lock().unwrap().iter().copied().collect();
+    wait_until_reaped(&seen);
+}
+
+/// Waits (up to [`LONG`]) until `gate` exists.
+fn wait_at_gate(gate: PathBuf) -> u32 {
+    let deadline = Instant::now() + LONG;
+    while !gate.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::process::id()
+}
+
+#[test]
+fn tasks_sent_ahead_behind_a_long_task_move_to_an_idle_worker() {
+    let pool = ProcessPool::new(2).unwrap();
+    let gate = temp_path("sent-ahead-gate");
+    // Short tasks teach the pool to send tasks ahead to busy workers.
+    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    for _ in 0..5 {
+        // A deep queue, with a long task near its head: short tasks are sent ahead behind it.
+        let mut short: Vec<_> = (0..4).map(|n| pool.run(square, n)).collect();
+        let long = pool.run(wait_at_gate, gate.clone());
+        short.extend((4..100).map(|n| pool.run(square, n)));
+        // The long task waits until every short one is done: a short one stuck behind it
+        // while the other worker idles would hold it until the watchdog.
+        let results = promptly("the short tasks", gather(short));
+        for (n, result) in results.into_iter().enumerate() {
+            assert_eq!(result.unwrap(), (n * n) as u64);
+        }
+        std::fs::write(&gate, b"open").unwrap();
+        promptly("the long task", long).unwrap();
+        std::fs::remove_file(&gate).unwrap();
+    }
+}
+
+fn square_and_mark(args: (u64, PathBuf)) -> u64 {
+    use std::io::Write;
+    let (n, runs) = args;
+    let mut runs = std::fs::OpenOptions::new().append(true).open(runs).unwrap();
+    runs.write_all(format!("{n}\n").as_bytes()).unwrap();
+    n * n
+}
+
+#[test]
+fn a_task_its_dead_worker_never_started_runs_on_the_replacement() {
+    use nix::sys::signal::{Signal, kill};
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let runs = temp_path("never-started");
+    std::fs::write(&runs, b"").unwrap();
+    // A stopped worker cannot start what it is sent: the first task goes to it on loan, the
+    // second waits in the queue behind it. Then the worker is killed.
+    let victim_pid = nix::unistd::Pid::from_raw(victim as i32);
+    kill(victim_pid, Signal::SIGSTOP).unwrap();
+    let first = pool.run(square_and_mark, (7, runs.clone()));
+    let second = pool.run(square_and_mark, (8, runs.clone()));
+    kill(victim_pid, Signal::SIGKILL).unwrap();
+    // Neither had started: both run on the replacement, once, instead of failing.
+    assert_eq!(promptly("the first task", first).unwrap(), 49);
+    assert_eq!(promptly("the second task", second).unwrap(), 64);
+    let marks = std::fs::read_to_string(&runs).unwrap();
+    std::fs::remove_file(&runs).unwrap();
+    let mut marks: Vec<&str> = marks.lines().collect();
+    marks.sort_unstable();
+    assert_eq!(marks, ["7", "8"]);
+    assert!(!pool.pids().contains(&victim));
+    wait_until_reaped(&[victim]);
+}
+
+fn mark_and_sleep(marker: PathBuf) -> u32 {
+    std::fs::write(marker, b"running").unwrap();
+    std::thread::sleep(LONG);
+    std::process::id()
+}
+
+#[test]
+fn a_dropped_pool_kills_a_worker_stopped_in_the_middle_of_a_task() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let marker = temp_path("stopped-mid-task");
+    let task = pool.run(mark_and_sleep, marker.clone());
+    wait_for_file(&marker);
+    std::fs::remove_file(&marker).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    // A dropped pool lets its running tasks finish, but a stopped worker never would.
+    drop(pool);
+    let err = promptly("the stopped worker's task", task).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim));
+    assert!(
+        err.to_string()
+            .contains("stayed stopped after its pool was dropped and was killed"),
+        "{err}"
+    );
+    wait_until_reaped(&[victim]);
 }

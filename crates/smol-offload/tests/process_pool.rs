@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
@@ -14,6 +14,9 @@ use common::WATCHDOG;
 
 #[ctor::ctor]
 fn start_fork_server() {
+    // The fork server and workers of a child application killed by a test come to this
+    // process, which reaps them (see `common::wait_until_reaped`).
+    common::reap_orphans();
     smol_offload::init();
 }
 
@@ -32,6 +35,11 @@ fn sleep_ms(ms: u64) -> u32 {
 
 fn touch(path: PathBuf) {
     std::fs::write(path, b"ran").unwrap();
+}
+
+fn touch_and_sleep((path, ms): (PathBuf, u64)) -> u32 {
+    std::fs::write(path, b"ran").unwrap();
+    sleep_ms(ms)
 }
 
 fn kill_self(signal: i32) -> u32 {
@@ -58,26 +66,14 @@ fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("smol-offload-{}-{name}", std::process::id()))
 }
 
+/// True while the process exists, a zombie included: a worker the pool let go of must be
+/// reaped, not only dead.
 fn alive(pid: u32) -> bool {
-    // A zombie has exited: only running (or sleeping) processes count as alive.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|rest| rest.trim().chars().next());
-            state != Some('Z') && state != Some('X')
-        }
-        Err(_) => false,
-    }
+    common::exists(pid)
 }
 
 fn wait_until_gone(pids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|&pid| alive(pid)) {
-        assert!(Instant::now() < deadline, "processes still alive: {pids:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_until_reaped(pids);
 }
 
 async fn blocks_squares(executor: &impl Executor) -> Vec<u64> {
@@ -266,10 +262,15 @@ fn worker_killed_from_outside_mid_task() {
     let pool = ProcessPool::new(1).unwrap();
     smol::block_on(async {
         let victim = pool.pids()[0];
-        let task = pool.run(sleep_ms, 5_000);
-        while !task.is_started() {
+        // Killed once the task runs in the worker: a task sent to a worker that dies before
+        // starting it is not failed but sent to the replacement.
+        let marker = temp_path("killed-mid-task");
+        let _ = std::fs::remove_file(&marker);
+        let task = pool.run(touch_and_sleep, (marker.clone(), 5_000));
+        while !marker.exists() {
             smol::Timer::after(Duration::from_millis(5)).await;
         }
+        std::fs::remove_file(&marker).unwrap();
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(victim as i32),
             nix::sys::signal::Signal::SIGKILL,

@@ -106,7 +106,13 @@ pub(crate) struct Dispatcher {
     dying: Vec<Dying>,
     /// Replacements still to fork, after a fork failed.
     respawn: Respawn,
+    /// Once the pool is closed: the workers with a job in flight seen stopped (`SIGSTOP`),
+    /// and since when.
+    stopped: Vec<(u32, Instant)>,
 }
+
+/// How often a closed pool looks for stopped workers among those that still run a job.
+const STOPPED_CHECK: Duration = Duration::from_millis(500);
 
 /// The first wait before forking again after a failed fork; it doubles with each failure in a
 /// row, up to [`RESPAWN_MAX_DELAY`].
@@ -130,11 +136,15 @@ struct Respawn {
 impl Respawn {
     fn failed(&mut self, error: &io::Error) {
         self.failures += 1;
-        let delay = RESPAWN_FIRST_DELAY
-            .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(RESPAWN_MAX_DELAY);
-        self.at = Some(Instant::now() + delay);
+        self.at = Some(Instant::now() + Respawn::delay_after(self.failures));
         self.error = Some(error.to_string());
+    }
+
+    /// How long to wait after `failures` failed forks in a row (at least one).
+    fn delay_after(failures: u32) -> Duration {
+        RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << failures.saturating_sub(1).min(16))
+            .min(RESPAWN_MAX_DELAY)
     }
 
     fn succeeded(&mut self) {
@@ -162,6 +172,7 @@ impl Dispatcher {
             replies: Vec::new(),
             dying: Vec::new(),
             respawn: Respawn::default(),
+            stopped: Vec::new(),
         }
     }
 
@@ -176,10 +187,15 @@ impl Dispatcher {
             }
             // Idle workers stay lent out unless they are needed or one of them ended: taking
             // them back would open a window in which a submitter finds none.
-            let jobs_wait = !self.retry.is_empty() || self.shared.queued() > 0;
+            let jobs_wait =
+                !self.retry.is_empty() || self.shared.queued() > 0 || self.has_jobs_sent_ahead();
             self.take_back_workers(closed || jobs_wait || idle_ended);
             if closed {
                 self.fail_waiting_jobs();
+                // A closed pool waits for the jobs its workers run, but not for a stopped
+                // worker, which would keep it (and its thread) forever: it looks for them
+                // every `STOPPED_CHECK` (the deadline of its sleep).
+                self.kill_stopped_workers();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
                 }
@@ -210,7 +226,11 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared, self.respawn.at) {
+            let mut wake_at = self.respawn.at;
+            if closed && self.workers.iter().any(|worker| !worker.is_idle()) {
+                wake_at = Some(Instant::now() + STOPPED_CHECK);
+            }
+            let ready = match sleep.wait(&self.shared, wake_at) {
                 Ok(ready) => ready,
                 Err(err) => {
                     self.shared.break_pool(Some(format!(
@@ -230,7 +250,9 @@ impl Dispatcher {
                     continue;
                 }
                 match watch.what {
-                    Watched::Own(worker) => self.read_replies(worker, ready.exited),
+                    Watched::Own(worker) => {
+                        self.read_replies(worker, ready.exited);
+                    }
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
                     Watched::Dying(index) => self.reap(index),
@@ -248,7 +270,7 @@ impl Dispatcher {
     /// Reaps the dying worker at `index`, which exited, and fails the job it was running.
     fn reap(&mut self, index: usize) {
         let dying = self.dying.swap_remove(index);
-        if let Some((job, error)) = dying.reap(self.link) {
+        for (job, error) in dying.reap(self.link) {
             self.shared.counters.completed();
             job.completion.fail(error);
         }
@@ -321,7 +343,11 @@ impl Dispatcher {
             return None;
         }
         let jobs_wait = !state.jobs.is_empty() || !self.retry.is_empty();
-        if !closed && !jobs_wait {
+        // Jobs sent ahead wait behind running ones: idle workers stay home to take them (see
+        // `hand_out_jobs`), and a loan that ends comes home too.
+        let sent_ahead = self.has_jobs_sent_ahead();
+        self.shared.set_jobs_sent_ahead(sent_ahead);
+        if !closed && !jobs_wait && !sent_ahead {
             let mut index = 0;
             while index < self.workers.len() {
                 if self.workers[index].is_idle() {
@@ -334,11 +360,15 @@ impl Dispatcher {
                 self.shared.arm_wake_on_submit();
             }
         } else if !closed
+            && jobs_wait
             && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_idle))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
             return None;
+        } else if self.workers.iter().any(WorkerLink::is_idle) {
+            // An idle worker at home: a job submitted now must wake the dispatcher.
+            self.shared.arm_wake_on_submit();
         }
         let mut watched = Vec::with_capacity(
             self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
@@ -370,7 +400,7 @@ impl Dispatcher {
         let deadline = self.dying.iter().filter_map(Dying::kill_at).min();
         Some(Sleep {
             watched,
-            jobs_wait,
+            jobs_wait: jobs_wait || sent_ahead,
             deadline,
         })
     }
@@ -397,14 +427,17 @@ impl Dispatcher {
     }
 
     fn hand_out_jobs(&mut self) {
-        // One job to each idle worker first, so that work spreads before it queues up.
-        for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() {
-                let Some(job) = self.next_job(false) else {
-                    break;
-                };
-                self.workers[index].assign(job);
+        self.assign_to_idle_workers();
+        // A worker is idle while another holds jobs sent ahead that it has not started: take
+        // them back, so that no job waits behind a running one while a worker is free.
+        if self.workers.iter().any(WorkerLink::is_idle) && self.has_jobs_sent_ahead() {
+            for index in 0..self.workers.len() {
+                if self.workers[index].in_flight.len() > 1 {
+                    let unstarted = self.workers[index].take_back_unstarted();
+                    self.retry.extend(unstarted);
+                }
             }
+            self.assign_to_idle_workers();
         }
         let short_tasks = self
             .typical_task
@@ -424,15 +457,35 @@ impl Dispatcher {
         }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].flush().is_err() {
-                // The worker closed its socket: its first job fails with how it ended.
-                self.let_go(index, Cause::ClosedLink);
+                // The worker closed its socket: take the replies it sent before, then let it
+                // go; the job it ran fails with how it ended.
+                if self.read_replies(index, false) {
+                    self.let_go(index, Cause::ClosedLink);
+                }
             }
         }
     }
 
+    /// One job to each idle worker, so that work spreads before it queues up.
+    fn assign_to_idle_workers(&mut self) {
+        for index in 0..self.workers.len() {
+            if self.workers[index].is_idle() {
+                let Some(job) = self.next_job(false) else {
+                    break;
+                };
+                self.workers[index].assign(job);
+            }
+        }
+    }
+
+    /// True when a worker holds jobs sent ahead, behind the one it runs.
+    fn has_jobs_sent_ahead(&self) -> bool {
+        self.workers.iter().any(|worker| worker.in_flight.len() > 1)
+    }
+
     /// Reads the replies of the worker at `index`, and lets it go if it broke its stream or
-    /// `exited`.
-    fn read_replies(&mut self, index: usize, exited: bool) {
+    /// `exited`. Returns `false` when it let the worker go.
+    fn read_replies(&mut self, index: usize, exited: bool) -> bool {
         let open = self.workers[index].receive();
         loop {
             match self.workers[index].next_incoming() {
@@ -446,7 +499,7 @@ impl Dispatcher {
                 Incoming::Nothing => break,
                 Incoming::Corrupt(malformed) => {
                     self.let_go(index, Cause::Malformed(malformed));
-                    return;
+                    return false;
                 }
             }
         }
@@ -454,27 +507,66 @@ impl Dispatcher {
             self.let_go(index, Cause::Exited);
         } else if !open {
             self.let_go(index, Cause::ClosedLink);
+        } else {
+            return true;
         }
+        false
     }
 
     /// Lets the worker at `index` go for `cause`: it is killed now or soon (see [`Dying`]), the
     /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
     /// a replacement is forked unless the pool is closing.
     fn let_go(&mut self, index: usize, cause: Cause) {
-        let worker = self.workers.swap_remove(index);
+        let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
-        let mut in_flight = worker.in_flight;
-        let running = in_flight.pop_front().map(|running| running.job);
-        for (position, waiting) in in_flight.into_iter().enumerate() {
-            self.retry.insert(position, waiting.job);
+        // The jobs it never started go to others first, the one it ran fails: a worker that
+        // died between two jobs fails none. Taken back before anything else, so that a
+        // worker still alive cannot start them.
+        let unstarted = worker.take_back_unstarted();
+        for (position, job) in unstarted.into_iter().enumerate() {
+            self.retry.insert(position, job);
         }
+        let running = worker
+            .in_flight
+            .drain(..)
+            .map(|running| running.job)
+            .collect();
         // Killed (if the cause says so) before its socket closes, which would let it exit.
         self.dying
-            .push(Dying::new(pid, worker.pidfd, running, cause));
-        drop(worker.stream);
+            .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
+        drop(worker);
         self.shared.pids_mut().retain(|&other| other != pid);
         if !self.shared.is_closed() {
             self.spawn_replacement();
+        }
+    }
+
+    /// In a closed pool, lets go of the workers that run a job but have been stopped
+    /// (`SIGSTOP`, or `SIGTTIN` from reading the terminal) for [`SHUTDOWN_GRACE`]: killed, their
+    /// job fails.
+    fn kill_stopped_workers(&mut self) {
+        let now = Instant::now();
+        let mut stopped = Vec::new();
+        for worker in self.workers.iter().filter(|worker| !worker.is_idle()) {
+            if is_stopped(worker.pid) {
+                let since = self
+                    .stopped
+                    .iter()
+                    .find(|(pid, _)| *pid == worker.pid)
+                    .map_or(now, |&(_, since)| since);
+                stopped.push((worker.pid, since));
+            }
+        }
+        self.stopped = stopped;
+        for index in (0..self.workers.len()).rev() {
+            let pid = self.workers[index].pid;
+            let long_stopped = self
+                .stopped
+                .iter()
+                .any(|&(other, since)| other == pid && now - since >= SHUTDOWN_GRACE);
+            if long_stopped {
+                self.let_go(index, Cause::StoppedAfterClose);
+            }
         }
     }
 
@@ -507,7 +599,7 @@ impl Dispatcher {
                 Err(err) => {
                     // Its socket is closed: it exits at once.
                     self.dying
-                        .push(Dying::new(pid, pidfd, None, Cause::ClosedLink));
+                        .push(Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink));
                     self.respawn.failed(&err);
                     return;
                 }
@@ -542,7 +634,7 @@ impl Dispatcher {
             let mut dying = Dying::new(
                 worker.pid,
                 worker.pidfd,
-                None,
+                Vec::new(),
                 Cause::Stopped {
                     grace: SHUTDOWN_GRACE,
                 },
@@ -598,7 +690,7 @@ impl Dispatcher {
             }
         }
         for mut dying in self.dying.drain(..) {
-            if let Some(job) = dying.take_running() {
+            for job in dying.take_running() {
                 job.completion.fail(Error::new(ErrorKind::Shutdown));
             }
         }
@@ -678,6 +770,17 @@ impl Sleep {
     }
 }
 
+/// Whether process `pid` is stopped, from the state in `/proc/PID/stat`.
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.trim_start().chars().next());
+        matches!(state, Some('T' | 't'))
+    })
+}
+
 /// Whether `poll` reported anything for `fd`.
 fn has_events(fd: &PollFd<'_>) -> bool {
     fd.revents().is_some_and(|events| !events.is_empty())
@@ -686,7 +789,11 @@ fn has_events(fd: &PollFd<'_>) -> bool {
 /// A `poll` timeout that ends at `deadline`, rounded up to the millisecond so that `poll` does
 /// not return just before it.
 fn timeout_until(deadline: Instant) -> PollTimeout {
-    let left = deadline.saturating_duration_since(Instant::now());
+    timeout_of(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// A `poll` timeout of `left`, rounded up to the millisecond.
+fn timeout_of(left: Duration) -> PollTimeout {
     let millis = left.as_micros().div_ceil(1000);
     PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
 }
@@ -700,5 +807,51 @@ impl Drop for Dispatcher {
             self.shared.break_pool(None);
             self.fail_waiting_jobs();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_forks_back_off_doubling_up_to_a_cap() {
+        let delays: Vec<Duration> = (1..=12).map(Respawn::delay_after).collect();
+        assert_eq!(delays[0], RESPAWN_FIRST_DELAY);
+        for pair in delays.windows(2) {
+            assert!(
+                pair[1] == 2 * pair[0] || pair[1] == RESPAWN_MAX_DELAY,
+                "{pair:?}"
+            );
+        }
+        assert_eq!(delays[11], RESPAWN_MAX_DELAY, "the cap is reached");
+        assert_eq!(Respawn::delay_after(u32::MAX), RESPAWN_MAX_DELAY);
+
+        let mut respawn = Respawn {
+            missing: 1,
+            ..Respawn::default()
+        };
+        respawn.failed(&io::Error::from_raw_os_error(libc::EAGAIN));
+        assert!(respawn.at.is_some());
+        assert!(respawn.error.as_deref().unwrap().contains("os error 11"));
+        respawn.succeeded();
+        assert_eq!(
+            (respawn.missing, respawn.failures, respawn.at),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn a_poll_timeout_never_ends_before_its_deadline() {
+        // Rounded up: 300 µs wait a whole millisecond, not zero (which would spin).
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(300))), 1);
+        assert_eq!(i32::from(timeout_of(Duration::from_micros(1001))), 2);
+        assert_eq!(i32::from(timeout_of(Duration::ZERO)), 0);
+        assert_eq!(
+            timeout_of(Duration::from_secs(10_000_000)),
+            PollTimeout::MAX
+        );
+        let past = Instant::now() - Duration::from_secs(1);
+        assert_eq!(i32::from(timeout_until(past)), 0);
     }
 }

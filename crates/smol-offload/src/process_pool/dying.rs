@@ -41,6 +41,9 @@ pub(crate) enum Cause {
     /// The pool's dispatcher stopped it (it had nothing to run): killed if it does not exit
     /// within `grace`.
     Stopped { grace: Duration },
+    /// Its pool was dropped while it ran a job, and it stayed stopped (`SIGSTOP`): killed at
+    /// once.
+    StoppedAfterClose,
 }
 
 /// A worker on its way out, kept until it is reaped.
@@ -48,8 +51,8 @@ pub(crate) enum Cause {
 pub(crate) struct Dying {
     pub(crate) pid: u32,
     pub(crate) pidfd: Arc<OwnedFd>,
-    /// The job it was running: it fails with how the worker ended.
-    running: Option<Job>,
+    /// The jobs it started (one, unless it lost a reply): they fail with how it ended.
+    running: Vec<Job>,
     /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
@@ -59,7 +62,7 @@ pub(crate) struct Dying {
 impl Dying {
     /// Lets worker `pid` go for `cause`, killing it (and its process group) now if the cause
     /// says so. The pid is not reaped yet, so it and its group are still this worker's.
-    pub(crate) fn new(pid: u32, pidfd: Arc<OwnedFd>, running: Option<Job>, cause: Cause) -> Dying {
+    pub(crate) fn new(pid: u32, pidfd: Arc<OwnedFd>, running: Vec<Job>, cause: Cause) -> Dying {
         let mut dying = Dying {
             pid,
             pidfd,
@@ -75,6 +78,7 @@ impl Dying {
                 dying.kill(WorkerExit::MalformedReply(malformed.0));
             }
             Cause::Stopped { grace } => dying.kill_at = Some(Instant::now() + grace),
+            Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
     }
@@ -104,12 +108,12 @@ impl Dying {
         self.kill_at = None;
     }
 
-    /// Reaps the worker, which has exited (its pidfd is readable), and returns the job it was
-    /// running with the error that job fails with.
+    /// Reaps the worker, which has exited (its pidfd is readable), and returns the jobs it was
+    /// running, each with the error it fails with.
     ///
     /// Its process group is killed first: what its tasks forked does not outlive it (a
     /// process that left the group, with `setsid`, escapes).
-    pub(crate) fn reap(self, link: &ServerLink) -> Option<(Job, Error)> {
+    pub(crate) fn reap(self, link: &ServerLink) -> Vec<(Job, Error)> {
         sys::kill_worker_group(self.pid);
         let reaped = link.reap(self.pid);
         // Once the pool killed it, the reason is the cause: the worker may have exited on its
@@ -121,11 +125,16 @@ impl Dying {
         };
         let pid = self.pid;
         self.running
-            .map(|job| (job, Error::new(ErrorKind::WorkerDied { pid, exit })))
+            .into_iter()
+            .map(|job| {
+                let exit = exit.clone();
+                (job, Error::new(ErrorKind::WorkerDied { pid, exit }))
+            })
+            .collect()
     }
 
-    /// Takes the job it was running back, to fail it otherwise (the dispatcher gives up).
-    pub(crate) fn take_running(&mut self) -> Option<Job> {
-        self.running.take()
+    /// Takes the jobs it was running back, to fail them otherwise (the dispatcher gives up).
+    pub(crate) fn take_running(&mut self) -> Vec<Job> {
+        std::mem::take(&mut self.running)
     }
 }

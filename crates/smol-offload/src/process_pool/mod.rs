@@ -1,7 +1,9 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// out_of_line → wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
+// out_of_line → claim → wire → job → server → worker_link → loan → shared → loan_assist →
+// dying → dispatcher.
+pub(crate) mod claim;
 mod dispatcher;
 mod dying;
 mod job;
@@ -42,7 +44,15 @@ use wire::CallOptions;
 /// postcard encoding of the argument, and it sends back the encoded result. A worker runs one
 /// task at a time. A panic in `f` comes back as an [`Error`] and the worker goes on; a worker that
 /// dies (a signal, `abort`, `exit`) fails only the task it was running, with an error naming its
-/// pid and how it ended, and the pool forks a replacement.
+/// pid and how it ended, and the pool forks a replacement. Tasks sent to it that it had not
+/// started run on another worker.
+///
+/// Nothing a worker does can hang the pool, another pool or the application's exit: a worker
+/// that closes its socket and lives on, or sends bytes that are no reply, is killed and its task
+/// fails saying so; a worker's death is seen from its pidfd even while a process it forked holds
+/// its socket. Each worker leads its own process group, killed with it, so what a task forks
+/// does not outlive its worker. If no worker can be forked for a while, the pool tries again
+/// with backoff, and after repeated failures fails every task with the reason.
 ///
 /// A call made while a worker is idle and nothing is queued goes straight to that worker: the
 /// calling thread writes the request, and the task reads the reply itself when it is awaited,
@@ -51,7 +61,8 @@ use wire::CallOptions;
 /// dispatcher thread, which also sends short tasks ahead to busy workers when the queue is deep.
 ///
 /// Dropping the last handle ends the pool: queued tasks resolve with a shutdown error, running
-/// ones finish, then the workers exit. If the application dies, even by `SIGKILL`, the fork
+/// ones finish (a worker that stays stopped meanwhile is killed), then the workers exit; one
+/// that does not within 2 s is killed. If the application dies, even by `SIGKILL`, the fork
 /// server and the workers exit with it.
 ///
 /// # Examples
@@ -107,7 +118,8 @@ impl ProcessPool {
         ProcessPoolBuilder::default()
     }
 
-    /// How many worker processes the pool has.
+    /// How many worker processes the pool keeps: the number it was built with. While a
+    /// replacement cannot be forked, fewer run: [`pids`](ProcessPool::pids) lists those.
     pub fn workers(&self) -> usize {
         self.handle.workers
     }

@@ -21,6 +21,7 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::{BuildError, BuildErrorKind, WorkerExit};
+use crate::process_pool::claim::Claims;
 use crate::process_pool::wire::{ServerReply, ServerRequest};
 use crate::process_pool::worker;
 use crate::sys::{self, ChildGuard, Forked};
@@ -140,9 +141,10 @@ impl ServerLink {
         }
     }
 
-    /// Forks a worker serving `socket`; returns its pid.
-    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>) -> io::Result<u32> {
-        match self.request(&ServerRequest::Spawn, Some(socket))? {
+    /// Forks a worker serving `socket`, with the memfd of its claim word (see
+    /// [`claim`](super::claim)); returns its pid.
+    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>, claims: BorrowedFd<'_>) -> io::Result<u32> {
+        match self.request(&ServerRequest::Spawn, &[socket, claims])? {
             ServerReply::Spawned { pid } => Ok(pid),
             ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
             other => Err(unexpected(&other)),
@@ -153,7 +155,7 @@ impl ServerLink {
     /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
     /// readable) or that was just killed.
     pub(crate) fn reap(&self, pid: u32) -> io::Result<WorkerExit> {
-        match self.request(&ServerRequest::Reap { pid }, None)? {
+        match self.request(&ServerRequest::Reap { pid }, &[])? {
             ServerReply::Exited { pid: reaped, code } if reaped == pid => {
                 Ok(WorkerExit::Code(code))
             }
@@ -166,16 +168,12 @@ impl ServerLink {
         }
     }
 
-    fn request(
-        &self,
-        request: &ServerRequest,
-        fd: Option<BorrowedFd<'_>>,
-    ) -> io::Result<ServerReply> {
+    fn request(&self, request: &ServerRequest, fds: &[BorrowedFd<'_>]) -> io::Result<ServerReply> {
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
         if self.gone.load(Ordering::Relaxed) {
             return Err(server_gone());
         }
-        let sent = send_message(socket.as_fd(), request, fd);
+        let sent = send_message(socket.as_fd(), request, fds);
         let reply = sent.and_then(|()| receive_message(socket.as_fd()));
         match reply {
             Ok(Some((reply, _))) => Ok(reply),
@@ -219,10 +217,10 @@ fn unexpected(reply: &ServerReply) -> io::Error {
 fn send_message<T: serde::Serialize>(
     socket: BorrowedFd<'_>,
     message: &T,
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let bytes = postcard::to_allocvec(message).map_err(io::Error::other)?;
-    let raw_fds: Vec<_> = fd.iter().map(|fd| fd.as_raw_fd()).collect();
+    let raw_fds: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let rights = [ControlMessage::ScmRights(&raw_fds)];
     let cmsgs: &[ControlMessage<'_>] = if raw_fds.is_empty() { &[] } else { &rights };
     sendmsg::<()>(
@@ -235,13 +233,14 @@ fn send_message<T: serde::Serialize>(
     Ok(())
 }
 
-/// Receives one message and the descriptor attached to it, if any; `None` at end of stream.
+/// Receives one message and the descriptors attached to it (at most two); `None` at end of
+/// stream.
 fn receive_message<T: serde::de::DeserializeOwned>(
     socket: BorrowedFd<'_>,
-) -> io::Result<Option<(T, Option<OwnedFd>)>> {
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut bytes = [0u8; 64];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let (len, fd) = loop {
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let (len, fds) = loop {
         let mut iov = [IoSliceMut::new(&mut bytes)];
         match recvmsg::<()>(
             socket.as_raw_fd(),
@@ -250,18 +249,15 @@ fn receive_message<T: serde::de::DeserializeOwned>(
             MsgFlags::MSG_CMSG_CLOEXEC,
         ) {
             Ok(message) => {
-                let mut fd = None;
+                let mut fds = Vec::new();
                 // Truncated control data (this process is out of descriptors, say) brings no
                 // descriptor: the request is answered with an error, and the link stays.
                 for cmsg in message.cmsgs().into_iter().flatten() {
-                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                        for raw in fds {
-                            let owned = sys::own_received_fd(raw);
-                            fd.get_or_insert(owned);
-                        }
+                    if let ControlMessageOwned::ScmRights(raw_fds) = cmsg {
+                        fds.extend(raw_fds.into_iter().map(sys::own_received_fd));
                     }
                 }
-                break (message.bytes, fd);
+                break (message.bytes, fds);
             }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => return Err(err.into()),
@@ -272,7 +268,7 @@ fn receive_message<T: serde::de::DeserializeOwned>(
     }
     let message = postcard::from_bytes(&bytes[..len])
         .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?;
-    Ok(Some((message, fd)))
+    Ok(Some((message, fds)))
 }
 
 /// The server's loop, in the forked server process; never returns.
@@ -284,13 +280,21 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
     let server = std::process::id();
     let mut workers: Vec<u32> = Vec::new();
     loop {
-        let (request, fd) = match receive_message::<ServerRequest>(socket.as_fd()) {
+        let (request, mut fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
             Ok(Some(message)) => message,
             // The application closed the link or died.
             Ok(None) | Err(_) => break,
         };
-        let reply = match (request, fd) {
-            (ServerRequest::Spawn, Some(worker_socket)) => match sys::fork() {
+        // A spawn brings the worker's socket and its claim word, in that order.
+        let (worker_socket, claims) = match fds.len() {
+            2 => {
+                let claims = fds.pop();
+                (fds.pop(), claims)
+            }
+            _ => (None, None),
+        };
+        let reply = match (request, worker_socket, claims) {
+            (ServerRequest::Spawn, Some(worker_socket), Some(claims)) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
                     // The worker does it too: whichever runs first, the group exists before
                     // the parent learns the pid.
@@ -300,7 +304,7 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
                 }
                 Ok(Forked::Child) => {
                     drop(socket);
-                    worker::serve(worker_socket, server)
+                    worker::serve(worker_socket, claims, server)
                 }
                 Err(err) => ServerReply::Failed {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
@@ -308,15 +312,15 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
             },
             // The parent always attaches the worker's socket: the server could not take it
             // (it is out of descriptors).
-            (ServerRequest::Spawn, None) => ServerReply::Failed {
+            (ServerRequest::Spawn, _, _) => ServerReply::Failed {
                 errno: libc::EMFILE,
             },
-            (ServerRequest::Reap { pid }, _) => {
+            (ServerRequest::Reap { pid }, _, _) => {
                 workers.retain(|&worker| worker != pid);
                 reap(pid)
             }
         };
-        if send_message(socket.as_fd(), &reply, None).is_err() {
+        if send_message(socket.as_fd(), &reply, &[]).is_err() {
             break;
         }
     }
@@ -349,11 +353,13 @@ fn reap(pid: u32) -> ServerReply {
     }
 }
 
-/// A worker just forked: its pid, the parent's end of its socket, and its pidfd.
+/// A worker just forked: its pid, the parent's end of its socket, its claim word, and its
+/// pidfd.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
     pub(crate) stream: UnixStream,
+    pub(crate) claims: Claims,
     /// Readable once the worker has exited (see [`sys::pidfd_open`]).
     pub(crate) pidfd: Arc<OwnedFd>,
 }
@@ -367,13 +373,16 @@ pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
         None,
         SockFlag::SOCK_CLOEXEC,
     )?;
-    let pid = link.spawn(worker_end.as_fd())?;
+    let (claims, claims_fd) = Claims::create()?;
+    let pid = link.spawn(worker_end.as_fd(), claims_fd.as_fd())?;
     drop(worker_end);
+    drop(claims_fd);
     // The server reaps a worker only when asked to, so `pid` is still this worker.
     match sys::pidfd_open(pid) {
         Ok(pidfd) => Ok(Spawned {
             pid,
             stream: UnixStream::from(parent_end),
+            claims,
             pidfd: Arc::new(pidfd),
         }),
         Err(err) => {

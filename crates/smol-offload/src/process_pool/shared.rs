@@ -22,8 +22,10 @@
 //!
 //! A lock may be taken while holding one above it in this list, never the reverse. The one
 //! exception is [`Shared::submit`] locking a loan it has just created under the queue lock:
-//! nobody else can reach that loan yet. The fork server's link has its own lock, taken last,
-//! and only by the dispatcher (to fork or reap a worker), never under the queue lock.
+//! nobody else can reach that loan yet. The fork server's link has its own lock, shared by
+//! every pool of the process, taken only to fork or reap a worker (by the dispatcher, or by
+//! `build` on the caller's thread) and never under any of the locks above. A reap is asked for
+//! only once the worker has exited, so that lock is never held while a worker runs.
 
 use std::collections::VecDeque;
 use std::io;
@@ -47,6 +49,10 @@ pub(crate) struct Shared {
     /// workers are lent out: the next job queued must wake it.
     wake_on_submit: AtomicBool,
     closed: AtomicBool,
+    /// Set by the dispatcher, under the state lock, while jobs sent ahead to a busy worker
+    /// wait behind the one it runs: a worker given back then goes to the dispatcher, which
+    /// hands it those jobs.
+    jobs_sent_ahead: AtomicBool,
     /// Set when no worker could be kept alive: the pool refuses work.
     broken: AtomicBool,
     /// Why the pool broke, said to every task it refuses.
@@ -95,6 +101,7 @@ impl Shared {
             wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)?,
             wake_on_submit: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            jobs_sent_ahead: AtomicBool::new(false),
             broken: AtomicBool::new(false),
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
@@ -171,7 +178,11 @@ impl Shared {
     pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
         let mut state = self.lock();
         state.forget(loan);
-        if worker.is_idle() && state.jobs.is_empty() && !self.closed.load(Ordering::SeqCst) {
+        if worker.is_idle()
+            && state.jobs.is_empty()
+            && !self.jobs_sent_ahead.load(Ordering::SeqCst)
+            && !self.closed.load(Ordering::SeqCst)
+        {
             state.idle.push(worker);
         } else {
             state.returned.push(worker);
@@ -235,6 +246,11 @@ impl Shared {
         self.wake_on_submit.store(true, Ordering::SeqCst);
     }
 
+    /// Says whether jobs sent ahead wait behind running ones. Called under the queue lock.
+    pub(super) fn set_jobs_sent_ahead(&self, waiting: bool) {
+        self.jobs_sent_ahead.store(waiting, Ordering::SeqCst);
+    }
+
     /// The dispatcher is awake: submitters need not wake it.
     pub(super) fn disarm_wake_on_submit(&self) {
         self.wake_on_submit.store(false, Ordering::SeqCst);
@@ -282,6 +298,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
+    use crate::process_pool::claim::Claims;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
     use crate::process_pool::server::Spawned;
@@ -345,6 +362,7 @@ mod tests {
         let spawned = Spawned {
             pid: std::process::id(),
             stream: ours,
+            claims: Claims::create().unwrap().0,
             pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
         };
         (WorkerLink::new(spawned).unwrap(), theirs)

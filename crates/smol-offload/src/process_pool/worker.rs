@@ -6,11 +6,13 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
 use crate::panics;
+use crate::process_pool::claim::Claims;
 use crate::sys::{self, ChildGuard};
 
-/// Serves requests on `socket` until the parent closes it, then exits. Runs in a process just
-/// forked from the fork server `server`; never returns.
-pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
+/// Serves requests on `socket` until the parent closes it, then exits, claiming each job in
+/// the claim word of the memfd `claims` before starting it. Runs in a process just forked from
+/// the fork server `server`; never returns.
+pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     let _guard = ChildGuard;
     // Its own process group: the pool kills the group when the worker ends, taking what a task
     // forked with it, and signals sent to the application's group do not reach it. The server
@@ -23,9 +25,12 @@ pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     // Panics here are labelled with this worker's pid, and a task's are quiet unless its pool
     // asked to print them.
     panics::install_in_worker();
+    let Ok(claims) = Claims::map(&claims) else {
+        sys::exit_child(1);
+    };
     let stream = UnixStream::from(socket);
     // The loop that reads calls from the socket lives in `sys`, which says why that is sound.
-    let code = match sys::serve_requests(&stream) {
+    let code = match sys::serve_requests(&stream, &claims) {
         Ok(()) => 0,
         Err(_) => 1,
     };

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_io::Async;
 
+use crate::process_pool::claim::Claims;
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line::{self, FdReader};
 use crate::process_pool::server::Spawned;
@@ -47,6 +48,8 @@ pub(crate) struct WorkerLink {
     /// watches it, since the socket alone may outlive the worker (a process the task forked
     /// holds a copy) or end while it lives (the task closed it).
     pub(crate) pidfd: Arc<OwnedFd>,
+    /// Which of the jobs sent it started: see [`take_back_unstarted`](Self::take_back_unstarted).
+    claims: Claims,
     replies: ReplyReader,
     /// The jobs sent to it, in order: it runs the first and has not started the others.
     pub(crate) in_flight: VecDeque<InFlight>,
@@ -66,6 +69,7 @@ impl WorkerLink {
             pid: spawned.pid,
             stream: Arc::new(Async::new_nonblocking(spawned.stream)?),
             pidfd: spawned.pidfd,
+            claims: spawned.claims,
             replies: ReplyReader::default(),
             in_flight: VecDeque::new(),
             head_since: Instant::now(),
@@ -131,7 +135,28 @@ impl WorkerLink {
     /// Takes the last job assigned back, after a [`flush`](WorkerLink::flush) that failed: it
     /// never reached the worker.
     pub(crate) fn take_back_last(&mut self) -> Option<Job> {
-        self.in_flight.pop_back().map(|in_flight| in_flight.job)
+        let last = self.in_flight.pop_back()?;
+        // Its id was never sent: the next job takes it, as the worker expects.
+        self.next_id = last.id;
+        Some(last.job)
+    }
+
+    /// Takes back, in order, the jobs sent to the worker that it has not started; it will
+    /// never start them (see [`claim`](super::claim)). The jobs left in flight were started.
+    /// Call it with every request flushed.
+    pub(crate) fn take_back_unstarted(&mut self) -> Vec<Job> {
+        debug_assert!(self.outbox.is_empty(), "requests not sent yet");
+        let first_revoked = self.claims.revoke_unstarted(self.next_id);
+        let started = self
+            .in_flight
+            .iter()
+            .take_while(|in_flight| in_flight.id < first_revoked)
+            .count();
+        self.in_flight
+            .split_off(started)
+            .into_iter()
+            .map(|in_flight| in_flight.job)
+            .collect()
     }
 
     /// Reads what the socket holds without blocking. Returns `false` at the end of the stream

@@ -137,3 +137,43 @@ pub(crate) fn hold_a_worker<T: Send + 'static>(
     started.recv_timeout(WATCHDOG).unwrap();
     (task, open)
 }
+
+/// True while process `pid` exists, running, stopped or a zombie: a zombie has exited but is
+/// not reaped, and the no-leftover checks count it as left over.
+pub(crate) fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`): a
+/// process whose parent dies comes to it instead of to init, which may not reap it (a
+/// container's first process often does not), so that [`wait_until_reaped`] can check that it
+/// ended and reap it. Call it first thing, from the binary's constructor.
+pub(crate) fn reap_orphans() {
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+}
+
+/// Waits until every process of `pids` has ended and been reaped, reaping those orphaned to
+/// this process (see [`reap_orphans`]); panics after a generous bound if any remains, running
+/// or as a zombie.
+pub(crate) fn wait_until_reaped(pids: &[u32]) {
+    use nix::sys::wait::{WaitPidFlag, waitpid};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        for &pid in pids {
+            // Only a child of this process can be reaped here; for others this fails at once.
+            let _ = waitpid(
+                nix::unistd::Pid::from_raw(pid as i32),
+                Some(WaitPidFlag::WNOHANG),
+            );
+        }
+        let left: Vec<u32> = pids.iter().copied().filter(|&pid| exists(pid)).collect();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes left over (running or zombies): {left:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
