@@ -210,12 +210,15 @@ mod tests {
             calls: AtomicUsize::new(0),
         };
         let err = smol::block_on(run_blocking_tasks(&executor, &options(4, 2))).unwrap_err();
-        let err = err.to_string();
+        let text = err.to_string();
         assert!(
-            err.starts_with("1 of 4 tasks failed: blocks(2): the task panicked"),
-            "{err}"
+            text.starts_with("1 of 4 tasks failed: blocks(2): the task panicked at "),
+            "{text}"
         );
-        assert!(err.ends_with("boom"), "{err}");
+        assert!(
+            text.contains("src/run.rs:") && text.ends_with(": boom"),
+            "{text}"
+        );
     }
 
     #[test]

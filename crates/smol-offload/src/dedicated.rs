@@ -39,6 +39,8 @@ where
     T: Send + 'static,
 {
     let name = name.into();
+    // A panic in `f` then carries its location, as on the pools.
+    crate::panics::install_hook();
     let (promise, task) = task::pair();
     #[cfg(feature = "tracing")]
     let span = tracing::Span::current();
@@ -81,7 +83,7 @@ where
     }
     let result = {
         let _scope = crate::cancel::enter(promise.cancel_source());
-        panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic)
+        crate::panics::catch(crate::panics::Reporting::Chain, f).map_err(Error::from_caught)
     };
     let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }

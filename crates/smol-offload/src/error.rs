@@ -26,6 +26,8 @@ use std::io;
 /// ```
 pub struct Error {
     kind: ErrorKind,
+    /// Where the task panicked (`file:line:column`), when it panicked and the pool saw where.
+    panic_location: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -97,7 +99,27 @@ impl fmt::Display for WorkerExit {
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind) -> Error {
-        Error { kind }
+        Error {
+            kind,
+            panic_location: None,
+        }
+    }
+
+    /// The payload of a panic caught without the pool's hook watching (a future on a loop
+    /// thread, a stream's iterator): its message, and no location.
+    pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Error {
+        let message = panic_payload_message(payload.as_ref());
+        // The payload's own destructor may panic: that must not escape either.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
+        Error::new(ErrorKind::Panic(message))
+    }
+
+    /// A caught panic, with its message and, if the pool's panic hook saw it, its location.
+    pub(crate) fn from_caught(caught: crate::panics::Caught) -> Error {
+        Error {
+            kind: ErrorKind::Panic(caught.message),
+            panic_location: caught.location.map(String::into_boxed_str),
+        }
     }
 
     /// A value that could not cross to or from a worker process, at `stage`.
@@ -113,14 +135,6 @@ impl Error {
         })
     }
 
-    /// Turns the payload of a caught panic into an error that keeps its message.
-    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Error {
-        let message = panic_payload_message(payload.as_ref());
-        // The payload's own destructor may panic: that must not escape a worker either.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
-        Error::new(ErrorKind::Panic(message))
-    }
-
     /// True when the task panicked. The panic was caught: the caller and the pool go on.
     pub fn is_panic(&self) -> bool {
         matches!(self.kind, ErrorKind::Panic(_))
@@ -133,6 +147,27 @@ impl Error {
             ErrorKind::Panic(message) => Some(message),
             _ => None,
         }
+    }
+
+    /// Where the task panicked, as `file:line:column`, like the standard library's hook prints
+    /// it. The pool learns it from a panic hook it installs when the first pool is built (one
+    /// that calls the hook installed before it); it is `None` for other errors, and when the
+    /// application replaced that hook afterwards without calling it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let pool = smol_offload::ThreadPool::new(1)?;
+    /// let err = pool.spawn(|| -> u32 { panic!("no answer") }).await.unwrap_err();
+    /// let location = err.panic_location().unwrap();
+    /// assert!(location.contains(".rs:"), "{location}");
+    /// assert!(err.to_string().contains(location));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn panic_location(&self) -> Option<&str> {
+        self.panic_location.as_deref()
     }
 
     /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)): before its
@@ -233,7 +268,10 @@ pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ErrorKind::Panic(message) => write!(f, "the task panicked: {message}"),
+            ErrorKind::Panic(message) => match &self.panic_location {
+                Some(location) => write!(f, "the task panicked at {location}: {message}"),
+                None => write!(f, "the task panicked: {message}"),
+            },
             ErrorKind::Cancelled => write!(f, "the task was cancelled"),
             ErrorKind::Timeout(limit) => write!(f, "the task did not finish within {limit:?}"),
             ErrorKind::WorkerDied { pid, exit } => {

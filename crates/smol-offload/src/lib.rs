@@ -89,7 +89,10 @@
 //!
 //! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
 //! [`is_panic`](Error::is_panic) is true and whose [`panic_message`](Error::panic_message) is
-//! the panic's text, and the worker goes on. Dropping a [`Task`] before its work started cancels
+//! the panic's text, and the worker goes on. The error's `Display` also names where the panic
+//! happened ([`panic_location`](Error::panic_location)); a worker process prints nothing when its
+//! task panics, unless its pool was built with
+//! [`print_panics(true)`](ProcessPoolBuilder::print_panics). Dropping a [`Task`] before its work started cancels
 //! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
@@ -124,6 +127,11 @@
 //! A function that can fail returns `Result<R, `[`TaskError`]`>`: `?` converts any error into
 //! it, keeping its message, its sources and its `io::ErrorKind`, and it crosses to a process
 //! and back. A test binary starts the fork server with [`init_for_tests!`].
+//!
+//! Large arguments and results (over 128 KiB encoded) travel through shared memory rather
+//! than the worker's socket. For bytes, use [`ByteBuf`] rather than `Vec<u8>`: serde encodes a
+//! `Vec<u8>` one element at a time, a `ByteBuf` as one block, and a large `ByteBuf` reads the
+//! shared memory in place instead of being copied out of it.
 //!
 //! Forking a process that runs threads copies locks held by threads that do not exist in the
 //! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small
@@ -183,12 +191,15 @@ compile_error!(
 
 mod cancel;
 mod dedicated;
+mod byte_buf;
+mod codec;
 mod default_pool;
 mod error;
 mod executor;
 mod init_for_tests;
 mod job_queue;
 mod loop_thread;
+mod panics;
 mod process_pool;
 mod stats;
 mod stream;
@@ -200,6 +211,7 @@ mod wait;
 
 pub use crate::cancel::cancelled;
 pub use crate::dedicated::spawn_dedicated;
+pub use crate::byte_buf::ByteBuf;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;

@@ -1,5 +1,6 @@
 //! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, and calling a function through its address.
+//! descriptors, and calling a function through its address (with the worker's loop that does
+//! it).
 //!
 //! # The fork contract
 //!
@@ -15,10 +16,12 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::panic::{self, AssertUnwindSafe};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::panics::{self, Reporting};
 
 /// Which side of a fork the caller is on.
 pub(crate) enum Forked {
@@ -242,13 +245,131 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// How a call through [`invoke`] ended.
+/// A new memfd holding a copy of `bytes`, sealed so that nobody (its creator included) can
+/// write, shrink or grow it any more: a process it is sent to may map it and read it as
+/// immutable memory.
+pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::Write;
+
+    let fd = memfd_create(
+        c"smol-offload-payload",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.set_len(bytes.len() as u64)?;
+    file.write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+/// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
+/// change while they are mapped.
+pub(crate) struct SealedMapping {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory that nobody can write (the memfd is sealed against
+// writes), owned by this value alone: sharing or sending it between threads is like doing so
+// with a `Box<[u8]>` that is never mutated.
+unsafe impl Send for SealedMapping {}
+// SAFETY: see `Send` just above; `&SealedMapping` only ever reads.
+unsafe impl Sync for SealedMapping {}
+
+impl SealedMapping {
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes and be sealed against writes,
+    /// shrinking and growing; `fd` is closed (the mapping keeps the memory).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is no such memfd (a broken or hostile peer), or `mmap` failed.
+    pub(crate) fn new(fd: OwnedFd, len: usize) -> io::Result<SealedMapping> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+
+        let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(needed) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a shared payload that is not sealed against writes",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let size = file.metadata()?.len();
+        if size != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a shared payload of {size} bytes announced as {len}"),
+            ));
+        }
+        let Some(length) = std::num::NonZeroUsize::new(len) else {
+            return Ok(SealedMapping {
+                address: std::ptr::NonNull::dangling(),
+                len: 0,
+            });
+        };
+        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps
+        // no memory of this process. The file is sealed against shrinking, so no page of the
+        // mapping can vanish under a reader (which would raise SIGBUS).
+        let address = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                // Populated at once: one call instead of a page fault per few pages, since
+                // the payload is about to be read whole.
+                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
+                &file,
+                0,
+            )
+        }?;
+        Ok(SealedMapping {
+            address: address.cast(),
+            len,
+        })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `address` is the start of a readable mapping of `len` bytes (or dangling with
+        // `len == 0`), alive until `self` is dropped, and its contents never change: the memfd
+        // is sealed against writes, and this process mapped it read-only.
+        unsafe { std::slice::from_raw_parts(self.address.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping was made by `new` with this address and length, and no slice
+            // of it outlives `self` (`as_slice` borrows `self`).
+            let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
+        }
+    }
+}
+
+impl std::fmt::Debug for SealedMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedMapping")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a call through [`ErasedCall::invoke`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum CallStatus {
     /// `out` holds the encoded value.
     Returned = 0,
-    /// `out` holds the panic's message, in UTF-8.
+    /// `out` holds the panic's message and location, a postcard-encoded `panics::Caught`.
     Panicked = 1,
     /// The argument could not be decoded; `out` holds the message.
     BadArgument = 2,
@@ -271,13 +392,18 @@ impl CallStatus {
 /// A function `fn(A) -> R` with its types erased: the address of the function, and the address
 /// of the trampoline that knows `A` and `R`. Both stay valid in a child forked without `exec`,
 /// which runs the same program image at the same addresses.
+///
+/// The fields are private and an `ErasedCall` is made only by [`erase`], or by the `unsafe`
+/// [`ErasedCall::from_wire`] from the words that [`ErasedCall::to_wire`] gave: holding one
+/// proves that its addresses are a matching trampoline and function, which is what makes
+/// [`ErasedCall::invoke`] safe to call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ErasedCall {
-    pub(crate) trampoline: u64,
-    pub(crate) function: u64,
+    trampoline: u64,
+    function: u64,
 }
 
-type Trampoline = fn(u64, &[u8], &mut Vec<u8>) -> CallStatus;
+type Trampoline = fn(u64, Reporting, &[u8], &mut Vec<u8>) -> CallStatus;
 
 /// Erases the types of `f`, to send it to a forked worker.
 pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
@@ -292,62 +418,169 @@ where
     }
 }
 
+impl ErasedCall {
+    /// The two words that cross the socket: the trampoline's address, then the function's.
+    pub(crate) fn to_wire(self) -> [u64; 2] {
+        [self.trampoline, self.function]
+    }
+
+    /// Rebuilds the call that [`to_wire`](ErasedCall::to_wire) encoded.
+    ///
+    /// # Safety
+    ///
+    /// `words` must be the `to_wire()` of an `ErasedCall` made by [`erase`] in this process, or
+    /// in a process this one was forked from without `exec` (which runs the same program image
+    /// at the same addresses). Any other words are addresses of arbitrary code, which
+    /// [`invoke`](ErasedCall::invoke) would jump to.
+    pub(crate) unsafe fn from_wire(words: [u64; 2]) -> ErasedCall {
+        ErasedCall {
+            trampoline: words[0],
+            function: words[1],
+        }
+    }
+
+    /// Decodes the argument in `arg`, calls the function, and appends the encoded value (or
+    /// the failure: a message, or a panic's [`Caught`]) to `out`. A panic is reported as it
+    /// happens as `reporting` says.
+    pub(crate) fn invoke(self, reporting: Reporting, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
+        // SAFETY: an `ErasedCall` is made only by `erase`, which pairs a `fn(A) -> R` with its
+        // `trampoline::<A, R>`, or by `from_wire`, whose caller vouches that the words are the
+        // same pair in this program image.
+        unsafe { call_address(self.trampoline, self.function, reporting, arg, out) }
+    }
+}
+
+/// Calls the trampoline at address `trampoline` with the function at address `function`.
+///
+/// # Safety
+///
+/// `trampoline` must be the address of a `trampoline::<A, R>` of this program image, and
+/// `function` the address of a `fn(A) -> R` with the same `A` and `R`, both as [`erase`]
+/// computed them in this process or in one it was forked from without `exec`.
+unsafe fn call_address(
+    trampoline: u64,
+    function: u64,
+    reporting: Reporting,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> CallStatus {
+    // SAFETY: by this function's contract, `trampoline` is the address of a
+    // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline as usize) };
+    trampoline(function, reporting, arg, out)
+}
+
 /// Decodes `A`, calls `f`, and appends the encoded `R` (or the panic's message) to `out`.
-fn trampoline<A, R>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> CallStatus
+fn trampoline<A, R>(
+    function: u64,
+    reporting: Reporting,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> CallStatus
 where
     A: DeserializeOwned,
     R: Serialize,
 {
     // SAFETY: `function` was made by `erase::<A, R>` from a `fn(A) -> R` of this same program
-    // image (see `invoke`), and this trampoline is the `trampoline::<A, R>` it was paired with.
+    // image (see `call_address`), and this trampoline is the `trampoline::<A, R>` it was
+    // paired with.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(function as usize) };
     let start = out.len();
     // Everything under `catch_unwind`: `f`, but also the user's `Deserialize` and `Serialize`
     // code and the destructors of the argument and the value. A panic there is the task's
     // error, not the end of the worker.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
-        let arg: A =
-            postcard::from_bytes(arg).map_err(|err| (CallStatus::BadArgument, err.to_string()))?;
+    let outcome = panics::catch(reporting, || {
+        let arg: A = codec::decode(arg).map_err(|err| (CallStatus::BadArgument, err.message))?;
         let value = f(arg);
-        postcard::to_extend(&value, Append(&mut *out))
-            .map_err(|err| (CallStatus::BadResult, err.to_string()))?;
+        codec::encode_into(&value, out).map_err(|err| (CallStatus::BadResult, err.message))?;
         Ok(())
-    }));
-    let (status, message) = match outcome {
-        Ok(Ok(())) => return CallStatus::Returned,
-        Ok(Err(failure)) => failure,
-        Err(payload) => {
-            let message = crate::error::panic_payload_message(payload.as_ref());
-            // The payload's own drop may panic too; it must not escape the worker.
-            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            (CallStatus::Panicked, message)
+    });
+    if !matches!(outcome, Ok(Ok(()))) {
+        out.truncate(start);
+    }
+    match outcome {
+        Ok(Ok(())) => CallStatus::Returned,
+        Ok(Err((status, message))) => {
+            out.extend_from_slice(message.as_bytes());
+            status
         }
-    };
-    out.truncate(start);
-    out.extend_from_slice(message.as_bytes());
-    status
-}
-
-/// Lets postcard append to a buffer it borrows, so a failure leaves what was there before.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
+        Err(caught) => {
+            // Two strings: nothing in them can fail to encode.
+            let _ = codec::encode_into(&caught, out);
+            CallStatus::Panicked
+        }
     }
 }
 
-/// Calls a function erased by [`erase`], in a forked worker.
+/// The loop of a worker process: reads each request its parent sends on `stream`, calls the
+/// function it names, and writes the reply, until the parent closes the socket.
 ///
-/// The crate's invariant makes this safe to call: an [`ErasedCall`] is only ever made by
-/// [`erase`], in this process or in the parent this worker was forked from without `exec`
-/// (which shares its program image and addresses), and only crosses the socket pair that the
-/// parent and this one worker hold. Nothing else can write to that socket.
-pub(crate) fn invoke(call: ErasedCall, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
-    // SAFETY: by the invariant above, `call.trampoline` is the address of a
-    // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
-    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(call.trampoline as usize) };
-    trampoline(call.function, arg, out)
+/// This is the one place where words read from a socket become an [`ErasedCall`], and why
+/// that is sound is the reason this loop lives here, next to the `unsafe` it needs: it runs
+/// only in a worker process, forked without `exec` from the fork server, which was forked
+/// without `exec` from the application, so all three run one program image at the same
+/// addresses; and `stream` is the worker's end of the socket pair that the application made
+/// for this one worker and handed over through the fork server's private link. The other end
+/// stays in the application, which writes only requests built by `wire::write_request` from a
+/// call made by [`erase`].
+///
+/// Each job is claimed in `claims` before it starts: one the parent took back first is skipped
+/// (its shared argument's memfd is still taken off the queue, to keep the others in order).
+pub(crate) fn serve_requests(
+    stream: &std::os::unix::net::UnixStream,
+    claims: &crate::process_pool::claim::Claims,
+) -> io::Result<()> {
+    use crate::process_pool::out_of_line::{self, FdReader};
+    use crate::process_pool::wire;
+    use std::io::BufReader;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
+
+    let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
+    let mut buffer = Vec::new();
+    let mut reply = Vec::new();
+    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
+        // A shared argument is in the memfd that came with the frame's bytes, so it is in by
+        // now; the mapping lives until the call is over (a `ByteBuf` may keep it longer).
+        let mapping = if request.shared {
+            let size = request.shared_size()?;
+            let fd = input.get_mut().fds.pop_front().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "shared request without its memfd",
+                )
+            })?;
+            Some(Arc::new(SealedMapping::new(fd, size)?))
+        } else {
+            None
+        };
+        if !claims.claim(request.id) {
+            // The parent took the job back before it started: it runs elsewhere.
+            continue;
+        }
+        let arg = mapping
+            .as_deref()
+            .map_or(request.arg, SealedMapping::as_slice);
+        // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
+        // by `erase` in the same program image (see this function's documentation).
+        let call = unsafe { ErasedCall::from_wire(request.call) };
+        wire::begin_reply(&mut reply, request.id);
+        let reporting = if request.options.print_panics {
+            Reporting::Labelled
+        } else {
+            Reporting::Quiet
+        };
+        let status = crate::byte_buf::with_backing(mapping.as_ref(), || {
+            call.invoke(reporting, arg, &mut reply)
+        });
+        drop(mapping);
+        wire::finish_reply(&mut reply, status);
+        match wire::share_reply_payload(&mut reply) {
+            Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
+            None => out_of_line::send_all(stream, &reply)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -367,9 +600,24 @@ mod tests {
         let call = erase(double);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&21u32).unwrap();
-        let status = invoke(call, &arg, &mut out);
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Returned);
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
+    }
+
+    #[test]
+    fn erased_call_crosses_the_wire_as_two_words() {
+        let call = erase(double);
+        // SAFETY: the words are the `to_wire()` of a call `erase` made in this process.
+        let back = unsafe { ErasedCall::from_wire(call.to_wire()) };
+        assert_eq!(back, call);
+        let mut out = Vec::new();
+        let arg = postcard::to_allocvec(&4u32).unwrap();
+        assert_eq!(
+            back.invoke(Reporting::Quiet, &arg, &mut out),
+            CallStatus::Returned
+        );
+        assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 8);
     }
 
     #[test]
@@ -377,15 +625,15 @@ mod tests {
         let call = erase(fail);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&"boom".to_string()).unwrap();
-        let hook = panic::take_hook();
-        panic::set_hook(Box::new(|_| {}));
-        let status = invoke(call, &arg, &mut out);
-        panic::set_hook(hook);
+        panics::install_hook();
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Panicked);
-        assert_eq!(out, b"boom");
+        let caught: panics::Caught = codec::decode(&out).unwrap();
+        assert_eq!(caught.message, "boom");
+        assert!(caught.location.unwrap().starts_with(file!()));
 
         out.clear();
-        let status = invoke(call, &[0xff], &mut out);
+        let status = call.invoke(Reporting::Quiet, &[0xff], &mut out);
         assert_eq!(status, CallStatus::BadArgument);
         assert!(!out.is_empty());
     }

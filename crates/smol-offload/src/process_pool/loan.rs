@@ -121,13 +121,14 @@ impl LoanState {
         };
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
+            // A long reply is read and decoded on the dispatcher's thread, not on the thread
+            // of an event loop; one whose payload is in shared memory too, although its frame
+            // is short.
+            if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) {
+                return LoanRead::Over(None);
+            }
             return match link.next_incoming() {
                 Incoming::Reply(job, reply, _) => LoanRead::Over(Some((job, reply))),
-                // A long reply is read and decoded on the dispatcher's thread, not on the
-                // thread of an event loop.
-                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => {
-                    LoanRead::Over(None)
-                }
                 Incoming::Nothing if open => {
                     // Called without a waker (from `is_finished`), the last one is armed again.
                     let Some(waker) = last_waker.as_ref() else {

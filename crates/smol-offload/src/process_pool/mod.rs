@@ -1,9 +1,9 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// claim → wire → options → job → server → worker_link → loan → shared → loan_assist → room →
-// dying → dispatcher.
-mod claim;
+// out_of_line → claim → wire → options → job → server → worker_link → loan → shared →
+// loan_assist → room → dying → dispatcher.
+pub(crate) mod claim;
 mod dispatcher;
 mod dying;
 mod job;
@@ -11,9 +11,10 @@ mod loan;
 mod loan_assist;
 mod options;
 pub(crate) mod room;
+pub(crate) mod out_of_line;
 pub(crate) mod server;
 mod shared;
-mod wire;
+pub(crate) mod wire;
 mod worker;
 mod worker_link;
 
@@ -24,8 +25,10 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
+use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
@@ -35,6 +38,7 @@ use loan_assist::LoanAssist;
 use options::{Initializer, PoolOptions};
 use room::{Ready, RoomAssist};
 use shared::{Placed, Shared};
+use wire::CallOptions;
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
@@ -138,6 +142,8 @@ pub struct ProcessPool {
 struct Handle {
     shared: Arc<Shared>,
     workers: usize,
+    /// What every call of the pool tells its worker.
+    options: CallOptions,
 }
 
 impl Drop for Handle {
@@ -224,20 +230,9 @@ impl Executor for ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let arg = match postcard::to_allocvec(&arg) {
-            Ok(bytes) if bytes.len() <= wire::MAX_ARGUMENT => bytes,
-            Ok(bytes) => {
-                let detail = format!("{} bytes is more than a frame holds", bytes.len());
-                return Task::ready(Err(Error::codec("serialize the argument", detail, None)));
-            }
-            Err(err) => {
-                let detail = err.to_string();
-                return Task::ready(Err(Error::codec(
-                    "serialize the argument",
-                    detail,
-                    Some(err),
-                )));
-            }
+        let arg = match encode_argument(&arg) {
+            Ok(bytes) => bytes,
+            Err(error) => return Task::ready(Err(error)),
         };
         let (promise, task) = task::pair::<R>();
         if crate::debug::is_enabled() {
@@ -249,6 +244,7 @@ impl Executor for ProcessPool {
         }
         let job = Job {
             call: sys::erase(f),
+            options: self.handle.options,
             arg,
             completion: Box::new(promise),
         };
@@ -278,6 +274,21 @@ impl Executor for ProcessPool {
     }
 }
 
+/// Encodes a task's argument on the calling thread. The user's `Serialize` runs here: a panic
+/// in it is the task's error, like its other failures, and never unwinds into the caller.
+fn encode_argument<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
+    const STAGE: &str = "serialize the argument";
+    match panics::catch(Reporting::Chain, || codec::encode(arg)) {
+        Ok(Ok(bytes)) if bytes.len() <= wire::MAX_ARGUMENT => Ok(bytes),
+        Ok(Ok(bytes)) => {
+            let detail = format!("{} bytes is more than a frame holds", bytes.len());
+            Err(Error::codec(STAGE, detail, None))
+        }
+        Ok(Err(err)) => Err(Error::codec(STAGE, err.message, err.source)),
+        Err(caught) => Err(Error::from_caught(caught)),
+    }
+}
+
 impl fmt::Debug for ProcessPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessPool")
@@ -295,6 +306,7 @@ pub struct ProcessPoolBuilder {
     options: PoolOptions,
     /// Why an option given cannot be used, said by `build`.
     invalid: Option<String>,
+    print_panics: bool,
 }
 
 impl ProcessPoolBuilder {
@@ -553,6 +565,36 @@ impl ProcessPoolBuilder {
         self
     }
 
+    /// Whether a worker prints a task's panic to its stderr as it happens. Off by default: the
+    /// panic comes back to the caller as the task's [`Error`], with its message and location,
+    /// as Python's executors re-raise an exception in the caller without printing it. On, each
+    /// panic prints `smol-offload worker <pid> panicked at <file:line:column>:` and the
+    /// message (and a backtrace when `RUST_BACKTRACE` asks for one), naming the worker.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn check(n: u32) -> u32 {
+    ///     assert!(n < 10, "{n} is too big");
+    ///     n
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).print_panics(true).build()?;
+    ///     // The worker prints "smol-offload worker <pid> panicked at ...: 12 is too big".
+    ///     let err = smol::block_on(pool.run(check, 12)).unwrap_err();
+    ///     assert_eq!(err.panic_message(), Some("12 is too big"));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn print_panics(mut self, print: bool) -> ProcessPoolBuilder {
+        self.print_panics = print;
+        self
+    }
+
     /// Forks the workers and starts the pool's dispatcher thread.
     ///
     /// # Errors
@@ -580,6 +622,8 @@ impl ProcessPoolBuilder {
             )));
         }
         let link = server::link_or_start()?;
+        // For the user's serde code that runs in this process: its panics get a location.
+        panics::install_hook();
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
         let shared = Arc::new(
             Shared::with_options(self.options).map_err(io_error("create the pool's eventfd"))?,
@@ -599,7 +643,13 @@ impl ProcessPoolBuilder {
             return Err(io_error("start the dispatcher thread")(source));
         }
         Ok(ProcessPool {
-            handle: Arc::new(Handle { shared, workers }),
+            handle: Arc::new(Handle {
+                shared,
+                workers,
+                options: CallOptions {
+                    print_panics: self.print_panics,
+                },
+            }),
         })
     }
 }

@@ -468,6 +468,7 @@ mod tests {
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
     use crate::process_pool::server::Spawned;
+    use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -490,7 +491,7 @@ mod tests {
         }
 
         fn finish(self: Box<Self>, reply: Reply) {
-            let payload = String::from_utf8(reply.payload).unwrap();
+            let payload = String::from_utf8(reply.payload.as_slice().to_vec()).unwrap();
             self.log
                 .lock()
                 .unwrap()
@@ -512,6 +513,7 @@ mod tests {
     fn job(name: &'static str, log: &Log) -> Job {
         Job {
             call: sys::erase(double),
+            options: CallOptions::default(),
             arg: name.as_bytes().to_vec(),
             completion: Box::new(Recorded {
                 name,

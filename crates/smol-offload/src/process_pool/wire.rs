@@ -1,29 +1,81 @@
 //! What crosses the sockets: length-prefixed frames between the parent and a worker, and small
 //! postcard messages between the parent and the fork server.
 //!
-//! A request frame is `len: u32 | id: u64 | trampoline: u64 | function: u64 | argument`, a
-//! reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian, where `len`
-//! counts the bytes after itself. The argument and a returned value are postcard-encoded.
+//! A request frame is `len: u32 | id: u64 | flags: u8 | trampoline: u64 | function: u64 |
+//! argument`, a reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian,
+//! where `len` counts the bytes after itself. The argument and a returned value are
+//! postcard-encoded. A request's flags carry its [`CallOptions`].
+//!
+//! An argument or a result longer than [`out_of_line::THRESHOLD`] travels in a sealed memfd
+//! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
+//! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
+//! payload, and the memfd's descriptor is attached to the frame's bytes.
 
 use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{CallStatus, ErasedCall};
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-const REQUEST_HEADER: usize = 8 + 8 + 8;
+use crate::process_pool::out_of_line::{self, MAX_WAITING_FDS};
+use crate::sys::{CallStatus, ErasedCall, SealedMapping};
+
+const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
+/// Request flag: print the call's panic in the worker as it happens.
+const PRINT_PANICS: u8 = 1;
+/// Request flag: the argument is in the memfd attached to the frame, which holds its size.
+const SHARED_ARGUMENT: u8 = 2;
+/// Reply status bit: the payload is in the memfd attached to the frame, which holds its size.
+const SHARED_REPLY: u8 = 0x80;
+/// The length of a request frame whose argument is in shared memory.
+pub(crate) const SHARED_REQUEST_FRAME: usize = 4 + REQUEST_HEADER + 8;
+
+/// How the worker runs one call, besides the call itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CallOptions {
+    /// Print a panic of the call to the worker's stderr, naming the worker.
+    pub(crate) print_panics: bool,
+}
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
 
 /// Appends a request frame to `out`.
-pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, call: ErasedCall, arg: &[u8]) {
+pub(crate) fn write_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call: ErasedCall,
+    options: CallOptions,
+    arg: &[u8],
+) {
     let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    out.extend_from_slice(&call.trampoline.to_le_bytes());
-    out.extend_from_slice(&call.function.to_le_bytes());
+    out.push(if options.print_panics {
+        PRINT_PANICS
+    } else {
+        0
+    });
+    for word in call.to_wire() {
+        out.extend_from_slice(&word.to_le_bytes());
+    }
     out.extend_from_slice(arg);
+}
+
+/// Appends a request frame whose argument of `size` bytes is in shared memory: the frame's
+/// [`SHARED_REQUEST_FRAME`] bytes must be sent with the memfd attached.
+pub(crate) fn write_shared_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call: ErasedCall,
+    options: CallOptions,
+    size: usize,
+) {
+    let start = out.len();
+    write_request(out, id, call, options, &(size as u64).to_le_bytes());
+    out[start + 12] |= SHARED_ARGUMENT;
 }
 
 /// The largest argument a request can carry.
@@ -33,9 +85,28 @@ pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER;
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub(crate) id: u64,
-    pub(crate) call: ErasedCall,
-    /// The encoded argument, borrowed from the read buffer.
+    /// The words of the call, as [`ErasedCall::to_wire`] gave them: only the worker's loop
+    /// in `sys` may turn them back into a call, because only it knows where they came from.
+    pub(crate) call: [u64; 2],
+    pub(crate) options: CallOptions,
+    /// The encoded argument, borrowed from the read buffer; for a shared argument, its size.
     pub(crate) arg: &'a [u8],
+    /// Whether the argument is in the memfd that came with the frame.
+    pub(crate) shared: bool,
+}
+
+impl Request<'_> {
+    /// The size of a shared argument, as the frame gives it.
+    pub(crate) fn shared_size(&self) -> io::Result<usize> {
+        let size: [u8; 8] = self.arg.try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared request of the wrong length",
+            )
+        })?;
+        usize::try_from(u64::from_le_bytes(size))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shared argument too large"))
+    }
 }
 
 /// Reads one request frame; `Ok(None)` at a clean end of stream (the parent closed the socket).
@@ -65,11 +136,12 @@ pub(crate) fn read_request<'a>(
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
     let request = Request {
         id: word(0),
-        call: ErasedCall {
-            trampoline: word(8),
-            function: word(16),
+        options: CallOptions {
+            print_panics: buffer[8] & PRINT_PANICS != 0,
         },
+        call: [word(9), word(17)],
         arg: &buffer[REQUEST_HEADER..],
+        shared: buffer[8] & SHARED_ARGUMENT != 0,
     };
     Ok(Some(request))
 }
@@ -93,18 +165,91 @@ pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
     out[12] = status as u8;
 }
 
+/// Turns the reply frame finished in `out` into one whose payload is in a new sealed memfd,
+/// if the payload is longer than [`out_of_line::THRESHOLD`]: returns the memfd, to send with
+/// the frame. `None` leaves the frame as it was (also when the memfd could not be made: the
+/// payload then goes through the socket).
+pub(crate) fn share_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
+    let size = out.len() - REPLY_PAYLOAD;
+    if size <= out_of_line::THRESHOLD {
+        return None;
+    }
+    let fd = crate::sys::sealed_memfd(&out[REPLY_PAYLOAD..]).ok()?;
+    out.truncate(REPLY_PAYLOAD);
+    out.extend_from_slice(&(size as u64).to_le_bytes());
+    let len = u32::try_from(out.len() - 4).expect("a short frame");
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[12] |= SHARED_REPLY;
+    Some(fd)
+}
+
 /// A reply as the parent reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
     pub(crate) id: u64,
     pub(crate) status: CallStatus,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
+}
+
+/// The payload of a reply: read from the socket, or mapped from the memfd that came with it.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Inline(Vec<u8>),
+    Shared(Arc<SealedMapping>),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(mapping) => mapping.as_slice(),
+        }
+    }
+
+    /// The shared memory the payload is in, if it is.
+    pub(crate) fn mapping(&self) -> Option<&Arc<SealedMapping>> {
+        match self {
+            Payload::Inline(_) => None,
+            Payload::Shared(mapping) => Some(mapping),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Payload {}
+
+impl PartialEq<Vec<u8>> for Payload {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Payload {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Payload {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.as_slice() == *other
+    }
 }
 
 /// Cuts reply frames out of the bytes read from a non-blocking socket.
 #[derive(Debug, Default)]
 pub(crate) struct ReplyReader {
     buffer: Vec<u8>,
+    /// Descriptors that came with the bytes, for the shared replies among them, oldest first.
+    fds: VecDeque<OwnedFd>,
+    /// Set once a shared reply turned out malformed: its descriptor is gone, so the verdict
+    /// is kept rather than found again.
+    broken: Option<Malformed>,
 }
 
 impl ReplyReader {
@@ -124,10 +269,31 @@ impl ReplyReader {
         Ok(true)
     }
 
-    /// The length of the frame that comes next, once its length prefix was read.
+    /// Marks the stream malformed for good, for what the bytes alone do not show.
+    pub(crate) fn refuse(&mut self, why: &str) {
+        self.broken.get_or_insert_with(|| Malformed(why.to_owned()));
+    }
+
+    /// Keeps a descriptor that came with the bytes read, for the shared reply that claims it.
+    pub(crate) fn push_fd(&mut self, fd: OwnedFd) {
+        self.fds.push_back(fd);
+    }
+
+    /// The length of the frame that comes next, once its length prefix was read; for a reply
+    /// whose payload is in shared memory, once its size is in, the length it would have had.
     pub(crate) fn next_frame_len(&self) -> Option<usize> {
         let prefix = self.buffer.get(..4)?;
-        Some(4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize)
+        let len = 4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if self
+            .buffer
+            .get(12)
+            .is_some_and(|status| status & SHARED_REPLY != 0)
+        {
+            let size = self.buffer.get(REPLY_PAYLOAD..REPLY_PAYLOAD + 8)?;
+            let size = u64::from_le_bytes(size.try_into().expect("8 bytes"));
+            return Some(REPLY_PAYLOAD.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)));
+        }
+        Some(len)
     }
 
     /// The next complete reply, if the buffer holds one. `expected` is the id of the request
@@ -139,6 +305,9 @@ impl ReplyReader {
     /// read so far are the start of a valid reply to `expected`, and the reader never waits
     /// for bytes that a valid frame would not have.
     pub(crate) fn next_reply(&mut self, expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
         if self.buffer.is_empty() {
             return Ok(None);
         }
@@ -172,15 +341,53 @@ impl ReplyReader {
                 "a reply to {which} while it ran request {expected}"
             )));
         }
+        if self.fds.len() > MAX_WAITING_FDS {
+            return Err(Malformed(format!(
+                "{} descriptors that no reply claimed",
+                self.fds.len()
+            )));
+        }
         let Some(&status) = self.buffer.get(12) else {
             return Ok(None);
         };
-        let status = CallStatus::from_byte(status)
+        let shared = status & SHARED_REPLY != 0;
+        let status = CallStatus::from_byte(status & !SHARED_REPLY)
             .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
+        if shared && len != REPLY_HEADER + 8 {
+            return Err(Malformed(format!(
+                "a shared-memory reply frame of {len} bytes"
+            )));
+        }
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let payload = self.buffer[REPLY_PAYLOAD..4 + len].to_vec();
+        let payload = if shared {
+            let size = u64::from_le_bytes(
+                self.buffer[REPLY_PAYLOAD..REPLY_PAYLOAD + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let mapping = match self.fds.pop_front() {
+                None => Err(Malformed(
+                    "a shared-memory reply without its descriptor".to_owned(),
+                )),
+                Some(fd) => usize::try_from(size)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+                    .and_then(|size| SealedMapping::new(fd, size))
+                    .map_err(|err| {
+                        Malformed(format!("a shared-memory reply that is unusable: {err}"))
+                    }),
+            };
+            match mapping {
+                Ok(mapping) => Payload::Shared(Arc::new(mapping)),
+                Err(malformed) => {
+                    self.broken = Some(malformed.clone());
+                    return Err(malformed);
+                }
+            }
+        } else {
+            Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
+        };
         self.buffer.drain(..4 + len);
         Ok(Some(Reply {
             id: expected,
@@ -227,21 +434,28 @@ pub(crate) enum ServerReply {
 mod tests {
     use super::*;
 
+    fn some_function(n: u8) -> u8 {
+        n
+    }
+
     #[test]
     fn request_frame_round_trips() {
-        let call = ErasedCall {
-            trampoline: 0x1122,
-            function: 0x3344,
-        };
+        let call = crate::sys::erase(some_function);
         let mut frame = Vec::new();
-        write_request(&mut frame, 7, call, b"arg");
-        write_request(&mut frame, 8, call, b"");
+        let loud = CallOptions { print_panics: true };
+        write_request(&mut frame, 7, call, loud, b"arg");
+        write_request(&mut frame, 8, call, CallOptions::default(), b"");
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
-        assert_eq!((first.id, first.call, first.arg), (7, call, &b"arg"[..]));
+        assert_eq!(
+            (first.id, first.call, first.arg),
+            (7, call.to_wire(), &b"arg"[..])
+        );
+        assert_eq!(first.options, loud);
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.id, second.arg.len()), (8, 0));
+        assert_eq!(second.options, CallOptions::default());
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
     }
 
@@ -273,7 +487,7 @@ mod tests {
             Reply {
                 id: 1,
                 status: CallStatus::Returned,
-                payload: b"ok".to_vec()
+                payload: Payload::Inline(b"ok".to_vec())
             }
         );
         assert_eq!(replies[1].status, CallStatus::Panicked);

@@ -1,12 +1,12 @@
-//! The loop of a worker process: read a request, call the function, write the reply, until the
-//! parent closes the socket.
+//! A worker process: set up after the fork, serve the parent's requests (the loop itself is
+//! `sys::serve_requests`, beside the `unsafe` it needs), then exit.
 
-use std::io::{BufReader, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
+use crate::panics;
 use crate::process_pool::claim::Claims;
-use crate::process_pool::wire;
 use crate::sys::{self, ChildGuard};
 
 /// Serves requests on `socket` until the parent closes it, then exits, claiming each job in
@@ -22,11 +22,15 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
         sys::exit_child(1);
     }
     sys::set_process_name(c"smol-offload-wk");
+    // Panics here are labelled with this worker's pid, and a task's are quiet unless its pool
+    // asked to print them.
+    panics::install_in_worker();
     let Ok(claims) = Claims::map(&claims) else {
         sys::exit_child(1);
     };
     let stream = UnixStream::from(socket);
-    let code = match serve_requests(&stream, &claims) {
+    // The loop that reads calls from the socket lives in `sys`, which says why that is sound.
+    let code = match sys::serve_requests(&stream, &claims) {
         Ok(()) => 0,
         Err(_) => 1,
     };
@@ -34,22 +38,4 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     // will not.
     let _ = std::io::stdout().flush();
     sys::exit_child(code)
-}
-
-fn serve_requests(stream: &UnixStream, claims: &Claims) -> std::io::Result<()> {
-    let mut input = BufReader::with_capacity(64 * 1024, stream);
-    let mut output = stream;
-    let mut buffer = Vec::new();
-    let mut reply = Vec::new();
-    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
-        if !claims.claim(request.id) {
-            // The parent took the job back before it started: it runs elsewhere.
-            continue;
-        }
-        wire::begin_reply(&mut reply, request.id);
-        let status = sys::invoke(request.call, request.arg, &mut reply);
-        wire::finish_reply(&mut reply, status);
-        output.write_all(&reply)?;
-    }
-    Ok(())
 }

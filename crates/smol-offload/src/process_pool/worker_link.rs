@@ -5,20 +5,20 @@
 //! the dispatcher ever closes it.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Async;
-use nix::sys::socket::{MsgFlags, recv};
 
 use crate::process_pool::claim::Claims;
 use crate::process_pool::job::Job;
+use crate::process_pool::out_of_line::{self, FdReader};
 use crate::process_pool::server::Spawned;
 use crate::process_pool::wire::{self, Malformed, Reply, ReplyReader};
-use crate::sys::{CallStatus, ErasedCall};
+use crate::sys::{self, CallStatus, ErasedCall};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
 /// job, the job goes to another worker.
@@ -62,6 +62,8 @@ pub(crate) struct WorkerLink {
     head_since: Instant,
     /// Request frames to send in one write.
     outbox: Vec<u8>,
+    /// The memfds of the shared arguments in the outbox, each with the offset of its frame.
+    attached: Vec<(usize, OwnedFd)>,
     next_id: u64,
     /// How many more jobs it may be sent, with `max_tasks_per_worker`; `None`: no limit.
     tasks_left: Option<usize>,
@@ -82,6 +84,7 @@ impl WorkerLink {
             in_flight: VecDeque::new(),
             head_since: Instant::now(),
             outbox: Vec::new(),
+            attached: Vec::new(),
             next_id: 0,
             tasks_left: None,
             initializing: None,
@@ -94,7 +97,8 @@ impl WorkerLink {
         debug_assert!(self.in_flight.is_empty(), "initialized before any job");
         let id = self.next_id;
         self.next_id += 1;
-        wire::write_request(&mut self.outbox, id, call, arg);
+        // The initializer's panic comes back in its reply; the worker does not print it.
+        wire::write_request(&mut self.outbox, id, call, wire::CallOptions::default(), arg);
         self.initializing = Some(id);
         self.head_since = Instant::now();
     }
@@ -142,7 +146,20 @@ impl WorkerLink {
         }
         let id = self.next_id;
         self.next_id += 1;
-        wire::write_request(&mut self.outbox, id, job.call, &job.arg);
+        // A large argument goes through shared memory (through the socket if the memfd could
+        // not be made).
+        let shared = (job.arg.len() > out_of_line::THRESHOLD)
+            .then(|| sys::sealed_memfd(&job.arg).ok())
+            .flatten();
+        match shared {
+            Some(fd) => {
+                let start = self.outbox.len();
+                let size = job.arg.len();
+                wire::write_shared_request(&mut self.outbox, id, job.call, job.options, size);
+                self.attached.push((start, fd));
+            }
+            None => wire::write_request(&mut self.outbox, id, job.call, job.options, &job.arg),
+        }
         if self.in_flight.is_empty() {
             self.head_since = Instant::now();
         }
@@ -153,9 +170,25 @@ impl WorkerLink {
     ///
     /// An error means the worker is gone, and that the last request queued did not reach it.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        let sent = send_all(self.stream.get_ref(), &self.outbox);
+        let stream = self.stream.get_ref();
+        let mut sent = 0;
+        let mut result = Ok(());
+        for (start, fd) in self.attached.drain(..) {
+            let end = start + wire::SHARED_REQUEST_FRAME;
+            result = out_of_line::send_all(stream, &self.outbox[sent..start]).and_then(|()| {
+                out_of_line::send_with_fd(stream, &self.outbox[start..end], fd.as_fd())
+            });
+            if result.is_err() {
+                break;
+            }
+            sent = end;
+        }
+        if result.is_ok() {
+            result = out_of_line::send_all(stream, &self.outbox[sent..]);
+        }
         self.outbox.clear();
-        sent
+        self.attached.clear();
+        result
     }
 
     /// Takes the last job assigned back, after a [`flush`](WorkerLink::flush) that failed: it
@@ -200,11 +233,16 @@ impl WorkerLink {
 
     /// Like [`receive`](WorkerLink::receive), but stops once `limit` bytes wait to be taken.
     pub(crate) fn receive_up_to(&mut self, limit: usize) -> bool {
-        matches!(
+        let mut input = FdReader::available(self.stream.get_ref());
+        let open = matches!(self.replies.fill(&mut input, limit), Ok(true));
+        for fd in input.fds {
+            self.replies.push_fd(fd);
+        }
+        if input.overflowed {
             self.replies
-                .fill(&mut Available(self.stream.get_ref()), limit),
-            Ok(true)
-        )
+                .refuse("more descriptors than shared-memory replies");
+        }
+        open
     }
 
     /// The length of the reply frame being read, once its length prefix is in.
@@ -238,26 +276,4 @@ impl WorkerLink {
             Err(malformed) => Incoming::Corrupt(malformed),
         }
     }
-}
-
-/// Reads what a socket has without blocking, leaving the socket itself blocking for writes.
-struct Available<'a>(&'a UnixStream);
-
-impl Read for Available<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?)
-    }
-}
-
-fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match nix::sys::socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let mut stream = stream;
-    stream.flush()
 }
