@@ -31,7 +31,7 @@ fn fails(n: u32) -> u32 {
 /// checking that it passed and ran its body.
 fn run_child_capturing(name: &str) -> (String, String) {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
         .env(MARKER, "1")
         .env_remove("RUST_BACKTRACE")
         .output()
@@ -62,6 +62,7 @@ fn assert_located(err: &Error, n: u32) {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_process_task_panics_quietly() {
     if !in_child(MARKER) {
         return;
@@ -80,6 +81,7 @@ fn a_worker_prints_no_panic_by_default() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_process_task_panics_loudly() {
     if !in_child(MARKER) {
         return;
@@ -113,6 +115,7 @@ fn a_worker_asked_to_print_panics_names_itself() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_thread_pool_panics_through_the_applications_hook() {
     if !in_child(MARKER) {
         return;
@@ -149,6 +152,7 @@ fn a_thread_pool_panic_still_reaches_the_applications_hook() {
 }
 
 #[test]
+#[ignore = "runs in a child process, started by the test that names it"]
 fn child_panics_in_serde_code_on_the_callers_side_are_located() {
     if !in_child(MARKER) {
         return;
