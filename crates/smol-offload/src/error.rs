@@ -44,6 +44,8 @@ pub(crate) enum ErrorKind {
         source: Option<postcard::Error>,
     },
     Config(String),
+    /// A remote pool's broker or worker fleet failed the task; the message says what to do.
+    Remote(String),
 }
 
 /// How a worker process ended, as the pool learned it from `waitpid`.
@@ -194,6 +196,7 @@ impl fmt::Display for Error {
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
+            ErrorKind::Remote(message) => f.write_str(message),
         }
     }
 }
@@ -242,6 +245,8 @@ pub(crate) enum BuildErrorKind {
         doing: &'static str,
         source: io::Error,
     },
+    /// A remote pool or worker could not start; the message says why and what to do.
+    Remote(String),
 }
 
 impl BuildError {
@@ -281,6 +286,7 @@ impl fmt::Display for BuildError {
                  this process already runs {threads} threads"
             ),
             BuildErrorKind::Io { doing, source } => write!(f, "could not {doing}: {source}"),
+            BuildErrorKind::Remote(message) => f.write_str(message),
         }
     }
 }

@@ -91,7 +91,6 @@ impl<T> Promise<T> {
     }
 
     /// True when the task was dropped (and not detached): nobody waits for the result.
-    #[cfg(test)]
     pub(crate) fn is_cancelled(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.load(Ordering::Acquire) & CANCELLED != 0

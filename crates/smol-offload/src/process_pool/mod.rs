@@ -6,6 +6,7 @@ mod dispatcher;
 mod job;
 mod loan;
 mod loan_assist;
+pub(crate) mod raw;
 pub(crate) mod server;
 mod shared;
 pub(crate) mod wire;

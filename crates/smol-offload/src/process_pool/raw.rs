@@ -1,0 +1,65 @@
+//! Crate-private hooks for the remote workers: run an already-erased call with raw argument
+//! bytes on a [`ProcessPool`] and get the raw reply back, and the typed end of a job that the
+//! remote client completes from a reply that crossed the network.
+
+use crate::error::{Error, ErrorKind};
+use crate::process_pool::ProcessPool;
+use crate::process_pool::job::Job;
+use crate::process_pool::loan_assist::LoanAssist;
+use crate::process_pool::shared::Placed;
+use crate::sys::{CallStatus, ErasedCall};
+use crate::task::{self, Promise, Task};
+
+pub(crate) use crate::process_pool::job::Completion;
+pub(crate) use crate::process_pool::wire::Reply;
+
+/// The reply of a worker process to a call run by [`ProcessPool::run_raw`].
+#[derive(Debug)]
+pub(crate) struct RawReply {
+    pub(crate) status: CallStatus,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Completes a `Task<RawReply>` with the worker's reply as it came.
+struct RawCompletion(Promise<RawReply>);
+
+impl Completion for RawCompletion {
+    fn start(&self) -> bool {
+        self.0.start()
+    }
+
+    fn finish(self: Box<Self>, reply: Reply) {
+        self.0.complete(Ok(RawReply {
+            status: reply.status,
+            payload: reply.payload,
+        }));
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        self.0.complete(Err(error));
+    }
+}
+
+impl ProcessPool {
+    /// Runs `call` with the encoded argument `arg` on one of the workers, and gives back the
+    /// worker's reply undecoded.
+    pub(crate) fn run_raw(&self, call: ErasedCall, arg: Vec<u8>) -> Task<RawReply> {
+        let (promise, task) = task::pair::<RawReply>();
+        let job = Job {
+            call,
+            arg,
+            completion: Box::new(RawCompletion(promise)),
+        };
+        match self.handle.shared.submit(job) {
+            Ok(Placed::Queued) => task,
+            Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
+                loan,
+                shared: self.handle.shared.clone(),
+            })),
+            Err(refused) => {
+                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                task
+            }
+        }
+    }
+}
