@@ -429,3 +429,143 @@ fn an_unreachable_broker_or_a_missing_key_is_a_clear_build_error() {
         assert!(err.to_string().contains("signing key"), "{err}");
     }
 }
+
+/// Tells the test through Redis that it runs (`pid worker-index`), then waits for the gate.
+fn gated((url, report, gate): (String, String, String)) -> u32 {
+    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let index = std::env::var("TEST_WORKER_INDEX").unwrap();
+    redis::cmd("RPUSH")
+        .arg(&report)
+        .arg(format!("{} {index}", std::process::id()))
+        .query::<()>(&mut connection)
+        .unwrap();
+    let _: (String, String) = redis::cmd("BLPOP")
+        .arg(&gate)
+        .arg(0)
+        .query(&mut connection)
+        .unwrap();
+    std::process::id()
+}
+
+fn open_gate(connection: &mut redis::Connection, gate: &str) {
+    redis::cmd("RPUSH")
+        .arg(gate)
+        .arg("open")
+        .query::<()>(connection)
+        .unwrap();
+}
+
+#[test]
+fn sigterm_stops_a_worker_after_the_job_it_holds() {
+    let redis = Redis::start();
+    let mut workers = start_workers(&redis, "term", 1, 1);
+    let remote = pool(&redis, "term");
+    let url = redis.url();
+    let held = remote.run(
+        gated,
+        (url, "term-report".to_owned(), "term-gate".to_owned()),
+    );
+    let mut connection = redis.connection();
+    pop(&mut connection, "term-report");
+    let serve_pid = workers.0[0].id() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    open_gate(&mut connection, "term-gate");
+    assert!(block_on(held).is_ok());
+    let status = workers.0[0].wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
+    let redis = Redis::start();
+    let _workers = start_workers(&redis, "timeout", 1, 1);
+    let url = redis.url();
+    let plain = pool(&redis, "timeout");
+    let busy = plain.run(
+        gated,
+        (
+            url.clone(),
+            "timeout-report".to_owned(),
+            "timeout-gate".to_owned(),
+        ),
+    );
+    let mut connection = redis.connection();
+    pop(&mut connection, "timeout-report");
+    // The only process is busy: this job waits in the queue past its pool's timeout.
+    let impatient = RemotePool::builder(&url)
+        .queue("timeout")
+        .key(KEY)
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let late = impatient.run(record, (url.clone(), "timeout-ran".to_owned(), 1));
+    let err = block_on(late).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // And through `Task::timeout` on a pool without one.
+    let err = block_on(
+        plain
+            .run(record, (url.clone(), "timeout-ran".to_owned(), 2))
+            .timeout(Duration::from_millis(200)),
+    )
+    .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    open_gate(&mut connection, "timeout-gate");
+    block_on(busy).unwrap();
+    // The queue is first in, first out: once this one ran, the two withdrawn jobs were seen.
+    assert_eq!(
+        block_on(plain.run(record, (url.clone(), "timeout-ran".to_owned(), 3))).unwrap(),
+        3
+    );
+    let ran: Vec<u32> = redis::cmd("LRANGE")
+        .arg("timeout-ran")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(ran, [3]);
+}
+
+#[test]
+fn dropping_the_last_handle_resolves_every_pending_task() {
+    let redis = Redis::start();
+    let remote = pool(&redis, "dropped");
+    let clone = remote.clone();
+    let tasks: Vec<_> = (0..10).map(|n| clone.run(square, n)).collect();
+    drop(remote);
+    assert!(!tasks[0].is_finished(), "a clone still holds the pool");
+    drop(clone);
+    for task in tasks {
+        let err = block_on(task).unwrap_err();
+        assert!(err.is_shutdown(), "{err}");
+    }
+}
+
+#[test]
+fn a_killed_worker_host_fails_its_task_at_most_once() {
+    let redis = Redis::start();
+    let mut workers = start_workers(&redis, "host-once", 2, 1);
+    let remote = RemotePool::builder(&redis.url())
+        .queue("host-once")
+        .key(KEY)
+        .delivery(Delivery::AtMostOnce)
+        .build()
+        .unwrap();
+    let task = remote.run(report_and_hang, (redis.url(), "host-once-pids".to_owned()));
+    let mut connection = redis.connection();
+    let line = pop(&mut connection, "host-once-pids");
+    let index: usize = line.split_once(' ').unwrap().1.parse().unwrap();
+    let serve_pid = workers.0[index].id();
+    let _ = workers.0[index].kill();
+    let err = block_on(task).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(serve_pid));
+    let attempts: u32 = redis::cmd("GET")
+        .arg("host-once-pids:attempts")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(attempts, 1, "at most once: the job never ran again");
+}

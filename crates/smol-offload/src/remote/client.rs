@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, WorkerExit};
 use crate::process_pool::raw::{Completion, Reply};
+use crate::remote::LOG_VARIABLE;
 use crate::remote::broker::Broker;
 use crate::remote::envelope::{Outcome, ReplyEnvelope, Signed};
 use crate::remote::keys::Keys;
@@ -83,6 +84,8 @@ pub(crate) struct Client {
     next_id: AtomicU64,
     /// The number of worker processes the fleet had when last asked.
     pub(crate) fleet_workers: AtomicUsize,
+    /// Log which worker ran each job (`SMOL_OFFLOAD_REMOTE_LOG` is set).
+    log_tasks: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -119,6 +122,7 @@ impl Client {
             counters: Counters::default(),
             next_id: AtomicU64::new(0),
             fleet_workers: AtomicUsize::new(0),
+            log_tasks: std::env::var_os(LOG_VARIABLE).is_some(),
         });
         let submitter = client.clone();
         std::thread::Builder::new()
@@ -420,6 +424,12 @@ impl Client {
         let Some(pending) = self.table().remove(reply.id) else {
             return; // cancelled, timed out, or answered twice (at-least-once)
         };
+        if self.log_tasks {
+            eprintln!(
+                "smol-offload remote pool {}: job {} ran on worker {}",
+                self.id, reply.id, reply.worker
+            );
+        }
         self.counters.picked();
         self.counters.completed();
         let completion = pending.completion.into_completion();

@@ -19,4 +19,8 @@ mod serve;
 
 pub use pool::{DEFAULT_QUEUE, Delivery, FleetStats, RemotePool, RemotePoolBuilder};
 pub use security::KEY_VARIABLE;
+
+/// Set this environment variable (to anything) to log, on workers, each job they run and, on
+/// clients, which worker (`host:pid`) ran each job. Refused jobs are always logged.
+pub const LOG_VARIABLE: &str = "SMOL_OFFLOAD_REMOTE_LOG";
 pub use serve::{RemoteWorker, serve};

@@ -151,7 +151,7 @@ impl RemoteWorker {
             name: identity::process_name(),
             window_ms: DEFAULT_REPLAY_WINDOW.as_millis() as u64,
             max_deliveries: self.max_deliveries,
-            log_tasks: std::env::var_os("SMOL_OFFLOAD_REMOTE_LOG").is_some(),
+            log_tasks: std::env::var_os(crate::remote::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
         });
         shared.pull_loop(connection, &stop, self.visibility_timeout);
@@ -435,18 +435,18 @@ impl Runner {
         let ttl = self.window_ms + 60_000;
         let previous: Option<String> = redis::cmd("SET")
             .arg(&claim_key)
-            .arg(format!("{} 1", job.entry))
+            .arg(format!("{} 1 {}", job.entry, self.name))
             .arg("NX")
             .arg("GET")
             .arg("PX")
             .arg(ttl)
             .query(open)?;
         if let Some(previous) = previous {
+            // `entry attempts host:pid`, or `cancelled`.
             let mut parts = previous.split(' ');
-            let (entry, attempts) = (
-                parts.next(),
-                parts.next().and_then(|n| n.parse::<u32>().ok()),
-            );
+            let entry = parts.next();
+            let attempts = parts.next().and_then(|n| n.parse::<u32>().ok());
+            let holder = parts.next().unwrap_or("an unknown worker").to_owned();
             if previous == "cancelled" {
                 return self.acknowledge(open, &job, None);
             }
@@ -461,8 +461,14 @@ impl Runner {
             let attempts = attempts.unwrap_or(1);
             if envelope.at_most_once || attempts >= self.max_deliveries {
                 let outcome = if envelope.at_most_once {
+                    self.log(&format!(
+                        "job {} of client {} was taken by {holder}, which stopped answering: \
+                         at most once, so it fails",
+                        envelope.id, envelope.client
+                    ));
+                    let pid = holder.rsplit(':').next().and_then(|pid| pid.parse().ok());
                     Outcome::WorkerDied {
-                        pid: 0,
+                        pid: pid.unwrap_or(0),
                         signal: None,
                         code: None,
                     }
@@ -476,7 +482,7 @@ impl Runner {
             }
             redis::cmd("SET")
                 .arg(&claim_key)
-                .arg(format!("{} {}", job.entry, attempts + 1))
+                .arg(format!("{} {} {}", job.entry, attempts + 1, self.name))
                 .arg("XX")
                 .arg("KEEPTTL")
                 .query::<()>(open)?;
