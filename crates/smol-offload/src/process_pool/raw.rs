@@ -11,7 +11,7 @@ use crate::sys::{CallStatus, ErasedCall};
 use crate::task::{self, Promise, Task};
 
 pub(crate) use crate::process_pool::job::Completion;
-pub(crate) use crate::process_pool::wire::Reply;
+pub(crate) use crate::process_pool::wire::{MAX_ARGUMENT, Reply};
 
 /// The reply of a worker process to a call run by [`ProcessPool::run_raw`].
 #[derive(Debug)]
@@ -44,6 +44,14 @@ impl ProcessPool {
     /// Runs `call` with the encoded argument `arg` on one of the workers, and gives back the
     /// worker's reply undecoded.
     pub(crate) fn run_raw(&self, call: ErasedCall, arg: Vec<u8>) -> Task<RawReply> {
+        if arg.len() > MAX_ARGUMENT {
+            let detail = format!("{} bytes is more than a frame holds", arg.len());
+            return Task::ready(Err(Error::codec(
+                "pass the argument to a worker",
+                detail,
+                None,
+            )));
+        }
         let (promise, task) = task::pair::<RawReply>();
         let job = Job {
             call,

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may wait for the broker's answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A parsed broker URL: `redis://[user:password@]host:port[/db]`.
 #[derive(Clone)]
@@ -37,9 +39,15 @@ impl Broker {
 
     /// A new blocking connection, or a message that says the broker is unreachable.
     pub(crate) fn connect(&self) -> Result<redis::Connection, String> {
-        self.client
+        let connection = self
+            .client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|err| self.unreachable(&err))
+            .map_err(|err| self.unreachable(&err))?;
+        // A broker that stops answering is an error after this long, never a hang; the
+        // blocking reads set their own, longer timeouts.
+        let _ = connection.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = connection.set_write_timeout(Some(IO_TIMEOUT));
+        Ok(connection)
     }
 
     pub(crate) fn unreachable(&self, err: &redis::RedisError) -> String {

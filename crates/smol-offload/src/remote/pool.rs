@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
+use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::remote::broker::Broker;
 use crate::remote::client::{Client, RemoteAssist};
 use crate::remote::envelope::{JobEnvelope, Signed};
@@ -210,7 +211,11 @@ impl Executor for RemotePool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let arg = match panic::catch_unwind(AssertUnwindSafe(|| codec::encode(&arg))) {
-            Ok(Ok(bytes)) => bytes,
+            Ok(Ok(bytes)) if bytes.len() <= MAX_ARGUMENT => bytes,
+            Ok(Ok(bytes)) => {
+                let detail = format!("{} bytes is more than a worker takes", bytes.len());
+                return Task::ready(Err(Error::codec("serialize the argument", detail, None)));
+            }
             Ok(Err(err)) => {
                 return Task::ready(Err(Error::codec(
                     "serialize the argument",
