@@ -250,8 +250,15 @@ impl Executor for RemotePool {
         }))
     }
 
+    /// The fleet's worker processes when last asked (at build and by
+    /// [`fleet`](RemotePool::fleet)), and at least 1, so that code that sizes its work by it
+    /// keeps working before the first worker joins.
     fn workers(&self) -> usize {
-        self.handle.client.fleet_workers.load(Ordering::Relaxed)
+        self.handle
+            .client
+            .fleet_workers
+            .load(Ordering::Relaxed)
+            .max(1)
     }
 
     fn stats(&self) -> PoolStats {
@@ -356,5 +363,38 @@ impl RemotePoolBuilder {
         };
         let _ = pool.fleet(); // learn the worker count; the broker answered just now
         Ok(pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_and_builders_can_cross_threads() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        fn sendable<T: Send + 'static>() {}
+        shareable::<RemotePool>();
+        sendable::<RemotePoolBuilder>();
+        sendable::<Task<u64>>();
+    }
+
+    #[test]
+    fn a_pool_without_a_key_or_with_a_bad_url_is_refused_before_connecting() {
+        let err = RemotePool::builder("redis://127.0.0.1:1")
+            .key("short")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("fewer than 16"), "{err}");
+        let err = RemotePool::builder("http://nowhere")
+            .key("0123456789abcdef0123")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("invalid redis url"), "{err}");
+        let err = RemotePool::builder("rediss://127.0.0.1:1")
+            .key("0123456789abcdef0123")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
     }
 }
