@@ -142,7 +142,6 @@ impl RemoteWorker {
                 ))
             })?;
         }
-        let (ack_sender, ack_receiver) = mpsc::channel();
         let shared = Arc::new(Runner {
             keys,
             security,
@@ -154,9 +153,8 @@ impl RemoteWorker {
             max_deliveries: self.max_deliveries,
             log_tasks: std::env::var_os(crate::remote::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
-            acks: Mutex::new(ack_sender),
         });
-        shared.pull_loop(connection, &stop, self.visibility_timeout, ack_receiver);
+        shared.pull_loop(connection, &stop, self.visibility_timeout);
         Ok(())
     }
 }
@@ -194,19 +192,6 @@ struct Runner {
     /// The stream entries this worker holds: it renews its claim on them at each heartbeat,
     /// so that no other worker takes over a job that is still running.
     held: Mutex<HashSet<String>>,
-    /// To the acknowledging thread, which writes replies and acknowledgements in batches.
-    acks: Mutex<mpsc::Sender<AckCommand>>,
-}
-
-/// What the acknowledging thread writes.
-enum AckCommand {
-    /// Push the reply (to this list, these bytes) if any, then acknowledge and delete `entry`.
-    Ack {
-        entry: String,
-        reply: Option<(String, Vec<u8>)>,
-    },
-    /// Everything before was written: stop.
-    Stop,
 }
 
 impl Runner {
@@ -220,22 +205,8 @@ impl Runner {
         connection: redis::Connection,
         stop: &AtomicBool,
         visibility: Duration,
-        acks: mpsc::Receiver<AckCommand>,
     ) {
         let processes = self.pool.workers();
-        let acknowledger = {
-            let runner = self.clone();
-            std::thread::Builder::new()
-                .name("smol-offload-remote-ack".into())
-                .spawn(move || runner.ack_loop(&acks))
-        };
-        let acknowledger = match acknowledger {
-            Ok(thread) => thread,
-            Err(err) => {
-                self.log(&format!("could not start the acknowledging thread: {err}"));
-                return;
-            }
-        };
         let (job_sender, job_receiver) = mpsc::channel::<Taken>();
         let job_receiver = Arc::new(Mutex::new(job_receiver));
         let (idle_sender, idle_receiver) = mpsc::channel::<()>();
@@ -314,8 +285,6 @@ impl Runner {
         for thread in threads {
             let _ = thread.join();
         }
-        self.send_ack(AckCommand::Stop);
-        let _ = acknowledger.join();
         if let Some(open) = &mut connection {
             let _ = redis::cmd("HDEL")
                 .arg(self.keys.workers())
@@ -425,15 +394,12 @@ impl Runner {
             let entry = job.entry.clone();
             let handled = match &mut connection {
                 Some(open) => self.handle(open, job),
-                None => Ok(false),
+                None => Ok(()),
             };
-            if !matches!(handled, Ok(true)) {
-                // Not acknowledged: released for another worker after the visibility timeout.
-                self.held
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&entry);
-            }
+            self.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&entry);
             if let Err(err) = handled {
                 self.log(&format!("lost the broker while handling a job: {err}"));
                 connection = None;
@@ -442,9 +408,8 @@ impl Runner {
         }
     }
 
-    /// Checks, claims, runs and answers one job; true when it is handed to the acknowledging
-    /// thread (which then releases it).
-    fn handle(&self, open: &mut redis::Connection, job: Taken) -> redis::RedisResult<bool> {
+    /// Checks, claims, runs and answers one job.
+    fn handle(&self, open: &mut redis::Connection, job: Taken) -> redis::RedisResult<()> {
         let verified = match envelope::verify(
             &job.bytes,
             &self.security,
@@ -464,7 +429,7 @@ impl Runner {
             .is_some_and(|expiry| expiry < identity::now_ms())
         {
             // Its client stopped waiting; it withdrew the job, which this may not have seen.
-            return self.acknowledge(&job, None);
+            return self.acknowledge(open, &job, None);
         }
         let claim_key = self.keys.claim(&envelope.client, envelope.id);
         let ttl = self.window_ms + 60_000;
@@ -483,7 +448,7 @@ impl Runner {
             let attempts = parts.next().and_then(|n| n.parse::<u32>().ok());
             let holder = parts.next().unwrap_or("an unknown worker").to_owned();
             if previous == "cancelled" {
-                return self.acknowledge(&job, None);
+                return self.acknowledge(open, &job, None);
             }
             if entry != Some(job.entry.as_str()) {
                 let why = format!(
@@ -513,7 +478,7 @@ impl Runner {
                          it; it likely kills its worker"
                     ))
                 };
-                return self.acknowledge(&job, Some((&envelope, outcome)));
+                return self.acknowledge(open, &job, Some((&envelope, outcome)));
             }
             redis::cmd("SET")
                 .arg(&claim_key)
@@ -548,7 +513,7 @@ impl Runner {
                 ));
                 if !envelope.at_most_once {
                     // Left taken: after the visibility timeout a worker runs it again.
-                    return Ok(false);
+                    return Ok(());
                 }
                 Outcome::WorkerDied {
                     pid,
@@ -560,110 +525,44 @@ impl Runner {
                 Outcome::Failed(format!("worker {} could not run the job: {err}", self.name))
             }
         };
-        self.acknowledge(&job, Some((&envelope, outcome)))
+        self.acknowledge(open, &job, Some((&envelope, outcome)))
     }
 
-    /// Hands the entry to the acknowledging thread, with the reply to push first if there is
-    /// one.
+    /// Acknowledges and deletes the stream entry, pushing the reply first if there is one.
     fn acknowledge(
         &self,
+        open: &mut redis::Connection,
         job: &Taken,
         reply: Option<(&JobEnvelope, Outcome)>,
-    ) -> redis::RedisResult<bool> {
-        let reply = reply.map(|(envelope, outcome)| {
+    ) -> redis::RedisResult<()> {
+        let jobs_key = self.keys.jobs();
+        let mut pipe = redis::pipe();
+        if let Some((envelope, outcome)) = reply {
+            let reply_key = self.keys.replies(&envelope.client);
             let reply = ReplyEnvelope {
                 id: envelope.id,
                 outcome,
                 worker: self.name.clone(),
             };
-            (
-                self.keys.replies(&envelope.client),
-                Signed::seal(&reply, &self.security),
-            )
-        });
-        self.send_ack(AckCommand::Ack {
-            entry: job.entry.clone(),
-            reply,
-        });
-        Ok(true)
-    }
-
-    fn send_ack(&self, command: AckCommand) {
-        // The acknowledging thread outlives every runner thread.
-        let _ = self
-            .acks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(command);
-    }
-
-    /// Writes replies and acknowledgements in pipelined batches, and releases their entries.
-    fn ack_loop(&self, commands: &mpsc::Receiver<AckCommand>) {
-        let jobs_key = self.keys.jobs();
-        let mut connection: Option<redis::Connection> = None;
-        let mut stopping = false;
-        while !stopping {
-            let Ok(first) = commands.recv() else { return };
-            let mut batch = vec![first];
-            while batch.len() < 256 {
-                match commands.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
-            }
-            let mut pipe = redis::pipe();
-            let mut entries = Vec::new();
-            for command in batch {
-                let (entry, reply) = match command {
-                    AckCommand::Ack { entry, reply } => (entry, reply),
-                    AckCommand::Stop => {
-                        stopping = true;
-                        continue;
-                    }
-                };
-                if let Some((reply_key, bytes)) = reply {
-                    pipe.cmd("RPUSH")
-                        .arg(&reply_key)
-                        .arg(bytes)
-                        .ignore()
-                        .cmd("PEXPIRE")
-                        .arg(&reply_key)
-                        .arg(REPLY_TTL_MS)
-                        .ignore();
-                }
-                pipe.cmd("XACK")
-                    .arg(&jobs_key)
-                    .arg(GROUP)
-                    .arg(&entry)
-                    .ignore()
-                    .cmd("XDEL")
-                    .arg(&jobs_key)
-                    .arg(&entry)
-                    .ignore();
-                entries.push(entry);
-            }
-            if !entries.is_empty() {
-                if connection.is_none() {
-                    connection = self.broker.connect().ok();
-                }
-                let written = match &mut connection {
-                    Some(open) => pipe.query::<()>(open).map_err(|err| err.to_string()),
-                    None => Err("no connection".to_owned()),
-                };
-                if let Err(err) = written {
-                    // Unacknowledged, so taken over and run again after the visibility timeout.
-                    self.log(&format!(
-                        "could not write {} replies, their jobs will be run again: {err}",
-                        entries.len()
-                    ));
-                    connection = None;
-                }
-            }
-            let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-            for entry in &entries {
-                held.remove(entry);
-            }
+            pipe.cmd("RPUSH")
+                .arg(&reply_key)
+                .arg(Signed::seal(&reply, &self.security))
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&reply_key)
+                .arg(REPLY_TTL_MS)
+                .ignore();
         }
+        pipe.cmd("XACK")
+            .arg(&jobs_key)
+            .arg(GROUP)
+            .arg(&job.entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(&jobs_key)
+            .arg(&job.entry)
+            .ignore();
+        pipe.query(open)
     }
 
     /// Logs a refused job, records it for operators, and acknowledges it; a job that was
@@ -674,7 +573,7 @@ impl Runner {
         job: &Taken,
         why: &str,
         envelope: Option<&JobEnvelope>,
-    ) -> redis::RedisResult<bool> {
+    ) -> redis::RedisResult<()> {
         let line = format!("refused stream entry {}: {why}", job.entry);
         self.log(&line);
         redis::pipe()
@@ -689,7 +588,7 @@ impl Runner {
             .ignore()
             .query::<()>(open)?;
         let reply = envelope.map(|envelope| (envelope, Outcome::Refused(why.to_owned())));
-        self.acknowledge(job, reply)
+        self.acknowledge(open, job, reply)
     }
 }
 
