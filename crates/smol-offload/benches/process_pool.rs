@@ -19,6 +19,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use smol_offload::{Executor, ProcessPool};
 
 mod common;
+mod payloads;
 
 use common::{machine, median, quick_mode};
 
@@ -371,12 +372,15 @@ fn pin_if_asked() -> Option<usize> {
 }
 
 fn main() {
+    // In the child process that measures the peak memory of a large result, only that.
+    payloads::measure_peak_if_asked();
     let pinned = pin_if_asked();
     // These must come first: procspawn re-executes this binary for its workers, and the fork
     // server and the echo children must be forked while the process has a single thread.
     procspawn::init();
     let floor = PipeFloor::start(WORKERS);
     let reactor_children = PipeFloor::start(WORKERS);
+    let payload_floor = payloads::ByteEcho::start();
     smol_offload::init();
     // Registering with the reactor starts its thread: only after the forks.
     let reactor_floor = ReactorFloor::new(reactor_children);
@@ -458,4 +462,5 @@ fn main() {
         }
     );
     drop(contenders);
+    payloads::run(payload_floor, quick_mode());
 }

@@ -9,6 +9,11 @@
 //! elements), an error must become postcard's own again: its text waits in a slot shared by
 //! the whole call, and is taken back out when postcard's error comes up. The bytes are
 //! postcard's, unchanged.
+//!
+//! The adapter costs a few calls per value, which adds up over a `Vec<u8>` encoded byte by
+//! byte. So a value is first encoded or decoded by postcard alone, and only when that fails is
+//! it done again through the adapter, to find the user's message: the user's `Serialize` or
+//! `Deserialize` runs twice then, and only then.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -31,9 +36,16 @@ where
     T: Serialize + ?Sized,
 {
     let start = out.len();
+    let mut serializer = postcard::Serializer {
+        output: Append(&mut *out),
+    };
+    if value.serialize(&mut serializer).is_ok() {
+        return Ok(());
+    }
+    out.truncate(start);
     let slot = Slot::default();
     let mut serializer = postcard::Serializer {
-        output: postcard::ser_flavors::ExtendFlavor::new(Append(&mut *out)),
+        output: Append(&mut *out),
     };
     let result = value
         .serialize(Capture {
@@ -62,6 +74,9 @@ pub(crate) fn decode<'de, T>(bytes: &'de [u8]) -> Result<T, CodecError>
 where
     T: de::Deserialize<'de>,
 {
+    if let Ok(value) = postcard::from_bytes(bytes) {
+        return Ok(value);
+    }
     let slot = Slot::default();
     let mut deserializer = postcard::Deserializer::from_bytes(bytes);
     T::deserialize(Capture {
@@ -71,12 +86,26 @@ where
     .map_err(|failure| slot.finish(failure))
 }
 
-/// Lets postcard append to a buffer it borrows.
+/// Lets postcard append to a buffer it borrows: a byte with `push`, a slice with one copy.
 struct Append<'a>(&'a mut Vec<u8>);
 
-impl Extend<u8> for Append<'_> {
-    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
-        self.0.extend(bytes);
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

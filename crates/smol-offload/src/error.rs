@@ -26,6 +26,8 @@ use std::io;
 /// ```
 pub struct Error {
     kind: ErrorKind,
+    /// Where the task panicked (`file:line:column`), when it panicked and the pool saw where.
+    panic_location: Option<Box<str>>,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(crate) enum ErrorKind {
         exit: WorkerExit,
     },
     Shutdown,
+    /// The pool gave up (it could not keep any worker process alive), for this reason.
+    Broken(String),
     Codec {
         stage: &'static str,
         detail: String,
@@ -48,8 +52,8 @@ pub(crate) enum ErrorKind {
     Remote(String),
 }
 
-/// How a worker process ended, as the pool learned it from `waitpid`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum WorkerExit {
     /// The process called `exit` with this code.
     Code(i32),
@@ -57,24 +61,46 @@ pub(crate) enum WorkerExit {
     Signal(i32),
     /// The pool lost its link to the worker before it learned the status.
     Unknown,
+    /// The worker closed its end of the socket but went on running: the pool killed it.
+    ClosedLink,
+    /// The worker sent bytes that are no reply to the task it ran (said here): the pool killed
+    /// it.
+    MalformedReply(String),
 }
 
 impl fmt::Display for WorkerExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
+        match self {
             WorkerExit::Code(code) => write!(f, "exited with code {code}"),
-            WorkerExit::Signal(signal) => match nix::sys::signal::Signal::try_from(signal) {
+            WorkerExit::Signal(signal) => match nix::sys::signal::Signal::try_from(*signal) {
                 Ok(name) => write!(f, "was killed by signal {signal} ({})", name.as_str()),
                 Err(_) => write!(f, "was killed by signal {signal}"),
             },
             WorkerExit::Unknown => write!(f, "stopped answering"),
+            WorkerExit::ClosedLink => {
+                write!(f, "closed its link to the pool and was killed")
+            }
+            WorkerExit::MalformedReply(detail) => {
+                write!(f, "sent a malformed reply ({detail}) and was killed")
+            }
         }
     }
 }
 
 impl Error {
     pub(crate) fn new(kind: ErrorKind) -> Error {
-        Error { kind }
+        Error {
+            kind,
+            panic_location: None,
+        }
+    }
+
+    /// A caught panic, with its message and, if the pool's panic hook saw it, its location.
+    pub(crate) fn from_caught(caught: crate::panics::Caught) -> Error {
+        Error {
+            kind: ErrorKind::Panic(caught.message),
+            panic_location: caught.location.map(String::into_boxed_str),
+        }
     }
 
     /// A value that could not cross to or from a worker process, at `stage`.
@@ -88,14 +114,6 @@ impl Error {
             detail,
             source,
         })
-    }
-
-    /// Turns the payload of a caught panic into an error that keeps its message.
-    pub(crate) fn from_panic(payload: Box<dyn Any + Send>) -> Error {
-        let message = panic_payload_message(payload.as_ref());
-        // The payload's own destructor may panic: that must not escape a worker either.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
-        Error::new(ErrorKind::Panic(message))
     }
 
     /// True when the task panicked. The panic was caught: the caller and the pool go on.
@@ -112,6 +130,27 @@ impl Error {
         }
     }
 
+    /// Where the task panicked, as `file:line:column`, like the standard library's hook prints
+    /// it. The pool learns it from a panic hook it installs when the first pool is built (one
+    /// that calls the hook installed before it); it is `None` for other errors, and when the
+    /// application replaced that hook afterwards without calling it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # smol::block_on(async {
+    /// let pool = smol_offload::ThreadPool::new(1)?;
+    /// let err = pool.spawn(|| -> u32 { panic!("no answer") }).await.unwrap_err();
+    /// let location = err.panic_location().unwrap();
+    /// assert!(location.contains(".rs:"), "{location}");
+    /// assert!(err.to_string().contains(location));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn panic_location(&self) -> Option<&str> {
+        self.panic_location.as_deref()
+    }
+
     /// True when the task was cancelled (see [`Task::cancel`](crate::Task::cancel)) before its
     /// work started.
     pub fn is_cancelled(&self) -> bool {
@@ -124,46 +163,48 @@ impl Error {
         matches!(self.kind, ErrorKind::Timeout(_))
     }
 
-    /// True when the worker process running the task died (a signal, `abort`, `exit`). Only
-    /// that task fails; the pool replaces the worker.
+    /// True when the worker process running the task died (a signal, `abort`, `exit`), or the
+    /// pool had to kill it because it broke its link (it closed its socket, or sent a malformed
+    /// reply). Only that task fails; the pool replaces the worker.
     pub fn is_worker_died(&self) -> bool {
         matches!(self.kind, ErrorKind::WorkerDied { .. })
     }
 
     /// The pid of the worker process that died running the task.
     pub fn worker_pid(&self) -> Option<u32> {
-        match self.kind {
-            ErrorKind::WorkerDied { pid, .. } => Some(pid),
+        match &self.kind {
+            ErrorKind::WorkerDied { pid, .. } => Some(*pid),
             _ => None,
         }
     }
 
     /// The signal that ended the worker running the task, if a signal did.
     pub fn worker_signal(&self) -> Option<i32> {
-        match self.kind {
+        match &self.kind {
             ErrorKind::WorkerDied {
                 exit: WorkerExit::Signal(signal),
                 ..
-            } => Some(signal),
+            } => Some(*signal),
             _ => None,
         }
     }
 
     /// The exit code of the worker running the task, if it called `exit`.
     pub fn worker_exit_code(&self) -> Option<i32> {
-        match self.kind {
+        match &self.kind {
             ErrorKind::WorkerDied {
                 exit: WorkerExit::Code(code),
                 ..
-            } => Some(code),
+            } => Some(*code),
             _ => None,
         }
     }
 
     /// True when the pool shut down before the task could finish: its last handle was dropped
-    /// with the task still queued, or its worker processes could not be kept alive.
+    /// with the task still queued, or its worker processes could not be kept alive (the
+    /// message then says why).
     pub fn is_shutdown(&self) -> bool {
-        matches!(self.kind, ErrorKind::Shutdown)
+        matches!(self.kind, ErrorKind::Shutdown | ErrorKind::Broken(_))
     }
 
     /// True when the argument or the result of a process task could not be serialized or
@@ -187,13 +228,17 @@ pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
-            ErrorKind::Panic(message) => write!(f, "the task panicked: {message}"),
+            ErrorKind::Panic(message) => match &self.panic_location {
+                Some(location) => write!(f, "the task panicked at {location}: {message}"),
+                None => write!(f, "the task panicked: {message}"),
+            },
             ErrorKind::Cancelled => write!(f, "the task was cancelled"),
             ErrorKind::Timeout(limit) => write!(f, "the task did not finish within {limit:?}"),
             ErrorKind::WorkerDied { pid, exit } => {
                 write!(f, "worker process {pid} {exit} while running the task")
             }
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
+            ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
             ErrorKind::Remote(message) => f.write_str(message),

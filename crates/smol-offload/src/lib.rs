@@ -59,7 +59,10 @@
 //!
 //! A panic in offloaded work is caught on the worker: the task resolves to an [`Error`] whose
 //! [`is_panic`](Error::is_panic) is true and whose [`panic_message`](Error::panic_message) is
-//! the panic's text, and the worker goes on. Dropping a [`Task`] before its work started cancels
+//! the panic's text, and the worker goes on. The error's `Display` also names where the panic
+//! happened ([`panic_location`](Error::panic_location)); a worker process prints nothing when its
+//! task panics, unless its pool was built with
+//! [`print_panics(true)`](ProcessPoolBuilder::print_panics). Dropping a [`Task`] before its work started cancels
 //! the work, which then never runs; [`Task::detach`] lets it run unobserved instead. A thread
 //! task that has started runs to the end. [`wait`] and [`gather`] await many tasks at once, as
 //! `asyncio.wait` and `asyncio.gather` do.
@@ -87,6 +90,11 @@
 //! }
 //! ```
 //!
+//! Large arguments and results (over 128 KiB encoded) travel through shared memory rather
+//! than the worker's socket. For bytes, use [`ByteBuf`] rather than `Vec<u8>`: serde encodes a
+//! `Vec<u8>` one element at a time, a `ByteBuf` as one block, and a large `ByteBuf` reads the
+//! shared memory in place instead of being copied out of it.
+//!
 //! Forking a process that runs threads copies locks held by threads that do not exist in the
 //! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small
 //! single-threaded fork server at the start of `main`, and every worker is forked from it,
@@ -100,11 +108,13 @@
 
 #![deny(unsafe_code)]
 
+mod byte_buf;
 mod codec;
 mod default_pool;
 mod error;
 mod executor;
 mod job_queue;
+mod panics;
 mod process_pool;
 pub mod remote;
 mod stats;
@@ -113,6 +123,7 @@ mod task;
 mod thread_pool;
 mod wait;
 
+pub use crate::byte_buf::ByteBuf;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;

@@ -16,12 +16,12 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::panic::{self, AssertUnwindSafe};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
+use crate::panics::{self, Reporting};
 
 /// Which side of a fork the caller is on.
 pub(crate) enum Forked {
@@ -105,13 +105,59 @@ pub(crate) fn set_process_name(name: &std::ffi::CStr) {
     let _ = nix::sys::prctl::set_name(name);
 }
 
-/// Makes the calling process ignore `SIGINT`: a Ctrl-C in the terminal reaches the whole
-/// process group, and the application, not its workers, decides what it means.
+/// Makes the calling process ignore `SIGINT` and `SIGTERM`: a Ctrl-C in the terminal, or a
+/// `kill` of the application's process group, reaches every process of the group, and the
+/// application, not its fork server or workers, decides what it means. When the application
+/// exits, they follow (`PR_SET_PDEATHSIG` and the end of their sockets).
 pub(crate) fn ignore_interrupts() -> io::Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
-    unsafe { signal(Signal::SIGINT, SigHandler::SigIgn) }?;
+    for interrupt in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be
+        // broken.
+        unsafe { signal(interrupt, SigHandler::SigIgn) }?;
+    }
     Ok(())
+}
+
+/// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
+/// its pid. The fork server calls it on both sides of forking a worker, so that the group
+/// exists whichever side runs first.
+pub(crate) fn lead_own_group(pid: u32) -> io::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::unistd::setpgid(pid, pid)?;
+    Ok(())
+}
+
+/// A pidfd for process `pid`: a descriptor that `poll` reports readable once the process has
+/// exited. It works for a process that is not a child of the caller (a worker is the fork
+/// server's child), and it refers to that very process even if the pid is reused later.
+///
+/// # Errors
+///
+/// The process does not exist (it was already reaped), or the kernel is older than Linux 5.3.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: `pidfd_open(pid, flags)` takes two integers and touches no memory of the
+    // caller; it returns a new descriptor or -1 with `errno` set.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just created `fd` (close-on-exec) for this call; nothing else in the
+    // process knows it, so this is its one owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `SIGKILL` to process `pid` and to every process of the process group `pid` leads:
+/// the worker and what it forked. Call it only while `pid` is not reaped yet, so that neither
+/// id can belong to another process. Errors (already gone) are ignored.
+pub(crate) fn kill_worker_group(pid: u32) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    // The worker itself first: it may have left its group (`setpgid`, `setsid`) in a task.
+    let _ = kill(pid, Signal::SIGKILL);
+    let _ = killpg(pid, Signal::SIGKILL);
 }
 
 /// Takes ownership of a descriptor that arrived through `SCM_RIGHTS`.
@@ -121,13 +167,131 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// A new memfd holding a copy of `bytes`, sealed so that nobody (its creator included) can
+/// write, shrink or grow it any more: a process it is sent to may map it and read it as
+/// immutable memory.
+pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::Write;
+
+    let fd = memfd_create(
+        c"smol-offload-payload",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.set_len(bytes.len() as u64)?;
+    file.write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+/// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
+/// change while they are mapped.
+pub(crate) struct SealedMapping {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only memory that nobody can write (the memfd is sealed against
+// writes), owned by this value alone: sharing or sending it between threads is like doing so
+// with a `Box<[u8]>` that is never mutated.
+unsafe impl Send for SealedMapping {}
+// SAFETY: see `Send` just above; `&SealedMapping` only ever reads.
+unsafe impl Sync for SealedMapping {}
+
+impl SealedMapping {
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes and be sealed against writes,
+    /// shrinking and growing; `fd` is closed (the mapping keeps the memory).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is no such memfd (a broken or hostile peer), or `mmap` failed.
+    pub(crate) fn new(fd: OwnedFd, len: usize) -> io::Result<SealedMapping> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+
+        let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(needed) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a shared payload that is not sealed against writes",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let size = file.metadata()?.len();
+        if size != len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a shared payload of {size} bytes announced as {len}"),
+            ));
+        }
+        let Some(length) = std::num::NonZeroUsize::new(len) else {
+            return Ok(SealedMapping {
+                address: std::ptr::NonNull::dangling(),
+                len: 0,
+            });
+        };
+        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps
+        // no memory of this process. The file is sealed against shrinking, so no page of the
+        // mapping can vanish under a reader (which would raise SIGBUS).
+        let address = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                // Populated at once: one call instead of a page fault per few pages, since
+                // the payload is about to be read whole.
+                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
+                &file,
+                0,
+            )
+        }?;
+        Ok(SealedMapping {
+            address: address.cast(),
+            len,
+        })
+    }
+
+    /// The mapped bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        // SAFETY: `address` is the start of a readable mapping of `len` bytes (or dangling with
+        // `len == 0`), alive until `self` is dropped, and its contents never change: the memfd
+        // is sealed against writes, and this process mapped it read-only.
+        unsafe { std::slice::from_raw_parts(self.address.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for SealedMapping {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: the mapping was made by `new` with this address and length, and no slice
+            // of it outlives `self` (`as_slice` borrows `self`).
+            let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
+        }
+    }
+}
+
+impl std::fmt::Debug for SealedMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedMapping")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a call through [`ErasedCall::invoke`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub(crate) enum CallStatus {
     /// `out` holds the encoded value.
     Returned = 0,
-    /// `out` holds the panic's message, in UTF-8.
+    /// `out` holds the panic's message and location, a postcard-encoded `panics::Caught`.
     Panicked = 1,
     /// The argument could not be decoded; `out` holds the message.
     BadArgument = 2,
@@ -161,7 +325,7 @@ pub(crate) struct ErasedCall {
     function: u64,
 }
 
-type Trampoline = fn(u64, &[u8], &mut Vec<u8>) -> CallStatus;
+type Trampoline = fn(u64, Reporting, &[u8], &mut Vec<u8>) -> CallStatus;
 
 /// Erases the types of `f`, to send it to a forked worker.
 pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
@@ -198,12 +362,13 @@ impl ErasedCall {
     }
 
     /// Decodes the argument in `arg`, calls the function, and appends the encoded value (or
-    /// the failure's message) to `out`.
-    pub(crate) fn invoke(self, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
+    /// the failure: a message, or a panic's [`Caught`]) to `out`. A panic is reported as it
+    /// happens as `reporting` says.
+    pub(crate) fn invoke(self, reporting: Reporting, arg: &[u8], out: &mut Vec<u8>) -> CallStatus {
         // SAFETY: an `ErasedCall` is made only by `erase`, which pairs a `fn(A) -> R` with its
         // `trampoline::<A, R>`, or by `from_wire`, whose caller vouches that the words are the
         // same pair in this program image.
-        unsafe { call_address(self.trampoline, self.function, arg, out) }
+        unsafe { call_address(self.trampoline, self.function, reporting, arg, out) }
     }
 }
 
@@ -268,17 +433,23 @@ pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -
 unsafe fn call_address(
     trampoline: u64,
     function: u64,
+    reporting: Reporting,
     arg: &[u8],
     out: &mut Vec<u8>,
 ) -> CallStatus {
     // SAFETY: by this function's contract, `trampoline` is the address of a
     // `trampoline::<A, R>` of this program image, which has the type `Trampoline`.
     let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline as usize) };
-    trampoline(function, arg, out)
+    trampoline(function, reporting, arg, out)
 }
 
 /// Decodes `A`, calls `f`, and appends the encoded `R` (or the panic's message) to `out`.
-fn trampoline<A, R>(function: u64, arg: &[u8], out: &mut Vec<u8>) -> CallStatus
+fn trampoline<A, R>(
+    function: u64,
+    reporting: Reporting,
+    arg: &[u8],
+    out: &mut Vec<u8>,
+) -> CallStatus
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -291,25 +462,27 @@ where
     // Everything under `catch_unwind`: `f`, but also the user's `Deserialize` and `Serialize`
     // code and the destructors of the argument and the value. A panic there is the task's
     // error, not the end of the worker.
-    let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+    let outcome = panics::catch(reporting, || {
         let arg: A = codec::decode(arg).map_err(|err| (CallStatus::BadArgument, err.message))?;
         let value = f(arg);
         codec::encode_into(&value, out).map_err(|err| (CallStatus::BadResult, err.message))?;
         Ok(())
-    }));
-    let (status, message) = match outcome {
-        Ok(Ok(())) => return CallStatus::Returned,
-        Ok(Err(failure)) => failure,
-        Err(payload) => {
-            let message = crate::error::panic_payload_message(payload.as_ref());
-            // The payload's own drop may panic too; it must not escape the worker.
-            let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
-            (CallStatus::Panicked, message)
+    });
+    if !matches!(outcome, Ok(Ok(()))) {
+        out.truncate(start);
+    }
+    match outcome {
+        Ok(Ok(())) => CallStatus::Returned,
+        Ok(Err((status, message))) => {
+            out.extend_from_slice(message.as_bytes());
+            status
         }
-    };
-    out.truncate(start);
-    out.extend_from_slice(message.as_bytes());
-    status
+        Err(caught) => {
+            // Two strings: nothing in them can fail to encode.
+            let _ = codec::encode_into(&caught, out);
+            CallStatus::Panicked
+        }
+    }
 }
 
 /// The loop of a worker process: reads each request its parent sends on `stream`, calls the
@@ -324,21 +497,51 @@ where
 /// stays in the application, which writes only requests built by `wire::write_request` from a
 /// call made by [`erase`].
 pub(crate) fn serve_requests(stream: &std::os::unix::net::UnixStream) -> io::Result<()> {
+    use crate::process_pool::out_of_line::{self, FdReader};
     use crate::process_pool::wire;
-    use std::io::{BufReader, Write};
+    use std::io::BufReader;
+    use std::os::fd::AsFd;
+    use std::sync::Arc;
 
-    let mut input = BufReader::with_capacity(64 * 1024, stream);
-    let mut output = stream;
+    let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
+        // A shared argument is in the memfd that came with the frame's bytes, so it is in by
+        // now; the mapping lives until the call is over (a `ByteBuf` may keep it longer).
+        let mapping = if request.shared {
+            let size = request.shared_size()?;
+            let fd = input.get_mut().fds.pop_front().ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "shared request without its memfd",
+                )
+            })?;
+            Some(Arc::new(SealedMapping::new(fd, size)?))
+        } else {
+            None
+        };
+        let arg = mapping
+            .as_deref()
+            .map_or(request.arg, SealedMapping::as_slice);
         // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
         // by `erase` in the same program image (see this function's documentation).
         let call = unsafe { ErasedCall::from_wire(request.call) };
         wire::begin_reply(&mut reply, request.id);
-        let status = call.invoke(request.arg, &mut reply);
+        let reporting = if request.options.print_panics {
+            Reporting::Labelled
+        } else {
+            Reporting::Quiet
+        };
+        let status = crate::byte_buf::with_backing(mapping.as_ref(), || {
+            call.invoke(reporting, arg, &mut reply)
+        });
+        drop(mapping);
         wire::finish_reply(&mut reply, status);
-        output.write_all(&reply)?;
+        match wire::share_reply_payload(&mut reply) {
+            Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
+            None => out_of_line::send_all(stream, &reply)?,
+        }
     }
     Ok(())
 }
@@ -360,7 +563,7 @@ mod tests {
         let call = erase(double);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&21u32).unwrap();
-        let status = call.invoke(&arg, &mut out);
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Returned);
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 42);
     }
@@ -373,7 +576,10 @@ mod tests {
         assert_eq!(back, call);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&4u32).unwrap();
-        assert_eq!(back.invoke(&arg, &mut out), CallStatus::Returned);
+        assert_eq!(
+            back.invoke(Reporting::Quiet, &arg, &mut out),
+            CallStatus::Returned
+        );
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 8);
     }
 
@@ -390,15 +596,15 @@ mod tests {
         let call = erase(fail);
         let mut out = Vec::new();
         let arg = postcard::to_allocvec(&"boom".to_string()).unwrap();
-        let hook = panic::take_hook();
-        panic::set_hook(Box::new(|_| {}));
-        let status = call.invoke(&arg, &mut out);
-        panic::set_hook(hook);
+        panics::install_hook();
+        let status = call.invoke(Reporting::Quiet, &arg, &mut out);
         assert_eq!(status, CallStatus::Panicked);
-        assert_eq!(out, b"boom");
+        let caught: panics::Caught = codec::decode(&out).unwrap();
+        assert_eq!(caught.message, "boom");
+        assert!(caught.location.unwrap().starts_with(file!()));
 
         out.clear();
-        let status = call.invoke(&[0xff], &mut out);
+        let status = call.invoke(Reporting::Quiet, &[0xff], &mut out);
         assert_eq!(status, CallStatus::BadArgument);
         assert!(!out.is_empty());
     }

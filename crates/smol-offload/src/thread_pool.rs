@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::job_queue::{Job, JobQueue};
+use crate::panics::{self, Reporting};
 use crate::stats::{Counters, PoolStats};
 use crate::task::{self, Promise, Task};
 
@@ -129,7 +130,7 @@ where
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(f)));
         return;
     }
-    let result = panic::catch_unwind(AssertUnwindSafe(f)).map_err(Error::from_panic);
+    let result = panics::catch(Reporting::Chain, f).map_err(Error::from_caught);
     counters.completed();
     // If the task was dropped meanwhile, completing drops the value here, and its destructor may
     // panic too.
@@ -200,6 +201,8 @@ impl ThreadPoolBuilder {
     /// Zero workers, or the operating system refused to start a thread.
     pub fn build(self) -> Result<ThreadPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        // So that a task's panic error says where it happened.
+        panics::install_hook();
         // Every job catches its panics; should one escape anyway, rayon must not abort.
         let mut builder = rayon::ThreadPoolBuilder::new()
             .num_threads(workers)

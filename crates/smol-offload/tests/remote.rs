@@ -227,6 +227,8 @@ fn blocks_gives_the_same_results_remote_as_local() {
     let panicked = block_on(remote.run(fails, "remote boom".to_owned())).unwrap_err();
     assert!(panicked.is_panic(), "{panicked}");
     assert_eq!(panicked.panic_message(), Some("remote boom"));
+    let location = panicked.panic_location().unwrap_or_default();
+    assert!(location.contains("tests/remote.rs"), "{location}");
     let fleet = remote.fleet().unwrap();
     assert_eq!(fleet.workers, 3, "{fleet:?}");
     assert_eq!(fleet.hosts.len(), 3, "{fleet:?}");

@@ -11,21 +11,23 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_io::Async;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::error::{Error, ErrorKind};
+use crate::process_pool::dying::{Cause, Dying, SHUTDOWN_GRACE};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
 use crate::process_pool::shared::Shared;
 use crate::process_pool::wire::Reply;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
+use crate::sys;
 
 /// A task shorter than this is short: the pool may send short tasks ahead to busy workers.
 const SHORT_TASK: Duration = Duration::from_micros(200);
@@ -36,19 +38,51 @@ const PIPELINE_DEPTH: usize = 16;
 /// at most 4 KiB), or the dispatcher and a worker writing its reply would wait for each other.
 const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 
-/// Forks `count` workers on the server.
+/// Forks `count` workers on the server. If one cannot be forked, those forked already are
+/// killed and reaped before the error is returned.
 pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<WorkerLink>> {
-    (0..count)
-        .map(|_| WorkerLink::new(server::spawn_worker(link)?))
-        .collect()
+    let mut pids = Vec::with_capacity(count);
+    let mut workers = Vec::with_capacity(count);
+    let result = (|| {
+        for _ in 0..count {
+            let spawned = server::spawn_worker(link)?;
+            pids.push(spawned.pid);
+            workers.push(WorkerLink::new(spawned)?);
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(workers),
+        Err(err) => {
+            drop(workers);
+            for pid in pids {
+                // Killed first, so that the reap does not wait.
+                sys::kill_worker_group(pid);
+                let _ = link.reap(pid);
+            }
+            Err(err)
+        }
+    }
 }
 
 /// What the dispatcher watches while it sleeps, besides its eventfd.
 enum Watched {
-    /// One of its own workers, by index.
+    /// One of its own workers, by index: its socket and its pidfd.
     Own(usize),
-    /// A worker lent out while idle, or a loan: watched for its end only, unless jobs wait.
+    /// A worker lent out while idle, or a loan: its pidfd, and its socket for its end only,
+    /// unless jobs wait.
     Lent(Option<Arc<Loan>>),
+    /// A dying worker, by index: its pidfd.
+    Dying(usize),
+}
+
+/// What one watched entry showed after a sleep.
+#[derive(Clone, Copy, Default)]
+struct Readiness {
+    /// The socket has data or ended.
+    socket: bool,
+    /// The pidfd says the process exited.
+    exited: bool,
 }
 
 /// The dispatcher's state and loop.
@@ -68,6 +102,46 @@ pub(crate) struct Dispatcher {
     typical_task: Option<Duration>,
     /// Replies read but not yet delivered to their tasks.
     replies: Vec<(Job, Reply)>,
+    /// Workers let go of and not reaped yet.
+    dying: Vec<Dying>,
+    /// Replacements still to fork, after a fork failed.
+    respawn: Respawn,
+}
+
+/// The first wait before forking again after a failed fork; it doubles with each failure in a
+/// row, up to [`RESPAWN_MAX_DELAY`].
+const RESPAWN_FIRST_DELAY: Duration = Duration::from_millis(50);
+const RESPAWN_MAX_DELAY: Duration = Duration::from_secs(5);
+/// Failed forks in a row after which a pool left without any worker gives up.
+const RESPAWN_ATTEMPTS: u32 = 5;
+
+/// The workers a pool misses because forking them failed, and when to try again.
+#[derive(Default)]
+struct Respawn {
+    missing: usize,
+    /// Failed forks in a row.
+    failures: u32,
+    /// When to try again, after a failure.
+    at: Option<Instant>,
+    /// What the last failure said.
+    error: Option<String>,
+}
+
+impl Respawn {
+    fn failed(&mut self, error: &io::Error) {
+        self.failures += 1;
+        let delay = RESPAWN_FIRST_DELAY
+            .saturating_mul(1 << (self.failures - 1).min(16))
+            .min(RESPAWN_MAX_DELAY);
+        self.at = Some(Instant::now() + delay);
+        self.error = Some(error.to_string());
+    }
+
+    fn succeeded(&mut self) {
+        self.missing -= 1;
+        self.failures = 0;
+        self.at = None;
+    }
 }
 
 impl Dispatcher {
@@ -86,6 +160,8 @@ impl Dispatcher {
             retry: VecDeque::new(),
             typical_task: None,
             replies: Vec::new(),
+            dying: Vec::new(),
+            respawn: Respawn::default(),
         }
     }
 
@@ -108,10 +184,22 @@ impl Dispatcher {
                     break;
                 }
             } else {
+                if self.respawn.at.is_some_and(|at| at <= Instant::now()) {
+                    self.fork_missing_workers();
+                }
                 self.hand_out_jobs();
             }
-            if self.workers.is_empty() && self.all_home() {
-                self.shared.break_pool();
+            if self.workers.is_empty()
+                && self.all_home()
+                && (closed || self.respawn.failures >= RESPAWN_ATTEMPTS)
+            {
+                if !closed {
+                    let error = self.respawn.error.take().unwrap_or_default();
+                    self.shared.break_pool(Some(format!(
+                        "none of its worker processes could be kept alive ({error}); \
+                         build a new pool once the cause is fixed"
+                    )));
+                }
                 self.fail_waiting_jobs();
                 break;
             }
@@ -122,10 +210,12 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let ready = match sleep.wait(&self.shared) {
+            let ready = match sleep.wait(&self.shared, self.respawn.at) {
                 Ok(ready) => ready,
-                Err(_) => {
-                    self.shared.break_pool();
+                Err(err) => {
+                    self.shared.break_pool(Some(format!(
+                        "its dispatcher thread could not wait for its workers ({err})"
+                    )));
                     self.fail_waiting_jobs();
                     break;
                 }
@@ -133,20 +223,35 @@ impl Dispatcher {
             self.shared.disarm_wake_on_submit();
             idle_ended = false;
             let mut ready_loans = Vec::new();
-            for ((_, watched), ready) in sleep.watched.into_iter().zip(ready).rev() {
-                if !ready {
+            // Indices go down, dying workers (listed last) first: a worker let go of meanwhile
+            // moves the last of its list into its place, which was already seen.
+            for (watch, ready) in sleep.watched.into_iter().zip(ready).rev() {
+                if !ready.socket && !ready.exited {
                     continue;
                 }
-                match watched {
-                    // Indices go down, so a worker replaced meanwhile does not shift the others.
-                    Watched::Own(worker) => self.read_replies(worker),
+                match watch.what {
+                    Watched::Own(worker) => self.read_replies(worker, ready.exited),
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
+                    Watched::Dying(index) => self.reap(index),
                 }
+            }
+            let now = Instant::now();
+            for dying in &mut self.dying {
+                dying.kill_if_late(now);
             }
             self.reclaim_loans(|loan| ready_loans.iter().any(|ready| Arc::ptr_eq(ready, loan)));
         }
         self.shut_down_workers();
+    }
+
+    /// Reaps the dying worker at `index`, which exited, and fails the job it was running.
+    fn reap(&mut self, index: usize) {
+        let dying = self.dying.swap_remove(index);
+        if let Some((job, error)) = dying.reap(self.link) {
+            self.shared.counters.completed();
+            job.completion.fail(error);
+        }
     }
 
     /// Completes the tasks whose replies were read.
@@ -176,7 +281,7 @@ impl Dispatcher {
         };
         for worker in taken {
             self.workers.push(worker);
-            self.read_replies(self.workers.len() - 1);
+            self.read_replies(self.workers.len() - 1, false);
         }
     }
 
@@ -203,7 +308,7 @@ impl Dispatcher {
             };
             if let Some(worker) = worker {
                 self.workers.push(worker);
-                self.read_replies(self.workers.len() - 1);
+                self.read_replies(self.workers.len() - 1, false);
             }
         }
     }
@@ -235,21 +340,39 @@ impl Dispatcher {
             // again to take them back and hand these out too.
             return None;
         }
-        let mut watched = Vec::with_capacity(self.workers.len() + state.idle.len());
+        let mut watched = Vec::with_capacity(
+            self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
+        );
         for (index, worker) in self.workers.iter().enumerate() {
-            watched.push((worker.stream.clone(), Watched::Own(index)));
+            watched.push(Watch::worker(worker, Watched::Own(index)));
         }
         for worker in &state.idle {
-            watched.push((worker.stream.clone(), Watched::Lent(None)));
+            watched.push(Watch::worker(worker, Watched::Lent(None)));
         }
         let loans = state.loans.clone();
         drop(state);
         for loan in loans {
-            if let Some(stream) = loan.stream() {
-                watched.push((stream, Watched::Lent(Some(loan))));
+            if let Some((stream, pidfd)) = loan.watch() {
+                watched.push(Watch {
+                    stream: Some(stream),
+                    pidfd,
+                    what: Watched::Lent(Some(loan)),
+                });
             }
         }
-        Some(Sleep { watched, jobs_wait })
+        for (index, dying) in self.dying.iter().enumerate() {
+            watched.push(Watch {
+                stream: None,
+                pidfd: dying.pidfd.clone(),
+                what: Watched::Dying(index),
+            });
+        }
+        let deadline = self.dying.iter().filter_map(Dying::kill_at).min();
+        Some(Sleep {
+            watched,
+            jobs_wait,
+            deadline,
+        })
     }
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
@@ -301,13 +424,15 @@ impl Dispatcher {
         }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].flush().is_err() {
-                // The worker is gone: its first job fails with its exit status.
-                self.replace_worker(index, false);
+                // The worker closed its socket: its first job fails with how it ended.
+                self.let_go(index, Cause::ClosedLink);
             }
         }
     }
 
-    fn read_replies(&mut self, index: usize) {
+    /// Reads the replies of the worker at `index`, and lets it go if it broke its stream or
+    /// `exited`.
+    fn read_replies(&mut self, index: usize, exited: bool) {
         let open = self.workers[index].receive();
         loop {
             match self.workers[index].next_incoming() {
@@ -319,51 +444,73 @@ impl Dispatcher {
                     self.replies.push((job, reply));
                 }
                 Incoming::Nothing => break,
-                Incoming::Corrupt => {
-                    self.replace_worker(index, true);
+                Incoming::Corrupt(malformed) => {
+                    self.let_go(index, Cause::Malformed(malformed));
                     return;
                 }
             }
         }
-        if !open {
-            self.replace_worker(index, false);
+        if exited {
+            self.let_go(index, Cause::Exited);
+        } else if !open {
+            self.let_go(index, Cause::ClosedLink);
         }
     }
 
-    /// The worker at `index` died or broke its stream (`kill` it then): fail the job it was
-    /// running with how it ended, give the jobs sent ahead to others, and fork a replacement
-    /// unless the pool is closing.
-    fn replace_worker(&mut self, index: usize, kill: bool) {
-        let dead = self.workers.swap_remove(index);
-        let pid = dead.pid;
-        let mut in_flight = dead.in_flight;
-        drop(dead.stream);
-        if kill {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        }
-        let exit = self.link.reap(pid).unwrap_or(WorkerExit::Unknown);
-        if let Some(running) = in_flight.pop_front() {
-            self.shared.counters.completed();
-            let error = Error::new(ErrorKind::WorkerDied { pid, exit });
-            running.job.completion.fail(error);
-        }
+    /// Lets the worker at `index` go for `cause`: it is killed now or soon (see [`Dying`]), the
+    /// job it was running fails once it is reaped, the jobs sent ahead go to others first, and
+    /// a replacement is forked unless the pool is closing.
+    fn let_go(&mut self, index: usize, cause: Cause) {
+        let worker = self.workers.swap_remove(index);
+        let pid = worker.pid;
+        let mut in_flight = worker.in_flight;
+        let running = in_flight.pop_front().map(|running| running.job);
         for (position, waiting) in in_flight.into_iter().enumerate() {
             self.retry.insert(position, waiting.job);
         }
-        let mut pids = self.shared.pids_mut();
-        pids.retain(|&other| other != pid);
-        if !self.shared.is_closed()
-            && let Ok(spawned) = server::spawn_worker(self.link)
-        {
-            let new_pid = spawned.0;
+        // Killed (if the cause says so) before its socket closes, which would let it exit.
+        self.dying
+            .push(Dying::new(pid, worker.pidfd, running, cause));
+        drop(worker.stream);
+        self.shared.pids_mut().retain(|&other| other != pid);
+        if !self.shared.is_closed() {
+            self.spawn_replacement();
+        }
+    }
+
+    /// Forks a worker to replace one that was let go of, now or, after failures, later.
+    fn spawn_replacement(&mut self) {
+        self.respawn.missing += 1;
+        if self.respawn.at.is_none() {
+            self.fork_missing_workers();
+        }
+    }
+
+    /// Forks the workers the pool misses; on a failure, tries again after a delay that
+    /// doubles with each failure in a row (never a tight fork loop).
+    fn fork_missing_workers(&mut self) {
+        while self.respawn.missing > 0 {
+            let spawned = match server::spawn_worker(self.link) {
+                Ok(spawned) => spawned,
+                Err(err) => {
+                    self.respawn.failed(&err);
+                    return;
+                }
+            };
+            let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
             match WorkerLink::new(spawned) {
                 Ok(worker) => {
-                    pids.push(new_pid);
+                    self.shared.pids_mut().push(pid);
                     self.workers.push(worker);
+                    self.respawn.succeeded();
                 }
-                // Its socket is closed: it exits at once.
-                Err(_) => drop(self.link.reap(new_pid)),
+                Err(err) => {
+                    // Its socket is closed: it exits at once.
+                    self.dying
+                        .push(Dying::new(pid, pidfd, None, Cause::ClosedLink));
+                    self.respawn.failed(&err);
+                    return;
+                }
             }
         }
     }
@@ -373,32 +520,39 @@ impl Dispatcher {
     fn fail_waiting_jobs(&mut self) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.picked();
             self.shared.counters.cancelled();
-            job.completion.fail(Error::new(ErrorKind::Shutdown));
+            job.completion.fail(self.shared.refusal());
         }
     }
 
-    /// Closes every worker's socket (each exits at the end of its stream) and reaps them.
+    /// Closes every worker's socket (each exits at the end of its stream) and reaps them,
+    /// killing those that do not exit within [`SHUTDOWN_GRACE`].
     fn shut_down_workers(&mut self) {
         // Only after a failure can workers still be out: take them all back.
         self.reclaim_loans(|_| true);
         self.take_back_workers(true);
         self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
-            let pid = worker.pid;
-            let in_flight = worker.in_flight;
+            let mut in_flight = worker.in_flight;
             drop(worker.stream);
+            let mut dying = Dying::new(
+                worker.pid,
+                worker.pidfd,
+                None,
+                Cause::Stopped {
+                    grace: SHUTDOWN_GRACE,
+                },
+            );
             if !in_flight.is_empty() {
                 // Only when the dispatcher itself failed: do not wait for its tasks.
-                let pid = nix::unistd::Pid::from_raw(pid as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                dying.kill_now();
             }
-            let _ = self.link.reap(pid);
-            for in_flight in in_flight {
+            self.dying.push(dying);
+            for in_flight in in_flight.drain(..) {
                 in_flight
                     .job
                     .completion
@@ -406,50 +560,135 @@ impl Dispatcher {
             }
         }
         self.shared.pids_mut().clear();
+        self.reap_all_dying();
+    }
+
+    /// Waits for every dying worker to exit and reaps it, killing those whose deadline passes;
+    /// gives up on those still there [`SHUTDOWN_GRACE`] after they were all killed (the fork
+    /// server reaps them when the application exits).
+    fn reap_all_dying(&mut self) {
+        let mut give_up_at: Option<Instant> = None;
+        while !self.dying.is_empty() {
+            let now = Instant::now();
+            for dying in &mut self.dying {
+                dying.kill_if_late(now);
+            }
+            let deadline = match self.dying.iter().filter_map(Dying::kill_at).min() {
+                Some(kill_at) => kill_at,
+                None => *give_up_at.get_or_insert(now + SHUTDOWN_GRACE),
+            };
+            if deadline <= now && give_up_at.is_some_and(|at| at <= now) {
+                break;
+            }
+            let mut fds: Vec<PollFd<'_>> = self
+                .dying
+                .iter()
+                .map(|dying| PollFd::new(dying.pidfd.as_fd(), PollFlags::POLLIN))
+                .collect();
+            match poll(&mut fds, timeout_until(deadline)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
+            }
+            let exited: Vec<bool> = fds.iter().map(has_events).collect();
+            drop(fds);
+            for (index, exited) in exited.into_iter().enumerate().rev() {
+                if exited {
+                    self.reap(index);
+                }
+            }
+        }
+        for mut dying in self.dying.drain(..) {
+            if let Some(job) = dying.take_running() {
+                job.completion.fail(Error::new(ErrorKind::Shutdown));
+            }
+        }
+    }
+}
+
+/// One entry of what the dispatcher sleeps on.
+struct Watch {
+    /// The worker's socket; `None` for a dying worker.
+    stream: Option<Arc<Async<UnixStream>>>,
+    pidfd: Arc<OwnedFd>,
+    what: Watched,
+}
+
+impl Watch {
+    fn worker(worker: &WorkerLink, what: Watched) -> Watch {
+        Watch {
+            stream: Some(worker.stream.clone()),
+            pidfd: worker.pidfd.clone(),
+            what,
+        }
     }
 }
 
 /// What the dispatcher sleeps on.
 struct Sleep {
-    watched: Vec<(Arc<Async<UnixStream>>, Watched)>,
+    watched: Vec<Watch>,
     /// Jobs wait for a worker: a reply on loan ends the loan.
     jobs_wait: bool,
+    /// When the first dying worker must be killed, if it has not exited by then.
+    deadline: Option<Instant>,
 }
 
 impl Sleep {
-    /// Sleeps in `poll` until the eventfd or a watched worker has something; returns which of
-    /// the watched workers are ready.
+    /// Sleeps in `poll` until the eventfd or a watched worker has something, or the deadline;
+    /// returns what each watched entry showed.
     ///
-    /// Lent workers are watched for their end only, so that a reply their task reads does not
-    /// wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a task nobody
-    /// polls cannot keep its worker from the queue.
-    fn wait(&self, shared: &Shared) -> io::Result<Vec<bool>> {
-        let mut fds = Vec::with_capacity(self.watched.len() + 1);
+    /// Lent workers' sockets are watched for their end only, so that a reply their task reads
+    /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
+    /// task nobody polls cannot keep its worker from the queue.
+    fn wait(&self, shared: &Shared, respawn_at: Option<Instant>) -> io::Result<Vec<Readiness>> {
+        let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
         fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
-        for (stream, what) in &self.watched {
-            let events = match what {
-                // `poll` reports POLLHUP without being asked: the worker's end closed.
-                Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
-                _ => PollFlags::POLLIN,
-            };
-            fds.push(PollFd::new(stream.get_ref().as_fd(), events));
+        for watch in &self.watched {
+            if let Some(stream) = &watch.stream {
+                let events = match watch.what {
+                    // `poll` reports POLLHUP without being asked: the worker's end closed.
+                    Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
+                    _ => PollFlags::POLLIN,
+                };
+                fds.push(PollFd::new(stream.get_ref().as_fd(), events));
+            }
+            fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
         }
+        let deadline = self.deadline.into_iter().chain(respawn_at).min();
+        let timeout = deadline.map_or(PollTimeout::NONE, timeout_until);
         loop {
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, timeout) {
                 Ok(_) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => return Err(err.into()),
             }
         }
-        let ready: Vec<bool> = fds
-            .iter()
-            .map(|fd| fd.revents().is_some_and(|events| !events.is_empty()))
-            .collect();
-        if ready[0] {
+        let mut ready = fds.iter().map(has_events);
+        if ready.next() == Some(true) {
             shared.clear_wake();
         }
-        Ok(ready[1..].to_vec())
+        let readiness = self
+            .watched
+            .iter()
+            .map(|watch| Readiness {
+                socket: watch.stream.is_some() && ready.next() == Some(true),
+                exited: ready.next() == Some(true),
+            })
+            .collect();
+        Ok(readiness)
     }
+}
+
+/// Whether `poll` reported anything for `fd`.
+fn has_events(fd: &PollFd<'_>) -> bool {
+    fd.revents().is_some_and(|events| !events.is_empty())
+}
+
+/// A `poll` timeout that ends at `deadline`, rounded up to the millisecond so that `poll` does
+/// not return just before it.
+fn timeout_until(deadline: Instant) -> PollTimeout {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let millis = left.as_micros().div_ceil(1000);
+    PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
 }
 
 impl Drop for Dispatcher {
@@ -458,7 +697,7 @@ impl Drop for Dispatcher {
             // A bug in the dispatcher must not leave tasks waiting forever: refuse new work and
             // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
             // workers exit when their sockets close.
-            self.shared.break_pool();
+            self.shared.break_pool(None);
             self.fail_waiting_jobs();
         }
     }

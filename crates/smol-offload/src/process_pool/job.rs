@@ -8,15 +8,18 @@ use std::panic::{self, AssertUnwindSafe};
 
 use serde::de::DeserializeOwned;
 
+use crate::byte_buf;
 use crate::codec;
 use crate::error::{Error, ErrorKind};
-use crate::process_pool::wire::Reply;
+use crate::panics::{self, Caught, Reporting};
+use crate::process_pool::wire::{CallOptions, Reply};
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::Promise;
 
 /// One submitted call, waiting for a worker.
 pub(crate) struct Job {
     pub(crate) call: ErasedCall,
+    pub(crate) options: CallOptions,
     pub(crate) arg: Vec<u8>,
     pub(crate) completion: Box<dyn Completion>,
 }
@@ -46,15 +49,23 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     }
 
     fn finish(self: Box<Self>, reply: Reply) {
-        let text = || String::from_utf8_lossy(&reply.payload).into_owned();
+        let text = || String::from_utf8_lossy(reply.payload.as_slice()).into_owned();
         let result = match reply.status {
-            // The user's `Deserialize` runs here, on the dispatcher: its panic is the task's.
-            CallStatus::Returned => panic::catch_unwind(AssertUnwindSafe(|| {
-                codec::decode(&reply.payload)
-                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
-            }))
-            .unwrap_or_else(|payload| Err(Error::from_panic(payload))),
-            CallStatus::Panicked => Err(Error::new(ErrorKind::Panic(text()))),
+            // The user's `Deserialize` runs here, on the dispatcher or the awaiting thread: its
+            // panic is the task's.
+            CallStatus::Returned => panics::catch(Reporting::Chain, || {
+                // A `ByteBuf` in a result that came through shared memory reads it in place.
+                byte_buf::with_backing(reply.payload.mapping(), || {
+                    codec::decode(reply.payload.as_slice()).map_err(|err| {
+                        Error::codec("deserialize the result", err.message, err.source)
+                    })
+                })
+            })
+            .unwrap_or_else(|caught| Err(Error::from_caught(caught))),
+            CallStatus::Panicked => Err(match codec::decode::<Caught>(reply.payload.as_slice()) {
+                Ok(caught) => Error::from_caught(caught),
+                Err(_) => Error::new(ErrorKind::Panic(text())),
+            }),
             CallStatus::BadArgument => Err(Error::codec(
                 "deserialize the argument in the worker",
                 text(),

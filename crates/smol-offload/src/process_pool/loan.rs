@@ -15,6 +15,7 @@
 //! Locks: a loan's lock comes first in the pool's lock order (see [`shared`](super::shared)):
 //! it may be held while taking the queue lock, never the reverse.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Waker};
@@ -70,12 +71,12 @@ impl Loan {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The worker's socket, while the loan lasts: the dispatcher watches it.
-    pub(crate) fn stream(&self) -> Option<Arc<Async<UnixStream>>> {
+    /// The worker's socket and pidfd, while the loan lasts: the dispatcher watches them.
+    pub(crate) fn watch(&self) -> Option<(Arc<Async<UnixStream>>, Arc<OwnedFd>)> {
         self.lock()
             .worker
             .as_ref()
-            .map(|worker| worker.stream.clone())
+            .map(|worker| (worker.stream.clone(), worker.pidfd.clone()))
     }
 }
 
@@ -112,13 +113,14 @@ impl LoanState {
         };
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
+            // A long reply is read and decoded on the dispatcher's thread, not on the thread
+            // of an event loop; one whose payload is in shared memory too, although its frame
+            // is short.
+            if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) {
+                return LoanRead::Over(None);
+            }
             return match link.next_incoming() {
                 Incoming::Reply(job, reply, _) => LoanRead::Over(Some((job, reply))),
-                // A long reply is read and decoded on the dispatcher's thread, not on the
-                // thread of an event loop.
-                Incoming::Nothing if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) => {
-                    LoanRead::Over(None)
-                }
                 Incoming::Nothing if open => {
                     // Called without a waker (from `is_finished`), the last one is armed again.
                     let Some(waker) = last_waker.as_ref() else {
@@ -137,7 +139,7 @@ impl LoanState {
                 }
                 // The worker died or broke its stream: the dispatcher fails the job with how it
                 // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt => LoanRead::Over(None),
+                Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
             };
         }
     }

@@ -1,11 +1,13 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// wire → job → worker_link → loan → shared → loan_assist → server → dispatcher.
+// out_of_line → wire → job → server → worker_link → loan → shared → loan_assist → dying → dispatcher.
 mod dispatcher;
+mod dying;
 mod job;
 mod loan;
 mod loan_assist;
+pub(crate) mod out_of_line;
 pub(crate) mod raw;
 pub(crate) mod server;
 mod shared;
@@ -14,15 +16,15 @@ mod worker;
 mod worker_link;
 
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
+use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
+use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
@@ -30,6 +32,7 @@ use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
 use shared::{Placed, Shared};
+use wire::CallOptions;
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
@@ -79,6 +82,8 @@ pub struct ProcessPool {
 struct Handle {
     shared: Arc<Shared>,
     workers: usize,
+    /// What every call of the pool tells its worker.
+    options: CallOptions,
 }
 
 impl Drop for Handle {
@@ -133,6 +138,7 @@ impl Executor for ProcessPool {
         let (promise, task) = task::pair::<R>();
         let job = Job {
             call: sys::erase(f),
+            options: self.handle.options,
             arg,
             completion: Box::new(promise),
         };
@@ -143,7 +149,7 @@ impl Executor for ProcessPool {
                 shared: self.handle.shared.clone(),
             })),
             Err(refused) => {
-                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                refused.completion.fail(self.handle.shared.refusal());
                 task
             }
         }
@@ -162,14 +168,14 @@ impl Executor for ProcessPool {
 /// in it is the task's error, like its other failures, and never unwinds into the caller.
 fn encode_argument<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
     const STAGE: &str = "serialize the argument";
-    match panic::catch_unwind(AssertUnwindSafe(|| codec::encode(arg))) {
+    match panics::catch(Reporting::Chain, || codec::encode(arg)) {
         Ok(Ok(bytes)) if bytes.len() <= wire::MAX_ARGUMENT => Ok(bytes),
         Ok(Ok(bytes)) => {
             let detail = format!("{} bytes is more than a frame holds", bytes.len());
             Err(Error::codec(STAGE, detail, None))
         }
         Ok(Err(err)) => Err(Error::codec(STAGE, err.message, err.source)),
-        Err(payload) => Err(Error::from_panic(payload)),
+        Err(caught) => Err(Error::from_caught(caught)),
     }
 }
 
@@ -187,12 +193,43 @@ impl fmt::Debug for ProcessPool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ProcessPoolBuilder {
     workers: Option<usize>,
+    print_panics: bool,
 }
 
 impl ProcessPoolBuilder {
     /// The number of worker processes. Without it, the pool has one per CPU.
     pub fn workers(mut self, workers: usize) -> ProcessPoolBuilder {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Whether a worker prints a task's panic to its stderr as it happens. Off by default: the
+    /// panic comes back to the caller as the task's [`Error`], with its message and location,
+    /// as Python's executors re-raise an exception in the caller without printing it. On, each
+    /// panic prints `smol-offload worker <pid> panicked at <file:line:column>:` and the
+    /// message (and a backtrace when `RUST_BACKTRACE` asks for one), naming the worker.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use smol_offload::{Executor, ProcessPool};
+    ///
+    /// fn check(n: u32) -> u32 {
+    ///     assert!(n < 10, "{n} is too big");
+    ///     n
+    /// }
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = ProcessPool::builder().workers(1).print_panics(true).build()?;
+    ///     // The worker prints "smol-offload worker <pid> panicked at ...: 12 is too big".
+    ///     let err = smol::block_on(pool.run(check, 12)).unwrap_err();
+    ///     assert_eq!(err.panic_message(), Some("12 is too big"));
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn print_panics(mut self, print: bool) -> ProcessPoolBuilder {
+        self.print_panics = print;
         self
     }
 
@@ -205,17 +242,32 @@ impl ProcessPoolBuilder {
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
         let link = server::link_or_start()?;
+        // For the user's serde code that runs in this process: its panics get a location.
+        panics::install_hook();
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
         let shared = Arc::new(Shared::new().map_err(io_error("create the pool's eventfd"))?);
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;
         let dispatcher = Dispatcher::new(shared.clone(), link, spawned);
-        std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("smol-offload-dispatch".into())
-            .spawn(move || dispatcher.run())
-            .map_err(io_error("start the dispatcher thread"))?;
+            .spawn(move || dispatcher.run());
+        if let Err(source) = started {
+            // The workers wait, lent out, for tasks that will never come: end them.
+            for worker in std::mem::take(&mut shared.lock().idle) {
+                sys::kill_worker_group(worker.pid);
+                let _ = link.reap(worker.pid);
+            }
+            return Err(io_error("start the dispatcher thread")(source));
+        }
         Ok(ProcessPool {
-            handle: Arc::new(Handle { shared, workers }),
+            handle: Arc::new(Handle {
+                shared,
+                workers,
+                options: CallOptions {
+                    print_panics: self.print_panics,
+                },
+            }),
         })
     }
 }

@@ -2,7 +2,7 @@
 //! bytes on a [`ProcessPool`] and get the raw reply back, and the typed end of a job that the
 //! remote client completes from a reply that crossed the network.
 
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::process_pool::ProcessPool;
 use crate::process_pool::job::Job;
 use crate::process_pool::loan_assist::LoanAssist;
@@ -11,7 +11,7 @@ use crate::sys::{CallStatus, ErasedCall};
 use crate::task::{self, Promise, Task};
 
 pub(crate) use crate::process_pool::job::Completion;
-pub(crate) use crate::process_pool::wire::{MAX_ARGUMENT, Reply};
+pub(crate) use crate::process_pool::wire::{MAX_ARGUMENT, Payload, Reply};
 
 /// The reply of a worker process to a call run by [`ProcessPool::run_raw`].
 #[derive(Debug)]
@@ -31,7 +31,7 @@ impl Completion for RawCompletion {
     fn finish(self: Box<Self>, reply: Reply) {
         self.0.complete(Ok(RawReply {
             status: reply.status,
-            payload: reply.payload,
+            payload: reply.payload.as_slice().to_vec(),
         }));
     }
 
@@ -55,6 +55,7 @@ impl ProcessPool {
         let (promise, task) = task::pair::<RawReply>();
         let job = Job {
             call,
+            options: self.handle.options,
             arg,
             completion: Box::new(RawCompletion(promise)),
         };
@@ -65,7 +66,7 @@ impl ProcessPool {
                 shared: self.handle.shared.clone(),
             })),
             Err(refused) => {
-                refused.completion.fail(Error::new(ErrorKind::Shutdown));
+                refused.completion.fail(self.handle.shared.refusal());
                 task
             }
         }

@@ -10,7 +10,8 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
@@ -92,6 +93,8 @@ pub(crate) fn link_or_start() -> Result<&'static ServerLink, BuildError> {
 #[derive(Debug)]
 pub(crate) struct ServerLink {
     socket: Mutex<OwnedFd>,
+    /// Set once the server is known to be gone: every later request fails at once.
+    gone: AtomicBool,
     /// The socket's descriptor, to shut it down at exit without taking the lock.
     raw: std::os::fd::RawFd,
     pid: u32,
@@ -124,6 +127,7 @@ impl ServerLink {
                 let raw = parent_end.as_raw_fd();
                 Ok(ServerLink {
                     socket: Mutex::new(parent_end),
+                    gone: AtomicBool::new(false),
                     raw,
                     pid,
                 })
@@ -145,7 +149,9 @@ impl ServerLink {
         }
     }
 
-    /// Waits for worker `pid`, which is exiting, and says how it ended.
+    /// Waits for worker `pid` and says how it ended. The server waits in `waitpid`, holding the
+    /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
+    /// readable) or that was just killed.
     pub(crate) fn reap(&self, pid: u32) -> io::Result<WorkerExit> {
         match self.request(&ServerRequest::Reap { pid }, None)? {
             ServerReply::Exited { pid: reaped, code } if reaped == pid => {
@@ -166,11 +172,41 @@ impl ServerLink {
         fd: Option<BorrowedFd<'_>>,
     ) -> io::Result<ServerReply> {
         let socket = self.socket.lock().unwrap_or_else(PoisonError::into_inner);
-        send_message(socket.as_fd(), request, fd)?;
-        let (reply, _) = receive_message(socket.as_fd())?
-            .ok_or_else(|| io::Error::other("the fork server exited"))?;
-        Ok(reply)
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(server_gone());
+        }
+        let sent = send_message(socket.as_fd(), request, fd);
+        let reply = sent.and_then(|()| receive_message(socket.as_fd()));
+        match reply {
+            Ok(Some((reply, _))) => Ok(reply),
+            // The end of the link, or a link the other end reset: the server died.
+            Ok(None) => Err(self.mark_gone()),
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
+                ) =>
+            {
+                Err(self.mark_gone())
+            }
+            Err(err) => Err(err),
+        }
     }
+
+    fn mark_gone(&self) -> io::Error {
+        self.gone.store(true, Ordering::Relaxed);
+        server_gone()
+    }
+}
+
+/// The error of every request once the fork server is gone. The server cannot be started
+/// again: the application runs threads by now, and only a single-threaded process may fork.
+fn server_gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the fork server is gone (it was killed or exited), so no process pool of this \
+         program can fork workers any more; restart the program",
+    )
 }
 
 fn unexpected(reply: &ServerReply) -> io::Error {
@@ -215,7 +251,9 @@ fn receive_message<T: serde::de::DeserializeOwned>(
         ) {
             Ok(message) => {
                 let mut fd = None;
-                for cmsg in message.cmsgs()? {
+                // Truncated control data (this process is out of descriptors, say) brings no
+                // descriptor: the request is answered with an error, and the link stays.
+                for cmsg in message.cmsgs().into_iter().flatten() {
                     if let ControlMessageOwned::ScmRights(fds) = cmsg {
                         for raw in fds {
                             let owned = sys::own_received_fd(raw);
@@ -254,6 +292,9 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
         let reply = match (request, fd) {
             (ServerRequest::Spawn, Some(worker_socket)) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
+                    // The worker does it too: whichever runs first, the group exists before
+                    // the parent learns the pid.
+                    let _ = sys::lead_own_group(pid);
                     workers.push(pid);
                     ServerReply::Spawned { pid }
                 }
@@ -265,8 +306,10 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                 },
             },
+            // The parent always attaches the worker's socket: the server could not take it
+            // (it is out of descriptors).
             (ServerRequest::Spawn, None) => ServerReply::Failed {
-                errno: libc::EINVAL,
+                errno: libc::EMFILE,
             },
             (ServerRequest::Reap { pid }, _) => {
                 workers.retain(|&worker| worker != pid);
@@ -278,8 +321,8 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
         }
     }
     for pid in workers {
-        let _ =
-            nix::sys::signal::kill(Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        // Not reaped yet, so the pid and its group are still this worker's.
+        sys::kill_worker_group(pid);
         let _ = reap(pid);
     }
     sys::exit_child(0)
@@ -306,8 +349,18 @@ fn reap(pid: u32) -> ServerReply {
     }
 }
 
-/// Creates the parent's end of a new worker's socket pair and forks the worker on the server.
-pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
+/// A worker just forked: its pid, the parent's end of its socket, and its pidfd.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    pub(crate) stream: UnixStream,
+    /// Readable once the worker has exited (see [`sys::pidfd_open`]).
+    pub(crate) pidfd: Arc<OwnedFd>,
+}
+
+/// Creates the parent's end of a new worker's socket pair, forks the worker on the server, and
+/// opens its pidfd.
+pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
     let (parent_end, worker_end) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -316,5 +369,18 @@ pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<(u32, UnixStream)> {
     )?;
     let pid = link.spawn(worker_end.as_fd())?;
     drop(worker_end);
-    Ok((pid, UnixStream::from(parent_end)))
+    // The server reaps a worker only when asked to, so `pid` is still this worker.
+    match sys::pidfd_open(pid) {
+        Ok(pidfd) => Ok(Spawned {
+            pid,
+            stream: UnixStream::from(parent_end),
+            pidfd: Arc::new(pidfd),
+        }),
+        Err(err) => {
+            // Killed first, so the reap does not wait.
+            sys::kill_worker_group(pid);
+            let _ = link.reap(pid);
+            Err(err)
+        }
+    }
 }

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
+use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::worker_link::WorkerLink;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     closed: AtomicBool,
     /// Set when no worker could be kept alive: the pool refuses work.
     broken: AtomicBool,
+    /// Why the pool broke, said to every task it refuses.
+    broken_reason: Mutex<Option<String>>,
     pids: Mutex<Vec<u32>>,
     pub(crate) counters: Counters,
 }
@@ -93,6 +96,7 @@ impl Shared {
             wake_on_submit: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             broken: AtomicBool::new(false),
+            broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
             counters: Counters::default(),
         })
@@ -197,10 +201,27 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
-    /// Refuses new work from now on; the caller then fails what is queued.
-    pub(super) fn break_pool(&self) {
+    /// Refuses new work from now on, saying `reason` if given; the caller then fails what is
+    /// queued with [`refusal`](Shared::refusal).
+    pub(super) fn break_pool(&self, reason: Option<String>) {
         let _state = self.lock();
+        if let Some(reason) = reason {
+            *self
+                .broken_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        }
         self.broken.store(true, Ordering::Release);
+    }
+
+    /// The error of a job the pool refuses or gives up on: it was closed, or it broke.
+    pub(crate) fn refusal(&self) -> Error {
+        let reason = self
+            .broken_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
     }
 
     /// True once the last pool handle is gone.
@@ -261,9 +282,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::error::Error;
     use crate::process_pool::job::Completion;
     use crate::process_pool::loan_assist::LoanAssist;
+    use crate::process_pool::server::Spawned;
+    use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -286,7 +308,7 @@ mod tests {
         }
 
         fn finish(self: Box<Self>, reply: Reply) {
-            let payload = String::from_utf8(reply.payload).unwrap();
+            let payload = String::from_utf8(reply.payload.as_slice().to_vec()).unwrap();
             self.log
                 .lock()
                 .unwrap()
@@ -308,6 +330,7 @@ mod tests {
     fn job(name: &'static str, log: &Log) -> Job {
         Job {
             call: sys::erase(double),
+            options: CallOptions::default(),
             arg: name.as_bytes().to_vec(),
             completion: Box::new(Recorded {
                 name,
@@ -319,7 +342,12 @@ mod tests {
     /// A worker link whose other end the test holds, as the worker would.
     fn worker() -> (WorkerLink, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        (WorkerLink::new((std::process::id(), ours)).unwrap(), theirs)
+        let spawned = Spawned {
+            pid: std::process::id(),
+            stream: ours,
+            pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
+        };
+        (WorkerLink::new(spawned).unwrap(), theirs)
     }
 
     /// Reads one request as the worker would, and answers it with `payload`.
@@ -361,7 +389,7 @@ mod tests {
             assert_eq!(state.loans.len(), 1);
             assert!(Arc::ptr_eq(&state.loans[0], &loan));
         }
-        assert!(loan.stream().is_some(), "the loan holds the worker");
+        assert!(loan.watch().is_some(), "the loan holds the worker");
         // The request was written by the submitting thread, and the dispatcher not woken.
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut &worker_end, &mut buffer)
@@ -441,7 +469,7 @@ mod tests {
         );
         drop(state);
         assert_eq!(wake_ups(&shared), 0);
-        assert!(loan.stream().is_none(), "the loan is over");
+        assert!(loan.watch().is_none(), "the loan is over");
     }
 
     #[test]
@@ -519,7 +547,7 @@ mod tests {
     fn a_broken_pool_gives_the_job_back() {
         let shared = Shared::new().unwrap();
         let log = Log::default();
-        shared.break_pool();
+        shared.break_pool(None);
         let refused = shared.submit(job("a", &log)).err().expect("refused");
         assert_eq!(refused.arg, b"a");
         assert_eq!(shared.queued(), 0);

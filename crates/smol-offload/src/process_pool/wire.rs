@@ -1,30 +1,81 @@
 //! What crosses the sockets: length-prefixed frames between the parent and a worker, and small
 //! postcard messages between the parent and the fork server.
 //!
-//! A request frame is `len: u32 | id: u64 | trampoline: u64 | function: u64 | argument`, a
-//! reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian, where `len`
-//! counts the bytes after itself. The argument and a returned value are postcard-encoded.
+//! A request frame is `len: u32 | id: u64 | flags: u8 | trampoline: u64 | function: u64 |
+//! argument`, a reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian,
+//! where `len` counts the bytes after itself. The argument and a returned value are
+//! postcard-encoded. A request's flags carry its [`CallOptions`].
+//!
+//! An argument or a result longer than [`out_of_line::THRESHOLD`] travels in a sealed memfd
+//! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
+//! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
+//! payload, and the memfd's descriptor is attached to the frame's bytes.
 
 use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{CallStatus, ErasedCall};
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
-const REQUEST_HEADER: usize = 8 + 8 + 8;
+use crate::process_pool::out_of_line::{self, MAX_WAITING_FDS};
+use crate::sys::{CallStatus, ErasedCall, SealedMapping};
+
+const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
+/// Request flag: print the call's panic in the worker as it happens.
+const PRINT_PANICS: u8 = 1;
+/// Request flag: the argument is in the memfd attached to the frame, which holds its size.
+const SHARED_ARGUMENT: u8 = 2;
+/// Reply status bit: the payload is in the memfd attached to the frame, which holds its size.
+const SHARED_REPLY: u8 = 0x80;
+/// The length of a request frame whose argument is in shared memory.
+pub(crate) const SHARED_REQUEST_FRAME: usize = 4 + REQUEST_HEADER + 8;
+
+/// How the worker runs one call, besides the call itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct CallOptions {
+    /// Print a panic of the call to the worker's stderr, naming the worker.
+    pub(crate) print_panics: bool,
+}
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
 
 /// Appends a request frame to `out`.
-pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, call: ErasedCall, arg: &[u8]) {
+pub(crate) fn write_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call: ErasedCall,
+    options: CallOptions,
+    arg: &[u8],
+) {
     let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
+    out.push(if options.print_panics {
+        PRINT_PANICS
+    } else {
+        0
+    });
     for word in call.to_wire() {
         out.extend_from_slice(&word.to_le_bytes());
     }
     out.extend_from_slice(arg);
+}
+
+/// Appends a request frame whose argument of `size` bytes is in shared memory: the frame's
+/// [`SHARED_REQUEST_FRAME`] bytes must be sent with the memfd attached.
+pub(crate) fn write_shared_request(
+    out: &mut Vec<u8>,
+    id: u64,
+    call: ErasedCall,
+    options: CallOptions,
+    size: usize,
+) {
+    let start = out.len();
+    write_request(out, id, call, options, &(size as u64).to_le_bytes());
+    out[start + 12] |= SHARED_ARGUMENT;
 }
 
 /// The largest argument a request can carry.
@@ -37,8 +88,25 @@ pub(crate) struct Request<'a> {
     /// The words of the call, as [`ErasedCall::to_wire`] gave them: only the worker's loop
     /// in `sys` may turn them back into a call, because only it knows where they came from.
     pub(crate) call: [u64; 2],
-    /// The encoded argument, borrowed from the read buffer.
+    pub(crate) options: CallOptions,
+    /// The encoded argument, borrowed from the read buffer; for a shared argument, its size.
     pub(crate) arg: &'a [u8],
+    /// Whether the argument is in the memfd that came with the frame.
+    pub(crate) shared: bool,
+}
+
+impl Request<'_> {
+    /// The size of a shared argument, as the frame gives it.
+    pub(crate) fn shared_size(&self) -> io::Result<usize> {
+        let size: [u8; 8] = self.arg.try_into().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared request of the wrong length",
+            )
+        })?;
+        usize::try_from(u64::from_le_bytes(size))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shared argument too large"))
+    }
 }
 
 /// Reads one request frame; `Ok(None)` at a clean end of stream (the parent closed the socket).
@@ -59,13 +127,21 @@ pub(crate) fn read_request<'a>(
             "request frame too short",
         ));
     }
-    buffer.resize(len, 0);
-    input.read_exact(buffer)?;
+    // Read as the bytes come, not allocated up front: a corrupt length costs no memory.
+    buffer.clear();
+    input.take(len as u64).read_to_end(buffer)?;
+    if buffer.len() < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
     let request = Request {
         id: word(0),
-        call: [word(8), word(16)],
+        options: CallOptions {
+            print_panics: buffer[8] & PRINT_PANICS != 0,
+        },
+        call: [word(9), word(17)],
         arg: &buffer[REQUEST_HEADER..],
+        shared: buffer[8] & SHARED_ARGUMENT != 0,
     };
     Ok(Some(request))
 }
@@ -89,18 +165,91 @@ pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
     out[12] = status as u8;
 }
 
+/// Turns the reply frame finished in `out` into one whose payload is in a new sealed memfd,
+/// if the payload is longer than [`out_of_line::THRESHOLD`]: returns the memfd, to send with
+/// the frame. `None` leaves the frame as it was (also when the memfd could not be made: the
+/// payload then goes through the socket).
+pub(crate) fn share_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
+    let size = out.len() - REPLY_PAYLOAD;
+    if size <= out_of_line::THRESHOLD {
+        return None;
+    }
+    let fd = crate::sys::sealed_memfd(&out[REPLY_PAYLOAD..]).ok()?;
+    out.truncate(REPLY_PAYLOAD);
+    out.extend_from_slice(&(size as u64).to_le_bytes());
+    let len = u32::try_from(out.len() - 4).expect("a short frame");
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[12] |= SHARED_REPLY;
+    Some(fd)
+}
+
 /// A reply as the parent reads it.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Reply {
     pub(crate) id: u64,
     pub(crate) status: CallStatus,
-    pub(crate) payload: Vec<u8>,
+    pub(crate) payload: Payload,
+}
+
+/// The payload of a reply: read from the socket, or mapped from the memfd that came with it.
+#[derive(Debug)]
+pub(crate) enum Payload {
+    Inline(Vec<u8>),
+    Shared(Arc<SealedMapping>),
+}
+
+impl Payload {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Inline(bytes) => bytes,
+            Payload::Shared(mapping) => mapping.as_slice(),
+        }
+    }
+
+    /// The shared memory the payload is in, if it is.
+    pub(crate) fn mapping(&self) -> Option<&Arc<SealedMapping>> {
+        match self {
+            Payload::Inline(_) => None,
+            Payload::Shared(mapping) => Some(mapping),
+        }
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Payload) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Payload {}
+
+impl PartialEq<Vec<u8>> for Payload {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<const N: usize> PartialEq<[u8; N]> for Payload {
+    fn eq(&self, other: &[u8; N]) -> bool {
+        self.as_slice() == other
+    }
+}
+
+impl<const N: usize> PartialEq<&[u8; N]> for Payload {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        self.as_slice() == *other
+    }
 }
 
 /// Cuts reply frames out of the bytes read from a non-blocking socket.
 #[derive(Debug, Default)]
 pub(crate) struct ReplyReader {
     buffer: Vec<u8>,
+    /// Descriptors that came with the bytes, for the shared replies among them, oldest first.
+    fds: VecDeque<OwnedFd>,
+    /// Set once a shared reply turned out malformed: its descriptor is gone, so the verdict
+    /// is kept rather than found again.
+    broken: Option<Malformed>,
 }
 
 impl ReplyReader {
@@ -120,37 +269,136 @@ impl ReplyReader {
         Ok(true)
     }
 
-    /// The length of the frame that comes next, once its length prefix was read.
-    pub(crate) fn next_frame_len(&self) -> Option<usize> {
-        let prefix = self.buffer.get(..4)?;
-        Some(4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize)
+    /// Keeps a descriptor that came with the bytes read, for the shared reply that claims it.
+    pub(crate) fn push_fd(&mut self, fd: OwnedFd) {
+        self.fds.push_back(fd);
     }
 
-    /// The next complete reply, if the buffer holds one.
-    pub(crate) fn next_reply(&mut self) -> io::Result<Option<Reply>> {
-        if self.buffer.len() < 4 {
+    /// The length of the frame that comes next, once its length prefix was read; for a reply
+    /// whose payload is in shared memory, once its size is in, the length it would have had.
+    pub(crate) fn next_frame_len(&self) -> Option<usize> {
+        let prefix = self.buffer.get(..4)?;
+        let len = 4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
+        if self
+            .buffer
+            .get(12)
+            .is_some_and(|status| status & SHARED_REPLY != 0)
+        {
+            let size = self.buffer.get(REPLY_PAYLOAD..REPLY_PAYLOAD + 8)?;
+            let size = u64::from_le_bytes(size.try_into().expect("8 bytes"));
+            return Some(REPLY_PAYLOAD.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)));
+        }
+        Some(len)
+    }
+
+    /// The next complete reply, if the buffer holds one. `expected` is the id of the request
+    /// the worker runs (`None` when it was sent none).
+    ///
+    /// The header is checked as soon as its bytes are in, before the rest of the frame: bytes
+    /// while no request is in flight, a length too short for a header, another id or an
+    /// unknown status make the stream malformed at once. So `Ok(None)` means that the bytes
+    /// read so far are the start of a valid reply to `expected`, and the reader never waits
+    /// for bytes that a valid frame would not have.
+    pub(crate) fn next_reply(&mut self, expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        if let Some(broken) = &self.broken {
+            return Err(broken.clone());
+        }
+        if self.buffer.is_empty() {
             return Ok(None);
         }
-        let len = u32::from_le_bytes(self.buffer[..4].try_into().expect("4 bytes")) as usize;
+        let Some(expected) = expected else {
+            return Err(Malformed(format!(
+                "{} bytes while it was running no task",
+                self.buffer.len()
+            )));
+        };
+        let Some(prefix) = self.buffer.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if len < REPLY_HEADER {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "reply frame too short",
-            ));
+            return Err(Malformed(format!(
+                "a frame of {len} bytes, shorter than a reply header"
+            )));
+        }
+        // The id, byte by byte as they come: a wrong first byte is enough.
+        let id_in = &self.buffer[4..self.buffer.len().min(12)];
+        if id_in != &expected.to_le_bytes()[..id_in.len()] {
+            let mut id = [0; 8];
+            id[..id_in.len()].copy_from_slice(id_in);
+            let id = u64::from_le_bytes(id);
+            let which = if id_in.len() == 8 {
+                format!("request {id}")
+            } else {
+                format!("a request whose id starts {id_in:02x?}")
+            };
+            return Err(Malformed(format!(
+                "a reply to {which} while it ran request {expected}"
+            )));
+        }
+        if self.fds.len() > MAX_WAITING_FDS {
+            return Err(Malformed(format!(
+                "{} descriptors that no reply claimed",
+                self.fds.len()
+            )));
+        }
+        let Some(&status) = self.buffer.get(12) else {
+            return Ok(None);
+        };
+        let shared = status & SHARED_REPLY != 0;
+        let status = CallStatus::from_byte(status & !SHARED_REPLY)
+            .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
+        if shared && len != REPLY_HEADER + 8 {
+            return Err(Malformed(format!(
+                "a shared-memory reply frame of {len} bytes"
+            )));
         }
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let id = u64::from_le_bytes(self.buffer[4..12].try_into().expect("8 bytes"));
-        let status = CallStatus::from_byte(self.buffer[12])
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unknown reply status"))?;
-        let payload = self.buffer[REPLY_PAYLOAD..4 + len].to_vec();
+        let payload = if shared {
+            let size = u64::from_le_bytes(
+                self.buffer[REPLY_PAYLOAD..REPLY_PAYLOAD + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let mapping = match self.fds.pop_front() {
+                None => Err(Malformed(
+                    "a shared-memory reply without its descriptor".to_owned(),
+                )),
+                Some(fd) => usize::try_from(size)
+                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+                    .and_then(|size| SealedMapping::new(fd, size))
+                    .map_err(|err| {
+                        Malformed(format!("a shared-memory reply that is unusable: {err}"))
+                    }),
+            };
+            match mapping {
+                Ok(mapping) => Payload::Shared(Arc::new(mapping)),
+                Err(malformed) => {
+                    self.broken = Some(malformed.clone());
+                    return Err(malformed);
+                }
+            }
+        } else {
+            Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
+        };
         self.buffer.drain(..4 + len);
         Ok(Some(Reply {
-            id,
+            id: expected,
             status,
             payload,
         }))
+    }
+}
+
+/// Why the bytes a worker sent are no valid reply: a worker that sends them cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Malformed(pub(crate) String);
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -189,8 +437,9 @@ mod tests {
     fn request_frame_round_trips() {
         let call = crate::sys::erase(some_function);
         let mut frame = Vec::new();
-        write_request(&mut frame, 7, call, b"arg");
-        write_request(&mut frame, 8, call, b"");
+        let loud = CallOptions { print_panics: true };
+        write_request(&mut frame, 7, call, loud, b"arg");
+        write_request(&mut frame, 8, call, CallOptions::default(), b"");
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
@@ -198,8 +447,10 @@ mod tests {
             (first.id, first.call, first.arg),
             (7, call.to_wire(), &b"arg"[..])
         );
+        assert_eq!(first.options, loud);
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.id, second.arg.len()), (8, 0));
+        assert_eq!(second.options, CallOptions::default());
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
     }
 
@@ -220,7 +471,8 @@ mod tests {
         let mut replies = Vec::new();
         for byte in stream {
             reader.fill(&mut &[byte][..], usize::MAX).unwrap();
-            while let Some(reply) = reader.next_reply().unwrap() {
+            let expected = [1, 2].get(replies.len()).copied();
+            while let Some(reply) = reader.next_reply(expected).unwrap() {
                 replies.push(reply);
             }
         }
@@ -230,7 +482,7 @@ mod tests {
             Reply {
                 id: 1,
                 status: CallStatus::Returned,
-                payload: b"ok".to_vec()
+                payload: Payload::Inline(b"ok".to_vec())
             }
         );
         assert_eq!(replies[1].status, CallStatus::Panicked);
@@ -251,16 +503,189 @@ mod tests {
             "read some, not all"
         );
         assert_eq!(reader.next_frame_len(), Some(frame.len()));
-        assert_eq!(reader.next_reply().unwrap(), None);
+        assert_eq!(reader.next_reply(Some(7)).unwrap(), None);
         reader.fill(&mut input, usize::MAX).unwrap();
-        assert_eq!(reader.next_reply().unwrap().unwrap().payload, [5; 40_000]);
+        assert_eq!(
+            reader.next_reply(Some(7)).unwrap().unwrap().payload,
+            [5; 40_000]
+        );
     }
 
     #[test]
     fn corrupt_reply_is_an_error() {
         let mut reader = ReplyReader::default();
         reader.fill(&mut &[1, 0, 0, 0, 9][..], usize::MAX).unwrap();
-        assert!(reader.next_reply().is_err());
+        assert!(reader.next_reply(Some(0)).is_err());
+    }
+
+    /// The header of a reply to request `id` with `status`, announcing `len` bytes after the
+    /// length.
+    fn header(len: u32, id: u64, status: u8) -> Vec<u8> {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.push(status);
+        bytes
+    }
+
+    fn read(bytes: &[u8], expected: Option<u64>) -> Result<Option<Reply>, Malformed> {
+        let mut reader = ReplyReader::default();
+        reader.fill(&mut &bytes[..], usize::MAX).unwrap();
+        reader.next_reply(expected)
+    }
+
+    #[test]
+    fn a_huge_length_with_a_wrong_id_is_malformed_at_once() {
+        // What 64 random bytes look like: a length near 900 MB, and an id nobody sent.
+        let mut bytes = header(900_000_000, 0x1234_5678_9abc_def0, 0);
+        bytes.extend_from_slice(&[0xa5; 51]);
+        let err = read(&bytes, Some(3)).unwrap_err();
+        assert!(err.0.contains("request 3"), "{err}");
+    }
+
+    #[test]
+    fn the_header_is_checked_as_its_bytes_come_in() {
+        // Bytes while no request is in flight.
+        assert!(read(&[0], None).is_err());
+        // A length too short for a header, with only the length in.
+        assert!(read(&header(3, 0, 0)[..4], Some(0)).is_err());
+        // A wrong id, before the status byte is in.
+        assert!(read(&header(100, 9, 0)[..12], Some(0)).is_err());
+        // An unknown status, before the payload is in.
+        let err = read(&header(100, 0, 200), Some(0)).unwrap_err();
+        assert!(err.0.contains("status 200"), "{err}");
+        // A valid header announcing a long payload: wait for it.
+        assert_eq!(read(&header(100, 0, 1), Some(0)).unwrap(), None);
+        assert_eq!(read(&header(100, 0, 1)[..7], Some(0)).unwrap(), None);
+    }
+
+    /// Whether `bytes` could be the start of a valid reply to `expected` (a reference for the
+    /// property tests, written apart from the reader).
+    fn starts_a_valid_reply(bytes: &[u8], expected: Option<u64>) -> bool {
+        if bytes.is_empty() {
+            return true;
+        }
+        let Some(expected) = expected else {
+            return false;
+        };
+        let mut frame = u32::MAX.to_le_bytes().to_vec();
+        frame.extend_from_slice(&expected.to_le_bytes());
+        let len_ok = bytes.len() < 4
+            || u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize >= REPLY_HEADER;
+        let id_ok = bytes
+            .iter()
+            .zip(&frame)
+            .skip(4)
+            .all(|(byte, wanted)| byte == wanted);
+        let status_ok = bytes
+            .get(12)
+            .is_none_or(|&status| CallStatus::from_byte(status).is_some());
+        len_ok && id_ok && status_ok
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Feeds `bytes` to a reader in chunks of the given sizes, expecting replies to
+        /// `first_id`, `first_id + 1`, ...; returns the replies cut, and how the reader ended.
+        fn feed(
+            bytes: &[u8],
+            chunks: &[usize],
+            first_id: Option<u64>,
+        ) -> (Vec<Reply>, Result<(), Malformed>, ReplyReader) {
+            let mut reader = ReplyReader::default();
+            let mut replies = Vec::new();
+            let mut rest = bytes;
+            let mut chunks = chunks.iter().cycle();
+            let expected = |replies: &Vec<Reply>| first_id.map(|id| id + replies.len() as u64);
+            while !rest.is_empty() {
+                let size = (*chunks.next().unwrap()).clamp(1, rest.len());
+                let (chunk, after) = rest.split_at(size);
+                rest = after;
+                reader.fill(&mut &chunk[..], usize::MAX).unwrap();
+                loop {
+                    match reader.next_reply(expected(&replies)) {
+                        Ok(Some(reply)) => replies.push(reply),
+                        Ok(None) => break,
+                        Err(malformed) => return (replies, Err(malformed), reader),
+                    }
+                }
+                // Never more memory than the bytes fed call for, whatever a length says.
+                let fed = bytes.len() - rest.len();
+                assert!(reader.buffer.capacity() <= 2 * fed + 64 * 1024);
+            }
+            (replies, Ok(()), reader)
+        }
+
+        proptest! {
+            #[test]
+            fn garbage_is_cut_or_refused_but_never_waited_on(
+                bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                chunks in proptest::collection::vec(1usize..64, 1..8),
+                first_id in proptest::option::of(0u64..4),
+            ) {
+                let (replies, ended, reader) = feed(&bytes, &chunks, first_id);
+                if ended.is_ok() {
+                    // What is left waiting must be the start of a valid reply.
+                    let expected = first_id.map(|id| id + replies.len() as u64);
+                    prop_assert!(starts_a_valid_reply(&reader.buffer, expected));
+                }
+            }
+
+            #[test]
+            fn a_random_frame_after_its_header_is_refused(
+                tail in proptest::collection::vec(any::<u8>(), 13..128),
+                expected in any::<u64>(),
+            ) {
+                // 64 random bytes: refused once the header is in, unless it is a valid one.
+                let (_, ended, _) = feed(&tail, &[tail.len()], Some(expected));
+                let valid = starts_a_valid_reply(&tail[..13], Some(expected));
+                prop_assert_eq!(ended.is_err(), !valid);
+            }
+
+            #[test]
+            fn valid_replies_come_out_whole_from_any_split(
+                replies in proptest::collection::vec(
+                    (0u8..4, proptest::collection::vec(any::<u8>(), 0..300)),
+                    0..6,
+                ),
+                chunks in proptest::collection::vec(1usize..100, 1..8),
+            ) {
+                let mut stream = Vec::new();
+                for (id, (status, payload)) in replies.iter().enumerate() {
+                    let mut frame = Vec::new();
+                    begin_reply(&mut frame, id as u64);
+                    frame.extend_from_slice(payload);
+                    finish_reply(&mut frame, CallStatus::from_byte(*status).unwrap());
+                    stream.extend_from_slice(&frame);
+                }
+                let (cut, ended, reader) = feed(&stream, &chunks, Some(0));
+                prop_assert!(ended.is_ok());
+                prop_assert!(reader.buffer.is_empty());
+                prop_assert_eq!(cut.len(), replies.len());
+                for (reply, (status, payload)) in cut.iter().zip(&replies) {
+                    prop_assert_eq!(reply.status as u8, *status);
+                    prop_assert_eq!(&reply.payload, payload);
+                }
+            }
+
+            #[test]
+            fn the_worker_reads_any_request_bytes_without_panicking(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+                huge in any::<bool>(),
+            ) {
+                let mut bytes = bytes;
+                if huge && bytes.len() >= 4 {
+                    // A length prefix of about 4 GB: nothing is allocated for it up front.
+                    bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+                }
+                let mut input = &bytes[..];
+                let mut buffer = Vec::new();
+                while let Ok(Some(_)) = read_request(&mut input, &mut buffer) {}
+                prop_assert!(buffer.capacity() <= 2 * bytes.len() + 64 * 1024);
+            }
+        }
     }
 
     #[test]

@@ -5,16 +5,24 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 
+use crate::panics;
 use crate::sys::{self, ChildGuard};
 
 /// Serves requests on `socket` until the parent closes it, then exits. Runs in a process just
 /// forked from the fork server `server`; never returns.
 pub(crate) fn serve(socket: OwnedFd, server: u32) -> ! {
     let _guard = ChildGuard;
+    // Its own process group: the pool kills the group when the worker ends, taking what a task
+    // forked with it, and signals sent to the application's group do not reach it. The server
+    // does the same on its side; an error here means the server already did.
+    let _ = sys::lead_own_group(0);
     if sys::die_with_parent(server).is_err() || sys::ignore_interrupts().is_err() {
         sys::exit_child(1);
     }
     sys::set_process_name(c"smol-offload-wk");
+    // Panics here are labelled with this worker's pid, and a task's are quiet unless its pool
+    // asked to print them.
+    panics::install_in_worker();
     let stream = UnixStream::from(socket);
     // The loop that reads calls from the socket lives in `sys`, which says why that is sound.
     let code = match sys::serve_requests(&stream) {

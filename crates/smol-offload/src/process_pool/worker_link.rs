@@ -5,17 +5,19 @@
 //! the dispatcher ever closes it.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Async;
-use nix::sys::socket::{MsgFlags, recv};
 
 use crate::process_pool::job::Job;
-use crate::process_pool::wire::{self, Reply, ReplyReader};
+use crate::process_pool::out_of_line::{self, FdReader};
+use crate::process_pool::server::Spawned;
+use crate::process_pool::wire::{self, Malformed, Reply, ReplyReader};
+use crate::sys;
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
 /// job, the job goes to another worker.
@@ -31,8 +33,8 @@ pub(crate) enum Incoming {
     Reply(Job, Reply, Duration),
     /// No complete reply yet.
     Nothing,
-    /// A reply to no job, or a corrupt frame: the worker cannot be trusted.
-    Corrupt,
+    /// Bytes that are no reply to the job the worker runs: the worker cannot be trusted.
+    Corrupt(Malformed),
 }
 
 /// The parent's end of one worker.
@@ -41,6 +43,10 @@ pub(crate) struct WorkerLink {
     /// Registered with the smol reactor, so that a task awaiting a reply can sleep on it. The
     /// socket stays in blocking mode: reads pass `MSG_DONTWAIT`, and writes block.
     pub(crate) stream: Arc<Async<UnixStream>>,
+    /// Readable once the worker process has exited, whoever holds its socket: the dispatcher
+    /// watches it, since the socket alone may outlive the worker (a process the task forked
+    /// holds a copy) or end while it lives (the task closed it).
+    pub(crate) pidfd: Arc<OwnedFd>,
     replies: ReplyReader,
     /// The jobs sent to it, in order: it runs the first and has not started the others.
     pub(crate) in_flight: VecDeque<InFlight>,
@@ -48,19 +54,23 @@ pub(crate) struct WorkerLink {
     head_since: Instant,
     /// Request frames to send in one write.
     outbox: Vec<u8>,
+    /// The memfds of the shared arguments in the outbox, each with the offset of its frame.
+    attached: Vec<(usize, OwnedFd)>,
     next_id: u64,
 }
 
 impl WorkerLink {
-    /// Wraps a freshly forked worker's socket.
-    pub(crate) fn new((pid, stream): (u32, UnixStream)) -> io::Result<WorkerLink> {
+    /// Wraps a freshly forked worker's socket and pidfd.
+    pub(crate) fn new(spawned: Spawned) -> io::Result<WorkerLink> {
         Ok(WorkerLink {
-            pid,
-            stream: Arc::new(Async::new_nonblocking(stream)?),
+            pid: spawned.pid,
+            stream: Arc::new(Async::new_nonblocking(spawned.stream)?),
+            pidfd: spawned.pidfd,
             replies: ReplyReader::default(),
             in_flight: VecDeque::new(),
             head_since: Instant::now(),
             outbox: Vec::new(),
+            attached: Vec::new(),
             next_id: 0,
         })
     }
@@ -73,7 +83,20 @@ impl WorkerLink {
     pub(crate) fn assign(&mut self, job: Job) {
         let id = self.next_id;
         self.next_id += 1;
-        wire::write_request(&mut self.outbox, id, job.call, &job.arg);
+        // A large argument goes through shared memory (through the socket if the memfd could
+        // not be made).
+        let shared = (job.arg.len() > out_of_line::THRESHOLD)
+            .then(|| sys::sealed_memfd(&job.arg).ok())
+            .flatten();
+        match shared {
+            Some(fd) => {
+                let start = self.outbox.len();
+                let size = job.arg.len();
+                wire::write_shared_request(&mut self.outbox, id, job.call, job.options, size);
+                self.attached.push((start, fd));
+            }
+            None => wire::write_request(&mut self.outbox, id, job.call, job.options, &job.arg),
+        }
         if self.in_flight.is_empty() {
             self.head_since = Instant::now();
         }
@@ -84,9 +107,25 @@ impl WorkerLink {
     ///
     /// An error means the worker is gone, and that the last request queued did not reach it.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        let sent = send_all(self.stream.get_ref(), &self.outbox);
+        let stream = self.stream.get_ref();
+        let mut sent = 0;
+        let mut result = Ok(());
+        for (start, fd) in self.attached.drain(..) {
+            let end = start + wire::SHARED_REQUEST_FRAME;
+            result = out_of_line::send_all(stream, &self.outbox[sent..start]).and_then(|()| {
+                out_of_line::send_with_fd(stream, &self.outbox[start..end], fd.as_fd())
+            });
+            if result.is_err() {
+                break;
+            }
+            sent = end;
+        }
+        if result.is_ok() {
+            result = out_of_line::send_all(stream, &self.outbox[sent..]);
+        }
         self.outbox.clear();
-        sent
+        self.attached.clear();
+        result
     }
 
     /// Takes the last job assigned back, after a [`flush`](WorkerLink::flush) that failed: it
@@ -103,11 +142,12 @@ impl WorkerLink {
 
     /// Like [`receive`](WorkerLink::receive), but stops once `limit` bytes wait to be taken.
     pub(crate) fn receive_up_to(&mut self, limit: usize) -> bool {
-        matches!(
-            self.replies
-                .fill(&mut Available(self.stream.get_ref()), limit),
-            Ok(true)
-        )
+        let mut input = FdReader::available(self.stream.get_ref());
+        let open = matches!(self.replies.fill(&mut input, limit), Ok(true));
+        for fd in input.fds {
+            self.replies.push_fd(fd);
+        }
+        open
     }
 
     /// The length of the reply frame being read, once its length prefix is in.
@@ -118,8 +158,8 @@ impl WorkerLink {
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
         let expected = self.in_flight.front().map(|in_flight| in_flight.id);
-        match self.replies.next_reply() {
-            Ok(Some(reply)) if Some(reply.id) == expected => {
+        match self.replies.next_reply(expected) {
+            Ok(Some(reply)) => {
                 let done = self.in_flight.pop_front().expect("checked just above");
                 let now = Instant::now();
                 let took = now - self.head_since;
@@ -127,29 +167,7 @@ impl WorkerLink {
                 Incoming::Reply(done.job, reply, took)
             }
             Ok(None) => Incoming::Nothing,
-            Ok(Some(_)) | Err(_) => Incoming::Corrupt,
+            Err(malformed) => Incoming::Corrupt(malformed),
         }
     }
-}
-
-/// Reads what a socket has without blocking, leaving the socket itself blocking for writes.
-struct Available<'a>(&'a UnixStream);
-
-impl Read for Available<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        Ok(recv(self.0.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT)?)
-    }
-}
-
-fn send_all(stream: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        match nix::sys::socket::send(stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let mut stream = stream;
-    stream.flush()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, WorkerExit};
-use crate::process_pool::raw::{Completion, Reply};
+use crate::process_pool::raw::{Completion, Payload, Reply};
 use crate::remote::LOG_VARIABLE;
 use crate::remote::broker::Broker;
 use crate::remote::envelope::{Outcome, ReplyEnvelope, Signed};
@@ -433,22 +433,18 @@ impl Client {
         self.counters.picked();
         self.counters.completed();
         let completion = pending.completion.into_completion();
-        let finish = |status, payload| Reply {
-            id: reply.id,
-            status,
-            payload,
-        };
         match reply.outcome {
-            Outcome::Returned(value) => completion.finish(finish(CallStatus::Returned, value)),
-            Outcome::Panicked(message) => {
-                completion.finish(finish(CallStatus::Panicked, message.into_bytes()))
-            }
-            Outcome::BadArgument(message) => {
-                completion.finish(finish(CallStatus::BadArgument, message.into_bytes()))
-            }
-            Outcome::BadResult(message) => {
-                completion.finish(finish(CallStatus::BadResult, message.into_bytes()))
-            }
+            Outcome::Call { status, payload } => match CallStatus::from_byte(status) {
+                Some(status) => completion.finish(Reply {
+                    id: reply.id,
+                    status,
+                    payload: Payload::Inline(payload),
+                }),
+                None => completion.fail(Error::new(ErrorKind::Remote(format!(
+                    "worker {} replied with an unknown status {status}",
+                    reply.worker
+                )))),
+            },
             Outcome::WorkerDied { pid, signal, code } => {
                 let exit = match (signal, code) {
                     (Some(signal), _) => WorkerExit::Signal(signal),

@@ -61,11 +61,9 @@ pub(crate) struct JobEnvelope {
 /// How a job ended, as a worker reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// The encoded value.
-    Returned(Vec<u8>),
-    Panicked(String),
-    BadArgument(String),
-    BadResult(String),
+    /// The call ran: its status byte and payload, exactly as the worker process replied (the
+    /// encoded value, the caught panic, or a codec failure's message).
+    Call { status: u8, payload: Vec<u8> },
     /// The worker process died; with its pid, and the signal or exit code when known.
     WorkerDied {
         pid: u32,

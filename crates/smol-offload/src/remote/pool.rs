@@ -1,7 +1,6 @@
 //! [`RemotePool`]: the same [`Executor`] on worker processes of other machines, through Redis.
 
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -12,6 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
+use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::remote::broker::Broker;
 use crate::remote::client::{Client, RemoteAssist};
@@ -210,7 +210,7 @@ impl Executor for RemotePool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let arg = match panic::catch_unwind(AssertUnwindSafe(|| codec::encode(&arg))) {
+        let arg = match panics::catch(Reporting::Chain, || codec::encode(&arg)) {
             Ok(Ok(bytes)) if bytes.len() <= MAX_ARGUMENT => bytes,
             Ok(Ok(bytes)) => {
                 let detail = format!("{} bytes is more than a worker takes", bytes.len());
@@ -223,7 +223,7 @@ impl Executor for RemotePool {
                     err.source,
                 )));
             }
-            Err(payload) => return Task::ready(Err(Error::from_panic(payload))),
+            Err(caught) => return Task::ready(Err(Error::from_caught(caught))),
         };
         let handle = &self.handle;
         let client = &handle.client;

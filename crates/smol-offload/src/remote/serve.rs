@@ -15,7 +15,7 @@ use crate::remote::identity;
 use crate::remote::keys::{GROUP, Keys};
 use crate::remote::pool::{DEFAULT_QUEUE, DEFAULT_REPLAY_WINDOW};
 use crate::remote::security::Security;
-use crate::sys::{self, CallStatus};
+use crate::sys;
 
 /// How long replies wait in a client's list for a client that went away.
 const REPLY_TTL_MS: u64 = 3_600_000;
@@ -496,15 +496,10 @@ impl Runner {
         let call = sys::call_of_verified_job(&verified);
         let task = self.pool.run_raw(call, verified.into_arg());
         let outcome = match async_io::block_on(task) {
-            Ok(RawReply { status, payload }) => {
-                let text = || String::from_utf8_lossy(&payload).into_owned();
-                match status {
-                    CallStatus::Returned => Outcome::Returned(payload),
-                    CallStatus::Panicked => Outcome::Panicked(text()),
-                    CallStatus::BadArgument => Outcome::BadArgument(text()),
-                    CallStatus::BadResult => Outcome::BadResult(text()),
-                }
-            }
+            Ok(RawReply { status, payload }) => Outcome::Call {
+                status: status as u8,
+                payload,
+            },
             Err(err) if err.is_worker_died() => {
                 let pid = err.worker_pid().unwrap_or(0);
                 self.log(&format!(

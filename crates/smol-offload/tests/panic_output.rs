@@ -1,0 +1,188 @@
+//! What a task's panic prints, and where its error says it happened: a worker process prints
+//! nothing by default and names itself when asked to print; a thread pool's panic still goes
+//! through the application's own hook; both pools' errors name `file:line:column`.
+//!
+//! Each scenario runs in a fresh child process (this binary again, one `child_*` test
+//! selected), because the panic hook is process-global and its stderr is what is checked.
+
+use std::process::Command;
+
+use smol_offload::{Error, Executor, ProcessPool, ThreadPool};
+
+mod common;
+
+use common::{block_on, in_child};
+
+#[ctor::ctor]
+fn start_fork_server() {
+    smol_offload::init();
+}
+
+const MARKER: &str = "SMOL_OFFLOAD_PANIC_OUTPUT_CHILD";
+
+/// The line of the `panic!` in [`fails`].
+const FAILS_LINE: u32 = line!() + 3;
+
+fn fails(n: u32) -> u32 {
+    panic!("task {n} gave up")
+}
+
+/// Runs the `child_*` test `name` in a child process and returns its stdout and stderr, after
+/// checking that it passed and ran its body.
+fn run_child_capturing(name: &str) -> (String, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(MARKER, "1")
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success() && stdout.contains(&format!("{name}: done")),
+        "child {name} failed: {}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}
+
+/// Checks that `err` is the panic of `fails(n)`, located in this file.
+fn assert_located(err: &Error, n: u32) {
+    let message = format!("task {n} gave up");
+    assert_eq!(err.panic_message(), Some(message.as_str()), "{err}");
+    let location = err.panic_location().expect("the pool saw where");
+    assert!(
+        location.starts_with(&format!("{}:{FAILS_LINE}:", file!())),
+        "{location}"
+    );
+    assert_eq!(
+        err.to_string(),
+        format!("the task panicked at {location}: {message}")
+    );
+}
+
+#[test]
+fn child_process_task_panics_quietly() {
+    if !in_child(MARKER) {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let err = block_on(pool.run(fails, 1)).unwrap_err();
+    assert_located(&err, 1);
+    println!("child_process_task_panics_quietly: done");
+}
+
+#[test]
+fn a_worker_prints_no_panic_by_default() {
+    let (_, stderr) = run_child_capturing("child_process_task_panics_quietly");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("gave up"), "{stderr}");
+}
+
+#[test]
+fn child_process_task_panics_loudly() {
+    if !in_child(MARKER) {
+        return;
+    }
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .print_panics(true)
+        .build()
+        .unwrap();
+    let err = block_on(pool.run(fails, 2)).unwrap_err();
+    assert_located(&err, 2);
+    println!("worker {}", pool.pids()[0]);
+    println!("child_process_task_panics_loudly: done");
+}
+
+#[test]
+fn a_worker_asked_to_print_panics_names_itself() {
+    let (stdout, stderr) = run_child_capturing("child_process_task_panics_loudly");
+    let pid = stdout
+        .lines()
+        // libtest may print "test <name> ... " on the same line first.
+        .find_map(|line| Some(line.split_once("worker ")?.1.trim()))
+        .expect("the child printed its worker's pid");
+    let expected = format!(
+        "smol-offload worker {pid} panicked at {}:{FAILS_LINE}:",
+        file!()
+    );
+    assert!(stderr.contains(&expected), "{expected:?} in\n{stderr}");
+    assert!(stderr.contains("task 2 gave up"), "{stderr}");
+    assert!(!stderr.contains("thread 'main'"), "{stderr}");
+}
+
+#[test]
+fn child_thread_pool_panics_through_the_applications_hook() {
+    if !in_child(MARKER) {
+        return;
+    }
+    // The application's own hook, set before any pool: the pool's hook calls it.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload().downcast_ref::<String>().cloned();
+        let message = message.or_else(|| {
+            let text = info.payload().downcast_ref::<&str>()?;
+            Some((*text).to_owned())
+        });
+        eprintln!("application hook: {}", message.unwrap_or_default());
+    }));
+    let pool = ThreadPool::new(1).unwrap();
+    let err = block_on(pool.run(fails, 3)).unwrap_err();
+    assert_located(&err, 3);
+    // Off the pool, the application's hook alone, as before.
+    let outside = std::thread::spawn(|| panic!("outside the pool")).join();
+    assert!(outside.is_err());
+    println!("child_thread_pool_panics_through_the_applications_hook: done");
+}
+
+#[test]
+fn a_thread_pool_panic_still_reaches_the_applications_hook() {
+    let (_, stderr) = run_child_capturing("child_thread_pool_panics_through_the_applications_hook");
+    assert!(
+        stderr.contains("application hook: task 3 gave up"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("application hook: outside the pool"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn child_panics_in_serde_code_on_the_callers_side_are_located() {
+    if !in_child(MARKER) {
+        return;
+    }
+    std::panic::set_hook(Box::new(|_| {}));
+    let pool = ProcessPool::new(1).unwrap();
+    let err = block_on(pool.run(takes_refusal, Refusal)).unwrap_err();
+    let location = err.panic_location().expect("the pool saw where");
+    assert!(
+        location.starts_with(&format!("{}:{REFUSAL_LINE}:", file!())),
+        "{location}"
+    );
+    assert_eq!(err.panic_message(), Some("Refusal panics on the way out"));
+    println!("child_panics_in_serde_code_on_the_callers_side_are_located: done");
+}
+
+#[test]
+fn panics_in_serde_code_on_the_callers_side_are_located() {
+    run_child_capturing("child_panics_in_serde_code_on_the_callers_side_are_located");
+}
+
+/// Its `Serialize` panics, here in the caller.
+#[derive(Debug, serde::Deserialize)]
+struct Refusal;
+
+/// The line of the `panic!` in `Refusal`'s `Serialize`.
+const REFUSAL_LINE: u32 = line!() + 4;
+
+impl serde::Serialize for Refusal {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("Refusal panics on the way out")
+    }
+}
+
+fn takes_refusal(_: Refusal) -> u8 {
+    unreachable!("the argument never leaves")
+}

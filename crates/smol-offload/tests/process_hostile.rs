@@ -1,0 +1,646 @@
+//! Workers that misbehave on purpose: a task that closes its worker's socket and lives on, one
+//! that forks a process holding the socket and then dies, one that writes garbage to the
+//! socket. None may hang its task, its pool, another pool, or the application's exit, and
+//! none may leave a process behind.
+//!
+//! The hostile tasks sleep 30 s where they could hang something; each test gives up after
+//! [`SHORT`], far less, so that a regression fails instead of passing slowly.
+
+// A hostile task must close, write and fork by raw descriptor: that is what it is testing.
+#![allow(unsafe_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use smol::prelude::*;
+use smol_offload::{Error, Executor, ProcessPool, gather};
+
+mod common;
+
+/// The longest a test waits for what must happen promptly: far less than the 30 s that the
+/// hostile tasks sleep.
+const SHORT: Duration = Duration::from_secs(10);
+
+/// How long a hostile task sleeps (or a process it forked) when nothing ends it.
+const LONG: Duration = Duration::from_secs(30);
+
+#[ctor::ctor]
+fn start_fork_server() {
+    // Processes that a worker forked are orphaned when the pool kills the worker: they come
+    // to this process (not to init, which may not reap them here), so that the tests can
+    // check that they were killed and reap them.
+    nix::sys::prctl::set_child_subreaper(true).unwrap();
+    smol_offload::init();
+}
+
+/// `future`, or a panic after [`SHORT`].
+fn promptly<T>(what: &str, future: impl Future<Output = T>) -> T {
+    smol::block_on(
+        async {
+            smol::Timer::after(SHORT).await;
+            panic!("{what} took more than {SHORT:?}");
+        }
+        .or(future),
+    )
+}
+
+/// `f()` on another thread, or a panic after [`SHORT`].
+fn promptly_blocking<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(f());
+    });
+    receiver
+        .recv_timeout(SHORT)
+        .unwrap_or_else(|_| panic!("{what} took more than {SHORT:?}"))
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("smol-offload-{}-{name}", std::process::id()))
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + SHORT;
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True once process `pid` is gone and reaped: a zombie still counts as there.
+fn reaped(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn wait_until_reaped(pids: &[u32]) {
+    let deadline = Instant::now() + SHORT;
+    while !pids.iter().all(|&pid| reaped(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "processes not reaped (alive or zombies): {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for `pid`, a process orphaned to this one (see [`start_fork_server`]), to die, and
+/// reaps it; returns how it ended.
+fn reap_orphan(pid: u32) -> nix::sys::wait::WaitStatus {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let deadline = Instant::now() + SHORT;
+    loop {
+        let status = waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(WaitPidFlag::WNOHANG),
+        )
+        .expect("the orphan comes to this process");
+        if status != WaitStatus::StillAlive {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "process {pid} still runs");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn square(n: u64) -> u64 {
+    n * n
+}
+
+fn sleep_ms(ms: u64) -> u32 {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::process::id()
+}
+
+fn abort(_: ()) {
+    std::process::abort()
+}
+
+/// Closes every descriptor above stderr (the worker's socket among them), says so in
+/// `marker`, and sleeps.
+fn close_fds_and_sleep(marker: PathBuf) -> u32 {
+    for fd in 3..1024 {
+        // SAFETY: closing a descriptor number is what this hostile task is about; nothing in
+        // the worker uses one again (its loop only writes the reply, which then fails).
+        unsafe { libc::close(fd) };
+    }
+    std::fs::write(marker, b"closed").unwrap();
+    std::thread::sleep(LONG);
+    std::process::id()
+}
+
+/// Forks a process (no `exec`) that sleeps, holding a copy of the worker's socket; returns
+/// its pid.
+fn fork_a_sleeper(_: ()) -> u32 {
+    // SAFETY: a worker runs one thread, so the child inherits no lock held by another; the
+    // child only sleeps and `_exit`s.
+    match unsafe { libc::fork() } {
+        0 => {
+            std::thread::sleep(LONG);
+            // SAFETY: ends the child without running the worker's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        pid => pid as u32,
+    }
+}
+
+/// Writes 64 pseudo-random bytes, from `seed`, to every socket the worker holds (its link to
+/// the pool is its only one), then returns normally.
+fn write_garbage(seed: u64) -> u64 {
+    let mut state = seed | 1;
+    let garbage: Vec<u8> = (0..64)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if is_socket {
+            // SAFETY: writes from a live buffer of its own length to a descriptor number;
+            // corrupting the stream is what this hostile task is about.
+            unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
+        }
+    }
+    seed
+}
+
+fn assert_malformed(err: &Error, victim: u32) {
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim), "{err}");
+    assert_eq!(
+        err.worker_signal(),
+        None,
+        "the pool's own kill is not the cause: {err}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("worker process {victim} sent a malformed reply"))
+            && message.contains("was killed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_worker_that_closes_its_socket_is_killed_and_delays_no_other_pool() {
+    let hostile = ProcessPool::new(1).unwrap();
+    let other = ProcessPool::new(1).unwrap();
+    let victim = hostile.pids()[0];
+    let marker = temp_path("closed-socket");
+    let task = hostile.run(close_fds_and_sleep, marker.clone());
+    wait_for_file(&marker);
+    std::fs::remove_file(&marker).unwrap();
+    // While that worker may still live with its socket closed, another pool's crash resolves
+    // and a new pool is built at once: nothing waits for the worker under the server's lock.
+    let crashed = promptly("another pool's crash", other.run(abort, ())).unwrap_err();
+    assert_eq!(crashed.worker_signal(), Some(libc::SIGABRT), "{crashed}");
+    let third = promptly_blocking("building a pool", || ProcessPool::new(1).unwrap());
+    assert_eq!(
+        promptly("a new pool's task", third.run(square, 3)).unwrap(),
+        9
+    );
+    // The worker itself is killed and its task fails, saying why.
+    let err = promptly("the task of the worker that closed its socket", task).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim));
+    assert!(
+        err.to_string()
+            .contains("closed its link to the pool and was killed"),
+        "{err}"
+    );
+    wait_until_reaped(&[victim]);
+    assert_eq!(
+        promptly("the next task", hostile.run(square, 4)).unwrap(),
+        16
+    );
+    assert!(!hostile.pids().contains(&victim));
+}
+
+/// The child half of `returning_from_main_does_not_wait_for_a_worker_that_closed_its_socket`:
+/// leaves a worker sleeping with its socket closed, and returns.
+#[test]
+fn child_returns_while_a_worker_lives_with_its_socket_closed() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_CLOSED_SOCKET") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let marker = temp_path("closed-socket-child");
+    pool.run(close_fds_and_sleep, marker.clone()).detach();
+    wait_for_file(&marker);
+    std::fs::remove_file(&marker).unwrap();
+    println!("child_returns_while_a_worker_lives_with_its_socket_closed: done");
+}
+
+#[test]
+fn returning_from_main_does_not_wait_for_a_worker_that_closed_its_socket() {
+    // The child's stdout reaches the parent through a pipe that the worker holds too: the
+    // child's output ends only once the worker is gone as well.
+    promptly_blocking("the child application's exit", || {
+        common::run_child(
+            "child_returns_while_a_worker_lives_with_its_socket_closed",
+            "SMOL_OFFLOAD_TEST_CLOSED_SOCKET",
+            &[],
+        )
+    });
+}
+
+#[test]
+fn a_worker_that_dies_on_loan_is_noticed_while_its_fork_holds_the_socket() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    // Lone calls on an idle worker: both go straight to it, on loan.
+    let orphan = promptly("forking", pool.run(fork_a_sleeper, ())).unwrap();
+    let err = promptly("the crash", pool.run(abort, ())).unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.worker_pid(), Some(victim));
+    assert_eq!(err.worker_signal(), Some(libc::SIGABRT), "{err}");
+    let pids = pool.pids();
+    assert_eq!(pids.len(), 1);
+    assert!(!pids.contains(&victim), "{pids:?} still lists {victim}");
+    // The worker's process group went with it: what it forked was killed.
+    assert_eq!(
+        reap_orphan(orphan),
+        nix::sys::wait::WaitStatus::Signaled(
+            nix::unistd::Pid::from_raw(orphan as i32),
+            nix::sys::signal::Signal::SIGKILL,
+            false
+        )
+    );
+    wait_until_reaped(&[victim]);
+    assert_eq!(promptly("the next task", pool.run(square, 5)).unwrap(), 25);
+}
+
+#[test]
+fn a_worker_that_dies_on_a_dispatched_task_is_noticed_while_its_fork_holds_the_socket() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let orphan = promptly("forking", pool.run(fork_a_sleeper, ())).unwrap();
+    // The first call takes the idle worker; the crash waits in the queue, for the dispatcher.
+    let first = pool.run(sleep_ms, 50);
+    let crash = pool.run(abort, ());
+    assert_eq!(promptly("the first task", first).unwrap(), victim);
+    let err = promptly("the crash", crash).unwrap_err();
+    assert_eq!(err.worker_pid(), Some(victim));
+    assert_eq!(err.worker_signal(), Some(libc::SIGABRT), "{err}");
+    assert!(!pool.pids().contains(&victim));
+    assert!(matches!(
+        reap_orphan(orphan),
+        nix::sys::wait::WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)
+    ));
+    wait_until_reaped(&[victim]);
+    assert_eq!(promptly("the next task", pool.run(square, 6)).unwrap(), 36);
+}
+
+#[test]
+fn garbage_from_a_worker_on_loan_is_a_malformed_reply() {
+    let pool = ProcessPool::new(1).unwrap();
+    for seed in [7, 0xdead_beef, 12_345] {
+        let victim = pool.pids()[0];
+        let err = promptly("the garbage task", pool.run(write_garbage, seed)).unwrap_err();
+        assert_malformed(&err, victim);
+        wait_until_reaped(&[victim]);
+        assert_eq!(promptly("the next task", pool.run(square, 7)).unwrap(), 49);
+        assert!(!pool.pids().contains(&victim));
+    }
+}
+
+#[test]
+fn garbage_from_a_worker_on_a_dispatched_task_is_a_malformed_reply() {
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let first = pool.run(sleep_ms, 50);
+    let garbage = pool.run(write_garbage, 99);
+    let after = pool.run(square, 8);
+    assert_eq!(promptly("the first task", first).unwrap(), victim);
+    assert_malformed(&promptly("the garbage task", garbage).unwrap_err(), victim);
+    assert_eq!(promptly("the task after", after).unwrap(), 64);
+    wait_until_reaped(&[victim]);
+}
+
+fn tiny_or_garbage(n: u64) -> u64 {
+    if n == 300 {
+        write_garbage(n);
+    }
+    n
+}
+
+#[test]
+fn garbage_from_a_worker_with_tasks_sent_ahead_fails_only_its_task() {
+    let pool = ProcessPool::new(2).unwrap();
+    let victims = pool.pids();
+    // Tiny tasks in a deep queue: the pool sends them ahead to its busy workers, so the one
+    // that writes garbage has tasks queued behind it on its worker. Those are requeued.
+    let tasks: Vec<_> = (0..600).map(|n| pool.run(tiny_or_garbage, n)).collect();
+    let results = promptly("600 tiny tasks", gather(tasks));
+    assert_eq!(results.iter().filter(|result| result.is_err()).count(), 1);
+    for (n, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(value) => assert_eq!(value, n as u64),
+            Err(err) => {
+                assert_eq!(n, 300, "only the garbage task fails: task {n}: {err}");
+                let victim = err.worker_pid().unwrap();
+                assert!(victims.contains(&victim));
+                assert_malformed(&err, victim);
+            }
+        }
+    }
+    let tasks: Vec<_> = (0..10).map(|n| pool.run(square, n)).collect();
+    let squares: Vec<u64> = promptly("the tasks after", gather(tasks))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(squares[9], 81);
+    assert_eq!(pool.pids().len(), 2);
+}
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rsplit(')').next().unwrap();
+    after_name
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The processes whose parent is `pid`, zombies included.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|parent| parent.parse::<u32>().ok());
+        if parent == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Limits this process to descriptors below `limit` (`RLIMIT_NOFILE`), returning the old
+/// soft limit.
+fn limit_descriptors(limit: u64) -> u64 {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` to the live struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) }, 0);
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `setrlimit` reads one `rlimit` from the live struct it is given.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) }, 0);
+    old.rlim_cur
+}
+
+/// Leaves this process room for `room` more descriptors: fills the free numbers below the
+/// highest open one (the kernel hands out the lowest free number), then limits descriptors to
+/// `room` numbers above it. Returns the old limit, for [`limit_descriptors`].
+fn leave_room_for(room: u64) -> u64 {
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u64>().ok())
+        .max()
+        .unwrap();
+    loop {
+        let filler = std::fs::File::open("/dev/null").unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&filler) as u64;
+        if fd > highest {
+            break;
+        }
+        // Kept open for the life of this (child) process.
+        std::mem::forget(filler);
+    }
+    limit_descriptors(highest + 1 + room)
+}
+
+/// Makes the fork server (`server`) unable to receive a worker's socket, so that forking a
+/// worker fails (with `enable = false`), or able again.
+fn let_server_fork(server: u32, enable: bool) {
+    let limit = libc::rlimit {
+        rlim_cur: if enable { 1024 } else { 0 },
+        rlim_max: 1024,
+    };
+    // SAFETY: `prlimit` reads one live `rlimit` and writes none (the old value is not asked).
+    let done = unsafe {
+        libc::prlimit(
+            server as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(done, 0, "{}", std::io::Error::last_os_error());
+}
+
+/// Runs the child test `name` of this binary (see `common::run_child`), within [`SHORT`].
+fn run_child_promptly(name: &'static str) {
+    promptly_blocking(name, move || {
+        common::run_child(name, "SMOL_OFFLOAD_TEST_HOSTILE", &[]);
+    });
+}
+
+/// The child half of `a_failed_build_leaves_no_worker_behind`.
+#[test]
+fn child_fails_to_build_a_pool() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let first = ProcessPool::new(1).unwrap();
+    let server = parent_of(first.pids()[0]);
+    assert_eq!(children_of(server), first.pids());
+    // Room for the descriptors of a few workers, not of twenty.
+    let old = leave_room_for(8);
+    let err = ProcessPool::new(20).unwrap_err();
+    limit_descriptors(old);
+    assert!(
+        err.to_string()
+            .contains("could not fork the worker processes"),
+        "{err}"
+    );
+    // The workers forked before the failure are gone and reaped: the server's only child is
+    // the first pool's worker.
+    let deadline = Instant::now() + SHORT;
+    while children_of(server) != first.pids() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            children_of(server)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!("child_fails_to_build_a_pool: done");
+}
+
+#[test]
+fn a_failed_build_leaves_no_worker_behind() {
+    run_child_promptly("child_fails_to_build_a_pool");
+}
+
+/// The child half of `a_pool_whose_forks_fail_tries_again_and_recovers`.
+#[test]
+fn child_pool_recovers_after_forks_failed() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    assert_eq!(promptly("a task", pool.run(square, 2)).unwrap(), 4);
+    let server = parent_of(pool.pids()[0]);
+    let_server_fork(server, false);
+    let crashed = promptly("the crash", pool.run(abort, ())).unwrap_err();
+    assert!(crashed.is_worker_died(), "{crashed}");
+    // No worker, and forking one fails: the task waits while the pool tries again.
+    let waiting = pool.run(square, 3);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(pool.pids().is_empty());
+    let_server_fork(server, true);
+    assert_eq!(promptly("the waiting task", waiting).unwrap(), 9);
+    assert_eq!(pool.pids().len(), 1);
+    println!("child_pool_recovers_after_forks_failed: done");
+}
+
+#[test]
+fn a_pool_whose_forks_fail_tries_again_and_recovers() {
+    run_child_promptly("child_pool_recovers_after_forks_failed");
+}
+
+/// The child half of `a_pool_that_cannot_keep_any_worker_says_why`.
+#[test]
+fn child_pool_cannot_fork_any_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let server = parent_of(pool.pids()[0]);
+    let_server_fork(server, false);
+    let crashed = promptly("the crash", pool.run(abort, ())).unwrap_err();
+    assert!(crashed.is_worker_died(), "{crashed}");
+    let err = promptly("the waiting task", pool.run(square, 3)).unwrap_err();
+    let_server_fork(server, true);
+    assert!(err.is_shutdown(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("none of its worker processes could be kept alive")
+            && message.contains("os error"),
+        "{message}"
+    );
+    // Every later task is refused at once, with the same reason.
+    let later = promptly("a later task", pool.run(square, 4)).unwrap_err();
+    assert_eq!(later.to_string(), message);
+    assert!(pool.pids().is_empty());
+    println!("child_pool_cannot_fork_any_worker: done");
+}
+
+#[test]
+fn a_pool_that_cannot_keep_any_worker_says_why() {
+    run_child_promptly("child_pool_cannot_fork_any_worker");
+}
+
+#[test]
+fn a_dropped_pool_kills_a_stopped_worker() {
+    let pool = ProcessPool::new(2).unwrap();
+    let pids = pool.pids();
+    assert_eq!(promptly("a task", pool.run(square, 2)).unwrap(), 4);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    drop(pool);
+    // The stopped worker cannot exit at the end of its socket: it is killed after the grace
+    // period, and both workers are reaped.
+    wait_until_reaped(&pids);
+}
+
+/// The child half of `sigterm_to_the_process_group_spares_the_pool`.
+#[test]
+fn child_pool_gets_sigterm() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    use nix::sys::signal::{Signal, kill};
+    let pool = ProcessPool::new(2).unwrap();
+    let pids = pool.pids();
+    let server = parent_of(pids[0]);
+    // What `kill -TERM` of the application's process group does to the server and the
+    // workers (the application itself would decide what to do with its own).
+    for pid in [server, pids[0], pids[1]] {
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    }
+    let tasks: Vec<_> = (0..2).map(|_| pool.run(sleep_ms, 100)).collect();
+    let ran_on: Vec<u32> = promptly("two tasks", gather(tasks))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert!(ran_on.iter().all(|pid| pids.contains(pid)), "{ran_on:?}");
+    assert_eq!(pool.pids(), pids);
+    let other = promptly_blocking("building a pool", || ProcessPool::new(1).unwrap());
+    assert_eq!(promptly("a task", other.run(square, 5)).unwrap(), 25);
+    println!("child_pool_gets_sigterm: done");
+}
+
+#[test]
+fn sigterm_to_the_process_group_spares_the_pool() {
+    run_child_promptly("child_pool_gets_sigterm");
+}
+
+/// The child half of `after_the_fork_server_dies_every_pool_says_so`.
+#[test]
+fn child_loses_its_fork_server() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let server = parent_of(pool.pids()[0]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The worker dies with the server; its replacement cannot be forked.
+    let deadline = Instant::now() + SHORT;
+    let err = loop {
+        match promptly("a task", pool.run(square, 3)) {
+            Err(err) if err.is_shutdown() => break err,
+            Err(err) => assert!(err.is_worker_died(), "{err}"),
+            Ok(_) => {}
+        }
+        assert!(Instant::now() < deadline, "the pool still works");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(err.to_string().contains("the fork server is gone"), "{err}");
+    let build = ProcessPool::new(1).unwrap_err();
+    assert!(
+        build.to_string().contains("the fork server is gone"),
+        "{build}"
+    );
+    println!("child_loses_its_fork_server: done");
+}
+
+#[test]
+fn after_the_fork_server_dies_every_pool_says_so() {
+    run_child_promptly("child_loses_its_fork_server");
+}
