@@ -571,3 +571,27 @@ fn a_killed_worker_host_fails_its_task_at_most_once() {
         .unwrap();
     assert_eq!(attempts, 1, "at most once: the job never ran again");
 }
+
+#[test]
+fn a_killed_worker_process_has_its_job_retried_at_least_once() {
+    let redis = Redis::start();
+    let _workers = start_workers(&redis, "again", 1, 1);
+    let remote = pool(&redis, "again");
+    let task = remote.run(report_and_hang, (redis.url(), "again-pids".to_owned()));
+    let mut connection = redis.connection();
+    let line = pop(&mut connection, "again-pids");
+    let pid: i32 = line.split_once(' ').unwrap().0.parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The worker lives on: after the visibility timeout, its replacement process runs the job.
+    let second = block_on(task).unwrap();
+    assert_ne!(second as i32, pid);
+    let attempts: u32 = redis::cmd("GET")
+        .arg("again-pids:attempts")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(attempts, 2);
+}
