@@ -586,7 +586,7 @@ fn a_killed_worker_process_has_its_job_retried_at_least_once() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    // The worker lives on: after the visibility timeout, its replacement process runs the job.
+    // The worker lives on and runs the job again at once, in the process that replaced it.
     let second = block_on(task).unwrap();
     assert_ne!(second as i32, pid);
     let attempts: u32 = redis::cmd("GET")
@@ -594,4 +594,20 @@ fn a_killed_worker_process_has_its_job_retried_at_least_once() {
         .query(&mut connection)
         .unwrap();
     assert_eq!(attempts, 2);
+}
+
+fn always_dies(_: ()) -> u32 {
+    std::process::abort()
+}
+
+#[test]
+fn a_job_that_always_kills_its_process_fails_after_three_runs() {
+    let redis = Redis::start();
+    let _workers = start_workers(&redis, "poison", 1, 1);
+    let remote = pool(&redis, "poison");
+    let err = block_on(remote.run(always_dies, ())).unwrap_err();
+    assert!(err.to_string().contains("ran 3 times"), "{err}");
+    assert!(err.to_string().contains("kills its worker"), "{err}");
+    // The worker still serves.
+    assert_eq!(block_on(remote.run(square, 4)).unwrap(), 16);
 }

@@ -441,6 +441,7 @@ impl Runner {
             .arg("PX")
             .arg(ttl)
             .query(open)?;
+        let mut attempt = 1;
         if let Some(previous) = previous {
             // `entry attempts host:pid`, or `cancelled`.
             let mut parts = previous.split(' ');
@@ -486,6 +487,7 @@ impl Runner {
                 .arg("XX")
                 .arg("KEEPTTL")
                 .query::<()>(open)?;
+            attempt = attempts + 1;
         }
         if self.log_tasks {
             self.log(&format!(
@@ -494,30 +496,53 @@ impl Runner {
             ));
         }
         let call = sys::call_of_verified_job(&verified);
-        let task = self.pool.run_raw(call, verified.into_arg());
-        let outcome = match async_io::block_on(task) {
-            Ok(RawReply { status, payload }) => Outcome::Call {
-                status: status as u8,
-                payload,
-            },
-            Err(err) if err.is_worker_died() => {
-                let pid = err.worker_pid().unwrap_or(0);
-                self.log(&format!(
-                    "worker process {pid} died running job {}: {err}",
-                    envelope.id
-                ));
-                if !envelope.at_most_once {
-                    // Left taken: after the visibility timeout a worker runs it again.
-                    return Ok(());
+        let arg = verified.into_arg();
+        let outcome = loop {
+            let task = self.pool.run_raw(call, arg.clone());
+            match async_io::block_on(task) {
+                Ok(RawReply { status, payload }) => {
+                    break Outcome::Call {
+                        status: status as u8,
+                        payload,
+                    };
                 }
-                Outcome::WorkerDied {
-                    pid,
-                    signal: err.worker_signal(),
-                    code: err.worker_exit_code(),
+                Err(err) if err.is_worker_died() => {
+                    let pid = err.worker_pid().unwrap_or(0);
+                    self.log(&format!(
+                        "worker process {pid} died running job {} (attempt {attempt}): {err}",
+                        envelope.id
+                    ));
+                    if envelope.at_most_once {
+                        break Outcome::WorkerDied {
+                            pid,
+                            signal: err.worker_signal(),
+                            code: err.worker_exit_code(),
+                        };
+                    }
+                    if attempt >= self.max_deliveries {
+                        break Outcome::Failed(format!(
+                            "the job ran {attempt} times and each time its worker process died \
+                             (the last, {pid}, {}); it likely kills its worker",
+                            err.worker_signal()
+                                .map(|signal| format!("by signal {signal}"))
+                                .unwrap_or_else(|| "by exiting".to_owned())
+                        ));
+                    }
+                    // At least once: again at once, in the process that replaced it.
+                    attempt += 1;
+                    redis::cmd("SET")
+                        .arg(&claim_key)
+                        .arg(format!("{} {attempt} {}", job.entry, self.name))
+                        .arg("XX")
+                        .arg("KEEPTTL")
+                        .query::<()>(open)?;
                 }
-            }
-            Err(err) => {
-                Outcome::Failed(format!("worker {} could not run the job: {err}", self.name))
+                Err(err) => {
+                    break Outcome::Failed(format!(
+                        "worker {} could not run the job: {err}",
+                        self.name
+                    ));
+                }
             }
         };
         self.acknowledge(open, &job, Some((&envelope, outcome)))
