@@ -229,9 +229,29 @@ fn blocks_gives_the_same_results_remote_as_local() {
     assert_eq!(panicked.panic_message(), Some("remote boom"));
     let location = panicked.panic_location().unwrap_or_default();
     assert!(location.contains("tests/remote.rs"), "{location}");
+    // Three jobs held at once by the three single-process workers: all of them have joined.
+    let url = redis.url();
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            remote.run(
+                gated,
+                (url.clone(), "blocks-report".into(), "blocks-gate".into()),
+            )
+        })
+        .collect();
+    let mut connection = redis.connection();
+    let runners: std::collections::HashSet<String> = (0..3)
+        .map(|_| pop(&mut connection, "blocks-report"))
+        .collect();
+    assert_eq!(runners.len(), 3, "{runners:?}");
     let fleet = remote.fleet().unwrap();
     assert_eq!(fleet.workers, 3, "{fleet:?}");
     assert_eq!(fleet.hosts.len(), 3, "{fleet:?}");
+    assert_eq!(fleet.taken, 3, "{fleet:?}");
+    for _ in 0..3 {
+        open_gate(&mut connection, "blocks-gate");
+    }
+    block_on(gather(held));
 }
 
 #[test]

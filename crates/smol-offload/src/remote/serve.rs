@@ -301,7 +301,9 @@ impl Runner {
         processes: usize,
         every: Duration,
     ) -> redis::RedisResult<()> {
-        let expiry = identity::now_ms() + 3 * every.as_millis() as u64 + 1000;
+        // Generous, so that a loaded machine is not counted out: a dead worker drops out of the
+        // count within ten seconds.
+        let expiry = identity::now_ms() + (3 * every.as_millis() as u64).max(10_000);
         let mut pipe = redis::pipe();
         pipe.cmd("HSET")
             .arg(self.keys.workers())
