@@ -196,6 +196,26 @@ fn record((url, key, tag): (String, String, u32)) -> u32 {
     tag
 }
 
+/// Blocks until the stream `key` has had `count` entries (from its start), without polling.
+fn wait_for_entries(connection: &mut redis::Connection, key: &str, count: usize) {
+    let mut seen = 0;
+    let mut last = "0".to_owned();
+    while seen < count {
+        let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(60_000)
+            .arg("STREAMS")
+            .arg(key)
+            .arg(&last)
+            .query(connection)
+            .unwrap();
+        for entry in read.keys.into_iter().flat_map(|key| key.ids) {
+            seen += 1;
+            last = entry.id;
+        }
+    }
+}
+
 fn pop(connection: &mut redis::Connection, key: &str) -> String {
     let (_, value): (String, String) = redis::cmd("BLPOP")
         .arg(key)
@@ -404,24 +424,7 @@ fn a_cancelled_queued_job_never_runs() {
     let marker = remote.run(record, (url.clone(), "cancel-ran".to_owned(), 2));
     // The pool writes in order: once the marker's job is on the stream, so is the withdrawal.
     let mut connection = redis.connection();
-    let mut seen = 0;
-    let mut last = "0".to_owned();
-    while seen < 2 {
-        let read: redis::streams::StreamReadReply = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(60_000)
-            .arg("STREAMS")
-            .arg("smol-offload:cancel:jobs")
-            .arg(&last)
-            .query(&mut connection)
-            .unwrap();
-        for key in read.keys {
-            for entry in key.ids {
-                seen += 1;
-                last = entry.id;
-            }
-        }
-    }
+    wait_for_entries(&mut connection, "smol-offload:cancel:jobs", 2);
     let _workers = start_workers(&redis, "cancel", 1, 1);
     assert_eq!(block_on(marker).unwrap(), 2);
     let ran: Vec<u32> = redis::cmd("LRANGE")
@@ -535,13 +538,14 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
     )
     .unwrap_err();
     assert!(err.is_timeout(), "{err}");
+    // A pool writes in order: once its next job is on the stream, so is the withdrawal. (The
+    // impatient pool's job also carries its expiry, past by now, which workers check.)
+    let third = plain.run(record, (url.clone(), "timeout-ran".to_owned(), 3));
+    wait_for_entries(&mut connection, "smol-offload:timeout:jobs", 4);
     open_gate(&mut connection, "timeout-gate");
     block_on(busy).unwrap();
     // The queue is first in, first out: once this one ran, the two withdrawn jobs were seen.
-    assert_eq!(
-        block_on(plain.run(record, (url.clone(), "timeout-ran".to_owned(), 3))).unwrap(),
-        3
-    );
+    assert_eq!(block_on(third).unwrap(), 3);
     let ran: Vec<u32> = redis::cmd("LRANGE")
         .arg("timeout-ran")
         .arg(0)
