@@ -54,6 +54,8 @@ pub(crate) enum ErrorKind {
     Stopped(String),
     /// A blocking call that would have waited for itself; the message says which.
     Deadlock(String),
+    /// A remote pool's broker or worker fleet failed the task; the message says what to do.
+    Remote(String),
 }
 
 /// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
@@ -287,6 +289,7 @@ impl fmt::Display for Error {
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
             ErrorKind::Stopped(message) | ErrorKind::Deadlock(message) => f.write_str(message),
+            ErrorKind::Remote(message) => f.write_str(message),
         }
     }
 }
@@ -350,6 +353,8 @@ pub(crate) enum BuildErrorKind {
     },
     /// A builder option was given a value it cannot take; the message says which and why.
     Setting(String),
+    /// A remote pool or worker could not start; the message says why and what to do.
+    Remote(String),
 }
 
 impl BuildError {
@@ -400,6 +405,7 @@ impl fmt::Display for BuildError {
                  unset it to leave debug mode off"
             ),
             BuildErrorKind::Setting(message) => f.write_str(message),
+            BuildErrorKind::Remote(message) => f.write_str(message),
         }
     }
 }

@@ -450,6 +450,57 @@ impl ErasedCall {
     }
 }
 
+/// A fixed point of the program image: a remote job names its function and trampoline by their
+/// offsets from this static, which stay the same in every process that runs the same
+/// executable, wherever the loader placed it.
+static ANCHOR: u8 = 0;
+
+fn anchor_address() -> i64 {
+    std::ptr::addr_of!(ANCHOR) as usize as i64
+}
+
+impl ErasedCall {
+    /// The call as two offsets from a fixed symbol of the executable, valid in any process that
+    /// runs the same build (see [`crate::remote`]).
+    pub(crate) fn to_portable(self) -> [i64; 2] {
+        let anchor = anchor_address();
+        [
+            (self.trampoline as i64).wrapping_sub(anchor),
+            (self.function as i64).wrapping_sub(anchor),
+        ]
+    }
+
+    /// Rebuilds the call that [`to_portable`](ErasedCall::to_portable) encoded.
+    ///
+    /// # Safety
+    ///
+    /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
+    /// that runs the very same executable (same build) as this one. Any other offsets are
+    /// addresses of arbitrary code, which [`invoke`](ErasedCall::invoke) would jump to.
+    unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
+        let anchor = anchor_address();
+        ErasedCall {
+            trampoline: anchor.wrapping_add(offsets[0]) as u64,
+            function: anchor.wrapping_add(offsets[1]) as u64,
+        }
+    }
+}
+
+/// The call named by a remote job that [`crate::remote`] verified.
+///
+/// This is the one place where offsets read from the network become an [`ErasedCall`], and why
+/// that is sound is that a [`VerifiedJob`](crate::remote::envelope::VerifiedJob) is made only
+/// by `envelope::verify`, after two checks: the job carries a valid HMAC-SHA256 under the
+/// fleet's key (or the operator declared the network trusted, and so every writer to the
+/// queue), so it was made by a client of this fleet from a call made by [`erase`]; and its
+/// build identity (the SHA-256 of the client's executable) equals this process's, so the
+/// offsets are those of this very image.
+pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
+    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
+    // process running the same executable, which is `from_portable`'s contract.
+    unsafe { ErasedCall::from_portable(job.offsets()) }
+}
+
 /// Calls the trampoline at address `trampoline` with the function at address `function`.
 ///
 /// # Safety
@@ -618,6 +669,14 @@ mod tests {
             CallStatus::Returned
         );
         assert_eq!(postcard::from_bytes::<u32>(&out).unwrap(), 8);
+    }
+
+    #[test]
+    fn erased_call_crosses_the_network_as_two_offsets() {
+        let call = erase(double);
+        // SAFETY: the offsets are the `to_portable()` of a call made in this very process.
+        let back = unsafe { ErasedCall::from_portable(call.to_portable()) };
+        assert_eq!(back, call);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod loan_assist;
 mod options;
 pub(crate) mod room;
 pub(crate) mod out_of_line;
+pub(crate) mod raw;
 pub(crate) mod server;
 mod shared;
 pub(crate) mod wire;
@@ -223,6 +224,28 @@ impl ProcessPool {
     }
 }
 
+impl ProcessPool {
+    /// Submits `job`, whose promise `task` awaits: the task then helps with a loan or waits
+    /// for room as needed, and a started task that is abandoned kills its worker.
+    pub(crate) fn place<T>(&self, job: Job, task: Task<T>) -> Task<T> {
+        let task = task.with_abandon(self.handle.shared.clone());
+        match self.handle.shared.submit(job) {
+            Ok(Placed::Queued) => task,
+            Ok(Placed::Full(job)) => {
+                task.with_assist(Box::new(RoomAssist::new(self.handle.shared.clone(), job)))
+            }
+            Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
+                loan,
+                shared: self.handle.shared.clone(),
+            })),
+            Err(refused) => {
+                refused.completion.fail(self.handle.shared.refusal());
+                task
+            }
+        }
+    }
+}
+
 impl Executor for ProcessPool {
     #[track_caller]
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>
@@ -248,21 +271,7 @@ impl Executor for ProcessPool {
             arg,
             completion: Box::new(promise),
         };
-        let task = task.with_abandon(self.handle.shared.clone());
-        match self.handle.shared.submit(job) {
-            Ok(Placed::Queued) => task,
-            Ok(Placed::Full(job)) => {
-                task.with_assist(Box::new(RoomAssist::new(self.handle.shared.clone(), job)))
-            }
-            Ok(Placed::Lent(loan)) => task.with_assist(Box::new(LoanAssist {
-                loan,
-                shared: self.handle.shared.clone(),
-            })),
-            Err(refused) => {
-                refused.completion.fail(self.handle.shared.refusal());
-                task
-            }
-        }
+        self.place(job, task)
     }
 
     fn workers(&self) -> usize {

@@ -1,0 +1,208 @@
+//! Remote pool benchmark: a `RemotePool` on a private `redis-server` on loopback against the
+//! floor of a raw Redis round trip (`LPUSH` + `BRPOP`, echoed by a second process), side by
+//! side in one run, with ratios; then the throughput of a burst of trivial tasks on two
+//! worker processes.
+//!
+//! Run with `cargo bench -p smol-offload --bench remote` (needs `redis-server` on the `PATH`);
+//! set `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run. The benchmark starts its own broker on
+//! a free port, two workers (this binary in worker mode, one process each) and the echo
+//! process, and kills them all at the end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Instant;
+
+use smol_offload::remote::{RemotePool, RemoteWorker};
+use smol_offload::{Executor, gather};
+
+mod common;
+
+use common::{machine, median, quick_mode};
+
+const ROLE_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_ROLE";
+const URL_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_URL";
+const KEY: &str = "benchmark-key-0123456789abcdef";
+const QUEUE: &str = "bench";
+const WORKERS: usize = 2;
+
+fn echo(n: u64) -> u64 {
+    std::hint::black_box(n)
+}
+
+/// Child processes killed when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start_redis() -> (Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the benchmark needs redis-server (apt-get install -y redis-server)");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("Ready to accept connections") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, format!("redis://127.0.0.1:{port}"))
+}
+
+fn start_role(role: &str, url: &str) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .env(ROLE_VARIABLE, role)
+        .env(URL_VARIABLE, url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn connection(url: &str) -> redis::Connection {
+    redis::Client::open(url).unwrap().get_connection().unwrap()
+}
+
+/// The floor's second process: pops a request, pushes it back as the reply, forever.
+fn echo_loop(url: &str) {
+    let mut connection = connection(url);
+    loop {
+        let (_, value): (String, Vec<u8>) = redis::cmd("BRPOP")
+            .arg("floor:requests")
+            .arg(0)
+            .query(&mut connection)
+            .unwrap();
+        redis::cmd("LPUSH")
+            .arg("floor:replies")
+            .arg(value)
+            .query::<()>(&mut connection)
+            .unwrap();
+    }
+}
+
+fn floor_round_trips(url: &str, count: usize) -> Vec<f64> {
+    let mut connection = connection(url);
+    (0..count)
+        .map(|n| {
+            let start = Instant::now();
+            redis::cmd("LPUSH")
+                .arg("floor:requests")
+                .arg(postcard::to_allocvec(&(n as u64)).unwrap())
+                .query::<()>(&mut connection)
+                .unwrap();
+            let _: (String, Vec<u8>) = redis::cmd("BRPOP")
+                .arg("floor:replies")
+                .arg(0)
+                .query(&mut connection)
+                .unwrap();
+            start.elapsed().as_secs_f64() * 1e6
+        })
+        .collect()
+}
+
+fn remote_round_trips(pool: &RemotePool, count: usize) -> Vec<f64> {
+    smol::block_on(async {
+        let mut times = Vec::with_capacity(count);
+        for n in 0..count as u64 {
+            let start = Instant::now();
+            assert_eq!(pool.run(echo, n).await.unwrap(), n);
+            times.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        times
+    })
+}
+
+fn remote_burst(pool: &RemotePool, count: u64) -> f64 {
+    let start = Instant::now();
+    let results = smol::block_on(gather((0..count).map(|n| pool.run(echo, n))));
+    let elapsed = start.elapsed().as_secs_f64();
+    for (n, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap(), n as u64);
+    }
+    count as f64 / elapsed
+}
+
+fn main() {
+    smol_offload::init();
+    match std::env::var(ROLE_VARIABLE).as_deref() {
+        Ok("worker") => {
+            let url = std::env::var(URL_VARIABLE).unwrap();
+            RemoteWorker::builder(&url)
+                .queue(QUEUE)
+                .key(KEY)
+                .workers(1)
+                .serve()
+                .unwrap();
+            return;
+        }
+        Ok("echo") => return echo_loop(&std::env::var(URL_VARIABLE).unwrap()),
+        _ => {}
+    }
+    let (redis, url) = start_redis();
+    let mut children = Children(vec![redis]);
+    children.0.push(start_role("echo", &url));
+    for _ in 0..WORKERS {
+        children.0.push(start_role("worker", &url));
+    }
+    let pool = RemotePool::builder(&url)
+        .queue(QUEUE)
+        .key(KEY)
+        .build()
+        .unwrap();
+    let (rounds, round_trips, burst) = if quick_mode() {
+        (2, 200, 2_000)
+    } else {
+        (5, 2_000, 10_000)
+    };
+    // Warm up: both workers have joined and answered.
+    smol::block_on(gather((0..100).map(|n| pool.run(echo, n))));
+
+    println!("smol-offload remote pool benchmark");
+    println!("machine: {}", machine());
+    println!(
+        "redis-server on loopback; {WORKERS} workers of 1 process each; {round_trips} round \
+         trips and a burst of {burst} tasks per round, {rounds} rounds (medians across rounds)"
+    );
+    let (mut ours, mut floor, mut ours_p99, mut floor_p99, mut rates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let mut times = remote_round_trips(&pool, round_trips);
+        times.sort_by(f64::total_cmp);
+        ours.push(median(&times));
+        ours_p99.push(times[times.len() * 99 / 100]);
+        let mut times = floor_round_trips(&url, round_trips);
+        times.sort_by(f64::total_cmp);
+        floor.push(median(&times));
+        floor_p99.push(times[times.len() * 99 / 100]);
+        rates.push(remote_burst(&pool, burst));
+    }
+    let (ours, floor) = (median(&ours), median(&floor));
+    let (ours_p99, floor_p99) = (median(&ours_p99), median(&floor_p99));
+    let rate = median(&rates);
+    println!();
+    println!("| contender | round trip median | p99 |");
+    println!("| --- | ---: | ---: |");
+    println!("| RemotePool::run, trivial fn | {ours:.1} µs | {ours_p99:.1} µs |");
+    println!("| raw LPUSH + BRPOP echo (floor) | {floor:.1} µs | {floor_p99:.1} µs |");
+    println!();
+    println!(
+        "round trip: {:.2}x the floor (target <= 3x); burst of {burst}: {rate:.0} tasks/s \
+         (target >= 20000/s)",
+        ours / floor
+    );
+}

@@ -1,0 +1,62 @@
+//! Crate-private hooks for the remote workers: run an already-erased call with raw argument
+//! bytes on a [`ProcessPool`] and get the raw reply back, and the typed end of a job that the
+//! remote client completes from a reply that crossed the network.
+
+use crate::error::Error;
+use crate::process_pool::ProcessPool;
+use crate::process_pool::job::Job;
+use crate::sys::{CallStatus, ErasedCall};
+use crate::task::{self, Promise, Task};
+
+pub(crate) use crate::process_pool::job::Completion;
+pub(crate) use crate::process_pool::wire::{MAX_ARGUMENT, Payload, Reply};
+
+/// The reply of a worker process to a call run by [`ProcessPool::run_raw`].
+#[derive(Debug)]
+pub(crate) struct RawReply {
+    pub(crate) status: CallStatus,
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Completes a `Task<RawReply>` with the worker's reply as it came.
+struct RawCompletion(Promise<RawReply>);
+
+impl Completion for RawCompletion {
+    fn start(&self) -> bool {
+        self.0.start()
+    }
+
+    fn finish(self: Box<Self>, reply: Reply) {
+        self.0.complete(Ok(RawReply {
+            status: reply.status,
+            payload: reply.payload.as_slice().to_vec(),
+        }));
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        self.0.complete(Err(error));
+    }
+}
+
+impl ProcessPool {
+    /// Runs `call` with the encoded argument `arg` on one of the workers, and gives back the
+    /// worker's reply undecoded.
+    pub(crate) fn run_raw(&self, call: ErasedCall, arg: Vec<u8>) -> Task<RawReply> {
+        if arg.len() > MAX_ARGUMENT {
+            let detail = format!("{} bytes is more than a frame holds", arg.len());
+            return Task::ready(Err(Error::codec(
+                "pass the argument to a worker",
+                detail,
+                None,
+            )));
+        }
+        let (promise, task) = task::pair::<RawReply>();
+        let job = Job {
+            call,
+            options: self.handle.options,
+            arg,
+            completion: Box::new(RawCompletion(promise)),
+        };
+        self.place(job, task)
+    }
+}

@@ -1,0 +1,478 @@
+//! The client side of a [`RemotePool`](crate::RemotePool): the table of jobs awaiting a reply,
+//! one submit thread that writes jobs and cancellations to the broker in batches, and one reply
+//! thread that blocks on the client's reply list and completes tasks by job id.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::process_pool::raw::{Completion, Payload, Reply};
+use crate::remote::LOG_VARIABLE;
+use crate::remote::broker::Broker;
+use crate::remote::envelope::{Outcome, ReplyEnvelope, Signed};
+use crate::remote::keys::Keys;
+use crate::remote::security::Security;
+use crate::stats::Counters;
+use crate::sys::CallStatus;
+use crate::task::{Assist, Promise};
+
+/// The typed end of a remote job.
+pub(crate) trait RemoteCompletion: Send {
+    fn is_cancelled(&self) -> bool;
+    fn into_completion(self: Box<Self>) -> Box<dyn Completion>;
+}
+
+impl<R: DeserializeOwned + Send + 'static> RemoteCompletion for Promise<R> {
+    fn is_cancelled(&self) -> bool {
+        Promise::is_cancelled(self)
+    }
+
+    fn into_completion(self: Box<Self>) -> Box<dyn Completion> {
+        self
+    }
+}
+
+struct Pending {
+    completion: Box<dyn RemoteCompletion>,
+    deadline: Option<(Instant, Duration)>,
+}
+
+#[derive(Default)]
+struct Table {
+    pending: HashMap<u64, Pending>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl Table {
+    fn remove(&mut self, id: u64) -> Option<Pending> {
+        let pending = self.pending.remove(&id)?;
+        if let Some((at, _)) = pending.deadline {
+            self.deadlines.remove(&(at, id));
+        }
+        Some(pending)
+    }
+}
+
+/// What the submit thread sends to the broker.
+enum Command {
+    Submit {
+        id: u64,
+        job: Vec<u8>,
+    },
+    Cancel(u64),
+    /// Wake the reply thread: a nearer deadline, or the pool closed.
+    Wake,
+}
+
+/// Everything the pool's handles, tasks and two threads share.
+pub(crate) struct Client {
+    pub(crate) keys: Keys,
+    pub(crate) id: String,
+    reply_key: String,
+    pub(crate) security: Security,
+    pub(crate) broker: Broker,
+    claim_ttl_ms: u64,
+    table: Mutex<Table>,
+    commands: Mutex<mpsc::Sender<Command>>,
+    closed: AtomicBool,
+    pub(crate) counters: Counters,
+    next_id: AtomicU64,
+    /// The number of worker processes the fleet had when last asked.
+    pub(crate) fleet_workers: AtomicUsize,
+    /// Log which worker ran each job (`SMOL_OFFLOAD_REMOTE_LOG` is set).
+    log_tasks: bool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("id", &self.id)
+            .field("broker", &self.broker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts the submit and reply threads.
+    pub(crate) fn start(
+        keys: Keys,
+        id: String,
+        security: Security,
+        broker: Broker,
+        claim_ttl_ms: u64,
+    ) -> Result<Arc<Client>, String> {
+        let submit_connection = broker.connect()?;
+        let reply_connection = broker.connect()?;
+        let (sender, receiver) = mpsc::channel();
+        let client = Arc::new(Client {
+            reply_key: keys.replies(&id),
+            keys,
+            id,
+            security,
+            broker,
+            claim_ttl_ms,
+            table: Mutex::new(Table::default()),
+            commands: Mutex::new(sender),
+            closed: AtomicBool::new(false),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(0),
+            fleet_workers: AtomicUsize::new(0),
+            log_tasks: std::env::var_os(LOG_VARIABLE).is_some(),
+        });
+        let submitter = client.clone();
+        std::thread::Builder::new()
+            .name("smol-offload-remote-submit".into())
+            .spawn(move || submitter.submit_loop(submit_connection, receiver))
+            .map_err(|err| format!("could not start the remote submit thread: {err}"))?;
+        let replier = client.clone();
+        std::thread::Builder::new()
+            .name("smol-offload-remote-reply".into())
+            .spawn(move || replier.reply_loop(reply_connection))
+            .map_err(|err| format!("could not start the remote reply thread: {err}"))?;
+        Ok(client)
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, command: Command) {
+        // The submit thread ends only after the pool closed; then there is nothing to send.
+        let _ = self
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(command);
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a job and hands it to the submit thread. On a closed pool, the job fails with
+    /// a shutdown error.
+    pub(crate) fn submit(
+        &self,
+        id: u64,
+        job: Vec<u8>,
+        completion: Box<dyn RemoteCompletion>,
+        timeout: Option<Duration>,
+    ) {
+        let deadline = timeout.map(|limit| (Instant::now() + limit, limit));
+        let nearest = {
+            let mut table = self.table();
+            if self.closed.load(Ordering::Acquire) {
+                drop(table);
+                completion
+                    .into_completion()
+                    .fail(Error::new(ErrorKind::Shutdown));
+                return;
+            }
+            table.pending.insert(
+                id,
+                Pending {
+                    completion,
+                    deadline,
+                },
+            );
+            deadline.is_some_and(|(at, _)| {
+                table.deadlines.insert((at, id));
+                table.deadlines.first() == Some(&(at, id))
+            })
+        };
+        self.counters.submitted();
+        self.send(Command::Submit { id, job });
+        if nearest {
+            self.send(Command::Wake);
+        }
+    }
+
+    /// The task of job `id` was dropped: if it still waits for a reply and was cancelled (not
+    /// detached), forget it and tell the fleet not to start it.
+    fn forget_if_cancelled(&self, id: u64) {
+        let mut table = self.table();
+        if table
+            .pending
+            .get(&id)
+            .is_some_and(|pending| pending.completion.is_cancelled())
+        {
+            table.remove(id);
+            drop(table);
+            self.counters.picked();
+            self.counters.cancelled();
+            self.send(Command::Cancel(id));
+        }
+    }
+
+    /// The last handle was dropped: every pending task fails with a shutdown error, the fleet
+    /// is told not to start their jobs, and both threads end.
+    pub(crate) fn close(&self) {
+        let pending: Vec<(u64, Pending)> = {
+            let mut table = self.table();
+            self.closed.store(true, Ordering::Release);
+            table.deadlines.clear();
+            table.pending.drain().collect()
+        };
+        for (id, pending) in pending {
+            self.counters.picked();
+            self.counters.completed();
+            self.send(Command::Cancel(id));
+            pending
+                .completion
+                .into_completion()
+                .fail(Error::new(ErrorKind::Shutdown));
+        }
+        self.send(Command::Wake);
+        // Closing the channel ends the submit thread once it has written the above.
+        let (orphan, _) = mpsc::channel();
+        *self.commands.lock().unwrap_or_else(PoisonError::into_inner) = orphan;
+    }
+
+    fn fail_all(&self, message: &str) {
+        let pending: Vec<Pending> = {
+            let mut table = self.table();
+            table.deadlines.clear();
+            table.pending.drain().map(|(_, pending)| pending).collect()
+        };
+        for pending in pending {
+            self.counters.picked();
+            self.counters.completed();
+            pending
+                .completion
+                .into_completion()
+                .fail(Error::new(ErrorKind::Remote(message.to_owned())));
+        }
+    }
+
+    fn submit_loop(
+        self: Arc<Self>,
+        connection: redis::Connection,
+        commands: mpsc::Receiver<Command>,
+    ) {
+        let mut connection = Some(connection);
+        let jobs_key = self.keys.jobs();
+        while let Ok(first) = commands.recv() {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            for command in &batch {
+                match command {
+                    Command::Submit { job, .. } => {
+                        pipe.cmd("XADD")
+                            .arg(&jobs_key)
+                            .arg("*")
+                            .arg("job")
+                            .arg(job.as_slice())
+                            .ignore();
+                    }
+                    Command::Cancel(id) => {
+                        pipe.cmd("SET")
+                            .arg(self.keys.claim(&self.id, *id))
+                            .arg("cancelled")
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(self.claim_ttl_ms)
+                            .ignore();
+                    }
+                    Command::Wake => {
+                        pipe.cmd("RPUSH")
+                            .arg(&self.reply_key)
+                            .arg(&[] as &[u8])
+                            .ignore();
+                    }
+                }
+            }
+            let result = match &mut connection {
+                Some(open) => pipe
+                    .query::<()>(open)
+                    .map_err(|err| self.broker.unreachable(&err)),
+                None => self.broker.connect().and_then(|mut open| {
+                    let result = pipe
+                        .query::<()>(&mut open)
+                        .map_err(|err| self.broker.unreachable(&err));
+                    connection = Some(open);
+                    result
+                }),
+            };
+            if let Err(message) = result {
+                connection = None;
+                let message = format!("could not submit the task: {message}");
+                let failed: Vec<Pending> = {
+                    let mut table = self.table();
+                    batch
+                        .iter()
+                        .filter_map(|command| match command {
+                            Command::Submit { id, .. } => table.remove(*id),
+                            _ => None,
+                        })
+                        .collect()
+                };
+                for pending in failed {
+                    self.counters.picked();
+                    self.counters.completed();
+                    pending
+                        .completion
+                        .into_completion()
+                        .fail(Error::new(ErrorKind::Remote(message.clone())));
+                }
+            }
+        }
+    }
+
+    fn reply_loop(self: Arc<Self>, connection: redis::Connection) {
+        /// The longest one blocking pop waits, so that a silently dead link is noticed.
+        const LONGEST_WAIT: Duration = Duration::from_secs(30);
+        let mut connection = Some(connection);
+        let mut backoff = Duration::from_millis(50);
+        while !self.closed.load(Ordering::Acquire) {
+            let Some(open) = &mut connection else {
+                match self.broker.connect() {
+                    Ok(open) => {
+                        connection = Some(open);
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(_) => {
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                }
+                continue;
+            };
+            let wait = self
+                .expire_overdue()
+                .unwrap_or(LONGEST_WAIT)
+                .min(LONGEST_WAIT);
+            let _ = open.set_read_timeout(Some(wait + Duration::from_secs(10)));
+            let popped: redis::RedisResult<Option<(Vec<u8>, Vec<u8>)>> = redis::cmd("BLPOP")
+                .arg(&self.reply_key)
+                .arg(wait.as_secs_f64().max(0.001))
+                .query(open);
+            match popped {
+                Ok(Some((_, bytes))) => {
+                    if !bytes.is_empty() {
+                        self.handle_reply(&bytes);
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    connection = None;
+                    let message = format!(
+                        "lost the connection to the redis broker at {} while the task was \
+                         pending ({err}); its outcome is unknown: submit it again if it is \
+                         idempotent",
+                        self.broker.address
+                    );
+                    self.fail_all(&message);
+                }
+            }
+        }
+        if let Some(open) = &mut connection {
+            let _ = redis::cmd("DEL").arg(&self.reply_key).query::<()>(open);
+        }
+    }
+
+    /// Fails the tasks whose deadline passed; returns how long until the next deadline.
+    fn expire_overdue(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        let next = {
+            let mut table = self.table();
+            while let Some(&(at, id)) = table.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                if let Some(pending) = table.remove(id) {
+                    expired.push((id, pending));
+                }
+            }
+            table.deadlines.first().map(|&(at, _)| at - now)
+        };
+        for (id, pending) in expired {
+            self.counters.picked();
+            self.counters.completed();
+            self.send(Command::Cancel(id));
+            let limit = pending.deadline.map(|(_, limit)| limit).unwrap_or_default();
+            pending
+                .completion
+                .into_completion()
+                .fail(Error::new(ErrorKind::Timeout(limit)));
+        }
+        next
+    }
+
+    fn handle_reply(&self, bytes: &[u8]) {
+        let reply: ReplyEnvelope = match Signed::open(bytes, &self.security) {
+            Ok(reply) => reply,
+            Err(why) => {
+                eprintln!(
+                    "smol-offload: remote pool ignored a reply on {}: {why}",
+                    self.reply_key
+                );
+                return;
+            }
+        };
+        let Some(pending) = self.table().remove(reply.id) else {
+            return; // cancelled, timed out, or answered twice (at-least-once)
+        };
+        if self.log_tasks {
+            eprintln!(
+                "smol-offload remote pool {}: job {} ran on worker {}",
+                self.id, reply.id, reply.worker
+            );
+        }
+        self.counters.picked();
+        self.counters.completed();
+        let completion = pending.completion.into_completion();
+        match reply.outcome {
+            Outcome::Call { status, payload } => match CallStatus::from_byte(status) {
+                Some(status) => completion.finish(Reply {
+                    id: reply.id,
+                    status,
+                    payload: Payload::Inline(payload),
+                }),
+                None => completion.fail(Error::new(ErrorKind::Remote(format!(
+                    "worker {} replied with an unknown status {status}",
+                    reply.worker
+                )))),
+            },
+            Outcome::WorkerDied { pid, signal, code } => {
+                let exit = match (signal, code) {
+                    (Some(signal), _) => WorkerExit::Signal(signal),
+                    (None, Some(code)) => WorkerExit::Code(code),
+                    (None, None) => WorkerExit::Unknown,
+                };
+                completion.fail(Error::new(ErrorKind::WorkerDied { pid, exit }));
+            }
+            Outcome::Refused(message) | Outcome::Failed(message) => {
+                completion.fail(Error::new(ErrorKind::Remote(message)))
+            }
+        }
+    }
+}
+
+/// The [`Assist`] of a remote task: it does no work, but its drop tells the pool that the task
+/// was dropped, so that a cancelled job is withdrawn from the fleet.
+pub(crate) struct RemoteAssist {
+    pub(crate) id: u64,
+    pub(crate) client: Arc<Client>,
+}
+
+impl Assist for RemoteAssist {
+    fn assist(&self, _: Option<&Waker>) {}
+}
+
+impl Drop for RemoteAssist {
+    fn drop(&mut self) {
+        self.client.forget_if_cancelled(self.id);
+    }
+}

@@ -1,0 +1,26 @@
+//! Remote workers: the same [`Executor`](crate::Executor) on worker processes of other
+//! machines, through a Redis broker.
+//!
+//! A [`RemotePool`] puts signed jobs on a Redis stream; workers, which run the same executable
+//! in worker mode ([`serve`] or [`RemoteWorker`]), take them through a consumer group, run them
+//! in a local [`ProcessPool`](crate::ProcessPool), and push signed replies to the pool's reply
+//! list. `docs/remote.md` in the repository states the threat model and the delivery
+//! semantics.
+
+// Imports flow one way: identity, security, keys, broker → envelope → client → pool → serve.
+mod broker;
+mod client;
+pub(crate) mod envelope;
+mod identity;
+mod keys;
+mod pool;
+mod security;
+mod serve;
+
+pub use pool::{DEFAULT_QUEUE, Delivery, FleetStats, RemotePool, RemotePoolBuilder};
+pub use security::KEY_VARIABLE;
+
+/// Set this environment variable (to anything) to log, on workers, each job they run and, on
+/// clients, which worker (`host:pid`) ran each job. Refused jobs are always logged.
+pub const LOG_VARIABLE: &str = "SMOL_OFFLOAD_REMOTE_LOG";
+pub use serve::{RemoteWorker, serve};
