@@ -103,6 +103,7 @@ fn start_worker(
         .args([
             "--exact",
             "remote_worker_main",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -126,6 +127,7 @@ fn start_workers(redis: &Redis, queue: &str, count: usize, processes: usize) -> 
 
 /// The body of every worker process: serve until killed.
 #[test]
+#[ignore = "runs as a remote worker in a child process, started by the tests"]
 fn remote_worker_main() {
     if !in_child(WORKER_MARKER) {
         return;
