@@ -189,10 +189,10 @@ compile_error!(
      and /proc; build on Linux (or in a Linux container or VM)"
 );
 
-mod cancel;
-mod dedicated;
 mod byte_buf;
+mod cancel;
 mod codec;
+mod dedicated;
 mod default_pool;
 mod error;
 mod executor;
@@ -210,14 +210,14 @@ mod task_error;
 mod thread_pool;
 mod wait;
 
+pub use crate::byte_buf::ByteBuf;
 pub use crate::cancel::cancelled;
 pub use crate::dedicated::spawn_dedicated;
-pub use crate::byte_buf::ByteBuf;
 pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
-pub use crate::process_pool::room::Ready;
 pub use crate::loop_thread::LoopThread;
+pub use crate::process_pool::room::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::remote::RemotePool;

@@ -31,7 +31,13 @@ fn fails(n: u32) -> u32 {
 /// checking that it passed and ran its body.
 fn run_child_capturing(name: &str) -> (String, String) {
     let output = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(MARKER, "1")
         .env_remove("RUST_BACKTRACE")
         .output()

@@ -98,7 +98,13 @@ impl WorkerLink {
         let id = self.next_id;
         self.next_id += 1;
         // The initializer's panic comes back in its reply; the worker does not print it.
-        wire::write_request(&mut self.outbox, id, call, wire::CallOptions::default(), arg);
+        wire::write_request(
+            &mut self.outbox,
+            id,
+            call,
+            wire::CallOptions::default(),
+            arg,
+        );
         self.initializing = Some(id);
         self.head_since = Instant::now();
     }
