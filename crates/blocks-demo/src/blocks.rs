@@ -86,6 +86,12 @@ pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `items` as text, joined by `", "`.
+pub fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|item| item.to_string()).collect();
+    items.join(", ")
+}
+
 /// Milliseconds with one decimal, from microseconds: `ms(100_412)` is `"100.4"`.
 pub fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)

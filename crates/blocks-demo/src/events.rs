@@ -5,7 +5,6 @@
 //! times are microseconds after the run's start, measured inside `blocks`.
 
 use std::fs;
-use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -30,17 +29,10 @@ pub struct Event {
 ///
 /// The file could not be created or written.
 pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
-    let write = || -> io::Result<()> {
-        let mut file = io::BufWriter::new(fs::File::create(path)?);
-        for event in events {
-            serde_json::to_writer(&mut file, event)?;
-            file.write_all(b"\n")?;
-        }
-        file.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()
-    };
-    write().with_context(|| format!("cannot write events to {}", path.display()))
+    let lines: serde_json::Result<String> = (events.iter())
+        .map(|event| Ok(serde_json::to_string(event)? + "\n"))
+        .collect();
+    fs::write(path, lines?).with_context(|| format!("cannot write events to {}", path.display()))
 }
 
 /// Reads the events file at `path`; blank lines are skipped.
@@ -91,37 +83,39 @@ where
         })
         .collect();
     edges.sort_unstable();
-    let (mut running, mut most) = (0usize, 0);
-    for (_, kind) in edges {
-        if kind == START {
-            running += 1;
-            most = most.max(running);
+    let running = edges.into_iter().scan(0usize, |running, (_, kind)| {
+        *running = if kind == START {
+            *running + 1
         } else {
-            running -= 1;
-        }
+            *running - 1
+        };
+        Some(*running)
+    });
+    running.max().unwrap_or(0)
+}
+
+/// An event of task `task` (giving `task * task`) on `worker`, in a `thread` run, for tests.
+#[cfg(test)]
+pub(crate) fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
+    let worker = worker.to_owned();
+    let result = task * task;
+    let outcome = Outcome {
+        task,
+        worker,
+        start_us,
+        end_us,
+        result,
+        pid: 42,
+    };
+    Event {
+        outcome,
+        backend: "thread".to_owned(),
     }
-    most
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
-        let worker = worker.to_owned();
-        let outcome = Outcome {
-            task,
-            worker,
-            start_us,
-            end_us,
-            result: task * task,
-            pid: 42,
-        };
-        Event {
-            outcome,
-            backend: "thread".to_owned(),
-        }
-    }
 
     #[test]
     fn events_round_trip_through_a_file() {

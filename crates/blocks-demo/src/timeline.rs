@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::blocks::{micros, ms};
+use crate::blocks::{join, micros, ms};
 use crate::compare::RunReport;
 use crate::options::Options;
 
@@ -18,6 +18,7 @@ const LANE: f64 = 26.0;
 const BAR: f64 = 18.0;
 const AXIS: f64 = 42.0;
 const PANEL_GAP: f64 = 24.0;
+const GREY_MIDDLE: &str = r##" text-anchor="middle" fill="#444444""##;
 
 /// Draws `runs` one above the other, on one time scale so the panels compare at a glance.
 ///
@@ -52,13 +53,9 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
         y = draw_panel(&mut body, run, &axis, y) + PANEL_GAP;
     }
     let height = y - PANEL_GAP + 16.0;
-    let walls: Vec<String> = runs
-        .iter()
-        .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall))))
-        .collect();
-    let (title, middle) = (
-        r#" font-size="17" font-weight="bold" text-anchor="middle""#,
-        WIDTH / 2.0,
+    let walls = join(
+        runs.iter()
+            .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall)))),
     );
     let run = format!(
         "blocks(n): {} tasks of {} ms on {} workers",
@@ -69,15 +66,10 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
 "##
     );
-    text(&mut svg, middle, 26.0, title, &run);
-    let wall = format!("wall time: {}", walls.join(", "));
-    text(
-        &mut svg,
-        middle,
-        46.0,
-        r##" text-anchor="middle" fill="#444444""##,
-        &wall,
-    );
+    let title = r#" font-size="17" font-weight="bold" text-anchor="middle""#;
+    text(&mut svg, WIDTH / 2.0, 26.0, title, &run);
+    let wall = format!("wall time: {walls}");
+    text(&mut svg, WIDTH / 2.0, 46.0, GREY_MIDDLE, &wall);
     svg + &body + "</svg>\n"
 }
 
@@ -104,11 +96,8 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     if let Some(failure) = &run.failure {
         let _ = write!(header, " (failed: {failure})");
     }
-    let color = if run.failure.is_some() {
-        "#b00020"
-    } else {
-        "#000000"
-    };
+    let failed = run.failure.is_some();
+    let color = if failed { "#b00020" } else { "#000000" };
     let bold = format!(r#" font-size="14" font-weight="bold" fill="{color}""#);
     text(svg, LEFT, top + 16.0, &bold, &header);
     let workers = run.workers();
@@ -125,23 +114,12 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
             svg,
             r#"<rect x="{LEFT}" y="{y}" width="{plot_width}" height="{LANE}" fill="{fill}"/>"#
         );
-        let label = format!("{lane_prefix}{worker}");
-        text(
-            svg,
-            LEFT - 8.0,
-            y + LANE / 2.0 + 4.0,
-            r#" text-anchor="end""#,
-            &label,
-        );
+        let (end, label) = (r#" text-anchor="end""#, format!("{lane_prefix}{worker}"));
+        text(svg, LEFT - 8.0, y + LANE / 2.0 + 4.0, end, &label);
     }
     if workers.is_empty() {
-        text(
-            svg,
-            LEFT + 8.0,
-            lanes_top + LANE / 2.0 + 4.0,
-            r##" fill="#666666""##,
-            "no tasks ran",
-        );
+        let (y, grey) = (lanes_top + LANE / 2.0 + 4.0, r##" fill="#666666""##);
+        text(svg, LEFT + 8.0, y, grey, "no tasks ran");
     }
 
     // Grid lines and the axis below the lanes.
@@ -164,12 +142,11 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         LEFT + plot_width
     );
     let axis_label = "time since the run started (ms)";
-    let grey = r##" text-anchor="middle" fill="#444444""##;
     text(
         svg,
         LEFT + plot_width / 2.0,
         axis_y + 34.0,
-        grey,
+        GREY_MIDDLE,
         axis_label,
     );
 
@@ -251,18 +228,18 @@ impl Axis {
 
 /// Escapes text for SVG content and attribute values.
 fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&apos;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
+    text.chars()
+        .fold(String::with_capacity(text.len()), |mut escaped, c| {
+            match c {
+                '&' => escaped.push_str("&amp;"),
+                '<' => escaped.push_str("&lt;"),
+                '>' => escaped.push_str("&gt;"),
+                '"' => escaped.push_str("&quot;"),
+                '\'' => escaped.push_str("&apos;"),
+                c => escaped.push(c),
+            }
+            escaped
+        })
 }
 
 #[cfg(test)]
@@ -270,29 +247,19 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::blocks::Outcome;
-    use crate::events::Event;
+    use crate::compare::report;
+    use crate::events::event;
 
-    fn run(backend: &str, workers: &[&str], failure: Option<&str>) -> RunReport {
+    fn run(backend: &str, workers: &[&str]) -> RunReport {
         let events = (0..6u64)
-            .map(|task| Event {
-                outcome: Outcome {
-                    task,
-                    worker: workers[task as usize % workers.len()].to_owned(),
-                    start_us: task / 3 * 100_000 + task,
-                    end_us: (task / 3 + 1) * 100_000 + task,
-                    result: task * task,
-                    pid: 7,
-                },
-                backend: backend.to_owned(),
+            .map(|task| {
+                let worker = workers[task as usize % workers.len()];
+                let (start_us, end_us) =
+                    (task / 3 * 100_000 + task, (task / 3 + 1) * 100_000 + task);
+                event(task, worker, start_us, end_us)
             })
             .collect();
-        RunReport {
-            backend: backend.to_owned(),
-            wall: Duration::from_micros(213_400),
-            events,
-            failure: failure.map(str::to_owned),
-        }
+        report(backend, Duration::from_micros(213_400), events)
     }
 
     /// Checks that tags open and close in order, as an XML parser would.
@@ -315,8 +282,8 @@ mod tests {
 
     #[test]
     fn two_panels_with_lanes_bars_and_an_axis() {
-        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"], None);
-        let process = run("process", &["4101", "4102", "4103"], None);
+        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"]);
+        let process = run("process", &["4101", "4102", "4103"]);
         let svg = render_svg(&Options::default(), &[&thread, &process]);
         assert_well_formed(&svg);
         assert!(svg.contains(">blocks(n): 6 tasks of 100 ms on 3 workers</text>"));
@@ -348,7 +315,7 @@ mod tests {
 
     #[test]
     fn bars_sit_in_their_lanes_at_their_times() {
-        let thread = run("thread", &["A", "B"], None);
+        let thread = run("thread", &["A", "B"]);
         let svg = render_svg(&Options::default(), &[&thread]);
         // Axis 0..250 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
         let plot = WIDTH - LEFT - RIGHT;
@@ -362,13 +329,9 @@ mod tests {
 
     #[test]
     fn a_failed_run_says_so_and_names_are_escaped() {
-        let empty = RunReport {
-            backend: "process".to_owned(),
-            wall: Duration::from_millis(3),
-            events: Vec::new(),
-            failure: Some("exited with code 1 & said <nothing>".to_owned()),
-        };
-        let thread = run("thread", &["T<1>", "T&2"], None);
+        let mut empty = report("process", Duration::from_millis(3), Vec::new());
+        empty.failure = Some("exited with code 1 & said <nothing>".to_owned());
+        let thread = run("thread", &["T<1>", "T&2"]);
         let svg = render_svg(&Options::default(), &[&thread, &empty]);
         assert_well_formed(&svg);
         assert!(svg.contains(">T&lt;1&gt;</text>"));
