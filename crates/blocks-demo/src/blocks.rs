@@ -97,6 +97,20 @@ pub fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
 }
 
+/// The outcome of task `task` (giving `task * task`) on `worker`, in process 42, for tests.
+#[cfg(test)]
+pub(crate) fn outcome(task: u64, worker: &str, start_us: u64, end_us: u64) -> Outcome {
+    let (worker, result) = (worker.to_owned(), task * task);
+    Outcome {
+        task,
+        worker,
+        start_us,
+        end_us,
+        result,
+        pid: 42,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

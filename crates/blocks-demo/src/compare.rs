@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::blocks::{Outcome, join, micros, ms};
-use crate::events::{Event, max_concurrency, read_events};
+use crate::events::{max_concurrency, read_events};
 use crate::options::Options;
 use crate::run::python_list;
 
@@ -69,7 +69,7 @@ impl Backend {
         let mut report = RunReport {
             backend: self.0.to_owned(),
             wall: started.elapsed(),
-            events: Vec::new(),
+            outcomes: Vec::new(),
             failure: None,
         };
         let (binary, (name, var)) = (binary.display(), (self.binary(), self.env_var()));
@@ -93,15 +93,15 @@ impl Backend {
             }
         };
         match read {
-            Ok(events) => report.events = events,
+            Ok(events) => report.outcomes = events.into_iter().map(|e| e.outcome).collect(),
             Err(failure) => report.failure = Some(failure),
         }
         (report, log)
     }
 }
 
-/// One backend's run as `blocks-compare` saw it: how long the binary took, and the events it
-/// wrote, or why it failed.
+/// One backend's run as `blocks-compare` saw it: how long the binary took, and the outcomes of
+/// the events it wrote, or why it failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunReport {
     /// The backend's name: `thread` or `process`.
@@ -109,31 +109,26 @@ pub struct RunReport {
     /// How long the binary ran, from spawn to exit.
     pub wall: Duration,
     /// The tasks it ran, in the order they finished.
-    pub events: Vec<Event>,
+    pub outcomes: Vec<Outcome>,
     /// Why the run failed (the binary exited with an error, or its events were unreadable).
     pub failure: Option<String>,
 }
 
 impl RunReport {
-    /// The outcome of each task the run reported, in the order they finished.
-    pub fn outcomes(&self) -> impl Iterator<Item = &Outcome> {
-        self.events.iter().map(|event| &event.outcome)
-    }
-
     /// The highest number of tasks that ran at once.
     pub fn max_concurrency(&self) -> usize {
-        max_concurrency(self.outcomes().map(|o| (o.start_us, o.end_us)))
+        max_concurrency(self.outcomes.iter().map(|o| (o.start_us, o.end_us)))
     }
 
     /// From the run's start to the end of its last task, in microseconds.
     pub fn span_us(&self) -> u64 {
-        self.outcomes().map(|o| o.end_us).max().unwrap_or(0)
+        self.outcomes.iter().map(|o| o.end_us).max().unwrap_or(0)
     }
 
     /// The workers that ran a task, each once, in natural order: shorter names first, so that
     /// `Thread-2` comes before `Thread-10` and pid `999` before pid `1000`.
     pub fn workers(&self) -> Vec<&str> {
-        let mut workers: Vec<&str> = self.outcomes().map(|o| o.worker.as_str()).collect();
+        let mut workers: Vec<&str> = self.outcomes.iter().map(|o| o.worker.as_str()).collect();
         workers.sort_by_key(|name| (name.len(), *name));
         workers.dedup();
         workers
@@ -141,10 +136,11 @@ impl RunReport {
 
     /// The set of results each task number gave.
     fn results_by_task(&self) -> BTreeMap<u64, BTreeSet<u64>> {
-        self.outcomes().fold(BTreeMap::new(), |mut by_task, o| {
+        let mut by_task: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        for o in &self.outcomes {
             by_task.entry(o.task).or_default().insert(o.result);
-            by_task
-        })
+        }
+        by_task
     }
 }
 
@@ -205,7 +201,7 @@ pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
 
 fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
     let mut counts: BTreeMap<u64, usize> = (0..tasks as u64).map(|task| (task, 0)).collect();
-    for outcome in run.outcomes() {
+    for outcome in &run.outcomes {
         *counts.entry(outcome.task).or_default() += 1;
     }
     let tasks_where = |keep: &dyn Fn(u64, usize) -> bool, show: fn(u64, usize) -> String| {
@@ -278,9 +274,9 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
     );
     // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
     let tasks: BTreeSet<u64> = (0..options.tasks as u64)
-        .chain(runs.iter().flat_map(|run| run.outcomes().map(|o| o.task)))
+        .chain(runs.iter().flat_map(|run| &run.outcomes).map(|o| o.task))
         .collect();
-    let all = runs.iter().flat_map(|run| run.outcomes());
+    let all = runs.iter().flat_map(|run| &run.outcomes);
     let worker_width = all.map(|o| o.worker.len() + 3).fold(6, usize::max);
     let column_width = worker_width + 2 * 10;
     let cells = |cell: &dyn Fn(&RunReport) -> String| runs.iter().map(|run| cell(run)).collect();
@@ -303,7 +299,7 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
         row(
             &task.to_string(),
             cells(&|run| {
-                let ran: Vec<&Outcome> = run.outcomes().filter(|o| o.task == task).collect();
+                let ran: Vec<&Outcome> = run.outcomes.iter().filter(|o| o.task == task).collect();
                 let Some(first) = ran.first() else {
                     return "-".to_owned();
                 };
@@ -332,7 +328,7 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
     for run in runs {
         let backend = &run.backend;
         let _ = writeln!(text, "{backend} workers: {}", join(run.workers()));
-        let results = python_list(run.outcomes().map(|o| o.result));
+        let results = python_list(run.outcomes.iter().map(|o| o.result));
         let _ = writeln!(text, "{backend} results: {results}");
         if let Some(failure) = &run.failure {
             let _ = writeln!(text, "{backend} failed: {failure}");
@@ -348,12 +344,12 @@ type Summary = fn(&RunReport) -> String;
 
 /// A report of a run of `backend` that took `wall` and did not fail, for tests.
 #[cfg(test)]
-pub(crate) fn report(backend: &str, wall: Duration, events: Vec<Event>) -> RunReport {
+pub(crate) fn report(backend: &str, wall: Duration, outcomes: Vec<Outcome>) -> RunReport {
     let (backend, failure) = (backend.to_owned(), None);
     RunReport {
         backend,
         wall,
-        events,
+        outcomes,
         failure,
     }
 }
@@ -362,14 +358,14 @@ pub(crate) fn report(backend: &str, wall: Duration, events: Vec<Event>) -> RunRe
 mod tests {
     use super::*;
 
-    /// An event of task `task` from `start_ms` to `end_ms`.
-    fn event(task: u64, worker: &str, start_ms: u64, end_ms: u64) -> Event {
-        crate::events::event(task, worker, start_ms * 1000, end_ms * 1000)
+    /// The outcome of task `task` from `start_ms` to `end_ms`.
+    fn ran(task: u64, worker: &str, start_ms: u64, end_ms: u64) -> Outcome {
+        crate::blocks::outcome(task, worker, start_ms * 1000, end_ms * 1000)
     }
 
     /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
     fn python_run(backend: &str) -> RunReport {
-        let events = [
+        let outcomes = [
             (0, "W-1", 0, 100),
             (2, "W-3", 0, 100),
             (1, "W-2", 0, 100),
@@ -378,9 +374,9 @@ mod tests {
             (4, "W-3", 100, 200),
         ]
         .into_iter()
-        .map(|(task, worker, start, end)| event(task, worker, start, end))
+        .map(|(task, worker, start, end)| ran(task, worker, start, end))
         .collect();
-        report(backend, Duration::from_millis(215), events)
+        report(backend, Duration::from_millis(215), outcomes)
     }
 
     /// The `FAIL` lines of the rendered checks.
@@ -410,10 +406,10 @@ mod tests {
     #[test]
     fn missing_repeated_and_unexpected_tasks_fail() {
         let mut thread = python_run("thread");
-        thread.events.retain(|e| e.outcome.task != 4);
-        thread.events.push(event(1, "W-1", 200, 300));
-        thread.events.push(event(1, "W-1", 300, 400));
-        thread.events.push(event(9, "W-2", 200, 300));
+        thread.outcomes.retain(|o| o.task != 4);
+        thread.outcomes.push(ran(1, "W-1", 200, 300));
+        thread.outcomes.push(ran(1, "W-1", 300, 400));
+        thread.outcomes.push(ran(9, "W-2", 200, 300));
         let process = python_run("process");
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
@@ -430,7 +426,7 @@ mod tests {
     #[test]
     fn too_many_at_once_fails() {
         let mut thread = python_run("thread");
-        thread.events[3].outcome.start_us = 50_000; // blocks(3) starts before anything finished
+        thread.outcomes[3].start_us = 50_000; // blocks(3) starts before anything finished
         let checks = checks(&Options::default(), &[&thread]);
         assert_eq!(
             failed(&checks),
@@ -442,7 +438,7 @@ mod tests {
     fn different_results_and_failed_runs_fail() {
         let thread = python_run("thread");
         let mut process = python_run("process");
-        process.events[5].outcome.result = 17;
+        process.outcomes[5].result = 17;
         process.failure = Some("blocks-process exited with code 1".to_owned());
         let checks = checks(&Options::default(), &[&thread, &process]);
         assert_eq!(
@@ -476,8 +472,8 @@ mod tests {
     fn table_shows_each_task_on_both_backends() {
         let thread = python_run("thread");
         let mut process = python_run("process");
-        process.events.retain(|e| e.outcome.task != 5);
-        process.events.push(event(0, "W-2", 200, 300));
+        process.outcomes.retain(|o| o.task != 5);
+        process.outcomes.push(ran(0, "W-2", 200, 300));
         let text = render_table(&Options::default(), &[&thread, &process]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "blocks(n): 6 tasks of 100 ms on 3 workers");

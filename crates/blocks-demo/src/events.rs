@@ -23,14 +23,22 @@ pub struct Event {
     pub backend: String,
 }
 
-/// Writes `events` to `path`, one JSON object per line, replacing the file.
+/// Writes `outcomes` to `path` as events of `backend`, one JSON object per line, replacing the
+/// file.
 ///
 /// # Errors
 ///
 /// The file could not be created or written.
-pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
-    let lines: serde_json::Result<String> = (events.iter())
-        .map(|event| Ok(serde_json::to_string(event)? + "\n"))
+pub fn write_events(path: &Path, backend: &str, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+    let backend = backend.to_owned();
+    let lines: serde_json::Result<String> = (outcomes.into_iter())
+        .map(|outcome| {
+            let event = Event {
+                outcome,
+                backend: backend.clone(),
+            };
+            Ok(serde_json::to_string(&event)? + "\n")
+        })
         .collect();
     fs::write(path, lines?).with_context(|| format!("cannot write events to {}", path.display()))
 }
@@ -94,28 +102,18 @@ where
     running.max().unwrap_or(0)
 }
 
-/// An event of task `task` (giving `task * task`) on `worker`, in a `thread` run, for tests.
-#[cfg(test)]
-pub(crate) fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
-    let worker = worker.to_owned();
-    let result = task * task;
-    let outcome = Outcome {
-        task,
-        worker,
-        start_us,
-        end_us,
-        result,
-        pid: 42,
-    };
-    Event {
-        outcome,
-        backend: "thread".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::outcome;
+
+    fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
+        let outcome = outcome(task, worker, start_us, end_us);
+        Event {
+            outcome,
+            backend: "thread".to_owned(),
+        }
+    }
 
     #[test]
     fn events_round_trip_through_a_file() {
@@ -125,7 +123,8 @@ mod tests {
             event(1, "Thread-2", 3, 100_003),
             event(0, "Thread-1", 1, 100_001),
         ];
-        write_events(&path, &events).unwrap();
+        let outcomes = events.iter().map(|event| event.outcome.clone()).collect();
+        write_events(&path, "thread", outcomes).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(

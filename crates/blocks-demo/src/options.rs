@@ -39,14 +39,13 @@ impl Default for Options {
 impl Options {
     /// The flags that make another binary do the same run.
     pub fn run_args(&self) -> Vec<String> {
-        [
-            ("--tasks", self.tasks as u64),
-            ("--workers", self.workers as u64),
-            ("--sleep-ms", self.sleep_ms),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_owned(), value.to_string()])
-        .collect()
+        let Options {
+            tasks,
+            workers,
+            sleep_ms,
+        } = self;
+        let flags = format!("--tasks {tasks} --workers {workers} --sleep-ms {sleep_ms}");
+        flags.split(' ').map(str::to_owned).collect()
     }
 }
 

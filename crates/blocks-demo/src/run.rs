@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use smol_offload::{Executor, ReturnWhen, wait};
 
 use crate::blocks::{Job, Outcome, blocks, join, unix_micros};
-use crate::events::{Event, write_events};
+use crate::events::write_events;
 use crate::logging::log;
 use crate::options::{DemoArgs, Options, run_main};
 
@@ -107,12 +107,7 @@ where
         let pool = build_pool(args.run.workers)?;
         let outcomes = smol::block_on(run_blocking_tasks(&pool, &args.run))?;
         if let Some(path) = &args.events {
-            let backend = backend.to_owned();
-            let event = |outcome| Event {
-                outcome,
-                backend: backend.clone(),
-            };
-            write_events(path, &outcomes.into_iter().map(event).collect::<Vec<_>>())?;
+            write_events(path, backend, outcomes)?;
         }
         Ok(true)
     })

@@ -32,14 +32,13 @@ const GREY_MIDDLE: &str = r##" text-anchor="middle" fill="#444444""##;
 ///
 /// ```
 /// use std::time::Duration;
-/// use blocks_demo::{Options, Outcome, compare::RunReport, events::Event, timeline::render_svg};
+/// use blocks_demo::{Options, Outcome, compare::RunReport, timeline::render_svg};
 ///
 /// let outcome = Outcome {
 ///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
-/// let event = Event { outcome, backend: "thread".into() };
 /// let run = RunReport {
-///     backend: "thread".into(), wall: Duration::from_millis(105), events: vec![event],
+///     backend: "thread".into(), wall: Duration::from_millis(105), outcomes: vec![outcome],
 ///     failure: None,
 /// };
 /// let svg = render_svg(&Options::default(), &[&run]);
@@ -151,7 +150,7 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     );
 
     // One bar per task, in its worker's lane, coloured by its task number.
-    for o in run.outcomes() {
+    for o in &run.outcomes {
         let lane = workers
             .iter()
             .position(|w| *w == o.worker)
@@ -247,8 +246,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::blocks::outcome;
     use crate::compare::report;
-    use crate::events::event;
 
     fn run(backend: &str, workers: &[&str]) -> RunReport {
         let events = (0..6u64)
@@ -256,7 +255,7 @@ mod tests {
                 let worker = workers[task as usize % workers.len()];
                 let (start_us, end_us) =
                     (task / 3 * 100_000 + task, (task / 3 + 1) * 100_000 + task);
-                event(task, worker, start_us, end_us)
+                outcome(task, worker, start_us, end_us)
             })
             .collect();
         report(backend, Duration::from_micros(213_400), events)
