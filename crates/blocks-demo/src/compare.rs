@@ -61,11 +61,8 @@ impl Backend {
         let _ = std::fs::remove_file(events);
         let started = Instant::now();
         let mut command = Command::new(binary);
-        let output = command
-            .args(options.run_args())
-            .arg("--events")
-            .arg(events)
-            .output();
+        command.args(options.run_args()).arg("--events").arg(events);
+        let output = command.output();
         let mut report = RunReport {
             backend: self.0.to_owned(),
             wall: started.elapsed(),
@@ -75,12 +72,10 @@ impl Backend {
         let (binary, (name, var)) = (binary.display(), (self.binary(), self.env_var()));
         let (read, log) = match output {
             Err(err) => {
-                let hint =
-                    format!("build it with `cargo build --release --bin {name}`, or set {var}");
-                (
-                    Err(format!("cannot run {binary}: {err} ({hint})")),
-                    String::new(),
-                )
+                let build = format!("`cargo build --release --bin {name}`");
+                let failure =
+                    format!("cannot run {binary}: {err} (build it with {build}, or set {var})");
+                (Err(failure), String::new())
             }
             Ok(output) => {
                 let log = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -268,10 +263,7 @@ pub fn render_checks(checks: &[Check]) -> String {
 /// each backend, then per run the wall time, the span of its tasks, the most tasks at once, its
 /// workers and its results.
 pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
-    let mut text = format!(
-        "blocks(n): {} tasks of {} ms on {} workers\n\n",
-        options.tasks, options.sleep_ms, options.workers
-    );
+    let mut text = format!("{options}\n\n");
     // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
     let tasks: BTreeSet<u64> = (0..options.tasks as u64)
         .chain(runs.iter().flat_map(|run| &run.outcomes).map(|o| o.task))

@@ -36,15 +36,22 @@ impl Default for Options {
     }
 }
 
+impl std::fmt::Display for Options {
+    /// The run in words: `blocks(n): 6 tasks of 100 ms on 3 workers`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
+        write!(
+            f,
+            "blocks(n): {tasks} tasks of {sleep} ms on {workers} workers"
+        )
+    }
+}
+
 impl Options {
     /// The flags that make another binary do the same run.
     pub fn run_args(&self) -> Vec<String> {
-        let Options {
-            tasks,
-            workers,
-            sleep_ms,
-        } = self;
-        let flags = format!("--tasks {tasks} --workers {workers} --sleep-ms {sleep_ms}");
+        let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
+        let flags = format!("--tasks {tasks} --workers {workers} --sleep-ms {sleep}");
         flags.split(' ').map(str::to_owned).collect()
     }
 }

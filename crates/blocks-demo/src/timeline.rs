@@ -56,17 +56,13 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
         runs.iter()
             .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall)))),
     );
-    let run = format!(
-        "blocks(n): {} tasks of {} ms on {} workers",
-        options.tasks, options.sleep_ms, options.workers
-    );
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
 "##
     );
     let title = r#" font-size="17" font-weight="bold" text-anchor="middle""#;
-    text(&mut svg, WIDTH / 2.0, 26.0, title, &run);
+    text(&mut svg, WIDTH / 2.0, 26.0, title, &options.to_string());
     let wall = format!("wall time: {walls}");
     text(&mut svg, WIDTH / 2.0, 46.0, GREY_MIDDLE, &wall);
     svg + &body + "</svg>\n"
@@ -84,13 +80,11 @@ fn text(svg: &mut String, x: f64, y: f64, attrs: &str, content: &str) {
 /// Draws one run from `top` down; returns the y just below its axis.
 fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     let plot_width = WIDTH - LEFT - RIGHT;
+    let (wall, span) = (ms(micros(run.wall)), ms(run.span_us()));
+    let (backend, workers, most) = (&run.backend, run.workers(), run.max_concurrency());
     let mut header = format!(
-        "{} pool: wall {} ms, tasks span {} ms, {} workers, at most {} at once",
-        run.backend,
-        ms(micros(run.wall)),
-        ms(run.span_us()),
-        run.workers().len(),
-        run.max_concurrency()
+        "{backend} pool: wall {wall} ms, tasks span {span} ms, {} workers, at most {most} at once",
+        workers.len()
     );
     if let Some(failure) = &run.failure {
         let _ = write!(header, " (failed: {failure})");
@@ -99,7 +93,6 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     let color = if failed { "#b00020" } else { "#000000" };
     let bold = format!(r#" font-size="14" font-weight="bold" fill="{color}""#);
     text(svg, LEFT, top + 16.0, &bold, &header);
-    let workers = run.workers();
     let lanes_top = top + PANEL_HEADER;
     let x_of = |us: u64| LEFT + plot_width * us as f64 / axis.end_us as f64;
 
@@ -124,15 +117,13 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     // Grid lines and the axis below the lanes.
     let axis_y = lanes_top + LANE * workers.len().max(1) as f64;
     for tick_us in axis.ticks() {
-        let x = x_of(tick_us);
+        let (x, label) = (x_of(tick_us), axis.label(tick_us));
+        let (tick_end, label_y) = (axis_y + 5.0, axis_y + 18.0);
         let _ = writeln!(
             svg,
             r##"<line x1="{x:.1}" y1="{lanes_top}" x2="{x:.1}" y2="{axis_y}" stroke="#dddddd"/>
-<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{}" stroke="#333333"/>
-<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            axis_y + 5.0,
-            axis_y + 18.0,
-            axis.label(tick_us)
+<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{tick_end}" stroke="#333333"/>
+<text x="{x:.1}" y="{label_y}" text-anchor="middle">{label}</text>"##
         );
     }
     let _ = writeln!(
@@ -140,14 +131,8 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#333333"/>"##,
         LEFT + plot_width
     );
-    let axis_label = "time since the run started (ms)";
-    text(
-        svg,
-        LEFT + plot_width / 2.0,
-        axis_y + 34.0,
-        GREY_MIDDLE,
-        axis_label,
-    );
+    let (x, axis_label) = (LEFT + plot_width / 2.0, "time since the run started (ms)");
+    text(svg, x, axis_y + 34.0, GREY_MIDDLE, axis_label);
 
     // One bar per task, in its worker's lane, coloured by its task number.
     for o in &run.outcomes {
@@ -159,23 +144,17 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         let x = x_of(o.start_us);
         let width = (x_of(o.end_us) - x).max(1.0);
         let hue = (o.task as f64 * 137.508) % 360.0;
-        let title = format!(
-            "blocks({}) = {} on {}: {} to {} ms",
-            o.task,
-            o.result,
-            o.worker,
-            ms(o.start_us),
-            ms(o.end_us)
-        );
+        let (task, result, worker) = (o.task, o.result, &o.worker);
+        let (start, end) = (ms(o.start_us), ms(o.end_us));
+        let title = escape(&format!(
+            "blocks({task}) = {result} on {worker}: {start} to {end} ms"
+        ));
+        let (label_x, label_y) = (x + width / 2.0, y + BAR / 2.0 + 4.0);
         let _ = writeln!(
             svg,
-            r##"<g class="task"><title>{}</title>
+            r##"<g class="task"><title>{title}</title>
 <rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{BAR}" rx="3" fill="hsl({hue:.0}, 65%, 62%)" stroke="#333333" stroke-width="0.8"/>
-<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"##,
-            escape(&title),
-            x + width / 2.0,
-            y + BAR / 2.0 + 4.0,
-            o.task
+<text x="{label_x:.1}" y="{label_y:.1}" text-anchor="middle" font-size="11">{task}</text></g>"##
         );
     }
     axis_y + AXIS
