@@ -237,13 +237,8 @@ fn result_problems(a: &RunReport, b: &RunReport) -> Vec<String> {
         .into_iter()
         .filter(|task| by_a.get(task) != by_b.get(task))
         .map(|task| {
-            format!(
-                "task {task}: {} {} vs {} {}",
-                a.backend,
-                set(&by_a, task),
-                b.backend,
-                set(&by_b, task)
-            )
+            let (in_a, in_b) = (set(&by_a, task), set(&by_b, task));
+            format!("task {task}: {} {in_a} vs {} {in_b}", a.backend, b.backend)
         })
         .collect()
 }

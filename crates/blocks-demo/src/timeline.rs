@@ -70,11 +70,8 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
 
 /// Appends a `<text>` element at `x`, `y` with more attributes `attrs` and escaped `content`.
 fn text(svg: &mut String, x: f64, y: f64, attrs: &str, content: &str) {
-    let _ = writeln!(
-        svg,
-        r#"<text x="{x}" y="{y}"{attrs}>{}</text>"#,
-        escape(content)
-    );
+    let content = escape(content);
+    let _ = writeln!(svg, r#"<text x="{x}" y="{y}"{attrs}>{content}</text>"#);
 }
 
 /// Draws one run from `top` down; returns the y just below its axis.
@@ -146,9 +143,8 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         let hue = (o.task as f64 * 137.508) % 360.0;
         let (task, result, worker) = (o.task, o.result, &o.worker);
         let (start, end) = (ms(o.start_us), ms(o.end_us));
-        let title = escape(&format!(
-            "blocks({task}) = {result} on {worker}: {start} to {end} ms"
-        ));
+        let title = format!("blocks({task}) = {result} on {worker}: {start} to {end} ms");
+        let title = escape(&title);
         let (label_x, label_y) = (x + width / 2.0, y + BAR / 2.0 + 4.0);
         let _ = writeln!(
             svg,
