@@ -86,9 +86,29 @@ pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
+/// `items` as text, joined by `", "`.
+pub fn join<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let items: Vec<String> = items.into_iter().map(|item| item.to_string()).collect();
+    items.join(", ")
+}
+
 /// Milliseconds with one decimal, from microseconds: `ms(100_412)` is `"100.4"`.
 pub fn ms(us: u64) -> String {
     format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// The outcome of task `task` (giving `task * task`) on `worker`, in process 42, for tests.
+#[cfg(test)]
+pub(crate) fn outcome(task: u64, worker: &str, start_us: u64, end_us: u64) -> Outcome {
+    let (worker, result) = (worker.to_owned(), task * task);
+    Outcome {
+        task,
+        worker,
+        start_us,
+        end_us,
+        result,
+        pid: 42,
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@
 //! times are microseconds after the run's start, measured inside `blocks`.
 
 use std::fs;
-use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -24,23 +23,24 @@ pub struct Event {
     pub backend: String,
 }
 
-/// Writes `events` to `path`, one JSON object per line, replacing the file.
+/// Writes `outcomes` to `path` as events of `backend`, one JSON object per line, replacing the
+/// file.
 ///
 /// # Errors
 ///
 /// The file could not be created or written.
-pub fn write_events(path: &Path, events: &[Event]) -> anyhow::Result<()> {
-    let write = || -> io::Result<()> {
-        let mut file = io::BufWriter::new(fs::File::create(path)?);
-        for event in events {
-            serde_json::to_writer(&mut file, event)?;
-            file.write_all(b"\n")?;
-        }
-        file.into_inner()
-            .map_err(io::IntoInnerError::into_error)?
-            .sync_all()
-    };
-    write().with_context(|| format!("cannot write events to {}", path.display()))
+pub fn write_events(path: &Path, backend: &str, outcomes: Vec<Outcome>) -> anyhow::Result<()> {
+    let backend = backend.to_owned();
+    let lines: serde_json::Result<String> = (outcomes.into_iter())
+        .map(|outcome| {
+            let event = Event {
+                outcome,
+                backend: backend.clone(),
+            };
+            Ok(serde_json::to_string(&event)? + "\n")
+        })
+        .collect();
+    fs::write(path, lines?).with_context(|| format!("cannot write events to {}", path.display()))
 }
 
 /// Reads the events file at `path`; blank lines are skipped.
@@ -91,32 +91,24 @@ where
         })
         .collect();
     edges.sort_unstable();
-    let (mut running, mut most) = (0usize, 0);
-    for (_, kind) in edges {
-        if kind == START {
-            running += 1;
-            most = most.max(running);
+    let running = edges.into_iter().scan(0usize, |running, (_, kind)| {
+        *running = if kind == START {
+            *running + 1
         } else {
-            running -= 1;
-        }
-    }
-    most
+            *running - 1
+        };
+        Some(*running)
+    });
+    running.max().unwrap_or(0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blocks::outcome;
 
     fn event(task: u64, worker: &str, start_us: u64, end_us: u64) -> Event {
-        let worker = worker.to_owned();
-        let outcome = Outcome {
-            task,
-            worker,
-            start_us,
-            end_us,
-            result: task * task,
-            pid: 42,
-        };
+        let outcome = outcome(task, worker, start_us, end_us);
         Event {
             outcome,
             backend: "thread".to_owned(),
@@ -131,7 +123,8 @@ mod tests {
             event(1, "Thread-2", 3, 100_003),
             event(0, "Thread-1", 1, 100_001),
         ];
-        write_events(&path, &events).unwrap();
+        let outcomes = events.iter().map(|event| event.outcome.clone()).collect();
+        write_events(&path, "thread", outcomes).unwrap();
         let text = fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
         assert!(

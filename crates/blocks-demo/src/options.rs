@@ -30,27 +30,29 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// The Python original's run: 6 tasks of 100 ms on 3 workers.
+    /// The Python original's run, the flags' defaults: 6 tasks of 100 ms on 3 workers.
     fn default() -> Options {
-        Options {
-            tasks: 6,
-            workers: 3,
-            sleep_ms: 100,
-        }
+        DemoArgs::parse_from(["blocks"]).run
+    }
+}
+
+impl std::fmt::Display for Options {
+    /// The run in words: `blocks(n): 6 tasks of 100 ms on 3 workers`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
+        write!(
+            f,
+            "blocks(n): {tasks} tasks of {sleep} ms on {workers} workers"
+        )
     }
 }
 
 impl Options {
     /// The flags that make another binary do the same run.
     pub fn run_args(&self) -> Vec<String> {
-        [
-            ("--tasks", self.tasks as u64),
-            ("--workers", self.workers as u64),
-            ("--sleep-ms", self.sleep_ms),
-        ]
-        .into_iter()
-        .flat_map(|(flag, value)| [flag.to_owned(), value.to_string()])
-        .collect()
+        let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
+        let flags = format!("--tasks {tasks} --workers {workers} --sleep-ms {sleep}");
+        flags.split(' ').map(str::to_owned).collect()
     }
 }
 
@@ -87,24 +89,35 @@ pub struct CompareArgs {
     pub logs: bool,
 }
 
-/// Parses the command line of `program` into `T`; for `--help`, or a bad command line, the
-/// exit code `main` should return after clap printed the help or the error (prefixed with the
-/// program's name), 2 for a bad command line as with most Unix tools.
-pub fn parse_or_exit<T: Parser>(program: &'static str) -> Result<T, ExitCode> {
+/// The `main` of every demo binary: parses the command line of `program` into `T`, runs `body`
+/// with it, and gives the exit code: 0 when `body` gave true, 1 when it gave false or failed
+/// (the error printed, prefixed with the program's name). For `--help` clap prints the help
+/// and the code is 0; for a bad command line it prints the error and the code is 2, as with
+/// most Unix tools.
+pub fn run_main<T: Parser>(
+    program: &'static str,
+    body: impl FnOnce(T) -> anyhow::Result<bool>,
+) -> ExitCode {
     let command = T::command().name(program).bin_name(program);
-    match command.try_get_matches_from(std::env::args_os()) {
-        Ok(matches) => T::from_arg_matches(&matches).map_err(|err| usage_error(program, &err)),
+    let matches = command.try_get_matches_from(std::env::args_os());
+    let args = match matches.and_then(|matches| T::from_arg_matches(&matches)) {
+        Ok(args) => args,
         Err(err) if !err.use_stderr() => {
             let _ = err.print();
-            Err(ExitCode::SUCCESS)
+            return ExitCode::SUCCESS;
         }
-        Err(err) => Err(usage_error(program, &err)),
+        Err(err) => {
+            eprint!("{program}: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match body(args) {
+        Ok(passed) => ExitCode::from(u8::from(!passed)),
+        Err(err) => {
+            eprintln!("{program}: error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
-}
-
-fn usage_error(program: &str, err: &clap::Error) -> ExitCode {
-    eprint!("{program}: {err}");
-    ExitCode::from(2)
 }
 
 #[cfg(test)]
@@ -126,7 +139,13 @@ mod tests {
     #[test]
     fn defaults_are_the_python_run_and_round_trip_through_run_args() {
         let args = DemoArgs::try_parse_from(["blocks-thread"]).unwrap();
-        assert_eq!((args.run, args.events), (Options::default(), None));
+        let python = Options {
+            tasks: 6,
+            workers: 3,
+            sleep_ms: 100,
+        };
+        assert_eq!((args.run, args.events), (python.clone(), None));
+        assert_eq!(Options::default(), python);
         let run = Options {
             tasks: 10,
             workers: 2,

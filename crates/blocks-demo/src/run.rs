@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use smol_offload::{Executor, ReturnWhen, wait};
 
-use crate::blocks::{Job, Outcome, blocks, unix_micros};
-use crate::events::{Event, write_events};
+use crate::blocks::{Job, Outcome, blocks, join, unix_micros};
+use crate::events::write_events;
 use crate::logging::log;
-use crate::options::{DemoArgs, Options, parse_or_exit};
+use crate::options::{DemoArgs, Options, run_main};
 
 /// The logger name of [`run_blocking_tasks`], as in the Python original.
 const LOGGER: &str = "run_blocking_tasks";
@@ -63,24 +63,22 @@ pub async fn run_blocking_tasks<E: Executor>(
     let waited = wait(tasks, ReturnWhen::AllCompleted).await;
     debug_assert!(waited.pending.is_empty());
 
-    let mut outcomes = Vec::with_capacity(waited.done.len());
     let mut failures = Vec::new();
-    for (n, result) in waited.done {
-        match result {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(err) => failures.push(format!("blocks({n}): {err}")),
-        }
-    }
-    if !failures.is_empty() {
-        anyhow::bail!(
-            "{} of {} tasks failed: {}",
-            failures.len(),
-            options.tasks,
-            failures.join("; ")
-        );
-    }
-    let results: Vec<u64> = outcomes.iter().map(|outcome| outcome.result).collect();
-    log(LOGGER, &format!("results: {}", python_list(&results)));
+    let outcomes: Vec<Outcome> = (waited.done.into_iter())
+        .filter_map(|(n, result)| {
+            let failed = |err| failures.push(format!("blocks({n}): {err}"));
+            result.map_err(failed).ok()
+        })
+        .collect();
+    let failed = failures.len();
+    let failures = failures.join("; ");
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} tasks failed: {failures}",
+        options.tasks
+    );
+    let results = python_list(outcomes.iter().map(|outcome| outcome.result));
+    log(LOGGER, &format!("results: {results}"));
     log(LOGGER, "exiting");
     Ok(outcomes)
 }
@@ -90,12 +88,11 @@ pub async fn run_blocking_tasks<E: Executor>(
 /// # Examples
 ///
 /// ```
-/// assert_eq!(blocks_demo::python_list(&[16, 4, 1, 0, 9, 25]), "[16, 4, 1, 0, 9, 25]");
-/// assert_eq!(blocks_demo::python_list(&[]), "[]");
+/// assert_eq!(blocks_demo::python_list([16, 4, 1, 0, 9, 25]), "[16, 4, 1, 0, 9, 25]");
+/// assert_eq!(blocks_demo::python_list([]), "[]");
 /// ```
-pub fn python_list(values: &[u64]) -> String {
-    let items: Vec<String> = values.iter().map(u64::to_string).collect();
-    format!("[{}]", items.join(", "))
+pub fn python_list(values: impl IntoIterator<Item = u64>) -> String {
+    format!("[{}]", join(values))
 }
 
 /// The `main` of `blocks-thread` and `blocks-process`: reads the flags, builds the pool with
@@ -106,32 +103,14 @@ where
     E: Executor,
     B: FnOnce(usize) -> anyhow::Result<E>,
 {
-    let args: DemoArgs = match parse_or_exit(program) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    let run = || -> anyhow::Result<()> {
+    run_main(program, |args: DemoArgs| {
         let pool = build_pool(args.run.workers)?;
         let outcomes = smol::block_on(run_blocking_tasks(&pool, &args.run))?;
         if let Some(path) = &args.events {
-            let events: Vec<Event> = outcomes
-                .into_iter()
-                .map(|outcome| Event {
-                    outcome,
-                    backend: backend.to_owned(),
-                })
-                .collect();
-            write_events(path, &events)?;
+            write_events(path, backend, outcomes)?;
         }
-        Ok(())
-    };
-    run().map_or_else(
-        |err| {
-            eprintln!("{program}: error: {err:#}");
-            ExitCode::FAILURE
-        },
-        |()| ExitCode::SUCCESS,
-    )
+        Ok(true)
+    })
 }
 
 #[cfg(test)]

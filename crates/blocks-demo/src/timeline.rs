@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::blocks::{micros, ms};
+use crate::blocks::{join, micros, ms};
 use crate::compare::RunReport;
 use crate::options::Options;
 
@@ -18,6 +18,7 @@ const LANE: f64 = 26.0;
 const BAR: f64 = 18.0;
 const AXIS: f64 = 42.0;
 const PANEL_GAP: f64 = 24.0;
+const GREY_MIDDLE: &str = r##" text-anchor="middle" fill="#444444""##;
 
 /// Draws `runs` one above the other, on one time scale so the panels compare at a glance.
 ///
@@ -31,14 +32,13 @@ const PANEL_GAP: f64 = 24.0;
 ///
 /// ```
 /// use std::time::Duration;
-/// use blocks_demo::{Options, Outcome, compare::RunReport, events::Event, timeline::render_svg};
+/// use blocks_demo::{Options, Outcome, compare::RunReport, timeline::render_svg};
 ///
 /// let outcome = Outcome {
 ///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
-/// let event = Event { outcome, backend: "thread".into() };
 /// let run = RunReport {
-///     backend: "thread".into(), wall: Duration::from_millis(105), events: vec![event],
+///     backend: "thread".into(), wall: Duration::from_millis(105), outcomes: vec![outcome],
 ///     failure: None,
 /// };
 /// let svg = render_svg(&Options::default(), &[&run]);
@@ -52,66 +52,44 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
         y = draw_panel(&mut body, run, &axis, y) + PANEL_GAP;
     }
     let height = y - PANEL_GAP + 16.0;
-    let walls: Vec<String> = runs
-        .iter()
-        .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall))))
-        .collect();
-    let (title, middle) = (
-        r#" font-size="17" font-weight="bold" text-anchor="middle""#,
-        WIDTH / 2.0,
-    );
-    let run = format!(
-        "blocks(n): {} tasks of {} ms on {} workers",
-        options.tasks, options.sleep_ms, options.workers
+    let walls = join(
+        runs.iter()
+            .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall)))),
     );
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
 "##
     );
-    text(&mut svg, middle, 26.0, title, &run);
-    let wall = format!("wall time: {}", walls.join(", "));
-    text(
-        &mut svg,
-        middle,
-        46.0,
-        r##" text-anchor="middle" fill="#444444""##,
-        &wall,
-    );
+    let title = r#" font-size="17" font-weight="bold" text-anchor="middle""#;
+    text(&mut svg, WIDTH / 2.0, 26.0, title, &options.to_string());
+    let wall = format!("wall time: {walls}");
+    text(&mut svg, WIDTH / 2.0, 46.0, GREY_MIDDLE, &wall);
     svg + &body + "</svg>\n"
 }
 
 /// Appends a `<text>` element at `x`, `y` with more attributes `attrs` and escaped `content`.
 fn text(svg: &mut String, x: f64, y: f64, attrs: &str, content: &str) {
-    let _ = writeln!(
-        svg,
-        r#"<text x="{x}" y="{y}"{attrs}>{}</text>"#,
-        escape(content)
-    );
+    let content = escape(content);
+    let _ = writeln!(svg, r#"<text x="{x}" y="{y}"{attrs}>{content}</text>"#);
 }
 
 /// Draws one run from `top` down; returns the y just below its axis.
 fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
     let plot_width = WIDTH - LEFT - RIGHT;
+    let (wall, span) = (ms(micros(run.wall)), ms(run.span_us()));
+    let (backend, workers, most) = (&run.backend, run.workers(), run.max_concurrency());
     let mut header = format!(
-        "{} pool: wall {} ms, tasks span {} ms, {} workers, at most {} at once",
-        run.backend,
-        ms(micros(run.wall)),
-        ms(run.span_us()),
-        run.workers().len(),
-        run.max_concurrency()
+        "{backend} pool: wall {wall} ms, tasks span {span} ms, {} workers, at most {most} at once",
+        workers.len()
     );
     if let Some(failure) = &run.failure {
         let _ = write!(header, " (failed: {failure})");
     }
-    let color = if run.failure.is_some() {
-        "#b00020"
-    } else {
-        "#000000"
-    };
+    let failed = run.failure.is_some();
+    let color = if failed { "#b00020" } else { "#000000" };
     let bold = format!(r#" font-size="14" font-weight="bold" fill="{color}""#);
     text(svg, LEFT, top + 16.0, &bold, &header);
-    let workers = run.workers();
     let lanes_top = top + PANEL_HEADER;
     let x_of = |us: u64| LEFT + plot_width * us as f64 / axis.end_us as f64;
 
@@ -125,37 +103,24 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
             svg,
             r#"<rect x="{LEFT}" y="{y}" width="{plot_width}" height="{LANE}" fill="{fill}"/>"#
         );
-        let label = format!("{lane_prefix}{worker}");
-        text(
-            svg,
-            LEFT - 8.0,
-            y + LANE / 2.0 + 4.0,
-            r#" text-anchor="end""#,
-            &label,
-        );
+        let (end, label) = (r#" text-anchor="end""#, format!("{lane_prefix}{worker}"));
+        text(svg, LEFT - 8.0, y + LANE / 2.0 + 4.0, end, &label);
     }
     if workers.is_empty() {
-        text(
-            svg,
-            LEFT + 8.0,
-            lanes_top + LANE / 2.0 + 4.0,
-            r##" fill="#666666""##,
-            "no tasks ran",
-        );
+        let (y, grey) = (lanes_top + LANE / 2.0 + 4.0, r##" fill="#666666""##);
+        text(svg, LEFT + 8.0, y, grey, "no tasks ran");
     }
 
     // Grid lines and the axis below the lanes.
     let axis_y = lanes_top + LANE * workers.len().max(1) as f64;
     for tick_us in axis.ticks() {
-        let x = x_of(tick_us);
+        let (x, label) = (x_of(tick_us), axis.label(tick_us));
+        let (tick_end, label_y) = (axis_y + 5.0, axis_y + 18.0);
         let _ = writeln!(
             svg,
             r##"<line x1="{x:.1}" y1="{lanes_top}" x2="{x:.1}" y2="{axis_y}" stroke="#dddddd"/>
-<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{}" stroke="#333333"/>
-<text x="{x:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            axis_y + 5.0,
-            axis_y + 18.0,
-            axis.label(tick_us)
+<line x1="{x:.1}" y1="{axis_y}" x2="{x:.1}" y2="{tick_end}" stroke="#333333"/>
+<text x="{x:.1}" y="{label_y}" text-anchor="middle">{label}</text>"##
         );
     }
     let _ = writeln!(
@@ -163,18 +128,11 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         r##"<line x1="{LEFT}" y1="{axis_y}" x2="{}" y2="{axis_y}" stroke="#333333"/>"##,
         LEFT + plot_width
     );
-    let axis_label = "time since the run started (ms)";
-    let grey = r##" text-anchor="middle" fill="#444444""##;
-    text(
-        svg,
-        LEFT + plot_width / 2.0,
-        axis_y + 34.0,
-        grey,
-        axis_label,
-    );
+    let (x, axis_label) = (LEFT + plot_width / 2.0, "time since the run started (ms)");
+    text(svg, x, axis_y + 34.0, GREY_MIDDLE, axis_label);
 
     // One bar per task, in its worker's lane, coloured by its task number.
-    for o in run.outcomes() {
+    for o in &run.outcomes {
         let lane = workers
             .iter()
             .position(|w| *w == o.worker)
@@ -183,23 +141,16 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
         let x = x_of(o.start_us);
         let width = (x_of(o.end_us) - x).max(1.0);
         let hue = (o.task as f64 * 137.508) % 360.0;
-        let title = format!(
-            "blocks({}) = {} on {}: {} to {} ms",
-            o.task,
-            o.result,
-            o.worker,
-            ms(o.start_us),
-            ms(o.end_us)
-        );
+        let (task, result, worker) = (o.task, o.result, &o.worker);
+        let (start, end) = (ms(o.start_us), ms(o.end_us));
+        let title = format!("blocks({task}) = {result} on {worker}: {start} to {end} ms");
+        let title = escape(&title);
+        let (label_x, label_y) = (x + width / 2.0, y + BAR / 2.0 + 4.0);
         let _ = writeln!(
             svg,
-            r##"<g class="task"><title>{}</title>
+            r##"<g class="task"><title>{title}</title>
 <rect x="{x:.1}" y="{y:.1}" width="{width:.1}" height="{BAR}" rx="3" fill="hsl({hue:.0}, 65%, 62%)" stroke="#333333" stroke-width="0.8"/>
-<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text></g>"##,
-            escape(&title),
-            x + width / 2.0,
-            y + BAR / 2.0 + 4.0,
-            o.task
+<text x="{label_x:.1}" y="{label_y:.1}" text-anchor="middle" font-size="11">{task}</text></g>"##
         );
     }
     axis_y + AXIS
@@ -251,18 +202,18 @@ impl Axis {
 
 /// Escapes text for SVG content and attribute values.
 fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&apos;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
+    text.chars()
+        .fold(String::with_capacity(text.len()), |mut escaped, c| {
+            match c {
+                '&' => escaped.push_str("&amp;"),
+                '<' => escaped.push_str("&lt;"),
+                '>' => escaped.push_str("&gt;"),
+                '"' => escaped.push_str("&quot;"),
+                '\'' => escaped.push_str("&apos;"),
+                c => escaped.push(c),
+            }
+            escaped
+        })
 }
 
 #[cfg(test)]
@@ -270,29 +221,19 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::blocks::Outcome;
-    use crate::events::Event;
+    use crate::blocks::outcome;
+    use crate::compare::report;
 
-    fn run(backend: &str, workers: &[&str], failure: Option<&str>) -> RunReport {
+    fn run(backend: &str, workers: &[&str]) -> RunReport {
         let events = (0..6u64)
-            .map(|task| Event {
-                outcome: Outcome {
-                    task,
-                    worker: workers[task as usize % workers.len()].to_owned(),
-                    start_us: task / 3 * 100_000 + task,
-                    end_us: (task / 3 + 1) * 100_000 + task,
-                    result: task * task,
-                    pid: 7,
-                },
-                backend: backend.to_owned(),
+            .map(|task| {
+                let worker = workers[task as usize % workers.len()];
+                let (start_us, end_us) =
+                    (task / 3 * 100_000 + task, (task / 3 + 1) * 100_000 + task);
+                outcome(task, worker, start_us, end_us)
             })
             .collect();
-        RunReport {
-            backend: backend.to_owned(),
-            wall: Duration::from_micros(213_400),
-            events,
-            failure: failure.map(str::to_owned),
-        }
+        report(backend, Duration::from_micros(213_400), events)
     }
 
     /// Checks that tags open and close in order, as an XML parser would.
@@ -315,8 +256,8 @@ mod tests {
 
     #[test]
     fn two_panels_with_lanes_bars_and_an_axis() {
-        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"], None);
-        let process = run("process", &["4101", "4102", "4103"], None);
+        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"]);
+        let process = run("process", &["4101", "4102", "4103"]);
         let svg = render_svg(&Options::default(), &[&thread, &process]);
         assert_well_formed(&svg);
         assert!(svg.contains(">blocks(n): 6 tasks of 100 ms on 3 workers</text>"));
@@ -348,7 +289,7 @@ mod tests {
 
     #[test]
     fn bars_sit_in_their_lanes_at_their_times() {
-        let thread = run("thread", &["A", "B"], None);
+        let thread = run("thread", &["A", "B"]);
         let svg = render_svg(&Options::default(), &[&thread]);
         // Axis 0..250 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
         let plot = WIDTH - LEFT - RIGHT;
@@ -362,13 +303,9 @@ mod tests {
 
     #[test]
     fn a_failed_run_says_so_and_names_are_escaped() {
-        let empty = RunReport {
-            backend: "process".to_owned(),
-            wall: Duration::from_millis(3),
-            events: Vec::new(),
-            failure: Some("exited with code 1 & said <nothing>".to_owned()),
-        };
-        let thread = run("thread", &["T<1>", "T&2"], None);
+        let mut empty = report("process", Duration::from_millis(3), Vec::new());
+        empty.failure = Some("exited with code 1 & said <nothing>".to_owned());
+        let thread = run("thread", &["T<1>", "T&2"]);
         let svg = render_svg(&Options::default(), &[&thread, &empty]);
         assert_well_formed(&svg);
         assert!(svg.contains(">T&lt;1&gt;</text>"));

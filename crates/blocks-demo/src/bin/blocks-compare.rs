@@ -9,34 +9,21 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use blocks_demo::CompareArgs;
 use blocks_demo::compare::{Check, PROCESS, THREAD, checks, render_checks, render_table};
-use blocks_demo::options::parse_or_exit;
+use blocks_demo::options::run_main;
 use blocks_demo::timeline::render_svg;
 
-const PROGRAM: &str = "blocks-compare";
-
 fn main() -> ExitCode {
-    let args: CompareArgs = match parse_or_exit(PROGRAM) {
-        Ok(args) => args,
-        Err(code) => return code,
-    };
-    match compare(&args) {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
-        Err(err) => {
-            eprintln!("{PROGRAM}: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    run_main("blocks-compare", compare)
 }
 
 /// Runs both backends one after the other; true when every check passed.
-fn compare(args: &CompareArgs) -> anyhow::Result<bool> {
+fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let scratch = tempfile::Builder::new()
         .prefix("blocks-compare-")
         .tempdir()?;
     let mut runs = Vec::new();
     for backend in [THREAD, PROCESS] {
-        let events = scratch.path().join(format!("{}.jsonl", backend.name));
+        let events = scratch.path().join(format!("{}.jsonl", backend.0));
         runs.push(backend.run(&backend.locate()?, &args.run, &events));
     }
     if args.logs {
