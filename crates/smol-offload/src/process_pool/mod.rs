@@ -1,9 +1,10 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// out_of_line → claim → wire → options → job → server → worker_link → loan → shared →
+// out_of_line → claim → wire → context → options → job → server → worker_link → loan → shared →
 // loan_assist → room → dying → dispatcher.
 pub(crate) mod claim;
+pub(crate) mod context;
 mod dispatcher;
 mod dying;
 mod job;
@@ -33,6 +34,7 @@ use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
+use context::Carried;
 use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
@@ -268,6 +270,7 @@ impl Executor for ProcessPool {
         let job = Job {
             call: sys::erase(f),
             options: self.handle.options,
+            context: Carried::capture(),
             arg,
             completion: Box::new(promise),
         };
