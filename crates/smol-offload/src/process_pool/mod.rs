@@ -413,6 +413,10 @@ impl ProcessPoolBuilder {
     /// crash, a kill, or [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker)).
     /// A worker takes no task until its initializer returned.
     ///
+    /// Workers are forked from the application as it was at [`init`](crate::init): whatever
+    /// the application set up later, such as a `tracing` subscriber set after `init`, is not
+    /// in them, and the initializer is where to set it up.
+    ///
     /// If `f` panics, the worker is discarded and a replacement is forked after a delay that
     /// doubles with each failure in a row (50 ms, 100 ms, ... up to 5 s): never a tight fork
     /// loop. While no other worker can run them, the tasks waiting in the queue fail with an

@@ -72,6 +72,7 @@ const REPLY_HEADER: usize = 8 + 1;
 const MAX_FRAME: usize = u32::MAX as usize;
 
 /// Appends a request frame to `out`, with `context` when there is one.
+#[inline]
 pub(crate) fn write_request(
     out: &mut Vec<u8>,
     id: u64,
