@@ -177,8 +177,13 @@
 //!   is submitted to a thread ([`ThreadPool::spawn`], [`Executor::run`], [`spawn`],
 //!   [`spawn_dedicated`], the streams, [`LoopThread::spawn`], `spawn_local`, `call` and
 //!   `block_on`) is entered around the work on its thread, so what the work logs has the
-//!   submitter's span as parent. Process workers do not receive it. Debug mode's reports also
-//!   go out as `WARN` events on the target `smol_offload::debug`.
+//!   submitter's span as parent. A [`ProcessPool`] task cannot take the span into its worker
+//!   process: what it logs there is inside an `INFO` span `smol_offload_task` (target
+//!   `smol_offload::task`) with the task's `task_id` and `submitted_in`, the submitting span's
+//!   name, and the application logs the same `task_id` in a `DEBUG` event inside the submitting
+//!   span. Workers inherit a global subscriber set before [`init`]; set one later in
+//!   [`ProcessPoolBuilder::initializer`]. Debug mode's reports also go out as `WARN` events on
+//!   the target `smol_offload::debug`.
 
 #![deny(unsafe_code)]
 

@@ -621,8 +621,11 @@ pub(crate) fn serve_requests(
         } else {
             Reporting::Quiet
         };
-        let status = crate::byte_buf::with_backing(mapping.as_ref(), || {
-            call.invoke(reporting, arg, &mut reply)
+        // With the `tracing` feature, the task's records carry its id and where it came from.
+        let status = crate::process_pool::context::in_span(request.context, || {
+            crate::byte_buf::with_backing(mapping.as_ref(), || {
+                call.invoke(reporting, arg, &mut reply)
+            })
         });
         drop(mapping);
         wire::finish_reply(&mut reply, status);

@@ -12,6 +12,7 @@ use crate::byte_buf;
 use crate::codec;
 use crate::error::{Error, ErrorKind};
 use crate::panics::{self, Caught, Reporting};
+use crate::process_pool::context::Carried;
 use crate::process_pool::wire::{CallOptions, Reply};
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::Promise;
@@ -20,6 +21,8 @@ use crate::task::Promise;
 pub(crate) struct Job {
     pub(crate) call: ErasedCall,
     pub(crate) options: CallOptions,
+    /// Where it was submitted, for the worker's log records (feature `tracing`).
+    pub(crate) context: Carried,
     pub(crate) arg: Vec<u8>,
     pub(crate) completion: Box<dyn Completion>,
 }

@@ -1,9 +1,10 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// out_of_line → claim → wire → options → job → server → worker_link → loan → shared →
+// out_of_line → claim → wire → context → options → job → server → worker_link → loan → shared →
 // loan_assist → room → dying → dispatcher.
 pub(crate) mod claim;
+pub(crate) mod context;
 mod dispatcher;
 mod dying;
 mod job;
@@ -33,6 +34,7 @@ use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
+use context::Carried;
 use dispatcher::Dispatcher;
 use job::Job;
 use loan_assist::LoanAssist;
@@ -268,6 +270,7 @@ impl Executor for ProcessPool {
         let job = Job {
             call: sys::erase(f),
             options: self.handle.options,
+            context: Carried::capture(),
             arg,
             completion: Box::new(promise),
         };
@@ -409,6 +412,10 @@ impl ProcessPoolBuilder {
     /// those forked by [`build`](ProcessPoolBuilder::build), and every replacement (after a
     /// crash, a kill, or [`max_tasks_per_worker`](ProcessPoolBuilder::max_tasks_per_worker)).
     /// A worker takes no task until its initializer returned.
+    ///
+    /// Workers are forked from the application as it was at [`init`](crate::init): whatever
+    /// the application set up later, such as a `tracing` subscriber set after `init`, is not
+    /// in them, and the initializer is where to set it up.
     ///
     /// If `f` panics, the worker is discarded and a replacement is forked after a delay that
     /// doubles with each failure in a row (50 ms, 100 ms, ... up to 5 s): never a tight fork

@@ -54,6 +54,7 @@ impl ProcessPool {
         let job = Job {
             call,
             options: self.handle.options,
+            context: crate::process_pool::context::Carried::capture(),
             arg,
             completion: Box::new(RawCompletion(promise)),
         };

@@ -514,6 +514,7 @@ mod tests {
         Job {
             call: sys::erase(double),
             options: CallOptions::default(),
+            context: Default::default(),
             arg: name.as_bytes().to_vec(),
             completion: Box::new(Recorded {
                 name,

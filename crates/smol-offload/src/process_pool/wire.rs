@@ -6,6 +6,11 @@
 //! where `len` counts the bytes after itself. The argument and a returned value are
 //! postcard-encoded. A request's flags carry its [`CallOptions`].
 //!
+//! With the `tracing` feature, a request also carries its [`TaskContext`]: the `CONTEXT` flag
+//! says so, and `task_id: u64 | name_len: u8 | name` comes between the header and the argument
+//! (the submitting span's name, at most [`MAX_SPAN_NAME`] bytes of UTF-8, empty when no span
+//! was current). Without the feature no request has it, and frames are as above.
+//!
 //! An argument or a result longer than [`out_of_line::THRESHOLD`] travels in a sealed memfd
 //! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
 //! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
@@ -27,10 +32,13 @@ const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
 const PRINT_PANICS: u8 = 1;
 /// Request flag: the argument is in the memfd attached to the frame, which holds its size.
 const SHARED_ARGUMENT: u8 = 2;
+/// Request flag: a [`TaskContext`] comes between the header and the argument.
+const CONTEXT: u8 = 4;
+/// The longest span name a request carries, in bytes: a longer one is cut at a character
+/// boundary.
+pub(crate) const MAX_SPAN_NAME: usize = u8::MAX as usize;
 /// Reply status bit: the payload is in the memfd attached to the frame, which holds its size.
 const SHARED_REPLY: u8 = 0x80;
-/// The length of a request frame whose argument is in shared memory.
-pub(crate) const SHARED_REQUEST_FRAME: usize = 4 + REQUEST_HEADER + 8;
 
 /// How the worker runs one call, besides the call itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,48 +46,101 @@ pub(crate) struct CallOptions {
     /// Print a panic of the call to the worker's stderr, naming the worker.
     pub(crate) print_panics: bool,
 }
+
+/// Where a process task was submitted, for the worker's log records (feature `tracing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TaskContext<'a> {
+    /// The task's id, unique in the application.
+    pub(crate) task_id: u64,
+    /// The name of the span current at submission; empty when there was none.
+    pub(crate) span_name: &'a str,
+}
+
+impl TaskContext<'_> {
+    /// The span name as it crosses: at most [`MAX_SPAN_NAME`] bytes, cut at a character
+    /// boundary.
+    fn bounded_name(&self) -> &str {
+        let mut end = self.span_name.len().min(MAX_SPAN_NAME);
+        while !self.span_name.is_char_boundary(end) {
+            end -= 1;
+        }
+        &self.span_name[..end]
+    }
+}
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
 
-/// Appends a request frame to `out`.
+/// Appends a request frame to `out`, with `context` when there is one.
+#[inline]
 pub(crate) fn write_request(
     out: &mut Vec<u8>,
     id: u64,
     call: ErasedCall,
     options: CallOptions,
+    context: Option<TaskContext<'_>>,
     arg: &[u8],
 ) {
-    let len = u32::try_from(REQUEST_HEADER + arg.len()).expect("argument checked by the pool");
+    let name = context.as_ref().map(TaskContext::bounded_name);
+    let context_len = name.map_or(0, |name| 8 + 1 + name.len());
+    let len = u32::try_from(REQUEST_HEADER + context_len + arg.len())
+        .expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    out.push(if options.print_panics {
+    let mut flags = if options.print_panics {
         PRINT_PANICS
     } else {
         0
-    });
+    };
+    if context.is_some() {
+        flags |= CONTEXT;
+    }
+    out.push(flags);
     for word in call.to_wire() {
         out.extend_from_slice(&word.to_le_bytes());
+    }
+    if let (Some(context), Some(name)) = (context, name) {
+        out.extend_from_slice(&context.task_id.to_le_bytes());
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
     }
     out.extend_from_slice(arg);
 }
 
-/// Appends a request frame whose argument of `size` bytes is in shared memory: the frame's
-/// [`SHARED_REQUEST_FRAME`] bytes must be sent with the memfd attached.
+/// Appends a request frame whose argument of `size` bytes is in shared memory, and returns the
+/// frame's length: these bytes must be sent with the memfd attached.
 pub(crate) fn write_shared_request(
     out: &mut Vec<u8>,
     id: u64,
     call: ErasedCall,
     options: CallOptions,
+    context: Option<TaskContext<'_>>,
     size: usize,
-) {
+) -> usize {
     let start = out.len();
-    write_request(out, id, call, options, &(size as u64).to_le_bytes());
+    write_request(
+        out,
+        id,
+        call,
+        options,
+        context,
+        &(size as u64).to_le_bytes(),
+    );
     out[start + 12] |= SHARED_ARGUMENT;
+    out.len() - start
 }
 
-/// The largest argument a request can carry.
-pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER;
+/// The largest argument a request can carry (less a context's bytes, with the `tracing`
+/// feature: [`MAX_CONTEXT`] is kept free for them).
+pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER - MAX_CONTEXT;
+
+/// The most bytes a [`TaskContext`] takes in a frame (none without the `tracing` feature,
+/// which sends none).
+const MAX_CONTEXT: usize = if cfg!(feature = "tracing") {
+    8 + 1 + MAX_SPAN_NAME
+} else {
+    0
+};
 
 /// A request as the worker reads it.
 #[derive(Debug)]
@@ -89,6 +150,8 @@ pub(crate) struct Request<'a> {
     /// in `sys` may turn them back into a call, because only it knows where they came from.
     pub(crate) call: [u64; 2],
     pub(crate) options: CallOptions,
+    /// Where the task was submitted, when the request says (feature `tracing`).
+    pub(crate) context: Option<TaskContext<'a>>,
     /// The encoded argument, borrowed from the read buffer; for a shared argument, its size.
     pub(crate) arg: &'a [u8],
     /// Whether the argument is in the memfd that came with the frame.
@@ -134,16 +197,46 @@ pub(crate) fn read_request<'a>(
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
     let word = |at: usize| u64::from_le_bytes(buffer[at..at + 8].try_into().expect("8 bytes"));
+    let flags = buffer[8];
+    let (context, arg) = if flags & CONTEXT != 0 {
+        let (context, arg) = read_context(&buffer[REQUEST_HEADER..])?;
+        (Some(context), arg)
+    } else {
+        (None, &buffer[REQUEST_HEADER..])
+    };
     let request = Request {
         id: word(0),
         options: CallOptions {
-            print_panics: buffer[8] & PRINT_PANICS != 0,
+            print_panics: flags & PRINT_PANICS != 0,
         },
         call: [word(9), word(17)],
-        arg: &buffer[REQUEST_HEADER..],
-        shared: buffer[8] & SHARED_ARGUMENT != 0,
+        context,
+        arg,
+        shared: flags & SHARED_ARGUMENT != 0,
     };
     Ok(Some(request))
+}
+
+/// Splits a request's body into its [`TaskContext`] and its argument.
+fn read_context(body: &[u8]) -> io::Result<(TaskContext<'_>, &[u8])> {
+    let malformed = |what| io::Error::new(io::ErrorKind::InvalidData, what);
+    let (task_id, rest) = body
+        .split_first_chunk::<8>()
+        .ok_or_else(|| malformed("request context too short"))?;
+    let (&name_len, rest) = rest
+        .split_first()
+        .ok_or_else(|| malformed("request context too short"))?;
+    if rest.len() < usize::from(name_len) {
+        return Err(malformed("request context too short"));
+    }
+    let (name, arg) = rest.split_at(usize::from(name_len));
+    let span_name =
+        std::str::from_utf8(name).map_err(|_| malformed("request span name is not UTF-8"))?;
+    let context = TaskContext {
+        task_id: u64::from_le_bytes(*task_id),
+        span_name,
+    };
+    Ok((context, arg))
 }
 
 /// Starts a reply frame in `out` (cleared first): the payload is appended by the caller, then
@@ -443,8 +536,8 @@ mod tests {
         let call = crate::sys::erase(some_function);
         let mut frame = Vec::new();
         let loud = CallOptions { print_panics: true };
-        write_request(&mut frame, 7, call, loud, b"arg");
-        write_request(&mut frame, 8, call, CallOptions::default(), b"");
+        write_request(&mut frame, 7, call, loud, None, b"arg");
+        write_request(&mut frame, 8, call, CallOptions::default(), None, b"");
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
@@ -457,6 +550,108 @@ mod tests {
         assert_eq!((second.id, second.arg.len()), (8, 0));
         assert_eq!(second.options, CallOptions::default());
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_request_without_context_is_the_plain_frame() {
+        // Byte for byte what a build without the `tracing` feature sends.
+        let call = crate::sys::erase(some_function);
+        let mut frame = Vec::new();
+        write_request(&mut frame, 7, call, CallOptions::default(), None, b"arg");
+        let mut expected = (REQUEST_HEADER as u32 + 3).to_le_bytes().to_vec();
+        expected.extend_from_slice(&7u64.to_le_bytes());
+        expected.push(0);
+        for word in call.to_wire() {
+            expected.extend_from_slice(&word.to_le_bytes());
+        }
+        expected.extend_from_slice(b"arg");
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn a_context_crosses_between_the_header_and_the_argument() {
+        let call = crate::sys::erase(some_function);
+        let context = TaskContext {
+            task_id: 41,
+            span_name: "submitter",
+        };
+        let mut frame = Vec::new();
+        let loud = CallOptions { print_panics: true };
+        write_request(&mut frame, 7, call, loud, Some(context), b"arg");
+        let shared_len = write_shared_request(&mut frame, 8, call, loud, Some(context), 1 << 20);
+        assert_eq!(shared_len, 4 + REQUEST_HEADER + 8 + 1 + 9 + 8);
+        let mut input = &frame[..];
+        let mut buffer = Vec::new();
+        let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
+        assert_eq!(
+            (first.id, first.context, first.arg),
+            (7, Some(context), &b"arg"[..])
+        );
+        assert_eq!(first.options, loud);
+        assert!(!first.shared);
+        let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
+        assert_eq!((second.context, second.shared), (Some(context), true));
+        assert_eq!(second.shared_size().unwrap(), 1 << 20);
+        assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_long_span_name_is_cut_at_a_character_boundary() {
+        let call = crate::sys::erase(some_function);
+        let name = "é".repeat(200);
+        let context = TaskContext {
+            task_id: 1,
+            span_name: &name,
+        };
+        let mut frame = Vec::new();
+        write_request(
+            &mut frame,
+            0,
+            call,
+            CallOptions::default(),
+            Some(context),
+            b"",
+        );
+        let mut buffer = Vec::new();
+        let request = read_request(&mut &frame[..], &mut buffer).unwrap().unwrap();
+        let sent = request.context.unwrap().span_name;
+        assert_eq!(sent.len(), MAX_SPAN_NAME - 1, "127 two-byte characters");
+        assert!(name.starts_with(sent));
+    }
+
+    #[test]
+    fn a_malformed_context_is_an_error() {
+        let call = crate::sys::erase(some_function);
+        let context = TaskContext {
+            task_id: 1,
+            span_name: "span",
+        };
+        let mut frame = Vec::new();
+        write_request(
+            &mut frame,
+            0,
+            call,
+            CallOptions::default(),
+            Some(context),
+            b"",
+        );
+        // A name that is not UTF-8.
+        let mut bad_name = frame.clone();
+        let at = bad_name.len() - 4;
+        bad_name[at] = 0xff;
+        let mut buffer = Vec::new();
+        let err = read_request(&mut &bad_name[..], &mut buffer).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A name longer than the frame.
+        let mut long_name = frame.clone();
+        long_name[4 + REQUEST_HEADER + 8] = 200;
+        let err = read_request(&mut &long_name[..], &mut buffer).unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
+        // The flag without room for a task id.
+        let mut plain = Vec::new();
+        write_request(&mut plain, 0, call, CallOptions::default(), None, b"abc");
+        plain[12] |= CONTEXT;
+        assert!(read_request(&mut &plain[..], &mut buffer).is_err());
     }
 
     #[test]
@@ -689,6 +884,52 @@ mod tests {
                 let mut buffer = Vec::new();
                 while let Ok(Some(_)) = read_request(&mut input, &mut buffer) {}
                 prop_assert!(buffer.capacity() <= 2 * bytes.len() + 64 * 1024);
+            }
+
+            #[test]
+            fn any_body_of_a_request_with_context_is_read_or_refused(
+                flags in any::<u8>(),
+                body in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                // A valid header announcing a context, then anything.
+                let mut frame = ((REQUEST_HEADER + body.len()) as u32).to_le_bytes().to_vec();
+                frame.extend_from_slice(&[0; 8]);
+                frame.push(flags | CONTEXT);
+                frame.extend_from_slice(&[0; 16]);
+                frame.extend_from_slice(&body);
+                let mut buffer = Vec::new();
+                if let Ok(Some(request)) = read_request(&mut &frame[..], &mut buffer) {
+                    let context = request.context.unwrap();
+                    prop_assert!(context.span_name.len() <= MAX_SPAN_NAME);
+                    prop_assert_eq!(
+                        8 + 1 + context.span_name.len() + request.arg.len(),
+                        body.len()
+                    );
+                }
+            }
+
+            #[test]
+            fn a_context_and_argument_round_trip(
+                task_id in any::<u64>(),
+                span_name in ".{0,300}",
+                arg in proptest::collection::vec(any::<u8>(), 0..64),
+                print_panics in any::<bool>(),
+            ) {
+                let call = crate::sys::erase(some_function);
+                let context = TaskContext { task_id, span_name: &span_name };
+                let options = CallOptions { print_panics };
+                let mut frame = Vec::new();
+                write_request(&mut frame, 3, call, options, Some(context), &arg);
+                let mut buffer = Vec::new();
+                let request = read_request(&mut &frame[..], &mut buffer).unwrap().unwrap();
+                let sent = request.context.unwrap();
+                prop_assert_eq!(sent.task_id, task_id);
+                prop_assert!(sent.span_name.len() <= MAX_SPAN_NAME);
+                prop_assert!(span_name.starts_with(sent.span_name));
+                if span_name.len() <= MAX_SPAN_NAME {
+                    prop_assert_eq!(sent.span_name, span_name.as_str());
+                }
+                prop_assert_eq!((request.id, request.options, request.arg), (3, options, &arg[..]));
             }
         }
     }

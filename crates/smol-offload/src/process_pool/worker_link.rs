@@ -62,8 +62,8 @@ pub(crate) struct WorkerLink {
     head_since: Instant,
     /// Request frames to send in one write.
     outbox: Vec<u8>,
-    /// The memfds of the shared arguments in the outbox, each with the offset of its frame.
-    attached: Vec<(usize, OwnedFd)>,
+    /// The memfds of the shared arguments in the outbox, each with the bytes of its frame.
+    attached: Vec<(std::ops::Range<usize>, OwnedFd)>,
     next_id: u64,
     /// How many more jobs it may be sent, with `max_tasks_per_worker`; `None`: no limit.
     tasks_left: Option<usize>,
@@ -103,6 +103,7 @@ impl WorkerLink {
             id,
             call,
             wire::CallOptions::default(),
+            None,
             arg,
         );
         self.initializing = Some(id);
@@ -160,11 +161,25 @@ impl WorkerLink {
         match shared {
             Some(fd) => {
                 let start = self.outbox.len();
-                let size = job.arg.len();
-                wire::write_shared_request(&mut self.outbox, id, job.call, job.options, size);
-                self.attached.push((start, fd));
+                let (size, context) = (job.arg.len(), job.context.get());
+                let len = wire::write_shared_request(
+                    &mut self.outbox,
+                    id,
+                    job.call,
+                    job.options,
+                    context,
+                    size,
+                );
+                self.attached.push((start..start + len, fd));
             }
-            None => wire::write_request(&mut self.outbox, id, job.call, job.options, &job.arg),
+            None => wire::write_request(
+                &mut self.outbox,
+                id,
+                job.call,
+                job.options,
+                job.context.get(),
+                &job.arg,
+            ),
         }
         if self.in_flight.is_empty() {
             self.head_since = Instant::now();
@@ -179,8 +194,8 @@ impl WorkerLink {
         let stream = self.stream.get_ref();
         let mut sent = 0;
         let mut result = Ok(());
-        for (start, fd) in self.attached.drain(..) {
-            let end = start + wire::SHARED_REQUEST_FRAME;
+        for (frame, fd) in self.attached.drain(..) {
+            let (start, end) = (frame.start, frame.end);
             result = out_of_line::send_all(stream, &self.outbox[sent..start]).and_then(|()| {
                 out_of_line::send_with_fd(stream, &self.outbox[start..end], fd.as_fd())
             });
