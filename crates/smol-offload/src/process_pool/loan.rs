@@ -29,6 +29,13 @@ use crate::process_pool::worker_link::{Incoming, WorkerLink};
 /// The longest reply a task reads itself, on the thread that awaits it.
 const DIRECT_REPLY_LIMIT: usize = 64 * 1024;
 
+/// The largest payload in shared memory that a task maps and decodes itself, on the thread
+/// that awaits it. Its frame is short; mapping it costs one `mmap` that populates its pages,
+/// and decoding it costs nothing for a [`ByteBuf`](crate::ByteBuf) (read in place) and one
+/// copy for a `Vec<u8>` (a fraction of a millisecond at this size): less than the two thread
+/// wake-ups that a detour through the dispatcher adds.
+const DIRECT_SHARED_LIMIT: usize = 4 * 1024 * 1024;
+
 /// A worker lent to one task, until its reply is read.
 pub(crate) struct Loan {
     state: Mutex<LoanState>,
@@ -122,9 +129,14 @@ impl LoanState {
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
             // A long reply is read and decoded on the dispatcher's thread, not on the thread
-            // of an event loop; one whose payload is in shared memory too, although its frame
-            // is short.
-            if link.next_reply_len() > Some(DIRECT_REPLY_LIMIT) {
+            // of an event loop; one whose payload is in shared memory too above
+            // `DIRECT_SHARED_LIMIT`, although its frame is short.
+            let limit = if link.next_reply_is_shared() {
+                DIRECT_SHARED_LIMIT
+            } else {
+                DIRECT_REPLY_LIMIT
+            };
+            if link.next_reply_len() > Some(limit) {
                 return LoanRead::Over(None);
             }
             return match link.next_incoming() {

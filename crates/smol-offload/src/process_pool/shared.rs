@@ -40,6 +40,7 @@ use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::options::PoolOptions;
+use crate::process_pool::out_of_line;
 use crate::process_pool::worker_link::WorkerLink;
 use crate::stats::Counters;
 use crate::task::Abandon;
@@ -104,10 +105,19 @@ pub(crate) enum Placed {
     Full(Job),
 }
 
-/// The largest argument sent straight to an idle worker from the submitting thread. The send
-/// blocks until the socket takes it, which an idle worker's empty socket buffer does at once
-/// for a frame this size; larger ones go through the dispatcher.
+/// The largest argument sent through the socket straight to an idle worker from the
+/// submitting thread. The send blocks until the socket takes it, which an idle worker's empty
+/// socket buffer does at once for a frame this size; larger ones go through the dispatcher,
+/// except those that go through shared memory (see [`sent_directly`]).
 const DIRECT_SEND_LIMIT: usize = 64 * 1024;
+
+/// Whether an argument of `len` bytes may be sent straight to an idle worker from the
+/// submitting thread: one short enough for the socket to take at once, or one long enough to
+/// go through shared memory, whose frame is short (the submitting thread then writes it into
+/// a new memfd, outside the queue's lock).
+fn sent_directly(len: usize) -> bool {
+    len <= DIRECT_SEND_LIMIT || len > out_of_line::THRESHOLD
+}
 
 impl Shared {
     #[cfg(test)]
@@ -168,7 +178,7 @@ impl Shared {
         }
         self.counters.submitted();
         if state.jobs.is_empty()
-            && job.arg.len() <= DIRECT_SEND_LIMIT
+            && sent_directly(job.arg.len())
             && let Some(worker) = state.idle.pop()
         {
             return Ok(self.lend(state, worker, job));
@@ -185,7 +195,6 @@ impl Shared {
     fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
         let started = job.completion.start();
         debug_assert!(started, "nobody holds the task yet");
-        worker.assign(job);
         // The loan is registered before the lock is released, so that the dispatcher always
         // knows where every worker is, and stays locked until the request is sent, so that the
         // dispatcher cannot take the worker back in between.
@@ -198,6 +207,9 @@ impl Shared {
         // a job that went straight to a worker as queued.
         self.counters.picked();
         drop(state);
+        // Assigned once the queue's lock is released: a large argument is copied into a new
+        // memfd here. Nobody else can reach the worker meanwhile, nor its loan, still locked.
+        worker.assign(job);
         if worker.flush().is_ok() {
             lent.hold(worker);
             if self.options.task_timeout.is_some() {
@@ -586,6 +598,44 @@ mod tests {
     }
 
     #[test]
+    fn a_large_argument_goes_straight_to_an_idle_worker_through_shared_memory() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        let mut big = job("big", &log);
+        big.arg = (0..out_of_line::THRESHOLD + 1).map(|i| i as u8).collect();
+        let expected = big.arg.clone();
+        lent(shared.submit(big).unwrap());
+        // The submitting thread sent a short frame with the argument's memfd attached, and did
+        // not wake the dispatcher.
+        let mut input = out_of_line::FdReader::blocking(&worker_end);
+        let mut buffer = Vec::new();
+        let request = wire::read_request(&mut input, &mut buffer)
+            .unwrap()
+            .unwrap();
+        assert!(request.shared);
+        let size = request.shared_size().unwrap();
+        let fd = input.fds.pop_front().expect("the argument's memfd");
+        let mapping = sys::SealedMapping::new(fd, size).unwrap();
+        assert_eq!(mapping.as_slice(), expected.as_slice());
+        assert_eq!(wake_ups(&shared), 0);
+    }
+
+    #[test]
+    fn an_argument_too_long_for_the_socket_and_too_short_for_shared_memory_is_queued() {
+        let shared = Shared::new().unwrap();
+        let log = Log::default();
+        let (link, _worker_end) = worker();
+        shared.lock().idle.push(link);
+        let mut middling = job("middling", &log);
+        middling.arg = vec![7; DIRECT_SEND_LIMIT + 1];
+        assert!(middling.arg.len() <= out_of_line::THRESHOLD);
+        assert!(matches!(shared.submit(middling).unwrap(), Placed::Queued));
+        assert_eq!(shared.queued(), 1);
+    }
+
+    #[test]
     fn a_queued_job_wakes_a_sleeping_dispatcher_once() {
         let shared = Shared::new().unwrap();
         let log = Log::default();
@@ -655,6 +705,39 @@ mod tests {
         drop(state);
         assert_eq!(wake_ups(&shared), 0);
         assert!(loan.watch().is_none(), "the loan is over");
+    }
+
+    #[test]
+    fn a_reply_in_shared_memory_is_read_on_loan() {
+        let shared = Arc::new(Shared::new().unwrap());
+        let log = Log::default();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        let assist = LoanAssist {
+            loan: loan.clone(),
+            shared: shared.clone(),
+        };
+        // The worker answers with a payload too long for the socket, in a sealed memfd.
+        let mut buffer = Vec::new();
+        let request = wire::read_request(&mut &worker_end, &mut buffer)
+            .unwrap()
+            .unwrap();
+        let big = "x".repeat(out_of_line::THRESHOLD + 1);
+        let mut reply = Vec::new();
+        wire::begin_reply(&mut reply, request.id);
+        reply.extend_from_slice(big.as_bytes());
+        wire::finish_reply(&mut reply, CallStatus::Returned);
+        let fd = wire::share_reply_payload(&mut reply).expect("a shared payload");
+        out_of_line::send_with_fd(&worker_end, &reply, fd.as_fd()).unwrap();
+        // The awaiting thread maps and delivers it: the dispatcher is not woken.
+        assist.assist(None);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["start a".to_owned(), format!("finish a {big}")]
+        );
+        assert_eq!(shared.lock().idle.len(), 1, "lent out again");
+        assert_eq!(wake_ups(&shared), 0);
     }
 
     #[test]

@@ -372,6 +372,15 @@ impl ReplyReader {
         self.fds.push_back(fd);
     }
 
+    /// Whether the frame that comes next claims to be a reply whose payload is in shared
+    /// memory, once its status byte is in (only a hint to choose who reads it:
+    /// [`next_reply`](Self::next_reply) checks the frame).
+    pub(crate) fn next_frame_is_shared(&self) -> bool {
+        self.buffer
+            .get(12)
+            .is_some_and(|status| status & SHARED_REPLY != 0)
+    }
+
     /// The length of the frame that comes next, once its length prefix was read; for a reply
     /// whose payload is in shared memory, once its size is in, the length it would have had.
     pub(crate) fn next_frame_len(&self) -> Option<usize> {

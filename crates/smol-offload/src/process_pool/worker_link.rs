@@ -271,6 +271,12 @@ impl WorkerLink {
         self.replies.next_frame_len()
     }
 
+    /// Whether the reply frame being read says its payload is in shared memory, once its
+    /// status byte is in.
+    pub(crate) fn next_reply_is_shared(&self) -> bool {
+        self.replies.next_frame_is_shared()
+    }
+
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
         let expected = self
