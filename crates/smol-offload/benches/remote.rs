@@ -8,7 +8,6 @@
 //! a free port, two workers (this binary in worker mode, one process each) and the echo
 //! process, and kills them all at the end.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
@@ -16,8 +15,11 @@ use smol_offload::remote::{RemotePool, RemoteWorker};
 use smol_offload::{Executor, gather};
 
 mod common;
+#[path = "../tests/common/redis_server.rs"]
+mod redis_server;
 
 use common::{machine, median, quick_mode};
+use redis_server::RedisServer;
 
 const ROLE_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_ROLE";
 const URL_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_URL";
@@ -39,29 +41,6 @@ impl Drop for Children {
             let _ = child.wait();
         }
     }
-}
-
-fn start_redis() -> (Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the benchmark needs redis-server (apt-get install -y redis-server)");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        if line.unwrap().contains("Ready to accept connections") {
-            break;
-        }
-    }
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, format!("redis://127.0.0.1:{port}"))
 }
 
 fn start_role(role: &str, url: &str) -> Child {
@@ -153,9 +132,10 @@ fn main() {
         Ok("echo") => return echo_loop(&std::env::var(URL_VARIABLE).unwrap()),
         _ => {}
     }
-    let (redis, url) = start_redis();
-    let mut children = Children(vec![redis]);
-    children.0.push(start_role("echo", &url));
+    // Declared before the children, so it is killed after them.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut children = Children(vec![start_role("echo", &url)]);
     for _ in 0..WORKERS {
         children.0.push(start_role("worker", &url));
     }

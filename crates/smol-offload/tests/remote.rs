@@ -3,12 +3,14 @@
 //! mode), and kills them all when it ends, also when it fails.
 
 mod common;
+#[path = "common/redis_server.rs"]
+mod redis_server;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{block_on, in_child};
+use redis_server::RedisServer;
 use smol_offload::remote::{Delivery, RemotePool, RemoteWorker};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
 
@@ -20,62 +22,12 @@ fn init() {
 const KEY: &str = "remote-test-key-0123456789abcdef";
 const WORKER_MARKER: &str = "SMOL_OFFLOAD_TEST_REMOTE_WORKER";
 
-/// A private `redis-server` on 127.0.0.1, killed when dropped.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Redis {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("Ready to accept connections") {
-                break;
-            }
-        }
-        // Keep draining its log so that it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Redis { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A connection to the test's own broker.
+fn connect(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
 }
 
 /// Worker processes of a test, killed when dropped.
@@ -94,7 +46,7 @@ impl Drop for Workers {
 /// `queue`, with index `index` (the jobs can read it to say which worker ran them).
 fn start_worker(
     exe: &std::path::Path,
-    redis: &Redis,
+    redis: &RedisServer,
     queue: &str,
     processes: usize,
     index: usize,
@@ -116,7 +68,7 @@ fn start_worker(
         .unwrap()
 }
 
-fn start_workers(redis: &Redis, queue: &str, count: usize, processes: usize) -> Workers {
+fn start_workers(redis: &RedisServer, queue: &str, count: usize, processes: usize) -> Workers {
     let exe = std::env::current_exe().unwrap();
     Workers(
         (0..count)
@@ -145,7 +97,7 @@ fn remote_worker_main() {
     println!("remote_worker_main: done");
 }
 
-fn pool(redis: &Redis, queue: &str) -> RemotePool {
+fn pool(redis: &RedisServer, queue: &str) -> RemotePool {
     RemotePool::builder(&redis.url())
         .queue(queue)
         .key(KEY)
@@ -238,7 +190,7 @@ async fn run_blocking_tasks(executor: &impl Executor) -> Vec<(u64, u64)> {
 
 #[test]
 fn blocks_gives_the_same_results_remote_as_local() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "blocks", 3, 1);
     let remote = pool(&redis, "blocks");
     let threads = ThreadPool::new(3).unwrap();
@@ -261,7 +213,7 @@ fn blocks_gives_the_same_results_remote_as_local() {
             )
         })
         .collect();
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let runners: std::collections::HashSet<String> = (0..3)
         .map(|_| pop(&mut connection, "blocks-report"))
         .collect();
@@ -278,7 +230,7 @@ fn blocks_gives_the_same_results_remote_as_local() {
 
 #[test]
 fn ten_thousand_tasks_on_two_workers_each_resolve_once() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "many", 2, 2);
     let remote = pool(&redis, "many");
     let n = 10_000u64;
@@ -293,11 +245,11 @@ fn ten_thousand_tasks_on_two_workers_each_resolve_once() {
 
 #[test]
 fn a_killed_worker_host_has_its_job_retried_on_the_other() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "retry", 2, 1);
     let remote = pool(&redis, "retry");
     let task = remote.run(report_and_hang, (redis.url(), "retry-pids".to_owned()));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let line = pop(&mut connection, "retry-pids");
     let (first_pid, index) = line.split_once(' ').unwrap();
     // Kill the whole worker (its processes die with it), as a machine that goes away.
@@ -308,7 +260,7 @@ fn a_killed_worker_host_has_its_job_retried_on_the_other() {
 
 #[test]
 fn a_killed_worker_process_fails_its_task_at_most_once() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "once", 1, 1);
     let remote = RemotePool::builder(&redis.url())
         .queue("once")
@@ -317,7 +269,7 @@ fn a_killed_worker_process_fails_its_task_at_most_once() {
         .build()
         .unwrap();
     let task = remote.run(report_and_hang, (redis.url(), "once-pids".to_owned()));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let line = pop(&mut connection, "once-pids");
     let pid: i32 = line.split_once(' ').unwrap().0.parse().unwrap();
     nix::sys::signal::kill(
@@ -334,17 +286,17 @@ fn a_killed_worker_process_fails_its_task_at_most_once() {
 
 #[test]
 fn a_restarted_broker_fails_pending_tasks_and_the_pool_reconnects() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let _workers = start_workers(&redis, "restart", 1, 2);
     let remote = pool(&redis, "restart");
     let pending = remote.run(report_and_hang, (redis.url(), "restart-pids".to_owned()));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     pop(&mut connection, "restart-pids");
     redis.kill();
     let err = block_on(pending).unwrap_err();
     assert!(err.to_string().contains("redis broker"), "{err}");
     let port = redis.port;
-    let _restarted = Redis::start_on(port);
+    let _restarted = RedisServer::start_on(port);
     // Tasks submitted while the pool and the worker reconnect may fail with a clear error;
     // one of them completes once both are back.
     let value = block_on(async {
@@ -360,7 +312,7 @@ fn a_restarted_broker_fails_pending_tasks_and_the_pool_reconnects() {
 
 #[test]
 fn a_job_with_a_bad_signature_is_refused() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "forged", 1, 1);
     let forger = RemotePool::builder(&redis.url())
         .queue("forged")
@@ -368,7 +320,7 @@ fn a_job_with_a_bad_signature_is_refused() {
         .build()
         .unwrap();
     let forged = forger.run(record, (redis.url(), "forged-ran".to_owned(), 1));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let refusal = pop(&mut connection, "smol-offload:forged:refusals");
     assert!(refusal.contains("signature"), "{refusal}");
     drop(forged);
@@ -399,7 +351,7 @@ fn a_job_with_a_bad_signature_is_refused() {
 
 #[test]
 fn a_job_from_another_build_is_refused() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     // The same code in an executable with one more byte: another build, by its hash.
     let dir = std::env::temp_dir().join(format!("smol-offload-remote-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -417,7 +369,7 @@ fn a_job_from_another_build_is_refused() {
 
 #[test]
 fn a_cancelled_queued_job_never_runs() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let remote = pool(&redis, "cancel");
     let url = redis.url();
     let victim = remote.run(record, (url.clone(), "cancel-ran".to_owned(), 1));
@@ -425,7 +377,7 @@ fn a_cancelled_queued_job_never_runs() {
     assert!(err.is_cancelled(), "{err}");
     let marker = remote.run(record, (url.clone(), "cancel-ran".to_owned(), 2));
     // The pool writes in order: once the marker's job is on the stream, so is the withdrawal.
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     wait_for_entries(&mut connection, "smol-offload:cancel:jobs", 2);
     let _workers = start_workers(&redis, "cancel", 1, 1);
     assert_eq!(block_on(marker).unwrap(), 2);
@@ -484,7 +436,7 @@ fn open_gate(connection: &mut redis::Connection, gate: &str) {
 
 #[test]
 fn sigterm_stops_a_worker_after_the_job_it_holds() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "term", 1, 1);
     let remote = pool(&redis, "term");
     let url = redis.url();
@@ -492,7 +444,7 @@ fn sigterm_stops_a_worker_after_the_job_it_holds() {
         gated,
         (url, "term-report".to_owned(), "term-gate".to_owned()),
     );
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     pop(&mut connection, "term-report");
     let serve_pid = workers.0[0].id() as i32;
     nix::sys::signal::kill(
@@ -508,7 +460,7 @@ fn sigterm_stops_a_worker_after_the_job_it_holds() {
 
 #[test]
 fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "timeout", 1, 1);
     let url = redis.url();
     let plain = pool(&redis, "timeout");
@@ -520,7 +472,7 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
             "timeout-gate".to_owned(),
         ),
     );
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     pop(&mut connection, "timeout-report");
     // The only process is busy: this job waits in the queue past its pool's timeout.
     let impatient = RemotePool::builder(&url)
@@ -559,7 +511,7 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
 
 #[test]
 fn dropping_the_last_handle_resolves_every_pending_task() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let remote = pool(&redis, "dropped");
     let clone = remote.clone();
     let tasks: Vec<_> = (0..10).map(|n| clone.run(square, n)).collect();
@@ -574,7 +526,7 @@ fn dropping_the_last_handle_resolves_every_pending_task() {
 
 #[test]
 fn a_killed_worker_host_fails_its_task_at_most_once() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "host-once", 2, 1);
     let remote = RemotePool::builder(&redis.url())
         .queue("host-once")
@@ -583,7 +535,7 @@ fn a_killed_worker_host_fails_its_task_at_most_once() {
         .build()
         .unwrap();
     let task = remote.run(report_and_hang, (redis.url(), "host-once-pids".to_owned()));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let line = pop(&mut connection, "host-once-pids");
     let index: usize = line.split_once(' ').unwrap().1.parse().unwrap();
     let serve_pid = workers.0[index].id();
@@ -600,11 +552,11 @@ fn a_killed_worker_host_fails_its_task_at_most_once() {
 
 #[test]
 fn a_killed_worker_process_has_its_job_retried_at_least_once() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "again", 1, 1);
     let remote = pool(&redis, "again");
     let task = remote.run(report_and_hang, (redis.url(), "again-pids".to_owned()));
-    let mut connection = redis.connection();
+    let mut connection = connect(&redis);
     let line = pop(&mut connection, "again-pids");
     let pid: i32 = line.split_once(' ').unwrap().0.parse().unwrap();
     nix::sys::signal::kill(
@@ -628,7 +580,7 @@ fn always_dies(_: ()) -> u32 {
 
 #[test]
 fn a_job_that_always_kills_its_process_fails_after_three_runs() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let _workers = start_workers(&redis, "poison", 1, 1);
     let remote = pool(&redis, "poison");
     let err = block_on(remote.run(always_dies, ())).unwrap_err();
