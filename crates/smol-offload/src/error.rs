@@ -110,10 +110,7 @@ impl Error {
     /// The payload of a panic caught without the pool's hook watching (a future on a loop
     /// thread, a stream's iterator): its message, and no location.
     pub(crate) fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Error {
-        let message = panic_payload_message(payload.as_ref());
-        // The payload's own destructor may panic: that must not escape either.
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(payload)));
-        Error::new(ErrorKind::Panic(message))
+        Error::from_caught(crate::panics::caught(payload, None))
     }
 
     /// A caught panic, with its message and, if the pool's panic hook saw it, its location.

@@ -122,7 +122,7 @@ pub(crate) fn catch<T>(reporting: Reporting, f: impl FnOnce() -> T) -> Result<T,
 
 /// The message of `payload`, which is dropped here under `catch_unwind`: its own destructor
 /// may panic too, and that must not escape a worker either.
-fn caught(payload: Box<dyn Any + Send>, location: Option<String>) -> Caught {
+pub(crate) fn caught(payload: Box<dyn Any + Send>, location: Option<String>) -> Caught {
     let message = panic_payload_message(payload.as_ref());
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
     Caught { message, location }
