@@ -2,17 +2,21 @@
 
 use std::time::Duration;
 
+use crate::remote::tls::{self, TlsFiles};
+
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one command may wait for the broker's answer.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A parsed broker URL: `redis://[user:password@]host:port[/db]`.
+/// A parsed broker URL: `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS.
 #[derive(Clone)]
 pub(crate) struct Broker {
     client: redis::Client,
     /// `host:port`, without credentials, for messages.
     pub(crate) address: String,
+    /// Whether the URL is a `rediss://` one.
+    tls: bool,
 }
 
 impl std::fmt::Debug for Broker {
@@ -24,22 +28,19 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    pub(crate) fn open(url: &str) -> Result<Broker, String> {
-        let client = redis::Client::open(url).map_err(|err| {
-            let tls = if url.starts_with("rediss://") {
-                " (TLS URLs are not supported by this build: use redis:// through a tunnel)"
-            } else {
-                ""
-            };
-            format!("invalid redis url{tls}: {err}")
-        })?;
+    pub(crate) fn open(url: &str, tls: &TlsFiles) -> Result<Broker, String> {
+        let client = tls::client(url, tls)?;
         let address = client.get_connection_info().addr().to_string();
-        Ok(Broker { client, address })
+        Ok(Broker {
+            client,
+            address,
+            tls: tls::is_tls_url(url),
+        })
     }
 
     /// A new blocking connection, or a message that says the broker is unreachable.
     pub(crate) fn connect(&self) -> Result<redis::Connection, String> {
-        let connection = self
+        let mut connection = self
             .client
             .get_connection_with_timeout(CONNECT_TIMEOUT)
             .map_err(|err| self.unreachable(&err))?;
@@ -47,13 +48,29 @@ impl Broker {
         // blocking reads set their own, longer timeouts.
         let _ = connection.set_read_timeout(Some(IO_TIMEOUT));
         let _ = connection.set_write_timeout(Some(IO_TIMEOUT));
+        // Without credentials in the url nothing was asked yet: a broker that wants some
+        // (or a TLS handshake that fails) says so now, not at the first job.
+        redis::cmd("PING")
+            .query::<()>(&mut connection)
+            .map_err(|err| self.unreachable(&err))?;
         Ok(connection)
     }
 
     pub(crate) fn unreachable(&self, err: &redis::RedisError) -> String {
+        let tls = if self.tls {
+            format!(
+                ", that its TLS certificate is signed by a trusted authority (see {}) and \
+                 names the url's host, and that this side has a client certificate (see {}) \
+                 if the broker checks them",
+                tls::TLS_CA_VARIABLE,
+                tls::TLS_CERT_VARIABLE
+            )
+        } else {
+            String::new()
+        };
         format!(
             "could not reach the redis broker at {}: {err}; check that it runs and that the \
-             url, user and password are right",
+             url, user and password are right{tls}",
             self.address
         )
     }

@@ -7,7 +7,7 @@
 //! list. `docs/remote.md` in the repository states the threat model and the delivery
 //! semantics.
 
-// Imports flow one way: identity, security, keys, broker → envelope → client → pool → serve.
+// Imports flow one way: identity, security, keys, tls, broker → envelope → client → pool → serve.
 mod broker;
 mod client;
 pub(crate) mod envelope;
@@ -16,9 +16,11 @@ mod keys;
 mod pool;
 mod security;
 mod serve;
+mod tls;
 
 pub use pool::{DEFAULT_QUEUE, Delivery, FleetStats, RemotePool, RemotePoolBuilder};
 pub use security::KEY_VARIABLE;
+pub use tls::{TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE};
 
 /// Set this environment variable (to anything) to log, on workers, each job they run and, on
 /// clients, which worker (`host:pid`) ran each job. Refused jobs are always logged.

@@ -1,6 +1,7 @@
 //! [`RemotePool`]: the same [`Executor`] on worker processes of other machines, through Redis.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::remote::envelope::{JobEnvelope, Signed};
 use crate::remote::identity;
 use crate::remote::keys::Keys;
 use crate::remote::security::Security;
+use crate::remote::tls::TlsFiles;
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
@@ -133,6 +135,7 @@ impl RemotePool {
             trusted: false,
             timeout: None,
             delivery: Delivery::default(),
+            tls: TlsFiles::default(),
         }
     }
 
@@ -286,6 +289,7 @@ pub struct RemotePoolBuilder {
     trusted: bool,
     timeout: Option<Duration>,
     delivery: Delivery,
+    tls: TlsFiles,
 }
 
 impl fmt::Debug for RemotePoolBuilder {
@@ -294,6 +298,7 @@ impl fmt::Debug for RemotePoolBuilder {
             .field("queue", &self.queue)
             .field("key", &self.key.as_ref().map(|_| ".."))
             .field("trusted", &self.trusted)
+            .field("tls", &self.tls)
             .field("timeout", &self.timeout)
             .field("delivery", &self.delivery)
             .finish_non_exhaustive()
@@ -333,6 +338,28 @@ impl RemotePoolBuilder {
         self
     }
 
+    /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
+    /// `rediss://` certificate, instead of the system's roots (and of
+    /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemotePoolBuilder {
+        self.tls.ca = Some(path.into());
+        self
+    }
+
+    /// Presents the certificate chain and private key in these PEM files to a `rediss://`
+    /// broker that checks client certificates (mutual TLS), instead of the files named by
+    /// [`TLS_CERT_VARIABLE`](crate::remote::TLS_CERT_VARIABLE) and
+    /// [`TLS_KEY_VARIABLE`](crate::remote::TLS_KEY_VARIABLE).
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> RemotePoolBuilder {
+        self.tls.cert = Some(cert.into());
+        self.tls.key = Some(key.into());
+        self
+    }
+
     /// Connects to the broker and starts the pool's two threads.
     ///
     /// # Errors
@@ -343,7 +370,7 @@ impl RemotePoolBuilder {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
         let security = Security::choose(self.key, self.trusted).map_err(fail)?;
         let build = identity::build_identity().map_err(fail)?;
-        let broker = Broker::open(&self.url).map_err(fail)?;
+        let broker = Broker::open(&self.url, &self.tls).map_err(fail)?;
         let client = Client::start(
             Keys::new(&self.queue),
             identity::fresh_client_id(),
@@ -393,8 +420,9 @@ mod tests {
         assert!(err.to_string().contains("invalid redis url"), "{err}");
         let err = RemotePool::builder("rediss://127.0.0.1:1")
             .key("0123456789abcdef0123")
+            .tls_ca_file("/nonexistent/ca.pem")
             .build()
             .unwrap_err();
-        assert!(err.to_string().contains("TLS"), "{err}");
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 }

@@ -2,6 +2,7 @@
 //! [`ProcessPool`], only as many as it has idle processes, and push the replies back.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use crate::remote::identity;
 use crate::remote::keys::{GROUP, Keys};
 use crate::remote::pool::{DEFAULT_QUEUE, DEFAULT_REPLAY_WINDOW};
 use crate::remote::security::Security;
+use crate::remote::tls::TlsFiles;
 use crate::sys;
 
 /// How long replies wait in a client's list for a client that went away.
@@ -55,6 +57,7 @@ pub struct RemoteWorker {
     visibility_timeout: Duration,
     max_deliveries: u32,
     stop: Option<Arc<AtomicBool>>,
+    tls: TlsFiles,
 }
 
 impl RemoteWorker {
@@ -69,6 +72,7 @@ impl RemoteWorker {
             visibility_timeout: Duration::from_secs(30),
             max_deliveries: 3,
             stop: None,
+            tls: TlsFiles::default(),
         }
     }
 
@@ -117,6 +121,28 @@ impl RemoteWorker {
         self
     }
 
+    /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
+    /// `rediss://` certificate, instead of the system's roots (and of
+    /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
+    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemoteWorker {
+        self.tls.ca = Some(path.into());
+        self
+    }
+
+    /// Presents the certificate chain and private key in these PEM files to a `rediss://`
+    /// broker that checks client certificates (mutual TLS), instead of the files named by
+    /// [`TLS_CERT_VARIABLE`](crate::remote::TLS_CERT_VARIABLE) and
+    /// [`TLS_KEY_VARIABLE`](crate::remote::TLS_KEY_VARIABLE).
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> RemoteWorker {
+        self.tls.cert = Some(cert.into());
+        self.tls.key = Some(key.into());
+        self
+    }
+
     /// Serves until `SIGTERM`, `SIGINT` or the stop flag.
     ///
     /// # Errors
@@ -126,7 +152,7 @@ impl RemoteWorker {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
         let security = Security::choose(self.key.clone(), self.trusted).map_err(fail)?;
         let build = identity::build_identity().map_err(fail)?;
-        let broker = Broker::open(&self.url).map_err(fail)?;
+        let broker = Broker::open(&self.url, &self.tls).map_err(fail)?;
         let mut connection = broker.connect().map_err(fail)?;
         let keys = Keys::new(&self.queue);
         ensure_group(&mut connection, &keys).map_err(|err| fail(broker.unreachable(&err)))?;

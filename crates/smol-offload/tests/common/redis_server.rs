@@ -2,6 +2,9 @@
 //! benchmark, which both include this file with `#[path = "...redis_server.rs"] mod redis_server;`: started with no persistence, its log
 //! drained so that it never blocks on a full pipe, and killed when dropped.
 
+// Not every file that includes this one uses every launcher.
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -9,42 +12,95 @@ use std::process::{Child, Command, Stdio};
 pub(crate) struct RedisServer {
     child: Child,
     pub(crate) port: u16,
+    /// Whether it speaks only TLS (its url is a `rediss://` one).
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts one on a free port and returns once it accepts connections.
     pub(crate) fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        RedisServer::start_on(port)
+        RedisServer::start_on(free_port())
     }
 
     /// Starts one on `port` (a restart on the port of one that was killed) and returns once it
     /// accepts connections.
     pub(crate) fn start_on(port: u16) -> RedisServer {
+        RedisServer::launch(&["--port", &port.to_string()], port, false)
+    }
+
+    /// Starts one with `--port` on a free port and these further arguments, such as ACL
+    /// users (`--user name on >password ~* &* +@all`).
+    pub(crate) fn start_with(arguments: &[&str]) -> RedisServer {
+        let port = free_port();
+        let port_text = port.to_string();
+        let mut all = vec!["--port", &port_text];
+        all.extend_from_slice(arguments);
+        RedisServer::launch(&all, port, false)
+    }
+
+    /// Starts one that speaks only TLS on a free port, with the certificate and key in these
+    /// PEM files, and checking client certificates against `ca` when `verify_clients`.
+    pub(crate) fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        ca: &std::path::Path,
+        verify_clients: bool,
+    ) -> RedisServer {
+        let port = free_port();
+        let path = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+        let arguments = [
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path(cert),
+            "--tls-key-file".to_owned(),
+            path(key),
+            "--tls-ca-cert-file".to_owned(),
+            path(ca),
+            "--tls-auth-clients".to_owned(),
+            if verify_clients { "yes" } else { "no" }.to_owned(),
+        ];
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        RedisServer::launch(&arguments, port, true)
+    }
+
+    fn launch(arguments: &[&str], port: u16, tls: bool) -> RedisServer {
         let mut child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(arguments)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install -y redis-server)");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut log = Vec::new();
+        let mut ready = false;
         for line in lines.by_ref() {
-            if line.unwrap().contains("Ready to accept connections") {
+            let line = line.unwrap();
+            if line.contains("Ready to accept connections") {
+                ready = true;
                 break;
             }
+            log.push(line);
+        }
+        if !ready {
+            let status = child.wait().unwrap();
+            panic!(
+                "redis-server {arguments:?} exited ({status}):\n{}",
+                log.join("\n")
+            );
         }
         // Keep draining its log so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        RedisServer { child, port }
+        RedisServer { child, port, tls }
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub(crate) fn kill(&mut self) {
@@ -57,4 +113,12 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
