@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::process_pool::ProcessPool;
+pub(crate) use crate::process_pool::context::Carried;
 use crate::process_pool::job::Job;
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::{self, Promise, Task};
@@ -39,9 +40,14 @@ impl Completion for RawCompletion {
 }
 
 impl ProcessPool {
-    /// Runs `call` with the encoded argument `arg` on one of the workers, and gives back the
-    /// worker's reply undecoded.
-    pub(crate) fn run_raw(&self, call: ErasedCall, arg: Vec<u8>) -> Task<RawReply> {
+    /// Runs `call` with the encoded argument `arg` on one of the workers, in the span that
+    /// `context` describes (see [`Carried`]), and gives back the worker's reply undecoded.
+    pub(crate) fn run_raw(
+        &self,
+        call: ErasedCall,
+        arg: Vec<u8>,
+        context: Carried,
+    ) -> Task<RawReply> {
         if arg.len() > MAX_ARGUMENT {
             let detail = format!("{} bytes is more than a frame holds", arg.len());
             return Task::ready(Err(Error::codec(
@@ -54,7 +60,7 @@ impl ProcessPool {
         let job = Job {
             call,
             options: self.handle.options,
-            context: crate::process_pool::context::Carried::capture(),
+            context,
             arg,
             completion: Box::new(RawCompletion(promise)),
         };

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::process_pool::raw::Carried;
 use crate::remote::identity;
 use crate::remote::security::Security;
 
@@ -56,6 +57,40 @@ pub(crate) struct JobEnvelope {
     pub(crate) at_most_once: bool,
     /// The postcard encoding of the argument.
     pub(crate) arg: Vec<u8>,
+    /// Where the task was submitted, for the worker's log records (with the `tracing`
+    /// feature; `None` without it).
+    pub(crate) context: Option<JobContext>,
+}
+
+/// What a job carries from the span current at its submission into the worker process that
+/// runs it: the same as a local process task carries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct JobContext {
+    /// The task's id, unique in the client application.
+    pub(crate) task_id: u64,
+    /// The name of the span current at submission; empty when there was none.
+    pub(crate) span_name: String,
+}
+
+impl JobContext {
+    /// The context of a remote task submitted now (see
+    /// [`Carried::capture`](crate::process_pool::raw::Carried::capture)): `None` without the
+    /// `tracing` feature.
+    pub(crate) fn capture() -> Option<JobContext> {
+        Carried::capture_for("remote")
+            .get()
+            .map(|context| JobContext {
+                task_id: context.task_id,
+                span_name: context.span_name.to_owned(),
+            })
+    }
+
+    /// What the worker's process pool carries into the process that runs the job.
+    pub(crate) fn carried(context: Option<&JobContext>) -> Carried {
+        context.map_or_else(Carried::default, |context| {
+            Carried::received(context.task_id, &context.span_name)
+        })
+    }
 }
 
 /// How a job ended, as a worker reports it.
@@ -166,6 +201,10 @@ mod tests {
             expires_ms: None,
             at_most_once: false,
             arg: vec![42],
+            context: Some(JobContext {
+                task_id: 3,
+                span_name: "request".into(),
+            }),
         }
     }
 
@@ -178,6 +217,11 @@ mod tests {
         let bytes = Signed::seal(&job([1; 32], NOW), &security);
         let verified = verify(&bytes, &security, &[1; 32], WINDOW, NOW).unwrap();
         assert_eq!(verified.offsets(), [1, 2]);
+        let context = verified.envelope().context.as_ref().unwrap();
+        assert_eq!(
+            (context.task_id, context.span_name.as_str()),
+            (3, "request")
+        );
         assert_eq!(verified.into_arg(), [42]);
     }
 

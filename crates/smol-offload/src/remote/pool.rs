@@ -16,7 +16,7 @@ use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::remote::broker::Broker;
 use crate::remote::client::{Client, RemoteAssist};
-use crate::remote::envelope::{JobEnvelope, Signed};
+use crate::remote::envelope::{JobContext, JobEnvelope, Signed};
 use crate::remote::identity;
 use crate::remote::keys::Keys;
 use crate::remote::security::Security;
@@ -243,6 +243,7 @@ impl Executor for RemotePool {
                 .map(|limit| issued_ms + limit.as_millis() as u64),
             at_most_once: handle.delivery == Delivery::AtMostOnce,
             arg,
+            context: JobContext::capture(),
         };
         let job = Signed::seal(&envelope, &client.security);
         let (promise, task) = task::pair::<R>();

@@ -11,7 +11,9 @@ use crate::error::{BuildError, BuildErrorKind};
 use crate::process_pool::ProcessPool;
 use crate::process_pool::raw::RawReply;
 use crate::remote::broker::Broker;
-use crate::remote::envelope::{self, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed};
+use crate::remote::envelope::{
+    self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed,
+};
 use crate::remote::identity;
 use crate::remote::keys::{GROUP, Keys};
 use crate::remote::pool::{DEFAULT_QUEUE, DEFAULT_REPLAY_WINDOW};
@@ -524,9 +526,10 @@ impl Runner {
             ));
         }
         let call = sys::call_of_verified_job(&verified);
+        let context = JobContext::carried(envelope.context.as_ref());
         let arg = verified.into_arg();
         let outcome = loop {
-            let task = self.pool.run_raw(call, arg.clone());
+            let task = self.pool.run_raw(call, arg.clone(), context);
             match async_io::block_on(task) {
                 Ok(RawReply { status, payload }) => {
                     break Outcome::Call {
