@@ -116,8 +116,9 @@ pub struct FleetStats {
 }
 
 impl RemotePool {
-    /// A pool on the broker at `url` (`redis://[user:password@]host:port[/db]`), on the
-    /// default queue, with the signing key from `SMOL_OFFLOAD_REMOTE_KEY`.
+    /// A pool on the broker at `url` (`redis://[user:password@]host:port[/db]`, or
+    /// `rediss://` for TLS, with the TLS files of the `SMOL_OFFLOAD_REMOTE_TLS_*` variables),
+    /// on the default queue, with the signing key from `SMOL_OFFLOAD_REMOTE_KEY`.
     ///
     /// # Errors
     ///
@@ -366,7 +367,9 @@ impl RemotePoolBuilder {
     /// # Errors
     ///
     /// A bad URL, no signing key (and no [`trusted_network`](Self::trusted_network)), an
-    /// executable that cannot be read to identify the build, or an unreachable broker.
+    /// executable that cannot be read to identify the build, an unreachable broker, wrong
+    /// credentials, or TLS files that cannot be read or a broker certificate that does not
+    /// verify.
     pub fn build(self) -> Result<RemotePool, BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
         let security = Security::choose(self.key, self.trusted).map_err(fail)?;
