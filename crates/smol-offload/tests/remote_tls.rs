@@ -327,15 +327,20 @@ fn tls_settings_with_a_plain_url_and_unreadable_files_are_refused() {
 
 #[test]
 fn an_acl_user_with_a_password_runs_tasks_and_a_wrong_password_is_refused() {
-    // Only the user `fleet` may connect: the default (password-less) user is off.
+    // Only the user `fleet` may connect, with the rights docs/remote.md recommends: its own
+    // keys, no dangerous commands; the default (password-less) user is off.
     let redis = RedisServer::start_with(&[
         "--user",
         "fleet",
         "on",
         ">fleet-password",
-        "~*",
-        "&*",
-        "+@all",
+        "~smol-offload:*",
+        "+@read",
+        "+@write",
+        "+@blocking",
+        "+@connection",
+        "+@transaction",
+        "-@dangerous",
         "--user",
         "default",
         "off",
@@ -348,6 +353,7 @@ fn an_acl_user_with_a_password_runs_tasks_and_a_wrong_password_is_refused() {
         .build()
         .unwrap();
     assert_runs_tasks(&pool);
+    assert_eq!(pool.fleet().unwrap().hosts.len(), 1);
     for wrong in [
         format!("redis://fleet:wrong-password@127.0.0.1:{}", redis.port),
         redis.url(),
