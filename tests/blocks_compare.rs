@@ -18,7 +18,8 @@ fn compare(args: &[&str], process_bin: Option<&str>) -> Output {
     command
         .args(args)
         .env_remove("BLOCKS_THREAD_BIN")
-        .env_remove("BLOCKS_PROCESS_BIN");
+        .env_remove("BLOCKS_PROCESS_BIN")
+        .env_remove("BLOCKS_REMOTE_BIN");
     if let Some(path) = process_bin {
         command.env("BLOCKS_PROCESS_BIN", path);
     }
@@ -152,6 +153,45 @@ fn a_failing_backend_fails_the_comparison() {
             && name.starts_with("process: every task 0..6 ran exactly once: missing 0, 1")),
         "{text}"
     );
+}
+
+#[test]
+fn a_missing_backend_says_how_to_build_it() {
+    let output = compare(&["--sleep-ms", "1"], Some("/nonexistent/blocks-process"));
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let failure = "FAIL process: the run finished: cannot run /nonexistent/blocks-process: ";
+    let line = text.lines().find(|line| line.starts_with(failure));
+    let line = line.unwrap_or_else(|| panic!("no {failure:?} in {text}"));
+    assert!(
+        line.contains("`cargo build --release --bin blocks-process`"),
+        "{line}"
+    );
+    assert!(line.ends_with("or set BLOCKS_PROCESS_BIN)"), "{line}");
+}
+
+#[test]
+fn remote_shows_beside_thread_and_process() {
+    if !have_redis_server() {
+        return;
+    }
+    let output = compare(
+        &["--remote", "--tasks", "4", "--sleep-ms", "20", "--logs"],
+        None,
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    let verdicts = verdicts(&text);
+    assert_eq!(verdicts.len(), 3 * 3 + 2, "{text}");
+    assert!(verdicts.iter().all(|(passed, _)| *passed), "{text}");
+    assert!(verdicts.contains(&(true, "process and remote gave the same results")));
+    assert!(text.contains("\n task | thread "), "{text}");
+    let host = format!("{}:", host_name());
+    for task in 0..4 {
+        let workers = row_workers(&text, task);
+        assert!(workers[2].starts_with(&host), "{workers:?}");
+    }
+    assert!(text.contains("--- remote log ---\n"), "{text}");
 }
 
 #[test]

@@ -37,10 +37,8 @@ const GREY_MIDDLE: &str = r##" text-anchor="middle" fill="#444444""##;
 /// let outcome = Outcome {
 ///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
-/// let run = RunReport {
-///     backend: "thread".into(), wall: Duration::from_millis(105), outcomes: vec![outcome],
-///     failure: None,
-/// };
+/// let (backend, wall) = ("thread".into(), Duration::from_millis(105));
+/// let run = RunReport { backend, wall, outcomes: vec![outcome], ..RunReport::default() };
 /// let svg = render_svg(&Options::default(), &[&run]);
 /// assert!(svg.starts_with("<svg") && svg.contains(">Thread-1</text>"));
 /// ```
@@ -169,10 +167,7 @@ impl Axis {
     fn new(span_us: u64) -> Axis {
         let span_us = span_us.max(1000);
         let raw = span_us.div_ceil(10);
-        let mut magnitude = 1u64;
-        while magnitude * 10 <= raw {
-            magnitude *= 10;
-        }
+        let magnitude = 10u64.pow(raw.ilog10());
         let step_us = [1, 2, 5, 10]
             .into_iter()
             .map(|m| m * magnitude)
@@ -188,32 +183,24 @@ impl Axis {
         (0..=self.end_us / self.step_us).map(|i| i * self.step_us)
     }
 
-    /// A tick's label in ms, with as many decimals as the step needs.
+    /// A tick's label in ms, with a decimal when the step (at least 0.1 ms) needs one.
     fn label(&self, us: u64) -> String {
-        let decimals = match self.step_us {
-            1000.. => 0,
-            100.. => 1,
-            10.. => 2,
-            _ => 3,
-        };
+        let decimals = usize::from(self.step_us < 1000);
         format!("{:.*}", decimals, us as f64 / 1000.0)
     }
 }
 
-/// Escapes text for SVG content and attribute values.
+/// Escapes text for SVG content and attribute values (`&` first, as the others bring one).
 fn escape(text: &str) -> String {
-    text.chars()
-        .fold(String::with_capacity(text.len()), |mut escaped, c| {
-            match c {
-                '&' => escaped.push_str("&amp;"),
-                '<' => escaped.push_str("&lt;"),
-                '>' => escaped.push_str("&gt;"),
-                '"' => escaped.push_str("&quot;"),
-                '\'' => escaped.push_str("&apos;"),
-                c => escaped.push(c),
-            }
-            escaped
-        })
+    let entities = [
+        ("&", "&amp;"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+        ("\"", "&quot;"),
+        ("'", "&apos;"),
+    ];
+    let escape_one = |text: String, (c, entity): &(&str, &str)| text.replace(c, entity);
+    entities.iter().fold(text.to_owned(), escape_one)
 }
 
 #[cfg(test)]
@@ -222,10 +209,9 @@ mod tests {
 
     use super::*;
     use crate::blocks::outcome;
-    use crate::compare::report;
 
     fn run(backend: &str, workers: &[&str]) -> RunReport {
-        let events = (0..6u64)
+        let outcomes = (0..6u64)
             .map(|task| {
                 let worker = workers[task as usize % workers.len()];
                 let (start_us, end_us) =
@@ -233,7 +219,13 @@ mod tests {
                 outcome(task, worker, start_us, end_us)
             })
             .collect();
-        report(backend, Duration::from_micros(213_400), events)
+        let (backend, wall) = (backend.to_owned(), Duration::from_micros(213_400));
+        RunReport {
+            backend,
+            wall,
+            outcomes,
+            ..RunReport::default()
+        }
     }
 
     /// Checks that tags open and close in order, as an XML parser would.
@@ -303,8 +295,14 @@ mod tests {
 
     #[test]
     fn a_failed_run_says_so_and_names_are_escaped() {
-        let mut empty = report("process", Duration::from_millis(3), Vec::new());
-        empty.failure = Some("exited with code 1 & said <nothing>".to_owned());
+        let failure = Some("exited with code 1 & said <nothing>".to_owned());
+        let (backend, wall) = ("process".to_owned(), Duration::from_millis(3));
+        let empty = RunReport {
+            backend,
+            wall,
+            failure,
+            ..RunReport::default()
+        };
         let thread = run("thread", &["T<1>", "T&2"]);
         let svg = render_svg(&Options::default(), &[&thread, &empty]);
         assert_well_formed(&svg);
@@ -316,14 +314,16 @@ mod tests {
 
     #[test]
     fn axis_steps_are_round() {
-        let axis = Axis::new(201_000);
-        assert_eq!((axis.step_us, axis.end_us), (50_000, 250_000));
-        assert_eq!(axis.ticks().count(), 6);
-        assert_eq!(axis.label(150_000), "150");
-        let axis = Axis::new(0);
-        assert_eq!((axis.step_us, axis.end_us), (100, 1000));
-        assert_eq!(axis.label(300), "0.3");
-        let axis = Axis::new(2_345_678);
-        assert_eq!((axis.step_us, axis.end_us), (500_000, 2_500_000));
+        for (span_us, step_us, end_us, ticks) in [
+            (201_000, 50_000, 250_000, 6),
+            (0, 100, 1000, 11),
+            (2_345_678, 500_000, 2_500_000, 6),
+        ] {
+            let axis = Axis::new(span_us);
+            assert_eq!((axis.step_us, axis.end_us), (step_us, end_us), "{span_us}");
+            assert_eq!(axis.ticks().count(), ticks);
+        }
+        assert_eq!(Axis::new(201_000).label(150_000), "150");
+        assert_eq!(Axis::new(0).label(300), "0.3");
     }
 }

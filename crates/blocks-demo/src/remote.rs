@@ -1,0 +1,129 @@
+//! `blocks-remote`: [`run_demo`] on a [`RemotePool`] whose workers are this program again,
+//! started by [`run`] in worker mode ([`serve`]) on a Redis broker.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use smol_offload::RemotePool;
+use smol_offload::remote::{KEY_VARIABLE, RemoteWorker};
+
+use crate::options::RemoteArgs;
+use crate::run::run_demo;
+
+/// Runs the demo: starts a private `redis-server` unless `--redis` names a broker, connects,
+/// starts `--workers` workers of one process each on a queue of its own, waits until they serve,
+/// runs [`run_demo`] on them, then closes the workers' stdin and waits for them to stop.
+///
+/// # Errors
+///
+/// No `redis-server` on the `PATH`, a worker that did not start or stop cleanly, or an error of
+/// [`run_demo`].
+pub fn run(args: &RemoteArgs) -> anyhow::Result<bool> {
+    let mut children = Children(Vec::new());
+    let url = match &args.redis {
+        Some(url) => url.clone(),
+        None => start_redis(&mut children)?,
+    };
+    let key = std::env::var(KEY_VARIABLE).or_else(|_| random_key())?;
+    let queue = format!("blocks-demo-{}", std::process::id());
+    let pool = RemotePool::builder(&url).queue(&queue).key(&key).build()?;
+    let workers = args.demo.run.workers;
+    for _ in 0..workers {
+        let mut worker = Command::new(std::env::current_exe()?);
+        worker
+            .args(["--redis", &url, "--serve", &queue])
+            .env(KEY_VARIABLE, &key);
+        children.0.push(worker.stdin(Stdio::piped()).spawn()?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.fleet()?.workers < workers {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the workers did not start in 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    run_demo(&pool, &args.demo, "remote")?;
+    // Workers stop when their stdin closes: they finish what they hold and leave the fleet.
+    let workers = &mut children.0[usize::from(args.redis.is_none())..];
+    workers
+        .iter_mut()
+        .for_each(|worker| drop(worker.stdin.take()));
+    for worker in workers {
+        let status = worker.wait()?;
+        anyhow::ensure!(status.success(), "a worker did not stop cleanly: {status}");
+    }
+    Ok(true)
+}
+
+/// Worker mode: serves `queue` of the broker at `url` with one process, until stdin closes.
+///
+/// # Errors
+///
+/// The worker could not start (see [`RemoteWorker::serve`]).
+pub fn serve(url: &str, queue: &str) -> anyhow::Result<bool> {
+    smol_offload::init();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        stopper.store(true, Ordering::Relaxed);
+    });
+    let worker = RemoteWorker::builder(url).queue(queue).workers(1);
+    worker.stop_flag(stop).serve()?;
+    Ok(true)
+}
+
+/// Child processes, killed (if still running) and reaped when dropped, so that none outlives
+/// the demo, whatever happened.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `redis-server` on a free loopback port, without persistence, into `children`, and
+/// gives its URL once it accepts connections.
+fn start_redis(children: &mut Children) -> anyhow::Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = Command::new("redis-server");
+    server.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+    server.args(["--save", "", "--appendonly", "no"]);
+    let server = server.stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
+    let install = "install it (Debian: apt-get install redis-server) or pass --redis URL";
+    children
+        .0
+        .push(server.with_context(|| format!("cannot start redis-server: {install}"))?);
+    let output = children.0[0]
+        .stdout
+        .take()
+        .context("redis-server has no stdout")?;
+    let mut lines = BufReader::new(output).lines();
+    loop {
+        match lines.next().transpose()? {
+            Some(line) if line.contains("Ready to accept connections") => break,
+            Some(_) => {}
+            None => bail!("redis-server exited before it was ready"),
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    Ok(format!("redis://127.0.0.1:{port}"))
+}
+
+/// A fresh signing key: 32 random bytes from the kernel, as hex.
+fn random_key() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
