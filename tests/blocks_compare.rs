@@ -129,6 +129,10 @@ fn an_override_replaces_a_backend() {
     assert!(output.status.success(), "{text}\n{}", stderr(&output));
     assert!(verdicts(&text).iter().all(|(passed, _)| *passed), "{text}");
     assert_eq!(verdicts(&text).len(), 7);
+    assert!(
+        !text.contains("timeline written"),
+        "an SVG without --svg: {text}"
+    );
     let process_workers = text
         .lines()
         .find_map(|l| l.strip_prefix("process workers: "))

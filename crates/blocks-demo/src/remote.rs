@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use smol_offload::RemotePool;
 use smol_offload::remote::{KEY_VARIABLE, RemoteWorker};
 
@@ -23,24 +23,40 @@ use crate::run::run_demo;
 /// No `redis-server` on the `PATH`, a worker that did not start or stop cleanly, or an error of
 /// [`run_demo`].
 pub fn run(args: &RemoteArgs) -> anyhow::Result<bool> {
-    let mut children = Children(Vec::new());
+    let mut children = Vec::new();
+    let outcome = run_with(args, &mut children);
+    // Whatever happened, nothing outlives the demo: what still runs is killed, all is reaped.
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome
+}
+
+/// [`run`], with every process it starts in `children`.
+fn run_with(args: &RemoteArgs, children: &mut Vec<Child>) -> anyhow::Result<bool> {
     let url = match &args.redis {
         Some(url) => url.clone(),
-        None => start_redis(&mut children)?,
+        None => start_redis(children)?,
     };
     let key = std::env::var(KEY_VARIABLE).or_else(|_| random_key())?;
     let queue = format!("blocks-demo-{}", std::process::id());
     let pool = RemotePool::builder(&url).queue(&queue).key(&key).build()?;
-    let workers = args.demo.run.workers;
-    for _ in 0..workers {
+    let first_worker = children.len();
+    for _ in 0..args.demo.run.workers {
         let mut worker = Command::new(std::env::current_exe()?);
-        worker
-            .args(["--redis", &url, "--serve", &queue])
-            .env(KEY_VARIABLE, &key);
-        children.0.push(worker.stdin(Stdio::piped()).spawn()?);
+        worker.args(["--redis", &url, "--serve", &queue]);
+        worker.env(KEY_VARIABLE, &key).stdin(Stdio::piped());
+        children.push(worker.spawn()?);
     }
+    let workers = &mut children[first_worker..];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while pool.fleet()?.workers < workers {
+    while pool.fleet()?.workers < workers.len() {
+        for worker in workers.iter_mut() {
+            if let Some(status) = worker.try_wait()? {
+                anyhow::bail!("a worker exited before it served: {status}");
+            }
+        }
         anyhow::ensure!(
             Instant::now() < deadline,
             "the workers did not start in 30 s"
@@ -49,7 +65,6 @@ pub fn run(args: &RemoteArgs) -> anyhow::Result<bool> {
     }
     run_demo(&pool, &args.demo, "remote")?;
     // Workers stop when their stdin closes: they finish what they hold and leave the fleet.
-    let workers = &mut children.0[usize::from(args.redis.is_none())..];
     workers
         .iter_mut()
         .for_each(|worker| drop(worker.stdin.take()));
@@ -78,22 +93,9 @@ pub fn serve(url: &str, queue: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-/// Child processes, killed (if still running) and reaped when dropped, so that none outlives
-/// the demo, whatever happened.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// Starts `redis-server` on a free loopback port, without persistence, into `children`, and
 /// gives its URL once it accepts connections.
-fn start_redis(children: &mut Children) -> anyhow::Result<String> {
+fn start_redis(children: &mut Vec<Child>) -> anyhow::Result<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -102,21 +104,12 @@ fn start_redis(children: &mut Children) -> anyhow::Result<String> {
     server.args(["--save", "", "--appendonly", "no"]);
     let server = server.stdout(Stdio::piped()).stderr(Stdio::null()).spawn();
     let install = "install it (Debian: apt-get install redis-server) or pass --redis URL";
-    children
-        .0
-        .push(server.with_context(|| format!("cannot start redis-server: {install}"))?);
-    let output = children.0[0]
-        .stdout
-        .take()
-        .context("redis-server has no stdout")?;
-    let mut lines = BufReader::new(output).lines();
-    loop {
-        match lines.next().transpose()? {
-            Some(line) if line.contains("Ready to accept connections") => break,
-            Some(_) => {}
-            None => bail!("redis-server exited before it was ready"),
-        }
-    }
+    children.push(server.with_context(|| format!("cannot start redis-server: {install}"))?);
+    let output = children.last_mut().and_then(|server| server.stdout.take());
+    let mut lines = BufReader::new(output.context("redis-server has no stdout")?).lines();
+    let mut lines_until_ready = lines.by_ref().map_while(Result::ok);
+    let ready = lines_until_ready.any(|line| line.contains("Ready to accept connections"));
+    anyhow::ensure!(ready, "redis-server exited before it was ready");
     std::thread::spawn(move || lines.for_each(drop));
     Ok(format!("redis://127.0.0.1:{port}"))
 }
