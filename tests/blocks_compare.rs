@@ -112,7 +112,23 @@ fn compares_both_pools_and_draws_a_timeline() {
     let process_panel = picture.find(">process pool: wall ").expect("process panel");
     assert!(thread_panel < process_panel);
     assert_eq!(picture.matches("<g class=\"task\">").count(), 12);
-    assert!(picture.contains(">Thread-1</text>"));
+    assert!(picture.contains(">wall time: thread "), "{picture}");
+    for task in 0..6 {
+        // A bar on each panel, in the lane of the worker the table names, with a tooltip.
+        assert_eq!(picture.matches(&format!(">{task}</text></g>")).count(), 2);
+        let workers = row_workers(&text, task);
+        for lane in [workers[0].clone(), format!("PID {}", workers[1])] {
+            assert_eq!(picture.matches(&format!(">{lane}</text>")).count(), 1);
+        }
+        let tooltip = format!(
+            "<title>blocks({task}) = {} on {}: ",
+            task * task,
+            workers[1]
+        );
+        assert!(picture.contains(&tooltip), "{tooltip}");
+    }
+    // The time axis under each panel starts at 0.
+    assert_eq!(picture.matches(">0</text>\n").count(), 2);
     assert_eq!(
         picture.matches("time since the run started (ms)").count(),
         2

@@ -28,7 +28,7 @@ pub struct Job {
 pub struct Outcome {
     /// The task number, `n` of the [`Job`].
     pub task: u64,
-    /// The worker that ran it: the thread name in thread style, the process id in process style.
+    /// The worker that ran it, as [`log`] names it: a thread name, a pid, or `host:pid`.
     pub worker: String,
     /// When the call started, in microseconds after the run's start.
     pub start_us: u64,
@@ -74,11 +74,8 @@ pub fn blocks(job: Job) -> Outcome {
 /// Now, as microseconds since the UNIX epoch: a clock that every process on the machine shares.
 /// A clock set before 1970 reads as 0.
 pub fn unix_micros() -> u64 {
-    micros(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
+    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH);
+    micros(since_epoch.unwrap_or_default())
 }
 
 /// A duration in whole microseconds, saturating.

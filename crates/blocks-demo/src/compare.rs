@@ -1,5 +1,5 @@
-//! What `blocks-compare` does with the two backends: run them ([`Backend`]), report each run
-//! ([`RunReport`]), check them ([`Check`]) and show them side by side ([`render_table`]).
+//! What `blocks-compare` does with the backends: run them ([`Backend`]), report each run
+//! ([`RunReport`]), check them ([`checks`]) and show them side by side ([`render_table`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -143,28 +143,18 @@ impl RunReport {
     }
 }
 
-/// One verdict of `blocks-compare`: what was checked, and the problems found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// The problems found; empty when the check passed.
-    pub problems: Vec<String>,
-}
-
-impl Check {
-    /// Whether the check held.
-    pub fn passed(&self) -> bool {
-        self.problems.is_empty()
-    }
-}
-
 /// Checks each run (it finished, every task `0..tasks` ran exactly once, never more than
-/// `workers` at once), then that each run gave the same results per task as the one before.
-pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
+/// `workers` at once), then that each run gave the same results per task as the one before:
+/// one `PASS name` or `FAIL name: problems` line per check.
+pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<String> {
     let (tasks, workers) = (options.tasks as u64, options.workers);
-    let mut checks = Vec::new();
-    let mut check = |name: String, problems: Vec<String>| checks.push(Check { name, problems });
+    let mut lines = Vec::new();
+    let mut check = |name: String, problems: Vec<String>| {
+        lines.push(match problems.is_empty() {
+            true => format!("PASS {name}"),
+            false => format!("FAIL {name}: {}", problems.join("; ")),
+        });
+    };
     for run in runs {
         let backend = &run.backend;
         let failure = run.failure.iter().cloned().collect();
@@ -229,16 +219,7 @@ pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
             problems,
         );
     }
-    checks
-}
-
-/// The checks as `PASS name` / `FAIL name: problems` lines.
-pub fn render_checks(checks: &[Check]) -> String {
-    let line = |check: &Check| match check.passed() {
-        true => format!("PASS {}\n", check.name),
-        false => format!("FAIL {}: {}\n", check.name, check.problems.join("; ")),
-    };
-    checks.iter().map(line).collect()
+    lines
 }
 
 /// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
@@ -371,17 +352,21 @@ mod tests {
         for (spoil, expected) in cases {
             let (mut thread, mut process) = (python_run("thread"), python_run("process"));
             spoil(&mut thread, &mut process);
-            let text = render_checks(&checks(&Options::default(), &[&thread, &process]));
-            let failed: Vec<&str> = text.lines().filter(|l| !l.starts_with("PASS ")).collect();
+            let lines = checks(&Options::default(), &[&thread, &process]);
+            let failed: Vec<&String> = lines.iter().filter(|l| !l.starts_with("PASS ")).collect();
             assert_eq!(failed, expected);
-            assert_eq!(text.lines().count(), 7);
+            assert_eq!(lines.len(), 7);
         }
         let none = Options {
             tasks: 0,
             ..Options::default()
         };
         let empty = RunReport::default();
-        assert!(checks(&none, &[&empty, &empty]).iter().all(Check::passed));
+        let lines = checks(&none, &[&empty, &empty]);
+        assert!(
+            lines.iter().all(|line| line.starts_with("PASS ")),
+            "{lines:?}"
+        );
     }
 
     #[test]

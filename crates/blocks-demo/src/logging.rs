@@ -5,7 +5,7 @@
 //! the same lines to stderr, each with a single `write`, so that lines from many threads or
 //! processes never interleave.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// Which layout [`log`] writes, chosen once by a binary's `main` with [`set_log_style`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,15 +50,30 @@ pub fn log_style() -> LogStyle {
     }
 }
 
-/// Writes one line `message` from `logger` to stderr, in the layout of [`log_style`], with a
-/// single `write`. A failed write (a closed stderr) is ignored: logging never stops the demo.
+/// Whether [`log`] writes to stdout rather than stderr: see [`log_to_stdout`].
+static TO_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// Sends every later [`log`] line of this process, and of the processes it forks, to stdout.
+/// `blocks-remote`'s workers do, before `smol_offload::init()`: their stdout is the demo's log,
+/// and their stderr, which `blocks-remote` passes on a line at a time, has their own messages.
+pub fn log_to_stdout() {
+    TO_STDOUT.store(true, Ordering::Relaxed);
+}
+
+/// Writes one line `message` from `logger` to stderr (or stdout), in the layout of
+/// [`log_style`], with a single `write`. A failed write (a closed stderr) is ignored: logging
+/// never stops the demo.
 pub fn log(logger: &str, message: &str) {
     let line = format_line(log_style(), &worker_name(), logger, message);
     // In this crate's unit tests, through the test harness's capture: shown only on failure.
     #[cfg(test)]
     eprint!("{line}");
+    // Stdout buffers by line: a whole line goes out at once there too.
     #[cfg(not(test))]
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    let _ = match TO_STDOUT.load(Ordering::Relaxed) {
+        true => std::io::Write::write_all(&mut std::io::stdout().lock(), line.as_bytes()),
+        false => std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes()),
+    };
 }
 
 /// A line in `style` from the worker named `who` (a thread name, a pid, or `host:pid`),

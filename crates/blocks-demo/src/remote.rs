@@ -1,7 +1,7 @@
 //! `blocks-remote`: [`run_demo`] on a [`RemotePool`] whose workers are this program again,
 //! started by [`run`] in worker mode ([`serve`]) on a Redis broker.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use smol_offload::RemotePool;
 use smol_offload::remote::{KEY_VARIABLE, RemoteWorker};
 
+use crate::logging::log_to_stdout;
 use crate::options::RemoteArgs;
 use crate::run::run_demo;
 
@@ -42,12 +43,23 @@ fn run_with(args: &RemoteArgs, children: &mut Vec<Child>) -> anyhow::Result<bool
     let key = std::env::var(KEY_VARIABLE).or_else(|_| random_key())?;
     let queue = format!("blocks-demo-{}", std::process::id());
     let pool = RemotePool::builder(&url).queue(&queue).key(&key).build()?;
-    let first_worker = children.len();
+    let (first_worker, mut forwarders) = (children.len(), Vec::new());
     for _ in 0..args.demo.run.workers {
         let mut worker = Command::new(std::env::current_exe()?);
         worker.args(["--redis", &url, "--serve", &queue]);
         worker.env(KEY_VARIABLE, &key).stdin(Stdio::piped());
+        // The workers log blocks(n) to their stdout, straight into this log. Their own
+        // messages come in pieces on stderr: pass them on a whole line at a time, so that the
+        // lines of different workers never mix.
+        worker.stdout(std::io::stderr()).stderr(Stdio::piped());
         children.push(worker.spawn()?);
+        let lines = children.last_mut().and_then(|worker| worker.stderr.take());
+        let lines = BufReader::new(lines.context("a worker has no stderr")?).lines();
+        forwarders.push(std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+            }
+        }));
     }
     let workers = &mut children[first_worker..];
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -72,6 +84,9 @@ fn run_with(args: &RemoteArgs, children: &mut Vec<Child>) -> anyhow::Result<bool
         let status = worker.wait()?;
         anyhow::ensure!(status.success(), "a worker did not stop cleanly: {status}");
     }
+    forwarders
+        .into_iter()
+        .for_each(|forwarder| drop(forwarder.join()));
     Ok(true)
 }
 
@@ -81,6 +96,7 @@ fn run_with(args: &RemoteArgs, children: &mut Vec<Child>) -> anyhow::Result<bool
 ///
 /// The worker could not start (see [`RemoteWorker::serve`]).
 pub fn serve(url: &str, queue: &str) -> anyhow::Result<bool> {
+    log_to_stdout();
     smol_offload::init();
     let stop = Arc::new(AtomicBool::new(false));
     let stopper = stop.clone();
