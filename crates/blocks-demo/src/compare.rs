@@ -54,25 +54,16 @@ impl Backend {
     pub fn run(self, binary: &Path, options: &Options, events: &Path) -> RunReport {
         let _ = std::fs::remove_file(events);
         let (started, mut command) = (Instant::now(), Command::new(binary));
-        let output = command
-            .args(options.run_args())
-            .arg("--events")
-            .arg(events)
-            .output();
-        let (backend, wall) = (self.0.to_owned(), started.elapsed());
-        let mut report = RunReport {
-            backend,
-            wall,
-            ..RunReport::default()
-        };
+        command.args(options.run_args()).arg("--events").arg(events);
+        let output = command.output();
+        let mut report = RunReport::default();
+        (report.backend, report.wall) = (self.0.to_owned(), started.elapsed());
         let binary = binary.display();
         let outcomes = match output {
             Err(err) => {
                 let build = format!("`cargo build --release --bin blocks-{}`", self.0);
-                let var = self.env_var();
-                Err(format!(
-                    "cannot run {binary}: {err} (build it with {build}, or set {var})"
-                ))
+                let hint = format!("build it with {build}, or set {}", self.env_var());
+                Err(format!("cannot run {binary}: {err} ({hint})"))
             }
             Ok(output) if output.status.success() => {
                 report.log = String::from_utf8_lossy(&output.stderr).into_owned();
@@ -184,40 +175,27 @@ pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<String> {
                 problems.push(format!("{what}{}", found.join(", ")));
             }
         }
-        check(
-            format!("{backend}: every task 0..{tasks} ran exactly once"),
-            problems,
-        );
+        let name = format!("{backend}: every task 0..{tasks} ran exactly once");
+        check(name, problems);
         let most = run.max_concurrency();
-        let crowded =
-            (most > workers).then(|| format!("{most} tasks ran at once on {workers} workers"));
-        check(
-            format!("{backend}: at most {workers} tasks at once"),
-            crowded.into_iter().collect(),
-        );
+        let crowded = format!("{most} tasks ran at once on {workers} workers");
+        let crowded = (most > workers).then_some(crowded).into_iter().collect();
+        let name = format!("{backend}: at most {workers} tasks at once");
+        check(name, crowded);
     }
     for pair in runs.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let all_tasks: BTreeSet<u64> = a
-            .outcomes
-            .iter()
-            .chain(&b.outcomes)
-            .map(|o| o.task)
-            .collect();
+        let (x, y) = (&a.backend, &b.backend);
+        let outcomes = a.outcomes.iter().chain(&b.outcomes);
+        let both: BTreeSet<u64> = outcomes.map(|o| o.task).collect();
         let mut problems = Vec::new();
-        for task in all_tasks {
+        for task in both {
             let (in_a, in_b) = (a.results_of(task), b.results_of(task));
             if in_a != in_b {
-                problems.push(format!(
-                    "task {task}: {} {in_a} vs {} {in_b}",
-                    a.backend, b.backend
-                ));
+                problems.push(format!("task {task}: {x} {in_a} vs {y} {in_b}"));
             }
         }
-        check(
-            format!("{} and {} gave the same results", a.backend, b.backend),
-            problems,
-        );
+        check(format!("{x} and {y} gave the same results"), problems);
     }
     lines
 }
@@ -228,9 +206,8 @@ pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<String> {
 pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
     let mut text = format!("{options}\n\n");
     let all = runs.iter().flat_map(|run| &run.outcomes);
-    let tasks: BTreeSet<u64> = (0..options.tasks as u64)
-        .chain(all.clone().map(|o| o.task))
-        .collect();
+    let tasks = (0..options.tasks as u64).chain(all.clone().map(|o| o.task));
+    let tasks: BTreeSet<u64> = tasks.collect();
     let width = all.map(|o| o.worker.len() + 3).fold(6, usize::max);
     let times =
         |worker: &str, start: &str, end: &str| format!("{worker:<width$}{start:>10}{end:>10}");

@@ -41,10 +41,8 @@ impl std::fmt::Display for Options {
     /// The run in words: `blocks(n): 6 tasks of 100 ms on 3 workers`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
-        write!(
-            f,
-            "blocks(n): {tasks} tasks of {sleep} ms on {workers} workers"
-        )
+        let run = format!("blocks(n): {tasks} tasks of {sleep} ms on {workers} workers");
+        f.write_str(&run)
     }
 }
 

@@ -54,12 +54,8 @@ pub async fn run_blocking_tasks<E: Executor>(
             Err(err) => failures.push(format!("blocks({n}): {err}")),
         }
     }
-    let (failed, failures) = (failures.len(), failures.join("; "));
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} of {} tasks failed: {failures}",
-        options.tasks
-    );
+    let (failed, tasks, failures) = (failures.len(), options.tasks, failures.join("; "));
+    anyhow::ensure!(failed == 0, "{failed} of {tasks} tasks failed: {failures}");
     let results = python_list(outcomes.iter().map(|outcome| outcome.result));
     log(LOGGER, &format!("results: {results}"));
     log(LOGGER, "exiting");
@@ -157,10 +153,8 @@ mod tests {
         };
         let err = smol::block_on(run_blocking_tasks(&executor, &options)).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.starts_with("1 of 4 tasks failed: blocks(2): the task panicked at "),
-            "{text}"
-        );
+        let start = "1 of 4 tasks failed: blocks(2): the task panicked at ";
+        assert!(text.starts_with(start), "{text}");
         assert!(
             text.contains("src/run.rs:") && text.ends_with(": boom"),
             "{text}"

@@ -50,10 +50,8 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
         y = draw_panel(&mut body, run, &axis, y) + PANEL_GAP;
     }
     let height = y - PANEL_GAP + 16.0;
-    let walls = join(
-        runs.iter()
-            .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall)))),
-    );
+    let wall_of = |run: &&RunReport| format!("{} {} ms", run.backend, ms(micros(run.wall)));
+    let walls = join(runs.iter().map(wall_of));
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
@@ -131,10 +129,8 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
 
     // One bar per task, in its worker's lane, coloured by its task number.
     for o in &run.outcomes {
-        let lane = workers
-            .iter()
-            .position(|w| *w == o.worker)
-            .expect("every worker has a lane");
+        let lane = workers.iter().position(|w| *w == o.worker);
+        let lane = lane.expect("every worker has a lane");
         let y = lanes_top + LANE * lane as f64 + (LANE - BAR) / 2.0;
         let x = x_of(o.start_us);
         let width = (x_of(o.end_us) - x).max(1.0);
@@ -168,15 +164,11 @@ impl Axis {
         let span_us = span_us.max(1000);
         let raw = span_us.div_ceil(10);
         let magnitude = 10u64.pow(raw.ilog10());
-        let step_us = [1, 2, 5, 10]
-            .into_iter()
-            .map(|m| m * magnitude)
-            .find(|&step| step >= raw)
-            .unwrap_or(10 * magnitude);
-        Axis {
-            step_us,
-            end_us: span_us.div_ceil(step_us) * step_us,
-        }
+        let steps = [1, 2, 5, 10].map(|m| m * magnitude);
+        let step_us = steps.into_iter().find(|&step| step >= raw);
+        let step_us = step_us.unwrap_or(10 * magnitude);
+        let end_us = span_us.div_ceil(step_us) * step_us;
+        Axis { step_us, end_us }
     }
 
     fn ticks(&self) -> impl Iterator<Item = u64> + '_ {
