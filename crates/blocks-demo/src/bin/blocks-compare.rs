@@ -22,11 +22,8 @@ fn compare(args: CompareArgs) -> anyhow::Result<bool> {
     let scratch = tempfile::Builder::new()
         .prefix("blocks-compare-")
         .tempdir()?;
-    let backends = [THREAD, PROCESS]
-        .into_iter()
-        .chain(args.remote.then_some(REMOTE));
-    let mut reports = Vec::new();
-    for backend in backends {
+    let (remote, mut reports) = (args.remote.then_some(REMOTE), Vec::new());
+    for backend in [THREAD, PROCESS].into_iter().chain(remote) {
         let events = scratch.path().join(format!("{}.jsonl", backend.0));
         reports.push(backend.run(&backend.locate()?, &args.run, &events));
     }
