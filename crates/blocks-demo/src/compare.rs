@@ -261,34 +261,29 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 /// One row of the summary under the table: a figure of a run, as text.
 type Summary = fn(&RunReport) -> String;
 
+/// Six tasks of 100 ms on three workers, finishing in the Python original's order, for tests.
+#[cfg(test)]
+pub(crate) fn python_run(backend: &str, [w1, w2, w3]: [&str; 3]) -> RunReport {
+    let ran = [(0, w1), (2, w3), (1, w2), (3, w1), (5, w2), (4, w3)];
+    let outcome = |(task, worker)| {
+        let start_us = task / 3 * 100_000;
+        crate::blocks::outcome(task, worker, start_us, start_us + 100_000)
+    };
+    let mut report = RunReport::default();
+    (report.backend, report.wall) = (backend.to_owned(), Duration::from_millis(215));
+    report.outcomes = ran.map(outcome).to_vec();
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const W: [&str; 3] = ["W-1", "W-2", "W-3"];
+
     /// The outcome of task `task` from `start_ms` to `end_ms`.
     fn ran(task: u64, worker: &str, start_ms: u64, end_ms: u64) -> Outcome {
         crate::blocks::outcome(task, worker, start_ms * 1000, end_ms * 1000)
-    }
-
-    /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
-    fn python_run(backend: &str) -> RunReport {
-        let outcomes = [
-            (0, "W-1", 0, 100),
-            (2, "W-3", 0, 100),
-            (1, "W-2", 0, 100),
-            (3, "W-1", 100, 200),
-            (5, "W-2", 100, 200),
-            (4, "W-3", 100, 200),
-        ];
-        let outcomes = outcomes.map(|(task, worker, start, end)| ran(task, worker, start, end));
-        let (backend, wall) = (backend.to_owned(), Duration::from_millis(215));
-        let outcomes = outcomes.to_vec();
-        RunReport {
-            backend,
-            wall,
-            outcomes,
-            ..RunReport::default()
-        }
     }
 
     #[test]
@@ -327,7 +322,7 @@ mod tests {
             ),
         ];
         for (spoil, expected) in cases {
-            let (mut thread, mut process) = (python_run("thread"), python_run("process"));
+            let (mut thread, mut process) = (python_run("thread", W), python_run("process", W));
             spoil(&mut thread, &mut process);
             let lines = checks(&Options::default(), &[&thread, &process]);
             let failed: Vec<&String> = lines.iter().filter(|l| !l.starts_with("PASS ")).collect();
@@ -348,8 +343,8 @@ mod tests {
 
     #[test]
     fn table_shows_each_task_on_both_backends() {
-        let thread = python_run("thread");
-        let mut process = python_run("process");
+        let thread = python_run("thread", W);
+        let mut process = python_run("process", W);
         process.outcomes.retain(|o| o.task != 5);
         process.outcomes.push(ran(0, "W-2", 200, 300));
         let text = render_table(&Options::default(), &[&thread, &process]);

@@ -197,28 +197,8 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::blocks::outcome;
-
-    fn run(backend: &str, workers: &[&str]) -> RunReport {
-        let outcomes = (0..6u64)
-            .map(|task| {
-                let worker = workers[task as usize % workers.len()];
-                let (start_us, end_us) =
-                    (task / 3 * 100_000 + task, (task / 3 + 1) * 100_000 + task);
-                outcome(task, worker, start_us, end_us)
-            })
-            .collect();
-        let (backend, wall) = (backend.to_owned(), Duration::from_micros(213_400));
-        RunReport {
-            backend,
-            wall,
-            outcomes,
-            ..RunReport::default()
-        }
-    }
+    use crate::compare::python_run;
 
     /// Checks that tags open and close in order, as an XML parser would.
     fn assert_well_formed(svg: &str) {
@@ -240,29 +220,24 @@ mod tests {
 
     #[test]
     fn bars_sit_in_their_lanes_at_their_times() {
-        let thread = run("thread", &["A", "B"]);
+        let thread = python_run("thread", ["A", "B", "C"]);
         let svg = render_svg(&Options::default(), &[&thread]);
-        // Axis 0..250 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
+        // Axis 0..200 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
         let plot = WIDTH - LEFT - RIGHT;
         let first_bar = format!(
             r#"<rect x="{LEFT:.1}" y="{:.1}" width="{:.1}" height="{BAR}""#,
             TOP + PANEL_HEADER + (LANE - BAR) / 2.0,
-            plot * 100_000.0 / 250_000.0
+            plot * 100_000.0 / 200_000.0
         );
         assert!(svg.contains(&first_bar), "{first_bar} not in {svg}");
     }
 
     #[test]
     fn a_failed_run_says_so_and_names_are_escaped() {
-        let failure = Some("exited with code 1 & said <nothing>".to_owned());
-        let (backend, wall) = ("process".to_owned(), Duration::from_millis(3));
-        let empty = RunReport {
-            backend,
-            wall,
-            failure,
-            ..RunReport::default()
-        };
-        let thread = run("thread", &["T<1>", "T&2"]);
+        let mut empty = python_run("process", ["P1", "P2", "P3"]);
+        empty.outcomes.clear();
+        empty.failure = Some("exited with code 1 & said <nothing>".to_owned());
+        let thread = python_run("thread", ["T<1>", "T&2", "T3"]);
         let svg = render_svg(&Options::default(), &[&thread, &empty]);
         assert_well_formed(&svg);
         assert!(svg.contains(">T&lt;1&gt;</text>"));
