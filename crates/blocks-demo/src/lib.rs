@@ -51,4 +51,4 @@ pub mod timeline;
 pub use crate::blocks::{Job, Outcome, blocks, unix_micros};
 pub use crate::logging::{LogStyle, log, log_style, set_log_style};
 pub use crate::options::{CompareArgs, DemoArgs, Options, RemoteArgs};
-pub use crate::run::{demo_main, python_list, run_blocking_tasks, run_demo};
+pub use crate::run::{python_list, run_blocking_tasks, run_demo};

@@ -1,14 +1,12 @@
 //! [`run_blocking_tasks`], the Python original's coroutine, written once for every
-//! [`Executor`], and [`demo_main`], the `main` of the two demo binaries.
-
-use std::process::ExitCode;
+//! [`Executor`], and [`run_demo`], the body of the demo binaries.
 
 use smol_offload::{Executor, ReturnWhen, wait};
 
 use crate::blocks::{Job, Outcome, blocks, join, unix_micros};
 use crate::events::write_events;
 use crate::logging::log;
-use crate::options::{DemoArgs, Options, run_main};
+use crate::options::{DemoArgs, Options};
 
 /// The logger name of [`run_blocking_tasks`], as in the Python original.
 const LOGGER: &str = "run_blocking_tasks";
@@ -74,19 +72,8 @@ pub fn python_list(values: impl IntoIterator<Item = u64>) -> String {
     format!("[{}]", join(values))
 }
 
-/// The `main` of `blocks-thread` and `blocks-process`: reads the flags, builds the pool with
-/// `build_pool(workers)` and runs [`run_demo`] on it.
-pub fn demo_main<E, B>(program: &'static str, backend: &str, build_pool: B) -> ExitCode
-where
-    E: Executor,
-    B: FnOnce(usize) -> anyhow::Result<E>,
-{
-    run_main(program, |args: DemoArgs| {
-        run_demo(&build_pool(args.run.workers)?, &args, backend)
-    })
-}
-
-/// Runs [`run_blocking_tasks`] on `pool` and writes the events file when `--events` asks for
+/// The body of `blocks-thread`, `blocks-process` and `blocks-remote` once they have their pool:
+/// runs [`run_blocking_tasks`] on `pool` and writes the events file when `--events` asks for
 /// one, each event tagged with `backend`.
 ///
 /// # Errors
