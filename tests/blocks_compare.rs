@@ -18,7 +18,8 @@ fn compare(args: &[&str], process_bin: Option<&str>) -> Output {
     command
         .args(args)
         .env_remove("BLOCKS_THREAD_BIN")
-        .env_remove("BLOCKS_PROCESS_BIN");
+        .env_remove("BLOCKS_PROCESS_BIN")
+        .env_remove("BLOCKS_REMOTE_BIN");
     if let Some(path) = process_bin {
         command.env("BLOCKS_PROCESS_BIN", path);
     }
@@ -111,7 +112,23 @@ fn compares_both_pools_and_draws_a_timeline() {
     let process_panel = picture.find(">process pool: wall ").expect("process panel");
     assert!(thread_panel < process_panel);
     assert_eq!(picture.matches("<g class=\"task\">").count(), 12);
-    assert!(picture.contains(">Thread-1</text>"));
+    assert!(picture.contains(">wall time: thread "), "{picture}");
+    for task in 0..6 {
+        // A bar on each panel, in the lane of the worker the table names, with a tooltip.
+        assert_eq!(picture.matches(&format!(">{task}</text></g>")).count(), 2);
+        let workers = row_workers(&text, task);
+        for lane in [workers[0].clone(), format!("PID {}", workers[1])] {
+            assert_eq!(picture.matches(&format!(">{lane}</text>")).count(), 1);
+        }
+        let tooltip = format!(
+            "<title>blocks({task}) = {} on {}: ",
+            task * task,
+            workers[1]
+        );
+        assert!(picture.contains(&tooltip), "{tooltip}");
+    }
+    // The time axis under each panel starts at 0.
+    assert_eq!(picture.matches(">0</text>\n").count(), 2);
     assert_eq!(
         picture.matches("time since the run started (ms)").count(),
         2
@@ -128,6 +145,10 @@ fn an_override_replaces_a_backend() {
     assert!(output.status.success(), "{text}\n{}", stderr(&output));
     assert!(verdicts(&text).iter().all(|(passed, _)| *passed), "{text}");
     assert_eq!(verdicts(&text).len(), 7);
+    assert!(
+        !text.contains("timeline written"),
+        "an SVG without --svg: {text}"
+    );
     let process_workers = text
         .lines()
         .find_map(|l| l.strip_prefix("process workers: "))
@@ -152,6 +173,45 @@ fn a_failing_backend_fails_the_comparison() {
             && name.starts_with("process: every task 0..6 ran exactly once: missing 0, 1")),
         "{text}"
     );
+}
+
+#[test]
+fn a_missing_backend_says_how_to_build_it() {
+    let output = compare(&["--sleep-ms", "1"], Some("/nonexistent/blocks-process"));
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let failure = "FAIL process: the run finished: cannot run /nonexistent/blocks-process: ";
+    let line = text.lines().find(|line| line.starts_with(failure));
+    let line = line.unwrap_or_else(|| panic!("no {failure:?} in {text}"));
+    assert!(
+        line.contains("`cargo build --release --bin blocks-process`"),
+        "{line}"
+    );
+    assert!(line.ends_with("or set BLOCKS_PROCESS_BIN)"), "{line}");
+}
+
+#[test]
+fn remote_shows_beside_thread_and_process() {
+    if !have_redis_server() {
+        return;
+    }
+    let output = compare(
+        &["--remote", "--tasks", "4", "--sleep-ms", "20", "--logs"],
+        None,
+    );
+    let text = stdout(&output);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    let verdicts = verdicts(&text);
+    assert_eq!(verdicts.len(), 3 * 3 + 2, "{text}");
+    assert!(verdicts.iter().all(|(passed, _)| *passed), "{text}");
+    assert!(verdicts.contains(&(true, "process and remote gave the same results")));
+    assert!(text.contains("\n task | thread "), "{text}");
+    let host = format!("{}:", host_name());
+    for task in 0..4 {
+        let workers = row_workers(&text, task);
+        assert!(workers[2].starts_with(&host), "{workers:?}");
+    }
+    assert!(text.contains("--- remote log ---\n"), "{text}");
 }
 
 #[test]

@@ -3,7 +3,6 @@
 mod blocks_common;
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
 
 use blocks_common::*;
 
@@ -28,20 +27,11 @@ fn check_run(args: &[&str], tasks: u64, workers: usize) -> BTreeSet<u32> {
     pids
 }
 
-/// Waits up to 10 s for the worker processes of a finished run to stop.
-fn assert_gone(pids: &BTreeSet<u32>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pids.iter().any(|&pid| is_running(pid)) {
-        assert!(Instant::now() < deadline, "workers still running: {pids:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn the_python_run_six_tasks_on_three_processes() {
     let pids = check_run(&[], 6, 3);
     assert!(!pids.is_empty());
-    assert_gone(&pids);
+    assert_gone(pids);
 }
 
 #[test]
@@ -51,7 +41,7 @@ fn ten_tasks_on_two_processes() {
         10,
         2,
     );
-    assert_gone(&pids);
+    assert_gone(pids);
 }
 
 #[test]

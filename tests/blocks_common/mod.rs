@@ -353,3 +353,29 @@ pub(crate) fn check_bad_flags(binary: &str, program: &str) {
         assert!(output.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// Whether `redis-server` runs here: the remote demo's tests are skipped (and say so) without it.
+pub(crate) fn have_redis_server() -> bool {
+    let version = Command::new("redis-server").arg("--version").output();
+    let found = version.is_ok_and(|output| output.status.success());
+    if !found {
+        eprintln!("skipped: no redis-server on the PATH");
+    }
+    found
+}
+
+/// This machine's name, as `blocks-remote` logs it before a worker's pid.
+pub(crate) fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("a host name");
+    name.trim().to_owned()
+}
+
+/// Waits up to 10 s for processes `pids` to stop.
+pub(crate) fn assert_gone(pids: impl IntoIterator<Item = u32>) {
+    let pids: Vec<u32> = pids.into_iter().collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|&pid| is_running(pid)) {
+        assert!(Instant::now() < deadline, "still running: {pids:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

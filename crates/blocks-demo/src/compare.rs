@@ -1,5 +1,5 @@
-//! What `blocks-compare` does with the two backends: run them ([`Backend`]), report each run
-//! ([`RunReport`]), check them ([`Check`]) and show them side by side ([`render_table`]).
+//! What `blocks-compare` does with the backends: run them ([`Backend`]), report each run
+//! ([`RunReport`]), check them ([`checks`]) and show them side by side ([`render_table`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -14,7 +14,7 @@ use crate::events::{max_concurrency, read_events};
 use crate::options::Options;
 use crate::run::python_list;
 
-/// One backend binary of the demo, by its name in reports: `thread` or `process`.
+/// One backend binary of the demo, by its name in reports: `thread`, `process` or `remote`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Backend(pub &'static str);
 
@@ -24,20 +24,13 @@ pub const THREAD: Backend = Backend("thread");
 /// `blocks-process`, overridden by `BLOCKS_PROCESS_BIN`.
 pub const PROCESS: Backend = Backend("process");
 
+/// `blocks-remote`, overridden by `BLOCKS_REMOTE_BIN`.
+pub const REMOTE: Backend = Backend("remote");
+
 impl Backend {
-    /// The binary's name, `blocks-NAME`, looked for next to the running executable.
-    pub fn binary(self) -> String {
-        format!("blocks-{}", self.0)
-    }
-
-    /// The environment variable that overrides the binary's path: `BLOCKS_NAME_BIN`.
-    pub fn env_var(self) -> String {
-        format!("BLOCKS_{}_BIN", self.0.to_uppercase())
-    }
-
-    /// The binary to run: the path in [`env_var`](Backend::env_var) if set and not empty,
-    /// otherwise [`binary`](Backend::binary) in the directory of the running executable (where
-    /// cargo puts every binary of a package).
+    /// The binary to run: the path in `BLOCKS_NAME_BIN` if set and not empty, otherwise
+    /// `blocks-NAME` next to the running executable (where cargo puts every binary of a
+    /// package).
     ///
     /// # Errors
     ///
@@ -47,59 +40,54 @@ impl Backend {
             return Ok(PathBuf::from(path));
         }
         let exe = std::env::current_exe().context("cannot find the running executable")?;
-        let dir = exe
-            .parent()
-            .context("the running executable has no directory")?;
-        Ok(dir.join(self.binary() + std::env::consts::EXE_SUFFIX))
+        let name = format!("blocks-{}{}", self.0, std::env::consts::EXE_SUFFIX);
+        Ok(exe.with_file_name(name))
+    }
+
+    fn env_var(self) -> String {
+        format!("BLOCKS_{}_BIN", self.0.to_uppercase())
     }
 
     /// Runs `binary` with the run flags of `options` and `--events events`, and reads the
-    /// events it wrote. Gives the run's report and its stderr (its log). A run that could not
-    /// start, failed, or wrote unreadable events comes back with its
-    /// [`failure`](RunReport::failure) set, never as an error.
-    pub fn run(self, binary: &Path, options: &Options, events: &Path) -> (RunReport, String) {
+    /// events it wrote. A run that could not start, failed, or wrote unreadable events comes
+    /// back with its [`failure`](RunReport::failure) set, never as an error.
+    pub fn run(self, binary: &Path, options: &Options, events: &Path) -> RunReport {
         let _ = std::fs::remove_file(events);
-        let started = Instant::now();
-        let mut command = Command::new(binary);
+        let (started, mut command) = (Instant::now(), Command::new(binary));
         command.args(options.run_args()).arg("--events").arg(events);
         let output = command.output();
-        let mut report = RunReport {
-            backend: self.0.to_owned(),
-            wall: started.elapsed(),
-            outcomes: Vec::new(),
-            failure: None,
-        };
-        let (binary, (name, var)) = (binary.display(), (self.binary(), self.env_var()));
-        let (read, log) = match output {
+        let mut report = RunReport::default();
+        (report.backend, report.wall) = (self.0.to_owned(), started.elapsed());
+        let binary = binary.display();
+        let outcomes = match output {
             Err(err) => {
-                let build = format!("`cargo build --release --bin {name}`");
-                let failure =
-                    format!("cannot run {binary}: {err} (build it with {build}, or set {var})");
-                (Err(failure), String::new())
+                let build = format!("`cargo build --release --bin blocks-{}`", self.0);
+                let hint = format!("build it with {build}, or set {}", self.env_var());
+                Err(format!("cannot run {binary}: {err} ({hint})"))
+            }
+            Ok(output) if output.status.success() => {
+                report.log = String::from_utf8_lossy(&output.stderr).into_owned();
+                read_events(events).map_err(|err| format!("{err:#}"))
             }
             Ok(output) => {
-                let log = String::from_utf8_lossy(&output.stderr).into_owned();
-                let last_line = log.lines().last().unwrap_or("no output");
-                let read = match output.status.success() {
-                    true => read_events(events).map_err(|err| format!("{err:#}")),
-                    false => Err(format!("{binary} {}: {last_line}", output.status)),
-                };
-                (read, log)
+                report.log = String::from_utf8_lossy(&output.stderr).into_owned();
+                let last_line = report.log.lines().last().unwrap_or("no output");
+                Err(format!("{binary} {}: {last_line}", output.status))
             }
         };
-        match read {
-            Ok(events) => report.outcomes = events.into_iter().map(|e| e.outcome).collect(),
+        match outcomes {
+            Ok(outcomes) => report.outcomes = outcomes,
             Err(failure) => report.failure = Some(failure),
         }
-        (report, log)
+        report
     }
 }
 
-/// One backend's run as `blocks-compare` saw it: how long the binary took, and the outcomes of
-/// the events it wrote, or why it failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One backend's run as `blocks-compare` saw it: how long the binary took, its log, and the
+/// outcomes of the events it wrote, or why it failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunReport {
-    /// The backend's name: `thread` or `process`.
+    /// The backend's name: `thread`, `process` or `remote`.
     pub backend: String,
     /// How long the binary ran, from spawn to exit.
     pub wall: Duration,
@@ -107,6 +95,8 @@ pub struct RunReport {
     pub outcomes: Vec<Outcome>,
     /// Why the run failed (the binary exited with an error, or its events were unreadable).
     pub failure: Option<String>,
+    /// What the binary wrote to stderr.
+    pub log: String,
 }
 
 impl RunReport {
@@ -129,129 +119,85 @@ impl RunReport {
         workers
     }
 
-    /// The set of results each task number gave.
-    fn results_by_task(&self) -> BTreeMap<u64, BTreeSet<u64>> {
-        let mut by_task: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
-        for o in &self.outcomes {
-            by_task.entry(o.task).or_default().insert(o.result);
+    /// The outcomes of task `task`, in the order they finished.
+    fn ran(&self, task: u64) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| o.task == task).collect()
+    }
+
+    /// The results task `task` gave, as a set: `{16}`, or `nothing`.
+    fn results_of(&self, task: u64) -> String {
+        let results: BTreeSet<u64> = self.ran(task).iter().map(|o| o.result).collect();
+        match results.is_empty() {
+            true => "nothing".to_owned(),
+            false => format!("{{{}}}", join(results)),
         }
-        by_task
-    }
-}
-
-/// One verdict of `blocks-compare`: what was checked, and what was found when it did not hold
-/// (nothing when it held).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
-    /// What was checked.
-    pub name: String,
-    /// The problems found, joined by `"; "`; empty when the check passed.
-    pub detail: String,
-}
-
-impl Check {
-    fn new(name: String, problems: Vec<String>) -> Check {
-        let detail = problems.join("; ");
-        Check { name, detail }
-    }
-
-    /// Whether the check held.
-    pub fn passed(&self) -> bool {
-        self.detail.is_empty()
     }
 }
 
 /// Checks each run (it finished, every task `0..tasks` ran exactly once, never more than
-/// `workers` at once), then that both runs gave the same results per task.
-pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<Check> {
-    let (tasks, workers) = (options.tasks, options.workers);
-    let mut checks = Vec::new();
+/// `workers` at once), then that each run gave the same results per task as the one before:
+/// one `PASS name` or `FAIL name: problems` line per check.
+pub fn checks(options: &Options, runs: &[&RunReport]) -> Vec<String> {
+    let (tasks, workers) = (options.tasks as u64, options.workers);
+    let mut lines = Vec::new();
+    let mut check = |name: String, problems: Vec<String>| {
+        lines.push(match problems.is_empty() {
+            true => format!("PASS {name}"),
+            false => format!("FAIL {name}: {}", problems.join("; ")),
+        });
+    };
     for run in runs {
         let backend = &run.backend;
+        let failure = run.failure.iter().cloned().collect();
+        check(format!("{backend}: the run finished"), failure);
+        let mut counts: BTreeMap<u64, usize> = (0..tasks).map(|task| (task, 0)).collect();
+        for outcome in &run.outcomes {
+            *counts.entry(outcome.task).or_default() += 1;
+        }
+        let (mut missing, mut repeated, mut unexpected) = (vec![], vec![], vec![]);
+        for (&task, &count) in &counts {
+            match count {
+                0 => missing.push(task.to_string()),
+                1 => {}
+                n => repeated.push(format!("{task} (x{n})")),
+            }
+            if task >= tasks {
+                unexpected.push(task.to_string());
+            }
+        }
+        let mut problems = Vec::new();
+        for (what, found) in [
+            ("missing ", missing),
+            ("ran more than once: ", repeated),
+            ("unexpected ", unexpected),
+        ] {
+            if !found.is_empty() {
+                problems.push(format!("{what}{}", found.join(", ")));
+            }
+        }
+        let name = format!("{backend}: every task 0..{tasks} ran exactly once");
+        check(name, problems);
         let most = run.max_concurrency();
-        let crowded =
-            (most > workers).then(|| format!("{most} tasks ran at once on {workers} workers"));
-        checks.extend([
-            Check::new(
-                format!("{backend}: the run finished"),
-                run.failure.iter().cloned().collect(),
-            ),
-            Check::new(
-                format!("{backend}: every task 0..{tasks} ran exactly once"),
-                task_count_problems(tasks, run),
-            ),
-            Check::new(
-                format!("{backend}: at most {workers} tasks at once"),
-                crowded.into_iter().collect(),
-            ),
-        ]);
+        let crowded = format!("{most} tasks ran at once on {workers} workers");
+        let crowded = (most > workers).then_some(crowded).into_iter().collect();
+        let name = format!("{backend}: at most {workers} tasks at once");
+        check(name, crowded);
     }
     for pair in runs.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let name = format!("{} and {} gave the same results", a.backend, b.backend);
-        checks.push(Check::new(name, result_problems(a, b)));
+        let (x, y) = (&a.backend, &b.backend);
+        let outcomes = a.outcomes.iter().chain(&b.outcomes);
+        let both: BTreeSet<u64> = outcomes.map(|o| o.task).collect();
+        let mut problems = Vec::new();
+        for task in both {
+            let (in_a, in_b) = (a.results_of(task), b.results_of(task));
+            if in_a != in_b {
+                problems.push(format!("task {task}: {x} {in_a} vs {y} {in_b}"));
+            }
+        }
+        check(format!("{x} and {y} gave the same results"), problems);
     }
-    checks
-}
-
-fn task_count_problems(tasks: usize, run: &RunReport) -> Vec<String> {
-    let mut counts: BTreeMap<u64, usize> = (0..tasks as u64).map(|task| (task, 0)).collect();
-    for outcome in &run.outcomes {
-        *counts.entry(outcome.task).or_default() += 1;
-    }
-    let tasks_where = |keep: &dyn Fn(u64, usize) -> bool, show: fn(u64, usize) -> String| {
-        let found = counts.iter().filter(|&(&t, &c)| keep(t, c));
-        found
-            .map(|(&t, &c)| show(t, c))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    [
-        (
-            "missing ",
-            tasks_where(&|_, c| c == 0, |t, _| t.to_string()),
-        ),
-        (
-            "ran more than once: ",
-            tasks_where(&|_, c| c > 1, |t, c| format!("{t} (x{c})")),
-        ),
-        (
-            "unexpected ",
-            tasks_where(&|t, _| t >= tasks as u64, |t, _| t.to_string()),
-        ),
-    ]
-    .into_iter()
-    .filter(|(_, found)| !found.is_empty())
-    .map(|(what, found)| format!("{what}{found}"))
-    .collect()
-}
-
-fn result_problems(a: &RunReport, b: &RunReport) -> Vec<String> {
-    let (by_a, by_b) = (a.results_by_task(), b.results_by_task());
-    let tasks: BTreeSet<u64> = by_a.keys().chain(by_b.keys()).copied().collect();
-    let set = |by: &BTreeMap<u64, BTreeSet<u64>>, task| match by.get(&task) {
-        None => "nothing".to_owned(),
-        Some(results) => format!("{{{}}}", join(results)),
-    };
-    tasks
-        .into_iter()
-        .filter(|task| by_a.get(task) != by_b.get(task))
-        .map(|task| {
-            let (in_a, in_b) = (set(&by_a, task), set(&by_b, task));
-            format!("task {task}: {} {in_a} vs {} {in_b}", a.backend, b.backend)
-        })
-        .collect()
-}
-
-/// The checks as `PASS name` / `FAIL name: detail` lines.
-pub fn render_checks(checks: &[Check]) -> String {
-    checks
-        .iter()
-        .map(|check| match check.passed() {
-            true => format!("PASS {}\n", check.name),
-            false => format!("FAIL {}: {}\n", check.name, check.detail),
-        })
-        .collect()
+    lines
 }
 
 /// The side-by-side text: a header, one row per task with the worker, start and end (ms) on
@@ -259,45 +205,31 @@ pub fn render_checks(checks: &[Check]) -> String {
 /// workers and its results.
 pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
     let mut text = format!("{options}\n\n");
-    // Per task: the first event of each run (a repeat is flagged by the checks and marked here).
-    let tasks: BTreeSet<u64> = (0..options.tasks as u64)
-        .chain(runs.iter().flat_map(|run| &run.outcomes).map(|o| o.task))
-        .collect();
     let all = runs.iter().flat_map(|run| &run.outcomes);
-    let worker_width = all.map(|o| o.worker.len() + 3).fold(6, usize::max);
-    let column_width = worker_width + 2 * 10;
-    let cells = |cell: &dyn Fn(&RunReport) -> String| runs.iter().map(|run| cell(run)).collect();
-    let mut row = |first: &str, cells: Vec<String>| {
+    let tasks = (0..options.tasks as u64).chain(all.clone().map(|o| o.task));
+    let tasks: BTreeSet<u64> = tasks.collect();
+    let width = all.map(|o| o.worker.len() + 3).fold(6, usize::max);
+    let times =
+        |worker: &str, start: &str, end: &str| format!("{worker:<width$}{start:>10}{end:>10}");
+    let mut row = |first: &str, cell: &dyn Fn(&RunReport) -> String| {
         let _ = write!(text, "{first:>5}");
-        cells
-            .iter()
-            .for_each(|cell| text.push_str(&format!(" | {cell:<column_width$}")));
+        for run in runs {
+            let _ = write!(text, " | {:<1$}", cell(run), width + 20);
+        }
         text.push('\n');
     };
-    let times = |worker: &str, start: String, end: String| {
-        format!("{worker:<worker_width$}{start:>10}{end:>10}")
-    };
-    row("task", cells(&|run| run.backend.clone()));
-    row(
-        "",
-        cells(&|_| times("worker", "start ms".into(), "end ms".into())),
-    );
+    row("task", &|run| run.backend.clone());
+    row("", &|_| times("worker", "start ms", "end ms"));
     for task in tasks {
-        row(
-            &task.to_string(),
-            cells(&|run| {
-                let ran: Vec<&Outcome> = run.outcomes.iter().filter(|o| o.task == task).collect();
-                let Some(first) = ran.first() else {
-                    return "-".to_owned();
-                };
-                let repeats = match ran.len() {
-                    1 => String::new(),
-                    n => format!(" x{n}"),
-                };
-                let worker = format!("{}{repeats}", first.worker);
-                times(&worker, ms(first.start_us), ms(first.end_us))
-            }),
-        );
+        // The first event of each run; a repeat is flagged by the checks and marked here.
+        row(&task.to_string(), &|run| match run.ran(task)[..] {
+            [] => "-".to_owned(),
+            [first] => times(&first.worker, &ms(first.start_us), &ms(first.end_us)),
+            [first, ref again @ ..] => {
+                let worker = format!("{} x{}", first.worker, again.len() + 1);
+                times(&worker, &ms(first.start_us), &ms(first.end_us))
+            }
+        });
     }
     let summaries: [(&str, Summary); 5] = [
         ("", |run| run.backend.clone()),
@@ -307,7 +239,7 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
         ("workers", |run| run.workers().len().to_string()),
     ];
     for (label, value) in summaries {
-        text.push_str(&format!("\n{label:<16}"));
+        let _ = write!(text, "\n{label:<16}");
         runs.iter()
             .for_each(|run| text.push_str(&format!("{:>12}", value(run))));
     }
@@ -329,177 +261,116 @@ pub fn render_table(options: &Options, runs: &[&RunReport]) -> String {
 /// One row of the summary under the table: a figure of a run, as text.
 type Summary = fn(&RunReport) -> String;
 
-/// A report of a run of `backend` that took `wall` and did not fail, for tests.
+/// Six tasks of 100 ms on three workers, finishing in the Python original's order, for tests.
 #[cfg(test)]
-pub(crate) fn report(backend: &str, wall: Duration, outcomes: Vec<Outcome>) -> RunReport {
-    let (backend, failure) = (backend.to_owned(), None);
-    RunReport {
-        backend,
-        wall,
-        outcomes,
-        failure,
-    }
+pub(crate) fn python_run(backend: &str, [w1, w2, w3]: [&str; 3]) -> RunReport {
+    let ran = [(0, w1), (2, w3), (1, w2), (3, w1), (5, w2), (4, w3)];
+    let outcome = |(task, worker)| {
+        let start_us = task / 3 * 100_000;
+        crate::blocks::outcome(task, worker, start_us, start_us + 100_000)
+    };
+    let mut report = RunReport::default();
+    (report.backend, report.wall) = (backend.to_owned(), Duration::from_millis(215));
+    report.outcomes = ran.map(outcome).to_vec();
+    report
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const W: [&str; 3] = ["W-1", "W-2", "W-3"];
+
     /// The outcome of task `task` from `start_ms` to `end_ms`.
     fn ran(task: u64, worker: &str, start_ms: u64, end_ms: u64) -> Outcome {
         crate::blocks::outcome(task, worker, start_ms * 1000, end_ms * 1000)
     }
 
-    /// Six tasks of 100 ms on three workers, finishing in the Python original's order.
-    fn python_run(backend: &str) -> RunReport {
-        let outcomes = [
-            (0, "W-1", 0, 100),
-            (2, "W-3", 0, 100),
-            (1, "W-2", 0, 100),
-            (3, "W-1", 100, 200),
-            (5, "W-2", 100, 200),
-            (4, "W-3", 100, 200),
-        ]
-        .into_iter()
-        .map(|(task, worker, start, end)| ran(task, worker, start, end))
-        .collect();
-        report(backend, Duration::from_millis(215), outcomes)
-    }
-
-    /// The `FAIL` lines of the rendered checks.
-    fn failed(checks: &[Check]) -> Vec<String> {
-        let text = render_checks(checks);
-        let failed = text.lines().filter(|line| !line.starts_with("PASS "));
-        failed.map(str::to_owned).collect()
-    }
-
     #[test]
-    fn two_good_runs_pass_every_check() {
-        let (thread, process) = (python_run("thread"), python_run("process"));
-        let checks = checks(&Options::default(), &[&thread, &process]);
-        assert!(checks.iter().all(Check::passed), "{checks:?}");
-        assert_eq!(
-            render_checks(&checks),
-            "PASS thread: the run finished\n\
-             PASS thread: every task 0..6 ran exactly once\n\
-             PASS thread: at most 3 tasks at once\n\
-             PASS process: the run finished\n\
-             PASS process: every task 0..6 ran exactly once\n\
-             PASS process: at most 3 tasks at once\n\
-             PASS thread and process gave the same results\n"
-        );
-    }
-
-    #[test]
-    fn missing_repeated_and_unexpected_tasks_fail() {
-        let mut thread = python_run("thread");
-        thread.outcomes.retain(|o| o.task != 4);
-        thread.outcomes.push(ran(1, "W-1", 200, 300));
-        thread.outcomes.push(ran(1, "W-1", 300, 400));
-        thread.outcomes.push(ran(9, "W-2", 200, 300));
-        let process = python_run("process");
-        let checks = checks(&Options::default(), &[&thread, &process]);
-        assert_eq!(
-            failed(&checks),
-            [
-                "FAIL thread: every task 0..6 ran exactly once: \
-                 missing 4; ran more than once: 1 (x3); unexpected 9",
-                "FAIL thread and process gave the same results: \
-                 task 4: thread nothing vs process {16}; task 9: thread {81} vs process nothing",
-            ]
-        );
-    }
-
-    #[test]
-    fn too_many_at_once_fails() {
-        let mut thread = python_run("thread");
-        thread.outcomes[3].start_us = 50_000; // blocks(3) starts before anything finished
-        let checks = checks(&Options::default(), &[&thread]);
-        assert_eq!(
-            failed(&checks),
-            ["FAIL thread: at most 3 tasks at once: 4 tasks ran at once on 3 workers"]
-        );
-    }
-
-    #[test]
-    fn different_results_and_failed_runs_fail() {
-        let thread = python_run("thread");
-        let mut process = python_run("process");
-        process.outcomes[5].result = 17;
-        process.failure = Some("blocks-process exited with code 1".to_owned());
-        let checks = checks(&Options::default(), &[&thread, &process]);
-        assert_eq!(
-            failed(&checks),
-            [
-                "FAIL process: the run finished: blocks-process exited with code 1",
-                "FAIL thread and process gave the same results: task 4: thread {16} vs process {17}",
-            ]
-        );
-    }
-
-    #[test]
-    fn zero_tasks_pass_with_empty_runs() {
-        let options = Options {
+    fn each_problem_fails_its_check() {
+        type Spoil = fn(&mut RunReport, &mut RunReport);
+        let cases: [(Spoil, &[&str]); 4] = [
+            (|_, _| {}, &[]),
+            (
+                |thread, _| {
+                    thread.outcomes.retain(|o| o.task != 4);
+                    let (again, stray) = (ran(1, "W-1", 200, 300), ran(9, "W-2", 200, 300));
+                    thread.outcomes.extend([again.clone(), again, stray]);
+                },
+                &[
+                    "FAIL thread: every task 0..6 ran exactly once: \
+                     missing 4; ran more than once: 1 (x3); unexpected 9",
+                    "FAIL thread and process gave the same results: \
+                     task 4: thread nothing vs process {16}; task 9: thread {81} vs process nothing",
+                ],
+            ),
+            (
+                // blocks(3) starts before anything finished.
+                |thread, _| thread.outcomes[3].start_us = 50_000,
+                &["FAIL thread: at most 3 tasks at once: 4 tasks ran at once on 3 workers"],
+            ),
+            (
+                |_, process| {
+                    process.outcomes[5].result = 17;
+                    process.failure = Some("blocks-process exited with code 1".to_owned());
+                },
+                &[
+                    "FAIL process: the run finished: blocks-process exited with code 1",
+                    "FAIL thread and process gave the same results: \
+                     task 4: thread {16} vs process {17}",
+                ],
+            ),
+        ];
+        for (spoil, expected) in cases {
+            let (mut thread, mut process) = (python_run("thread", W), python_run("process", W));
+            spoil(&mut thread, &mut process);
+            let lines = checks(&Options::default(), &[&thread, &process]);
+            let failed: Vec<&String> = lines.iter().filter(|l| !l.starts_with("PASS ")).collect();
+            assert_eq!(failed, expected);
+            assert_eq!(lines.len(), 7);
+        }
+        let none = Options {
             tasks: 0,
             ..Options::default()
         };
-        let empty = report("thread", Duration::ZERO, Vec::new());
-        assert!(failed(&checks(&options, &[&empty, &empty])).is_empty());
-    }
-
-    #[test]
-    fn report_summaries() {
-        let run = python_run("thread");
-        assert_eq!(run.max_concurrency(), 3);
-        assert_eq!(run.span_us(), 200_000);
-        assert_eq!(run.workers(), ["W-1", "W-2", "W-3"]);
+        let empty = RunReport::default();
+        let lines = checks(&none, &[&empty, &empty]);
+        assert!(
+            lines.iter().all(|line| line.starts_with("PASS ")),
+            "{lines:?}"
+        );
     }
 
     #[test]
     fn table_shows_each_task_on_both_backends() {
-        let thread = python_run("thread");
-        let mut process = python_run("process");
+        let thread = python_run("thread", W);
+        let mut process = python_run("process", W);
         process.outcomes.retain(|o| o.task != 5);
         process.outcomes.push(ran(0, "W-2", 200, 300));
         let text = render_table(&Options::default(), &[&thread, &process]);
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "blocks(n): 6 tasks of 100 ms on 3 workers");
-        assert_eq!(lines[2], " task | thread                     | process");
-        assert_eq!(
-            lines[3],
-            "      | worker  start ms    end ms | worker  start ms    end ms"
-        );
-        assert_eq!(
-            lines[4],
-            "    0 | W-1          0.0     100.0 | W-1 x2       0.0     100.0"
-        );
-        assert_eq!(lines[9], "    5 | W-2        100.0     200.0 | -");
-        assert!(
-            text.contains("\nwall time (ms)         215.0       215.0\n"),
-            "{text}"
-        );
-        assert!(text.contains("\nmost at once               3           3\n"));
-        assert!(text.contains("\nthread results: [0, 4, 1, 9, 25, 16]\n"));
-        assert!(text.contains("\nprocess workers: W-1, W-2, W-3\n"));
-    }
+        let expected = "\
+blocks(n): 6 tasks of 100 ms on 3 workers
 
-    #[test]
-    fn a_missing_or_failing_binary_is_a_failed_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let (options, events) = (Options::default(), dir.path().join("events.jsonl"));
-        let (report, _) = THREAD.run(Path::new("/nonexistent/blocks-thread"), &options, &events);
-        let failure = report.failure.unwrap();
-        assert!(
-            failure.starts_with("cannot run /nonexistent/blocks-thread: "),
-            "{failure}"
-        );
-        assert!(failure.contains("BLOCKS_THREAD_BIN"), "{failure}");
-        let (report, _) = PROCESS.run(Path::new("/bin/false"), &options, &events);
-        assert_eq!(report.backend, "process");
-        let failure = report.failure.unwrap();
-        assert!(
-            failure.starts_with("/bin/false exit status: 1"),
-            "{failure}"
-        );
+ task | thread                     | process
+      | worker  start ms    end ms | worker  start ms    end ms
+    0 | W-1          0.0     100.0 | W-1 x2       0.0     100.0
+    1 | W-2          0.0     100.0 | W-2          0.0     100.0
+    2 | W-3          0.0     100.0 | W-3          0.0     100.0
+    3 | W-1        100.0     200.0 | W-1        100.0     200.0
+    4 | W-3        100.0     200.0 | W-3        100.0     200.0
+    5 | W-2        100.0     200.0 | -
+
+                      thread     process
+wall time (ms)         215.0       215.0
+tasks span (ms)        200.0       300.0
+most at once               3           3
+workers                    3           3
+
+thread workers: W-1, W-2, W-3
+thread results: [0, 4, 1, 9, 25, 16]
+process workers: W-1, W-2, W-3
+process results: [0, 4, 1, 9, 16, 0]
+";
+        assert_eq!(text, expected);
     }
 }

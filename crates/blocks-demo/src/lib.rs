@@ -9,7 +9,9 @@
 //! - `blocks-thread` runs it on a [`ThreadPool`](smol_offload::ThreadPool) with threads named
 //!   `Thread-1`, `Thread-2`, ... and logs in the Python original's thread layout.
 //! - `blocks-process` runs it on a process pool and logs process ids.
-//! - `blocks-compare` runs both, prints who ran what and when side by side, checks that every
+//! - `blocks-remote` runs it on a [`RemotePool`](smol_offload::RemotePool) of workers that are
+//!   the same binary in worker mode, through Redis, and logs the host and pid.
+//! - `blocks-compare` runs them, prints who ran what and when side by side, checks that every
 //!   task ran once and no more than `--workers` at once, and can draw an SVG timeline.
 //!
 //! Run them with `cargo run --release --bin blocks-thread` (add `-- --help` for the flags).
@@ -31,6 +33,7 @@
 //! let options = Options { sleep_ms: 10, ..Options::default() };
 //! let outcomes = smol::block_on(run_blocking_tasks(&pool, &options))?;
 //! assert_eq!(outcomes.len(), 6);
+//! assert_eq!(outcomes.iter().map(|o| o.result).sum::<u64>(), 55); // 0 + 1 + 4 + ... + 25
 //! assert!(outcomes.iter().all(|o| o.worker.starts_with("Thread-")));
 //! # Ok(())
 //! # }
@@ -41,10 +44,11 @@ pub mod compare;
 pub mod events;
 pub mod logging;
 pub mod options;
+pub mod remote;
 pub mod run;
 pub mod timeline;
 
 pub use crate::blocks::{Job, Outcome, blocks, unix_micros};
 pub use crate::logging::{LogStyle, log, log_style, set_log_style};
-pub use crate::options::{CompareArgs, DemoArgs, Options};
-pub use crate::run::{demo_main, python_list, run_blocking_tasks};
+pub use crate::options::{CompareArgs, DemoArgs, Options, RemoteArgs};
+pub use crate::run::{python_list, run_blocking_tasks, run_demo};

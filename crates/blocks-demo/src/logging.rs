@@ -5,20 +5,22 @@
 //! the same lines to stderr, each with a single `write`, so that lines from many threads or
 //! processes never interleave.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// Which layout [`log`] writes, chosen once by a binary's `main` with [`set_log_style`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogStyle {
     /// `%(threadName)10s %(name)18s: %(message)s`: the current thread's name, right-aligned.
-    Thread,
+    Thread = 0,
     /// `PID %(process)5s %(name)18s: %(message)s`: the current process id, right-aligned.
-    Process,
+    Process = 1,
+    /// The process layout with `host:pid` in place of the pid, for workers on other machines.
+    Remote = 2,
 }
 
-/// Whether this process logs in the process layout. An atomic rather than a lazily set cell,
-/// so that a forked worker reads whatever its parent had stored when it was forked.
-static PROCESS_STYLE: AtomicBool = AtomicBool::new(false);
+/// The [`LogStyle`] of this process. An atomic rather than a lazily set cell, so that a forked
+/// worker reads whatever its parent had stored when it was forked.
+static STYLE: AtomicU8 = AtomicU8::new(LogStyle::Thread as u8);
 
 /// Sets the layout of every later [`log`] line in this process; the default is
 /// [`LogStyle::Thread`].
@@ -36,29 +38,46 @@ static PROCESS_STYLE: AtomicBool = AtomicBool::new(false);
 /// assert_eq!(log_style(), LogStyle::Process);
 /// ```
 pub fn set_log_style(style: LogStyle) {
-    PROCESS_STYLE.store(style == LogStyle::Process, Ordering::Relaxed);
+    STYLE.store(style as u8, Ordering::Relaxed);
 }
 
 /// The layout set by [`set_log_style`].
 pub fn log_style() -> LogStyle {
-    match PROCESS_STYLE.load(Ordering::Relaxed) {
-        true => LogStyle::Process,
-        false => LogStyle::Thread,
+    match STYLE.load(Ordering::Relaxed) {
+        1 => LogStyle::Process,
+        2 => LogStyle::Remote,
+        _ => LogStyle::Thread,
     }
 }
 
-/// Writes one line `message` from `logger` to stderr, in the layout of [`log_style`], with a
-/// single `write`. A failed write (a closed stderr) is ignored: logging never stops the demo.
+/// Whether [`log`] writes to stdout rather than stderr: see [`log_to_stdout`].
+static TO_STDOUT: AtomicBool = AtomicBool::new(false);
+
+/// Sends every later [`log`] line of this process, and of the processes it forks, to stdout.
+/// `blocks-remote`'s workers do, before `smol_offload::init()`: their stdout is the demo's log,
+/// and their stderr, which `blocks-remote` passes on a line at a time, has their own messages.
+pub fn log_to_stdout() {
+    TO_STDOUT.store(true, Ordering::Relaxed);
+}
+
+/// Writes one line `message` from `logger` to stderr (or stdout), in the layout of
+/// [`log_style`], with a single `write`. A failed write (a closed stderr) is ignored: logging
+/// never stops the demo.
 pub fn log(logger: &str, message: &str) {
     let line = format_line(log_style(), &worker_name(), logger, message);
     // In this crate's unit tests, through the test harness's capture: shown only on failure.
     #[cfg(test)]
     eprint!("{line}");
+    // Stdout buffers by line: a whole line goes out at once there too.
     #[cfg(not(test))]
-    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+    let _ = match TO_STDOUT.load(Ordering::Relaxed) {
+        true => std::io::Write::write_all(&mut std::io::stdout().lock(), line.as_bytes()),
+        false => std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes()),
+    };
 }
 
-/// A line in `style` from the worker named `who` (a thread name, or a pid), newline included.
+/// A line in `style` from the worker named `who` (a thread name, a pid, or `host:pid`),
+/// newline included.
 ///
 /// # Examples
 ///
@@ -73,18 +92,30 @@ pub fn log(logger: &str, message: &str) {
 pub fn format_line(style: LogStyle, who: &str, logger: &str, message: &str) -> String {
     match style {
         LogStyle::Thread => format!("{who:>10} {logger:>18}: {message}\n"),
-        LogStyle::Process => format!("PID {who:>5} {logger:>18}: {message}\n"),
+        LogStyle::Process | LogStyle::Remote => format!("PID {who:>5} {logger:>18}: {message}\n"),
     }
 }
 
 /// The worker running the caller, as the current [`log_style`] names it: the thread's name as
-/// Python prints it (`MainThread` for Rust's `main`, `<unnamed>` without a name), or the pid.
+/// Python prints it (`MainThread` for Rust's `main`, `<unnamed>` without a name), the pid, or
+/// `host:pid`.
 pub fn worker_name() -> String {
+    let pid = std::process::id();
     match (log_style(), std::thread::current().name()) {
-        (LogStyle::Process, _) => std::process::id().to_string(),
+        (LogStyle::Process, _) => pid.to_string(),
+        (LogStyle::Remote, _) => format!("{}:{pid}", host_name()),
         (LogStyle::Thread, Some("main")) => "MainThread".to_owned(),
         (LogStyle::Thread, Some(name)) => name.to_owned(),
         (LogStyle::Thread, None) => "<unnamed>".to_owned(),
+    }
+}
+
+/// This machine's name, as the kernel gives it, or `localhost` when unknown.
+pub fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    match name.trim() {
+        "" => "localhost".to_owned(),
+        name => name.to_owned(),
     }
 }
 
@@ -93,27 +124,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn thread_layout_right_aligns_both_columns_and_widens_for_long_names() {
-        let line = |who, logger, message| format_line(LogStyle::Thread, who, logger, message);
-        assert_eq!(
-            line("MainThread", "run_blocking_tasks", "starting"),
-            "MainThread run_blocking_tasks: starting\n"
-        );
-        assert_eq!(
-            line("Thread-3", "blocks(12)", "done"),
-            "  Thread-3         blocks(12): done\n"
-        );
-        assert_eq!(
-            line("a-long-thread-name", "a-very-long-logger-name", "x"),
-            "a-long-thread-name a-very-long-logger-name: x\n"
-        );
-    }
-
-    #[test]
-    fn process_layout_pads_the_pid_to_five() {
-        let line = |pid| format_line(LogStyle::Process, pid, "blocks(1)", "running");
-        assert_eq!(line("7"), "PID     7          blocks(1): running\n");
-        assert_eq!(line("1234567"), "PID 1234567          blocks(1): running\n");
+    fn layouts_right_align_their_columns_and_widen_for_long_names() {
+        use LogStyle::{Process, Remote, Thread};
+        for (style, line) in [
+            (Thread, "MainThread run_blocking_tasks: x"),
+            (Thread, "  Thread-3         blocks(12): x"),
+            (Thread, "a-long-thread-name a-very-long-logger-name: x"),
+            (Process, "PID     7          blocks(1): x"),
+            (Process, "PID 1234567          blocks(1): x"),
+            (Remote, "PID db-2:42          blocks(1): x"),
+        ] {
+            let mut columns = line.trim_start_matches("PID ").split_whitespace();
+            let (who, logger) = (columns.next().unwrap(), columns.next().unwrap());
+            let logger = logger.trim_end_matches(':');
+            assert_eq!(format_line(style, who, logger, "x"), format!("{line}\n"));
+        }
     }
 
     #[test]

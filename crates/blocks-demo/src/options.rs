@@ -1,5 +1,6 @@
 //! The command lines of the demo binaries: [`DemoArgs`] for `blocks-thread` and
-//! `blocks-process`, [`CompareArgs`] for `blocks-compare`, sharing the flags of [`Options`].
+//! `blocks-process`, [`RemoteArgs`] for `blocks-remote`, [`CompareArgs`] for `blocks-compare`,
+//! sharing the flags of [`Options`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,10 +41,8 @@ impl std::fmt::Display for Options {
     /// The run in words: `blocks(n): 6 tasks of 100 ms on 3 workers`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (tasks, workers, sleep) = (self.tasks, self.workers, self.sleep_ms);
-        write!(
-            f,
-            "blocks(n): {tasks} tasks of {sleep} ms on {workers} workers"
-        )
+        let run = format!("blocks(n): {tasks} tasks of {sleep} ms on {workers} workers");
+        f.write_str(&run)
     }
 }
 
@@ -87,6 +86,29 @@ pub struct CompareArgs {
     /// Print each run's log
     #[arg(long)]
     pub logs: bool,
+    /// Also run blocks-remote (BLOCKS_REMOTE_BIN), on a private redis-server, and show it too
+    #[arg(long)]
+    pub remote: bool,
+}
+
+/// The blocks(n) demo of Python's run_in_executor, on remote workers through Redis.
+///
+/// Starts --workers worker processes of this program, each serving one job at a time from a
+/// Redis broker (a private redis-server on a free loopback port unless --redis says where),
+/// runs blocks(0), blocks(1), ... on them, logging host:pid where blocks-process logs a pid,
+/// then stops the workers and the server. The signing key is SMOL_OFFLOAD_REMOTE_KEY, or a
+/// random one.
+#[derive(Clone, Debug, Parser)]
+pub struct RemoteArgs {
+    /// The run.
+    #[command(flatten)]
+    pub demo: DemoArgs,
+    /// The broker's redis:// URL [default: a private redis-server]
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+    /// Serve the queue QUEUE of the broker given by --redis as a worker, until stdin closes
+    #[arg(long, value_name = "QUEUE", hide = true, requires = "redis")]
+    pub serve: Option<String>,
 }
 
 /// The `main` of every demo binary: parses the command line of `program` into `T`, runs `body`
@@ -117,68 +139,5 @@ pub fn run_main<T: Parser>(
             eprintln!("{program}: error: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    use super::*;
-
-    fn compare(args: &[&str]) -> Result<CompareArgs, clap::Error> {
-        CompareArgs::try_parse_from(["blocks-compare"].iter().chain(args))
-    }
-
-    #[test]
-    fn the_parsers_are_well_formed() {
-        DemoArgs::command().debug_assert();
-        CompareArgs::command().debug_assert();
-    }
-
-    #[test]
-    fn defaults_are_the_python_run_and_round_trip_through_run_args() {
-        let args = DemoArgs::try_parse_from(["blocks-thread"]).unwrap();
-        let python = Options {
-            tasks: 6,
-            workers: 3,
-            sleep_ms: 100,
-        };
-        assert_eq!((args.run, args.events), (python.clone(), None));
-        assert_eq!(Options::default(), python);
-        let run = Options {
-            tasks: 10,
-            workers: 2,
-            sleep_ms: 5,
-        };
-        let again = DemoArgs::try_parse_from(["x".to_owned()].into_iter().chain(run.run_args()));
-        assert_eq!(again.unwrap().run, run);
-    }
-
-    #[test]
-    fn svg_takes_an_optional_file() {
-        let args = compare(&["--svg=t.svg", "--logs", "--workers", "2"]).unwrap();
-        assert_eq!(args.svg, Some(PathBuf::from("t.svg")));
-        assert!(args.logs && args.run.workers == 2);
-        let args = compare(&["--svg"]).unwrap();
-        assert_eq!(args.svg, Some(PathBuf::from("target/blocks-timeline.svg")));
-        assert_eq!(compare(&[]).unwrap().svg, None);
-    }
-
-    #[test]
-    fn bad_values_are_refused() {
-        for args in [
-            &["--workers", "0"][..],
-            &["--workers", "1025"],
-            &["--tasks", "1000001"],
-            &["--tasks", "many"],
-            &["--sleep-ms", "-1"],
-            &["--events", "x.jsonl"],
-            &["stray"],
-        ] {
-            let err = compare(args).unwrap_err();
-            assert!(err.use_stderr(), "{args:?} was accepted");
-        }
-        assert!(compare(&["--tasks", "1000000", "--workers", "1024"]).is_ok());
     }
 }

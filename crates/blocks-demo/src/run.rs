@@ -1,14 +1,12 @@
 //! [`run_blocking_tasks`], the Python original's coroutine, written once for every
-//! [`Executor`], and [`demo_main`], the `main` of the two demo binaries.
-
-use std::process::ExitCode;
+//! [`Executor`], and [`run_demo`], the body of the demo binaries.
 
 use smol_offload::{Executor, ReturnWhen, wait};
 
 use crate::blocks::{Job, Outcome, blocks, join, unix_micros};
 use crate::events::write_events;
 use crate::logging::log;
-use crate::options::{DemoArgs, Options, run_main};
+use crate::options::{DemoArgs, Options};
 
 /// The logger name of [`run_blocking_tasks`], as in the Python original.
 const LOGGER: &str = "run_blocking_tasks";
@@ -20,23 +18,8 @@ const LOGGER: &str = "run_blocking_tasks";
 /// The same code runs on a [`ThreadPool`](smol_offload::ThreadPool) or a
 /// [`ProcessPool`](smol_offload::ProcessPool): the executor is the only thing that changes.
 /// The outcomes come back in completion order as [`wait`] saw it (the order in which the
-/// tasks woke it), which can differ a little from the order of the `done` lines.
-///
-/// # Examples
-///
-/// ```
-/// use blocks_demo::{Options, run_blocking_tasks};
-///
-/// # fn main() -> anyhow::Result<()> {
-/// let pool = smol_offload::ThreadPool::new(2)?;
-/// let options = Options { tasks: 4, sleep_ms: 1, ..Options::default() };
-/// let outcomes = smol::block_on(run_blocking_tasks(&pool, &options))?;
-/// let mut squares: Vec<u64> = outcomes.iter().map(|o| o.result).collect();
-/// squares.sort();
-/// assert_eq!(squares, [0, 1, 4, 9]);
-/// # Ok(())
-/// # }
-/// ```
+/// tasks woke it), which can differ a little from the order of the `done` lines. The crate's
+/// example runs it.
 ///
 /// # Errors
 ///
@@ -62,21 +45,15 @@ pub async fn run_blocking_tasks<E: Executor>(
     log(LOGGER, "waiting for executor tasks");
     let waited = wait(tasks, ReturnWhen::AllCompleted).await;
     debug_assert!(waited.pending.is_empty());
-
-    let mut failures = Vec::new();
-    let outcomes: Vec<Outcome> = (waited.done.into_iter())
-        .filter_map(|(n, result)| {
-            let failed = |err| failures.push(format!("blocks({n}): {err}"));
-            result.map_err(failed).ok()
-        })
-        .collect();
-    let failed = failures.len();
-    let failures = failures.join("; ");
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} of {} tasks failed: {failures}",
-        options.tasks
-    );
+    let (mut outcomes, mut failures) = (Vec::new(), Vec::new());
+    for (n, result) in waited.done {
+        match result {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(err) => failures.push(format!("blocks({n}): {err}")),
+        }
+    }
+    let (failed, tasks, failures) = (failures.len(), options.tasks, failures.join("; "));
+    anyhow::ensure!(failed == 0, "{failed} of {tasks} tasks failed: {failures}");
     let results = python_list(outcomes.iter().map(|outcome| outcome.result));
     log(LOGGER, &format!("results: {results}"));
     log(LOGGER, "exiting");
@@ -95,22 +72,19 @@ pub fn python_list(values: impl IntoIterator<Item = u64>) -> String {
     format!("[{}]", join(values))
 }
 
-/// The `main` of `blocks-thread` and `blocks-process`: reads the flags, builds the pool with
-/// `build_pool(workers)`, runs [`run_blocking_tasks`] on it, and writes the events file when
-/// `--events` asks for one, each event tagged with `backend`.
-pub fn demo_main<E, B>(program: &'static str, backend: &str, build_pool: B) -> ExitCode
-where
-    E: Executor,
-    B: FnOnce(usize) -> anyhow::Result<E>,
-{
-    run_main(program, |args: DemoArgs| {
-        let pool = build_pool(args.run.workers)?;
-        let outcomes = smol::block_on(run_blocking_tasks(&pool, &args.run))?;
-        if let Some(path) = &args.events {
-            write_events(path, backend, outcomes)?;
-        }
-        Ok(true)
-    })
+/// The body of `blocks-thread`, `blocks-process` and `blocks-remote` once they have their pool:
+/// runs [`run_blocking_tasks`] on `pool` and writes the events file when `--events` asks for
+/// one, each event tagged with `backend`.
+///
+/// # Errors
+///
+/// A task failed, or the events file could not be written.
+pub fn run_demo(pool: &impl Executor, args: &DemoArgs, backend: &str) -> anyhow::Result<bool> {
+    let outcomes = smol::block_on(run_blocking_tasks(pool, &args.run))?;
+    if let Some(path) = &args.events {
+        write_events(path, backend, &outcomes)?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -122,35 +96,6 @@ mod tests {
     use smol_offload::{Task, ThreadPool};
 
     use super::*;
-
-    fn options(tasks: usize, workers: usize) -> Options {
-        Options {
-            tasks,
-            workers,
-            sleep_ms: 5,
-        }
-    }
-
-    #[test]
-    fn every_task_runs_once_on_the_pool() {
-        let pool = ThreadPool::builder()
-            .workers(2)
-            .thread_name(|i| format!("Thread-{}", i + 1))
-            .build()
-            .unwrap();
-        let outcomes = smol::block_on(run_blocking_tasks(&pool, &options(7, 2))).unwrap();
-        let mut tasks: Vec<u64> = outcomes.iter().map(|o| o.task).collect();
-        tasks.sort_unstable();
-        assert_eq!(tasks, (0..7).collect::<Vec<_>>());
-        for outcome in &outcomes {
-            assert_eq!(outcome.result, outcome.task * outcome.task);
-            assert!(
-                outcome.worker == "Thread-1" || outcome.worker == "Thread-2",
-                "{outcome:?}"
-            );
-            assert!(outcome.start_us <= outcome.end_us);
-        }
-    }
 
     /// A thread pool whose third submission panics instead of running its function.
     struct ThirdCallPanics {
@@ -188,22 +133,18 @@ mod tests {
             pool: ThreadPool::new(2).unwrap(),
             calls: AtomicUsize::new(0),
         };
-        let err = smol::block_on(run_blocking_tasks(&executor, &options(4, 2))).unwrap_err();
+        let options = Options {
+            tasks: 4,
+            sleep_ms: 1,
+            ..Options::default()
+        };
+        let err = smol::block_on(run_blocking_tasks(&executor, &options)).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.starts_with("1 of 4 tasks failed: blocks(2): the task panicked at "),
-            "{text}"
-        );
+        let start = "1 of 4 tasks failed: blocks(2): the task panicked at ";
+        assert!(text.starts_with(start), "{text}");
         assert!(
             text.contains("src/run.rs:") && text.ends_with(": boom"),
             "{text}"
         );
-    }
-
-    #[test]
-    fn zero_tasks_is_an_empty_run() {
-        let pool = ThreadPool::new(1).unwrap();
-        let outcomes = smol::block_on(run_blocking_tasks(&pool, &options(0, 1))).unwrap();
-        assert!(outcomes.is_empty());
     }
 }

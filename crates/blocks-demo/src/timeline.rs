@@ -37,10 +37,8 @@ const GREY_MIDDLE: &str = r##" text-anchor="middle" fill="#444444""##;
 /// let outcome = Outcome {
 ///     task: 0, worker: "Thread-1".into(), start_us: 0, end_us: 100_000, result: 0, pid: 1,
 /// };
-/// let run = RunReport {
-///     backend: "thread".into(), wall: Duration::from_millis(105), outcomes: vec![outcome],
-///     failure: None,
-/// };
+/// let (backend, wall) = ("thread".into(), Duration::from_millis(105));
+/// let run = RunReport { backend, wall, outcomes: vec![outcome], ..RunReport::default() };
 /// let svg = render_svg(&Options::default(), &[&run]);
 /// assert!(svg.starts_with("<svg") && svg.contains(">Thread-1</text>"));
 /// ```
@@ -52,10 +50,8 @@ pub fn render_svg(options: &Options, runs: &[&RunReport]) -> String {
         y = draw_panel(&mut body, run, &axis, y) + PANEL_GAP;
     }
     let height = y - PANEL_GAP + 16.0;
-    let walls = join(
-        runs.iter()
-            .map(|run| format!("{} {} ms", run.backend, ms(micros(run.wall)))),
-    );
+    let wall_of = |run: &&RunReport| format!("{} {} ms", run.backend, ms(micros(run.wall)));
+    let walls = join(runs.iter().map(wall_of));
     let mut svg = format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">
 <rect x="0" y="0" width="{WIDTH}" height="{height}" fill="#ffffff"/>
@@ -133,10 +129,8 @@ fn draw_panel(svg: &mut String, run: &RunReport, axis: &Axis, top: f64) -> f64 {
 
     // One bar per task, in its worker's lane, coloured by its task number.
     for o in &run.outcomes {
-        let lane = workers
-            .iter()
-            .position(|w| *w == o.worker)
-            .expect("every worker has a lane");
+        let lane = workers.iter().position(|w| *w == o.worker);
+        let lane = lane.expect("every worker has a lane");
         let y = lanes_top + LANE * lane as f64 + (LANE - BAR) / 2.0;
         let x = x_of(o.start_us);
         let width = (x_of(o.end_us) - x).max(1.0);
@@ -169,72 +163,42 @@ impl Axis {
     fn new(span_us: u64) -> Axis {
         let span_us = span_us.max(1000);
         let raw = span_us.div_ceil(10);
-        let mut magnitude = 1u64;
-        while magnitude * 10 <= raw {
-            magnitude *= 10;
-        }
-        let step_us = [1, 2, 5, 10]
-            .into_iter()
-            .map(|m| m * magnitude)
-            .find(|&step| step >= raw)
-            .unwrap_or(10 * magnitude);
-        Axis {
-            step_us,
-            end_us: span_us.div_ceil(step_us) * step_us,
-        }
+        let magnitude = 10u64.pow(raw.ilog10());
+        let steps = [1, 2, 5, 10].map(|m| m * magnitude);
+        let step_us = steps.into_iter().find(|&step| step >= raw);
+        let step_us = step_us.unwrap_or(10 * magnitude);
+        let end_us = span_us.div_ceil(step_us) * step_us;
+        Axis { step_us, end_us }
     }
 
     fn ticks(&self) -> impl Iterator<Item = u64> + '_ {
         (0..=self.end_us / self.step_us).map(|i| i * self.step_us)
     }
 
-    /// A tick's label in ms, with as many decimals as the step needs.
+    /// A tick's label in ms, with a decimal when the step (at least 0.1 ms) needs one.
     fn label(&self, us: u64) -> String {
-        let decimals = match self.step_us {
-            1000.. => 0,
-            100.. => 1,
-            10.. => 2,
-            _ => 3,
-        };
+        let decimals = usize::from(self.step_us < 1000);
         format!("{:.*}", decimals, us as f64 / 1000.0)
     }
 }
 
-/// Escapes text for SVG content and attribute values.
+/// Escapes text for SVG content and attribute values (`&` first, as the others bring one).
 fn escape(text: &str) -> String {
-    text.chars()
-        .fold(String::with_capacity(text.len()), |mut escaped, c| {
-            match c {
-                '&' => escaped.push_str("&amp;"),
-                '<' => escaped.push_str("&lt;"),
-                '>' => escaped.push_str("&gt;"),
-                '"' => escaped.push_str("&quot;"),
-                '\'' => escaped.push_str("&apos;"),
-                c => escaped.push(c),
-            }
-            escaped
-        })
+    let entities = [
+        ("&", "&amp;"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+        ("\"", "&quot;"),
+        ("'", "&apos;"),
+    ];
+    let escape_one = |text: String, (c, entity): &(&str, &str)| text.replace(c, entity);
+    entities.iter().fold(text.to_owned(), escape_one)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::blocks::outcome;
-    use crate::compare::report;
-
-    fn run(backend: &str, workers: &[&str]) -> RunReport {
-        let events = (0..6u64)
-            .map(|task| {
-                let worker = workers[task as usize % workers.len()];
-                let (start_us, end_us) =
-                    (task / 3 * 100_000 + task, (task / 3 + 1) * 100_000 + task);
-                outcome(task, worker, start_us, end_us)
-            })
-            .collect();
-        report(backend, Duration::from_micros(213_400), events)
-    }
+    use crate::compare::python_run;
 
     /// Checks that tags open and close in order, as an XML parser would.
     fn assert_well_formed(svg: &str) {
@@ -255,57 +219,25 @@ mod tests {
     }
 
     #[test]
-    fn two_panels_with_lanes_bars_and_an_axis() {
-        let thread = run("thread", &["Thread-1", "Thread-2", "Thread-3"]);
-        let process = run("process", &["4101", "4102", "4103"]);
-        let svg = render_svg(&Options::default(), &[&thread, &process]);
-        assert_well_formed(&svg);
-        assert!(svg.contains(">blocks(n): 6 tasks of 100 ms on 3 workers</text>"));
-        assert!(svg.contains(">wall time: thread 213.4 ms, process 213.4 ms</text>"));
-        let thread_header = svg.find(">thread pool: wall 213.4 ms").unwrap();
-        let process_header = svg.find(">process pool: wall 213.4 ms").unwrap();
-        assert!(thread_header < process_header, "thread panel first");
-        for lane in [
-            "Thread-1", "Thread-2", "Thread-3", "PID 4101", "PID 4102", "PID 4103",
-        ] {
-            assert_eq!(svg.matches(&format!(">{lane}</text>")).count(), 1);
-        }
-        assert_eq!(svg.matches(r#"<g class="task">"#).count(), 12);
-        for task in 0..6 {
-            assert_eq!(svg.matches(&format!(">{task}</text></g>")).count(), 2);
-        }
-        assert!(svg.contains("<title>blocks(4) = 16 on 4102: 100.0 to 200.0 ms</title>"));
-        // Ticks every 50 ms up to 250 ms, under each panel (task labels end in `</g>`).
-        for tick in ["0", "50", "100", "150", "200", "250"] {
-            assert_eq!(
-                svg.matches(&format!(">{tick}</text>\n")).count(),
-                2,
-                "{tick}"
-            );
-        }
-        assert_eq!(svg.matches(">300</text>").count(), 0);
-        assert_eq!(svg.matches("time since the run started (ms)").count(), 2);
-    }
-
-    #[test]
     fn bars_sit_in_their_lanes_at_their_times() {
-        let thread = run("thread", &["A", "B"]);
+        let thread = python_run("thread", ["A", "B", "C"]);
         let svg = render_svg(&Options::default(), &[&thread]);
-        // Axis 0..250 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
+        // Axis 0..200 ms over 790 px: blocks(0) from 0 ms, 100 ms wide, in lane 0.
         let plot = WIDTH - LEFT - RIGHT;
         let first_bar = format!(
             r#"<rect x="{LEFT:.1}" y="{:.1}" width="{:.1}" height="{BAR}""#,
             TOP + PANEL_HEADER + (LANE - BAR) / 2.0,
-            plot * 100_000.0 / 250_000.0
+            plot * 100_000.0 / 200_000.0
         );
         assert!(svg.contains(&first_bar), "{first_bar} not in {svg}");
     }
 
     #[test]
     fn a_failed_run_says_so_and_names_are_escaped() {
-        let mut empty = report("process", Duration::from_millis(3), Vec::new());
+        let mut empty = python_run("process", ["P1", "P2", "P3"]);
+        empty.outcomes.clear();
         empty.failure = Some("exited with code 1 & said <nothing>".to_owned());
-        let thread = run("thread", &["T<1>", "T&2"]);
+        let thread = python_run("thread", ["T<1>", "T&2", "T3"]);
         let svg = render_svg(&Options::default(), &[&thread, &empty]);
         assert_well_formed(&svg);
         assert!(svg.contains(">T&lt;1&gt;</text>"));
@@ -316,14 +248,16 @@ mod tests {
 
     #[test]
     fn axis_steps_are_round() {
-        let axis = Axis::new(201_000);
-        assert_eq!((axis.step_us, axis.end_us), (50_000, 250_000));
-        assert_eq!(axis.ticks().count(), 6);
-        assert_eq!(axis.label(150_000), "150");
-        let axis = Axis::new(0);
-        assert_eq!((axis.step_us, axis.end_us), (100, 1000));
-        assert_eq!(axis.label(300), "0.3");
-        let axis = Axis::new(2_345_678);
-        assert_eq!((axis.step_us, axis.end_us), (500_000, 2_500_000));
+        for (span_us, step_us, end_us, ticks) in [
+            (201_000, 50_000, 250_000, 6),
+            (0, 100, 1000, 11),
+            (2_345_678, 500_000, 2_500_000, 6),
+        ] {
+            let axis = Axis::new(span_us);
+            assert_eq!((axis.step_us, axis.end_us), (step_us, end_us), "{span_us}");
+            assert_eq!(axis.ticks().count(), ticks);
+        }
+        assert_eq!(Axis::new(201_000).label(150_000), "150");
+        assert_eq!(Axis::new(0).label(300), "0.3");
     }
 }

@@ -5,7 +5,8 @@
 
 use std::process::ExitCode;
 
-use blocks_demo::{LogStyle, demo_main, set_log_style};
+use blocks_demo::options::run_main;
+use blocks_demo::{DemoArgs, LogStyle, run_demo, set_log_style};
 use smol_offload::ProcessPool;
 
 fn main() -> ExitCode {
@@ -13,7 +14,7 @@ fn main() -> ExitCode {
     // see what was set before it.
     set_log_style(LogStyle::Process);
     smol_offload::init();
-    demo_main("blocks-process", "process", |workers| {
-        Ok(ProcessPool::new(workers)?)
+    run_main("blocks-process", |args: DemoArgs| {
+        run_demo(&ProcessPool::new(args.run.workers)?, &args, "process")
     })
 }

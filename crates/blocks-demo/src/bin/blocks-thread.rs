@@ -5,16 +5,17 @@
 
 use std::process::ExitCode;
 
-use blocks_demo::{LogStyle, demo_main, set_log_style};
+use blocks_demo::options::run_main;
+use blocks_demo::{DemoArgs, LogStyle, run_demo, set_log_style};
 use smol_offload::ThreadPool;
 
 fn main() -> ExitCode {
     set_log_style(LogStyle::Thread);
-    demo_main("blocks-thread", "thread", |workers| {
+    run_main("blocks-thread", |args: DemoArgs| {
         let pool = ThreadPool::builder()
-            .workers(workers)
+            .workers(args.run.workers)
             .thread_name(|i| format!("Thread-{}", i + 1))
             .build()?;
-        Ok(pool)
+        run_demo(&pool, &args, "thread")
     })
 }
