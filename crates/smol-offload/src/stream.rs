@@ -79,7 +79,10 @@ pub struct IterStream<T: Send + 'static> {
     shared: Arc<Shared<T>>,
     /// The items this side took from the shared queue in one go, handed out one per poll
     /// without any lock.
-    batch: VecDeque<T>,
+    /// (The mutex is never locked: `poll_next` and `drop` reach it through `&mut self` with
+    /// `get_mut`. It only keeps the stream `Sync` for any `T: Send`, as a bare `VecDeque<T>`
+    /// would not for a `T` that is not `Sync`.)
+    batch: Mutex<VecDeque<T>>,
     /// Items handed out since the consumer last settled them (see [`State::held`]).
     handed: usize,
 }
@@ -235,7 +238,7 @@ impl<T: Send + 'static> IterStream<T> {
                 #[cfg(feature = "tracing")]
                 span: tracing::Span::current(),
             }),
-            batch: VecDeque::with_capacity(capacity),
+            batch: Mutex::new(VecDeque::with_capacity(capacity)),
             handed: 0,
         }
     }
@@ -248,6 +251,11 @@ impl<T: Send + 'static> IterStream<T> {
             None,
             Some(End::Failed(err)),
         )
+    }
+
+    /// How many items wait in the consumer's batch (for `Debug`, the one place that locks it).
+    fn batch_len(&self) -> usize {
+        self.batch.try_lock().map_or(0, |batch| batch.len())
     }
 
     /// Settles the items handed out so far, in the middle of a batch.
@@ -436,7 +444,8 @@ impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(item) = this.batch.pop_front() {
+        let batch = this.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(item) = batch.pop_front() {
             this.handed += 1;
             // A producer waiting for room goes on once half a buffer was handed out, not only
             // when the batch runs out.
@@ -452,8 +461,8 @@ impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
         let mut state = shared.lock();
         let room = shared.settle(&mut state, this.handed);
         this.handed = 0;
-        std::mem::swap(&mut state.items, &mut this.batch);
-        let poll = match this.batch.pop_front() {
+        std::mem::swap(&mut state.items, batch);
+        let poll = match batch.pop_front() {
             Some(item) => {
                 this.handed = 1;
                 Poll::Ready(Some(Ok(item)))
@@ -501,7 +510,8 @@ impl<T: Send + 'static> Drop for IterStream<T> {
                 Runner::Dedicated(_) => drop_quietly(iter),
             }
         }
-        for item in items.into_iter().chain(self.batch.drain(..)) {
+        let batch = self.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for item in items.into_iter().chain(batch.drain(..)) {
             drop_quietly(item);
         }
     }
@@ -511,7 +521,7 @@ impl<T: Send + 'static> fmt::Debug for IterStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.shared.lock();
         f.debug_struct("IterStream")
-            .field("buffered", &(state.items.len() + self.batch.len()))
+            .field("buffered", &(state.items.len() + self.batch_len()))
             .field("buffer", &self.shared.buffer)
             .field("parked", &state.parked.is_some())
             .field("ended", &state.end.is_some())

@@ -303,3 +303,11 @@ fn an_ended_stream_keeps_returning_none() {
         assert!(failing.next().await.is_none());
     });
 }
+
+#[test]
+fn a_stream_is_send_sync_and_unpin_for_any_send_item() {
+    fn check<S: Send + Sync + Unpin>() {}
+    // `Cell` is `Send` but not `Sync`: the stream must not need more than `Send` of its items.
+    check::<IterStream<std::cell::Cell<u8>>>();
+    check::<IterStream<Vec<u8>>>();
+}
