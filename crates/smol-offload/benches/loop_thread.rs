@@ -6,7 +6,11 @@
 //!
 //! Run with `cargo bench -p smol-offload --bench loop_thread`; add `-- --quick` (or set
 //! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test with small counts. The contenders take turns
-//! in every round, and each figure is the median over rounds of the per-round figure.
+//! in every round (the order rotates from round to round), and a stream round runs each stream
+//! contender several times, alternating, so that a burst of load on the machine hits all of
+//! them. Each figure is the median of its samples; each ratio is the ratio of two medians, and
+//! the range of the same ratio taken within each round (where the contenders saw the same
+//! load) is printed beside it.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -27,6 +31,8 @@ struct Config {
     warmup: usize,
     round_trips: usize,
     items: u64,
+    /// Runs of each stream contender per round, alternating with the others.
+    stream_runs: usize,
 }
 
 impl Config {
@@ -34,10 +40,11 @@ impl Config {
         if quick_mode() {
             Config {
                 quick: true,
-                rounds: 2,
+                rounds: 3,
                 warmup: 200,
                 round_trips: 2_000,
                 items: 100_000,
+                stream_runs: 2,
             }
         } else {
             Config {
@@ -46,6 +53,7 @@ impl Config {
                 warmup: 2_000,
                 round_trips: 20_000,
                 items: 1_000_000,
+                stream_runs: 3,
             }
         }
     }
@@ -185,6 +193,40 @@ impl StreamKind {
     }
 }
 
+/// The lowest and highest of `values`.
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), &v| {
+            (low.min(v), high.max(v))
+        })
+}
+
+/// For each round, `ours` over `theirs` on the medians of that round's samples.
+fn per_round_ratios(ours: &[Vec<f64>], theirs: &[Vec<f64>]) -> Vec<f64> {
+    ours.iter()
+        .zip(theirs)
+        .map(|(ours, theirs)| median(ours) / median(theirs))
+        .collect()
+}
+
+/// Prints one contender's row: median, range of samples, and the ratios against ours.
+fn print_row(name: &str, samples: &[Vec<f64>], ours: &[Vec<f64>], scale: f64) {
+    let all: Vec<f64> = samples.iter().flatten().copied().collect();
+    let ours_all: Vec<f64> = ours.iter().flatten().copied().collect();
+    let (low, high) = range(&all);
+    let (ratio_low, ratio_high) = range(&per_round_ratios(ours, samples));
+    println!(
+        "| {name} | {:.2} | {:.2} to {:.2} | {:.2}x | {:.2}x to {:.2}x |",
+        median(&all) / scale,
+        low / scale,
+        high / scale,
+        median(&ours_all) / median(&all),
+        ratio_low,
+        ratio_high
+    );
+}
+
 fn main() {
     let config = Config::from_env();
     println!(
@@ -193,7 +235,7 @@ fn main() {
     );
     println!("machine: {}", machine());
     println!(
-        "{} rounds, contenders interleaved (rotated order) in each; figures are medians over rounds",
+        "{} rounds, contenders interleaved (rotated order) in each; figures are medians",
         config.rounds
     );
     println!(
@@ -202,8 +244,9 @@ fn main() {
         config.round_trips, config.warmup
     );
     println!(
-        "stream: {} u64 items with buffer = {BUFFER}, consumed by smol::block_on",
-        config.items
+        "stream: {} u64 items with buffer = {BUFFER}, consumed by smol::block_on, {} runs of each \
+         contender per round, alternating",
+        config.items, config.stream_runs
     );
     println!();
 
@@ -222,8 +265,9 @@ fn main() {
     let pool = smol_offload::ThreadPool::new(1).expect("start the pool");
     let kinds = [StreamKind::Pool, StreamKind::Dedicated, StreamKind::Unblock];
 
-    let mut trips = vec![Vec::new(); round_trippers.len()];
-    let mut rates = vec![Vec::new(); kinds.len()];
+    // [contender][round] -> samples of that round.
+    let mut trips = vec![vec![Vec::new(); config.rounds]; round_trippers.len()];
+    let mut rates = vec![vec![Vec::new(); config.rounds]; kinds.len()];
     for round in 0..config.rounds {
         for k in 0..round_trippers.len() {
             let index = (round + k) % round_trippers.len();
@@ -235,48 +279,64 @@ fn main() {
                 contender.name(),
                 ns / 1000.0
             );
-            trips[index].push(ns);
+            trips[index][round].push(ns);
         }
-        for k in 0..kinds.len() {
-            let index = (round + k) % kinds.len();
-            let elapsed = kinds[index].run(&pool, config.items);
-            let rate = config.items as f64 / elapsed.as_secs_f64();
-            println!(
-                "round {}  {:<22} {:>8.2} M items/s",
-                round + 1,
-                kinds[index].name(),
-                rate / 1e6
-            );
-            rates[index].push(rate);
+        for run in 0..config.stream_runs {
+            for k in 0..kinds.len() {
+                let index = (round + run + k) % kinds.len();
+                let elapsed = kinds[index].run(&pool, config.items);
+                let rate = config.items as f64 / elapsed.as_secs_f64();
+                println!(
+                    "round {}  {:<22} {:>8.2} M items/s",
+                    round + 1,
+                    kinds[index].name(),
+                    rate / 1e6
+                );
+                rates[index][round].push(rate);
+            }
         }
     }
 
     println!();
-    println!("| round trip from another loop | median (us) | ours / it |");
-    println!("| --- | ---: | ---: |");
-    let ours = median(&trips[0]);
+    println!(
+        "| round trip from another loop | median (us) | range (us) | ours / it | ours / it within a round |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
     for (contender, times) in round_trippers.iter().zip(&trips) {
-        let m = median(times);
-        println!(
-            "| {} | {:.2} | {:.2}x |",
-            contender.name(),
-            m / 1000.0,
-            ours / m
-        );
+        print_row(contender.name(), times, &trips[0], 1000.0);
     }
     println!();
     println!(
-        "| stream of {} items, buffer {BUFFER} | M items/s | ours / it |",
+        "| stream of {} items, buffer {BUFFER} | median (M items/s) | range (M items/s) | ours / it | ours / it within a round |",
         config.items
     );
-    println!("| --- | ---: | ---: |");
-    let ours = median(&rates[0]);
-    for (kind, rate) in kinds.iter().zip(&rates) {
-        let m = median(rate);
-        println!("| {} | {:.2} | {:.2}x |", kind.name(), m / 1e6, ours / m);
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (kind, samples) in kinds.iter().zip(&rates) {
+        print_row(kind.name(), samples, &rates[0], 1e6);
     }
     println!();
     println!(
         "ours / it: for round trips, below 1 means ours is faster; for streams, above 1 means ours is faster"
+    );
+    let unblock = rates.len() - 1;
+    let stream_ratio = {
+        let ours: Vec<f64> = rates[0].iter().flatten().copied().collect();
+        let theirs: Vec<f64> = rates[unblock].iter().flatten().copied().collect();
+        median(&ours) / median(&theirs)
+    };
+    let trip_ratio = {
+        let ours: Vec<f64> = trips[0].iter().flatten().copied().collect();
+        let smol: Vec<f64> = trips[1].iter().flatten().copied().collect();
+        median(&ours) / median(&smol)
+    };
+    println!(
+        "target: LoopThread::spawn no slower than plain smol: {:.2}x, {}",
+        trip_ratio,
+        if trip_ratio <= 1.0 { "met" } else { "MISSED" }
+    );
+    println!(
+        "target: ThreadPool::stream at least as fast as blocking::Unblock: {:.2}x, {}",
+        stream_ratio,
+        if stream_ratio >= 1.0 { "met" } else { "MISSED" }
     );
 }

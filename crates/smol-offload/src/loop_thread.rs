@@ -4,10 +4,13 @@
 //! The thread runs an [`async_executor::Executor`], the one `smol` re-exports. A future that
 //! [`LoopThread::spawn_local`] builds on the thread is an `async_task` task of its own whose
 //! every poll is scheduled as a small task on that executor, so it never leaves the thread and
-//! the loop needs no second executor. Every submission is counted while it is in flight; `stop()` (or the last
-//! handle's drop) sets a *stopping* bit in the same word, after which submissions are refused,
-//! and the thread leaves its executor once the count is back to zero.
+//! the loop needs no second executor. Every submission is counted in by the submitting thread
+//! and out by the loop thread, on two counters that sit on cache lines of their own, so that a
+//! round trip moves no counter from one CPU to the other; `stop()` (or the last handle's drop)
+//! sets a *stopping* bit in the count of submissions, after which submissions are refused, and
+//! the thread leaves its executor once the two counts meet.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
@@ -18,14 +21,20 @@ use std::thread::{JoinHandle, ThreadId};
 
 use async_executor::Executor;
 use atomic_waker::AtomicWaker;
+use crossbeam_utils::CachePadded;
 use futures_lite::FutureExt;
 
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::task::{self, Assist, Promise, Task};
 
-/// Set in [`Shared::state`] once the loop takes no new work; the other bits count the
-/// submissions still in flight.
+/// Set in [`Shared::submitted`] once the loop takes no new work; the other bits count the
+/// submissions.
 const STOPPING: usize = 1 << (usize::BITS - 1);
+
+thread_local! {
+    /// On a loop thread, the loop it runs: where a submission that ends there counts itself out.
+    static THIS_LOOP: RefCell<Option<Arc<Shared>>> = const { RefCell::new(None) };
+}
 
 /// A named thread running its own smol executor until stopped: Python's event loop running
 /// forever in a `Thread`, with `asyncio.run_coroutine_threadsafe` ([`spawn`](LoopThread::spawn)),
@@ -89,8 +98,14 @@ impl Drop for Handle {
 struct Shared {
     name: String,
     executor: Executor<'static>,
-    /// Submissions in flight, plus [`STOPPING`].
-    state: AtomicUsize,
+    /// Submissions so far, admitted or refused, plus [`STOPPING`]. Written by the submitting
+    /// threads (and once by the stop).
+    submitted: CachePadded<AtomicUsize>,
+    /// Submissions that ended (or were refused). Written by the loop thread, save for refusals.
+    ended: CachePadded<AtomicUsize>,
+    /// [`STOPPING`] again, where the loop thread reads it after each submission without
+    /// pulling `submitted`'s cache line away from the submitting thread.
+    stopping: AtomicBool,
     /// The loop thread's wake-up for "stopping, and nothing left in flight".
     drained: AtomicWaker,
     /// The loop thread, known once it has been started.
@@ -105,27 +120,45 @@ struct Shared {
 impl Shared {
     /// Counts one more submission in flight, unless the loop is stopping.
     fn admit(self: &Arc<Self>) -> Result<Admission, Error> {
-        let previous = self.state.fetch_add(1, Ordering::SeqCst);
-        let admission = Admission {
-            shared: self.clone(),
-        };
+        let previous = self.submitted.fetch_add(1, Ordering::SeqCst);
         if previous & STOPPING != 0 {
-            drop(admission);
+            self.count_out();
             return Err(Error::new(ErrorKind::Stopped(format!(
                 "the loop thread {:?} is stopping and takes no new work",
                 self.name
             ))));
         }
-        Ok(admission)
+        Ok(Admission {
+            loop_id: Arc::as_ptr(self) as usize,
+        })
+    }
+
+    /// Counts one submission out: it ended, or it was refused.
+    fn count_out(&self) {
+        self.ended.fetch_add(1, Ordering::SeqCst);
+        if self.stopping.load(Ordering::SeqCst) {
+            self.drained.wake();
+        }
     }
 
     fn begin_stop(&self) {
-        self.state.fetch_or(STOPPING, Ordering::SeqCst);
+        self.submitted.fetch_or(STOPPING, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
         self.drained.wake();
     }
 
+    /// Submissions admitted and not ended yet.
+    fn in_flight(&self) -> usize {
+        let submitted = self.submitted.load(Ordering::SeqCst) & !STOPPING;
+        submitted.saturating_sub(self.ended.load(Ordering::SeqCst))
+    }
+
     fn is_drained(&self) -> bool {
-        self.state.load(Ordering::SeqCst) == STOPPING
+        // `submitted` first: a submission counted in after this load was refused, and counts
+        // itself out as well, so `ended` can only catch up, never pass, until it is read
+        // again after its wake-up.
+        let submitted = self.submitted.load(Ordering::SeqCst);
+        submitted & STOPPING != 0 && submitted & !STOPPING == self.ended.load(Ordering::SeqCst)
     }
 
     fn on_loop_thread(&self) -> bool {
@@ -133,7 +166,8 @@ impl Shared {
     }
 
     /// The loop thread's body: run the executor until stopped and drained.
-    fn run(&self) {
+    fn run(self: &Arc<Self>) {
+        THIS_LOOP.with(|this| *this.borrow_mut() = Some(self.clone()));
         let drained = futures_lite::future::poll_fn(|cx| {
             self.drained.register(cx.waker());
             if self.is_drained() {
@@ -143,6 +177,7 @@ impl Shared {
             }
         });
         async_io::block_on(self.executor.run(drained));
+        THIS_LOOP.with(|this| this.borrow_mut().take());
         self.finished.store(true, Ordering::SeqCst);
         let wakers = std::mem::take(
             &mut *self
@@ -157,15 +192,25 @@ impl Shared {
 }
 
 /// One submission in flight; dropping it (the future finished, or was dropped) counts it out.
+///
+/// It holds no `Arc` of its loop (whose count would move between the two CPUs on every round
+/// trip): it ends on the loop thread, which knows its loop, and `loop_id` (the loop's address)
+/// makes sure it is that one. Off the thread (an executor dropped with work in it, once its
+/// thread has gone) there is no drain left to count for.
 struct Admission {
-    shared: Arc<Shared>,
+    loop_id: usize,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        if self.shared.state.fetch_sub(1, Ordering::SeqCst) == STOPPING | 1 {
-            self.shared.drained.wake();
-        }
+        let _ = THIS_LOOP.try_with(|this| {
+            if let Ok(this) = this.try_borrow()
+                && let Some(shared) = &*this
+                && Arc::as_ptr(shared) as usize == self.loop_id
+            {
+                shared.count_out();
+            }
+        });
     }
 }
 
@@ -190,7 +235,9 @@ impl LoopThread {
         let shared = Arc::new(Shared {
             name: name.clone(),
             executor: Executor::new(),
-            state: AtomicUsize::new(0),
+            submitted: CachePadded::new(AtomicUsize::new(0)),
+            ended: CachePadded::new(AtomicUsize::new(0)),
+            stopping: AtomicBool::new(false),
             drained: AtomicWaker::new(),
             thread: OnceLock::new(),
             join: Mutex::new(None),
@@ -520,11 +567,11 @@ impl Assist for Joiner {
 
 impl fmt::Debug for LoopThread {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.shared().state.load(Ordering::SeqCst);
+        let shared = self.shared();
         f.debug_struct("LoopThread")
-            .field("name", &self.shared().name)
-            .field("in_flight", &(state & !STOPPING))
-            .field("stopping", &(state & STOPPING != 0))
+            .field("name", &shared.name)
+            .field("in_flight", &shared.in_flight())
+            .field("stopping", &shared.stopping.load(Ordering::SeqCst))
             .finish()
     }
 }

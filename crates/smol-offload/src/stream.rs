@@ -1,26 +1,31 @@
 //! [`IterStream`]: a blocking iterator run on a pool (or a dedicated thread) and consumed as an
 //! async [`Stream`](futures_core::Stream) through a bounded buffer.
 //!
-//! The items travel through a lock-free queue that never holds more than `buffer` of them
-//! (there is one producer, and it checks for room before each `next()`), and the consumer
-//! sleeps on an `AtomicWaker`. A producer with a full buffer sleeps (`thread::park`) until the
-//! consumer unparks it: a dedicated producer as long as needed, a pool producer for at most
-//! [`POOL_WAIT`]. Then the pool producer *parks* the iterator (puts it in a slot) and ends its
-//! job, so a slow consumer never holds a pool thread; once the consumer has brought the buffer
-//! down to half, it takes the parked iterator and submits a new job with it. Both sides re-check
-//! after a `SeqCst` fence, so a park and a take never miss each other.
+//! The cost that matters is per item, so both sides work in batches. The producer takes one
+//! uncontended lock per item to append it to the shared queue, and wakes the consumer only when
+//! the consumer is waiting (the queue went from empty to not empty). The consumer takes the
+//! lock once per batch: it swaps the whole shared queue for its own empty one and hands the
+//! items out from there without any synchronisation. Items count against `buffer` until the
+//! consumer *settles* them under the lock, which it does when its batch runs out or, when the
+//! producer waits for room, once it has handed out half a buffer.
+//!
+//! A producer with a full buffer sleeps on a condition variable until the consumer has made
+//! room: a dedicated producer as long as needed, a pool producer for at most [`POOL_WAIT`].
+//! Then the pool producer *parks* the iterator (puts it in the shared state) and ends its job,
+//! so a slow consumer never holds a pool thread; the consumer that makes room takes the parked
+//! iterator and submits a new job with it. Every decision to sleep, park, wake or resume is
+//! taken under the one lock, so none is missed.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::thread::Thread;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use atomic_waker::AtomicWaker;
-use concurrent_queue::ConcurrentQueue;
+use crossbeam_utils::CachePadded;
 
 use crate::cancel::CancelSource;
 use crate::error::{Error, ErrorKind};
@@ -33,7 +38,7 @@ type BoxedIter<T> = Box<dyn Iterator<Item = T> + Send>;
 /// instead of paying a new pool job (and a worker's wake-up) per half buffer; a consumer that
 /// stopped reading borrows the thread for at most this long per buffer. (With 0.5 ms, the
 /// benchmark's stream ran at a third of the speed of a dedicated thread, although no wait ran
-/// out; from 10 ms on, it matched it. The cause was not pinned down.)
+/// out; from 10 ms on, it matched it.)
 const POOL_WAIT: Duration = Duration::from_millis(10);
 
 /// The items of a blocking iterator that runs on a [`ThreadPool`] or on a thread of its own,
@@ -43,8 +48,8 @@ const POOL_WAIT: Duration = Duration::from_millis(10);
 /// Made by [`ThreadPool::stream`], [`stream`] (on the default pool) and [`stream_dedicated`].
 /// The iterator starts when the stream is first polled. Items arrive in order; at most `buffer`
 /// of them wait for the consumer, and the iterator is not called again until there is room.
-/// On a pool, a full buffer also gives the thread back: the iterator waits parked, and the next
-/// item the consumer takes sends it to the pool again, so a few threads serve many slow
+/// On a pool, a full buffer also gives the thread back: the iterator waits parked, and the
+/// consumer sends it to the pool again once it has made room, so a few threads serve many slow
 /// streams.
 ///
 /// A panic in the iterator comes out as one `Err` whose [`is_panic`](Error::is_panic) is true,
@@ -72,7 +77,18 @@ const POOL_WAIT: Duration = Duration::from_millis(10);
 #[must_use = "streams do nothing unless polled"]
 pub struct IterStream<T: Send + 'static> {
     shared: Arc<Shared<T>>,
+    /// The items this side took from the shared queue in one go, handed out one per poll
+    /// without any lock.
+    /// (The mutex is never locked: `poll_next` and `drop` reach it through `&mut self` with
+    /// `get_mut`. It only keeps the stream `Sync` for any `T: Send`, as a bare `VecDeque<T>`
+    /// would not for a `T` that is not `Sync`.)
+    batch: Mutex<VecDeque<T>>,
+    /// Items handed out since the consumer last settled them (see [`State::held`]).
+    handed: usize,
 }
+
+// The stream never pins its items: they are plain values moved in and out of queues.
+impl<T: Send + 'static> Unpin for IterStream<T> {}
 
 /// Where the iterator runs.
 enum Runner {
@@ -81,64 +97,105 @@ enum Runner {
 }
 
 struct Shared<T> {
-    /// Produced items not yet taken; never more than `buffer`.
-    items: ConcurrentQueue<Result<T, Error>>,
+    state: CachePadded<Mutex<State<T>>>,
+    /// The producer sleeps here while the buffer is full.
+    room: Condvar,
     buffer: usize,
     /// Once the buffer was full, the producer goes on when the consumer has brought it down to
     /// this many items: about half the buffer, so that a producer faster than its consumer is
     /// resumed once per half buffer, not once per item.
     resume_at: usize,
-    /// The consumer, waiting for an item.
-    consumer: AtomicWaker,
-    /// The last item is in `items`: the iterator ended or panicked.
-    ended: AtomicBool,
-    /// The stream was dropped: stop after the current item.
+    /// The stream was dropped: stop after the current item. Also read by
+    /// [`cancelled()`](crate::cancelled), without the lock.
     closed: AtomicBool,
-    /// The iterator, while no thread runs it (before the first poll, and while a pool producer
-    /// waits for room).
-    parked: Mutex<Option<BoxedIter<T>>>,
-    is_parked: AtomicBool,
-    /// The producer's thread, and whether it sleeps waiting for room.
-    producer: Mutex<Option<Thread>>,
-    producer_waiting: AtomicBool,
+    /// A copy of "the producer waits for room or is parked", read by the consumer without the
+    /// lock to know when to settle in the middle of a batch. Only a hint: the consumer settles
+    /// under the lock at the end of every batch anyway.
+    producer_stopped: AtomicBool,
     runner: Runner,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
 }
 
+/// What the producer and the consumer share, under one lock.
+struct State<T> {
+    /// Produced items the consumer has not taken into its batch yet.
+    items: VecDeque<T>,
+    /// Items that count against `buffer`: those in `items`, and those the consumer took since
+    /// it last settled (handed out or still in its batch). The producer calls `next()` only
+    /// while this is below `buffer`.
+    held: usize,
+    /// How the stream ends, once the iterator has ended (after the items in `items`).
+    end: Option<End>,
+    /// The consumer, waiting for an item or the end.
+    consumer: Option<Waker>,
+    /// The iterator, while no thread runs it (before the first poll, and after a pool producer
+    /// gave its thread back).
+    parked: Option<BoxedIter<T>>,
+    /// The producer sleeps on `room`.
+    producer_waiting: bool,
+}
+
+/// The end of a stream, delivered after its last item.
+enum End {
+    /// The iterator returned `None`, or the error below was delivered.
+    Done,
+    /// The iterator panicked (or its thread could not start): one `Err`, then [`End::Done`].
+    Failed(Error),
+}
+
+/// What the consumer does after it made room, once the lock is released.
+enum Room<T> {
+    Nothing,
+    Resume(BoxedIter<T>),
+    Notify,
+}
+
 impl<T> Shared<T> {
-    fn park(&self, iter: BoxedIter<T>) {
-        *self.parked.lock().unwrap_or_else(PoisonError::into_inner) = Some(iter);
-        self.is_parked.store(true, Ordering::SeqCst);
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn take_parked(&self) -> Option<BoxedIter<T>> {
-        let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
-        self.is_parked.store(false, Ordering::SeqCst);
-        parked.take()
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 
-    fn has_room(&self) -> bool {
-        self.items.len() <= self.resume_at
-    }
-
-    fn push(&self, item: Result<T, Error>) {
-        if self.items.push(item).is_err() {
-            unreachable!("the only producer checks for room before producing an item");
+    /// Ends the stream with `end` unless it has ended, and wakes the consumer.
+    fn finish(&self, end: End) {
+        let consumer = {
+            let mut state = self.lock();
+            if state.end.is_none() {
+                state.end = Some(end);
+            }
+            state.consumer.take()
+        };
+        if let Some(consumer) = consumer {
+            consumer.wake();
         }
     }
 
-    fn wake_producer(&self) {
-        let producer = self.producer.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(thread) = &*producer {
-            thread.unpark();
+    /// Settles `handed` items and decides whether the producer may go on.
+    fn settle(&self, state: &mut State<T>, handed: usize) -> Room<T> {
+        state.held -= handed;
+        if state.held > self.resume_at {
+            return Room::Nothing;
         }
+        if let Some(iter) = state.parked.take() {
+            self.producer_stopped.store(false, Ordering::Relaxed);
+            return Room::Resume(iter);
+        }
+        if state.producer_waiting {
+            state.producer_waiting = false;
+            self.producer_stopped.store(false, Ordering::Relaxed);
+            return Room::Notify;
+        }
+        Room::Nothing
     }
 }
 
 impl<T: Send> CancelSource for Shared<T> {
     fn is_cancelled(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
+        self.is_closed()
     }
 }
 
@@ -149,35 +206,73 @@ impl<T: Send + 'static> IterStream<T> {
         I::IntoIter: Send + 'static,
     {
         let buffer = buffer.max(1);
+        let parked: BoxedIter<T> = Box::new(iter.into_iter());
+        IterStream::with_state(buffer, runner, Some(parked), None)
+    }
+
+    fn with_state(
+        buffer: usize,
+        runner: Runner,
+        parked: Option<BoxedIter<T>>,
+        end: Option<End>,
+    ) -> IterStream<T> {
+        // The two queues are swapped back and forth and hold at most `buffer` items each:
+        // reserve it up front (within reason), so that no push reallocates.
+        let capacity = buffer.min(1024);
         IterStream {
             shared: Arc::new(Shared {
-                // At least 2: a queue of one is `concurrent-queue`'s single-slot kind, whose
-                // push can fail while a pop of the only item is still in progress. The bound
-                // that counts is `buffer`, checked by the producer before each item.
-                items: ConcurrentQueue::bounded(buffer.max(2)),
+                state: CachePadded::new(Mutex::new(State {
+                    items: VecDeque::with_capacity(capacity),
+                    held: 0,
+                    end,
+                    consumer: None,
+                    parked,
+                    producer_waiting: false,
+                })),
+                room: Condvar::new(),
                 buffer,
                 resume_at: buffer / 2,
-                consumer: AtomicWaker::new(),
-                ended: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
-                parked: Mutex::new(Some(Box::new(iter.into_iter()))),
-                is_parked: AtomicBool::new(true),
-                producer: Mutex::new(None),
-                producer_waiting: AtomicBool::new(false),
+                producer_stopped: AtomicBool::new(true),
                 runner,
                 #[cfg(feature = "tracing")]
                 span: tracing::Span::current(),
             }),
+            batch: Mutex::new(VecDeque::with_capacity(capacity)),
+            handed: 0,
         }
     }
 
     /// A stream that yields `err` and ends.
     fn failed(err: Error) -> IterStream<T> {
-        let stream = IterStream::new(std::iter::empty(), 1, Runner::Dedicated(String::new()));
-        drop(stream.shared.take_parked());
-        stream.shared.push(Err(err));
-        stream.shared.ended.store(true, Ordering::Release);
-        stream
+        IterStream::with_state(
+            1,
+            Runner::Dedicated(String::new()),
+            None,
+            Some(End::Failed(err)),
+        )
+    }
+
+    /// How many items wait in the consumer's batch (for `Debug`, the one place that locks it).
+    fn batch_len(&self) -> usize {
+        self.batch.try_lock().map_or(0, |batch| batch.len())
+    }
+
+    /// Settles the items handed out so far, in the middle of a batch.
+    fn settle(&mut self) {
+        let shared = &self.shared;
+        let room = shared.settle(&mut shared.lock(), self.handed);
+        self.handed = 0;
+        make_room(shared, room);
+    }
+}
+
+/// Resumes the producer as `room` says (with the lock released).
+fn make_room<T: Send + 'static>(shared: &Arc<Shared<T>>, room: Room<T>) {
+    match room {
+        Room::Nothing => {}
+        Room::Resume(iter) => resume(shared, iter),
+        Room::Notify => shared.room.notify_one(),
     }
 }
 
@@ -203,101 +298,126 @@ fn resume<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
                     .map(drop)
             };
             if let Err(err) = started {
-                shared.push(Err(Error::new(ErrorKind::Config(format!(
+                let err = Error::new(ErrorKind::Config(format!(
                     "could not start the dedicated thread {name:?} for a stream: {err}"
-                )))));
-                shared.ended.store(true, Ordering::Release);
-                shared.consumer.wake();
+                )));
+                shared.finish(End::Failed(err));
             }
         }
     }
 }
 
+/// How a producer's run ended.
+enum Fed {
+    /// The iterator ended (it was dropped here).
+    Ended,
+    /// The stream was closed (the iterator is still to drop).
+    Closed,
+    /// The buffer stayed full: the iterator is parked, the pool thread goes back.
+    Parked,
+}
+
 /// Runs the iterator on a worker until it ends, the buffer is full (pool) or the stream closes.
-fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, mut iter: BoxedIter<T>) {
+fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
     #[cfg(feature = "tracing")]
     let _entered = shared.span.enter();
     let _scope = crate::cancel::enter(shared.clone());
     let _end_on_unwind = EndOnUnwind(shared);
-    let dedicated = matches!(shared.runner, Runner::Dedicated(_));
-    loop {
-        if shared.closed.load(Ordering::Acquire) {
+    let mut iter = Some(iter);
+    // One `catch_unwind` for the whole run, not one per item.
+    let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(shared, &mut iter)));
+    match fed {
+        Ok(Fed::Parked) => {}
+        Ok(Fed::Ended) => {}
+        Ok(Fed::Closed) => drop_quietly(iter),
+        Err(payload) => {
+            let err = Error::from_panic(payload);
             drop_quietly(iter);
-            return;
+            shared.finish(End::Failed(err));
         }
-        if shared.items.len() >= shared.buffer {
-            if dedicated {
+    }
+}
+
+/// The producer's loop: one lock per item, held for no `next()`.
+fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) -> Fed {
+    let dedicated = matches!(shared.runner, Runner::Dedicated(_));
+    let mut state = shared.lock();
+    loop {
+        if shared.is_closed() {
+            return Fed::Closed;
+        }
+        if state.held >= shared.buffer {
+            state = if dedicated {
                 // The thread is ours: sleep until the consumer has made room or is gone.
-                wait_for_room(shared, None);
-                continue;
-            }
-            // Full. A consumer that keeps up makes room soon: wait a little for it, rather than
-            // pay a new pool job (and a worker's wake-up) for every half buffer.
-            if wait_for_room(shared, Some(Instant::now() + POOL_WAIT)) {
-                continue;
-            }
-            // Still full: give the thread back; the consumer resumes the iterator.
-            shared.park(iter);
-            fence(Ordering::SeqCst);
-            // The consumer may have made room (or closed) before it could see the park.
-            if (shared.has_room() || shared.closed.load(Ordering::SeqCst))
-                && let Some(taken) = shared.take_parked()
-            {
-                iter = taken;
-                continue;
-            }
-            return;
+                wait_for_room(shared, state, None).0
+            } else {
+                // A consumer that keeps up makes room soon: wait a little for it, rather than
+                // pay a new pool job (and a worker's wake-up) for every half buffer.
+                let (mut state, room) =
+                    wait_for_room(shared, state, Some(Instant::now() + POOL_WAIT));
+                if !room {
+                    // Still full: give the thread back; the consumer resumes the iterator.
+                    state.parked = slot.take();
+                    shared.producer_stopped.store(true, Ordering::Relaxed);
+                    return Fed::Parked;
+                }
+                state
+            };
+            continue;
         }
-        match panic::catch_unwind(AssertUnwindSafe(|| iter.next())) {
-            Ok(Some(item)) => {
-                shared.push(Ok(item));
-                shared.consumer.wake();
-            }
-            Ok(None) => {
-                drop_quietly(iter);
-                shared.ended.store(true, Ordering::Release);
-                shared.consumer.wake();
-                return;
-            }
-            Err(payload) => {
-                let err = Error::from_panic(payload);
-                drop_quietly(iter);
-                shared.push(Err(err));
-                shared.ended.store(true, Ordering::Release);
-                shared.consumer.wake();
-                return;
-            }
+        drop(state);
+        let Some(iter) = slot.as_mut() else {
+            unreachable!("the producer holds the iterator while it runs");
+        };
+        let Some(item) = iter.next() else {
+            drop_quietly(slot.take());
+            shared.finish(End::Done);
+            return Fed::Ended;
+        };
+        state = shared.lock();
+        state.items.push_back(item);
+        state.held += 1;
+        // The consumer registers only when it found nothing: wake it once per empty queue.
+        if let Some(consumer) = state.consumer.take() {
+            drop(state);
+            consumer.wake();
+            state = shared.lock();
         }
     }
 }
 
 /// Sleeps until the consumer has made room or is gone (true), or `deadline` passed (false).
-fn wait_for_room<T>(shared: &Shared<T>, deadline: Option<Instant>) -> bool {
-    *shared
-        .producer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(std::thread::current());
+fn wait_for_room<'a, T>(
+    shared: &'a Shared<T>,
+    mut state: MutexGuard<'a, State<T>>,
+    deadline: Option<Instant>,
+) -> (MutexGuard<'a, State<T>>, bool) {
     let room = loop {
-        shared.producer_waiting.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if shared.has_room() || shared.closed.load(Ordering::SeqCst) {
+        if state.held < shared.buffer || shared.is_closed() {
             break true;
         }
-        match deadline {
-            None => std::thread::park(),
+        state.producer_waiting = true;
+        shared.producer_stopped.store(true, Ordering::Relaxed);
+        state = match deadline {
+            None => shared
+                .room
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner),
             Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => std::thread::park_timeout(left),
+                Some(left) if !left.is_zero() => {
+                    shared
+                        .room
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
                 _ => break false,
             },
-        }
+        };
     };
-    shared.producer_waiting.store(false, Ordering::SeqCst);
-    // A pool thread goes on to other work: nobody must unpark it for this stream any more.
-    *shared
-        .producer
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
-    room
+    state.producer_waiting = false;
+    shared.producer_stopped.store(false, Ordering::Relaxed);
+    (state, room)
 }
 
 /// Ends the stream if the producer unwinds (a bug here, not in the iterator, whose panics are
@@ -308,12 +428,8 @@ impl<T> Drop for EndOnUnwind<'_, T> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             let message = "the stream's producer failed: this is a bug in smol-offload".to_owned();
-            let _ = self
-                .0
-                .items
-                .push(Err(Error::new(ErrorKind::Panic(message))));
-            self.0.ended.store(true, Ordering::Release);
-            self.0.consumer.wake();
+            let err = Error::new(ErrorKind::Panic(message));
+            self.0.finish(End::Failed(err));
         }
     }
 }
@@ -323,65 +439,79 @@ fn drop_quietly<V>(value: V) {
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
 }
 
-impl<T: Send + 'static> IterStream<T> {
-    /// After the consumer took an item (or found none): resumes a parked iterator or wakes a
-    /// sleeping producer when there is room.
-    fn make_room(&self) {
-        let shared = &self.shared;
-        fence(Ordering::SeqCst);
-        if !shared.has_room() {
-            return;
-        }
-        if shared.is_parked.load(Ordering::SeqCst)
-            && let Some(iter) = shared.take_parked()
-        {
-            resume(shared, iter);
-        }
-        if shared.producer_waiting.load(Ordering::SeqCst) {
-            shared.producer_waiting.store(false, Ordering::SeqCst);
-            shared.wake_producer();
-        }
-    }
-}
-
 impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
     type Item = Result<T, Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let shared = &self.shared;
-        if let Ok(item) = shared.items.pop() {
-            self.make_room();
-            return Poll::Ready(Some(item));
+        let this = self.get_mut();
+        let batch = this.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Some(item) = batch.pop_front() {
+            this.handed += 1;
+            // A producer waiting for room goes on once half a buffer was handed out, not only
+            // when the batch runs out.
+            if this.handed >= this.shared.buffer - this.shared.resume_at
+                && this.shared.producer_stopped.load(Ordering::Relaxed)
+            {
+                this.settle();
+            }
+            return Poll::Ready(Some(Ok(item)));
         }
-        // Read `ended` before the second look: if it was set, every item is in the queue.
-        let ended = shared.ended.load(Ordering::Acquire);
-        shared.consumer.register(cx.waker());
-        if let Ok(item) = shared.items.pop() {
-            self.make_room();
-            return Poll::Ready(Some(item));
-        }
-        if ended || (shared.ended.load(Ordering::Acquire) && shared.items.is_empty()) {
-            return Poll::Ready(None);
-        }
-        self.make_room();
-        Poll::Pending
+        // The batch ran out: settle it and take whatever the producer has queued since.
+        let shared = &this.shared;
+        let mut state = shared.lock();
+        let room = shared.settle(&mut state, this.handed);
+        this.handed = 0;
+        std::mem::swap(&mut state.items, batch);
+        let poll = match batch.pop_front() {
+            Some(item) => {
+                this.handed = 1;
+                Poll::Ready(Some(Ok(item)))
+            }
+            // Every item came before the end: the producer queues them first.
+            None => match state.end.take() {
+                Some(End::Failed(err)) => {
+                    state.end = Some(End::Done);
+                    Poll::Ready(Some(Err(err)))
+                }
+                Some(End::Done) => {
+                    state.end = Some(End::Done);
+                    Poll::Ready(None)
+                }
+                None => {
+                    match &state.consumer {
+                        Some(waker) if waker.will_wake(cx.waker()) => {}
+                        _ => state.consumer = Some(cx.waker().clone()),
+                    }
+                    Poll::Pending
+                }
+            },
+        };
+        drop(state);
+        make_room(shared, room);
+        poll
     }
 }
 
 impl<T: Send + 'static> Drop for IterStream<T> {
     fn drop(&mut self) {
         let shared = &self.shared;
-        shared.closed.store(true, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        shared.closed.store(true, Ordering::Release);
+        let (parked, items) = {
+            let mut state = shared.lock();
+            state.producer_waiting = false;
+            (state.parked.take(), std::mem::take(&mut state.items))
+        };
+        // A producer waiting for room wakes up to see `closed`.
+        shared.room.notify_one();
         // A parked iterator is dropped on a worker too, like one that was running.
-        if let Some(iter) = shared.take_parked() {
+        if let Some(iter) = parked {
             match &shared.runner {
                 Runner::Pool(pool) => pool.spawn(move || drop_quietly(iter)).detach(),
                 Runner::Dedicated(_) => drop_quietly(iter),
             }
         }
-        shared.wake_producer();
-        while let Ok(item) = shared.items.pop() {
+        let batch = self.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for item in items.into_iter().chain(batch.drain(..)) {
             drop_quietly(item);
         }
     }
@@ -389,11 +519,12 @@ impl<T: Send + 'static> Drop for IterStream<T> {
 
 impl<T: Send + 'static> fmt::Debug for IterStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.lock();
         f.debug_struct("IterStream")
-            .field("buffered", &self.shared.items.len())
+            .field("buffered", &(state.items.len() + self.batch_len()))
             .field("buffer", &self.shared.buffer)
-            .field("parked", &self.shared.is_parked.load(Ordering::SeqCst))
-            .field("ended", &self.shared.ended.load(Ordering::SeqCst))
+            .field("parked", &state.parked.is_some())
+            .field("ended", &state.end.is_some())
             .finish()
     }
 }

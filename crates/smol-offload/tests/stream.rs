@@ -247,3 +247,67 @@ fn a_dedicated_producer_sleeps_with_at_most_the_buffer_ahead() {
     assert!((10..=10 + 4 + 1).contains(&count), "produced {count}");
     drop(numbers);
 }
+
+/// An item that counts its drops.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn dropping_a_stream_drops_every_item_it_did_not_hand_out() {
+    let pool = ThreadPool::new(1).unwrap();
+    let produced = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (counter, on_drop) = (produced.clone(), dropped.clone());
+    let items = std::iter::repeat_with(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Counted(on_drop.clone())
+    });
+    let mut items = pool.stream(items, 8);
+    block_on(async {
+        // The first read takes a batch of several items; the rest of it is still unread.
+        drop(items.next().await.unwrap().unwrap());
+        pool.spawn(|| ()).await.unwrap(); // the producer has filled the buffer and parked
+        drop(items.next().await.unwrap().unwrap());
+    });
+    drop(items);
+    // One thread, FIFO: once this runs, the producer's job (and the parked iterator's drop) is
+    // over, and with it the last owner of anything the stream held.
+    block_on(pool.spawn(|| ())).unwrap();
+    let produced = produced.load(Ordering::SeqCst);
+    assert!((2..=2 + 8 + 1).contains(&produced), "produced {produced}");
+    assert_eq!(dropped.load(Ordering::SeqCst), produced);
+}
+
+#[test]
+fn an_ended_stream_keeps_returning_none() {
+    let pool = ThreadPool::new(1).unwrap();
+    let mut numbers = pool.stream(0..3u8, 2);
+    block_on(async {
+        for expected in 0..3 {
+            assert_eq!(numbers.next().await.unwrap().unwrap(), expected);
+        }
+        assert!(numbers.next().await.is_none());
+        assert!(numbers.next().await.is_none());
+    });
+    let items = (0..3u8).map(|n| if n == 1 { panic!("second") } else { n });
+    let mut failing = pool.stream(items, 2);
+    block_on(async {
+        assert_eq!(failing.next().await.unwrap().unwrap(), 0);
+        assert!(failing.next().await.unwrap().unwrap_err().is_panic());
+        assert!(failing.next().await.is_none());
+        assert!(failing.next().await.is_none());
+    });
+}
+
+#[test]
+fn a_stream_is_send_sync_and_unpin_for_any_send_item() {
+    fn check<S: Send + Sync + Unpin>() {}
+    // `Cell` is `Send` but not `Sync`: the stream must not need more than `Send` of its items.
+    check::<IterStream<std::cell::Cell<u8>>>();
+    check::<IterStream<Vec<u8>>>();
+}
