@@ -589,3 +589,121 @@ fn a_job_that_always_kills_its_process_fails_after_three_runs() {
     // The worker still serves.
     assert_eq!(block_on(remote.run(square, 4)).unwrap(), 16);
 }
+
+/// Waits, without a time limit of its own (the watchdog has one), until `ready` holds.
+fn wait_until(mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "waited a minute");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_remote_task_is_started_once_a_worker_claims_it() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "started");
+    let url = redis.url();
+    let task = remote.run(
+        gated,
+        (url, "started-report".to_owned(), "started-gate".to_owned()),
+    );
+    let mut connection = connect(&redis);
+    wait_for_entries(&mut connection, "smol-offload:started:jobs", 1);
+    assert!(!task.is_started(), "no worker yet");
+    let _workers = start_workers(&redis, "started", 1, 1);
+    pop(&mut connection, "started-report");
+    // The worker pushed its started notice before it ran the job: the pool hears of it.
+    wait_until(|| task.is_started());
+    assert!(!task.is_finished());
+    assert_eq!(remote.stats().running, 1, "{}", remote.stats());
+    open_gate(&mut connection, "started-gate");
+    assert!(block_on(task).is_ok());
+}
+
+/// The client id and job id of the first job on `queue`'s stream, and its entry id.
+fn first_job(connection: &mut redis::Connection, queue: &str) -> (String, u64, String) {
+    let key = format!("smol-offload:{queue}:jobs");
+    wait_for_entries(connection, &key, 1);
+    let read: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(connection)
+        .unwrap();
+    let entry = &read.ids[0];
+    let bytes: Vec<u8> = entry.get("job").unwrap();
+    // A signed message is (body, signature); a job's body opens with its client and id.
+    let ((body, _), _): ((Vec<u8>, Vec<u8>), _) = postcard::take_from_bytes(&bytes).unwrap();
+    let ((client, id), _): ((String, u64), _) = postcard::take_from_bytes(&body).unwrap();
+    (client, id, entry.id.clone())
+}
+
+#[test]
+fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "claimed");
+    let url = redis.url();
+    let task = remote.run(record, (url, "claimed-ran".to_owned(), 7));
+    let mut connection = connect(&redis);
+    let (client, id, entry) = first_job(&mut connection, "claimed");
+    // A worker claimed the job and vanished before its started notice reached the pool.
+    redis::cmd("SET")
+        .arg(format!("smol-offload:claimed:claim:{client}:{id}"))
+        .arg(format!("{entry} 1 vanished-host:1"))
+        .query::<()>(&mut connection)
+        .unwrap();
+    let mut cancelling = Box::pin(task.cancel());
+    assert!(block_on(futures_lite::future::poll_once(&mut cancelling)).is_none());
+    // The withdrawal lost the claim: the task counts as started, and is not cancelled.
+    wait_until(|| remote.stats().running == 1);
+    // The job is taken over (at least once) by a worker that joins now, and its result is
+    // what cancelling gives.
+    let _workers = start_workers(&redis, "claimed", 1, 1);
+    assert_eq!(block_on(cancelling).unwrap(), 7);
+    let ran: Vec<u32> = redis::cmd("LRANGE")
+        .arg("claimed-ran")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(ran, [7]);
+}
+
+#[test]
+fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "withdrawn");
+    let url = redis.url();
+    let task = remote.run(record, (url.clone(), "withdrawn-ran".to_owned(), 1));
+    let mut connection = connect(&redis);
+    let (client, id, _) = first_job(&mut connection, "withdrawn");
+    let err = block_on(task.cancel()).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    // The pool won the claim: no worker can take it any more.
+    let claim: String = redis::cmd("GET")
+        .arg(format!("smol-offload:withdrawn:claim:{client}:{id}"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(claim, "cancelled");
+    let stats = remote.stats();
+    assert_eq!(
+        (stats.cancelled, stats.running, stats.queued),
+        (1, 0, 0),
+        "{stats}"
+    );
+    let _workers = start_workers(&redis, "withdrawn", 1, 1);
+    assert_eq!(
+        block_on(remote.run(record, (url, "withdrawn-ran".to_owned(), 2))).unwrap(),
+        2
+    );
+    let ran: Vec<u32> = redis::cmd("LRANGE")
+        .arg("withdrawn-ran")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(ran, [2]);
+}

@@ -74,6 +74,8 @@ pub(crate) enum Outcome {
     Refused(String),
     /// The job could not run for another reason.
     Failed(String),
+    /// Not an end: the worker claimed the job and starts it now. Its reply follows.
+    Started,
 }
 
 /// A worker's reply to one job.
@@ -101,8 +103,8 @@ impl VerifiedJob {
         &self.envelope
     }
 
-    pub(crate) fn into_arg(self) -> Vec<u8> {
-        self.envelope.arg
+    pub(crate) fn into_envelope(self) -> JobEnvelope {
+        self.envelope
     }
 }
 
@@ -178,7 +180,7 @@ mod tests {
         let bytes = Signed::seal(&job([1; 32], NOW), &security);
         let verified = verify(&bytes, &security, &[1; 32], WINDOW, NOW).unwrap();
         assert_eq!(verified.offsets(), [1, 2]);
-        assert_eq!(verified.into_arg(), [42]);
+        assert_eq!(verified.into_envelope().arg, [42]);
     }
 
     #[test]
