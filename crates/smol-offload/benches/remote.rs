@@ -109,6 +109,25 @@ fn remote_round_trips(pool: &RemotePool, count: usize) -> Vec<f64> {
     })
 }
 
+/// The number of commands the broker has run so far, all kinds together (`INFO commandstats`;
+/// a script counts once, and so does each command it calls).
+fn broker_commands(url: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection(url))
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            line.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn remote_burst(pool: &RemotePool, count: u64) -> f64 {
     let start = Instant::now();
     let results = smol::block_on(gather((0..count).map(|n| pool.run(echo, n))));
@@ -189,6 +208,7 @@ fn main() {
         Vec::new(),
         Vec::new(),
     );
+    let (mut commands, mut prefetched_commands) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut times = remote_round_trips(&pool, round_trips);
         times.sort_by(f64::total_cmp);
@@ -198,13 +218,20 @@ fn main() {
         times.sort_by(f64::total_cmp);
         floor.push(median(&times));
         floor_p99.push(times[times.len() * 99 / 100]);
+        let before = broker_commands(&url);
         rates.push(remote_burst(&pool, burst));
+        let between = broker_commands(&url);
         prefetched.push(remote_burst(&prefetching, burst));
+        let after = broker_commands(&url);
+        // Each reading is one INFO command itself.
+        commands.push((between - before - 1) as f64 / burst as f64);
+        prefetched_commands.push((after - between - 1) as f64 / burst as f64);
     }
     let (ours, floor) = (median(&ours), median(&floor));
     let (ours_p99, floor_p99) = (median(&ours_p99), median(&floor_p99));
     let rate = median(&rates);
     let prefetched = median(&prefetched);
+    let (commands, prefetched_commands) = (median(&commands), median(&prefetched_commands));
     println!();
     println!("| contender | round trip median | p99 |");
     println!("| --- | ---: | ---: |");
@@ -216,5 +243,9 @@ fn main() {
          holding 1 job per process, {prefetched:.0} tasks/s with prefetch({PREFETCH}) \
          (target >= 20000/s)",
         ours / floor
+    );
+    println!(
+        "broker commands per task in the bursts: {commands:.1} holding 1 job per process, \
+         {prefetched_commands:.1} with prefetch({PREFETCH})"
     );
 }

@@ -51,7 +51,21 @@ fn start_worker(
     processes: usize,
     index: usize,
 ) -> Child {
-    Command::new(exe)
+    worker_command(exe, redis, queue, processes, index)
+        .spawn()
+        .unwrap()
+}
+
+/// The command of [`start_worker`], for more settings.
+fn worker_command(
+    exe: &std::path::Path,
+    redis: &RedisServer,
+    queue: &str,
+    processes: usize,
+    index: usize,
+) -> Command {
+    let mut command = Command::new(exe);
+    command
         .args([
             "--exact",
             "remote_worker_main",
@@ -63,9 +77,8 @@ fn start_worker(
         .env("TEST_QUEUE", queue)
         .env("TEST_PROCESSES", processes.to_string())
         .env("TEST_WORKER_INDEX", index.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    command
 }
 
 fn start_workers(redis: &RedisServer, queue: &str, count: usize, processes: usize) -> Workers {
@@ -87,9 +100,11 @@ fn remote_worker_main() {
     let url = std::env::var(WORKER_MARKER).unwrap();
     let queue = std::env::var("TEST_QUEUE").unwrap();
     let processes = std::env::var("TEST_PROCESSES").unwrap().parse().unwrap();
+    let prefetch = std::env::var("TEST_PREFETCH").map_or(1, |n| n.parse().unwrap());
     RemoteWorker::builder(&url)
         .queue(&queue)
         .workers(processes)
+        .prefetch(prefetch)
         .key(KEY)
         .visibility_timeout(Duration::from_secs(1))
         .serve()
@@ -706,4 +721,35 @@ fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
         .query(&mut connection)
         .unwrap();
     assert_eq!(ran, [2]);
+}
+
+#[test]
+fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
+    let redis = RedisServer::start();
+    let exe = std::env::current_exe().unwrap();
+    let holder = worker_command(&exe, &redis, "prefetch", 1, 0)
+        .env("TEST_PREFETCH", "4")
+        .spawn()
+        .unwrap();
+    let mut workers = Workers(vec![holder]);
+    let remote = pool(&redis, "prefetch");
+    let hanging = remote.run(report_and_hang, (redis.url(), "prefetch-pids".to_owned()));
+    let mut connection = connect(&redis);
+    let line = pop(&mut connection, "prefetch-pids");
+    let first_pid = line.split_once(' ').unwrap().0.to_owned();
+    // Held by the same worker, behind the hanging job: claimed, so started, but not run.
+    let waiting: Vec<_> = (0..3).map(|n| remote.run(square, n)).collect();
+    wait_until(|| waiting.iter().all(|task| task.is_started()));
+    assert!(waiting.iter().all(|task| !task.is_finished()));
+    assert_eq!(remote.fleet().unwrap().taken, 4);
+    // The whole worker goes away; the other takes over all four after the visibility timeout.
+    workers.0.push(start_worker(&exe, &redis, "prefetch", 1, 1));
+    let _ = workers.0[0].kill();
+    let second_pid = block_on(hanging).unwrap();
+    assert_ne!(second_pid.to_string(), first_pid);
+    let squares: Vec<u64> = block_on(gather(waiting))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(squares, [0, 1, 4]);
 }
