@@ -357,6 +357,9 @@ impl<T> Task<T> {
     /// task has started, this waits for it to end and gives its result. The running closure
     /// can see the request, though: [`cancelled()`](crate::cancelled) is true for it from then
     /// on, so a long loop that checks it can stop early.
+    /// A [`RemotePool`](crate::RemotePool) task has started once a worker claimed its job,
+    /// which `cancel` asks the broker; a remote worker cannot be stopped from here either, so
+    /// this then waits for the job's result.
     ///
     /// # Examples
     ///

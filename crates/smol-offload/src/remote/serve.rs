@@ -47,11 +47,13 @@ pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
 /// A worker of a remote fleet: the settings of [`serve`].
 ///
 /// The worker joins the queue's consumer group, takes a job only when one of its processes is
-/// idle, checks the job's signature, build and age, runs it in its local
-/// [`ProcessPool`] (a crash kills one process, which is replaced), and pushes the signed reply
-/// to the client. A job taken by a worker that died is taken over by another after the
-/// visibility timeout. On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those
-/// it holds, and returns.
+/// idle (or, with [`prefetch`](RemoteWorker::prefetch), up to that many jobs per process),
+/// checks each job's signature, build and age, claims the jobs in one round trip per batch,
+/// runs them in its local [`ProcessPool`] (a crash kills one process, which is replaced), and
+/// pushes the signed replies to their clients, one round trip per batch of jobs that ended.
+/// A job taken by a worker that died is taken over by another after the visibility timeout.
+/// On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those it holds, and
+/// returns.
 #[derive(Debug)]
 #[must_use = "a worker does nothing until serve() is called"]
 pub struct RemoteWorker {
