@@ -264,27 +264,36 @@ impl Inbox {
 }
 
 /// Claims a batch of jobs in one round trip: for each job, `SET claim value NX GET PX ttl`,
-/// and, when this worker won the claim, a started notice pushed to the client's reply list.
-/// Returns, per job, the claim's previous value, or `""` when this worker won it.
+/// and, when this worker won the claim, a started notice for the client's reply list; the
+/// notices go out in one `RPUSH` (and one `PEXPIRE`) per reply list. Returns, per job, the
+/// claim's previous value, or `""` when this worker won it.
 ///
 /// KEYS: claim key and reply key of each job, in pairs. ARGV: the claim's time to live, the
 /// reply list's time to live, then the claim value and the notice of each job, in pairs.
 const CLAIM_SCRIPT: &str = r"
 local claimed = {}
-local expiring = {}
+local lists = {}
+local notices = {}
 for i = 1, #KEYS / 2 do
   local previous = redis.call('SET', KEYS[2 * i - 1], ARGV[2 * i + 1], 'NX', 'GET', 'PX', ARGV[1])
   if previous then
     claimed[i] = previous
   else
     local reply = KEYS[2 * i]
-    redis.call('RPUSH', reply, ARGV[2 * i + 2])
-    if not expiring[reply] then
-      expiring[reply] = true
-      redis.call('PEXPIRE', reply, ARGV[2])
+    if not notices[reply] then
+      notices[reply] = {}
+      lists[#lists + 1] = reply
     end
+    table.insert(notices[reply], ARGV[2 * i + 2])
     claimed[i] = ''
   end
+end
+for _, reply in ipairs(lists) do
+  local batch = notices[reply]
+  for first = 1, #batch, 1000 do
+    redis.call('RPUSH', reply, unpack(batch, first, math.min(first + 999, #batch)))
+  end
+  redis.call('PEXPIRE', reply, ARGV[2])
 end
 return claimed
 ";
