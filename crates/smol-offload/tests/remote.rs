@@ -628,7 +628,7 @@ fn a_remote_task_is_started_once_a_worker_claims_it() {
     assert!(!task.is_started(), "no worker yet");
     let _workers = start_workers(&redis, "started", 1, 1);
     pop(&mut connection, "started-report");
-    // The worker pushed its started notice before it ran the job: the pool hears of it.
+    // A job that has run for a millisecond is announced by its worker: the pool hears of it.
     wait_until(|| task.is_started());
     assert!(!task.is_finished());
     assert_eq!(remote.stats().running, 1, "{}", remote.stats());

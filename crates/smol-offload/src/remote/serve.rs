@@ -29,6 +29,10 @@ use crate::task::Task;
 const REPLY_TTL_MS: u64 = 3_600_000;
 /// How often a worker tells the broker it is alive, and the longest a pull blocks.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a job runs before its worker tells its client that it started. Shorter jobs end
+/// first and are never announced: the notices cost the many short jobs nothing, and a long
+/// job shows as started within a few milliseconds.
+const NOTICE_AFTER: Duration = Duration::from_millis(1);
 
 /// Serves the default queue of the broker at `url` with `workers` local worker processes,
 /// until the process gets `SIGTERM` or `SIGINT`; the signing key comes from
@@ -221,6 +225,8 @@ struct Running {
     claim_key: String,
     attempt: u32,
     task: Task<RawReply>,
+    /// When its started notice is due, until it has been sent.
+    notice_due: Option<Instant>,
 }
 
 /// What the pulling thread hands to the answering thread.
@@ -262,41 +268,6 @@ impl Inbox {
         std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
-
-/// Claims a batch of jobs in one round trip: for each job, `SET claim value NX GET PX ttl`,
-/// and, when this worker won the claim, a started notice for the client's reply list; the
-/// notices go out in one `RPUSH` (and one `PEXPIRE`) per reply list. Returns, per job, the
-/// claim's previous value, or `""` when this worker won it.
-///
-/// KEYS: claim key and reply key of each job, in pairs. ARGV: the claim's time to live, the
-/// reply list's time to live, then the claim value and the notice of each job, in pairs.
-const CLAIM_SCRIPT: &str = r"
-local claimed = {}
-local lists = {}
-local notices = {}
-for i = 1, #KEYS / 2 do
-  local previous = redis.call('SET', KEYS[2 * i - 1], ARGV[2 * i + 1], 'NX', 'GET', 'PX', ARGV[1])
-  if previous then
-    claimed[i] = previous
-  else
-    local reply = KEYS[2 * i]
-    if not notices[reply] then
-      notices[reply] = {}
-      lists[#lists + 1] = reply
-    end
-    table.insert(notices[reply], ARGV[2 * i + 2])
-    claimed[i] = ''
-  end
-end
-for _, reply in ipairs(lists) do
-  local batch = notices[reply]
-  for first = 1, #batch, 1000 do
-    redis.call('RPUSH', reply, unpack(batch, first, math.min(first + 999, #batch)))
-  end
-  redis.call('PEXPIRE', reply, ARGV[2])
-end
-return claimed
-";
 
 struct Runner {
     keys: Keys,
@@ -568,29 +539,21 @@ impl Runner {
             return Ok(handed);
         }
         let ttl = self.window_ms + 60_000;
-        let mut script = redis::cmd("EVAL");
-        script.arg(CLAIM_SCRIPT).arg(2 * runnable.len());
-        for (_, verified) in &runnable {
-            let envelope = verified.envelope();
-            script
-                .arg(self.keys.claim(&envelope.client, envelope.id))
-                .arg(self.keys.replies(&envelope.client));
-        }
-        script.arg(ttl).arg(REPLY_TTL_MS);
+        let mut claims = redis::pipe();
         for (entry, verified) in &runnable {
             let envelope = verified.envelope();
-            let notice = ReplyEnvelope {
-                id: envelope.id,
-                outcome: Outcome::Started,
-                worker: self.name.clone(),
-            };
-            script
+            claims
+                .cmd("SET")
+                .arg(self.keys.claim(&envelope.client, envelope.id))
                 .arg(format!("{entry} 1 {}", self.name))
-                .arg(Signed::seal(&notice, &self.security));
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(ttl);
         }
-        let previous: Vec<String> = script.query(open)?;
+        let previous: Vec<Option<String>> = claims.query(open)?;
         for ((entry, verified), previous) in runnable.into_iter().zip(previous) {
-            match self.claimed(open, entry, verified, &previous)? {
+            match self.claimed(open, entry, verified, previous.as_deref())? {
                 Claimed::Run(running) => handed.push(Handed::Running(running)),
                 Claimed::Answer(answer) => handed.push(Handed::Answer(answer)),
             }
@@ -598,20 +561,20 @@ impl Runner {
         Ok(handed)
     }
 
-    /// Acts on a job's claim: `previous` is empty when this worker won it, else the claim
+    /// Acts on a job's claim: `previous` is `None` when this worker won it, else the claim
     /// someone made before (`entry attempts host:pid`, or `cancelled`).
     fn claimed(
         &self,
         open: &mut redis::Connection,
         entry: String,
         verified: VerifiedJob,
-        previous: &str,
+        previous: Option<&str>,
     ) -> redis::RedisResult<Claimed> {
         let call = sys::call_of_verified_job(&verified);
         let envelope = verified.into_envelope();
         let claim_key = self.keys.claim(&envelope.client, envelope.id);
         let mut attempt = 1;
-        if !previous.is_empty() {
+        if let Some(previous) = previous {
             let mut parts = previous.split(' ');
             let claimed_entry = parts.next();
             let attempts = parts.next().and_then(|n| n.parse::<u32>().ok());
@@ -671,14 +634,18 @@ impl Runner {
             claim_key,
             attempt,
             task,
+            notice_due: Some(Instant::now() + NOTICE_AFTER),
         })))
     }
 
     /// Waits for the jobs it is handed to end, and answers them in batches: one round trip
-    /// for all the replies and acknowledgements ready at once.
+    /// for all the replies and acknowledgements ready at once, and the started notices of the
+    /// jobs that have run for [`NOTICE_AFTER`].
     fn answer_loop(&self, inbox: &Inbox, idle: &mpsc::Sender<usize>) {
         let mut connection: Option<redis::Connection> = None;
         let mut running: Vec<Box<Running>> = Vec::new();
+        let mut timer = async_io::Timer::never();
+        let mut timer_at: Option<Instant> = None;
         loop {
             let mut answers = Vec::new();
             let mut finished = Vec::new();
@@ -699,11 +666,26 @@ impl Runner {
                     }
                 }
                 if !answers.is_empty() || !finished.is_empty() {
-                    Poll::Ready(false)
-                } else if closed && running.is_empty() {
-                    Poll::Ready(true)
-                } else {
-                    Poll::Pending
+                    return Poll::Ready(false);
+                }
+                if closed && running.is_empty() {
+                    return Poll::Ready(true);
+                }
+                let due = running.iter().filter_map(|job| job.notice_due).min();
+                if due != timer_at {
+                    timer_at = due;
+                    match due {
+                        Some(at) => timer.set_at(at),
+                        None => timer = async_io::Timer::never(),
+                    }
+                }
+                match Pin::new(&mut timer).poll(cx) {
+                    Poll::Ready(_) => {
+                        timer_at = None;
+                        timer = async_io::Timer::never();
+                        Poll::Ready(false)
+                    }
+                    Poll::Pending => Poll::Pending,
                 }
             }));
             for (job, result) in finished {
@@ -712,8 +694,27 @@ impl Runner {
                     Claimed::Answer(answer) => answers.push(answer),
                 }
             }
+            let now = Instant::now();
+            let notices: Vec<(&str, Vec<u8>)> = running
+                .iter_mut()
+                .filter(|job| job.notice_due.is_some_and(|due| due <= now))
+                .map(|job| {
+                    job.notice_due = None;
+                    let notice = ReplyEnvelope {
+                        id: job.envelope.id,
+                        outcome: Outcome::Started,
+                        worker: self.name.clone(),
+                    };
+                    (
+                        job.envelope.client.as_str(),
+                        Signed::seal(&notice, &self.security),
+                    )
+                })
+                .collect();
+            if !answers.is_empty() || !notices.is_empty() {
+                self.write_answers(&mut connection, &answers, &notices);
+            }
             if !answers.is_empty() {
-                self.write_answers(&mut connection, &answers);
                 self.unhold(answers.iter().map(|answer| &answer.entry));
                 let _ = idle.send(answers.len());
             }
@@ -799,14 +800,26 @@ impl Runner {
         Ok(connection.as_mut().expect("connected just now"))
     }
 
-    /// Writes a batch of answers in one round trip: the replies, one push per client, the
-    /// refusals, and the acknowledgement and deletion of every entry. If the broker went
-    /// away, once more on a new connection; if that fails too, the entries stay pending and
-    /// are taken over after the visibility timeout (at least once).
-    fn write_answers(&self, connection: &mut Option<redis::Connection>, answers: &[Answer]) {
+    /// Writes a batch of started notices and answers in one round trip: the notices and the
+    /// replies, one push per client, the refusals, and the acknowledgement and deletion of
+    /// every answered entry. If the broker went away, once more on a new connection; if that
+    /// fails too, the entries stay pending and are taken over after the visibility timeout (at
+    /// least once).
+    fn write_answers(
+        &self,
+        connection: &mut Option<redis::Connection>,
+        answers: &[Answer],
+        notices: &[(&str, Vec<u8>)],
+    ) {
         let jobs_key = self.keys.jobs();
         let mut pipe = redis::pipe();
         let mut replies: Vec<(&str, Vec<&[u8]>)> = Vec::new();
+        for (client, bytes) in notices {
+            match replies.iter_mut().find(|(to, _)| to == client) {
+                Some((_, batch)) => batch.push(bytes),
+                None => replies.push((client, vec![bytes])),
+            }
+        }
         for answer in answers {
             if let Some((client, bytes)) = &answer.reply {
                 match replies.iter_mut().find(|(to, _)| to == client) {
@@ -842,15 +855,17 @@ impl Runner {
                 .ignore();
         }
         let entries: Vec<&String> = answers.iter().map(|answer| &answer.entry).collect();
-        pipe.cmd("XACK")
-            .arg(&jobs_key)
-            .arg(GROUP)
-            .arg(&entries)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&jobs_key)
-            .arg(&entries)
-            .ignore();
+        if !entries.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&jobs_key)
+                .arg(GROUP)
+                .arg(&entries)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&jobs_key)
+                .arg(&entries)
+                .ignore();
+        }
         for attempt in 0..2 {
             let written = self
                 .connection(connection)
