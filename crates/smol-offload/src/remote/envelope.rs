@@ -74,7 +74,7 @@ pub(crate) enum Outcome {
     Refused(String),
     /// The job could not run for another reason.
     Failed(String),
-    /// Not an end: the worker claimed the job and starts it now. Its reply follows.
+    /// Not an end: the worker claimed the job and has held it for a while. Its reply follows.
     Started,
 }
 

@@ -57,7 +57,8 @@ pub enum Delivery {
 /// under [`Delivery::AtMostOnce`]. Dropping a task before a worker took its job withdraws the
 /// job, which then never runs; dropping the last handle fails every pending task with a
 /// shutdown error and withdraws their jobs. A task [`is_started`](crate::Task::is_started) once
-/// a worker claimed its job; [`cancel`](crate::Task::cancel) asks the broker whether a worker
+/// a worker has held its job for a millisecond (shorter jobs go from queued to finished);
+/// [`cancel`](crate::Task::cancel) asks the broker whether a worker
 /// claimed it first: if none did, the job never runs and the task is cancelled; if one did, it
 /// waits for the job's result, as for a started thread task. If the broker goes away, the
 /// pending tasks fail with an error saying so, and the pool reconnects for the next ones.

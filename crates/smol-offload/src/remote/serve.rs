@@ -130,9 +130,9 @@ impl RemoteWorker {
     /// How many jobs the worker holds per process (default 1, at least 1): with more, it takes
     /// jobs in larger batches and keeps its processes busy while it talks to the broker, which
     /// is much faster for short jobs, like Celery's `worker_prefetch_multiplier`. A job held
-    /// is claimed, so it counts as started: [`Task::is_started`](crate::Task::is_started) is
-    /// true and cancelling it no longer withdraws it, even while it waits for a process behind
-    /// the jobs held before it. Keep 1 for long jobs, so that an idle worker elsewhere takes
+    /// is claimed, so it counts as started (its [`Task::is_started`](crate::Task::is_started)
+    /// becomes true a millisecond later) and cancelling it no longer withdraws it, even while
+    /// it waits for a process behind the jobs held before it. Keep 1 for long jobs, so that an idle worker elsewhere takes
     /// them instead.
     pub fn prefetch(mut self, jobs_per_process: usize) -> RemoteWorker {
         self.prefetch = jobs_per_process.max(1);
