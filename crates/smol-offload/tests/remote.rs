@@ -753,3 +753,26 @@ fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
         .collect();
     assert_eq!(squares, [0, 1, 4]);
 }
+
+#[test]
+fn cancelling_a_running_remote_job_gives_its_result_not_cancelled() {
+    let redis = RedisServer::start();
+    let _workers = start_workers(&redis, "running", 1, 1);
+    let remote = pool(&redis, "running");
+    let url = redis.url();
+    let task = remote.run(
+        gated,
+        (url, "running-report".to_owned(), "running-gate".to_owned()),
+    );
+    let mut connection = connect(&redis);
+    pop(&mut connection, "running-report");
+    // The job runs: whether or not its started notice has come yet, cancelling cannot stop
+    // it, so it waits for the job and gives its result.
+    let mut cancelling = Box::pin(task.cancel());
+    assert!(block_on(futures_lite::future::poll_once(&mut cancelling)).is_none());
+    open_gate(&mut connection, "running-gate");
+    let pid = block_on(cancelling).unwrap();
+    assert_ne!(pid, std::process::id());
+    let stats = remote.stats();
+    assert_eq!((stats.completed, stats.cancelled), (1, 0), "{stats}");
+}
