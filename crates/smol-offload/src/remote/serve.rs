@@ -383,16 +383,18 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(entries.iter().cloned());
-            match self.check_and_claim(open, taken) {
-                Ok(handed) => inbox.push(handed),
-                Err(err) => {
-                    // Not answered: they stay pending on the stream, and are taken over (by
-                    // this worker or another) after the visibility timeout.
-                    self.log(&format!("lost the broker while claiming jobs: {err}"));
-                    self.unhold(&entries);
-                    idle += entries.len();
-                    connection = None;
-                }
+            let (handed, lost) = self.check_and_claim(open, taken);
+            inbox.push(handed);
+            if let Some((lost, err)) = lost {
+                // Not answered: they stay pending on the stream, and are taken over (by this
+                // worker or another) after the visibility timeout.
+                self.log(&format!(
+                    "lost the broker while claiming {} jobs: {err}",
+                    lost.len()
+                ));
+                self.unhold(&lost);
+                idle += lost.len();
+                connection = None;
             }
         }
         self.log("stopping: finishing the jobs it holds");
@@ -499,12 +501,13 @@ impl Runner {
     }
 
     /// Checks a batch of jobs, claims the runnable ones in one round trip, and starts those
-    /// this worker won in the process pool.
+    /// this worker won in the process pool. Also returns the entries of the jobs it could not
+    /// claim because the broker went away, with the error.
     fn check_and_claim(
         &self,
         open: &mut redis::Connection,
         taken: Vec<Taken>,
-    ) -> redis::RedisResult<Vec<Handed>> {
+    ) -> (Vec<Handed>, Option<(Vec<String>, redis::RedisError)>) {
         let now = identity::now_ms();
         let mut handed = Vec::with_capacity(taken.len());
         let mut runnable = Vec::with_capacity(taken.len());
@@ -536,7 +539,7 @@ impl Runner {
             }
         }
         if runnable.is_empty() {
-            return Ok(handed);
+            return (handed, None);
         }
         let ttl = self.window_ms + 60_000;
         let mut claims = redis::pipe();
@@ -551,14 +554,26 @@ impl Runner {
                 .arg("PX")
                 .arg(ttl);
         }
-        let previous: Vec<Option<String>> = claims.query(open)?;
+        let previous: Vec<Option<String>> = match claims.query(open) {
+            Ok(previous) => previous,
+            Err(err) => {
+                let lost = runnable.into_iter().map(|(entry, _)| entry).collect();
+                return (handed, Some((lost, err)));
+            }
+        };
+        let mut lost: Option<(Vec<String>, redis::RedisError)> = None;
         for ((entry, verified), previous) in runnable.into_iter().zip(previous) {
-            match self.claimed(open, entry, verified, previous.as_deref())? {
-                Claimed::Run(running) => handed.push(Handed::Running(running)),
-                Claimed::Answer(answer) => handed.push(Handed::Answer(answer)),
+            let kept = entry.clone();
+            match self.claimed(open, entry, verified, previous.as_deref()) {
+                Ok(Claimed::Run(running)) => handed.push(Handed::Running(running)),
+                Ok(Claimed::Answer(answer)) => handed.push(Handed::Answer(answer)),
+                Err(err) => match &mut lost {
+                    Some((entries, _)) => entries.push(kept),
+                    None => lost = Some((vec![kept], err)),
+                },
             }
         }
-        Ok(handed)
+        (handed, lost)
     }
 
     /// Acts on a job's claim: `previous` is `None` when this worker won it, else the claim
