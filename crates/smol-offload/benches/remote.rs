@@ -25,6 +25,9 @@ const ROLE_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_ROLE";
 const URL_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_REMOTE_URL";
 const KEY: &str = "benchmark-key-0123456789abcdef";
 const QUEUE: &str = "bench";
+/// The queue of the second fleet, whose workers hold several jobs per process.
+const PREFETCH_QUEUE: &str = "bench-prefetch";
+const PREFETCH: usize = 32;
 const WORKERS: usize = 2;
 
 fn echo(n: u64) -> u64 {
@@ -106,6 +109,25 @@ fn remote_round_trips(pool: &RemotePool, count: usize) -> Vec<f64> {
     })
 }
 
+/// The number of commands the broker has run so far, all kinds together (`INFO commandstats`;
+/// a script counts once, and so does each command it calls).
+fn broker_commands(url: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut connection(url))
+        .unwrap();
+    info.lines()
+        .filter_map(|line| {
+            line.split_once("calls=")?
+                .1
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
 fn remote_burst(pool: &RemotePool, count: u64) -> f64 {
     let start = Instant::now();
     let results = smol::block_on(gather((0..count).map(|n| pool.run(echo, n))));
@@ -129,6 +151,17 @@ fn main() {
                 .unwrap();
             return;
         }
+        Ok("prefetching-worker") => {
+            let url = std::env::var(URL_VARIABLE).unwrap();
+            RemoteWorker::builder(&url)
+                .queue(PREFETCH_QUEUE)
+                .key(KEY)
+                .workers(1)
+                .prefetch(PREFETCH)
+                .serve()
+                .unwrap();
+            return;
+        }
         Ok("echo") => return echo_loop(&std::env::var(URL_VARIABLE).unwrap()),
         _ => {}
     }
@@ -138,9 +171,15 @@ fn main() {
     let mut children = Children(vec![start_role("echo", &url)]);
     for _ in 0..WORKERS {
         children.0.push(start_role("worker", &url));
+        children.0.push(start_role("prefetching-worker", &url));
     }
     let pool = RemotePool::builder(&url)
         .queue(QUEUE)
+        .key(KEY)
+        .build()
+        .unwrap();
+    let prefetching = RemotePool::builder(&url)
+        .queue(PREFETCH_QUEUE)
         .key(KEY)
         .build()
         .unwrap();
@@ -151,15 +190,25 @@ fn main() {
     };
     // Warm up: both workers have joined and answered.
     smol::block_on(gather((0..100).map(|n| pool.run(echo, n))));
+    smol::block_on(gather((0..100).map(|n| prefetching.run(echo, n))));
 
     println!("smol-offload remote pool benchmark");
     println!("machine: {}", machine());
     println!(
         "redis-server on loopback; {WORKERS} workers of 1 process each; {round_trips} round \
-         trips and a burst of {burst} tasks per round, {rounds} rounds (medians across rounds)"
+         trips and a burst of {burst} tasks per round, {rounds} rounds (medians across rounds); \
+         the bursts run on two fleets of {WORKERS} such workers, one holding 1 job per process \
+         (the default), one holding {PREFETCH} (prefetch({PREFETCH}))"
     );
-    let (mut ours, mut floor, mut ours_p99, mut floor_p99, mut rates) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut floor, mut ours_p99, mut floor_p99, mut rates, mut prefetched) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut commands, mut prefetched_commands) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let mut times = remote_round_trips(&pool, round_trips);
         times.sort_by(f64::total_cmp);
@@ -169,11 +218,20 @@ fn main() {
         times.sort_by(f64::total_cmp);
         floor.push(median(&times));
         floor_p99.push(times[times.len() * 99 / 100]);
+        let before = broker_commands(&url);
         rates.push(remote_burst(&pool, burst));
+        let between = broker_commands(&url);
+        prefetched.push(remote_burst(&prefetching, burst));
+        let after = broker_commands(&url);
+        // Each reading is one INFO command itself.
+        commands.push((between - before - 1) as f64 / burst as f64);
+        prefetched_commands.push((after - between - 1) as f64 / burst as f64);
     }
     let (ours, floor) = (median(&ours), median(&floor));
     let (ours_p99, floor_p99) = (median(&ours_p99), median(&floor_p99));
     let rate = median(&rates);
+    let prefetched = median(&prefetched);
+    let (commands, prefetched_commands) = (median(&commands), median(&prefetched_commands));
     println!();
     println!("| contender | round trip median | p99 |");
     println!("| --- | ---: | ---: |");
@@ -182,7 +240,12 @@ fn main() {
     println!();
     println!(
         "round trip: {:.2}x the floor (target <= 3x); burst of {burst}: {rate:.0} tasks/s \
+         holding 1 job per process, {prefetched:.0} tasks/s with prefetch({PREFETCH}) \
          (target >= 20000/s)",
         ours / floor
+    );
+    println!(
+        "broker commands per task in the bursts: {commands:.1} holding 1 job per process, \
+         {prefetched_commands:.1} with prefetch({PREFETCH})"
     );
 }

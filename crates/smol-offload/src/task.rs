@@ -104,6 +104,15 @@ pub(crate) trait Assist: Send + Sync {
     /// cannot go on yet and `waker` is given, arranges for `waker` to be woken when it can (the
     /// waker last given is remembered for calls without one).
     fn assist(&self, waker: Option<&Waker>);
+
+    /// For [`Task::cancel`] of work not known to have started, when only the runner can tell
+    /// (a remote job may be claimed by a worker the awaiting side has not heard from yet):
+    /// asks the runner to withdraw the work and returns true; the runner then completes the
+    /// promise with a cancelled error if the work never starts, or marks it started and
+    /// completes it with its result. Returns false (the default) when the task decides alone.
+    fn withdraw(&self) -> bool {
+        false
+    }
 }
 
 /// How to stop the work of a [`Task`] that has started: the process pool kills its worker.
@@ -348,6 +357,9 @@ impl<T> Task<T> {
     /// task has started, this waits for it to end and gives its result. The running closure
     /// can see the request, though: [`cancelled()`](crate::cancelled) is true for it from then
     /// on, so a long loop that checks it can stop early.
+    /// A [`RemotePool`](crate::RemotePool) task has started once a worker claimed its job,
+    /// which `cancel` asks the broker; a remote worker cannot be stopped from here either, so
+    /// this then waits for the job's result.
     ///
     /// # Examples
     ///
@@ -364,6 +376,12 @@ impl<T> Task<T> {
     /// ```
     pub async fn cancel(mut self) -> Result<T, Error> {
         if let Some(shared) = &self.shared {
+            if shared.state.load(Ordering::Acquire) & (STARTED | DONE) == 0
+                && self.assist.as_ref().is_some_and(|assist| assist.withdraw())
+            {
+                shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
+                return self.await;
+            }
             let mut state = shared.state.load(Ordering::Acquire);
             while state & (STARTED | DONE) == 0 {
                 match shared.state.compare_exchange_weak(

@@ -51,7 +51,21 @@ fn start_worker(
     processes: usize,
     index: usize,
 ) -> Child {
-    Command::new(exe)
+    worker_command(exe, redis, queue, processes, index)
+        .spawn()
+        .unwrap()
+}
+
+/// The command of [`start_worker`], for more settings.
+fn worker_command(
+    exe: &std::path::Path,
+    redis: &RedisServer,
+    queue: &str,
+    processes: usize,
+    index: usize,
+) -> Command {
+    let mut command = Command::new(exe);
+    command
         .args([
             "--exact",
             "remote_worker_main",
@@ -63,9 +77,8 @@ fn start_worker(
         .env("TEST_QUEUE", queue)
         .env("TEST_PROCESSES", processes.to_string())
         .env("TEST_WORKER_INDEX", index.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
+        .stdout(Stdio::null());
+    command
 }
 
 fn start_workers(redis: &RedisServer, queue: &str, count: usize, processes: usize) -> Workers {
@@ -87,9 +100,11 @@ fn remote_worker_main() {
     let url = std::env::var(WORKER_MARKER).unwrap();
     let queue = std::env::var("TEST_QUEUE").unwrap();
     let processes = std::env::var("TEST_PROCESSES").unwrap().parse().unwrap();
+    let prefetch = std::env::var("TEST_PREFETCH").map_or(1, |n| n.parse().unwrap());
     RemoteWorker::builder(&url)
         .queue(&queue)
         .workers(processes)
+        .prefetch(prefetch)
         .key(KEY)
         .visibility_timeout(Duration::from_secs(1))
         .serve()
@@ -588,4 +603,176 @@ fn a_job_that_always_kills_its_process_fails_after_three_runs() {
     assert!(err.to_string().contains("kills its worker"), "{err}");
     // The worker still serves.
     assert_eq!(block_on(remote.run(square, 4)).unwrap(), 16);
+}
+
+/// Waits, without a time limit of its own (the watchdog has one), until `ready` holds.
+fn wait_until(mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "waited a minute");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_remote_task_is_started_once_a_worker_claims_it() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "started");
+    let url = redis.url();
+    let task = remote.run(
+        gated,
+        (url, "started-report".to_owned(), "started-gate".to_owned()),
+    );
+    let mut connection = connect(&redis);
+    wait_for_entries(&mut connection, "smol-offload:started:jobs", 1);
+    assert!(!task.is_started(), "no worker yet");
+    let _workers = start_workers(&redis, "started", 1, 1);
+    pop(&mut connection, "started-report");
+    // A job that has run for a millisecond is announced by its worker: the pool hears of it.
+    wait_until(|| task.is_started());
+    assert!(!task.is_finished());
+    assert_eq!(remote.stats().running, 1, "{}", remote.stats());
+    open_gate(&mut connection, "started-gate");
+    assert!(block_on(task).is_ok());
+}
+
+/// The client id and job id of the first job on `queue`'s stream, and its entry id.
+fn first_job(connection: &mut redis::Connection, queue: &str) -> (String, u64, String) {
+    let key = format!("smol-offload:{queue}:jobs");
+    wait_for_entries(connection, &key, 1);
+    let read: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&key)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query(connection)
+        .unwrap();
+    let entry = &read.ids[0];
+    let bytes: Vec<u8> = entry.get("job").unwrap();
+    // A signed message is (body, signature); a job's body opens with its client and id.
+    let ((body, _), _): ((Vec<u8>, Vec<u8>), _) = postcard::take_from_bytes(&bytes).unwrap();
+    let ((client, id), _): ((String, u64), _) = postcard::take_from_bytes(&body).unwrap();
+    (client, id, entry.id.clone())
+}
+
+#[test]
+fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "claimed");
+    let url = redis.url();
+    let task = remote.run(record, (url, "claimed-ran".to_owned(), 7));
+    let mut connection = connect(&redis);
+    let (client, id, entry) = first_job(&mut connection, "claimed");
+    // A worker claimed the job and vanished before its started notice reached the pool.
+    redis::cmd("SET")
+        .arg(format!("smol-offload:claimed:claim:{client}:{id}"))
+        .arg(format!("{entry} 1 vanished-host:1"))
+        .query::<()>(&mut connection)
+        .unwrap();
+    let mut cancelling = Box::pin(task.cancel());
+    assert!(block_on(futures_lite::future::poll_once(&mut cancelling)).is_none());
+    // The withdrawal lost the claim: the task counts as started, and is not cancelled.
+    wait_until(|| remote.stats().running == 1);
+    // The job is taken over (at least once) by a worker that joins now, and its result is
+    // what cancelling gives.
+    let _workers = start_workers(&redis, "claimed", 1, 1);
+    assert_eq!(block_on(cancelling).unwrap(), 7);
+    let ran: Vec<u32> = redis::cmd("LRANGE")
+        .arg("claimed-ran")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(ran, [7]);
+}
+
+#[test]
+fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
+    let redis = RedisServer::start();
+    let remote = pool(&redis, "withdrawn");
+    let url = redis.url();
+    let task = remote.run(record, (url.clone(), "withdrawn-ran".to_owned(), 1));
+    let mut connection = connect(&redis);
+    let (client, id, _) = first_job(&mut connection, "withdrawn");
+    let err = block_on(task.cancel()).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    // The pool won the claim: no worker can take it any more.
+    let claim: String = redis::cmd("GET")
+        .arg(format!("smol-offload:withdrawn:claim:{client}:{id}"))
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(claim, "cancelled");
+    let stats = remote.stats();
+    assert_eq!(
+        (stats.cancelled, stats.running, stats.queued),
+        (1, 0, 0),
+        "{stats}"
+    );
+    let _workers = start_workers(&redis, "withdrawn", 1, 1);
+    assert_eq!(
+        block_on(remote.run(record, (url, "withdrawn-ran".to_owned(), 2))).unwrap(),
+        2
+    );
+    let ran: Vec<u32> = redis::cmd("LRANGE")
+        .arg("withdrawn-ran")
+        .arg(0)
+        .arg(-1)
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(ran, [2]);
+}
+
+#[test]
+fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
+    let redis = RedisServer::start();
+    let exe = std::env::current_exe().unwrap();
+    let holder = worker_command(&exe, &redis, "prefetch", 1, 0)
+        .env("TEST_PREFETCH", "4")
+        .spawn()
+        .unwrap();
+    let mut workers = Workers(vec![holder]);
+    let remote = pool(&redis, "prefetch");
+    let hanging = remote.run(report_and_hang, (redis.url(), "prefetch-pids".to_owned()));
+    let mut connection = connect(&redis);
+    let line = pop(&mut connection, "prefetch-pids");
+    let first_pid = line.split_once(' ').unwrap().0.to_owned();
+    // Held by the same worker, behind the hanging job: claimed, so started, but not run.
+    let waiting: Vec<_> = (0..3).map(|n| remote.run(square, n)).collect();
+    wait_until(|| waiting.iter().all(|task| task.is_started()));
+    assert!(waiting.iter().all(|task| !task.is_finished()));
+    assert_eq!(remote.fleet().unwrap().taken, 4);
+    // The whole worker goes away; the other takes over all four after the visibility timeout.
+    workers.0.push(start_worker(&exe, &redis, "prefetch", 1, 1));
+    let _ = workers.0[0].kill();
+    let second_pid = block_on(hanging).unwrap();
+    assert_ne!(second_pid.to_string(), first_pid);
+    let squares: Vec<u64> = block_on(gather(waiting))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(squares, [0, 1, 4]);
+}
+
+#[test]
+fn cancelling_a_running_remote_job_gives_its_result_not_cancelled() {
+    let redis = RedisServer::start();
+    let _workers = start_workers(&redis, "running", 1, 1);
+    let remote = pool(&redis, "running");
+    let url = redis.url();
+    let task = remote.run(
+        gated,
+        (url, "running-report".to_owned(), "running-gate".to_owned()),
+    );
+    let mut connection = connect(&redis);
+    pop(&mut connection, "running-report");
+    // The job runs: whether or not its started notice has come yet, cancelling cannot stop
+    // it, so it waits for the job and gives its result.
+    let mut cancelling = Box::pin(task.cancel());
+    assert!(block_on(futures_lite::future::poll_once(&mut cancelling)).is_none());
+    open_gate(&mut connection, "running-gate");
+    let pid = block_on(cancelling).unwrap();
+    assert_ne!(pid, std::process::id());
+    let stats = remote.stats();
+    assert_eq!((stats.completed, stats.cancelled), (1, 0), "{stats}");
 }

@@ -24,12 +24,19 @@ use crate::task::{Assist, Promise};
 /// The typed end of a remote job.
 pub(crate) trait RemoteCompletion: Send {
     fn is_cancelled(&self) -> bool;
+    /// A worker claimed the job: the task counts as started.
+    fn start(&self);
     fn into_completion(self: Box<Self>) -> Box<dyn Completion>;
 }
 
 impl<R: DeserializeOwned + Send + 'static> RemoteCompletion for Promise<R> {
     fn is_cancelled(&self) -> bool {
         Promise::is_cancelled(self)
+    }
+
+    fn start(&self) {
+        // False when the task was dropped meanwhile: nobody asks then.
+        let _ = Promise::start(self);
     }
 
     fn into_completion(self: Box<Self>) -> Box<dyn Completion> {
@@ -40,6 +47,9 @@ impl<R: DeserializeOwned + Send + 'static> RemoteCompletion for Promise<R> {
 struct Pending {
     completion: Box<dyn RemoteCompletion>,
     deadline: Option<(Instant, Duration)>,
+    /// A worker claimed the job (its started notice came, or it won the claim over a
+    /// withdrawal): the pool's statistics count it as running.
+    started: bool,
 }
 
 #[derive(Default)]
@@ -58,13 +68,21 @@ impl Table {
     }
 }
 
+/// The most replies the reply thread takes in one round trip.
+const REPLY_BATCH: usize = 512;
+
+/// A batch of encoded replies, as one pop takes them.
+type Replies = Vec<Vec<u8>>;
+
 /// What the submit thread sends to the broker.
 enum Command {
     Submit {
         id: u64,
         job: Vec<u8>,
     },
-    Cancel(u64),
+    /// Claim the job as cancelled, if no worker claimed it first; the answer settles a task
+    /// still waiting in the table (see [`Client::withdraw`]).
+    Withdraw(u64),
     /// Wake the reply thread: a nearer deadline, or the pool closed.
     Wake,
 }
@@ -178,6 +196,7 @@ impl Client {
                 Pending {
                     completion,
                     deadline,
+                    started: false,
                 },
             );
             deadline.is_some_and(|(at, _)| {
@@ -201,11 +220,64 @@ impl Client {
             .get(&id)
             .is_some_and(|pending| pending.completion.is_cancelled())
         {
-            table.remove(id);
+            let pending = table.remove(id);
             drop(table);
-            self.counters.picked();
+            if let Some(pending) = pending {
+                self.picked(&pending);
+            }
             self.counters.cancelled();
-            self.send(Command::Cancel(id));
+            self.send(Command::Withdraw(id));
+        }
+    }
+
+    /// [`Task::cancel`](crate::Task::cancel) of job `id`, not known to be started: asks the
+    /// broker whether a worker claimed it. If none did, the job never runs and its task
+    /// resolves as cancelled; if one did, the task counts as started and waits for the reply.
+    /// Returns false if the job is no longer pending.
+    fn withdraw(&self, id: u64) -> bool {
+        if !self.table().pending.contains_key(&id) {
+            return false;
+        }
+        self.send(Command::Withdraw(id));
+        true
+    }
+
+    /// Acts on the broker's answer to withdrawing job `id`: `previous` is the claim it found.
+    fn withdrawn(&self, id: u64, previous: Option<String>) {
+        let mut table = self.table();
+        match previous.as_deref() {
+            None | Some("cancelled") => {
+                let Some(pending) = table.remove(id) else {
+                    return;
+                };
+                drop(table);
+                self.picked(&pending);
+                self.counters.cancelled();
+                pending
+                    .completion
+                    .into_completion()
+                    .fail(Error::new(ErrorKind::Cancelled));
+            }
+            Some(_) => {
+                if let Some(pending) = table.pending.get_mut(&id) {
+                    self.mark_started(pending);
+                }
+            }
+        }
+    }
+
+    fn mark_started(&self, pending: &mut Pending) {
+        if !pending.started {
+            pending.started = true;
+            self.counters.picked();
+            pending.completion.start();
+        }
+    }
+
+    /// Counts a task that leaves the table as picked, unless it was counted when it started.
+    fn picked(&self, pending: &Pending) {
+        if !pending.started {
+            self.counters.picked();
         }
     }
 
@@ -219,9 +291,9 @@ impl Client {
             table.pending.drain().collect()
         };
         for (id, pending) in pending {
-            self.counters.picked();
+            self.picked(&pending);
             self.counters.completed();
-            self.send(Command::Cancel(id));
+            self.send(Command::Withdraw(id));
             pending
                 .completion
                 .into_completion()
@@ -240,7 +312,7 @@ impl Client {
             table.pending.drain().map(|(_, pending)| pending).collect()
         };
         for pending in pending {
-            self.counters.picked();
+            self.picked(&pending);
             self.counters.completed();
             pending
                 .completion
@@ -265,6 +337,7 @@ impl Client {
                 }
             }
             let mut pipe = redis::pipe();
+            let mut withdrawals = Vec::new();
             for command in &batch {
                 match command {
                     Command::Submit { job, .. } => {
@@ -275,14 +348,15 @@ impl Client {
                             .arg(job.as_slice())
                             .ignore();
                     }
-                    Command::Cancel(id) => {
+                    Command::Withdraw(id) => {
+                        withdrawals.push(*id);
                         pipe.cmd("SET")
                             .arg(self.keys.claim(&self.id, *id))
                             .arg("cancelled")
                             .arg("NX")
+                            .arg("GET")
                             .arg("PX")
-                            .arg(self.claim_ttl_ms)
-                            .ignore();
+                            .arg(self.claim_ttl_ms);
                     }
                     Command::Wake => {
                         pipe.cmd("RPUSH")
@@ -294,38 +368,51 @@ impl Client {
             }
             let result = match &mut connection {
                 Some(open) => pipe
-                    .query::<()>(open)
+                    .query::<Vec<Option<String>>>(open)
                     .map_err(|err| self.broker.unreachable(&err)),
                 None => self.broker.connect().and_then(|mut open| {
                     let result = pipe
-                        .query::<()>(&mut open)
+                        .query::<Vec<Option<String>>>(&mut open)
                         .map_err(|err| self.broker.unreachable(&err));
                     connection = Some(open);
                     result
                 }),
             };
-            if let Err(message) = result {
-                connection = None;
-                let message = format!("could not submit the task: {message}");
-                let failed: Vec<Pending> = {
-                    let mut table = self.table();
-                    batch
-                        .iter()
-                        .filter_map(|command| match command {
-                            Command::Submit { id, .. } => table.remove(*id),
-                            _ => None,
-                        })
-                        .collect()
-                };
-                for pending in failed {
-                    self.counters.picked();
-                    self.counters.completed();
-                    pending
-                        .completion
-                        .into_completion()
-                        .fail(Error::new(ErrorKind::Remote(message.clone())));
+            match result {
+                Ok(previous) => {
+                    for (id, previous) in withdrawals.into_iter().zip(previous) {
+                        self.withdrawn(id, previous);
+                    }
+                }
+                Err(message) => {
+                    connection = None;
+                    self.fail_batch(&batch, &message);
                 }
             }
+        }
+    }
+
+    /// The broker did not take a batch: its jobs fail, saying so. (A task awaiting a
+    /// withdrawal in it waits on: its job may run, or the reply thread finds the broker gone.)
+    fn fail_batch(&self, batch: &[Command], message: &str) {
+        let message = format!("could not submit the task: {message}");
+        let failed: Vec<Pending> = {
+            let mut table = self.table();
+            batch
+                .iter()
+                .filter_map(|command| match command {
+                    Command::Submit { id, .. } => table.remove(*id),
+                    _ => None,
+                })
+                .collect()
+        };
+        for pending in failed {
+            self.picked(&pending);
+            self.counters.completed();
+            pending
+                .completion
+                .into_completion()
+                .fail(Error::new(ErrorKind::Remote(message.clone())));
         }
     }
 
@@ -353,14 +440,19 @@ impl Client {
                 .unwrap_or(LONGEST_WAIT)
                 .min(LONGEST_WAIT);
             let _ = open.set_read_timeout(Some(wait + Duration::from_secs(10)));
-            let popped: redis::RedisResult<Option<(Vec<u8>, Vec<u8>)>> = redis::cmd("BLPOP")
-                .arg(&self.reply_key)
+            // Every reply waiting, up to a batch, in one round trip.
+            let popped: redis::RedisResult<Option<(Vec<u8>, Replies)>> = redis::cmd("BLMPOP")
                 .arg(wait.as_secs_f64().max(0.001))
+                .arg(1)
+                .arg(&self.reply_key)
+                .arg("LEFT")
+                .arg("COUNT")
+                .arg(REPLY_BATCH)
                 .query(open);
             match popped {
-                Ok(Some((_, bytes))) => {
-                    if !bytes.is_empty() {
-                        self.handle_reply(&bytes);
+                Ok(Some((_, replies))) => {
+                    for bytes in replies.iter().filter(|bytes| !bytes.is_empty()) {
+                        self.handle_reply(bytes);
                     }
                 }
                 Ok(None) => {}
@@ -398,9 +490,9 @@ impl Client {
             table.deadlines.first().map(|&(at, _)| at - now)
         };
         for (id, pending) in expired {
-            self.counters.picked();
+            self.picked(&pending);
             self.counters.completed();
-            self.send(Command::Cancel(id));
+            self.send(Command::Withdraw(id));
             let limit = pending.deadline.map(|(_, limit)| limit).unwrap_or_default();
             pending
                 .completion
@@ -421,16 +513,24 @@ impl Client {
                 return;
             }
         };
-        let Some(pending) = self.table().remove(reply.id) else {
+        let mut table = self.table();
+        if reply.outcome == Outcome::Started {
+            if let Some(pending) = table.pending.get_mut(&reply.id) {
+                self.mark_started(pending);
+            }
+            return;
+        }
+        let Some(pending) = table.remove(reply.id) else {
             return; // cancelled, timed out, or answered twice (at-least-once)
         };
+        drop(table);
         if self.log_tasks {
             eprintln!(
                 "smol-offload remote pool {}: job {} ran on worker {}",
                 self.id, reply.id, reply.worker
             );
         }
-        self.counters.picked();
+        self.picked(&pending);
         self.counters.completed();
         let completion = pending.completion.into_completion();
         match reply.outcome {
@@ -456,6 +556,7 @@ impl Client {
             Outcome::Refused(message) | Outcome::Failed(message) => {
                 completion.fail(Error::new(ErrorKind::Remote(message)))
             }
+            Outcome::Started => unreachable!("handled above"),
         }
     }
 }
@@ -469,6 +570,10 @@ pub(crate) struct RemoteAssist {
 
 impl Assist for RemoteAssist {
     fn assist(&self, _: Option<&Waker>) {}
+
+    fn withdraw(&self) -> bool {
+        self.client.withdraw(self.id)
+    }
 }
 
 impl Drop for RemoteAssist {

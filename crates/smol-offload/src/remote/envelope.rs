@@ -109,6 +109,8 @@ pub(crate) enum Outcome {
     Refused(String),
     /// The job could not run for another reason.
     Failed(String),
+    /// Not an end: the worker claimed the job and has held it for a while. Its reply follows.
+    Started,
 }
 
 /// A worker's reply to one job.
@@ -136,8 +138,8 @@ impl VerifiedJob {
         &self.envelope
     }
 
-    pub(crate) fn into_arg(self) -> Vec<u8> {
-        self.envelope.arg
+    pub(crate) fn into_envelope(self) -> JobEnvelope {
+        self.envelope
     }
 }
 
@@ -222,7 +224,7 @@ mod tests {
             (context.task_id, context.span_name.as_str()),
             (3, "request")
         );
-        assert_eq!(verified.into_arg(), [42]);
+        assert_eq!(verified.into_envelope().arg, [42]);
     }
 
     #[test]

@@ -58,8 +58,12 @@ pub enum Delivery {
 /// died is run again elsewhere, or fails with [`is_worker_died`](crate::Error::is_worker_died)
 /// under [`Delivery::AtMostOnce`]. Dropping a task before a worker took its job withdraws the
 /// job, which then never runs; dropping the last handle fails every pending task with a
-/// shutdown error and withdraws their jobs. If the broker goes away, the pending tasks fail
-/// with an error saying so, and the pool reconnects for the next ones.
+/// shutdown error and withdraws their jobs. A task [`is_started`](crate::Task::is_started) once
+/// a worker has held its job for a millisecond (shorter jobs go from queued to finished);
+/// [`cancel`](crate::Task::cancel) asks the broker whether a worker
+/// claimed it first: if none did, the job never runs and the task is cancelled; if one did, it
+/// waits for the job's result, as for a started thread task. If the broker goes away, the
+/// pending tasks fail with an error saying so, and the pool reconnects for the next ones.
 ///
 /// # Examples
 ///

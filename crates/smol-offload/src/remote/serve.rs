@@ -2,29 +2,39 @@
 //! [`ProcessPool`], only as many as it has idle processes, and push the replies back.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use atomic_waker::AtomicWaker;
 
 use crate::error::{BuildError, BuildErrorKind};
 use crate::process_pool::ProcessPool;
-use crate::process_pool::raw::RawReply;
+use crate::process_pool::raw::{Carried, RawReply};
 use crate::remote::broker::Broker;
 use crate::remote::envelope::{
-    self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed,
+    self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed, VerifiedJob,
 };
 use crate::remote::identity;
 use crate::remote::keys::{GROUP, Keys};
 use crate::remote::pool::{DEFAULT_QUEUE, DEFAULT_REPLAY_WINDOW};
 use crate::remote::security::Security;
 use crate::remote::tls::TlsFiles;
-use crate::sys;
+use crate::sys::{self, ErasedCall};
+use crate::task::Task;
 
 /// How long replies wait in a client's list for a client that went away.
 const REPLY_TTL_MS: u64 = 3_600_000;
 /// How often a worker tells the broker it is alive, and the longest a pull blocks.
 const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a job runs before its worker tells its client that it started. Shorter jobs end
+/// first and are never announced: the notices cost the many short jobs nothing, and a long
+/// job shows as started within a few milliseconds.
+const NOTICE_AFTER: Duration = Duration::from_millis(1);
 
 /// Serves the default queue of the broker at `url` with `workers` local worker processes,
 /// until the process gets `SIGTERM` or `SIGINT`; the signing key comes from
@@ -44,11 +54,13 @@ pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
 /// A worker of a remote fleet: the settings of [`serve`].
 ///
 /// The worker joins the queue's consumer group, takes a job only when one of its processes is
-/// idle, checks the job's signature, build and age, runs it in its local
-/// [`ProcessPool`] (a crash kills one process, which is replaced), and pushes the signed reply
-/// to the client. A job taken by a worker that died is taken over by another after the
-/// visibility timeout. On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those
-/// it holds, and returns.
+/// idle (or, with [`prefetch`](RemoteWorker::prefetch), up to that many jobs per process),
+/// checks each job's signature, build and age, claims the jobs in one round trip per batch,
+/// runs them in its local [`ProcessPool`] (a crash kills one process, which is replaced), and
+/// pushes the signed replies to their clients, one round trip per batch of jobs that ended.
+/// A job taken by a worker that died is taken over by another after the visibility timeout.
+/// On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those it holds, and
+/// returns.
 #[derive(Debug)]
 #[must_use = "a worker does nothing until serve() is called"]
 pub struct RemoteWorker {
@@ -59,6 +71,7 @@ pub struct RemoteWorker {
     trusted: bool,
     visibility_timeout: Duration,
     max_deliveries: u32,
+    prefetch: usize,
     stop: Option<Arc<AtomicBool>>,
     tls: TlsFiles,
 }
@@ -74,6 +87,7 @@ impl RemoteWorker {
             trusted: false,
             visibility_timeout: Duration::from_secs(30),
             max_deliveries: 3,
+            prefetch: 1,
             stop: None,
             tls: TlsFiles::default(),
         }
@@ -115,6 +129,18 @@ impl RemoteWorker {
     /// How many times a job is handed out before it fails as killing its workers (default 3).
     pub fn max_deliveries(mut self, deliveries: u32) -> RemoteWorker {
         self.max_deliveries = deliveries.max(1);
+        self
+    }
+
+    /// How many jobs the worker holds per process (default 1, at least 1): with more, it takes
+    /// jobs in larger batches and keeps its processes busy while it talks to the broker, which
+    /// is much faster for short jobs, like Celery's `worker_prefetch_multiplier`. A job held
+    /// is claimed, so it counts as started (its [`Task::is_started`](crate::Task::is_started)
+    /// becomes true a millisecond later) and cancelling it no longer withdraws it, even while
+    /// it waits for a process behind the jobs held before it. Keep 1 for long jobs, so that an idle worker elsewhere takes
+    /// them instead.
+    pub fn prefetch(mut self, jobs_per_process: usize) -> RemoteWorker {
+        self.prefetch = jobs_per_process.max(1);
         self
     }
 
@@ -171,6 +197,7 @@ impl RemoteWorker {
                 ))
             })?;
         }
+        let capacity = pool.workers() * self.prefetch;
         let shared = Arc::new(Runner {
             keys,
             security,
@@ -180,6 +207,7 @@ impl RemoteWorker {
             name: identity::process_name(),
             window_ms: DEFAULT_REPLAY_WINDOW.as_millis() as u64,
             max_deliveries: self.max_deliveries,
+            capacity,
             log_tasks: std::env::var_os(crate::remote::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
         });
@@ -208,6 +236,68 @@ struct Taken {
     bytes: Vec<u8>,
 }
 
+/// What the answering thread writes to the broker for one job: the reply to its client, if
+/// any, the line of a refusal, if any, and the acknowledgement of its stream entry.
+struct Answer {
+    entry: String,
+    reply: Option<(String, Vec<u8>)>,
+    refusal: Option<String>,
+}
+
+/// A claimed job running in the local process pool.
+struct Running {
+    entry: String,
+    envelope: JobEnvelope,
+    call: ErasedCall,
+    /// What it carries into the worker process, again on a retry.
+    context: Carried,
+    claim_key: String,
+    attempt: u32,
+    task: Task<RawReply>,
+    /// When its started notice is due, until it has been sent.
+    notice_due: Option<Instant>,
+}
+
+/// What the pulling thread hands to the answering thread.
+enum Handed {
+    Answer(Answer),
+    Running(Box<Running>),
+}
+
+/// What a job's claim decided.
+enum Claimed {
+    Run(Box<Running>),
+    Answer(Answer),
+}
+
+/// The pulling thread's hand-over to the answering thread: a queue and the waker of the
+/// answering thread, which waits for new jobs and for the running ones at once.
+#[derive(Default)]
+struct Inbox {
+    items: Mutex<Vec<Handed>>,
+    closed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Inbox {
+    fn push(&self, items: impl IntoIterator<Item = Handed>) {
+        self.items
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(items);
+        self.waker.wake();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn take(&self) -> Vec<Handed> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 struct Runner {
     keys: Keys,
     security: Security,
@@ -217,6 +307,8 @@ struct Runner {
     name: String,
     window_ms: u64,
     max_deliveries: u32,
+    /// How many jobs the worker holds at once: its processes times the prefetch.
+    capacity: usize,
     log_tasks: bool,
     /// The stream entries this worker holds: it renews its claim on them at each heartbeat,
     /// so that no other worker takes over a job that is still running.
@@ -228,7 +320,15 @@ impl Runner {
         eprintln!("smol-offload worker {}: {message}", self.name);
     }
 
-    /// Takes jobs while processes are idle, hands them to one runner thread per process.
+    fn unhold<'a>(&self, entries: impl IntoIterator<Item = &'a String>) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for entry in entries {
+            held.remove(entry);
+        }
+    }
+
+    /// Takes jobs while it holds fewer than its capacity, claims them in batches, and hands
+    /// them to the answering thread, which runs them in the process pool and answers.
     fn pull_loop(
         self: &Arc<Self>,
         connection: redis::Connection,
@@ -236,35 +336,36 @@ impl Runner {
         visibility: Duration,
     ) {
         let processes = self.pool.workers();
-        let (job_sender, job_receiver) = mpsc::channel::<Taken>();
-        let job_receiver = Arc::new(Mutex::new(job_receiver));
-        let (idle_sender, idle_receiver) = mpsc::channel::<()>();
-        let mut threads = Vec::new();
-        for index in 0..processes {
+        let inbox = Arc::new(Inbox::default());
+        let (idle_sender, idle_receiver) = mpsc::channel::<usize>();
+        let answering = {
             let runner = self.clone();
-            let jobs = job_receiver.clone();
-            let idle = idle_sender.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("smol-offload-remote-run-{index}"))
-                .spawn(move || runner.run_loop(&jobs, &idle));
-            match spawned {
-                Ok(thread) => threads.push(thread),
-                Err(err) => self.log(&format!("could not start a runner thread: {err}")),
+            let inbox = inbox.clone();
+            std::thread::Builder::new()
+                .name("smol-offload-remote-answer".into())
+                .spawn(move || runner.answer_loop(&inbox, &idle_sender))
+        };
+        let answering = match answering {
+            Ok(thread) => thread,
+            Err(err) => {
+                self.log(&format!("could not start the answering thread: {err}"));
+                return;
             }
-        }
-        let mut idle = threads.len();
+        };
+        let mut idle = self.capacity;
         let mut connection = Some(connection);
         let mut last_claim = Instant::now() - visibility;
         let mut last_beat = Instant::now() - HEARTBEAT - visibility;
         let jobs_key = self.keys.jobs();
         self.log(&format!(
-            "serving {} with {processes} processes on the redis broker at {}",
-            jobs_key, self.broker.address
+            "serving {} with {processes} processes, holding up to {} jobs, on the redis broker \
+             at {}",
+            jobs_key, self.capacity, self.broker.address
         ));
         let beat_every = HEARTBEAT.min(visibility / 3);
         while !stop.load(Ordering::Relaxed) {
-            while idle_receiver.try_recv().is_ok() {
-                idle += 1;
+            while let Ok(freed) = idle_receiver.try_recv() {
+                idle += freed;
             }
             let Some(open) = &mut connection else {
                 match self.broker.connect() {
@@ -285,20 +386,13 @@ impl Runner {
                 }
             }
             if idle == 0 {
-                if idle_receiver.recv_timeout(beat_every).is_ok() {
-                    idle += 1;
+                if let Ok(freed) = idle_receiver.recv_timeout(beat_every) {
+                    idle += freed;
                 }
                 continue;
             }
-            match self.take(open, idle, visibility, &mut last_claim, beat_every) {
-                Ok(taken) => {
-                    let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-                    for job in taken {
-                        idle -= 1;
-                        held.insert(job.entry.clone());
-                        let _ = job_sender.send(job);
-                    }
-                }
+            let taken = match self.take(open, idle, visibility, &mut last_claim, beat_every) {
+                Ok(taken) => taken,
                 Err(err) => {
                     if err.code() == Some("NOGROUP") {
                         let _ = ensure_group(open, &self.keys);
@@ -306,14 +400,35 @@ impl Runner {
                         self.log(&format!("lost the broker, reconnecting: {err}"));
                         connection = None;
                     }
+                    continue;
                 }
+            };
+            if taken.is_empty() {
+                continue;
+            }
+            idle -= taken.len();
+            let entries: Vec<String> = taken.iter().map(|job| job.entry.clone()).collect();
+            self.held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(entries.iter().cloned());
+            let (handed, lost) = self.check_and_claim(open, taken);
+            inbox.push(handed);
+            if let Some((lost, err)) = lost {
+                // Not answered: they stay pending on the stream, and are taken over (by this
+                // worker or another) after the visibility timeout.
+                self.log(&format!(
+                    "lost the broker while claiming {} jobs: {err}",
+                    lost.len()
+                ));
+                self.unhold(&lost);
+                idle += lost.len();
+                connection = None;
             }
         }
         self.log("stopping: finishing the jobs it holds");
-        drop(job_sender);
-        for thread in threads {
-            let _ = thread.join();
-        }
+        inbox.close();
+        let _ = answering.join();
         if let Some(open) = &mut connection {
             let _ = redis::cmd("HDEL")
                 .arg(self.keys.workers())
@@ -414,80 +529,109 @@ impl Runner {
         Ok(taken)
     }
 
-    fn run_loop(&self, jobs: &Mutex<mpsc::Receiver<Taken>>, idle: &mpsc::Sender<()>) {
-        let mut connection: Option<redis::Connection> = None;
-        loop {
-            let job = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-            let Ok(job) = job else { return };
-            if connection.is_none() {
-                connection = self.broker.connect().ok();
+    /// Checks a batch of jobs, claims the runnable ones in one round trip, and starts those
+    /// this worker won in the process pool. Also returns the entries of the jobs it could not
+    /// claim because the broker went away, with the error.
+    fn check_and_claim(
+        &self,
+        open: &mut redis::Connection,
+        taken: Vec<Taken>,
+    ) -> (Vec<Handed>, Option<(Vec<String>, redis::RedisError)>) {
+        let now = identity::now_ms();
+        let mut handed = Vec::with_capacity(taken.len());
+        let mut runnable = Vec::with_capacity(taken.len());
+        for job in taken {
+            match envelope::verify(&job.bytes, &self.security, &self.build, self.window_ms, now) {
+                Ok(verified) => {
+                    if verified
+                        .envelope()
+                        .expires_ms
+                        .is_some_and(|expiry| expiry < now)
+                    {
+                        // Its client stopped waiting; it withdrew the job, which this may not
+                        // have seen.
+                        handed.push(Handed::Answer(Answer::silent(job.entry)));
+                    } else {
+                        runnable.push((job.entry, verified));
+                    }
+                }
+                Err(Refusal::Untrusted(why)) => {
+                    handed.push(Handed::Answer(self.refusal(job.entry, &why, None)));
+                }
+                Err(Refusal::Answer(envelope, why)) => {
+                    handed.push(Handed::Answer(self.refusal(
+                        job.entry,
+                        &why,
+                        Some(&envelope),
+                    )));
+                }
             }
-            let entry = job.entry.clone();
-            let handled = match &mut connection {
-                Some(open) => self.handle(open, job),
-                None => Ok(()),
-            };
-            self.held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&entry);
-            if let Err(err) = handled {
-                self.log(&format!("lost the broker while handling a job: {err}"));
-                connection = None;
-            }
-            let _ = idle.send(());
         }
-    }
-
-    /// Checks, claims, runs and answers one job.
-    fn handle(&self, open: &mut redis::Connection, job: Taken) -> redis::RedisResult<()> {
-        let verified = match envelope::verify(
-            &job.bytes,
-            &self.security,
-            &self.build,
-            self.window_ms,
-            identity::now_ms(),
-        ) {
-            Ok(verified) => verified,
-            Err(Refusal::Untrusted(why)) => return self.refuse(open, &job, &why, None),
-            Err(Refusal::Answer(envelope, why)) => {
-                return self.refuse(open, &job, &why, Some(&envelope));
+        if runnable.is_empty() {
+            return (handed, None);
+        }
+        let ttl = self.window_ms + 60_000;
+        let mut claims = redis::pipe();
+        for (entry, verified) in &runnable {
+            let envelope = verified.envelope();
+            claims
+                .cmd("SET")
+                .arg(self.keys.claim(&envelope.client, envelope.id))
+                .arg(format!("{entry} 1 {}", self.name))
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(ttl);
+        }
+        let previous: Vec<Option<String>> = match claims.query(open) {
+            Ok(previous) => previous,
+            Err(err) => {
+                let lost = runnable.into_iter().map(|(entry, _)| entry).collect();
+                return (handed, Some((lost, err)));
             }
         };
-        let envelope = verified.envelope().clone();
-        if envelope
-            .expires_ms
-            .is_some_and(|expiry| expiry < identity::now_ms())
-        {
-            // Its client stopped waiting; it withdrew the job, which this may not have seen.
-            return self.acknowledge(open, &job, None);
+        let mut lost: Option<(Vec<String>, redis::RedisError)> = None;
+        for ((entry, verified), previous) in runnable.into_iter().zip(previous) {
+            let kept = entry.clone();
+            match self.claimed(open, entry, verified, previous.as_deref()) {
+                Ok(Claimed::Run(running)) => handed.push(Handed::Running(running)),
+                Ok(Claimed::Answer(answer)) => handed.push(Handed::Answer(answer)),
+                Err(err) => match &mut lost {
+                    Some((entries, _)) => entries.push(kept),
+                    None => lost = Some((vec![kept], err)),
+                },
+            }
         }
+        (handed, lost)
+    }
+
+    /// Acts on a job's claim: `previous` is `None` when this worker won it, else the claim
+    /// someone made before (`entry attempts host:pid`, or `cancelled`).
+    fn claimed(
+        &self,
+        open: &mut redis::Connection,
+        entry: String,
+        verified: VerifiedJob,
+        previous: Option<&str>,
+    ) -> redis::RedisResult<Claimed> {
+        let call = sys::call_of_verified_job(&verified);
+        let envelope = verified.into_envelope();
         let claim_key = self.keys.claim(&envelope.client, envelope.id);
-        let ttl = self.window_ms + 60_000;
-        let previous: Option<String> = redis::cmd("SET")
-            .arg(&claim_key)
-            .arg(format!("{} 1 {}", job.entry, self.name))
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(ttl)
-            .query(open)?;
         let mut attempt = 1;
         if let Some(previous) = previous {
-            // `entry attempts host:pid`, or `cancelled`.
             let mut parts = previous.split(' ');
-            let entry = parts.next();
+            let claimed_entry = parts.next();
             let attempts = parts.next().and_then(|n| n.parse::<u32>().ok());
             let holder = parts.next().unwrap_or("an unknown worker").to_owned();
             if previous == "cancelled" {
-                return self.acknowledge(open, &job, None);
+                return Ok(Claimed::Answer(Answer::silent(entry)));
             }
-            if entry != Some(job.entry.as_str()) {
+            if claimed_entry != Some(entry.as_str()) {
                 let why = format!(
                     "a replay of job {} of client {}",
                     envelope.id, envelope.client
                 );
-                return self.refuse(open, &job, &why, None);
+                return Ok(Claimed::Answer(self.refusal(entry, &why, None)));
             }
             // Taken before by a worker that died.
             let attempts = attempts.unwrap_or(1);
@@ -510,11 +654,11 @@ impl Runner {
                          it; it likely kills its worker"
                     ))
                 };
-                return self.acknowledge(open, &job, Some((&envelope, outcome)));
+                return Ok(Claimed::Answer(self.reply(entry, &envelope, outcome)));
             }
             redis::cmd("SET")
                 .arg(&claim_key)
-                .arg(format!("{} {} {}", job.entry, attempts + 1, self.name))
+                .arg(format!("{entry} {} {}", attempts + 1, self.name))
                 .arg("XX")
                 .arg("KEEPTTL")
                 .query::<()>(open)?;
@@ -526,121 +670,309 @@ impl Runner {
                 envelope.id, envelope.client
             ));
         }
-        let call = sys::call_of_verified_job(&verified);
         let context = JobContext::carried(envelope.context.as_ref());
-        let arg = verified.into_arg();
-        let outcome = loop {
-            let task = self.pool.run_raw(call, arg.clone(), context);
-            match async_io::block_on(task) {
-                Ok(RawReply { status, payload }) => {
-                    break Outcome::Call {
-                        status: status as u8,
-                        payload,
-                    };
-                }
-                Err(err) if err.is_worker_died() => {
-                    let pid = err.worker_pid().unwrap_or(0);
-                    self.log(&format!(
-                        "worker process {pid} died running job {} (attempt {attempt}): {err}",
-                        envelope.id
-                    ));
-                    if envelope.at_most_once {
-                        break Outcome::WorkerDied {
-                            pid,
-                            signal: err.worker_signal(),
-                            code: err.worker_exit_code(),
-                        };
-                    }
-                    if attempt >= self.max_deliveries {
-                        break Outcome::Failed(format!(
-                            "the job ran {attempt} times and each time its worker process died \
-                             (the last, {pid}, {}); it likely kills its worker",
-                            err.worker_signal()
-                                .map(|signal| format!("by signal {signal}"))
-                                .unwrap_or_else(|| "by exiting".to_owned())
-                        ));
-                    }
-                    // At least once: again at once, in the process that replaced it.
-                    attempt += 1;
-                    redis::cmd("SET")
-                        .arg(&claim_key)
-                        .arg(format!("{} {attempt} {}", job.entry, self.name))
-                        .arg("XX")
-                        .arg("KEEPTTL")
-                        .query::<()>(open)?;
-                }
-                Err(err) => {
-                    break Outcome::Failed(format!(
-                        "worker {} could not run the job: {err}",
-                        self.name
-                    ));
-                }
-            }
-        };
-        self.acknowledge(open, &job, Some((&envelope, outcome)))
+        let task = self.pool.run_raw(call, envelope.arg.clone(), context);
+        Ok(Claimed::Run(Box::new(Running {
+            entry,
+            envelope,
+            call,
+            context,
+            claim_key,
+            attempt,
+            task,
+            notice_due: Some(Instant::now() + NOTICE_AFTER),
+        })))
     }
 
-    /// Acknowledges and deletes the stream entry, pushing the reply first if there is one.
-    fn acknowledge(
+    /// Waits for the jobs it is handed to end, and answers them in batches: one round trip
+    /// for all the replies and acknowledgements ready at once, and the started notices of the
+    /// jobs that have run for [`NOTICE_AFTER`].
+    fn answer_loop(&self, inbox: &Inbox, idle: &mpsc::Sender<usize>) {
+        let mut connection: Option<redis::Connection> = None;
+        let mut running: Vec<Box<Running>> = Vec::new();
+        let mut timer = async_io::Timer::never();
+        let mut timer_at: Option<Instant> = None;
+        loop {
+            let mut answers = Vec::new();
+            let mut finished = Vec::new();
+            let closed = async_io::block_on(futures_lite::future::poll_fn(|cx| {
+                inbox.waker.register(cx.waker());
+                let closed = inbox.closed.load(Ordering::Acquire);
+                for handed in inbox.take() {
+                    match handed {
+                        Handed::Answer(answer) => answers.push(answer),
+                        Handed::Running(job) => running.push(job),
+                    }
+                }
+                let mut index = 0;
+                while index < running.len() {
+                    match Pin::new(&mut running[index].task).poll(cx) {
+                        Poll::Ready(result) => finished.push((running.swap_remove(index), result)),
+                        Poll::Pending => index += 1,
+                    }
+                }
+                if !answers.is_empty() || !finished.is_empty() {
+                    return Poll::Ready(false);
+                }
+                if closed && running.is_empty() {
+                    return Poll::Ready(true);
+                }
+                let due = running.iter().filter_map(|job| job.notice_due).min();
+                if due != timer_at {
+                    timer_at = due;
+                    match due {
+                        Some(at) => timer.set_at(at),
+                        None => timer = async_io::Timer::never(),
+                    }
+                }
+                match Pin::new(&mut timer).poll(cx) {
+                    Poll::Ready(_) => {
+                        timer_at = None;
+                        timer = async_io::Timer::never();
+                        Poll::Ready(false)
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }));
+            for (job, result) in finished {
+                match self.outcome(&mut connection, job, result) {
+                    Claimed::Run(again) => running.push(again),
+                    Claimed::Answer(answer) => answers.push(answer),
+                }
+            }
+            let now = Instant::now();
+            let notices: Vec<(&str, Vec<u8>)> = running
+                .iter_mut()
+                .filter(|job| job.notice_due.is_some_and(|due| due <= now))
+                .map(|job| {
+                    job.notice_due = None;
+                    let notice = ReplyEnvelope {
+                        id: job.envelope.id,
+                        outcome: Outcome::Started,
+                        worker: self.name.clone(),
+                    };
+                    (
+                        job.envelope.client.as_str(),
+                        Signed::seal(&notice, &self.security),
+                    )
+                })
+                .collect();
+            if !answers.is_empty() || !notices.is_empty() {
+                self.write_answers(&mut connection, &answers, &notices);
+            }
+            if !answers.is_empty() {
+                self.unhold(answers.iter().map(|answer| &answer.entry));
+                let _ = idle.send(answers.len());
+            }
+            if closed {
+                return;
+            }
+        }
+    }
+
+    /// The answer to a job that ended in the process pool, or the job again when its process
+    /// died and it may run once more.
+    fn outcome(
         &self,
-        open: &mut redis::Connection,
-        job: &Taken,
-        reply: Option<(&JobEnvelope, Outcome)>,
-    ) -> redis::RedisResult<()> {
+        connection: &mut Option<redis::Connection>,
+        mut job: Box<Running>,
+        result: Result<RawReply, crate::Error>,
+    ) -> Claimed {
+        let outcome = match result {
+            Ok(RawReply { status, payload }) => Outcome::Call {
+                status: status as u8,
+                payload,
+            },
+            Err(err) if err.is_worker_died() => {
+                let pid = err.worker_pid().unwrap_or(0);
+                self.log(&format!(
+                    "worker process {pid} died running job {} (attempt {}): {err}",
+                    job.envelope.id, job.attempt
+                ));
+                if job.envelope.at_most_once {
+                    Outcome::WorkerDied {
+                        pid,
+                        signal: err.worker_signal(),
+                        code: err.worker_exit_code(),
+                    }
+                } else if job.attempt >= self.max_deliveries {
+                    Outcome::Failed(format!(
+                        "the job ran {} times and each time its worker process died (the last, \
+                         {pid}, {}); it likely kills its worker",
+                        job.attempt,
+                        err.worker_signal()
+                            .map(|signal| format!("by signal {signal}"))
+                            .unwrap_or_else(|| "by exiting".to_owned())
+                    ))
+                } else {
+                    // At least once: again at once, in the process that replaced it.
+                    job.attempt += 1;
+                    self.record_attempt(connection, &job);
+                    job.task = self
+                        .pool
+                        .run_raw(job.call, job.envelope.arg.clone(), job.context);
+                    return Claimed::Run(job);
+                }
+            }
+            Err(err) => {
+                Outcome::Failed(format!("worker {} could not run the job: {err}", self.name))
+            }
+        };
+        Claimed::Answer(self.reply(job.entry, &job.envelope, outcome))
+    }
+
+    /// Counts one more run of `job` in its claim, so that a worker that takes it over knows.
+    fn record_attempt(&self, connection: &mut Option<redis::Connection>, job: &Running) {
+        let recorded = self.connection(connection).and_then(|open| {
+            redis::cmd("SET")
+                .arg(&job.claim_key)
+                .arg(format!("{} {} {}", job.entry, job.attempt, self.name))
+                .arg("XX")
+                .arg("KEEPTTL")
+                .query::<()>(open)
+                .map_err(|err| err.to_string())
+        });
+        if let Err(err) = recorded {
+            self.log(&format!("could not record a job's new attempt: {err}"));
+            *connection = None;
+        }
+    }
+
+    fn connection<'a>(
+        &self,
+        connection: &'a mut Option<redis::Connection>,
+    ) -> Result<&'a mut redis::Connection, String> {
+        if connection.is_none() {
+            *connection = Some(self.broker.connect()?);
+        }
+        Ok(connection.as_mut().expect("connected just now"))
+    }
+
+    /// Writes a batch of started notices and answers in one round trip: the notices and the
+    /// replies, one push per client, the refusals, and the acknowledgement and deletion of
+    /// every answered entry. If the broker went away, once more on a new connection; if that
+    /// fails too, the entries stay pending and are taken over after the visibility timeout (at
+    /// least once).
+    fn write_answers(
+        &self,
+        connection: &mut Option<redis::Connection>,
+        answers: &[Answer],
+        notices: &[(&str, Vec<u8>)],
+    ) {
         let jobs_key = self.keys.jobs();
         let mut pipe = redis::pipe();
-        if let Some((envelope, outcome)) = reply {
-            let reply_key = self.keys.replies(&envelope.client);
-            let reply = ReplyEnvelope {
-                id: envelope.id,
-                outcome,
-                worker: self.name.clone(),
-            };
+        let mut replies: Vec<(&str, Vec<&[u8]>)> = Vec::new();
+        for (client, bytes) in notices {
+            match replies.iter_mut().find(|(to, _)| to == client) {
+                Some((_, batch)) => batch.push(bytes),
+                None => replies.push((client, vec![bytes])),
+            }
+        }
+        for answer in answers {
+            if let Some((client, bytes)) = &answer.reply {
+                match replies.iter_mut().find(|(to, _)| to == client) {
+                    Some((_, batch)) => batch.push(bytes),
+                    None => replies.push((client, vec![bytes])),
+                }
+            }
+        }
+        for (client, batch) in replies {
+            let reply_key = self.keys.replies(client);
             pipe.cmd("RPUSH")
                 .arg(&reply_key)
-                .arg(Signed::seal(&reply, &self.security))
+                .arg(batch)
                 .ignore()
                 .cmd("PEXPIRE")
                 .arg(&reply_key)
                 .arg(REPLY_TTL_MS)
                 .ignore();
         }
-        pipe.cmd("XACK")
-            .arg(&jobs_key)
-            .arg(GROUP)
-            .arg(&job.entry)
-            .ignore()
-            .cmd("XDEL")
-            .arg(&jobs_key)
-            .arg(&job.entry)
-            .ignore();
-        pipe.query(open)
+        let refusals: Vec<&String> = answers
+            .iter()
+            .filter_map(|answer| answer.refusal.as_ref())
+            .collect();
+        if !refusals.is_empty() {
+            pipe.cmd("LPUSH")
+                .arg(self.keys.refusals())
+                .arg(refusals)
+                .ignore()
+                .cmd("LTRIM")
+                .arg(self.keys.refusals())
+                .arg(0)
+                .arg(999)
+                .ignore();
+        }
+        let entries: Vec<&String> = answers.iter().map(|answer| &answer.entry).collect();
+        if !entries.is_empty() {
+            pipe.cmd("XACK")
+                .arg(&jobs_key)
+                .arg(GROUP)
+                .arg(&entries)
+                .ignore()
+                .cmd("XDEL")
+                .arg(&jobs_key)
+                .arg(&entries)
+                .ignore();
+        }
+        for attempt in 0..2 {
+            let written = self
+                .connection(connection)
+                .and_then(|open| pipe.query::<()>(open).map_err(|err| err.to_string()));
+            match written {
+                Ok(()) => return,
+                Err(err) => {
+                    *connection = None;
+                    if attempt == 1 {
+                        self.log(&format!(
+                            "lost the broker while answering {} jobs; they will be taken over \
+                             after the visibility timeout: {err}",
+                            answers.len()
+                        ));
+                    }
+                }
+            }
+        }
     }
 
-    /// Logs a refused job, records it for operators, and acknowledges it; a job that was
-    /// authenticated gets a reply saying why.
-    fn refuse(
-        &self,
-        open: &mut redis::Connection,
-        job: &Taken,
-        why: &str,
-        envelope: Option<&JobEnvelope>,
-    ) -> redis::RedisResult<()> {
-        let line = format!("refused stream entry {}: {why}", job.entry);
+    /// The answer carrying `outcome` to the job's client.
+    fn reply(&self, entry: String, envelope: &JobEnvelope, outcome: Outcome) -> Answer {
+        let reply = ReplyEnvelope {
+            id: envelope.id,
+            outcome,
+            worker: self.name.clone(),
+        };
+        Answer {
+            entry,
+            reply: Some((
+                envelope.client.clone(),
+                Signed::seal(&reply, &self.security),
+            )),
+            refusal: None,
+        }
+    }
+
+    /// Logs a refused job and makes the answer that records it for operators and
+    /// acknowledges it; a job that was authenticated gets a reply saying why.
+    fn refusal(&self, entry: String, why: &str, envelope: Option<&JobEnvelope>) -> Answer {
+        let line = format!("refused stream entry {entry}: {why}");
         self.log(&line);
-        redis::pipe()
-            .cmd("LPUSH")
-            .arg(self.keys.refusals())
-            .arg(format!("{}: {line}", self.name))
-            .ignore()
-            .cmd("LTRIM")
-            .arg(self.keys.refusals())
-            .arg(0)
-            .arg(999)
-            .ignore()
-            .query::<()>(open)?;
-        let reply = envelope.map(|envelope| (envelope, Outcome::Refused(why.to_owned())));
-        self.acknowledge(open, job, reply)
+        let mut answer = match envelope {
+            Some(envelope) => self.reply(entry, envelope, Outcome::Refused(why.to_owned())),
+            None => Answer::silent(entry),
+        };
+        answer.refusal = Some(format!("{}: {line}", self.name));
+        answer
+    }
+}
+
+impl Answer {
+    /// Only the acknowledgement: a withdrawn or expired job.
+    fn silent(entry: String) -> Answer {
+        Answer {
+            entry,
+            reply: None,
+            refusal: None,
+        }
     }
 }
 
