@@ -198,6 +198,15 @@ impl SharedWord {
         Ok(SharedWord { word })
     }
 
+    /// The second word of the page, for a second use (the arena's, see
+    /// `process_pool::arena`).
+    pub(crate) fn second(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 4096
+        // on Linux), so the second 8-byte-aligned word lies in it too, and it is only ever
+        // accessed atomically.
+        unsafe { self.word.add(1).as_ref() }
+    }
+
     /// The word.
     pub(crate) fn get(&self) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: `word` points to the start of a live, page-aligned (so 8-byte aligned)
@@ -224,7 +233,7 @@ impl std::fmt::Debug for SharedWord {
 fn page_size() -> usize {
     // SAFETY: `sysconf` reads a configuration value; it has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(8)
+    usize::try_from(size).unwrap_or(4096).max(16)
 }
 
 /// Sends `SIGKILL` to process `pid` and to every process of the process group `pid` leads:
@@ -361,6 +370,85 @@ impl std::fmt::Debug for SealedMapping {
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
+}
+
+/// A new, empty memfd for a per-worker payload arena (see `process_pool::arena`): written
+/// again and again by the one process that made it, read by the other, so it is not sealed.
+pub(crate) fn arena_memfd() -> io::Result<OwnedFd> {
+    Ok(nix::sys::memfd::memfd_create(
+        c"smol-offload-arena",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?)
+}
+
+/// Whether `fd` is a memfd (or another shared-memory file): `F_GET_SEALS` works on those only.
+/// Reading such a file never waits, whatever the process that sent it does.
+pub(crate) fn is_memfd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).is_ok()
+}
+
+/// Writes all of `bytes` at the start of the file `fd` (which grows as needed), with `pwrite`:
+/// no mapping, so no page of the file is ever part of this process's memory.
+pub(crate) fn write_at_start(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    let mut offset: libc::off_t = 0;
+    while !bytes.is_empty() {
+        match nix::sys::uio::pwrite(fd, bytes, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                offset += n as libc::off_t;
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Reads exactly `len` bytes from the start of the file `fd` into a new vector, with `pread`:
+/// the kernel copies them, so what another process does to the file meanwhile (write it,
+/// shrink it) can change the bytes read or make the read come up short (an `InvalidData`
+/// error), never touch this process's memory beyond the vector.
+pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let done = bytes.len();
+        let spare = bytes.spare_capacity_mut();
+        // SAFETY: `pread` writes at most `spare.len()` bytes into the vector's spare capacity,
+        // which is allocated and not aliased (it is a `&mut`); it reads no memory of this
+        // process.
+        let read = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                done as libc::off_t,
+            )
+        };
+        match read {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the shared payload ends after {done} of its {len} bytes"),
+                ));
+            }
+            n if n > 0 => {
+                let n = (n as usize).min(spare.len());
+                // SAFETY: `pread` initialized the `n` bytes after the first `done`, and
+                // `done + n <= len <= capacity`.
+                unsafe { bytes.set_len(done + n) };
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 /// How a call through [`ErasedCall::invoke`] ended.
@@ -581,8 +669,10 @@ pub(crate) fn serve_requests(
     stream: &std::os::unix::net::UnixStream,
     claims: &crate::process_pool::claim::Claims,
 ) -> io::Result<()> {
+    use crate::byte_buf::Backing;
+    use crate::process_pool::arena::{self, InArena, OutArena};
     use crate::process_pool::out_of_line::{self, FdReader};
-    use crate::process_pool::wire;
+    use crate::process_pool::wire::{self, OutOfLine};
     use std::io::BufReader;
     use std::os::fd::AsFd;
     use std::sync::Arc;
@@ -590,18 +680,29 @@ pub(crate) fn serve_requests(
     let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
+    // The parent's request arena, and this worker's reply arena with the count of replies
+    // written to it (see `process_pool::arena`).
+    let mut request_arena = InArena::default();
+    let mut reply_arena = OutArena::default();
+    let mut arena_replies_written = 0u64;
+    let missing_fd = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "shared request without its memfd",
+        )
+    };
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
-        // A shared argument is in the memfd that came with the frame's bytes, so it is in by
-        // now; the mapping lives until the call is over (a `ByteBuf` may keep it longer).
-        let mapping = if request.shared {
+        // The descriptors that came with the frame's bytes are in by now, in order: a sealed
+        // argument's memfd, or the parent's new request arena.
+        if request.new_arena {
+            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
+            request_arena.replace(fd)?;
+        }
+        // A sealed argument is mapped until the call is over (a `ByteBuf` may keep it longer).
+        let mut backing = if request.shared {
             let size = request.shared_size()?;
-            let fd = input.get_mut().fds.pop_front().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "shared request without its memfd",
-                )
-            })?;
-            Some(Arc::new(SealedMapping::new(fd, size)?))
+            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
+            Some(Arc::new(Backing::Sealed(SealedMapping::new(fd, size)?)))
         } else {
             None
         };
@@ -609,9 +710,13 @@ pub(crate) fn serve_requests(
             // The parent took the job back before it started: it runs elsewhere.
             continue;
         }
-        let arg = mapping
-            .as_deref()
-            .map_or(request.arg, SealedMapping::as_slice);
+        // An argument in the arena is copied out before the call, and only for a job claimed:
+        // the parent writes the arena again once the job is over, or taken back.
+        if request.in_arena {
+            let size = request.shared_size()?;
+            backing = Some(Arc::new(Backing::Copied(request_arena.read(size)?)));
+        }
+        let arg = backing.as_deref().map_or(request.arg, Backing::as_slice);
         // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
         // by `erase` in the same program image (see this function's documentation).
         let call = unsafe { ErasedCall::from_wire(request.call) };
@@ -623,12 +728,28 @@ pub(crate) fn serve_requests(
         };
         // With the `tracing` feature, the task's records carry its id and where it came from.
         let status = crate::process_pool::context::in_span(request.context, || {
-            crate::byte_buf::with_backing(mapping.as_ref(), || {
+            crate::byte_buf::with_backing(backing.as_ref(), || {
                 call.invoke(reporting, arg, &mut reply)
             })
         });
-        drop(mapping);
+        drop(backing);
         wire::finish_reply(&mut reply, status);
+        // A large result goes to the reply arena once the parent has read the last one there,
+        // else to a fresh sealed memfd (else through the socket).
+        let payload = wire::reply_payload(&reply);
+        if arena::fits(payload.len())
+            && claims.arena_replies_read() == arena_replies_written
+            && let Ok(new_arena) = reply_arena.write(payload)
+        {
+            arena_replies_written += 1;
+            let new = new_arena.is_some();
+            wire::move_reply_payload(&mut reply, OutOfLine::Arena { new });
+            match new_arena {
+                Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
+                None => out_of_line::send_all(stream, &reply)?,
+            }
+            continue;
+        }
         match wire::share_reply_payload(&mut reply) {
             Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
             None => out_of_line::send_all(stream, &reply)?,

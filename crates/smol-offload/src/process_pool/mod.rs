@@ -3,6 +3,7 @@
 // Imports flow one way, each module using only those listed above it:
 // out_of_line → claim → wire → context → options → job → server → worker_link → loan → shared →
 // loan_assist → room → dying → dispatcher.
+pub(crate) mod arena;
 pub(crate) mod claim;
 pub(crate) mod context;
 mod dispatcher;

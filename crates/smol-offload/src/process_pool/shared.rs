@@ -597,29 +597,56 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["start a"]);
     }
 
-    #[test]
-    fn a_large_argument_goes_straight_to_an_idle_worker_through_shared_memory() {
+    /// Submits a job whose argument is `len` bytes to an idle worker, and reads the request as
+    /// the worker would: returns whether it came sealed (else in the arena), after checking its
+    /// bytes.
+    fn send_large_argument(len: usize) -> bool {
         let shared = Shared::new().unwrap();
         let log = Log::default();
         let (link, worker_end) = worker();
         shared.lock().idle.push(link);
         let mut big = job("big", &log);
-        big.arg = (0..out_of_line::THRESHOLD + 1).map(|i| i as u8).collect();
+        big.arg = (0..len).map(|i| (i % 251) as u8).collect();
         let expected = big.arg.clone();
         lent(shared.submit(big).unwrap());
-        // The submitting thread sent a short frame with the argument's memfd attached, and did
-        // not wake the dispatcher.
+        // The submitting thread sent a short frame with a memfd attached, and did not wake the
+        // dispatcher.
         let mut input = out_of_line::FdReader::blocking(&worker_end);
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut input, &mut buffer)
             .unwrap()
             .unwrap();
-        assert!(request.shared);
-        let size = request.shared_size().unwrap();
-        let fd = input.fds.pop_front().expect("the argument's memfd");
-        let mapping = sys::SealedMapping::new(fd, size).unwrap();
-        assert_eq!(mapping.as_slice(), expected.as_slice());
+        assert_eq!(request.shared_size().unwrap(), len);
+        let fd = input.fds.pop_front().expect("a memfd");
+        assert!(input.fds.is_empty());
+        let bytes = if request.shared {
+            assert!(!request.in_arena && !request.new_arena);
+            sys::SealedMapping::new(fd, len)
+                .unwrap()
+                .as_slice()
+                .to_vec()
+        } else {
+            assert!(request.in_arena && request.new_arena, "a new arena");
+            let mut arena = crate::process_pool::arena::InArena::default();
+            arena.replace(fd).unwrap();
+            arena.read(len).unwrap()
+        };
+        assert!(bytes == expected, "the argument's bytes");
         assert_eq!(wake_ups(&shared), 0);
+        request.shared
+    }
+
+    #[test]
+    fn a_large_argument_goes_straight_to_an_idle_worker_through_its_arena() {
+        use crate::process_pool::arena::ARENA_MAX;
+        assert!(!send_large_argument(out_of_line::THRESHOLD + 1));
+        assert!(!send_large_argument(ARENA_MAX));
+    }
+
+    #[test]
+    fn an_argument_too_large_for_the_arena_goes_in_a_sealed_memfd() {
+        use crate::process_pool::arena::ARENA_MAX;
+        assert!(send_large_argument(ARENA_MAX + 1));
     }
 
     #[test]
