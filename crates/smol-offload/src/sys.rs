@@ -372,37 +372,99 @@ impl std::fmt::Debug for SealedMapping {
     }
 }
 
-/// A new, empty memfd for a per-worker payload arena (see `process_pool::arena`): written
-/// again and again by the one process that made it, read by the other, so it is not sealed.
-pub(crate) fn arena_memfd() -> io::Result<OwnedFd> {
-    Ok(nix::sys::memfd::memfd_create(
-        c"smol-offload-arena",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )?)
+/// The writer's side of a per-worker payload arena (see `process_pool::arena`): a memfd of a
+/// fixed size, sealed against shrinking and growing, mapped writable by the one process that
+/// writes it. The other process (a worker, possibly hostile) holds the descriptor, reads the
+/// file with `pread`, and may write it too; it can never shrink it, so a write through the
+/// mapping never faults past the end of the file.
+pub(crate) struct ArenaMapping {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only written, through `&mut self`, and stays mapped until the
+// `ArenaMapping` is dropped; which thread owns it changes nothing.
+unsafe impl Send for ArenaMapping {}
+
+impl ArenaMapping {
+    /// Makes the memfd, `len` bytes of it (no page is allocated before it is written), seals
+    /// its size, and maps it.
+    pub(crate) fn create(len: usize) -> io::Result<ArenaMapping> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        use std::os::fd::AsRawFd;
+
+        let fd = memfd_create(
+            c"smol-offload-arena",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        // SAFETY: a new shared mapping of the whole file at an address the kernel picks: it
+        // overlaps nothing of this process. The file is `len` bytes and sealed against
+        // shrinking, so every byte of the mapping stays backed by the file.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let address = std::ptr::NonNull::new(address.cast())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(ArenaMapping { address, len, fd })
+    }
+
+    /// The memfd, to send to the reader.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
+    /// Copies `bytes` to the start of the arena; `false` (nothing written) when they do not fit.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.len {
+            return false;
+        }
+        // SAFETY: the destination is the first `bytes.len() <= self.len` bytes of the live
+        // mapping, which no reference of this process points into (this process only ever
+        // writes it, through raw pointers, and never reads it back); `bytes` is memory of this
+        // process, so the two do not overlap. The other process may write the same bytes at
+        // the same time: that can only change what it reads back itself, as its own writes
+        // would.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.address.as_ptr(), bytes.len());
+        }
+        true
+    }
+}
+
+impl Drop for ArenaMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `create` mapped; no pointer into it outlives `self`.
+        unsafe { libc::munmap(self.address.as_ptr().cast(), self.len.max(1)) };
+    }
+}
+
+impl std::fmt::Debug for ArenaMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArenaMapping")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Whether `fd` is a memfd (or another shared-memory file): `F_GET_SEALS` works on those only.
 /// Reading such a file never waits, whatever the process that sent it does.
 pub(crate) fn is_memfd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).is_ok()
-}
-
-/// Writes all of `bytes` at the start of the file `fd` (which grows as needed), with `pwrite`:
-/// no mapping, so no page of the file is ever part of this process's memory.
-pub(crate) fn write_at_start(fd: std::os::fd::BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
-    let mut offset: libc::off_t = 0;
-    while !bytes.is_empty() {
-        match nix::sys::uio::pwrite(fd, bytes, offset) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                bytes = &bytes[n..];
-                offset += n as libc::off_t;
-            }
-            Err(nix::errno::Errno::EINTR) => {}
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Ok(())
 }
 
 /// Reads exactly `len` bytes from the start of the file `fd` into a new vector, with `pread`:
