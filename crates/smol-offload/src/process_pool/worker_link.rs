@@ -102,20 +102,13 @@ impl WorkerLink {
     }
 
     /// Queues the request that runs the pool's initializer `call(arg)`, for the next
-    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply.
-    pub(crate) fn initialize(&mut self, call: ErasedCall, arg: &[u8]) {
+    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply. Its panic comes
+    /// back in its reply, and the worker prints it too if `options` say so, as a task's.
+    pub(crate) fn initialize(&mut self, call: ErasedCall, options: wire::CallOptions, arg: &[u8]) {
         debug_assert!(self.in_flight.is_empty(), "initialized before any job");
         let id = self.next_id;
         self.next_id += 1;
-        // The initializer's panic comes back in its reply; the worker does not print it.
-        wire::write_request(
-            &mut self.outbox,
-            id,
-            call,
-            wire::CallOptions::default(),
-            None,
-            arg,
-        );
+        wire::write_request(&mut self.outbox, id, call, options, None, arg);
         self.initializing = Some(id);
         self.head_since = Instant::now();
     }
