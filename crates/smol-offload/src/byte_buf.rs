@@ -8,24 +8,34 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
-use crate::sys::SealedMapping;
+use crate::sys::{ArenaView, SealedMapping};
 
 /// The bytes of a large payload, which the `ByteBuf`s decoded from it may read in place.
 #[derive(Debug)]
 pub(crate) enum Backing {
     /// A sealed memfd, mapped read-only: bytes nobody can change.
     Sealed(SealedMapping),
-    /// A copy this process owns, read out of a per-worker arena (which the other process may
-    /// write again at any time, so it is never read in place).
+    /// A copy this process owns, read out of a per-worker arena (the parent reads the
+    /// worker's arena so: a hostile worker may write it at any time).
     Copied(Vec<u8>),
+    /// The first bytes of the parent's request arena, in a worker, read in place (see
+    /// [`ArenaView`] for why nobody writes them meanwhile).
+    Arena(Arc<ArenaView>, usize),
 }
 
 impl Backing {
+    /// The first `len` bytes of `view`, if it holds that many.
+    pub(crate) fn in_arena(view: &Arc<ArenaView>, len: usize) -> Option<Backing> {
+        view.get(len)?;
+        Some(Backing::Arena(view.clone(), len))
+    }
+
     /// The bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Backing::Sealed(mapping) => mapping.as_slice(),
             Backing::Copied(bytes) => bytes,
+            Backing::Arena(view, len) => view.get(*len).expect("checked by `in_arena`"),
         }
     }
 }

@@ -461,6 +461,98 @@ impl std::fmt::Debug for ArenaMapping {
     }
 }
 
+/// The worker's read-only mapping of the parent's request arena (see
+/// `process_pool::arena`), so that a large argument is decoded, and a `ByteBuf` in it read, in
+/// place rather than copied out first.
+///
+/// Unlike a [`SealedMapping`], the kernel does not keep these bytes from changing: the parent
+/// writes the arena again for a later argument. What keeps them still while they are read is
+/// the protocol, on the parent's side of which the worker relies as it relies on the code
+/// addresses the parent sends: the parent writes the arena only once the worker has answered
+/// the job whose argument is there, and the worker answers only when no reference into the
+/// arena is left (nothing but its own loop holds this view); when a `ByteBuf` of the argument
+/// outlives its call, the worker lets go of this view instead, and tells the parent to make
+/// another arena (the `ByteBuf` keeps this one mapped, and the parent never writes it again).
+pub(crate) struct ArenaView {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: read-only memory that, by the protocol above, nobody writes while it is referenced;
+// which thread holds the view changes nothing.
+unsafe impl Send for ArenaView {}
+// SAFETY: as above: shared references only read it.
+unsafe impl Sync for ArenaView {}
+
+impl ArenaView {
+    /// Maps the arena `fd` that the parent sent, whole; `fd` is closed (the mapping keeps the
+    /// file).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is no memfd sealed against shrinking, or `mmap` failed.
+    pub(crate) fn map(fd: OwnedFd) -> io::Result<ArenaView> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a payload arena that is not sealed against shrinking",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let length = std::num::NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "an empty payload arena"))?;
+        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps no
+        // memory of this process. The file is sealed against shrinking, so no page of the
+        // mapping can vanish under a reader (which would raise SIGBUS).
+        let address = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }?;
+        Ok(ArenaView {
+            address: address.cast(),
+            len,
+        })
+    }
+
+    /// The first `len` bytes of the arena; `None` if it is shorter.
+    pub(crate) fn get(&self, len: usize) -> Option<&[u8]> {
+        if len > self.len {
+            return None;
+        }
+        // SAFETY: `address` is the start of a live readable mapping of `self.len >= len` bytes,
+        // which no one writes while the returned reference (tied to `self`) lives: see the
+        // type's documentation.
+        Some(unsafe { std::slice::from_raw_parts(self.address.as_ptr(), len) })
+    }
+}
+
+impl Drop for ArenaView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped; no reference from `get` outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for ArenaView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArenaView")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Whether `fd` is a memfd (or another shared-memory file): `F_GET_SEALS` works on those only.
 /// Reading such a file never waits, whatever the process that sent it does.
 pub(crate) fn is_memfd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
@@ -732,7 +824,7 @@ pub(crate) fn serve_requests(
     claims: &crate::process_pool::claim::Claims,
 ) -> io::Result<()> {
     use crate::byte_buf::Backing;
-    use crate::process_pool::arena::{self, InArena, OutArena};
+    use crate::process_pool::arena::{self, OutArena};
     use crate::process_pool::out_of_line::{self, FdReader};
     use crate::process_pool::wire::{self, OutOfLine};
     use std::io::BufReader;
@@ -742,9 +834,9 @@ pub(crate) fn serve_requests(
     let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
-    // The parent's request arena, and this worker's reply arena with the count of replies
-    // written to it (see `process_pool::arena`).
-    let mut request_arena = InArena::default();
+    // The parent's request arena, mapped, and this worker's reply arena with the count of
+    // replies written to it (see `process_pool::arena`).
+    let mut request_arena: Option<Arc<ArenaView>> = None;
     let mut reply_arena = OutArena::default();
     let mut arena_replies_written = 0u64;
     let missing_fd = || {
@@ -758,7 +850,7 @@ pub(crate) fn serve_requests(
         // argument's memfd, or the parent's new request arena.
         if request.new_arena {
             let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
-            request_arena.replace(fd)?;
+            request_arena = Some(Arc::new(ArenaView::map(fd)?));
         }
         // A sealed argument is mapped until the call is over (a `ByteBuf` may keep it longer).
         let mut backing = if request.shared {
@@ -772,11 +864,21 @@ pub(crate) fn serve_requests(
             // The parent took the job back before it started: it runs elsewhere.
             continue;
         }
-        // An argument in the arena is copied out before the call, and only for a job claimed:
-        // the parent writes the arena again once the job is over, or taken back.
+        // An argument in the arena is read in place, and only for a job claimed: the parent
+        // writes the arena again only once the job is answered (or taken back, and then it
+        // is never read here).
         if request.in_arena {
             let size = request.shared_size()?;
-            backing = Some(Arc::new(Backing::Copied(request_arena.read(size)?)));
+            let in_arena = request_arena
+                .as_ref()
+                .and_then(|view| Backing::in_arena(view, size))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "an argument beyond the request arena",
+                    )
+                })?;
+            backing = Some(Arc::new(in_arena));
         }
         let arg = backing.as_deref().map_or(request.arg, Backing::as_slice);
         // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
@@ -796,6 +898,16 @@ pub(crate) fn serve_requests(
         });
         drop(backing);
         wire::finish_reply(&mut reply, status);
+        // A `ByteBuf` of the argument outlived the call (the function kept it somewhere): it
+        // still reads the arena, which the parent must then never write again. Only this
+        // loop's own reference is left otherwise.
+        if request_arena
+            .as_ref()
+            .is_some_and(|view| Arc::strong_count(view) > 1)
+        {
+            request_arena = None;
+            wire::retain_request_arena(&mut reply);
+        }
         // A large result goes to the reply arena once the parent has read the last one there,
         // else to a fresh sealed memfd (else through the socket).
         let payload = wire::reply_payload(&reply);

@@ -122,8 +122,9 @@ fn arena_fds() -> Vec<RawFd> {
         .collect()
 }
 
-/// In the worker: starts a thread that writes garbage over both of the worker's arenas, again
-/// and again, for as long as the worker lives. Returns how many arenas it found.
+/// In the worker: starts a thread that writes garbage over the arenas whose descriptors the
+/// worker holds (its reply arena: it maps the parent's request arena and closes the
+/// descriptor), again and again, for as long as the worker lives. Returns how many it found.
 fn scribble_over_arenas(_: ()) -> usize {
     let fds = arena_fds();
     let found = fds.len();
@@ -143,7 +144,7 @@ fn scribble_over_arenas(_: ()) -> usize {
                 // buffer into it.
                 let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
                 let _ = nix::sys::uio::pwrite(borrowed, &garbage, offset);
-                // The arenas are sealed: neither can be shrunk under its writer.
+                // The arena is sealed: it cannot be shrunk under its writer.
                 assert!(nix::unistd::ftruncate(borrowed, 0).is_err());
             }
         }
@@ -158,7 +159,7 @@ fn a_worker_that_scribbles_over_its_arenas_garbles_only_its_own_results() {
     block_on(async {
         // Both arenas exist once a large argument and a large result crossed.
         round_trip(&pool, 1, 1024 * 1024).await;
-        assert_eq!(pool.run(scribble_over_arenas, ()).await.unwrap(), 2);
+        assert_eq!(pool.run(scribble_over_arenas, ()).await.unwrap(), 1);
         let mut intact = 0;
         for round in 0..12u8 {
             let len = THRESHOLD + 1 + usize::from(round) * 100_000;
@@ -303,4 +304,46 @@ fn arena_replies_that_do_not_hold_together_fail_only_their_task() {
         // The replacement has arenas of its own.
         block_on(round_trip(&pool, 7, 1024 * 1024));
     }
+}
+
+/// Byte buffers of arguments that the worker keeps past their call.
+static KEPT: std::sync::Mutex<Vec<(u8, ByteBuf)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps its argument in the worker; says whether it reads the arena in place.
+fn keep((seed, bytes): (u8, ByteBuf)) -> bool {
+    let in_place = bytes.is_shared();
+    KEPT.lock().unwrap().push((seed, bytes));
+    in_place
+}
+
+/// Checks every buffer kept so far against the pattern it was made with; returns how many.
+fn check_kept(_: ()) -> usize {
+    let kept = KEPT.lock().unwrap();
+    for (seed, bytes) in kept.iter() {
+        assert!(
+            bytes.as_slice() == pattern(bytes.len(), *seed),
+            "kept buffer {seed} was overwritten"
+        );
+    }
+    kept.len()
+}
+
+#[test]
+fn a_byte_buffer_that_a_worker_keeps_is_never_overwritten() {
+    // The worker reads a large argument in place in the parent's arena; one it keeps past its
+    // call makes the parent move to a new arena, so later arguments never overwrite it.
+    let pool = ProcessPool::new(1).unwrap();
+    block_on(async {
+        for seed in 0..6u8 {
+            let len = 300_000 + usize::from(seed) * 1000;
+            let kept = pool
+                .run(keep, (seed, ByteBuf::from(pattern(len, seed))))
+                .await
+                .unwrap();
+            assert!(kept, "read in place");
+            round_trip(&pool, seed + 100, 1024 * 1024).await;
+            round_trip(&pool, seed + 150, 2 * THRESHOLD).await;
+        }
+        assert_eq!(pool.run(check_kept, ()).await.unwrap(), 6);
+    });
 }

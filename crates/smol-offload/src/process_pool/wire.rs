@@ -58,6 +58,9 @@ const ARENA_REPLY: u8 = 0x40;
 const NEW_ARENA_REPLY: u8 = 0x20;
 /// The status bits that say where a reply's payload is.
 const OUT_OF_LINE_REPLY: u8 = SHARED_REPLY | ARENA_REPLY | NEW_ARENA_REPLY;
+/// Reply status bit: the worker keeps reading the parent's request arena (a `ByteBuf` of the
+/// argument outlived the call): the parent must never write it again, and makes another.
+const ARENA_RETAINED: u8 = 0x10;
 
 /// Where a payload that does not go through the socket is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,6 +308,12 @@ pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
     out[12] = status as u8;
 }
 
+/// Marks the reply frame finished in `out`: the worker keeps reading the parent's request
+/// arena, which the parent must not write again.
+pub(crate) fn retain_request_arena(out: &mut [u8]) {
+    out[12] |= ARENA_RETAINED;
+}
+
 /// Turns the reply frame finished in `out` into one whose payload is in a new sealed memfd,
 /// if the payload is longer than [`out_of_line::THRESHOLD`]: returns the memfd, to send with
 /// the frame. `None` leaves the frame as it was (also when the memfd could not be made: the
@@ -412,6 +421,8 @@ pub(crate) struct ReplyReader {
     arena: InArena,
     /// How many replies were read out of the arena.
     arena_replies_read: u64,
+    /// Set when a reply said that the worker keeps reading the parent's request arena.
+    request_arena_retained: bool,
 }
 
 impl ReplyReader {
@@ -435,6 +446,12 @@ impl ReplyReader {
     /// once it learns this count (see [`arena`](super::arena)).
     pub(crate) fn arena_replies_read(&self) -> u64 {
         self.arena_replies_read
+    }
+
+    /// True (once) when a reply read since the last call said that the worker keeps reading the
+    /// parent's request arena: the parent must make another one.
+    pub(crate) fn take_request_arena_retained(&mut self) -> bool {
+        std::mem::take(&mut self.request_arena_retained)
     }
 
     /// Marks the stream malformed for good, for what the bytes alone do not show.
@@ -531,7 +548,8 @@ impl ReplyReader {
             _ => return Err(Malformed(format!("an unknown reply status {status}"))),
         };
         let shared = place.is_some();
-        let status = CallStatus::from_byte(status & !OUT_OF_LINE_REPLY)
+        let retained = status & ARENA_RETAINED != 0;
+        let status = CallStatus::from_byte(status & !(OUT_OF_LINE_REPLY | ARENA_RETAINED))
             .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
         if shared && len != REPLY_HEADER + 8 {
             return Err(Malformed(format!(
@@ -573,6 +591,7 @@ impl ReplyReader {
             Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
         };
         self.buffer.drain(..4 + len);
+        self.request_arena_retained |= retained;
         Ok(Some(Reply {
             id: expected,
             status,

@@ -304,6 +304,11 @@ impl WorkerLink {
             .initializing
             .or_else(|| self.in_flight.front().map(|in_flight| in_flight.id));
         let reply = self.replies.next_reply(expected);
+        if self.replies.take_request_arena_retained() {
+            // The worker still reads the arena: this side lets go of it, and the next large
+            // argument makes a new one.
+            self.arena = OutArena::default();
+        }
         let arena_replies_read = self.replies.arena_replies_read();
         if arena_replies_read != self.arena_replies_read {
             // Copied out of the worker's arena: it may write the next reply there.
