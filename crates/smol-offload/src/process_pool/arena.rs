@@ -11,16 +11,22 @@
 //!   results into its *reply arena*; each side makes its arena at its first use and attaches
 //!   the descriptor to the frame that first uses it ([`OutArena::write`]). A frame whose payload
 //!   is in an arena carries the payload's size in place of the payload.
-//! - **Only the writer maps an arena, and only writes through the mapping.** An arena is a
-//!   memfd of [`ARENA_MAX`] bytes sealed against shrinking and growing, so no write through the
-//!   mapping can fault past its end, whatever the other side does to the file. `pwrite` would
-//!   do without the mapping, but it costs about three times a `memcpy` on shared memory.
-//! - **The reader copies a payload out with `pread`** ([`InArena::read`]) before anything
-//!   reads it. A hostile worker can write anything into its arena at any time, or hand over
-//!   another file: the parent reads at most [`ARENA_MAX`] bytes, into memory of its own,
-//!   through the kernel, so that can change the bytes it gets or make the read fail (the reply
-//!   is then malformed), never touch the parent's memory otherwise. A descriptor that is not a
-//!   memfd is refused, so that a read can never wait.
+//! - **The writer maps its arena, and only writes through the mapping.** An arena is a memfd of
+//!   [`ARENA_MAX`] bytes sealed against shrinking and growing, so no access through a mapping
+//!   can fault past its end, whatever the other side does to the file. `pwrite` would do
+//!   without the mapping, but it costs about three times a `memcpy` on shared memory.
+//! - **The parent copies a reply out with `pread`** ([`InArena::read`]) before anything reads
+//!   it, and never maps the worker's arena. A hostile worker can write anything into its arena
+//!   at any time, or hand over another file: the parent reads at most [`ARENA_MAX`] bytes, into
+//!   memory of its own, through the kernel, so that can change the bytes it gets or make the
+//!   read fail (the reply is then malformed), never touch the parent's memory otherwise. A
+//!   descriptor that is not a memfd is refused, so that a read can never wait.
+//! - **The worker reads an argument in place** in its read-only mapping of the parent's arena
+//!   (`sys::ArenaView`): it trusts the parent, which writes the arena only when no job in flight
+//!   has its argument there. A `ByteBuf` of the argument that outlives its call (the function
+//!   kept it) would see the next argument: the worker then drops its view (the `ByteBuf` keeps
+//!   the old mapping) and says so in its reply (`ARENA_RETAINED`), and the parent makes a new
+//!   arena for the next large argument, never writing the old one again.
 //! - **When an arena may be written again.** The parent writes a new argument only when no job
 //!   in flight on that worker has its argument in the arena (the worker reads a claimed job's
 //!   argument before running it, and never reads one whose job was taken back). The worker
