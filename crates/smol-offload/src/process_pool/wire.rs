@@ -20,7 +20,8 @@
 //! per-worker arena when it is free (see [`arena`](super::arena)): the `ARENA_ARGUMENT` flag
 //! or the `ARENA_REPLY` status bit says so, the frame carries the size in place of the payload,
 //! and the `NEW_ARENA` flag or status bit says that the descriptor attached to the frame is the
-//! sender's arena, made for it.
+//! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
+//! reading the parent's request arena, which the parent must never write again.
 
 use std::io::{self, Read};
 
