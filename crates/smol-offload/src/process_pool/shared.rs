@@ -529,6 +529,7 @@ mod tests {
     use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
+    use crate::process_pool::worker_link::Incoming;
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
 
@@ -821,6 +822,65 @@ mod tests {
         let placed = shared.submit_or_wait(job("c", &log), Some((ids[1], &wakers[1])));
         assert!(matches!(placed, Ok(Placed::Queued)));
         assert_eq!(wake_ups(), [1, 1, 0]);
+    }
+
+    /// Sends the reply to request `id`, as a worker would; `retained` says that the worker
+    /// keeps reading the request arena.
+    fn reply_to(worker_end: &UnixStream, id: u64, retained: bool) {
+        let mut reply = Vec::new();
+        wire::begin_reply(&mut reply, id);
+        reply.extend_from_slice(b"ok");
+        wire::finish_reply(&mut reply, CallStatus::Returned);
+        if retained {
+            wire::retain_request_arena(&mut reply);
+        }
+        out_of_line::send_all(worker_end, &reply).unwrap();
+    }
+
+    #[test]
+    fn the_request_arena_is_written_again_only_once_the_job_using_it_is_answered() {
+        let (mut link, worker_end) = worker();
+        let log = Log::default();
+        let large = |name: &'static str| {
+            let mut job = job(name, &log);
+            job.arg = vec![name.as_bytes()[0]; out_of_line::THRESHOLD + 1];
+            job
+        };
+        let mut input = out_of_line::FdReader::blocking(&worker_end);
+        let mut buffer = Vec::new();
+        // Where each request's argument went: (in the arena, with a new arena, sealed).
+        let mut next_request = |link: &mut WorkerLink, name| {
+            link.assign(large(name));
+            link.flush().unwrap();
+            let request = wire::read_request(&mut input, &mut buffer)
+                .unwrap()
+                .unwrap();
+            let placed = (request.in_arena, request.new_arena, request.shared);
+            if request.new_arena || request.shared {
+                assert!(input.fds.pop_front().is_some(), "its descriptor");
+            }
+            placed
+        };
+        let answered = |link: &mut WorkerLink| {
+            assert!(link.receive());
+            assert!(matches!(link.next_incoming(), Incoming::Reply(..)));
+        };
+        // Job 0 makes the arena; job 1, sent ahead while 0 runs, finds it busy.
+        assert_eq!(next_request(&mut link, "a"), (true, true, false));
+        assert_eq!(next_request(&mut link, "b"), (false, false, true));
+        reply_to(&worker_end, 0, false);
+        answered(&mut link);
+        // Job 0 answered: job 2 writes the same arena again.
+        assert_eq!(next_request(&mut link, "c"), (true, false, false));
+        reply_to(&worker_end, 1, false);
+        answered(&mut link);
+        assert_eq!(next_request(&mut link, "d"), (false, false, true), "2 runs");
+        // The worker keeps reading the arena after job 2: job 4 gets a new one.
+        reply_to(&worker_end, 2, true);
+        answered(&mut link);
+        reply_to(&worker_end, 3, false);
+        answered(&mut link);
+        assert_eq!(next_request(&mut link, "e"), (true, true, false));
     }
 
     #[test]
