@@ -36,6 +36,7 @@ where
     T: Serialize + ?Sized,
 {
     let start = out.len();
+    BLOCK_BYTES.set(0);
     let mut serializer = postcard::Serializer {
         output: Append(&mut *out),
     };
@@ -86,6 +87,38 @@ where
     .map_err(|failure| slot.finish(failure))
 }
 
+/// Decodes a `T` from the `len` bytes that `reader` yields, as they come: only the bytes that
+/// the value borrows (a byte slice or a string, copied then) are held whole, in a buffer of
+/// `len` bytes whose pages are allocated only where they are written. Decoded through the
+/// adapter at once, so that a user's message is kept without reading the bytes twice.
+pub(crate) fn decode_stream<T>(reader: impl std::io::Read, len: usize) -> Result<T, CodecError>
+where
+    T: de::DeserializeOwned,
+{
+    let mut borrowed = vec![0u8; len];
+    let flavor = postcard::de_flavors::io::io::IOReader::new(reader, &mut borrowed);
+    let mut deserializer = postcard::Deserializer::from_flavor(flavor);
+    let slot = Slot::default();
+    T::deserialize(Capture {
+        inner: &mut deserializer,
+        slot: &slot,
+    })
+    .map_err(|failure| slot.finish(failure))
+}
+
+thread_local! {
+    /// How many bytes the last [`encode_into`] on this thread wrote as whole blocks (byte
+    /// slices, strings), not one value at a time.
+    static BLOCK_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bytes the last encoding on this thread wrote as whole blocks: a result that is
+/// mostly blocks (a `ByteBuf`) is best read in place, one that is not best decoded as a
+/// stream.
+pub(crate) fn last_block_bytes() -> usize {
+    BLOCK_BYTES.get()
+}
+
 /// Lets postcard append to a buffer it borrows: a byte with `push`, a slice with one copy.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -101,6 +134,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     #[inline]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(bytes);
+        BLOCK_BYTES.set(BLOCK_BYTES.get() + bytes.len());
         Ok(())
     }
 

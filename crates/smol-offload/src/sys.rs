@@ -277,6 +277,20 @@ pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
+/// A new memfd holding a copy of `bytes`, not sealed: its reader may punch out its pages as it
+/// goes (see `process_pool::stream_reply`).
+pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+
+    let fd = nix::sys::memfd::memfd_create(
+        c"smol-offload-stream",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file.into())
+}
+
 /// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
 /// change while they are mapped.
 pub(crate) struct SealedMapping {
@@ -924,7 +938,19 @@ pub(crate) fn serve_requests(
             }
             continue;
         }
-        match wire::share_reply_payload(&mut reply) {
+        // A large returned value that is not mostly blocks of bytes (a `Vec<u8>`, say) is
+        // decoded by the parent as a stream, which gives the memory back as it goes; one that
+        // is (a `ByteBuf`) comes sealed, to be read in place.
+        let large = wire::reply_payload(&reply).len() > out_of_line::THRESHOLD;
+        let streamed = large
+            && status == CallStatus::Returned
+            && crate::codec::last_block_bytes() < wire::reply_payload(&reply).len() / 2;
+        let shared = if streamed {
+            wire::stream_reply_payload(&mut reply)
+        } else {
+            wire::share_reply_payload(&mut reply)
+        };
+        match shared {
             Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
             None => out_of_line::send_all(stream, &reply)?,
         }

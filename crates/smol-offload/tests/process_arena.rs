@@ -231,10 +231,38 @@ enum Broken {
     TooLarge,
     /// Half a frame, then the worker is killed.
     KilledMidFrame,
+    /// A result to decode as a stream, in a pipe.
+    StreamInPipe,
+    /// A panic to decode as a stream: only returned values are streamed.
+    StreamedPanic,
+    /// A result to decode as a stream, larger than its file.
+    StreamTooLarge,
+}
+
+/// A reply frame to request 0 whose returned value (or panic) of `size` bytes is to be decoded
+/// as a stream from the memfd attached.
+fn stream_frame(size: u64, status: u8) -> Vec<u8> {
+    let mut frame = arena_frame(size, false);
+    frame[12] = 0x80 | 0x40 | status;
+    frame
 }
 
 fn send_broken(broken: Broken) -> u64 {
     match broken {
+        Broken::StreamInPipe => {
+            let (reader, _writer) = nix::unistd::pipe().unwrap();
+            send_raw_reply(&stream_frame(200_000, 0), Some(reader.as_raw_fd()))
+        }
+        Broken::StreamedPanic | Broken::StreamTooLarge => {
+            let fd = nix::sys::memfd::memfd_create(c"stream", nix::sys::memfd::MFdFlags::empty())
+                .unwrap();
+            nix::unistd::ftruncate(&fd, 1000).unwrap();
+            let frame = match broken {
+                Broken::StreamedPanic => stream_frame(1000, 1),
+                _ => stream_frame(1 << 40, 0),
+            };
+            send_raw_reply(&frame, Some(fd.as_raw_fd()))
+        }
         Broken::NoArena => send_raw_reply(&arena_frame(200_000, false), None),
         Broken::Pipe => {
             let (reader, _writer) = nix::unistd::pipe().unwrap();
@@ -288,6 +316,12 @@ fn arena_replies_that_do_not_hold_together_fail_only_their_task() {
         (Broken::Short, "ends after 1000 of its 5000 bytes"),
         (Broken::TooLarge, "above its"),
         (Broken::KilledMidFrame, "signal 9"),
+        (Broken::StreamInPipe, "no memfd"),
+        (
+            Broken::StreamedPanic,
+            "a streamed reply with status Panicked",
+        ),
+        (Broken::StreamTooLarge, "in a file of 1000"),
     ];
     for (broken, why) in cases {
         // A fresh pool each time: the frame answers request 0.
@@ -346,4 +380,61 @@ fn a_byte_buffer_that_a_worker_keeps_is_never_overwritten() {
         }
         assert_eq!(pool.run(check_kept, ()).await.unwrap(), 6);
     });
+}
+
+/// A large result that serde encodes element by element, with a string and a byte buffer: the
+/// parent decodes it as a stream.
+fn mixed_result(len: usize) -> (Vec<u8>, String, ByteBuf, Vec<u32>) {
+    (
+        pattern(len, 9),
+        "a string between the fields".repeat(1000),
+        ByteBuf::from(pattern(300_000, 10)),
+        (0..100_000).collect(),
+    )
+}
+
+#[test]
+fn large_results_decoded_as_a_stream_arrive_whole() {
+    let pool = ProcessPool::new(1).unwrap();
+    block_on(async {
+        for len in [ARENA_MAX + 1, 3 * ARENA_MAX + 12_345] {
+            let (bytes, text, buffer, numbers) = pool.run(mixed_result, len).await.unwrap();
+            assert!(bytes == pattern(len, 9), "{len} bytes");
+            assert_eq!(text, "a string between the fields".repeat(1000));
+            assert!(buffer.as_slice() == pattern(300_000, 10));
+            assert!(numbers.iter().copied().eq(0..100_000u32));
+        }
+    });
+}
+
+/// Deserializes the bytes, then refuses them with a message of its own.
+#[derive(Debug, serde::Serialize)]
+struct Refused(Vec<u8>);
+
+impl<'de> serde::Deserialize<'de> for Refused {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Refused, D::Error> {
+        let bytes = Vec::<u8>::deserialize(deserializer)?;
+        Err(serde::de::Error::custom(format!(
+            "Refused will not take {} bytes",
+            bytes.len()
+        )))
+    }
+}
+
+fn refused(len: usize) -> Refused {
+    Refused(pattern(len, 1))
+}
+
+#[test]
+fn a_user_message_from_a_result_decoded_as_a_stream_is_kept() {
+    let pool = ProcessPool::new(1).unwrap();
+    let len = ARENA_MAX + 100;
+    let err = block_on(pool.run(refused, len)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("Refused will not take {len} bytes")),
+        "{err}"
+    );
+    // The worker is fine.
+    block_on(round_trip(&pool, 3, 1024 * 1024));
 }

@@ -17,6 +17,7 @@ pub(crate) mod raw;
 pub(crate) mod room;
 pub(crate) mod server;
 mod shared;
+pub(crate) mod stream_reply;
 pub(crate) mod wire;
 mod worker;
 mod worker_link;

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use crate::byte_buf::Backing;
 use crate::process_pool::arena::InArena;
 use crate::process_pool::out_of_line::{self, MAX_WAITING_FDS};
+use crate::process_pool::stream_reply::StreamPayload;
 use crate::sys::{CallStatus, ErasedCall, SealedMapping};
 
 const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
@@ -70,6 +71,9 @@ pub(crate) enum OutOfLine {
     Sealed,
     /// In the sender's arena; its descriptor is attached to the frame when it is `new`.
     Arena { new: bool },
+    /// A result in a fresh memfd, not sealed, attached to the frame, which the parent decodes
+    /// as a stream (see [`stream_reply`](super::stream_reply)).
+    Stream,
 }
 
 impl OutOfLine {
@@ -168,7 +172,7 @@ pub(crate) fn write_shared_request(
         &(size as u64).to_le_bytes(),
     );
     out[start + 12] |= match place {
-        OutOfLine::Sealed => SHARED_ARGUMENT,
+        OutOfLine::Sealed | OutOfLine::Stream => SHARED_ARGUMENT,
         OutOfLine::Arena { new: false } => ARENA_ARGUMENT,
         OutOfLine::Arena { new: true } => ARENA_ARGUMENT | NEW_ARENA,
     };
@@ -329,6 +333,14 @@ pub(crate) fn share_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
     Some(fd)
 }
 
+/// Like [`share_reply_payload`], but for a returned value that the parent is to decode as a
+/// stream: the memfd is not sealed, so that the parent can give its pages back as it reads.
+pub(crate) fn stream_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
+    let fd = crate::sys::payload_memfd(&out[REPLY_PAYLOAD..]).ok()?;
+    move_reply_payload(out, OutOfLine::Stream);
+    Some(fd)
+}
+
 /// The payload of the reply frame finished in `out`, which goes elsewhere (see
 /// [`move_reply_payload`]).
 pub(crate) fn reply_payload(out: &[u8]) -> &[u8] {
@@ -347,6 +359,7 @@ pub(crate) fn move_reply_payload(out: &mut Vec<u8>, place: OutOfLine) {
         OutOfLine::Sealed => SHARED_REPLY,
         OutOfLine::Arena { new: false } => ARENA_REPLY,
         OutOfLine::Arena { new: true } => ARENA_REPLY | NEW_ARENA_REPLY,
+        OutOfLine::Stream => SHARED_REPLY | ARENA_REPLY,
     };
 }
 
@@ -364,20 +377,24 @@ pub(crate) struct Reply {
 pub(crate) enum Payload {
     Inline(Vec<u8>),
     Shared(Arc<Backing>),
+    /// A returned value to decode as a stream (never another status).
+    Stream(StreamPayload),
 }
 
 impl Payload {
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    /// The bytes; a streamed payload is read whole for it (decode it as a stream instead).
+    pub(crate) fn as_slice(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Payload::Inline(bytes) => bytes,
-            Payload::Shared(mapping) => mapping.as_slice(),
+            Payload::Inline(bytes) => bytes.into(),
+            Payload::Shared(mapping) => mapping.as_slice().into(),
+            Payload::Stream(stream) => stream.read_all().unwrap_or_default().into(),
         }
     }
 
     /// The shared memory the payload is in, if it is.
     pub(crate) fn mapping(&self) -> Option<&Arc<Backing>> {
         match self {
-            Payload::Inline(_) => None,
+            Payload::Inline(_) | Payload::Stream(_) => None,
             Payload::Shared(mapping) => Some(mapping),
         }
     }
@@ -385,7 +402,7 @@ impl Payload {
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Payload) -> bool {
-        self.as_slice() == other.as_slice()
+        *self.as_slice() == *other.as_slice()
     }
 }
 
@@ -393,19 +410,19 @@ impl Eq for Payload {}
 
 impl PartialEq<Vec<u8>> for Payload {
     fn eq(&self, other: &Vec<u8>) -> bool {
-        self.as_slice() == other.as_slice()
+        *self.as_slice() == *other.as_slice()
     }
 }
 
 impl<const N: usize> PartialEq<[u8; N]> for Payload {
     fn eq(&self, other: &[u8; N]) -> bool {
-        self.as_slice() == other
+        *self.as_slice() == *other
     }
 }
 
 impl<const N: usize> PartialEq<&[u8; N]> for Payload {
     fn eq(&self, other: &&[u8; N]) -> bool {
-        self.as_slice() == *other
+        *self.as_slice() == **other
     }
 }
 
@@ -544,6 +561,7 @@ impl ReplyReader {
         let place = match status & OUT_OF_LINE_REPLY {
             0 => None,
             SHARED_REPLY => Some(OutOfLine::Sealed),
+            bits if bits == SHARED_REPLY | ARENA_REPLY => Some(OutOfLine::Stream),
             ARENA_REPLY => Some(OutOfLine::Arena { new: false }),
             bits if bits == ARENA_REPLY | NEW_ARENA_REPLY => Some(OutOfLine::Arena { new: true }),
             _ => return Err(Malformed(format!("an unknown reply status {status}"))),
@@ -552,6 +570,11 @@ impl ReplyReader {
         let retained = status & ARENA_RETAINED != 0;
         let status = CallStatus::from_byte(status & !(OUT_OF_LINE_REPLY | ARENA_RETAINED))
             .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
+        if place == Some(OutOfLine::Stream) && status != CallStatus::Returned {
+            return Err(Malformed(format!(
+                "a streamed reply with status {status:?}"
+            )));
+        }
         if shared && len != REPLY_HEADER + 8 {
             return Err(Malformed(format!(
                 "a shared-memory reply frame of {len} bytes"
@@ -580,7 +603,7 @@ impl ReplyReader {
                 None
             };
             match self.read_shared(place, fd, size) {
-                Ok(backing) => Payload::Shared(Arc::new(backing)),
+                Ok(payload) => payload,
                 Err(err) => {
                     let malformed =
                         Malformed(format!("a shared-memory reply that is unusable: {err}"));
@@ -609,21 +632,29 @@ impl ReplyReader {
         place: OutOfLine,
         fd: Option<OwnedFd>,
         size: u64,
-    ) -> io::Result<Backing> {
-        let size =
-            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        match (place, fd) {
-            (OutOfLine::Sealed, Some(fd)) => Ok(Backing::Sealed(SealedMapping::new(fd, size)?)),
+    ) -> io::Result<Payload> {
+        let size_in_memory =
+            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+        let backing = match (place, fd) {
+            (OutOfLine::Stream, Some(fd)) => {
+                return Ok(Payload::Stream(StreamPayload::receive(fd, size)?));
+            }
+            (OutOfLine::Sealed, Some(fd)) => {
+                Backing::Sealed(SealedMapping::new(fd, size_in_memory?)?)
+            }
             (OutOfLine::Arena { .. }, fd) => {
                 if let Some(fd) = fd {
                     self.arena.replace(fd)?;
                 }
-                let bytes = self.arena.read(size)?;
+                let bytes = self.arena.read(size_in_memory?)?;
                 self.arena_replies_read += 1;
-                Ok(Backing::Copied(bytes))
+                Backing::Copied(bytes)
             }
-            (OutOfLine::Sealed, None) => Err(io::ErrorKind::InvalidData.into()),
-        }
+            (OutOfLine::Sealed | OutOfLine::Stream, None) => {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+        };
+        Ok(Payload::Shared(Arc::new(backing)))
     }
 }
 

@@ -321,7 +321,7 @@ impl WorkerLink {
                 match reply.status {
                     CallStatus::Returned => Incoming::Initialized,
                     _ => Incoming::InitializerFailed(
-                        String::from_utf8_lossy(reply.payload.as_slice()).into_owned(),
+                        String::from_utf8_lossy(&reply.payload.as_slice()).into_owned(),
                     ),
                 }
             }
