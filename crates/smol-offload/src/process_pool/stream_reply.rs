@@ -22,7 +22,7 @@ use std::os::unix::fs::FileExt;
 
 use nix::fcntl::{FallocateFlags, fallocate};
 
-/// How much of the file is read at a time, and punched out behind the decoder.
+/// How much of the file is punched out at a time, behind the decoder.
 const CHUNK: usize = 1024 * 1024;
 
 /// The largest stream a reply may claim (as a frame on the socket).
@@ -63,16 +63,14 @@ impl StreamPayload {
         self.size
     }
 
-    /// A reader of the result from its start, which punches out what it has read.
+    /// A reader of the result from its start, which punches out what it has read (read it in
+    /// large pieces: it is not buffered).
     pub(crate) fn reader(&self) -> impl Read + '_ {
-        io::BufReader::with_capacity(
-            CHUNK,
-            PunchingReader {
-                payload: self,
-                offset: 0,
-                punched: 0,
-            },
-        )
+        PunchingReader {
+            payload: self,
+            offset: 0,
+            punched: 0,
+        }
     }
 
     /// The whole result, copied out (without punching).
