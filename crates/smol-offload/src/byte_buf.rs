@@ -45,11 +45,13 @@ impl Backing {
 ///
 /// Large arguments and results of a [`ProcessPool`](crate::ProcessPool) do not go through the
 /// worker's socket: up to 4 MiB they are written to a shared-memory file (a memfd) that each
-/// worker keeps for the purpose and read back with one copy; above that, to a fresh sealed
-/// memfd whose descriptor is passed with the request or the reply. A `ByteBuf` decoded from
-/// such a payload is not copied again: it reads the payload's bytes in place (the sealed
-/// memory itself, mapped, for the largest ones), and keeps them until it is dropped.
-/// Otherwise it is an ordinary `Vec<u8>`.
+/// worker keeps for the purpose (the worker reads an argument there in place, the parent copies
+/// a result out once); above that, to a fresh sealed memfd whose descriptor is passed with the
+/// request or the reply. A `ByteBuf` decoded from such a payload is not copied again: it reads
+/// the payload's bytes in place (the sealed memory itself, mapped, for the largest ones), and
+/// keeps them until it is dropped. (A large result that is mostly *not* blocks of bytes is
+/// decoded as a stream instead, which gives its memory back as it goes, and a `ByteBuf` in it
+/// is a copy.) Otherwise it is an ordinary `Vec<u8>`.
 ///
 /// With other serde formats it behaves as `serde_bytes::ByteBuf` does: bytes where the format
 /// has them, a sequence of numbers where it does not.
