@@ -8,16 +8,50 @@ use std::sync::Arc;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::ser::{Serialize, Serializer};
 
-use crate::sys::SealedMapping;
+use crate::sys::{ArenaView, SealedMapping};
+
+/// The bytes of a large payload, which the `ByteBuf`s decoded from it may read in place.
+#[derive(Debug)]
+pub(crate) enum Backing {
+    /// A sealed memfd, mapped read-only: bytes nobody can change.
+    Sealed(SealedMapping),
+    /// A copy this process owns, read out of a per-worker arena (the parent reads the
+    /// worker's arena so: a hostile worker may write it at any time).
+    Copied(Vec<u8>),
+    /// The first bytes of the parent's request arena, in a worker, read in place (see
+    /// [`ArenaView`] for why nobody writes them meanwhile).
+    Arena(Arc<ArenaView>, usize),
+}
+
+impl Backing {
+    /// The first `len` bytes of `view`, if it holds that many.
+    pub(crate) fn in_arena(view: &Arc<ArenaView>, len: usize) -> Option<Backing> {
+        view.get(len)?;
+        Some(Backing::Arena(view.clone(), len))
+    }
+
+    /// The bytes.
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Backing::Sealed(mapping) => mapping.as_slice(),
+            Backing::Copied(bytes) => bytes,
+            Backing::Arena(view, len) => view.get(*len).expect("checked by `in_arena`"),
+        }
+    }
+}
 
 /// A byte buffer for the arguments and results of process tasks: serde encodes a `Vec<u8>`
 /// one element at a time, a `ByteBuf` as one block of bytes, copied with `memcpy`.
 ///
 /// Large arguments and results of a [`ProcessPool`](crate::ProcessPool) do not go through the
-/// worker's socket: they are written to a sealed shared-memory file (a memfd) whose descriptor
-/// is passed with the request or the reply. A `ByteBuf` decoded from such a payload is not
-/// copied out of it at all: it reads the shared memory in place, and keeps it mapped until it
-/// is dropped. Otherwise it is an ordinary `Vec<u8>`.
+/// worker's socket: up to 4 MiB they are written to a shared-memory file (a memfd) that each
+/// worker keeps for the purpose (the worker reads an argument there in place, the parent copies
+/// a result out once); above that, to a fresh sealed memfd whose descriptor is passed with the
+/// request or the reply. A `ByteBuf` decoded from such a payload is not copied again: it reads
+/// the payload's bytes in place (the sealed memory itself, mapped, for the largest ones), and
+/// keeps them until it is dropped. (A large result that is mostly *not* blocks of bytes is
+/// decoded as a stream instead, which gives its memory back as it goes, and a `ByteBuf` in it
+/// is a copy.) Otherwise it is an ordinary `Vec<u8>`.
 ///
 /// With other serde formats it behaves as `serde_bytes::ByteBuf` does: bytes where the format
 /// has them, a sequence of numbers where it does not.
@@ -48,9 +82,10 @@ pub struct ByteBuf {
 #[derive(Clone)]
 enum Repr {
     Owned(Vec<u8>),
-    /// Bytes read in place from a shared payload that this buffer keeps mapped.
+    /// Bytes read in place from a large payload that this buffer keeps alive (mapped, for a
+    /// sealed memfd).
     Mapped {
-        mapping: Arc<SealedMapping>,
+        mapping: Arc<Backing>,
         start: usize,
         len: usize,
     },
@@ -68,12 +103,12 @@ const IN_PLACE_MIN: usize = 16 * 1024;
 
 thread_local! {
     /// The shared payload being decoded on this thread, if any.
-    static BACKING: RefCell<Option<Arc<SealedMapping>>> = const { RefCell::new(None) };
+    static BACKING: RefCell<Option<Arc<Backing>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f`, a decoding from `mapping`'s bytes, so that the `ByteBuf`s it decodes can read
 /// them in place.
-pub(crate) fn with_backing<T>(mapping: Option<&Arc<SealedMapping>>, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_backing<T>(mapping: Option<&Arc<Backing>>, f: impl FnOnce() -> T) -> T {
     let outer = BACKING.replace(mapping.cloned());
     let result = f();
     BACKING.set(outer);
@@ -271,7 +306,9 @@ mod tests {
         let small = ByteBuf::from(vec![7; 10]);
         let bytes = crate::codec::encode(&(big.clone(), small.clone())).unwrap();
         let fd = crate::sys::sealed_memfd(&bytes).unwrap();
-        let mapping = Arc::new(SealedMapping::new(fd, bytes.len()).unwrap());
+        let mapping = Arc::new(Backing::Sealed(
+            SealedMapping::new(fd, bytes.len()).unwrap(),
+        ));
         let (big_back, small_back): (ByteBuf, ByteBuf) = with_backing(Some(&mapping), || {
             crate::codec::decode(mapping.as_slice()).unwrap()
         });

@@ -36,6 +36,7 @@ where
     T: Serialize + ?Sized,
 {
     let start = out.len();
+    BLOCK_BYTES.set(0);
     let mut serializer = postcard::Serializer {
         output: Append(&mut *out),
     };
@@ -86,6 +87,124 @@ where
     .map_err(|failure| slot.finish(failure))
 }
 
+/// Decodes a `T` from the `len` bytes that `reader` yields, as they come: only the runs of bytes
+/// that the value borrows (a byte slice, copied then) are held whole, in a buffer of `len`
+/// bytes whose pages are allocated only where they are written. Decoded through the adapter at
+/// once, so that a user's message is kept without reading the bytes twice.
+pub(crate) fn decode_stream<T>(reader: impl std::io::Read, len: usize) -> Result<T, CodecError>
+where
+    T: de::DeserializeOwned,
+{
+    let mut borrowed = vec![0u8; len];
+    let flavor = StreamFlavor {
+        reader,
+        chunk: vec![0; STREAM_CHUNK],
+        start: 0,
+        end: 0,
+        borrowed: &mut borrowed,
+    };
+    let mut deserializer = postcard::Deserializer::from_flavor(flavor);
+    let slot = Slot::default();
+    T::deserialize(Capture {
+        inner: &mut deserializer,
+        slot: &slot,
+    })
+    .map_err(|failure| slot.finish(failure))
+}
+
+/// How much a [`StreamFlavor`] reads at a time.
+const STREAM_CHUNK: usize = 256 * 1024;
+
+/// postcard's input from a reader: single bytes come out of a chunk read ahead; a run of bytes
+/// the value borrows is copied into the next bytes of `borrowed` (as postcard's own `IOReader`
+/// does, which reads every single byte through the reader instead).
+struct StreamFlavor<'de, R> {
+    reader: R,
+    chunk: Vec<u8>,
+    /// The bytes of `chunk` not taken yet.
+    start: usize,
+    end: usize,
+    /// Where borrowed runs go: as long as the whole input, so that they always fit.
+    borrowed: &'de mut [u8],
+}
+
+impl<R: std::io::Read> StreamFlavor<'_, R> {
+    /// Reads the next chunk, once the last one is taken.
+    fn refill(&mut self) -> postcard::Result<()> {
+        loop {
+            match self.reader.read(&mut self.chunk) {
+                Ok(0) => return Err(postcard::Error::DeserializeUnexpectedEnd),
+                Ok(n) => {
+                    (self.start, self.end) = (0, n);
+                    return Ok(());
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(postcard::Error::DeserializeUnexpectedEnd),
+            }
+        }
+    }
+}
+
+impl<'de, R: std::io::Read + 'de> postcard::de_flavors::Flavor<'de> for StreamFlavor<'de, R> {
+    type Remainder = ();
+    type Source = ();
+
+    #[inline]
+    fn pop(&mut self) -> postcard::Result<u8> {
+        if self.start == self.end {
+            self.refill()?;
+        }
+        let byte = self.chunk[self.start];
+        self.start += 1;
+        Ok(byte)
+    }
+
+    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
+        if ct > self.borrowed.len() {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        let (taken, rest) = std::mem::take(&mut self.borrowed).split_at_mut(ct);
+        self.borrowed = rest;
+        let ahead = (self.end - self.start).min(ct);
+        taken[..ahead].copy_from_slice(&self.chunk[self.start..self.start + ahead]);
+        self.start += ahead;
+        self.reader
+            .read_exact(&mut taken[ahead..])
+            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
+        Ok(taken)
+    }
+
+    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
+    where
+        'de: 'a,
+    {
+        // Within the chunk read ahead: lent from there, nothing copied.
+        if self.end - self.start >= ct {
+            let taken = &self.chunk[self.start..self.start + ct];
+            self.start += ct;
+            return Ok(taken);
+        }
+        self.try_take_n(ct)
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// How many bytes the last [`encode_into`] on this thread wrote as whole blocks (byte
+    /// slices, strings), not one value at a time.
+    static BLOCK_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many bytes the last encoding on this thread wrote as whole blocks: a result that is
+/// mostly blocks (a `ByteBuf`) is best read in place, one that is not best decoded as a
+/// stream.
+pub(crate) fn last_block_bytes() -> usize {
+    BLOCK_BYTES.get()
+}
+
 /// Lets postcard append to a buffer it borrows: a byte with `push`, a slice with one copy.
 struct Append<'a>(&'a mut Vec<u8>);
 
@@ -101,6 +220,7 @@ impl postcard::ser_flavors::Flavor for Append<'_> {
     #[inline]
     fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(bytes);
+        BLOCK_BYTES.set(BLOCK_BYTES.get() + bytes.len());
         Ok(())
     }
 

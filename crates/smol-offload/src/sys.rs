@@ -198,6 +198,15 @@ impl SharedWord {
         Ok(SharedWord { word })
     }
 
+    /// The second word of the page, for a second use (the arena's, see
+    /// `process_pool::arena`).
+    pub(crate) fn second(&self) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 4096
+        // on Linux), so the second 8-byte-aligned word lies in it too, and it is only ever
+        // accessed atomically.
+        unsafe { self.word.add(1).as_ref() }
+    }
+
     /// The word.
     pub(crate) fn get(&self) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: `word` points to the start of a live, page-aligned (so 8-byte aligned)
@@ -224,7 +233,7 @@ impl std::fmt::Debug for SharedWord {
 fn page_size() -> usize {
     // SAFETY: `sysconf` reads a configuration value; it has no preconditions.
     let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096).max(8)
+    usize::try_from(size).unwrap_or(4096).max(16)
 }
 
 /// Sends `SIGKILL` to process `pid` and to every process of the process group `pid` leads:
@@ -265,6 +274,20 @@ pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
         | SealFlag::F_SEAL_WRITE
         | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(file.into())
+}
+
+/// A new memfd holding a copy of `bytes`, not sealed: its reader may punch out its pages as it
+/// goes (see `process_pool::stream_reply`).
+pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+    use std::io::Write;
+
+    let fd = nix::sys::memfd::memfd_create(
+        c"smol-offload-stream",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
     Ok(file.into())
 }
 
@@ -361,6 +384,239 @@ impl std::fmt::Debug for SealedMapping {
             .field("len", &self.len)
             .finish_non_exhaustive()
     }
+}
+
+/// The writer's side of a per-worker payload arena (see `process_pool::arena`): a memfd of a
+/// fixed size, sealed against shrinking and growing, mapped writable by the one process that
+/// writes it. The other process (a worker, possibly hostile) holds the descriptor, reads the
+/// file with `pread`, and may write it too; it can never shrink it, so a write through the
+/// mapping never faults past the end of the file.
+pub(crate) struct ArenaMapping {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+    fd: OwnedFd,
+}
+
+// SAFETY: the mapping is only written, through `&mut self`, and stays mapped until the
+// `ArenaMapping` is dropped; which thread owns it changes nothing.
+unsafe impl Send for ArenaMapping {}
+
+impl ArenaMapping {
+    /// Makes the memfd, `len` bytes of it (no page is allocated before it is written), seals
+    /// its size, and maps it.
+    pub(crate) fn create(len: usize) -> io::Result<ArenaMapping> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+        use std::os::fd::AsRawFd;
+
+        let fd = memfd_create(
+            c"smol-offload-arena",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )?;
+        nix::unistd::ftruncate(&fd, len as libc::off_t)?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        // SAFETY: a new shared mapping of the whole file at an address the kernel picks: it
+        // overlaps nothing of this process. The file is `len` bytes and sealed against
+        // shrinking, so every byte of the mapping stays backed by the file.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len.max(1),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let address = std::ptr::NonNull::new(address.cast())
+            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        Ok(ArenaMapping { address, len, fd })
+    }
+
+    /// The memfd, to send to the reader.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
+    /// Copies `bytes` to the start of the arena; `false` (nothing written) when they do not fit.
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.len {
+            return false;
+        }
+        // SAFETY: the destination is the first `bytes.len() <= self.len` bytes of the live
+        // mapping, which no reference of this process points into (this process only ever
+        // writes it, through raw pointers, and never reads it back); `bytes` is memory of this
+        // process, so the two do not overlap. The other process may write the same bytes at
+        // the same time: that can only change what it reads back itself, as its own writes
+        // would.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.address.as_ptr(), bytes.len());
+        }
+        true
+    }
+}
+
+impl Drop for ArenaMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `create` mapped; no pointer into it outlives `self`.
+        unsafe { libc::munmap(self.address.as_ptr().cast(), self.len.max(1)) };
+    }
+}
+
+impl std::fmt::Debug for ArenaMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArenaMapping")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The worker's read-only mapping of the parent's request arena (see
+/// `process_pool::arena`), so that a large argument is decoded, and a `ByteBuf` in it read, in
+/// place rather than copied out first.
+///
+/// Unlike a [`SealedMapping`], the kernel does not keep these bytes from changing: the parent
+/// writes the arena again for a later argument. What keeps them still while they are read is
+/// the protocol, on the parent's side of which the worker relies as it relies on the code
+/// addresses the parent sends: the parent writes the arena only once the worker has answered
+/// the job whose argument is there, and the worker answers only when no reference into the
+/// arena is left (nothing but its own loop holds this view); when a `ByteBuf` of the argument
+/// outlives its call, the worker lets go of this view instead, and tells the parent to make
+/// another arena (the `ByteBuf` keeps this one mapped, and the parent never writes it again).
+pub(crate) struct ArenaView {
+    address: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: read-only memory that, by the protocol above, nobody writes while it is referenced;
+// which thread holds the view changes nothing.
+unsafe impl Send for ArenaView {}
+// SAFETY: as above: shared references only read it.
+unsafe impl Sync for ArenaView {}
+
+impl ArenaView {
+    /// Maps the arena `fd` that the parent sent, whole; `fd` is closed (the mapping keeps the
+    /// file).
+    ///
+    /// # Errors
+    ///
+    /// The descriptor is no memfd sealed against shrinking, or `mmap` failed.
+    pub(crate) fn map(fd: OwnedFd) -> io::Result<ArenaView> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+
+        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a payload arena that is not sealed against shrinking",
+            ));
+        }
+        let file = std::fs::File::from(fd);
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        let length = std::num::NonZeroUsize::new(len)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "an empty payload arena"))?;
+        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps no
+        // memory of this process. The file is sealed against shrinking, so no page of the
+        // mapping can vanish under a reader (which would raise SIGBUS).
+        let address = unsafe {
+            mmap(
+                None,
+                length,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                &file,
+                0,
+            )
+        }?;
+        Ok(ArenaView {
+            address: address.cast(),
+            len,
+        })
+    }
+
+    /// The first `len` bytes of the arena; `None` if it is shorter.
+    pub(crate) fn get(&self, len: usize) -> Option<&[u8]> {
+        if len > self.len {
+            return None;
+        }
+        // SAFETY: `address` is the start of a live readable mapping of `self.len >= len` bytes,
+        // which no one writes while the returned reference (tied to `self`) lives: see the
+        // type's documentation.
+        Some(unsafe { std::slice::from_raw_parts(self.address.as_ptr(), len) })
+    }
+}
+
+impl Drop for ArenaView {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped; no reference from `get` outlives `self`.
+        let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
+    }
+}
+
+impl std::fmt::Debug for ArenaView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArenaView")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `fd` is a memfd (or another shared-memory file): `F_GET_SEALS` works on those only.
+/// Reading such a file never waits, whatever the process that sent it does.
+pub(crate) fn is_memfd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).is_ok()
+}
+
+/// Reads exactly `len` bytes from the start of the file `fd` into a new vector, with `pread`:
+/// the kernel copies them, so what another process does to the file meanwhile (write it,
+/// shrink it) can change the bytes read or make the read come up short (an `InvalidData`
+/// error), never touch this process's memory beyond the vector.
+pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+
+    let mut bytes: Vec<u8> = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let done = bytes.len();
+        let spare = bytes.spare_capacity_mut();
+        // SAFETY: `pread` writes at most `spare.len()` bytes into the vector's spare capacity,
+        // which is allocated and not aliased (it is a `&mut`); it reads no memory of this
+        // process.
+        let read = unsafe {
+            libc::pread(
+                fd.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                done as libc::off_t,
+            )
+        };
+        match read {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("the shared payload ends after {done} of its {len} bytes"),
+                ));
+            }
+            n if n > 0 => {
+                let n = (n as usize).min(spare.len());
+                // SAFETY: `pread` initialized the `n` bytes after the first `done`, and
+                // `done + n <= len <= capacity`.
+                unsafe { bytes.set_len(done + n) };
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 /// How a call through [`ErasedCall::invoke`] ended.
@@ -581,8 +837,10 @@ pub(crate) fn serve_requests(
     stream: &std::os::unix::net::UnixStream,
     claims: &crate::process_pool::claim::Claims,
 ) -> io::Result<()> {
+    use crate::byte_buf::Backing;
+    use crate::process_pool::arena::{self, OutArena};
     use crate::process_pool::out_of_line::{self, FdReader};
-    use crate::process_pool::wire;
+    use crate::process_pool::wire::{self, OutOfLine};
     use std::io::BufReader;
     use std::os::fd::AsFd;
     use std::sync::Arc;
@@ -590,18 +848,29 @@ pub(crate) fn serve_requests(
     let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
+    // The parent's request arena, mapped, and this worker's reply arena with the count of
+    // replies written to it (see `process_pool::arena`).
+    let mut request_arena: Option<Arc<ArenaView>> = None;
+    let mut reply_arena = OutArena::default();
+    let mut arena_replies_written = 0u64;
+    let missing_fd = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "shared request without its memfd",
+        )
+    };
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
-        // A shared argument is in the memfd that came with the frame's bytes, so it is in by
-        // now; the mapping lives until the call is over (a `ByteBuf` may keep it longer).
-        let mapping = if request.shared {
+        // The descriptors that came with the frame's bytes are in by now, in order: a sealed
+        // argument's memfd, or the parent's new request arena.
+        if request.new_arena {
+            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
+            request_arena = Some(Arc::new(ArenaView::map(fd)?));
+        }
+        // A sealed argument is mapped until the call is over (a `ByteBuf` may keep it longer).
+        let mut backing = if request.shared {
             let size = request.shared_size()?;
-            let fd = input.get_mut().fds.pop_front().ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "shared request without its memfd",
-                )
-            })?;
-            Some(Arc::new(SealedMapping::new(fd, size)?))
+            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
+            Some(Arc::new(Backing::Sealed(SealedMapping::new(fd, size)?)))
         } else {
             None
         };
@@ -609,9 +878,23 @@ pub(crate) fn serve_requests(
             // The parent took the job back before it started: it runs elsewhere.
             continue;
         }
-        let arg = mapping
-            .as_deref()
-            .map_or(request.arg, SealedMapping::as_slice);
+        // An argument in the arena is read in place, and only for a job claimed: the parent
+        // writes the arena again only once the job is answered (or taken back, and then it
+        // is never read here).
+        if request.in_arena {
+            let size = request.shared_size()?;
+            let in_arena = request_arena
+                .as_ref()
+                .and_then(|view| Backing::in_arena(view, size))
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "an argument beyond the request arena",
+                    )
+                })?;
+            backing = Some(Arc::new(in_arena));
+        }
+        let arg = backing.as_deref().map_or(request.arg, Backing::as_slice);
         // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
         // by `erase` in the same program image (see this function's documentation).
         let call = unsafe { ErasedCall::from_wire(request.call) };
@@ -623,13 +906,51 @@ pub(crate) fn serve_requests(
         };
         // With the `tracing` feature, the task's records carry its id and where it came from.
         let status = crate::process_pool::context::in_span(request.context, || {
-            crate::byte_buf::with_backing(mapping.as_ref(), || {
+            crate::byte_buf::with_backing(backing.as_ref(), || {
                 call.invoke(reporting, arg, &mut reply)
             })
         });
-        drop(mapping);
+        drop(backing);
         wire::finish_reply(&mut reply, status);
-        match wire::share_reply_payload(&mut reply) {
+        // A `ByteBuf` of the argument outlived the call (the function kept it somewhere): it
+        // still reads the arena, which the parent must then never write again. Only this
+        // loop's own reference is left otherwise.
+        if request_arena
+            .as_ref()
+            .is_some_and(|view| Arc::strong_count(view) > 1)
+        {
+            request_arena = None;
+            wire::retain_request_arena(&mut reply);
+        }
+        // A large result goes to the reply arena once the parent has read the last one there,
+        // else to a fresh sealed memfd (else through the socket).
+        let payload = wire::reply_payload(&reply);
+        if arena::fits(payload.len())
+            && claims.arena_replies_read() == arena_replies_written
+            && let Ok(new_arena) = reply_arena.write(payload)
+        {
+            arena_replies_written += 1;
+            let new = new_arena.is_some();
+            wire::move_reply_payload(&mut reply, OutOfLine::Arena { new });
+            match new_arena {
+                Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
+                None => out_of_line::send_all(stream, &reply)?,
+            }
+            continue;
+        }
+        // A large returned value that is not mostly blocks of bytes (a `Vec<u8>`, say) is
+        // decoded by the parent as a stream, which gives the memory back as it goes; one that
+        // is (a `ByteBuf`) comes sealed, to be read in place.
+        let large = wire::reply_payload(&reply).len() > out_of_line::THRESHOLD;
+        let streamed = large
+            && status == CallStatus::Returned
+            && crate::codec::last_block_bytes() < wire::reply_payload(&reply).len() / 2;
+        let shared = if streamed {
+            wire::stream_reply_payload(&mut reply)
+        } else {
+            wire::share_reply_payload(&mut reply)
+        };
+        match shared {
             Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
             None => out_of_line::send_all(stream, &reply)?,
         }

@@ -196,3 +196,64 @@ impl serde::Serialize for Refusal {
 fn takes_refusal(_: Refusal) -> u8 {
     unreachable!("the argument never leaves")
 }
+
+/// The line of the `panic!` in [`init_fails`].
+const INIT_FAILS_LINE: u32 = line!() + 3;
+
+fn init_fails(what: String) {
+    panic!("could not load {what}")
+}
+
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_initializer_panics_loudly() {
+    if !in_child(MARKER) {
+        return;
+    }
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .print_panics(true)
+        .initializer(init_fails, "the model".to_string())
+        .build()
+        .unwrap();
+    let err = block_on(pool.run(fails, 3)).unwrap_err();
+    assert!(err.is_initializer_failure(), "{err}");
+    assert!(
+        err.to_string().contains("could not load the model"),
+        "{err}"
+    );
+    println!("child_initializer_panics_loudly: done");
+}
+
+#[test]
+fn an_initializer_panic_is_printed_with_print_panics() {
+    let (_, stderr) = run_child_capturing("child_initializer_panics_loudly");
+    let expected = format!("panicked at {}:{INIT_FAILS_LINE}:", file!());
+    assert!(stderr.contains(&expected), "{expected:?} in\n{stderr}");
+    assert!(stderr.contains("smol-offload worker "), "{stderr}");
+    assert!(stderr.contains("could not load the model"), "{stderr}");
+    // The task never ran.
+    assert!(!stderr.contains("task 3 gave up"), "{stderr}");
+}
+
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_initializer_panics_quietly() {
+    if !in_child(MARKER) {
+        return;
+    }
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .initializer(init_fails, "the model".to_string())
+        .build()
+        .unwrap();
+    let err = block_on(pool.run(fails, 4)).unwrap_err();
+    assert!(err.is_initializer_failure(), "{err}");
+    println!("child_initializer_panics_quietly: done");
+}
+
+#[test]
+fn an_initializer_panic_is_quiet_by_default() {
+    let (_, stderr) = run_child_capturing("child_initializer_panics_quietly");
+    assert!(!stderr.contains("could not load"), "{stderr}");
+}

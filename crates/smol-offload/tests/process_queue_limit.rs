@@ -295,3 +295,43 @@ fn gather_over_a_limited_pool_from_several_threads() {
     }
     assert!(sampler.largest() <= 4);
 }
+
+#[test]
+fn many_waiters_each_get_their_turn_when_others_give_up() {
+    // One place frees at a time, and wakes one waiter: those dropped while waiting, woken or
+    // not, must pass their turn on, or the others would wait forever.
+    let pool = ProcessPool::builder()
+        .workers(1)
+        .queue_limit(1)
+        .build()
+        .unwrap();
+    let gate = temp_path("many-waiters-gate");
+    let _ = std::fs::remove_file(&gate);
+    let held = pool.run(wait_for, gate.clone());
+    let queued = pool.run(square, 1);
+    let mut waiting: Vec<_> = (0..300u64).map(|n| (n, pool.run(square, n))).collect();
+    // Each one polled once: it registers as a waiter for room.
+    block_on(async {
+        for (_, task) in &mut waiting {
+            assert!(futures_lite::future::poll_once(&mut *task).await.is_none());
+        }
+    });
+    open_gate(&gate);
+    block_on(held).unwrap();
+    let mut kept = Vec::new();
+    for (n, task) in waiting {
+        // Every third one gives up, as places free and waiters are woken.
+        if n % 3 == 0 {
+            drop(task);
+        } else {
+            kept.push((n, task));
+        }
+    }
+    let (numbers, tasks): (Vec<u64>, Vec<_>) = kept.into_iter().unzip();
+    let results = block_on(gather(tasks));
+    for (n, result) in numbers.into_iter().zip(results) {
+        assert_eq!(result.unwrap(), n * n);
+    }
+    assert_eq!(block_on(queued).unwrap(), 1);
+    std::fs::remove_file(gate).unwrap();
+}

@@ -48,6 +48,18 @@ impl Claims {
             .is_ok()
     }
 
+    /// For the parent: records that it has read `count` replies out of the worker's reply
+    /// arena, so that the worker may write the next one (see [`arena`](super::arena)). Kept in
+    /// the second word of the page; a hostile worker that writes it fools only itself.
+    pub(crate) fn set_arena_replies_read(&self, count: u64) {
+        self.word.second().store(count, Ordering::Release);
+    }
+
+    /// For the worker: how many replies the parent has read out of its reply arena.
+    pub(crate) fn arena_replies_read(&self) -> u64 {
+        self.word.second().load(Ordering::Acquire)
+    }
+
     /// For the parent: revokes every job not started yet, up to `next_id` (the id of the next
     /// job it will send, past all it sent). Returns the first id revoked: the jobs below it
     /// were started, those from it on never will be (`next_id` when every job was started).
@@ -91,6 +103,18 @@ mod tests {
             "all started: nothing to take back"
         );
         assert!(worker.claim(6), "a job sent later starts as usual");
+    }
+
+    #[test]
+    fn the_arena_count_is_a_word_of_its_own() {
+        let (parent, fd) = Claims::create().unwrap();
+        let worker = Claims::map(&fd).unwrap();
+        assert_eq!(worker.arena_replies_read(), 0);
+        parent.set_arena_replies_read(3);
+        assert_eq!(worker.arena_replies_read(), 3);
+        assert!(worker.claim(0), "the claim word is untouched");
+        assert_eq!(parent.revoke_unstarted(1), 1);
+        assert_eq!(worker.arena_replies_read(), 3);
     }
 
     #[test]

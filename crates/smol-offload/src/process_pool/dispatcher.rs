@@ -25,7 +25,7 @@ use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
 use crate::process_pool::shared::Shared;
-use crate::process_pool::wire::Reply;
+use crate::process_pool::wire::{CallOptions, Reply};
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
 use crate::sys;
 
@@ -880,7 +880,10 @@ fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
     worker.limit_tasks(shared.options.max_tasks_per_worker);
     if let Some(initializer) = &shared.options.initializer {
         // Sent with the next flush, before any job.
-        worker.initialize(initializer.call, &initializer.arg);
+        let options = CallOptions {
+            print_panics: shared.options.print_panics,
+        };
+        worker.initialize(initializer.call, options, &initializer.arg);
     }
     worker
 }

@@ -13,7 +13,7 @@ use crate::codec;
 use crate::error::{Error, ErrorKind};
 use crate::panics::{self, Caught, Reporting};
 use crate::process_pool::context::Carried;
-use crate::process_pool::wire::{CallOptions, Reply};
+use crate::process_pool::wire::{CallOptions, Payload, Reply};
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::Promise;
 
@@ -69,20 +69,24 @@ impl<R: DeserializeOwned + Send> Completion for Promise<R> {
     }
 
     fn finish(self: Box<Self>, reply: Reply) {
-        let text = || String::from_utf8_lossy(reply.payload.as_slice()).into_owned();
+        let text = || String::from_utf8_lossy(&reply.payload.as_slice()).into_owned();
         let result = match reply.status {
             // The user's `Deserialize` runs here, on the dispatcher or the awaiting thread: its
             // panic is the task's.
             CallStatus::Returned => panics::catch(Reporting::Chain, || {
-                // A `ByteBuf` in a result that came through shared memory reads it in place.
-                byte_buf::with_backing(reply.payload.mapping(), || {
-                    codec::decode(reply.payload.as_slice()).map_err(|err| {
-                        Error::codec("deserialize the result", err.message, err.source)
-                    })
-                })
+                let decoded = match &reply.payload {
+                    // Read as it is decoded, its memory given back as it goes.
+                    Payload::Stream(stream) => codec::decode_stream(stream.reader(), stream.len()),
+                    // A `ByteBuf` in a result that came through shared memory reads it in place.
+                    payload => byte_buf::with_backing(payload.mapping(), || {
+                        codec::decode(&payload.as_slice())
+                    }),
+                };
+                decoded
+                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
             })
             .unwrap_or_else(|caught| Err(Error::from_caught(caught))),
-            CallStatus::Panicked => Err(match codec::decode::<Caught>(reply.payload.as_slice()) {
+            CallStatus::Panicked => Err(match codec::decode::<Caught>(&reply.payload.as_slice()) {
                 Ok(caught) => Error::from_caught(caught),
                 Err(_) => Error::new(ErrorKind::Panic(text())),
             }),

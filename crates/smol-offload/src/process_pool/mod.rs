@@ -3,6 +3,7 @@
 // Imports flow one way, each module using only those listed above it:
 // out_of_line → claim → wire → context → options → job → server → worker_link → loan → shared →
 // loan_assist → room → dying → dispatcher.
+pub(crate) mod arena;
 pub(crate) mod claim;
 pub(crate) mod context;
 mod dispatcher;
@@ -16,6 +17,7 @@ pub(crate) mod raw;
 pub(crate) mod room;
 pub(crate) mod server;
 mod shared;
+pub(crate) mod stream_reply;
 pub(crate) mod wire;
 mod worker;
 mod worker_link;
@@ -421,8 +423,9 @@ impl ProcessPoolBuilder {
     /// doubles with each failure in a row (50 ms, 100 ms, ... up to 5 s): never a tight fork
     /// loop. While no other worker can run them, the tasks waiting in the queue fail with an
     /// error whose [`is_initializer_failure`](crate::Error::is_initializer_failure) is true and
-    /// whose message names the initializer's panic. After 5 failures in a row with no worker
-    /// left, the pool breaks: every task fails with
+    /// whose message names the initializer's panic (which the worker also prints, as a task's,
+    /// with [`print_panics(true)`](ProcessPoolBuilder::print_panics)). After 5 failures in a
+    /// row with no worker left, the pool breaks: every task fails with
     /// [`is_shutdown`](crate::Error::is_shutdown) and a message that says so. A task never
     /// runs in a worker whose initializer failed. With a
     /// [`task_timeout`](ProcessPoolBuilder::task_timeout), an initializer that runs longer
@@ -642,7 +645,11 @@ impl ProcessPoolBuilder {
         panics::install_hook();
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });
         let shared = Arc::new(
-            Shared::with_options(self.options).map_err(io_error("create the pool's eventfd"))?,
+            Shared::with_options(PoolOptions {
+                print_panics: self.print_panics,
+                ..self.options
+            })
+            .map_err(io_error("create the pool's eventfd"))?,
         );
         let spawned = dispatcher::spawn_workers(link, workers)
             .map_err(io_error("fork the worker processes"))?;

@@ -14,6 +14,9 @@ pub(crate) struct PoolOptions {
     pub(crate) initializer: Option<Initializer>,
     /// How many jobs may wait in the queue; `None`: no limit.
     pub(crate) queue_limit: Option<usize>,
+    /// Workers print the panics of the initializer as they happen, as they print those of
+    /// tasks (which carry the option in each request).
+    pub(crate) print_panics: bool,
 }
 
 /// A function and its encoded argument, run once in every new worker before its first task.

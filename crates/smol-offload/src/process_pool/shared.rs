@@ -27,7 +27,7 @@
 //! `build` on the caller's thread) and never under any of the locks above. A reap is asked for
 //! only once the worker has exited, so that lock is never held while a worker runs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,8 +81,12 @@ pub(super) struct State {
     /// move into `jobs` as room frees, ahead of any later submission.
     pub(super) overflow: VecDeque<Job>,
     /// With a queue limit: who waits for room in the queue (tasks and `ready()` futures), by
-    /// the id they registered with; all are woken when room frees.
-    pub(super) room_waiters: HashMap<u64, Waker>,
+    /// the id they registered with, oldest first. One is woken for each place that frees.
+    pub(super) room_waiters: BTreeMap<u64, Waker>,
+    /// Waiters woken for a free place that have not looked at the queue since: each stands
+    /// for one free place, so that no more are woken than there are places. One that is
+    /// dropped without looking passes its place on to the next waiter.
+    pub(super) woken_waiters: HashSet<u64>,
     /// The id of the next waiter for room.
     pub(super) next_waiter: u64,
 }
@@ -172,16 +176,26 @@ impl Shared {
             && (state.jobs.len() >= limit || !state.overflow.is_empty())
         {
             if let Some((id, waker)) = waiter {
+                state.woken_waiters.remove(&id);
                 register_waiter(&mut state, id, waker);
             }
             return Ok(Placed::Full(job));
         }
+        let was_woken = waiter.is_some_and(|(id, _)| state.woken_waiters.remove(&id));
         self.counters.submitted();
         if state.jobs.is_empty()
             && sent_directly(job.arg.len())
             && let Some(worker) = state.idle.pop()
         {
-            return Ok(self.lend(state, worker, job));
+            // Woken for a place it does not take: the place goes to the next waiter.
+            let wakers = if was_woken {
+                self.room_wakers(&mut state)
+            } else {
+                Vec::new()
+            };
+            let placed = self.lend(state, worker, job);
+            wakers.into_iter().for_each(Waker::wake);
+            return Ok(placed);
         }
         state.jobs.push_back(job);
         drop(state);
@@ -371,11 +385,32 @@ impl Shared {
             self.counters.submitted();
             state.jobs.push_back(job);
         }
-        if state.jobs.len() < limit && !state.room_waiters.is_empty() {
-            let waiters: Vec<Waker> = state.room_waiters.drain().map(|(_, waker)| waker).collect();
-            drop(state);
-            waiters.into_iter().for_each(Waker::wake);
+        let wakers = self.room_wakers(&mut state);
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Takes the wakers of the oldest waiters for room, one per free place in the queue less
+    /// the waiters woken already that have not looked yet, and marks them woken: wake them
+    /// once the lock is released.
+    fn room_wakers(&self, state: &mut State) -> Vec<Waker> {
+        let Some(limit) = self.options.queue_limit else {
+            return Vec::new();
+        };
+        let free = if state.overflow.is_empty() {
+            limit.saturating_sub(state.jobs.len())
+        } else {
+            0
+        };
+        let wanted = free.saturating_sub(state.woken_waiters.len());
+        let mut wakers = Vec::with_capacity(wanted.min(state.room_waiters.len()));
+        while wakers.len() < wanted
+            && let Some((id, waker)) = state.room_waiters.pop_first()
+        {
+            state.woken_waiters.insert(id);
+            wakers.push(waker);
         }
+        wakers
     }
 
     /// Whether a job submitted now would be queued (or lent) rather than wait for room; if not,
@@ -386,10 +421,19 @@ impl Shared {
             return true;
         };
         let mut state = self.lock();
+        let was_woken = state.woken_waiters.remove(&id);
         if state.jobs.len() < limit && state.overflow.is_empty()
             || self.broken.load(Ordering::Acquire)
             || self.is_closed()
         {
+            // A `Ready` takes no place itself, and its owner may never submit: the place it
+            // was woken for is offered to the next waiter too (at worst, one of the two finds
+            // it taken and waits again).
+            if was_woken {
+                let wakers = self.room_wakers(&mut state);
+                drop(state);
+                wakers.into_iter().for_each(Waker::wake);
+            }
             return true;
         }
         register_waiter(&mut state, id, waker);
@@ -403,10 +447,15 @@ impl Shared {
         state.next_waiter
     }
 
-    /// Forgets waiter `id`, which no longer waits for room.
+    /// Forgets waiter `id`, which no longer waits for room. If it was woken for a free place
+    /// and never took it, the place goes to the next waiter.
     pub(crate) fn forget_waiter(&self, id: u64) {
         if self.options.queue_limit.is_some() {
-            self.lock().room_waiters.remove(&id);
+            let mut state = self.lock();
+            state.room_waiters.remove(&id);
+            if state.woken_waiters.remove(&id) {
+                self.made_room(state);
+            }
         }
     }
 
@@ -429,13 +478,11 @@ impl Shared {
 
     /// Wakes every waiter for room: the pool is closing or broke, and their submissions fail.
     fn wake_all_waiters(&self) {
-        let waiters: Vec<Waker> = self
-            .lock()
-            .room_waiters
-            .drain()
-            .map(|(_, waker)| waker)
-            .collect();
-        waiters.into_iter().for_each(Waker::wake);
+        let mut state = self.lock();
+        state.woken_waiters.clear();
+        let waiters = std::mem::take(&mut state.room_waiters);
+        drop(state);
+        waiters.into_values().for_each(Waker::wake);
     }
 
     pub(super) fn queued(&self) -> usize {
@@ -482,6 +529,7 @@ mod tests {
     use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
+    use crate::process_pool::worker_link::Incoming;
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
 
@@ -597,29 +645,56 @@ mod tests {
         assert_eq!(*log.lock().unwrap(), ["start a"]);
     }
 
-    #[test]
-    fn a_large_argument_goes_straight_to_an_idle_worker_through_shared_memory() {
+    /// Submits a job whose argument is `len` bytes to an idle worker, and reads the request as
+    /// the worker would: returns whether it came sealed (else in the arena), after checking its
+    /// bytes.
+    fn send_large_argument(len: usize) -> bool {
         let shared = Shared::new().unwrap();
         let log = Log::default();
         let (link, worker_end) = worker();
         shared.lock().idle.push(link);
         let mut big = job("big", &log);
-        big.arg = (0..out_of_line::THRESHOLD + 1).map(|i| i as u8).collect();
+        big.arg = (0..len).map(|i| (i % 251) as u8).collect();
         let expected = big.arg.clone();
         lent(shared.submit(big).unwrap());
-        // The submitting thread sent a short frame with the argument's memfd attached, and did
-        // not wake the dispatcher.
+        // The submitting thread sent a short frame with a memfd attached, and did not wake the
+        // dispatcher.
         let mut input = out_of_line::FdReader::blocking(&worker_end);
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut input, &mut buffer)
             .unwrap()
             .unwrap();
-        assert!(request.shared);
-        let size = request.shared_size().unwrap();
-        let fd = input.fds.pop_front().expect("the argument's memfd");
-        let mapping = sys::SealedMapping::new(fd, size).unwrap();
-        assert_eq!(mapping.as_slice(), expected.as_slice());
+        assert_eq!(request.shared_size().unwrap(), len);
+        let fd = input.fds.pop_front().expect("a memfd");
+        assert!(input.fds.is_empty());
+        let bytes = if request.shared {
+            assert!(!request.in_arena && !request.new_arena);
+            sys::SealedMapping::new(fd, len)
+                .unwrap()
+                .as_slice()
+                .to_vec()
+        } else {
+            assert!(request.in_arena && request.new_arena, "a new arena");
+            let mut arena = crate::process_pool::arena::InArena::default();
+            arena.replace(fd).unwrap();
+            arena.read(len).unwrap()
+        };
+        assert!(bytes == expected, "the argument's bytes");
         assert_eq!(wake_ups(&shared), 0);
+        request.shared
+    }
+
+    #[test]
+    fn a_large_argument_goes_straight_to_an_idle_worker_through_its_arena() {
+        use crate::process_pool::arena::ARENA_MAX;
+        assert!(!send_large_argument(out_of_line::THRESHOLD + 1));
+        assert!(!send_large_argument(ARENA_MAX));
+    }
+
+    #[test]
+    fn an_argument_too_large_for_the_arena_goes_in_a_sealed_memfd() {
+        use crate::process_pool::arena::ARENA_MAX;
+        assert!(send_large_argument(ARENA_MAX + 1));
     }
 
     #[test]
@@ -633,6 +708,179 @@ mod tests {
         assert!(middling.arg.len() <= out_of_line::THRESHOLD);
         assert!(matches!(shared.submit(middling).unwrap(), Placed::Queued));
         assert_eq!(shared.queued(), 1);
+    }
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct CountWakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn each_freed_place_wakes_one_waiter_and_one_that_gives_up_passes_it_on() {
+        let options = PoolOptions {
+            queue_limit: Some(2),
+            ..PoolOptions::default()
+        };
+        let shared = Shared::with_options(options).unwrap();
+        let log = Log::default();
+        // No worker: the jobs stay queued, and the queue is full.
+        for name in ["a", "b"] {
+            assert!(matches!(shared.submit(job(name, &log)), Ok(Placed::Queued)));
+        }
+        let counts: Vec<Arc<CountWakes>> = (0..50).map(|_| Arc::default()).collect();
+        let wakers: Vec<Waker> = counts.iter().map(|count| count.clone().into()).collect();
+        let ids: Vec<u64> = wakers
+            .iter()
+            .map(|waker| {
+                let id = shared.new_waiter();
+                assert!(!shared.has_room(id, waker), "the queue is full");
+                id
+            })
+            .collect();
+        let woken = || -> Vec<usize> {
+            counts
+                .iter()
+                .enumerate()
+                .filter(|(_, count)| count.0.load(Ordering::SeqCst) > 0)
+                .map(|(n, count)| {
+                    assert_eq!(count.0.load(Ordering::SeqCst), 1, "waiter {n} woken once");
+                    n
+                })
+                .collect()
+        };
+        // A place frees: the oldest waiter is woken, and only it.
+        assert!(shared.pop().is_some());
+        assert_eq!(woken(), [0]);
+        // A second frees before the first looked: the next waiter.
+        assert!(shared.pop().is_some());
+        assert_eq!(woken(), [0, 1]);
+        // The first is dropped without looking: its place goes to the next one.
+        shared.forget_waiter(ids[0]);
+        assert_eq!(woken(), [0, 1, 2]);
+        // The two woken tasks take the two places.
+        for (n, name) in [(1, "c"), (2, "d")] {
+            let placed = shared.submit_or_wait(job(name, &log), Some((ids[n], &wakers[n])));
+            assert!(matches!(placed, Ok(Placed::Queued)));
+        }
+        // The queue is full again: the 47 others still sleep until the next place frees.
+        assert_eq!(woken(), [0, 1, 2]);
+        assert!(shared.pop().is_some());
+        assert_eq!(woken(), [0, 1, 2, 3]);
+        // A woken waiter that finds the place taken by then waits again, and is woken again
+        // (a second wake-up) when the next place frees.
+        assert!(matches!(shared.submit(job("e", &log)), Ok(Placed::Queued)));
+        assert!(!shared.has_room(ids[3], &wakers[3]));
+        assert!(shared.pop().is_some());
+        assert_eq!(
+            counts[3].0.load(Ordering::SeqCst),
+            2,
+            "the oldest waiter first"
+        );
+        assert_eq!(counts[4].0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_woken_waiter_whose_job_goes_straight_to_an_idle_worker_passes_its_place_on() {
+        let options = PoolOptions {
+            queue_limit: Some(1),
+            ..PoolOptions::default()
+        };
+        let shared = Shared::with_options(options).unwrap();
+        let log = Log::default();
+        assert!(matches!(shared.submit(job("a", &log)), Ok(Placed::Queued)));
+        let counts: Vec<Arc<CountWakes>> = (0..3).map(|_| Arc::default()).collect();
+        let wakers: Vec<Waker> = counts.iter().map(|count| count.clone().into()).collect();
+        let ids: Vec<u64> = wakers
+            .iter()
+            .map(|waker| {
+                let id = shared.new_waiter();
+                assert!(!shared.has_room(id, waker));
+                id
+            })
+            .collect();
+        let wake_ups = || -> Vec<usize> {
+            counts
+                .iter()
+                .map(|count| count.0.load(Ordering::SeqCst))
+                .collect()
+        };
+        assert!(shared.pop().is_some());
+        assert_eq!(wake_ups(), [1, 0, 0]);
+        // A worker went idle meanwhile: the first waiter's job goes to it, not to the queue,
+        // and the free place goes on to the next waiter.
+        let (link, _worker_end) = worker();
+        shared.lock().idle.push(link);
+        let placed = shared.submit_or_wait(job("b", &log), Some((ids[0], &wakers[0])));
+        assert!(matches!(placed, Ok(Placed::Lent(_))));
+        assert_eq!(wake_ups(), [1, 1, 0]);
+        // It takes the place; the last one still sleeps.
+        let placed = shared.submit_or_wait(job("c", &log), Some((ids[1], &wakers[1])));
+        assert!(matches!(placed, Ok(Placed::Queued)));
+        assert_eq!(wake_ups(), [1, 1, 0]);
+    }
+
+    /// Sends the reply to request `id`, as a worker would; `retained` says that the worker
+    /// keeps reading the request arena.
+    fn reply_to(worker_end: &UnixStream, id: u64, retained: bool) {
+        let mut reply = Vec::new();
+        wire::begin_reply(&mut reply, id);
+        reply.extend_from_slice(b"ok");
+        wire::finish_reply(&mut reply, CallStatus::Returned);
+        if retained {
+            wire::retain_request_arena(&mut reply);
+        }
+        out_of_line::send_all(worker_end, &reply).unwrap();
+    }
+
+    #[test]
+    fn the_request_arena_is_written_again_only_once_the_job_using_it_is_answered() {
+        let (mut link, worker_end) = worker();
+        let log = Log::default();
+        let large = |name: &'static str| {
+            let mut job = job(name, &log);
+            job.arg = vec![name.as_bytes()[0]; out_of_line::THRESHOLD + 1];
+            job
+        };
+        let mut input = out_of_line::FdReader::blocking(&worker_end);
+        let mut buffer = Vec::new();
+        // Where each request's argument went: (in the arena, with a new arena, sealed).
+        let mut next_request = |link: &mut WorkerLink, name| {
+            link.assign(large(name));
+            link.flush().unwrap();
+            let request = wire::read_request(&mut input, &mut buffer)
+                .unwrap()
+                .unwrap();
+            let placed = (request.in_arena, request.new_arena, request.shared);
+            if request.new_arena || request.shared {
+                assert!(input.fds.pop_front().is_some(), "its descriptor");
+            }
+            placed
+        };
+        let answered = |link: &mut WorkerLink| {
+            assert!(link.receive());
+            assert!(matches!(link.next_incoming(), Incoming::Reply(..)));
+        };
+        // Job 0 makes the arena; job 1, sent ahead while 0 runs, finds it busy.
+        assert_eq!(next_request(&mut link, "a"), (true, true, false));
+        assert_eq!(next_request(&mut link, "b"), (false, false, true));
+        reply_to(&worker_end, 0, false);
+        answered(&mut link);
+        // Job 0 answered: job 2 writes the same arena again.
+        assert_eq!(next_request(&mut link, "c"), (true, false, false));
+        reply_to(&worker_end, 1, false);
+        answered(&mut link);
+        assert_eq!(next_request(&mut link, "d"), (false, false, true), "2 runs");
+        // The worker keeps reading the arena after job 2: job 4 gets a new one.
+        reply_to(&worker_end, 2, true);
+        answered(&mut link);
+        reply_to(&worker_end, 3, false);
+        answered(&mut link);
+        assert_eq!(next_request(&mut link, "e"), (true, true, false));
     }
 
     #[test]

@@ -15,6 +15,13 @@
 //! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
 //! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
 //! payload, and the memfd's descriptor is attached to the frame's bytes.
+//!
+//! One of at most [`ARENA_MAX`](super::arena::ARENA_MAX) bytes goes through the sender's
+//! per-worker arena when it is free (see [`arena`](super::arena)): the `ARENA_ARGUMENT` flag
+//! or the `ARENA_REPLY` status bit says so, the frame carries the size in place of the payload,
+//! and the `NEW_ARENA` flag or status bit says that the descriptor attached to the frame is the
+//! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
+//! reading the parent's request arena, which the parent must never write again.
 
 use std::io::{self, Read};
 
@@ -24,7 +31,10 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use crate::byte_buf::Backing;
+use crate::process_pool::arena::InArena;
 use crate::process_pool::out_of_line::{self, MAX_WAITING_FDS};
+use crate::process_pool::stream_reply::StreamPayload;
 use crate::sys::{CallStatus, ErasedCall, SealedMapping};
 
 const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
@@ -34,11 +44,44 @@ const PRINT_PANICS: u8 = 1;
 const SHARED_ARGUMENT: u8 = 2;
 /// Request flag: a [`TaskContext`] comes between the header and the argument.
 const CONTEXT: u8 = 4;
+/// Request flag: the argument is in the parent's request arena; the frame holds its size.
+const ARENA_ARGUMENT: u8 = 8;
+/// Request flag: the descriptor attached to the frame is the parent's new request arena.
+const NEW_ARENA: u8 = 16;
 /// The longest span name a request carries, in bytes: a longer one is cut at a character
 /// boundary.
 pub(crate) const MAX_SPAN_NAME: usize = u8::MAX as usize;
 /// Reply status bit: the payload is in the memfd attached to the frame, which holds its size.
 const SHARED_REPLY: u8 = 0x80;
+/// Reply status bit: the payload is in the worker's reply arena; the frame holds its size.
+const ARENA_REPLY: u8 = 0x40;
+/// Reply status bit, with [`ARENA_REPLY`]: the descriptor attached to the frame is the
+/// worker's new reply arena.
+const NEW_ARENA_REPLY: u8 = 0x20;
+/// The status bits that say where a reply's payload is.
+const OUT_OF_LINE_REPLY: u8 = SHARED_REPLY | ARENA_REPLY | NEW_ARENA_REPLY;
+/// Reply status bit: the worker keeps reading the parent's request arena (a `ByteBuf` of the
+/// argument outlived the call): the parent must never write it again, and makes another.
+const ARENA_RETAINED: u8 = 0x10;
+
+/// Where a payload that does not go through the socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OutOfLine {
+    /// In a fresh sealed memfd, attached to the frame.
+    Sealed,
+    /// In the sender's arena; its descriptor is attached to the frame when it is `new`.
+    Arena { new: bool },
+    /// A result in a fresh memfd, not sealed, attached to the frame, which the parent decodes
+    /// as a stream (see [`stream_reply`](super::stream_reply)).
+    Stream,
+}
+
+impl OutOfLine {
+    /// Whether a descriptor goes with the frame.
+    pub(crate) fn attaches_fd(self) -> bool {
+        self != OutOfLine::Arena { new: false }
+    }
+}
 
 /// How the worker runs one call, besides the call itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -107,8 +150,9 @@ pub(crate) fn write_request(
     out.extend_from_slice(arg);
 }
 
-/// Appends a request frame whose argument of `size` bytes is in shared memory, and returns the
-/// frame's length: these bytes must be sent with the memfd attached.
+/// Appends a request frame whose argument of `size` bytes is in shared memory, `place`, and
+/// returns the frame's length: these bytes must be sent with the memfd attached, if
+/// [`place.attaches_fd()`](OutOfLine::attaches_fd).
 pub(crate) fn write_shared_request(
     out: &mut Vec<u8>,
     id: u64,
@@ -116,6 +160,7 @@ pub(crate) fn write_shared_request(
     options: CallOptions,
     context: Option<TaskContext<'_>>,
     size: usize,
+    place: OutOfLine,
 ) -> usize {
     let start = out.len();
     write_request(
@@ -126,7 +171,11 @@ pub(crate) fn write_shared_request(
         context,
         &(size as u64).to_le_bytes(),
     );
-    out[start + 12] |= SHARED_ARGUMENT;
+    out[start + 12] |= match place {
+        OutOfLine::Sealed | OutOfLine::Stream => SHARED_ARGUMENT,
+        OutOfLine::Arena { new: false } => ARENA_ARGUMENT,
+        OutOfLine::Arena { new: true } => ARENA_ARGUMENT | NEW_ARENA,
+    };
     out.len() - start
 }
 
@@ -156,10 +205,14 @@ pub(crate) struct Request<'a> {
     pub(crate) arg: &'a [u8],
     /// Whether the argument is in the memfd that came with the frame.
     pub(crate) shared: bool,
+    /// Whether the argument is in the parent's request arena.
+    pub(crate) in_arena: bool,
+    /// Whether a descriptor came with the frame: the parent's new request arena.
+    pub(crate) new_arena: bool,
 }
 
 impl Request<'_> {
-    /// The size of a shared argument, as the frame gives it.
+    /// The size of a shared argument (sealed or in the arena), as the frame gives it.
     pub(crate) fn shared_size(&self) -> io::Result<usize> {
         let size: [u8; 8] = self.arg.try_into().map_err(|_| {
             io::Error::new(
@@ -213,6 +266,8 @@ pub(crate) fn read_request<'a>(
         context,
         arg,
         shared: flags & SHARED_ARGUMENT != 0,
+        in_arena: flags & ARENA_ARGUMENT != 0,
+        new_arena: flags & NEW_ARENA != 0,
     };
     Ok(Some(request))
 }
@@ -258,6 +313,12 @@ pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
     out[12] = status as u8;
 }
 
+/// Marks the reply frame finished in `out`: the worker keeps reading the parent's request
+/// arena, which the parent must not write again.
+pub(crate) fn retain_request_arena(out: &mut [u8]) {
+    out[12] |= ARENA_RETAINED;
+}
+
 /// Turns the reply frame finished in `out` into one whose payload is in a new sealed memfd,
 /// if the payload is longer than [`out_of_line::THRESHOLD`]: returns the memfd, to send with
 /// the frame. `None` leaves the frame as it was (also when the memfd could not be made: the
@@ -268,12 +329,38 @@ pub(crate) fn share_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
         return None;
     }
     let fd = crate::sys::sealed_memfd(&out[REPLY_PAYLOAD..]).ok()?;
+    move_reply_payload(out, OutOfLine::Sealed);
+    Some(fd)
+}
+
+/// Like [`share_reply_payload`], but for a returned value that the parent is to decode as a
+/// stream: the memfd is not sealed, so that the parent can give its pages back as it reads.
+pub(crate) fn stream_reply_payload(out: &mut Vec<u8>) -> Option<OwnedFd> {
+    let fd = crate::sys::payload_memfd(&out[REPLY_PAYLOAD..]).ok()?;
+    move_reply_payload(out, OutOfLine::Stream);
+    Some(fd)
+}
+
+/// The payload of the reply frame finished in `out`, which goes elsewhere (see
+/// [`move_reply_payload`]).
+pub(crate) fn reply_payload(out: &[u8]) -> &[u8] {
+    &out[REPLY_PAYLOAD..]
+}
+
+/// Turns the reply frame finished in `out` into one whose payload, now written elsewhere
+/// (`place`), is replaced by its size.
+pub(crate) fn move_reply_payload(out: &mut Vec<u8>, place: OutOfLine) {
+    let size = out.len() - REPLY_PAYLOAD;
     out.truncate(REPLY_PAYLOAD);
     out.extend_from_slice(&(size as u64).to_le_bytes());
     let len = u32::try_from(out.len() - 4).expect("a short frame");
     out[..4].copy_from_slice(&len.to_le_bytes());
-    out[12] |= SHARED_REPLY;
-    Some(fd)
+    out[12] |= match place {
+        OutOfLine::Sealed => SHARED_REPLY,
+        OutOfLine::Arena { new: false } => ARENA_REPLY,
+        OutOfLine::Arena { new: true } => ARENA_REPLY | NEW_ARENA_REPLY,
+        OutOfLine::Stream => SHARED_REPLY | ARENA_REPLY,
+    };
 }
 
 /// A reply as the parent reads it.
@@ -284,25 +371,30 @@ pub(crate) struct Reply {
     pub(crate) payload: Payload,
 }
 
-/// The payload of a reply: read from the socket, or mapped from the memfd that came with it.
+/// The payload of a reply: read from the socket, or from shared memory (mapped from the sealed
+/// memfd that came with it, or copied out of the worker's arena).
 #[derive(Debug)]
 pub(crate) enum Payload {
     Inline(Vec<u8>),
-    Shared(Arc<SealedMapping>),
+    Shared(Arc<Backing>),
+    /// A returned value to decode as a stream (never another status).
+    Stream(StreamPayload),
 }
 
 impl Payload {
-    pub(crate) fn as_slice(&self) -> &[u8] {
+    /// The bytes; a streamed payload is read whole for it (decode it as a stream instead).
+    pub(crate) fn as_slice(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Payload::Inline(bytes) => bytes,
-            Payload::Shared(mapping) => mapping.as_slice(),
+            Payload::Inline(bytes) => bytes.into(),
+            Payload::Shared(mapping) => mapping.as_slice().into(),
+            Payload::Stream(stream) => stream.read_all().unwrap_or_default().into(),
         }
     }
 
     /// The shared memory the payload is in, if it is.
-    pub(crate) fn mapping(&self) -> Option<&Arc<SealedMapping>> {
+    pub(crate) fn mapping(&self) -> Option<&Arc<Backing>> {
         match self {
-            Payload::Inline(_) => None,
+            Payload::Inline(_) | Payload::Stream(_) => None,
             Payload::Shared(mapping) => Some(mapping),
         }
     }
@@ -310,7 +402,7 @@ impl Payload {
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Payload) -> bool {
-        self.as_slice() == other.as_slice()
+        *self.as_slice() == *other.as_slice()
     }
 }
 
@@ -318,19 +410,19 @@ impl Eq for Payload {}
 
 impl PartialEq<Vec<u8>> for Payload {
     fn eq(&self, other: &Vec<u8>) -> bool {
-        self.as_slice() == other.as_slice()
+        *self.as_slice() == *other.as_slice()
     }
 }
 
 impl<const N: usize> PartialEq<[u8; N]> for Payload {
     fn eq(&self, other: &[u8; N]) -> bool {
-        self.as_slice() == other
+        *self.as_slice() == *other
     }
 }
 
 impl<const N: usize> PartialEq<&[u8; N]> for Payload {
     fn eq(&self, other: &&[u8; N]) -> bool {
-        self.as_slice() == *other
+        *self.as_slice() == **other
     }
 }
 
@@ -343,6 +435,12 @@ pub(crate) struct ReplyReader {
     /// Set once a shared reply turned out malformed: its descriptor is gone, so the verdict
     /// is kept rather than found again.
     broken: Option<Malformed>,
+    /// The worker's reply arena, once a reply brought it.
+    arena: InArena,
+    /// How many replies were read out of the arena.
+    arena_replies_read: u64,
+    /// Set when a reply said that the worker keeps reading the parent's request arena.
+    request_arena_retained: bool,
 }
 
 impl ReplyReader {
@@ -362,6 +460,18 @@ impl ReplyReader {
         Ok(true)
     }
 
+    /// How many replies were read out of the worker's arena: the worker may write its next one
+    /// once it learns this count (see [`arena`](super::arena)).
+    pub(crate) fn arena_replies_read(&self) -> u64 {
+        self.arena_replies_read
+    }
+
+    /// True (once) when a reply read since the last call said that the worker keeps reading the
+    /// parent's request arena: the parent must make another one.
+    pub(crate) fn take_request_arena_retained(&mut self) -> bool {
+        std::mem::take(&mut self.request_arena_retained)
+    }
+
     /// Marks the stream malformed for good, for what the bytes alone do not show.
     pub(crate) fn refuse(&mut self, why: &str) {
         self.broken.get_or_insert_with(|| Malformed(why.to_owned()));
@@ -378,7 +488,7 @@ impl ReplyReader {
     pub(crate) fn next_frame_is_shared(&self) -> bool {
         self.buffer
             .get(12)
-            .is_some_and(|status| status & SHARED_REPLY != 0)
+            .is_some_and(|status| status & OUT_OF_LINE_REPLY != 0)
     }
 
     /// The length of the frame that comes next, once its length prefix was read; for a reply
@@ -386,11 +496,7 @@ impl ReplyReader {
     pub(crate) fn next_frame_len(&self) -> Option<usize> {
         let prefix = self.buffer.get(..4)?;
         let len = 4 + u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
-        if self
-            .buffer
-            .get(12)
-            .is_some_and(|status| status & SHARED_REPLY != 0)
-        {
+        if self.next_frame_is_shared() {
             let size = self.buffer.get(REPLY_PAYLOAD..REPLY_PAYLOAD + 8)?;
             let size = u64::from_le_bytes(size.try_into().expect("8 bytes"));
             return Some(REPLY_PAYLOAD.saturating_add(usize::try_from(size).unwrap_or(usize::MAX)));
@@ -452,9 +558,23 @@ impl ReplyReader {
         let Some(&status) = self.buffer.get(12) else {
             return Ok(None);
         };
-        let shared = status & SHARED_REPLY != 0;
-        let status = CallStatus::from_byte(status & !SHARED_REPLY)
+        let place = match status & OUT_OF_LINE_REPLY {
+            0 => None,
+            SHARED_REPLY => Some(OutOfLine::Sealed),
+            bits if bits == SHARED_REPLY | ARENA_REPLY => Some(OutOfLine::Stream),
+            ARENA_REPLY => Some(OutOfLine::Arena { new: false }),
+            bits if bits == ARENA_REPLY | NEW_ARENA_REPLY => Some(OutOfLine::Arena { new: true }),
+            _ => return Err(Malformed(format!("an unknown reply status {status}"))),
+        };
+        let shared = place.is_some();
+        let retained = status & ARENA_RETAINED != 0;
+        let status = CallStatus::from_byte(status & !(OUT_OF_LINE_REPLY | ARENA_RETAINED))
             .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
+        if place == Some(OutOfLine::Stream) && status != CallStatus::Returned {
+            return Err(Malformed(format!(
+                "a streamed reply with status {status:?}"
+            )));
+        }
         if shared && len != REPLY_HEADER + 8 {
             return Err(Malformed(format!(
                 "a shared-memory reply frame of {len} bytes"
@@ -463,26 +583,30 @@ impl ReplyReader {
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let payload = if shared {
+        let payload = if let Some(place) = place {
             let size = u64::from_le_bytes(
                 self.buffer[REPLY_PAYLOAD..REPLY_PAYLOAD + 8]
                     .try_into()
                     .expect("8 bytes"),
             );
-            let mapping = match self.fds.pop_front() {
-                None => Err(Malformed(
-                    "a shared-memory reply without its descriptor".to_owned(),
-                )),
-                Some(fd) => usize::try_from(size)
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
-                    .and_then(|size| SealedMapping::new(fd, size))
-                    .map_err(|err| {
-                        Malformed(format!("a shared-memory reply that is unusable: {err}"))
-                    }),
+            let fd = if place.attaches_fd() {
+                match self.fds.pop_front() {
+                    Some(fd) => Some(fd),
+                    None => {
+                        let malformed =
+                            Malformed("a shared-memory reply without its descriptor".to_owned());
+                        self.broken = Some(malformed.clone());
+                        return Err(malformed);
+                    }
+                }
+            } else {
+                None
             };
-            match mapping {
-                Ok(mapping) => Payload::Shared(Arc::new(mapping)),
-                Err(malformed) => {
+            match self.read_shared(place, fd, size) {
+                Ok(payload) => payload,
+                Err(err) => {
+                    let malformed =
+                        Malformed(format!("a shared-memory reply that is unusable: {err}"));
                     self.broken = Some(malformed.clone());
                     return Err(malformed);
                 }
@@ -491,11 +615,46 @@ impl ReplyReader {
             Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
         };
         self.buffer.drain(..4 + len);
+        self.request_arena_retained |= retained;
         Ok(Some(Reply {
             id: expected,
             status,
             payload,
         }))
+    }
+}
+
+impl ReplyReader {
+    /// The `size` bytes of a reply's payload in shared memory, `place`, with the descriptor
+    /// that came with its frame, if any.
+    fn read_shared(
+        &mut self,
+        place: OutOfLine,
+        fd: Option<OwnedFd>,
+        size: u64,
+    ) -> io::Result<Payload> {
+        let size_in_memory =
+            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+        let backing = match (place, fd) {
+            (OutOfLine::Stream, Some(fd)) => {
+                return Ok(Payload::Stream(StreamPayload::receive(fd, size)?));
+            }
+            (OutOfLine::Sealed, Some(fd)) => {
+                Backing::Sealed(SealedMapping::new(fd, size_in_memory?)?)
+            }
+            (OutOfLine::Arena { .. }, fd) => {
+                if let Some(fd) = fd {
+                    self.arena.replace(fd)?;
+                }
+                let bytes = self.arena.read(size_in_memory?)?;
+                self.arena_replies_read += 1;
+                Backing::Copied(bytes)
+            }
+            (OutOfLine::Sealed | OutOfLine::Stream, None) => {
+                return Err(io::ErrorKind::InvalidData.into());
+            }
+        };
+        Ok(Payload::Shared(Arc::new(backing)))
     }
 }
 
@@ -587,8 +746,20 @@ mod tests {
         let mut frame = Vec::new();
         let loud = CallOptions { print_panics: true };
         write_request(&mut frame, 7, call, loud, Some(context), b"arg");
-        let shared_len = write_shared_request(&mut frame, 8, call, loud, Some(context), 1 << 20);
+        let shared_len = write_shared_request(
+            &mut frame,
+            8,
+            call,
+            loud,
+            Some(context),
+            1 << 20,
+            OutOfLine::Sealed,
+        );
         assert_eq!(shared_len, 4 + REQUEST_HEADER + 8 + 1 + 9 + 8);
+        for new in [true, false] {
+            let place = OutOfLine::Arena { new };
+            write_shared_request(&mut frame, 9, call, loud, None, 300_000, place);
+        }
         let mut input = &frame[..];
         let mut buffer = Vec::new();
         let first = read_request(&mut input, &mut buffer).unwrap().unwrap();
@@ -601,6 +772,13 @@ mod tests {
         let second = read_request(&mut input, &mut buffer).unwrap().unwrap();
         assert_eq!((second.context, second.shared), (Some(context), true));
         assert_eq!(second.shared_size().unwrap(), 1 << 20);
+        assert!(!second.in_arena && !second.new_arena);
+        for new in [true, false] {
+            let in_arena = read_request(&mut input, &mut buffer).unwrap().unwrap();
+            assert_eq!((in_arena.context, in_arena.shared), (None, false));
+            assert_eq!((in_arena.in_arena, in_arena.new_arena), (true, new));
+            assert_eq!(in_arena.shared_size().unwrap(), 300_000);
+        }
         assert!(read_request(&mut input, &mut buffer).unwrap().is_none());
     }
 

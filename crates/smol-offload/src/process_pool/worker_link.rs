@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use async_io::Async;
 
+use crate::process_pool::arena::{self, OutArena};
 use crate::process_pool::claim::Claims;
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line::{self, FdReader};
 use crate::process_pool::server::Spawned;
-use crate::process_pool::wire::{self, Malformed, Reply, ReplyReader};
+use crate::process_pool::wire::{self, Malformed, OutOfLine, Reply, ReplyReader};
 use crate::sys::{self, CallStatus, ErasedCall};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
@@ -25,6 +26,9 @@ use crate::sys::{self, CallStatus, ErasedCall};
 pub(crate) struct InFlight {
     id: u64,
     pub(crate) job: Job,
+    /// Whether its argument is in the worker's request arena, which is not to be written
+    /// again until the worker ran the job (or it was taken back).
+    in_arena: bool,
 }
 
 /// What the bytes read from a worker hold next.
@@ -64,6 +68,10 @@ pub(crate) struct WorkerLink {
     outbox: Vec<u8>,
     /// The memfds of the shared arguments in the outbox, each with the bytes of its frame.
     attached: Vec<(std::ops::Range<usize>, OwnedFd)>,
+    /// The worker's request arena, which this side writes.
+    arena: OutArena,
+    /// How many replies the worker was told were read out of its reply arena.
+    arena_replies_read: u64,
     next_id: u64,
     /// How many more jobs it may be sent, with `max_tasks_per_worker`; `None`: no limit.
     tasks_left: Option<usize>,
@@ -85,6 +93,8 @@ impl WorkerLink {
             head_since: Instant::now(),
             outbox: Vec::new(),
             attached: Vec::new(),
+            arena: OutArena::default(),
+            arena_replies_read: 0,
             next_id: 0,
             tasks_left: None,
             initializing: None,
@@ -92,20 +102,13 @@ impl WorkerLink {
     }
 
     /// Queues the request that runs the pool's initializer `call(arg)`, for the next
-    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply.
-    pub(crate) fn initialize(&mut self, call: ErasedCall, arg: &[u8]) {
+    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply. Its panic comes
+    /// back in its reply, and the worker prints it too if `options` say so, as a task's.
+    pub(crate) fn initialize(&mut self, call: ErasedCall, options: wire::CallOptions, arg: &[u8]) {
         debug_assert!(self.in_flight.is_empty(), "initialized before any job");
         let id = self.next_id;
         self.next_id += 1;
-        // The initializer's panic comes back in its reply; the worker does not print it.
-        wire::write_request(
-            &mut self.outbox,
-            id,
-            call,
-            wire::CallOptions::default(),
-            None,
-            arg,
-        );
+        wire::write_request(&mut self.outbox, id, call, options, None, arg);
         self.initializing = Some(id);
         self.head_since = Instant::now();
     }
@@ -153,13 +156,10 @@ impl WorkerLink {
         }
         let id = self.next_id;
         self.next_id += 1;
-        // A large argument goes through shared memory (through the socket if the memfd could
-        // not be made).
-        let shared = (job.arg.len() > out_of_line::THRESHOLD)
-            .then(|| sys::sealed_memfd(&job.arg).ok())
-            .flatten();
-        match shared {
-            Some(fd) => {
+        let place = self.place_argument(&job.arg);
+        let in_arena = matches!(place, Some((OutOfLine::Arena { .. }, _)));
+        match place {
+            Some((place, fd)) => {
                 let start = self.outbox.len();
                 let (size, context) = (job.arg.len(), job.context.get());
                 let len = wire::write_shared_request(
@@ -169,8 +169,11 @@ impl WorkerLink {
                     job.options,
                     context,
                     size,
+                    place,
                 );
-                self.attached.push((start..start + len, fd));
+                if let Some(fd) = fd {
+                    self.attached.push((start..start + len, fd));
+                }
             }
             None => wire::write_request(
                 &mut self.outbox,
@@ -184,7 +187,25 @@ impl WorkerLink {
         if self.in_flight.is_empty() {
             self.head_since = Instant::now();
         }
-        self.in_flight.push_back(InFlight { id, job });
+        self.in_flight.push_back(InFlight { id, job, in_arena });
+    }
+
+    /// Puts a large argument out of the socket's way: in the worker's request arena when it
+    /// fits and no job in flight has its argument there (see [`arena`](super::arena)), else
+    /// in a fresh sealed memfd. Returns where, with the descriptor to attach to the frame;
+    /// `None` for an argument that goes through the socket (short, or no memfd could be made).
+    fn place_argument(&mut self, arg: &[u8]) -> Option<(OutOfLine, Option<OwnedFd>)> {
+        if arg.len() <= out_of_line::THRESHOLD {
+            return None;
+        }
+        if arena::fits(arg.len())
+            && !self.in_flight.iter().any(|job| job.in_arena)
+            && let Ok(fd) = self.arena.write(arg)
+        {
+            return Some((OutOfLine::Arena { new: fd.is_some() }, fd));
+        }
+        let fd = sys::sealed_memfd(arg).ok()?;
+        Some((OutOfLine::Sealed, Some(fd)))
     }
 
     /// Sends the queued requests, blocking until the socket took them all.
@@ -282,13 +303,25 @@ impl WorkerLink {
         let expected = self
             .initializing
             .or_else(|| self.in_flight.front().map(|in_flight| in_flight.id));
-        match self.replies.next_reply(expected) {
+        let reply = self.replies.next_reply(expected);
+        if self.replies.take_request_arena_retained() {
+            // The worker still reads the arena: this side lets go of it, and the next large
+            // argument makes a new one.
+            self.arena = OutArena::default();
+        }
+        let arena_replies_read = self.replies.arena_replies_read();
+        if arena_replies_read != self.arena_replies_read {
+            // Copied out of the worker's arena: it may write the next reply there.
+            self.arena_replies_read = arena_replies_read;
+            self.claims.set_arena_replies_read(arena_replies_read);
+        }
+        match reply {
             Ok(Some(reply)) if self.initializing.is_some() => {
                 self.initializing = None;
                 match reply.status {
                     CallStatus::Returned => Incoming::Initialized,
                     _ => Incoming::InitializerFailed(
-                        String::from_utf8_lossy(reply.payload.as_slice()).into_owned(),
+                        String::from_utf8_lossy(&reply.payload.as_slice()).into_owned(),
                     ),
                 }
             }
