@@ -418,3 +418,33 @@ fn stop_counts_out_cancelled_futures_and_panics() {
     let err = block_on(panicked).unwrap_err();
     assert_eq!(err.panic_message(), Some("in a drained future"));
 }
+
+#[test]
+fn tasks_dropped_while_their_futures_start_never_stop_one_mid_way() {
+    // Each task is dropped as its future may be starting: either the future never runs, or it
+    // runs to its end, past an await where a late cancellation would have stopped it.
+    let target = LoopThread::new("drop-race").unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    // Every other task is dropped only once its future has started, for sure.
+    let deadline = Instant::now() + WATCHDOG;
+    for n in 0..2_000 {
+        let (started_in_task, ended_in_task) = (started.clone(), ended.clone());
+        let task = target.spawn(async move {
+            started_in_task.fetch_add(1, Ordering::SeqCst);
+            futures_lite::future::yield_now().await;
+            ended_in_task.fetch_add(1, Ordering::SeqCst);
+        });
+        if n % 2 == 1 {
+            while !task.is_started() {
+                assert!(Instant::now() < deadline, "the future never started");
+                thread::yield_now();
+            }
+        }
+        drop(task);
+    }
+    block_on(target.stop()).unwrap();
+    let (started, ended) = (started.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
+    assert!(started >= 1_000, "{started} started");
+    assert_eq!(started, ended, "a started future was stopped at its await");
+}
