@@ -426,13 +426,15 @@ fn tasks_dropped_while_their_futures_start_never_stop_one_mid_way() {
     let target = LoopThread::new("drop-race").unwrap();
     let started = Arc::new(AtomicUsize::new(0));
     let ended = Arc::new(AtomicUsize::new(0));
-    // Every other task is dropped only once its future has started, for sure.
+    // Every other task is dropped only once its future has started, for sure; each future
+    // then waits for its gate, which opens only after its task was dropped.
     let deadline = Instant::now() + WATCHDOG;
     for n in 0..2_000 {
         let (started_in_task, ended_in_task) = (started.clone(), ended.clone());
+        let (open, closed) = gate();
         let task = target.spawn(async move {
             started_in_task.fetch_add(1, Ordering::SeqCst);
-            futures_lite::future::yield_now().await;
+            let _ = closed.recv().await;
             ended_in_task.fetch_add(1, Ordering::SeqCst);
         });
         if n % 2 == 1 {
@@ -442,6 +444,7 @@ fn tasks_dropped_while_their_futures_start_never_stop_one_mid_way() {
             }
         }
         drop(task);
+        drop(open);
     }
     block_on(target.stop()).unwrap();
     let (started, ended) = (started.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
