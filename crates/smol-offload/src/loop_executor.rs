@@ -133,8 +133,8 @@ fn run(runnable: Runnable<Meta>) {
     }
 }
 
-/// Spawns `future` as a loop task scheduled on `queue` (through `schedule`, which pushes to
-/// it), and queues its first run.
+/// Spawns `future` as a loop task whose runnables go to `schedule` (a push on the loop's
+/// [`RunQueue`]), and schedules its first run.
 pub(crate) fn spawn<F, S>(future: F, schedule: S) -> async_task::Task<F::Output, Meta>
 where
     F: Future + Send + 'static,
