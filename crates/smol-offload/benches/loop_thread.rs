@@ -11,6 +11,12 @@
 //! them. Each figure is the median of its samples; each ratio is the ratio of two medians, and
 //! the range of the same ratio taken within each round (where the contenders saw the same
 //! load) is printed beside it.
+//!
+//! For instruction counts, which do not depend on the machine's load, set
+//! `SMOL_OFFLOAD_BENCH_ROUND_TRIPS=ours:N` (or `smol:N`, `tokio:N`): the benchmark then only does
+//! N round trips with that contender and exits. Run it under `valgrind --tool=callgrind` for two
+//! values of N; the difference of the two totals over the difference of the Ns is the cost of
+//! one round trip, on both threads, without the start-up.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -227,7 +233,44 @@ fn print_row(name: &str, samples: &[Vec<f64>], ours: &[Vec<f64>], scale: f64) {
     );
 }
 
+/// Environment variable that selects the instruction-count mode: `contender:N`.
+const ROUND_TRIPS_VARIABLE: &str = "SMOL_OFFLOAD_BENCH_ROUND_TRIPS";
+
+/// In the instruction-count mode, does only N round trips with the contender named in
+/// [`ROUND_TRIPS_VARIABLE`]; returns false when that mode is off.
+fn count_round_trips_only() -> bool {
+    let Some(value) = std::env::var_os(ROUND_TRIPS_VARIABLE) else {
+        return false;
+    };
+    let value = value.to_string_lossy();
+    let (name, n) = value
+        .split_once(':')
+        .and_then(|(name, n)| Some((name, n.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("{ROUND_TRIPS_VARIABLE} must be ours:N, smol:N or tokio:N"));
+    let contender: Box<dyn RoundTrip> = match name {
+        "ours" => Box::new(Ours(
+            smol_offload::LoopThread::new("bench-loop").expect("start the loop thread"),
+        )),
+        "smol" => Box::new(PlainSmol::start()),
+        "tokio" => Box::new(Tokio(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .build()
+                .expect("start the tokio runtime"),
+        )),
+        _ => panic!("{ROUND_TRIPS_VARIABLE} must be ours:N, smol:N or tokio:N"),
+    };
+    for i in 0..n {
+        assert_eq!(contender.round_trip(i), i);
+    }
+    println!("{n} round trips with {}", contender.name());
+    true
+}
+
 fn main() {
+    if count_round_trips_only() {
+        return;
+    }
     let config = Config::from_env();
     println!(
         "smol-offload loop thread and stream benchmark{}",

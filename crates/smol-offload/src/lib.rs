@@ -203,6 +203,7 @@ mod error;
 mod executor;
 mod init_for_tests;
 mod job_queue;
+mod loop_executor;
 mod loop_thread;
 mod panics;
 mod process_pool;

@@ -1,10 +1,11 @@
 //! [`LoopThread`]: a named thread running its own smol executor, that any thread or event loop
 //! can hand futures and closures to.
 //!
-//! The thread runs an [`async_executor::Executor`], the one `smol` re-exports. A future that
-//! [`LoopThread::spawn_local`] builds on the thread is an `async_task` task of its own whose
-//! every poll is scheduled as a small task on that executor, so it never leaves the thread and
-//! the loop needs no second executor. Every submission is counted in by the submitting thread
+//! The thread runs a single-threaded executor of its own (`loop_executor`): a queue of
+//! `async_task` runnables. A future given to [`LoopThread::spawn`] is one `async_task` task,
+//! whose handle is what its [`Task`] holds; a future that [`LoopThread::spawn_local`] builds on
+//! the thread is a local `async_task` task scheduled on the same queue, so it never leaves the
+//! thread. Every submission is counted in by the submitting thread
 //! and out by the loop thread, on two counters that sit on cache lines of their own, so that a
 //! round trip moves no counter from one CPU to the other; `stop()` (or the last handle's drop)
 //! sets a *stopping* bit in the count of submissions, after which submissions are refused, and
@@ -16,15 +17,14 @@ use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Poll, Waker};
+use std::task::Waker;
 use std::thread::{JoinHandle, ThreadId};
 
-use async_executor::Executor;
-use atomic_waker::AtomicWaker;
 use crossbeam_utils::CachePadded;
 use futures_lite::FutureExt;
 
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
+use crate::loop_executor::{self, LoopTask, RunQueue};
 use crate::task::{self, Assist, Promise, Task};
 
 /// Set in [`Shared::submitted`] once the loop takes no new work; the other bits count the
@@ -97,7 +97,8 @@ impl Drop for Handle {
 /// What the handles and the loop thread share.
 struct Shared {
     name: String,
-    executor: Executor<'static>,
+    /// The loop's executor: its own `Arc`, which every task's schedule function holds.
+    queue: Arc<RunQueue>,
     /// Submissions so far, admitted or refused, plus [`STOPPING`]. Written by the submitting
     /// threads (and once by the stop).
     submitted: CachePadded<AtomicUsize>,
@@ -106,8 +107,6 @@ struct Shared {
     /// [`STOPPING`] again, where the loop thread reads it after each submission without
     /// pulling `submitted`'s cache line away from the submitting thread.
     stopping: AtomicBool,
-    /// The loop thread's wake-up for "stopping, and nothing left in flight".
-    drained: AtomicWaker,
     /// The loop thread, known once it has been started.
     thread: OnceLock<ThreadId>,
     join: Mutex<Option<JoinHandle<()>>>,
@@ -137,14 +136,14 @@ impl Shared {
     fn count_out(&self) {
         self.ended.fetch_add(1, Ordering::SeqCst);
         if self.stopping.load(Ordering::SeqCst) {
-            self.drained.wake();
+            self.queue.wake();
         }
     }
 
     fn begin_stop(&self) {
         self.submitted.fetch_or(STOPPING, Ordering::SeqCst);
         self.stopping.store(true, Ordering::SeqCst);
-        self.drained.wake();
+        self.queue.wake();
     }
 
     /// Submissions admitted and not ended yet.
@@ -168,15 +167,9 @@ impl Shared {
     /// The loop thread's body: run the executor until stopped and drained.
     fn run(self: &Arc<Self>) {
         THIS_LOOP.with(|this| *this.borrow_mut() = Some(self.clone()));
-        let drained = futures_lite::future::poll_fn(|cx| {
-            self.drained.register(cx.waker());
-            if self.is_drained() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        });
-        async_io::block_on(self.executor.run(drained));
+        async_io::block_on(futures_lite::future::poll_fn(|cx| {
+            self.queue.poll_run(cx, || self.is_drained())
+        }));
         THIS_LOOP.with(|this| this.borrow_mut().take());
         self.finished.store(true, Ordering::SeqCst);
         let wakers = std::mem::take(
@@ -234,11 +227,10 @@ impl LoopThread {
         }
         let shared = Arc::new(Shared {
             name: name.clone(),
-            executor: Executor::new(),
+            queue: Arc::new(RunQueue::new()),
             submitted: CachePadded::new(AtomicUsize::new(0)),
             ended: CachePadded::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
-            drained: AtomicWaker::new(),
             thread: OnceLock::new(),
             join: Mutex::new(None),
             finished: AtomicBool::new(false),
@@ -304,12 +296,16 @@ impl LoopThread {
         };
         #[cfg(feature = "tracing")]
         let future = tracing::Instrument::instrument(future, tracing::Span::current());
-        let (promise, task) = task::pair();
-        self.shared()
-            .executor
-            .spawn(run_future(admission, promise, future))
-            .detach();
-        task
+        let task = loop_executor::spawn(run_future(admission, future), self.schedule());
+        Task::on_loop(LoopTask::new(task))
+    }
+
+    /// The schedule function of this loop's tasks: queue on its executor.
+    fn schedule(
+        &self,
+    ) -> impl Fn(async_task::Runnable<loop_executor::Meta>) + Send + Sync + 'static {
+        let queue = self.shared().queue.clone();
+        move |runnable| queue.push(runnable)
     }
 
     /// Builds a future on the loop thread with `make` and runs it there; the future need not be
@@ -359,24 +355,17 @@ impl LoopThread {
             tracing::Instrument::instrument(make(), span.clone())
         };
         let (promise, task) = task::pair();
-        let shared = self.shared().clone();
-        self.shared()
-            .executor
-            .spawn(async move {
-                // On the loop thread: build the future here, and poll it only here, by
-                // scheduling each of its polls as a task of the loop's executor.
-                let schedule = move |runnable: async_task::Runnable| {
-                    shared
-                        .executor
-                        .spawn(async move { runnable.run() })
-                        .detach();
-                };
-                let (runnable, local) =
-                    async_task::spawn_local(run_local(admission, promise, make), schedule);
-                local.detach();
-                runnable.run();
-            })
-            .detach();
+        let schedule = self.schedule();
+        let local_schedule = self.schedule();
+        loop_executor::spawn(
+            async move {
+                // On the loop thread: build the future here, as a local task of the loop's
+                // executor, so that it is only ever polled here.
+                loop_executor::spawn_local_now(run_local(admission, promise, make), local_schedule);
+            },
+            schedule,
+        )
+        .detach();
         task
     }
 
@@ -483,21 +472,17 @@ impl LoopThread {
     }
 }
 
-/// Runs a submitted future on the loop's shared executor, unless its task was dropped first.
-async fn run_future<F>(admission: Admission, promise: Promise<F::Output>, future: F)
+/// Runs a submitted future on the loop's executor, a panic in it being an error. The executor
+/// does not poll it at all if its task was dropped first.
+async fn run_future<F>(admission: Admission, future: F) -> Result<F::Output, Error>
 where
     F: Future,
 {
     let _admission = admission;
-    if !promise.start() {
-        let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(future)));
-        return;
-    }
-    let result = AssertUnwindSafe(future)
+    AssertUnwindSafe(future)
         .catch_unwind()
         .await
-        .map_err(Error::from_panic);
-    let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
+        .map_err(Error::from_panic)
 }
 
 /// Builds and runs a `spawn_local` future on the loop's local executor.

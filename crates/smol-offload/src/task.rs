@@ -14,6 +14,10 @@
 //! be stopped, so thread tasks have none; a process task's hook asks its pool to kill the worker
 //! that runs it. The task marks itself *abandoned* (a fourth flag, set only while the work runs)
 //! and calls the hook when it is timed out, cancelled, or dropped when the hook asks for that.
+//!
+//! A future run by a [`LoopThread`](crate::LoopThread) needs no slot of its own: its task is
+//! the loop executor's `async_task` task, whose handle ([`LoopTask`]) the `Task` holds instead,
+//! with the same rules (see `loop_executor`).
 
 use std::fmt;
 use std::future::Future;
@@ -26,6 +30,7 @@ use std::time::Duration;
 use atomic_waker::AtomicWaker;
 
 use crate::error::{Error, ErrorKind};
+use crate::loop_executor::LoopTask;
 
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
@@ -89,6 +94,7 @@ pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
             shared: Some(shared),
             assist: None,
             abandon: None,
+            on_loop: None,
         },
     )
 }
@@ -213,9 +219,21 @@ pub struct Task<T> {
     shared: Option<Arc<Shared<T>>>,
     assist: Option<Box<dyn Assist>>,
     abandon: Option<Arc<dyn Abandon>>,
+    /// For a future run by a loop thread, its executor's task, and no `shared` slot.
+    on_loop: Option<LoopTask<T>>,
 }
 
 impl<T> Task<T> {
+    /// The task of a future run by a loop thread.
+    pub(crate) fn on_loop(task: LoopTask<T>) -> Task<T> {
+        Task {
+            shared: None,
+            assist: None,
+            abandon: None,
+            on_loop: Some(task),
+        }
+    }
+
     /// This task, whose started work `abandon` can stop.
     pub(crate) fn with_abandon(mut self, abandon: Arc<dyn Abandon>) -> Task<T> {
         self.abandon = Some(abandon);
@@ -298,12 +316,18 @@ impl<T> Task<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn detach(mut self) {
+        if let Some(on_loop) = self.on_loop.take() {
+            on_loop.detach();
+        }
         self.shared = None;
         self.release_assist();
     }
 
     /// True once the result is ready: awaiting the task will not wait.
     pub fn is_finished(&self) -> bool {
+        if let Some(on_loop) = &self.on_loop {
+            return on_loop.is_finished();
+        }
         if !self.is_done()
             && let Some(assist) = &self.assist
         {
@@ -314,6 +338,9 @@ impl<T> Task<T> {
 
     /// True once the work has begun on a worker (or has finished).
     pub fn is_started(&self) -> bool {
+        if let Some(on_loop) = &self.on_loop {
+            return on_loop.is_started();
+        }
         match &self.shared {
             Some(shared) => shared.state.load(Ordering::Acquire) & (STARTED | DONE) != 0,
             None => true,
@@ -375,6 +402,12 @@ impl<T> Task<T> {
     /// # }).unwrap();
     /// ```
     pub async fn cancel(mut self) -> Result<T, Error> {
+        if let Some(on_loop) = self.on_loop.take() {
+            match on_loop.cancel_unstarted() {
+                Ok(()) => return Err(Error::new(ErrorKind::Cancelled)),
+                Err(started) => self.on_loop = Some(started),
+            }
+        }
         if let Some(shared) = &self.shared {
             if shared.state.load(Ordering::Acquire) & (STARTED | DONE) == 0
                 && self.assist.as_ref().is_some_and(|assist| assist.withdraw())
@@ -413,6 +446,12 @@ impl<T> Future for Task<T> {
     type Output = Result<T, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(on_loop) = &mut self.on_loop {
+            let result = std::task::ready!(on_loop.poll(cx));
+            // Finished: dropping the handle now neither cancels nor detaches anything.
+            self.on_loop = None;
+            return Poll::Ready(result);
+        }
         let shared = self
             .shared
             .as_ref()
@@ -439,6 +478,9 @@ impl<T> Future for Task<T> {
 
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
+        if let Some(on_loop) = self.on_loop.take() {
+            on_loop.release();
+        }
         self.abandon_started(true);
         if let Some(shared) = self.shared.take() {
             shared.state.fetch_or(CANCELLED, Ordering::AcqRel);
@@ -449,9 +491,18 @@ impl<T> Drop for Task<T> {
 
 impl<T> fmt::Debug for Task<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match &self.shared {
-            None => "returned",
-            Some(shared) => {
+        let state = match (&self.shared, &self.on_loop) {
+            (_, Some(on_loop)) => {
+                if on_loop.is_finished() {
+                    "finished"
+                } else if on_loop.is_started() {
+                    "running"
+                } else {
+                    "queued"
+                }
+            }
+            (None, None) => "returned",
+            (Some(shared), None) => {
                 let bits = shared.state.load(Ordering::Acquire);
                 if bits & DONE != 0 {
                     "finished"

@@ -288,3 +288,166 @@ fn a_started_future_runs_to_its_end_when_its_task_is_dropped() {
     assert_eq!(finished.recv_timeout(WATCHDOG), Ok("finished"));
     block_on(target.stop()).unwrap();
 }
+
+/// Holds the loop with a closure until the returned gate opens, so that what is submitted
+/// next waits in its queue.
+fn hold_the_loop(target: &LoopThread) -> (async_channel::Sender<()>, smol_offload::Task<()>) {
+    let (open, closed) = gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let holder = target.call(move || {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv_blocking();
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    (open, holder)
+}
+
+/// Sends the name of the thread it is dropped on.
+struct ReportsItsDrop(std::sync::mpsc::Sender<String>);
+
+impl Drop for ReportsItsDrop {
+    fn drop(&mut self) {
+        let _ = self.0.send(current_name());
+    }
+}
+
+#[test]
+fn cancelling_a_queued_future_means_it_never_runs_and_is_dropped_on_the_loop() {
+    let target = LoopThread::new("cancel-queued").unwrap();
+    let (open, holder) = hold_the_loop(&target);
+    let (dropped_tx, dropped) = std::sync::mpsc::channel();
+    let guard = ReportsItsDrop(dropped_tx);
+    let queued = target.spawn(async move {
+        let _guard = guard;
+        unreachable!("a cancelled future never runs")
+    });
+    assert!(!queued.is_started());
+    assert!(!queued.is_finished());
+    assert_eq!(format!("{queued:?}"), "Task { state: \"queued\" }");
+    let err = block_on(queued.cancel()).unwrap_err();
+    assert!(err.is_cancelled(), "{err}");
+    drop(open);
+    assert_eq!(dropped.recv_timeout(WATCHDOG).unwrap(), "cancel-queued");
+    block_on(async {
+        holder.await.unwrap();
+        target.stop().await.unwrap();
+    });
+}
+
+#[test]
+fn cancelling_a_running_future_waits_for_its_result() {
+    let target = LoopThread::new("cancel-running").unwrap();
+    let (open, closed) = gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let running = target.spawn(async move {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv().await;
+        "ran to its end"
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    assert!(running.is_started());
+    assert_eq!(format!("{running:?}"), "Task { state: \"running\" }");
+    let cancelling = thread::spawn(move || block_on(running.cancel()));
+    drop(open);
+    assert_eq!(cancelling.join().unwrap().unwrap(), "ran to its end");
+    block_on(target.stop()).unwrap();
+}
+
+#[test]
+fn a_timeout_cancels_a_queued_future_and_lets_a_running_one_end() {
+    let target = LoopThread::new("timeouts").unwrap();
+    let (open, holder) = hold_the_loop(&target);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran_in_task = ran.clone();
+    let queued = target.spawn(async move { ran_in_task.fetch_add(1, Ordering::SeqCst) });
+    let err = block_on(queued.timeout(std::time::Duration::from_millis(1))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    drop(open);
+    block_on(holder).unwrap();
+
+    let (open, closed) = gate();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (finished_tx, finished) = std::sync::mpsc::channel();
+    let running = target.spawn(async move {
+        started_tx.send(()).unwrap();
+        let _ = closed.recv().await;
+        finished_tx.send(()).unwrap();
+    });
+    started.recv_timeout(WATCHDOG).unwrap();
+    let err = block_on(running.timeout(std::time::Duration::from_millis(1))).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    drop(open);
+    finished.recv_timeout(WATCHDOG).unwrap();
+    block_on(target.stop()).unwrap();
+    assert_eq!(ran.load(Ordering::SeqCst), 0, "the queued future never ran");
+}
+
+#[test]
+fn a_detached_queued_future_still_runs_and_a_finished_task_says_so() {
+    let target = LoopThread::new("detached").unwrap();
+    let (open, holder) = hold_the_loop(&target);
+    let (ran_tx, ran) = std::sync::mpsc::channel();
+    target
+        .spawn(async move { ran_tx.send(current_name()).unwrap() })
+        .detach();
+    let answer = target.spawn(async { 5 });
+    drop(open);
+    assert_eq!(ran.recv_timeout(WATCHDOG).unwrap(), "detached");
+    block_on(holder).unwrap();
+    // The loop runs in order: once `holder` and the detached future ran, so does `answer` soon.
+    block_on(target.call(|| ())).unwrap();
+    assert!(answer.is_finished());
+    assert!(answer.is_started());
+    assert_eq!(format!("{answer:?}"), "Task { state: \"finished\" }");
+    assert_eq!(block_on(answer).unwrap(), 5);
+    block_on(target.stop()).unwrap();
+}
+
+#[test]
+fn stop_counts_out_cancelled_futures_and_panics() {
+    let target = LoopThread::new("stop-counts").unwrap();
+    let (open, holder) = hold_the_loop(&target);
+    let cancelled: Vec<_> = (0..50).map(|n| target.spawn(async move { n })).collect();
+    drop(cancelled);
+    let panicked = target.spawn(async { panic!("in a drained future") });
+    let stopping = target.clone();
+    let stopped = thread::spawn(move || block_on(stopping.stop()));
+    drop(open);
+    stopped.join().unwrap().unwrap();
+    block_on(holder).unwrap();
+    let err = block_on(panicked).unwrap_err();
+    assert_eq!(err.panic_message(), Some("in a drained future"));
+}
+
+#[test]
+fn tasks_dropped_while_their_futures_start_never_stop_one_mid_way() {
+    // Each task is dropped as its future may be starting: either the future never runs, or it
+    // runs to its end, past an await where a late cancellation would have stopped it.
+    let target = LoopThread::new("drop-race").unwrap();
+    let started = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    // Every other task is dropped only once its future has started, for sure; each future
+    // then waits for its gate, which opens only after its task was dropped.
+    let deadline = Instant::now() + WATCHDOG;
+    for n in 0..2_000 {
+        let (started_in_task, ended_in_task) = (started.clone(), ended.clone());
+        let (open, closed) = gate();
+        let task = target.spawn(async move {
+            started_in_task.fetch_add(1, Ordering::SeqCst);
+            let _ = closed.recv().await;
+            ended_in_task.fetch_add(1, Ordering::SeqCst);
+        });
+        if n % 2 == 1 {
+            while !task.is_started() {
+                assert!(Instant::now() < deadline, "the future never started");
+                thread::yield_now();
+            }
+        }
+        drop(task);
+        drop(open);
+    }
+    block_on(target.stop()).unwrap();
+    let (started, ended) = (started.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
+    assert!(started >= 1_000, "{started} started");
+    assert_eq!(started, ended, "a started future was stopped at its await");
+}
