@@ -692,82 +692,91 @@ impl Runner {
         let mut running: Vec<Box<Running>> = Vec::new();
         let mut timer = async_io::Timer::never();
         let mut timer_at: Option<Instant> = None;
-        loop {
-            let mut answers = Vec::new();
-            let mut finished = Vec::new();
-            let closed = async_io::block_on(futures_lite::future::poll_fn(|cx| {
-                inbox.waker.register(cx.waker());
-                let closed = inbox.closed.load(Ordering::Acquire);
-                for handed in inbox.take() {
-                    match handed {
-                        Handed::Answer(answer) => answers.push(answer),
-                        Handed::Running(job) => running.push(job),
+        // One `block_on` for the thread's life, its blocking writes included: this thread then
+        // waits for its jobs in the reactor itself. A `block_on` per batch would wake
+        // async-io's helper thread each time it returns, which would then sit in the reactor
+        // and relay every job's end to this thread: one more wake-up per answer.
+        async_io::block_on(async {
+            loop {
+                let mut answers = Vec::new();
+                let mut finished = Vec::new();
+                let closed = futures_lite::future::poll_fn(|cx| {
+                    inbox.waker.register(cx.waker());
+                    let closed = inbox.closed.load(Ordering::Acquire);
+                    for handed in inbox.take() {
+                        match handed {
+                            Handed::Answer(answer) => answers.push(answer),
+                            Handed::Running(job) => running.push(job),
+                        }
                     }
-                }
-                let mut index = 0;
-                while index < running.len() {
-                    match Pin::new(&mut running[index].task).poll(cx) {
-                        Poll::Ready(result) => finished.push((running.swap_remove(index), result)),
-                        Poll::Pending => index += 1,
+                    let mut index = 0;
+                    while index < running.len() {
+                        match Pin::new(&mut running[index].task).poll(cx) {
+                            Poll::Ready(result) => {
+                                finished.push((running.swap_remove(index), result))
+                            }
+                            Poll::Pending => index += 1,
+                        }
                     }
-                }
-                if !answers.is_empty() || !finished.is_empty() {
-                    return Poll::Ready(false);
-                }
-                if closed && running.is_empty() {
-                    return Poll::Ready(true);
-                }
-                let due = running.iter().filter_map(|job| job.notice_due).min();
-                if due != timer_at {
-                    timer_at = due;
-                    match due {
-                        Some(at) => timer.set_at(at),
-                        None => timer = async_io::Timer::never(),
+                    if !answers.is_empty() || !finished.is_empty() {
+                        return Poll::Ready(false);
                     }
-                }
-                match Pin::new(&mut timer).poll(cx) {
-                    Poll::Ready(_) => {
-                        timer_at = None;
-                        timer = async_io::Timer::never();
-                        Poll::Ready(false)
+                    if closed && running.is_empty() {
+                        return Poll::Ready(true);
                     }
-                    Poll::Pending => Poll::Pending,
-                }
-            }));
-            for (job, result) in finished {
-                match self.outcome(&mut connection, job, result) {
-                    Claimed::Run(again) => running.push(again),
-                    Claimed::Answer(answer) => answers.push(answer),
-                }
-            }
-            let now = Instant::now();
-            let notices: Vec<(&str, Vec<u8>)> = running
-                .iter_mut()
-                .filter(|job| job.notice_due.is_some_and(|due| due <= now))
-                .map(|job| {
-                    job.notice_due = None;
-                    let notice = ReplyEnvelope {
-                        id: job.envelope.id,
-                        outcome: Outcome::Started,
-                        worker: self.name.clone(),
-                    };
-                    (
-                        job.envelope.client.as_str(),
-                        Signed::seal(&notice, &self.security),
-                    )
+                    let due = running.iter().filter_map(|job| job.notice_due).min();
+                    if due != timer_at {
+                        timer_at = due;
+                        match due {
+                            Some(at) => timer.set_at(at),
+                            None => timer = async_io::Timer::never(),
+                        }
+                    }
+                    match Pin::new(&mut timer).poll(cx) {
+                        Poll::Ready(_) => {
+                            timer_at = None;
+                            timer = async_io::Timer::never();
+                            Poll::Ready(false)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
                 })
-                .collect();
-            if !answers.is_empty() || !notices.is_empty() {
-                self.write_answers(&mut connection, &answers, &notices);
+                .await;
+                for (job, result) in finished {
+                    match self.outcome(&mut connection, job, result) {
+                        Claimed::Run(again) => running.push(again),
+                        Claimed::Answer(answer) => answers.push(answer),
+                    }
+                }
+                let now = Instant::now();
+                let notices: Vec<(&str, Vec<u8>)> = running
+                    .iter_mut()
+                    .filter(|job| job.notice_due.is_some_and(|due| due <= now))
+                    .map(|job| {
+                        job.notice_due = None;
+                        let notice = ReplyEnvelope {
+                            id: job.envelope.id,
+                            outcome: Outcome::Started,
+                            worker: self.name.clone(),
+                        };
+                        (
+                            job.envelope.client.as_str(),
+                            Signed::seal(&notice, &self.security),
+                        )
+                    })
+                    .collect();
+                if !answers.is_empty() || !notices.is_empty() {
+                    self.write_answers(&mut connection, &answers, &notices);
+                }
+                if !answers.is_empty() {
+                    self.unhold(answers.iter().map(|answer| &answer.entry));
+                    let _ = idle.send(answers.len());
+                }
+                if closed {
+                    return;
+                }
             }
-            if !answers.is_empty() {
-                self.unhold(answers.iter().map(|answer| &answer.entry));
-                let _ = idle.send(answers.len());
-            }
-            if closed {
-                return;
-            }
-        }
+        })
     }
 
     /// The answer to a job that ended in the process pool, or the job again when its process
