@@ -463,12 +463,16 @@ impl Client {
         /// The longest one blocking pop waits, so that a silently dead link is noticed.
         const LONGEST_WAIT: Duration = Duration::from_secs(30);
         let mut connection = Some(connection);
+        // The connection's read timeout, set only when it changes (without task deadlines,
+        // once per connection), not before each pop.
+        let mut read_timeout = None;
         let mut backoff = Duration::from_millis(50);
         while !self.closed.load(Ordering::Acquire) {
             let Some(open) = &mut connection else {
                 match self.broker.connect() {
                     Ok(open) => {
                         connection = Some(open);
+                        read_timeout = None;
                         backoff = Duration::from_millis(50);
                     }
                     Err(_) => {
@@ -482,7 +486,11 @@ impl Client {
                 .expire_overdue()
                 .unwrap_or(LONGEST_WAIT)
                 .min(LONGEST_WAIT);
-            let _ = open.set_read_timeout(Some(wait + Duration::from_secs(10)));
+            let timeout = wait + Duration::from_secs(10);
+            if read_timeout != Some(timeout) {
+                let _ = open.set_read_timeout(Some(timeout));
+                read_timeout = Some(timeout);
+            }
             // Every reply waiting, up to a batch, in one round trip.
             let popped: redis::RedisResult<Option<(Vec<u8>, Replies)>> = redis::cmd("BLMPOP")
                 .arg(wait.as_secs_f64().max(0.001))

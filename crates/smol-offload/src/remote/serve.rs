@@ -363,6 +363,13 @@ impl Runner {
             jobs_key, self.capacity, self.broker.address
         ));
         let beat_every = HEARTBEAT.min(visibility / 3);
+        // A read blocks for up to `beat_every`: a broker silent for ten seconds more is lost.
+        // Set once per connection, not before each read (a system call per job).
+        let read_timeout =
+            Duration::from_millis(beat_every.as_millis().max(1) as u64) + Duration::from_secs(10);
+        if let Some(open) = &mut connection {
+            let _ = open.set_read_timeout(Some(read_timeout));
+        }
         while !stop.load(Ordering::Relaxed) {
             while let Ok(freed) = idle_receiver.try_recv() {
                 idle += freed;
@@ -370,7 +377,10 @@ impl Runner {
             let Some(open) = &mut connection else {
                 match self.broker.connect() {
                     Ok(mut open) => match ensure_group(&mut open, &self.keys) {
-                        Ok(()) => connection = Some(open),
+                        Ok(()) => {
+                            let _ = open.set_read_timeout(Some(read_timeout));
+                            connection = Some(open);
+                        }
                         Err(_) => std::thread::sleep(Duration::from_millis(200)),
                     },
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -507,9 +517,8 @@ impl Runner {
             );
         }
         if taken.is_empty() {
+            // The connection's read timeout is longer than this (see `pull_loop`).
             let block = block.as_millis().max(1) as u64;
-            let _ =
-                open.set_read_timeout(Some(Duration::from_millis(block) + Duration::from_secs(10)));
             let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
