@@ -15,6 +15,7 @@ use atomic_waker::AtomicWaker;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::process_pool::ProcessPool;
 use crate::process_pool::raw::{Carried, RawReply};
+use crate::remote::answer_link::AnswerLink;
 use crate::remote::broker::Broker;
 use crate::remote::envelope::{
     self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed, VerifiedJob,
@@ -697,7 +698,7 @@ impl Runner {
     /// for all the replies and acknowledgements ready at once, and the started notices of the
     /// jobs that have run for [`NOTICE_AFTER`].
     fn answer_loop(&self, inbox: &Inbox, idle: &mpsc::Sender<usize>) {
-        let mut connection: Option<redis::Connection> = None;
+        let mut connection = AnswerLink::default();
         let mut running: Vec<Box<Running>> = Vec::new();
         let mut timer = async_io::Timer::never();
         let mut timer_at: Option<Instant> = None;
@@ -782,6 +783,10 @@ impl Runner {
                     let _ = idle.send(answers.len());
                 }
                 if closed {
+                    // Reads the last acknowledgements: closing a socket with replies unread
+                    // resets the connection, which may drop the last answers before the broker
+                    // has read them.
+                    let _ = connection.ready(&self.broker, &|line: &str| self.log(line));
                     return;
                 }
             }
@@ -792,7 +797,7 @@ impl Runner {
     /// died and it may run once more.
     fn outcome(
         &self,
-        connection: &mut Option<redis::Connection>,
+        connection: &mut AnswerLink,
         mut job: Box<Running>,
         result: Result<RawReply, crate::Error>,
     ) -> Claimed {
@@ -840,8 +845,9 @@ impl Runner {
     }
 
     /// Counts one more run of `job` in its claim, so that a worker that takes it over knows.
-    fn record_attempt(&self, connection: &mut Option<redis::Connection>, job: &Running) {
-        let recorded = self.connection(connection).and_then(|open| {
+    fn record_attempt(&self, connection: &mut AnswerLink, job: &Running) {
+        let log = |line: &str| self.log(line);
+        let recorded = connection.ready(&self.broker, &log).and_then(|open| {
             redis::cmd("SET")
                 .arg(&job.claim_key)
                 .arg(format!("{} {} {}", job.entry, job.attempt, self.name))
@@ -852,28 +858,19 @@ impl Runner {
         });
         if let Err(err) = recorded {
             self.log(&format!("could not record a job's new attempt: {err}"));
-            *connection = None;
+            connection.lose();
         }
     }
 
-    fn connection<'a>(
-        &self,
-        connection: &'a mut Option<redis::Connection>,
-    ) -> Result<&'a mut redis::Connection, String> {
-        if connection.is_none() {
-            *connection = Some(self.broker.connect()?);
-        }
-        Ok(connection.as_mut().expect("connected just now"))
-    }
-
-    /// Writes a batch of started notices and answers in one round trip: the notices and the
-    /// replies, one push per client, the refusals, and the acknowledgement and deletion of
-    /// every answered entry. If the broker went away, once more on a new connection; if that
-    /// fails too, the entries stay pending and are taken over after the visibility timeout (at
-    /// least once).
+    /// Sends a batch of started notices and answers in one pipeline, without waiting for the
+    /// broker's acknowledgement (see [`AnswerLink`]): the notices and the replies, one push per
+    /// client, the refusals, and the acknowledgement and deletion of every answered entry. If
+    /// the broker went away, once more on a new connection; if that fails too, or the
+    /// connection breaks after sending, the entries stay pending and are taken over after the
+    /// visibility timeout (at least once).
     fn write_answers(
         &self,
-        connection: &mut Option<redis::Connection>,
+        connection: &mut AnswerLink,
         answers: &[Answer],
         notices: &[(&str, Vec<u8>)],
     ) {
@@ -932,14 +929,11 @@ impl Runner {
                 .arg(&entries)
                 .ignore();
         }
+        let log = |line: &str| self.log(line);
         for attempt in 0..2 {
-            let written = self
-                .connection(connection)
-                .and_then(|open| pipe.query::<()>(open).map_err(|err| err.to_string()));
-            match written {
+            match connection.send(&self.broker, &pipe, &log) {
                 Ok(()) => return,
                 Err(err) => {
-                    *connection = None;
                     if attempt == 1 {
                         self.log(&format!(
                             "lost the broker while answering {} jobs; they will be taken over \
