@@ -6,7 +6,9 @@
 //! Run with `cargo bench -p smol-offload --bench remote` (needs `redis-server` on the `PATH`);
 //! set `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run. The benchmark starts its own broker on
 //! a free port, two workers (this binary in worker mode, one process each) and the echo
-//! process, and kills them all at the end.
+//! process, and kills them all at the end. With `SMOL_OFFLOAD_BENCH_REMOTE_ROUND_TRIPS_ONLY=1` it
+//! runs only the remote round trips, without the floor and the bursts: for counting what one
+//! call costs with `perf stat -e context-switches --inherit` or `strace -f`.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
@@ -200,6 +202,16 @@ fn main() {
          the bursts run on two fleets of {WORKERS} such workers, one holding 1 job per process \
          (the default), one holding {PREFETCH} (prefetch({PREFETCH}))"
     );
+    if std::env::var_os("SMOL_OFFLOAD_BENCH_REMOTE_ROUND_TRIPS_ONLY").is_some() {
+        let mut times = remote_round_trips(&pool, round_trips * rounds);
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{} round trips only: median {:.1} µs",
+            times.len(),
+            median(&times)
+        );
+        return;
+    }
     let (mut ours, mut floor, mut ours_p99, mut floor_p99, mut rates, mut prefetched) = (
         Vec::new(),
         Vec::new(),

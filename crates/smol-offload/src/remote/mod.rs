@@ -7,7 +7,9 @@
 //! list. `docs/remote.md` in the repository states the threat model and the delivery
 //! semantics.
 
-// Imports flow one way: identity, security, keys, tls, broker → envelope → client → pool → serve.
+// Imports flow one way: identity, security, keys, tls, broker → envelope → client → pool →
+// answer_link → serve.
+mod answer_link;
 mod broker;
 mod client;
 pub(crate) mod envelope;

@@ -15,6 +15,7 @@ use atomic_waker::AtomicWaker;
 use crate::error::{BuildError, BuildErrorKind};
 use crate::process_pool::ProcessPool;
 use crate::process_pool::raw::{Carried, RawReply};
+use crate::remote::answer_link::AnswerLink;
 use crate::remote::broker::Broker;
 use crate::remote::envelope::{
     self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed, VerifiedJob,
@@ -363,6 +364,13 @@ impl Runner {
             jobs_key, self.capacity, self.broker.address
         ));
         let beat_every = HEARTBEAT.min(visibility / 3);
+        // A read blocks for up to `beat_every`: a broker silent for ten seconds more is lost.
+        // Set once per connection, not before each read (a system call per job).
+        let read_timeout =
+            Duration::from_millis(beat_every.as_millis().max(1) as u64) + Duration::from_secs(10);
+        if let Some(open) = &mut connection {
+            let _ = open.set_read_timeout(Some(read_timeout));
+        }
         while !stop.load(Ordering::Relaxed) {
             while let Ok(freed) = idle_receiver.try_recv() {
                 idle += freed;
@@ -370,7 +378,10 @@ impl Runner {
             let Some(open) = &mut connection else {
                 match self.broker.connect() {
                     Ok(mut open) => match ensure_group(&mut open, &self.keys) {
-                        Ok(()) => connection = Some(open),
+                        Ok(()) => {
+                            let _ = open.set_read_timeout(Some(read_timeout));
+                            connection = Some(open);
+                        }
                         Err(_) => std::thread::sleep(Duration::from_millis(200)),
                     },
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
@@ -507,9 +518,8 @@ impl Runner {
             );
         }
         if taken.is_empty() {
+            // The connection's read timeout is longer than this (see `pull_loop`).
             let block = block.as_millis().max(1) as u64;
-            let _ =
-                open.set_read_timeout(Some(Duration::from_millis(block) + Duration::from_secs(10)));
             let read: Option<StreamReadReply> = redis::cmd("XREADGROUP")
                 .arg("GROUP")
                 .arg(GROUP)
@@ -688,93 +698,106 @@ impl Runner {
     /// for all the replies and acknowledgements ready at once, and the started notices of the
     /// jobs that have run for [`NOTICE_AFTER`].
     fn answer_loop(&self, inbox: &Inbox, idle: &mpsc::Sender<usize>) {
-        let mut connection: Option<redis::Connection> = None;
+        let mut connection = AnswerLink::default();
         let mut running: Vec<Box<Running>> = Vec::new();
         let mut timer = async_io::Timer::never();
         let mut timer_at: Option<Instant> = None;
-        loop {
-            let mut answers = Vec::new();
-            let mut finished = Vec::new();
-            let closed = async_io::block_on(futures_lite::future::poll_fn(|cx| {
-                inbox.waker.register(cx.waker());
-                let closed = inbox.closed.load(Ordering::Acquire);
-                for handed in inbox.take() {
-                    match handed {
-                        Handed::Answer(answer) => answers.push(answer),
-                        Handed::Running(job) => running.push(job),
+        // One `block_on` for the thread's life, its blocking writes included: this thread then
+        // waits for its jobs in the reactor itself. A `block_on` per batch would wake
+        // async-io's helper thread each time it returns, which would then sit in the reactor
+        // and relay every job's end to this thread: one more wake-up per answer.
+        async_io::block_on(async {
+            loop {
+                let mut answers = Vec::new();
+                let mut finished = Vec::new();
+                let closed = futures_lite::future::poll_fn(|cx| {
+                    inbox.waker.register(cx.waker());
+                    let closed = inbox.closed.load(Ordering::Acquire);
+                    for handed in inbox.take() {
+                        match handed {
+                            Handed::Answer(answer) => answers.push(answer),
+                            Handed::Running(job) => running.push(job),
+                        }
                     }
-                }
-                let mut index = 0;
-                while index < running.len() {
-                    match Pin::new(&mut running[index].task).poll(cx) {
-                        Poll::Ready(result) => finished.push((running.swap_remove(index), result)),
-                        Poll::Pending => index += 1,
+                    let mut index = 0;
+                    while index < running.len() {
+                        match Pin::new(&mut running[index].task).poll(cx) {
+                            Poll::Ready(result) => {
+                                finished.push((running.swap_remove(index), result))
+                            }
+                            Poll::Pending => index += 1,
+                        }
                     }
-                }
-                if !answers.is_empty() || !finished.is_empty() {
-                    return Poll::Ready(false);
-                }
-                if closed && running.is_empty() {
-                    return Poll::Ready(true);
-                }
-                let due = running.iter().filter_map(|job| job.notice_due).min();
-                if due != timer_at {
-                    timer_at = due;
-                    match due {
-                        Some(at) => timer.set_at(at),
-                        None => timer = async_io::Timer::never(),
+                    if !answers.is_empty() || !finished.is_empty() {
+                        return Poll::Ready(false);
                     }
-                }
-                match Pin::new(&mut timer).poll(cx) {
-                    Poll::Ready(_) => {
-                        timer_at = None;
-                        timer = async_io::Timer::never();
-                        Poll::Ready(false)
+                    if closed && running.is_empty() {
+                        return Poll::Ready(true);
                     }
-                    Poll::Pending => Poll::Pending,
-                }
-            }));
-            for (job, result) in finished {
-                match self.outcome(&mut connection, job, result) {
-                    Claimed::Run(again) => running.push(again),
-                    Claimed::Answer(answer) => answers.push(answer),
-                }
-            }
-            let now = Instant::now();
-            let notices: Vec<(&str, Vec<u8>)> = running
-                .iter_mut()
-                .filter(|job| job.notice_due.is_some_and(|due| due <= now))
-                .map(|job| {
-                    job.notice_due = None;
-                    let notice = ReplyEnvelope {
-                        id: job.envelope.id,
-                        outcome: Outcome::Started,
-                        worker: self.name.clone(),
-                    };
-                    (
-                        job.envelope.client.as_str(),
-                        Signed::seal(&notice, &self.security),
-                    )
+                    let due = running.iter().filter_map(|job| job.notice_due).min();
+                    if due != timer_at {
+                        timer_at = due;
+                        match due {
+                            Some(at) => timer.set_at(at),
+                            None => timer = async_io::Timer::never(),
+                        }
+                    }
+                    match Pin::new(&mut timer).poll(cx) {
+                        Poll::Ready(_) => {
+                            timer_at = None;
+                            timer = async_io::Timer::never();
+                            Poll::Ready(false)
+                        }
+                        Poll::Pending => Poll::Pending,
+                    }
                 })
-                .collect();
-            if !answers.is_empty() || !notices.is_empty() {
-                self.write_answers(&mut connection, &answers, &notices);
+                .await;
+                for (job, result) in finished {
+                    match self.outcome(&mut connection, job, result) {
+                        Claimed::Run(again) => running.push(again),
+                        Claimed::Answer(answer) => answers.push(answer),
+                    }
+                }
+                let now = Instant::now();
+                let notices: Vec<(&str, Vec<u8>)> = running
+                    .iter_mut()
+                    .filter(|job| job.notice_due.is_some_and(|due| due <= now))
+                    .map(|job| {
+                        job.notice_due = None;
+                        let notice = ReplyEnvelope {
+                            id: job.envelope.id,
+                            outcome: Outcome::Started,
+                            worker: self.name.clone(),
+                        };
+                        (
+                            job.envelope.client.as_str(),
+                            Signed::seal(&notice, &self.security),
+                        )
+                    })
+                    .collect();
+                if !answers.is_empty() || !notices.is_empty() {
+                    self.write_answers(&mut connection, &answers, &notices);
+                }
+                if !answers.is_empty() {
+                    self.unhold(answers.iter().map(|answer| &answer.entry));
+                    let _ = idle.send(answers.len());
+                }
+                if closed {
+                    // Reads the last acknowledgements: closing a socket with replies unread
+                    // resets the connection, which may drop the last answers before the broker
+                    // has read them.
+                    let _ = connection.ready(&self.broker, &|line: &str| self.log(line));
+                    return;
+                }
             }
-            if !answers.is_empty() {
-                self.unhold(answers.iter().map(|answer| &answer.entry));
-                let _ = idle.send(answers.len());
-            }
-            if closed {
-                return;
-            }
-        }
+        })
     }
 
     /// The answer to a job that ended in the process pool, or the job again when its process
     /// died and it may run once more.
     fn outcome(
         &self,
-        connection: &mut Option<redis::Connection>,
+        connection: &mut AnswerLink,
         mut job: Box<Running>,
         result: Result<RawReply, crate::Error>,
     ) -> Claimed {
@@ -822,8 +845,9 @@ impl Runner {
     }
 
     /// Counts one more run of `job` in its claim, so that a worker that takes it over knows.
-    fn record_attempt(&self, connection: &mut Option<redis::Connection>, job: &Running) {
-        let recorded = self.connection(connection).and_then(|open| {
+    fn record_attempt(&self, connection: &mut AnswerLink, job: &Running) {
+        let log = |line: &str| self.log(line);
+        let recorded = connection.ready(&self.broker, &log).and_then(|open| {
             redis::cmd("SET")
                 .arg(&job.claim_key)
                 .arg(format!("{} {} {}", job.entry, job.attempt, self.name))
@@ -834,28 +858,19 @@ impl Runner {
         });
         if let Err(err) = recorded {
             self.log(&format!("could not record a job's new attempt: {err}"));
-            *connection = None;
+            connection.lose();
         }
     }
 
-    fn connection<'a>(
-        &self,
-        connection: &'a mut Option<redis::Connection>,
-    ) -> Result<&'a mut redis::Connection, String> {
-        if connection.is_none() {
-            *connection = Some(self.broker.connect()?);
-        }
-        Ok(connection.as_mut().expect("connected just now"))
-    }
-
-    /// Writes a batch of started notices and answers in one round trip: the notices and the
-    /// replies, one push per client, the refusals, and the acknowledgement and deletion of
-    /// every answered entry. If the broker went away, once more on a new connection; if that
-    /// fails too, the entries stay pending and are taken over after the visibility timeout (at
-    /// least once).
+    /// Sends a batch of started notices and answers in one pipeline, without waiting for the
+    /// broker's acknowledgement (see [`AnswerLink`]): the notices and the replies, one push per
+    /// client, the refusals, and the acknowledgement and deletion of every answered entry. If
+    /// the broker went away, once more on a new connection; if that fails too, or the
+    /// connection breaks after sending, the entries stay pending and are taken over after the
+    /// visibility timeout (at least once).
     fn write_answers(
         &self,
-        connection: &mut Option<redis::Connection>,
+        connection: &mut AnswerLink,
         answers: &[Answer],
         notices: &[(&str, Vec<u8>)],
     ) {
@@ -914,14 +929,11 @@ impl Runner {
                 .arg(&entries)
                 .ignore();
         }
+        let log = |line: &str| self.log(line);
         for attempt in 0..2 {
-            let written = self
-                .connection(connection)
-                .and_then(|open| pipe.query::<()>(open).map_err(|err| err.to_string()));
-            match written {
+            match connection.send(&self.broker, &pipe, &log) {
                 Ok(()) => return,
                 Err(err) => {
-                    *connection = None;
                     if attempt == 1 {
                         self.log(&format!(
                             "lost the broker while answering {} jobs; they will be taken over \
