@@ -1,15 +1,10 @@
 //! The client side of a [`RemotePool`](crate::RemotePool): the table of jobs awaiting a reply,
 //! one submit thread that writes jobs and cancellations to the broker in batches, and one reply
 //! thread that blocks on the client's reply list and completes tasks by job id.
-//!
-//! A lone job (no other task of the pool awaits a reply) skips the submit thread: the calling
-//! thread writes it on the submit connection itself, when the submit thread is not using it,
-//! which saves a thread wake-up on the round trip. Under load jobs go to the submit thread and
-//! are written in batches, one round trip each.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
@@ -101,10 +96,6 @@ pub(crate) struct Client {
     pub(crate) broker: Broker,
     claim_ttl_ms: u64,
     table: Mutex<Table>,
-    /// The connection that jobs and cancellations are written on: the submit thread's, lent
-    /// to a caller that writes a lone job itself (`None` after the broker went away, until
-    /// the submit thread reconnects).
-    submit_connection: Mutex<Option<redis::Connection>>,
     commands: Mutex<mpsc::Sender<Command>>,
     closed: AtomicBool,
     pub(crate) counters: Counters,
@@ -144,7 +135,6 @@ impl Client {
             broker,
             claim_ttl_ms,
             table: Mutex::new(Table::default()),
-            submit_connection: Mutex::new(Some(submit_connection)),
             commands: Mutex::new(sender),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
@@ -155,7 +145,7 @@ impl Client {
         let submitter = client.clone();
         std::thread::Builder::new()
             .name("smol-offload-remote-submit".into())
-            .spawn(move || submitter.submit_loop(receiver))
+            .spawn(move || submitter.submit_loop(submit_connection, receiver))
             .map_err(|err| format!("could not start the remote submit thread: {err}"))?;
         let replier = client.clone();
         std::thread::Builder::new()
@@ -182,9 +172,8 @@ impl Client {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Registers a job and writes it to the broker: on this thread when it is the only job
-    /// awaiting a reply and the submit connection is free, else through the submit thread,
-    /// which batches. On a closed pool, the job fails with a shutdown error.
+    /// Registers a job and hands it to the submit thread. On a closed pool, the job fails with
+    /// a shutdown error.
     pub(crate) fn submit(
         &self,
         id: u64,
@@ -193,7 +182,7 @@ impl Client {
         timeout: Option<Duration>,
     ) {
         let deadline = timeout.map(|limit| (Instant::now() + limit, limit));
-        let (nearest, lone) = {
+        let nearest = {
             let mut table = self.table();
             if self.closed.load(Ordering::Acquire) {
                 drop(table);
@@ -210,46 +199,16 @@ impl Client {
                     started: false,
                 },
             );
-            let nearest = deadline.is_some_and(|(at, _)| {
+            deadline.is_some_and(|(at, _)| {
                 table.deadlines.insert((at, id));
                 table.deadlines.first() == Some(&(at, id))
-            });
-            (nearest, table.pending.len() == 1)
+            })
         };
         self.counters.submitted();
-        if !(lone && self.submit_here(id, &job)) {
-            self.send(Command::Submit { id, job });
-        }
+        self.send(Command::Submit { id, job });
         if nearest {
             self.send(Command::Wake);
         }
-    }
-
-    /// Writes job `id` on the submit connection from the calling thread, if the submit thread
-    /// is not using it; returns false, having written nothing, if it is (or if the broker went
-    /// away and the submit thread has not reconnected yet). A job the broker did not take fails,
-    /// saying so, as in a batch.
-    fn submit_here(&self, id: u64, job: &[u8]) -> bool {
-        let mut connection = match self.submit_connection.try_lock() {
-            Ok(connection) => connection,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
-        };
-        let Some(open) = connection.as_mut() else {
-            return false;
-        };
-        let written = redis::cmd("XADD")
-            .arg(self.keys.jobs())
-            .arg("*")
-            .arg("job")
-            .arg(job)
-            .query::<redis::Value>(open);
-        if let Err(err) = written {
-            *connection = None;
-            drop(connection);
-            self.fail_submitted([id], &self.broker.unreachable(&err));
-        }
-        true
     }
 
     /// The task of job `id` was dropped: if it still waits for a reply and was cancelled (not
@@ -362,7 +321,12 @@ impl Client {
         }
     }
 
-    fn submit_loop(self: Arc<Self>, commands: mpsc::Receiver<Command>) {
+    fn submit_loop(
+        self: Arc<Self>,
+        connection: redis::Connection,
+        commands: mpsc::Receiver<Command>,
+    ) {
+        let mut connection = Some(connection);
         let jobs_key = self.keys.jobs();
         while let Ok(first) = commands.recv() {
             let mut batch = vec![first];
@@ -402,27 +366,17 @@ impl Client {
                     }
                 }
             }
-            let result = {
-                let mut connection = self
-                    .submit_connection
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let result = match &mut *connection {
-                    Some(open) => pipe
-                        .query::<Vec<Option<String>>>(open)
-                        .map_err(|err| self.broker.unreachable(&err)),
-                    None => self.broker.connect().and_then(|mut open| {
-                        let result = pipe
-                            .query::<Vec<Option<String>>>(&mut open)
-                            .map_err(|err| self.broker.unreachable(&err));
-                        *connection = Some(open);
-                        result
-                    }),
-                };
-                if result.is_err() {
-                    *connection = None;
-                }
-                result
+            let result = match &mut connection {
+                Some(open) => pipe
+                    .query::<Vec<Option<String>>>(open)
+                    .map_err(|err| self.broker.unreachable(&err)),
+                None => self.broker.connect().and_then(|mut open| {
+                    let result = pipe
+                        .query::<Vec<Option<String>>>(&mut open)
+                        .map_err(|err| self.broker.unreachable(&err));
+                    connection = Some(open);
+                    result
+                }),
             };
             match result {
                 Ok(previous) => {
@@ -431,23 +385,26 @@ impl Client {
                     }
                 }
                 Err(message) => {
-                    let submitted = batch.iter().filter_map(|command| match command {
-                        Command::Submit { id, .. } => Some(*id),
-                        _ => None,
-                    });
-                    self.fail_submitted(submitted, &message);
+                    connection = None;
+                    self.fail_batch(&batch, &message);
                 }
             }
         }
     }
 
-    /// The broker did not take these jobs: they fail, saying so. (A task awaiting a withdrawal
-    /// in the same batch waits on: its job may run, or the reply thread finds the broker gone.)
-    fn fail_submitted(&self, ids: impl IntoIterator<Item = u64>, message: &str) {
+    /// The broker did not take a batch: its jobs fail, saying so. (A task awaiting a
+    /// withdrawal in it waits on: its job may run, or the reply thread finds the broker gone.)
+    fn fail_batch(&self, batch: &[Command], message: &str) {
         let message = format!("could not submit the task: {message}");
         let failed: Vec<Pending> = {
             let mut table = self.table();
-            ids.into_iter().filter_map(|id| table.remove(id)).collect()
+            batch
+                .iter()
+                .filter_map(|command| match command {
+                    Command::Submit { id, .. } => table.remove(*id),
+                    _ => None,
+                })
+                .collect()
         };
         for pending in failed {
             self.picked(&pending);

@@ -51,10 +51,7 @@ pub enum Delivery {
 /// names its function by its offset in that executable and carries the executable's SHA-256,
 /// so a worker running another build refuses it. Jobs and replies are signed with HMAC-SHA256
 /// under a key shared by the fleet (`SMOL_OFFLOAD_REMOTE_KEY`). Each pool has one submit thread
-/// and one reply thread, which blocks on the pool's own reply list in Redis: no polling. A lone
-/// call (no other task of the pool awaiting a reply) skips the submit thread: `run` writes its
-/// job itself and waits for the broker's acknowledgement, one broker round trip; while other
-/// tasks are in flight, jobs are written by the submit thread in batches.
+/// and one reply thread, which blocks on the pool's own reply list in Redis: no polling.
 ///
 /// A panic in the remote function comes back as an error whose
 /// [`is_panic`](crate::Error::is_panic) is true, with its message; a task whose worker process
