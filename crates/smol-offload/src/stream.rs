@@ -15,6 +15,13 @@
 //! so a slow consumer never holds a pool thread; the consumer that makes room takes the parked
 //! iterator and submits a new job with it. Every decision to sleep, park, wake or resume is
 //! taken under the one lock, so none is missed.
+//!
+//! Before either side sleeps it spins a little, backing off to `yield_now` (crossbeam's
+//! `Backoff`, as crossbeam's channels do): a consumer that found the queue empty while the
+//! producer runs, and a producer that found the buffer full. When the two run on two CPUs, the
+//! other side nearly always acts within those microseconds, and a sleep with its wake-up costs
+//! far more. The spinning consumer watches a flag the producer sets when the queue stops being
+//! empty, not the lock the producer takes for every item.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -25,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::CachePadded;
+use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::cancel::CancelSource;
 use crate::error::{Error, ErrorKind};
@@ -112,6 +119,10 @@ struct Shared<T> {
     /// lock to know when to settle in the middle of a batch. Only a hint: the consumer settles
     /// under the lock at the end of every batch anyway.
     producer_stopped: AtomicBool,
+    /// A hint that `items` went from empty to not empty (or the stream ended) since the
+    /// consumer last took them: what a consumer that found nothing looks at while it spins, so
+    /// that its looking does not take the lock the producer needs for every item.
+    queued: CachePadded<AtomicBool>,
     runner: Runner,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
@@ -167,6 +178,7 @@ impl<T> Shared<T> {
             if state.end.is_none() {
                 state.end = Some(end);
             }
+            self.queued.store(true, Ordering::Release);
             state.consumer.take()
         };
         if let Some(consumer) = consumer {
@@ -234,6 +246,7 @@ impl<T: Send + 'static> IterStream<T> {
                 resume_at: buffer / 2,
                 closed: AtomicBool::new(false),
                 producer_stopped: AtomicBool::new(true),
+                queued: CachePadded::new(AtomicBool::new(false)),
                 runner,
                 #[cfg(feature = "tracing")]
                 span: tracing::Span::current(),
@@ -377,6 +390,9 @@ fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) 
         state = shared.lock();
         state.items.push_back(item);
         state.held += 1;
+        if state.items.len() == 1 {
+            shared.queued.store(true, Ordering::Release);
+        }
         // The consumer registers only when it found nothing: wake it once per empty queue.
         if let Some(consumer) = state.consumer.take() {
             drop(state);
@@ -392,9 +408,18 @@ fn wait_for_room<'a, T>(
     mut state: MutexGuard<'a, State<T>>,
     deadline: Option<Instant>,
 ) -> (MutexGuard<'a, State<T>>, bool) {
+    // A consumer that keeps up makes room within microseconds: look again a few times,
+    // backing off, before sleeping on the condition variable.
+    let backoff = Backoff::new();
     let room = loop {
         if state.held < shared.buffer || shared.is_closed() {
             break true;
+        }
+        if !backoff.is_completed() {
+            drop(state);
+            backoff.snooze();
+            state = shared.lock();
+            continue;
         }
         state.producer_waiting = true;
         shared.producer_stopped.store(true, Ordering::Relaxed);
@@ -456,39 +481,55 @@ impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
             }
             return Poll::Ready(Some(Ok(item)));
         }
-        // The batch ran out: settle it and take whatever the producer has queued since.
+        // The batch ran out: settle it and take whatever the producer has queued since. A
+        // producer that is running usually queues the next item within a few microseconds, so
+        // look again a few times, backing off, before going to sleep: a sleep and its wake-up
+        // cost far more than the spin, and the batch that comes after one is small.
         let shared = &this.shared;
-        let mut state = shared.lock();
-        let room = shared.settle(&mut state, this.handed);
-        this.handed = 0;
-        std::mem::swap(&mut state.items, batch);
-        let poll = match batch.pop_front() {
-            Some(item) => {
-                this.handed = 1;
-                Poll::Ready(Some(Ok(item)))
-            }
-            // Every item came before the end: the producer queues them first.
-            None => match state.end.take() {
-                Some(End::Failed(err)) => {
-                    state.end = Some(End::Done);
-                    Poll::Ready(Some(Err(err)))
+        let backoff = Backoff::new();
+        loop {
+            let mut state = shared.lock();
+            let room = shared.settle(&mut state, this.handed);
+            this.handed = 0;
+            std::mem::swap(&mut state.items, batch);
+            shared.queued.store(false, Ordering::Relaxed);
+            let poll = match batch.pop_front() {
+                Some(item) => {
+                    this.handed = 1;
+                    Some(Poll::Ready(Some(Ok(item))))
                 }
-                Some(End::Done) => {
-                    state.end = Some(End::Done);
-                    Poll::Ready(None)
-                }
-                None => {
-                    match &state.consumer {
-                        Some(waker) if waker.will_wake(cx.waker()) => {}
-                        _ => state.consumer = Some(cx.waker().clone()),
+                // Every item came before the end: the producer queues them first.
+                None => match state.end.take() {
+                    Some(End::Failed(err)) => {
+                        state.end = Some(End::Done);
+                        Some(Poll::Ready(Some(Err(err))))
                     }
-                    Poll::Pending
-                }
-            },
-        };
-        drop(state);
-        make_room(shared, room);
-        poll
+                    Some(End::Done) => {
+                        state.end = Some(End::Done);
+                        Some(Poll::Ready(None))
+                    }
+                    // Only a producer that runs can queue soon: spin for no other.
+                    None if backoff.is_completed()
+                        || shared.producer_stopped.load(Ordering::Relaxed) =>
+                    {
+                        match &state.consumer {
+                            Some(waker) if waker.will_wake(cx.waker()) => {}
+                            _ => state.consumer = Some(cx.waker().clone()),
+                        }
+                        Some(Poll::Pending)
+                    }
+                    None => None,
+                },
+            };
+            drop(state);
+            make_room(shared, room);
+            if let Some(poll) = poll {
+                return poll;
+            }
+            while !shared.queued.load(Ordering::Acquire) && !backoff.is_completed() {
+                backoff.snooze();
+            }
+        }
     }
 }
 
