@@ -7,7 +7,7 @@
 //! list. `docs/remote.md` in the repository states the threat model and the delivery
 //! semantics.
 
-// Imports flow one way: identity, security, keys, tls, broker → envelope → client → pool →
+// Imports flow one way: identity, security, keys, tls, broker → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
 mod broker;
@@ -18,10 +18,12 @@ mod keys;
 mod pool;
 mod security;
 mod serve;
+mod settings;
 mod tls;
 
-pub use pool::{DEFAULT_QUEUE, Delivery, FleetStats, RemotePool, RemotePoolBuilder};
+pub use pool::{Delivery, FleetStats, RemotePool, RemotePoolBuilder};
 pub use security::KEY_VARIABLE;
+pub use settings::DEFAULT_QUEUE;
 pub use tls::{TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE};
 
 /// Set this environment variable (to anything) to log, on workers, each job they run and, on

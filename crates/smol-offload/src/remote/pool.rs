@@ -14,19 +14,13 @@ use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
 use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
-use crate::remote::broker::Broker;
 use crate::remote::client::{Client, RemoteAssist};
 use crate::remote::envelope::{JobContext, JobEnvelope, Signed};
 use crate::remote::identity;
-use crate::remote::keys::Keys;
-use crate::remote::security::Security;
-use crate::remote::tls::TlsFiles;
+use crate::remote::settings::{FleetSettings, OpenFleet};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
-
-/// The queue a pool and its workers use when none is named.
-pub const DEFAULT_QUEUE: &str = "default";
 
 /// How long the fleet remembers a job id against replays, and how old a job may get before
 /// workers refuse it.
@@ -134,13 +128,9 @@ impl RemotePool {
     /// A builder for the queue name, signing key, default timeout and delivery policy.
     pub fn builder(url: &str) -> RemotePoolBuilder {
         RemotePoolBuilder {
-            url: url.to_owned(),
-            queue: DEFAULT_QUEUE.to_owned(),
-            key: None,
-            trusted: false,
+            fleet: FleetSettings::new(url),
             timeout: None,
             delivery: Delivery::default(),
-            tls: TlsFiles::default(),
         }
     }
 
@@ -289,22 +279,15 @@ impl fmt::Debug for RemotePool {
 /// Builds a [`RemotePool`]: `RemotePool::builder(url).queue("images").build()`.
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RemotePoolBuilder {
-    url: String,
-    queue: String,
-    key: Option<Vec<u8>>,
-    trusted: bool,
+    fleet: FleetSettings,
     timeout: Option<Duration>,
     delivery: Delivery,
-    tls: TlsFiles,
 }
 
 impl fmt::Debug for RemotePoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemotePoolBuilder")
-            .field("queue", &self.queue)
-            .field("key", &self.key.as_ref().map(|_| ".."))
-            .field("trusted", &self.trusted)
-            .field("tls", &self.tls)
+            .field("fleet", &self.fleet)
             .field("timeout", &self.timeout)
             .field("delivery", &self.delivery)
             .finish_non_exhaustive()
@@ -314,20 +297,20 @@ impl fmt::Debug for RemotePoolBuilder {
 impl RemotePoolBuilder {
     /// The queue's name (default `"default"`); workers must serve the same one.
     pub fn queue(mut self, queue: &str) -> RemotePoolBuilder {
-        self.queue = queue.to_owned();
+        self.fleet.queue = queue.to_owned();
         self
     }
 
     /// The fleet's signing key, instead of `SMOL_OFFLOAD_REMOTE_KEY`.
     pub fn key(mut self, key: impl AsRef<[u8]>) -> RemotePoolBuilder {
-        self.key = Some(key.as_ref().to_vec());
+        self.fleet.key = Some(key.as_ref().to_vec());
         self
     }
 
     /// Sends jobs unsigned when no key is set: only for a network where everyone who can
     /// write to the broker may run code on the workers.
     pub fn trusted_network(mut self) -> RemotePoolBuilder {
-        self.trusted = true;
+        self.fleet.trusted = true;
         self
     }
 
@@ -348,7 +331,7 @@ impl RemotePoolBuilder {
     /// `rediss://` certificate, instead of the system's roots (and of
     /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemotePoolBuilder {
-        self.tls.ca = Some(path.into());
+        self.fleet.tls.ca = Some(path.into());
         self
     }
 
@@ -361,8 +344,8 @@ impl RemotePoolBuilder {
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
     ) -> RemotePoolBuilder {
-        self.tls.cert = Some(cert.into());
-        self.tls.key = Some(key.into());
+        self.fleet.tls.cert = Some(cert.into());
+        self.fleet.tls.key = Some(key.into());
         self
     }
 
@@ -376,11 +359,14 @@ impl RemotePoolBuilder {
     /// verify.
     pub fn build(self) -> Result<RemotePool, BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
-        let security = Security::choose(self.key, self.trusted).map_err(fail)?;
-        let build = identity::build_identity().map_err(fail)?;
-        let broker = Broker::open(&self.url, &self.tls).map_err(fail)?;
+        let OpenFleet {
+            security,
+            build,
+            broker,
+            keys,
+        } = self.fleet.open().map_err(fail)?;
         let client = Client::start(
-            Keys::new(&self.queue),
+            keys,
             identity::fresh_client_id(),
             security,
             broker,

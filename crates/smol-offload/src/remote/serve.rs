@@ -22,9 +22,9 @@ use crate::remote::envelope::{
 };
 use crate::remote::identity;
 use crate::remote::keys::{GROUP, Keys};
-use crate::remote::pool::{DEFAULT_QUEUE, DEFAULT_REPLAY_WINDOW};
+use crate::remote::pool::DEFAULT_REPLAY_WINDOW;
 use crate::remote::security::Security;
-use crate::remote::tls::TlsFiles;
+use crate::remote::settings::{FleetSettings, OpenFleet};
 use crate::sys::{self, ErasedCall};
 use crate::task::Task;
 
@@ -65,32 +65,24 @@ pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
 #[derive(Debug)]
 #[must_use = "a worker does nothing until serve() is called"]
 pub struct RemoteWorker {
-    url: String,
+    fleet: FleetSettings,
     workers: Option<usize>,
-    queue: String,
-    key: Option<Vec<u8>>,
-    trusted: bool,
     visibility_timeout: Duration,
     max_deliveries: u32,
     prefetch: usize,
     stop: Option<Arc<AtomicBool>>,
-    tls: TlsFiles,
 }
 
 impl RemoteWorker {
     /// A worker of the broker at `url`, with one process per CPU, on the default queue.
     pub fn builder(url: &str) -> RemoteWorker {
         RemoteWorker {
-            url: url.to_owned(),
+            fleet: FleetSettings::new(url),
             workers: None,
-            queue: DEFAULT_QUEUE.to_owned(),
-            key: None,
-            trusted: false,
             visibility_timeout: Duration::from_secs(30),
             max_deliveries: 3,
             prefetch: 1,
             stop: None,
-            tls: TlsFiles::default(),
         }
     }
 
@@ -102,20 +94,20 @@ impl RemoteWorker {
 
     /// The queue to serve (default `"default"`).
     pub fn queue(mut self, queue: &str) -> RemoteWorker {
-        self.queue = queue.to_owned();
+        self.fleet.queue = queue.to_owned();
         self
     }
 
     /// The fleet's signing key, instead of `SMOL_OFFLOAD_REMOTE_KEY`.
     pub fn key(mut self, key: impl AsRef<[u8]>) -> RemoteWorker {
-        self.key = Some(key.as_ref().to_vec());
+        self.fleet.key = Some(key.as_ref().to_vec());
         self
     }
 
     /// Runs unsigned jobs when no key is set: anyone who can write to the broker can then
     /// run code in this process. Only for a trusted network.
     pub fn trusted_network(mut self) -> RemoteWorker {
-        self.trusted = true;
+        self.fleet.trusted = true;
         self
     }
 
@@ -155,7 +147,7 @@ impl RemoteWorker {
     /// `rediss://` certificate, instead of the system's roots (and of
     /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemoteWorker {
-        self.tls.ca = Some(path.into());
+        self.fleet.tls.ca = Some(path.into());
         self
     }
 
@@ -168,8 +160,8 @@ impl RemoteWorker {
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
     ) -> RemoteWorker {
-        self.tls.cert = Some(cert.into());
-        self.tls.key = Some(key.into());
+        self.fleet.tls.cert = Some(cert.into());
+        self.fleet.tls.key = Some(key.into());
         self
     }
 
@@ -180,11 +172,13 @@ impl RemoteWorker {
     /// See [`serve`].
     pub fn serve(self) -> Result<(), BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
-        let security = Security::choose(self.key.clone(), self.trusted).map_err(fail)?;
-        let build = identity::build_identity().map_err(fail)?;
-        let broker = Broker::open(&self.url, &self.tls).map_err(fail)?;
+        let OpenFleet {
+            security,
+            build,
+            broker,
+            keys,
+        } = self.fleet.open().map_err(fail)?;
         let mut connection = broker.connect().map_err(fail)?;
-        let keys = Keys::new(&self.queue);
         ensure_group(&mut connection, &keys).map_err(|err| fail(broker.unreachable(&err)))?;
         let pool = match self.workers {
             Some(workers) => ProcessPool::new(workers)?,
