@@ -281,6 +281,13 @@ impl Client {
         }
     }
 
+    /// Ends a task taken out of the table with `err`, counting it as completed.
+    fn fail(&self, pending: Pending, err: Error) {
+        self.picked(&pending);
+        self.counters.completed();
+        pending.completion.into_completion().fail(err);
+    }
+
     /// The last handle was dropped: every pending task fails with a shutdown error, the fleet
     /// is told not to start their jobs, and both threads end.
     pub(crate) fn close(&self) {
@@ -291,13 +298,8 @@ impl Client {
             table.pending.drain().collect()
         };
         for (id, pending) in pending {
-            self.picked(&pending);
-            self.counters.completed();
             self.send(Command::Withdraw(id));
-            pending
-                .completion
-                .into_completion()
-                .fail(Error::new(ErrorKind::Shutdown));
+            self.fail(pending, Error::new(ErrorKind::Shutdown));
         }
         self.send(Command::Wake);
         // Closing the channel ends the submit thread once it has written the above.
@@ -312,12 +314,7 @@ impl Client {
             table.pending.drain().map(|(_, pending)| pending).collect()
         };
         for pending in pending {
-            self.picked(&pending);
-            self.counters.completed();
-            pending
-                .completion
-                .into_completion()
-                .fail(Error::new(ErrorKind::Remote(message.to_owned())));
+            self.fail(pending, Error::new(ErrorKind::Remote(message.to_owned())));
         }
     }
 
@@ -407,12 +404,7 @@ impl Client {
                 .collect()
         };
         for pending in failed {
-            self.picked(&pending);
-            self.counters.completed();
-            pending
-                .completion
-                .into_completion()
-                .fail(Error::new(ErrorKind::Remote(message.clone())));
+            self.fail(pending, Error::new(ErrorKind::Remote(message.clone())));
         }
     }
 
@@ -498,14 +490,9 @@ impl Client {
             table.deadlines.first().map(|&(at, _)| at - now)
         };
         for (id, pending) in expired {
-            self.picked(&pending);
-            self.counters.completed();
             self.send(Command::Withdraw(id));
             let limit = pending.deadline.map(|(_, limit)| limit).unwrap_or_default();
-            pending
-                .completion
-                .into_completion()
-                .fail(Error::new(ErrorKind::Timeout(limit)));
+            self.fail(pending, Error::new(ErrorKind::Timeout(limit)));
         }
         next
     }
