@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use common::block_on;
-use log_file::{Logged, ToFile, logged, the_event};
+use log_file::{ToFile, assert_carried_contexts};
 use smol_offload::{Executor, ProcessPool};
 use tracing::{info, info_span};
 
@@ -73,55 +73,17 @@ fn worker_records_carry_the_task_id_and_the_submitting_span() {
     let us = std::process::id();
     assert!(pids.iter().all(|&pid| pid != us), "ran in the workers");
 
-    let events = logged(log_path());
-    let mut task_ids = Vec::new();
-    for ((work, submitted_in), pid) in [
-        ("first", Some("submitter")),
-        ("big", Some("submitter")),
-        ("other", Some("other_submitter")),
-        ("bare", None),
-    ]
-    .into_iter()
-    .zip(pids)
-    {
-        let event = &events[the_event(&events, work)];
-        assert_eq!(event.pid, pid, "{work} logged in its worker");
-        let task = event
-            .span("smol_offload_task")
-            .unwrap_or_else(|| panic!("{work} logged outside the task's span: {event:?}"));
-        assert_eq!(
-            task.get("submitted_in").map(String::as_str),
-            submitted_in,
-            "{work}: {task:?}"
-        );
-        let task_id = task.get("task_id").expect("a task id").clone();
-        task_ids.push(task_id.clone());
-
-        // The application logged the same id at submission, inside the submitting span.
-        let submitted: Vec<&Logged> = events
-            .iter()
-            .filter(|event| {
-                event.pid == us && event.fields.get("task_id") == Some(&task_id) && {
-                    event.fields.get("message").map(String::as_str)
-                        == Some("process task submitted")
-                }
-            })
-            .collect();
-        assert_eq!(submitted.len(), 1, "{work}: {events:?}");
-        let innermost = submitted[0].spans.last().map(|(name, _)| name.as_str());
-        assert_eq!(innermost, submitted_in, "{work}");
-    }
-    let submitter = &events
-        .iter()
-        .find(|event| event.pid == us && event.span("submitter").is_some())
-        .expect("a submission record in the submitter span");
-    assert_eq!(
-        submitter.span("submitter").unwrap().get("request"),
-        Some(&"7".to_owned()),
-        "the application's record has the span's fields"
+    assert_carried_contexts(
+        log_path(),
+        us,
+        [
+            ("first", Some("submitter")),
+            ("big", Some("submitter")),
+            ("other", Some("other_submitter")),
+            ("bare", None),
+        ],
+        pids,
+        "process task submitted",
     );
-    task_ids.sort();
-    task_ids.dedup();
-    assert_eq!(task_ids.len(), 4, "one id per task");
     std::fs::remove_file(log_path()).unwrap();
 }

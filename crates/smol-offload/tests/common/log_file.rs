@@ -194,3 +194,59 @@ pub(crate) fn the_event(events: &[Logged], work: &str) -> usize {
     assert_eq!(found.len(), 1, "events with work={work}: {events:?}");
     found[0]
 }
+
+/// Checks what four tasks submitted by process `us` logged to the file at `path`: the event of each task's `work`
+/// in its worker (`pids`, in order), inside a `smol_offload_task` span whose `submitted_in`
+/// is the name given beside `work` (`None`: submitted outside any span); the same task id
+/// logged by `us` at submission as a `submitted` event inside that span; the `submitter`
+/// span's record with its `request` field; one id per task. Returns the events.
+pub(crate) fn assert_carried_contexts(
+    path: &Path,
+    us: u32,
+    tasks: [(&str, Option<&str>); 4],
+    pids: [u32; 4],
+    submitted: &str,
+) -> Vec<Logged> {
+    let events = logged(path);
+    let mut task_ids = Vec::new();
+    for ((work, submitted_in), pid) in tasks.into_iter().zip(pids) {
+        let event = &events[the_event(&events, work)];
+        assert_eq!(event.pid, pid, "{work} logged in its worker");
+        let task = event
+            .span("smol_offload_task")
+            .unwrap_or_else(|| panic!("{work} logged outside the task's span: {event:?}"));
+        assert_eq!(
+            task.get("submitted_in").map(String::as_str),
+            submitted_in,
+            "{work}: {task:?}"
+        );
+        let task_id = task.get("task_id").expect("a task id").clone();
+        task_ids.push(task_id.clone());
+
+        // The submitter logged the same id at submission, inside the submitting span.
+        let at_submission: Vec<&Logged> = events
+            .iter()
+            .filter(|event| {
+                event.pid == us
+                    && event.fields.get("task_id") == Some(&task_id)
+                    && event.fields.get("message").map(String::as_str) == Some(submitted)
+            })
+            .collect();
+        assert_eq!(at_submission.len(), 1, "{work}: {events:?}");
+        let innermost = at_submission[0].spans.last().map(|(name, _)| name.as_str());
+        assert_eq!(innermost, submitted_in, "{work}");
+    }
+    let submitter = events
+        .iter()
+        .find(|event| event.pid == us && event.span("submitter").is_some())
+        .expect("a submission record in the submitter span");
+    assert_eq!(
+        submitter.span("submitter").unwrap().get("request"),
+        Some(&"7".to_owned()),
+        "the submitter's record has the span's fields"
+    );
+    task_ids.sort();
+    task_ids.dedup();
+    assert_eq!(task_ids.len(), 4, "one id per task");
+    events
+}
