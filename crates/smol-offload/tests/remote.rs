@@ -355,13 +355,7 @@ fn a_job_with_a_bad_signature_is_refused() {
         block_on(honest.run(record, (redis.url(), "forged-ran".to_owned(), 2))).unwrap(),
         2
     );
-    let ran: Vec<u32> = redis::cmd("LRANGE")
-        .arg("forged-ran")
-        .arg(0)
-        .arg(-1)
-        .query(&mut connection)
-        .unwrap();
-    assert_eq!(ran, [2]);
+    assert_eq!(what_ran(&mut connection, "forged-ran"), [2]);
 }
 
 #[test]
@@ -396,13 +390,7 @@ fn a_cancelled_queued_job_never_runs() {
     wait_for_entries(&mut connection, "smol-offload:cancel:jobs", 2);
     let _workers = start_workers(&redis, "cancel", 1, 1);
     assert_eq!(block_on(marker).unwrap(), 2);
-    let ran: Vec<u32> = redis::cmd("LRANGE")
-        .arg("cancel-ran")
-        .arg(0)
-        .arg(-1)
-        .query(&mut connection)
-        .unwrap();
-    assert_eq!(ran, [2]);
+    assert_eq!(what_ran(&mut connection, "cancel-ran"), [2]);
 }
 
 #[test]
@@ -439,6 +427,16 @@ fn gated((url, report, gate): (String, String, String)) -> u32 {
         .query(&mut connection)
         .unwrap();
     std::process::id()
+}
+
+/// What the `record` calls logged to the list `key`, in order.
+fn what_ran(connection: &mut redis::Connection, key: &str) -> Vec<u32> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(connection)
+        .unwrap()
 }
 
 fn open_gate(connection: &mut redis::Connection, gate: &str) {
@@ -515,13 +513,7 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
     block_on(busy).unwrap();
     // The queue is first in, first out: once this one ran, the two withdrawn jobs were seen.
     assert_eq!(block_on(third).unwrap(), 3);
-    let ran: Vec<u32> = redis::cmd("LRANGE")
-        .arg("timeout-ran")
-        .arg(0)
-        .arg(-1)
-        .query(&mut connection)
-        .unwrap();
-    assert_eq!(ran, [3]);
+    assert_eq!(what_ran(&mut connection, "timeout-ran"), [3]);
 }
 
 #[test]
@@ -678,13 +670,7 @@ fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
     // what cancelling gives.
     let _workers = start_workers(&redis, "claimed", 1, 1);
     assert_eq!(block_on(cancelling).unwrap(), 7);
-    let ran: Vec<u32> = redis::cmd("LRANGE")
-        .arg("claimed-ran")
-        .arg(0)
-        .arg(-1)
-        .query(&mut connection)
-        .unwrap();
-    assert_eq!(ran, [7]);
+    assert_eq!(what_ran(&mut connection, "claimed-ran"), [7]);
 }
 
 #[test]
@@ -714,13 +700,7 @@ fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
         block_on(remote.run(record, (url, "withdrawn-ran".to_owned(), 2))).unwrap(),
         2
     );
-    let ran: Vec<u32> = redis::cmd("LRANGE")
-        .arg("withdrawn-ran")
-        .arg(0)
-        .arg(-1)
-        .query(&mut connection)
-        .unwrap();
-    assert_eq!(ran, [2]);
+    assert_eq!(what_ran(&mut connection, "withdrawn-ran"), [2]);
 }
 
 #[test]
