@@ -595,6 +595,15 @@ mod tests {
         (WorkerLink::new(spawned).unwrap(), theirs)
     }
 
+    /// A pool's shared state with one idle worker, a log for its jobs, and the worker's end
+    /// of its socket.
+    fn with_idle_worker() -> (Shared, Log, UnixStream) {
+        let shared = Shared::new().unwrap();
+        let (link, worker_end) = worker();
+        shared.lock().idle.push(link);
+        (shared, Log::default(), worker_end)
+    }
+
     /// Reads one request as the worker would, and answers it with `payload`.
     fn answer(worker_end: &UnixStream, payload: &str) {
         let mut buffer = Vec::new();
@@ -623,10 +632,7 @@ mod tests {
 
     #[test]
     fn submit_lends_an_idle_worker_when_nothing_is_queued() {
-        let shared = Shared::new().unwrap();
-        let log = Log::default();
-        let (link, worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, worker_end) = with_idle_worker();
         let loan = lent(shared.submit(job("a", &log)).unwrap());
         {
             let state = shared.lock();
@@ -649,10 +655,7 @@ mod tests {
     /// the worker would: returns whether it came sealed (else in the arena), after checking its
     /// bytes.
     fn send_large_argument(len: usize) -> bool {
-        let shared = Shared::new().unwrap();
-        let log = Log::default();
-        let (link, worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, worker_end) = with_idle_worker();
         let mut big = job("big", &log);
         big.arg = (0..len).map(|i| (i % 251) as u8).collect();
         let expected = big.arg.clone();
@@ -699,10 +702,7 @@ mod tests {
 
     #[test]
     fn an_argument_too_long_for_the_socket_and_too_short_for_shared_memory_is_queued() {
-        let shared = Shared::new().unwrap();
-        let log = Log::default();
-        let (link, _worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, _worker_end) = with_idle_worker();
         let mut middling = job("middling", &log);
         middling.arg = vec![7; DIRECT_SEND_LIMIT + 1];
         assert!(middling.arg.len() <= out_of_line::THRESHOLD);
@@ -931,10 +931,8 @@ mod tests {
 
     #[test]
     fn a_reply_read_on_loan_lends_the_idle_worker_again() {
-        let shared = Arc::new(Shared::new().unwrap());
-        let log = Log::default();
-        let (link, worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, worker_end) = with_idle_worker();
+        let shared = Arc::new(shared);
         let loan = lent(shared.submit(job("a", &log)).unwrap());
         let assist = LoanAssist {
             loan: loan.clone(),
@@ -957,10 +955,8 @@ mod tests {
 
     #[test]
     fn a_reply_in_shared_memory_is_read_on_loan() {
-        let shared = Arc::new(Shared::new().unwrap());
-        let log = Log::default();
-        let (link, worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, worker_end) = with_idle_worker();
+        let shared = Arc::new(shared);
         let loan = lent(shared.submit(job("a", &log)).unwrap());
         let assist = LoanAssist {
             loan: loan.clone(),
@@ -990,10 +986,8 @@ mod tests {
 
     #[test]
     fn a_reply_read_on_loan_while_jobs_wait_returns_the_worker_to_the_dispatcher() {
-        let shared = Arc::new(Shared::new().unwrap());
-        let log = Log::default();
-        let (link, worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, worker_end) = with_idle_worker();
+        let shared = Arc::new(shared);
         let loan = lent(shared.submit(job("a", &log)).unwrap());
         assert!(matches!(
             shared.submit(job("b", &log)).unwrap(),
@@ -1018,10 +1012,8 @@ mod tests {
 
     #[test]
     fn a_task_dropped_on_loan_gives_its_busy_worker_to_the_dispatcher() {
-        let shared = Arc::new(Shared::new().unwrap());
-        let log = Log::default();
-        let (link, _worker_end) = worker();
-        shared.lock().idle.push(link);
+        let (shared, log, _worker_end) = with_idle_worker();
+        let shared = Arc::new(shared);
         let loan = lent(shared.submit(job("a", &log)).unwrap());
         drop(LoanAssist {
             loan,
