@@ -187,21 +187,14 @@ fn send_raw_reply(frame: &[u8], fd: Option<RawFd>) -> ! {
     let fds: Vec<RawFd> = fd.into_iter().collect();
     let rights = [ControlMessage::ScmRights(&fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let Ok(socket) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        if is_socket {
-            let _ = sendmsg::<()>(
-                socket,
-                &[IoSlice::new(frame)],
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-        }
+    for socket in common::sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[IoSlice::new(frame)],
+            cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
     }
     std::thread::sleep(std::time::Duration::from_secs(30));
     unreachable!("the pool kills a worker that sends a malformed reply")
@@ -285,22 +278,15 @@ fn send_broken(broken: Broken) -> u64 {
             let fd =
                 nix::sys::memfd::memfd_create(c"half", nix::sys::memfd::MFdFlags::empty()).unwrap();
             let half = &frame[..frame.len() / 2];
-            for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-                let Ok(socket) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let is_socket = std::fs::read_link(entry.path())
-                    .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-                if is_socket {
-                    let fds = [fd.as_raw_fd()];
-                    let _ = sendmsg::<()>(
-                        socket,
-                        &[IoSlice::new(half)],
-                        &[ControlMessage::ScmRights(&fds)],
-                        MsgFlags::MSG_NOSIGNAL,
-                        None,
-                    );
-                }
+            for socket in common::sockets() {
+                let fds = [fd.as_raw_fd()];
+                let _ = sendmsg::<()>(
+                    socket,
+                    &[IoSlice::new(half)],
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                );
             }
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
             unreachable!("killed")

@@ -148,17 +148,10 @@ fn write_garbage(seed: u64) -> u64 {
             state as u8
         })
         .collect();
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        if is_socket {
-            // SAFETY: writes from a live buffer of its own length to a descriptor number;
-            // corrupting the stream is what this hostile task is about.
-            unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
-        }
+    for fd in common::sockets() {
+        // SAFETY: writes from a live buffer of its own length to a descriptor number;
+        // corrupting the stream is what this hostile task is about.
+        unsafe { libc::write(fd, garbage.as_ptr().cast(), garbage.len()) };
     }
     seed
 }

@@ -170,21 +170,14 @@ fn unsealed_reply(_: ()) -> u64 {
     frame.push(0x80);
     frame.extend_from_slice(&1000u64.to_le_bytes());
     let memfd = [std::os::fd::AsRawFd::as_raw_fd(&file)];
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let Ok(socket) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        if is_socket {
-            let _ = sendmsg::<()>(
-                socket,
-                &[IoSlice::new(&frame)],
-                &[ControlMessage::ScmRights(&memfd)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            );
-        }
+    for socket in common::sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&memfd)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
     }
     std::thread::sleep(std::time::Duration::from_secs(30));
     unreachable!("the pool kills a worker that sends a malformed reply")
@@ -302,22 +295,15 @@ fn child_shared_payloads_leak_no_descriptor() {
 fn flood_descriptors(_: ()) -> u64 {
     let fd = nix::sys::memfd::memfd_create(c"flood", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let memfd = [std::os::fd::AsRawFd::as_raw_fd(&fd)];
-    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
-        let Ok(socket) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path())
-            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
-        if is_socket {
-            for _ in 0..200 {
-                let _ = sendmsg::<()>(
-                    socket,
-                    &[IoSlice::new(&[0])],
-                    &[ControlMessage::ScmRights(&memfd)],
-                    MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-                    None,
-                );
-            }
+    for socket in common::sockets() {
+        for _ in 0..200 {
+            let _ = sendmsg::<()>(
+                socket,
+                &[IoSlice::new(&[0])],
+                &[ControlMessage::ScmRights(&memfd)],
+                MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+                None,
+            );
         }
     }
     std::thread::sleep(std::time::Duration::from_secs(30));
