@@ -151,14 +151,8 @@ fn block_on_works_from_a_pool_worker_and_refuses_on_the_loop_itself() {
 #[test]
 fn stop_drains_a_thousand_queued_futures_and_refuses_what_comes_after() {
     let target = LoopThread::new("drainer").unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = std::sync::mpsc::channel();
     // Holds the loop thread: everything below queues behind it.
-    let holder = target.call(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (open, holder) = hold_the_loop(&target);
     let ran = Arc::new(AtomicUsize::new(0));
     let queued: Vec<_> = (0..1_000)
         .map(|n| {
@@ -195,13 +189,7 @@ fn stop_drains_a_thousand_queued_futures_and_refuses_what_comes_after() {
 #[test]
 fn a_task_dropped_before_its_future_runs_cancels_it() {
     let target = LoopThread::new("canceller").unwrap();
-    let (open, closed) = gate();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let holder = target.call(move || {
-        started_tx.send(()).unwrap();
-        let _ = closed.recv_blocking();
-    });
-    started.recv_timeout(WATCHDOG).unwrap();
+    let (open, holder) = hold_the_loop(&target);
     let ran = Arc::new(AtomicUsize::new(0));
     let ran_in_task = ran.clone();
     drop(target.spawn(async move { ran_in_task.fetch_add(1, Ordering::SeqCst) }));
