@@ -747,13 +747,15 @@ impl ErasedCall {
 /// This is the one place where offsets read from the network become an [`ErasedCall`], and why
 /// that is sound is that a [`VerifiedJob`](crate::remote::envelope::VerifiedJob) is made only
 /// by `envelope::verify`, after two checks: the job carries a valid HMAC-SHA256 under the
-/// fleet's key (or the operator declared the network trusted, and so every writer to the
-/// queue), so it was made by a client of this fleet from a call made by [`erase`]; and its
-/// build identity (the SHA-256 of the client's executable) equals this process's, so the
-/// offsets are those of this very image.
+/// fleet's key, so it was made by a client of this fleet from a call made by [`erase`] (or
+/// the worker was built with the `unsafe` `RemoteWorker::trusted_network`, whose caller
+/// guarantees that only such clients can write to the queue); and its build identity (the
+/// SHA-256 of the client's executable) equals this process's, so the offsets are those of this
+/// very image.
 pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
     // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
-    // process running the same executable, which is `from_portable`'s contract.
+    // process running the same executable, which is `from_portable`'s contract. The key's
+    // holders uphold it, or, without a key, the caller of `trusted_network`.
     unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 

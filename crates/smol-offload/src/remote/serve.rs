@@ -104,9 +104,43 @@ impl RemoteWorker {
         self
     }
 
-    /// Runs unsigned jobs when no key is set: anyone who can write to the broker can then
-    /// run code in this process. Only for a trusted network.
-    pub fn trusted_network(mut self) -> RemoteWorker {
+    /// Runs unsigned jobs, and sends unsigned replies, when no key is set: for a broker that
+    /// only trusted parties can write to.
+    ///
+    /// A job names the function it runs by its offset in the executable, and the worker calls
+    /// the address it names. The signature is what makes that sound: only a client holding
+    /// the fleet's key, which computed the offset from a real function of this very build,
+    /// can sign a job. Without signatures, whoever can write to the queue picks the address.
+    ///
+    /// # Safety
+    ///
+    /// The caller guarantees that everyone who can write to this queue's job stream on the
+    /// broker may run arbitrary code in this worker's processes, and writes only jobs made by
+    /// a [`RemotePool`](crate::RemotePool) of the same build: any other bytes may make a
+    /// worker jump to an address of their choosing, which is undefined behaviour.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use smol_offload::remote::RemoteWorker;
+    ///
+    /// smol_offload::init();
+    /// // SAFETY: the broker listens on the loopback interface of a machine whose every user
+    /// // may run code in the workers.
+    /// let worker = unsafe { RemoteWorker::builder("redis://127.0.0.1:6379").trusted_network() };
+    /// worker.workers(2).serve()?;
+    /// # Ok::<(), smol_offload::BuildError>(())
+    /// ```
+    ///
+    /// Without an `unsafe` block, it does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let _worker = smol_offload::remote::RemoteWorker::builder("redis://127.0.0.1:6379")
+    ///     .trusted_network();
+    /// ```
+    // Declares a contract for its callers; it does nothing unsafe itself.
+    #[allow(unsafe_code)]
+    pub unsafe fn trusted_network(mut self) -> RemoteWorker {
         self.fleet.trusted = true;
         self
     }
