@@ -62,6 +62,11 @@ pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
 /// A job taken by a worker that died is taken over by another after the visibility timeout.
 /// On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those it holds, and
 /// returns.
+///
+/// While [`serve`](RemoteWorker::serve) runs, it catches `SIGINT` and `SIGTERM` (a handler the
+/// program installed before is still called) and, when it returns, gives them back the actions
+/// they had, so that Ctrl-C ends the program again. Several workers serving at once in one
+/// process share the handler: a signal stops them all, and the last to return restores.
 #[derive(Debug)]
 #[must_use = "a worker does nothing until serve() is called"]
 pub struct RemoteWorker {
@@ -172,6 +177,7 @@ impl RemoteWorker {
     }
 
     /// Stops like on `SIGTERM` once `flag` is set, for embedding a worker in a larger program.
+    /// A `SIGTERM` or `SIGINT` while it serves sets the flag too.
     pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> RemoteWorker {
         self.stop = Some(flag);
         self
@@ -218,14 +224,14 @@ impl RemoteWorker {
             Some(workers) => ProcessPool::new(workers)?,
             None => ProcessPool::builder().build()?,
         };
-        let stop = self.stop.clone().unwrap_or_default();
-        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(signal, stop.clone()).map_err(|err| {
+        let stop = Stop {
+            flag: self.stop.clone().unwrap_or_default(),
+            _interrupts: sys::catch_interrupts().map_err(|err| {
                 fail(format!(
                     "could not install the worker's signal handler: {err}"
                 ))
-            })?;
-        }
+            })?,
+        };
         let capacity = pool.workers() * self.prefetch;
         let shared = Arc::new(Runner {
             keys,
@@ -242,6 +248,24 @@ impl RemoteWorker {
         });
         shared.pull_loop(connection, &stop, self.visibility_timeout);
         Ok(())
+    }
+}
+
+/// When a worker stops: once its stop flag is set, or the process got `SIGINT` or `SIGTERM`
+/// while it served. Dropped when `serve` returns, which gives the two signals back the actions
+/// they had before.
+struct Stop {
+    flag: Arc<AtomicBool>,
+    _interrupts: sys::CatchingInterrupts,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        if sys::interrupted() {
+            // As before the signal was caught here: the program's flag says it too.
+            self.flag.store(true, Ordering::Relaxed);
+        }
+        self.flag.load(Ordering::Relaxed)
     }
 }
 
@@ -361,7 +385,7 @@ impl Runner {
     fn pull_loop(
         self: &Arc<Self>,
         connection: redis::Connection,
-        stop: &AtomicBool,
+        stop: &Stop,
         visibility: Duration,
     ) {
         let processes = self.pool.workers();
@@ -399,7 +423,7 @@ impl Runner {
         if let Some(open) = &mut connection {
             let _ = open.set_read_timeout(Some(read_timeout));
         }
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.requested() {
             while let Ok(freed) = idle_receiver.try_recv() {
                 idle += freed;
             }
