@@ -1,6 +1,6 @@
 //! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, and calling a function through its address (with the worker's loop that does
-//! it).
+//! descriptors, catching `SIGINT` and `SIGTERM` while a remote worker serves, and calling a
+//! function through its address (with the worker's loop that does it).
 //!
 //! # The fork contract
 //!
@@ -134,9 +134,9 @@ static CHAINED_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::n
 
 /// While interrupts are caught: how many [`CatchingInterrupts`] live, and the actions to put
 /// back when the last one is dropped.
-static CATCHING: Mutex<Option<Caught>> = Mutex::new(None);
+static CATCHING: Mutex<Option<SavedActions>> = Mutex::new(None);
 
-struct Caught {
+struct SavedActions {
     holders: usize,
     previous: [libc::sigaction; 2],
 }
@@ -185,7 +185,7 @@ pub(crate) fn catch_interrupts() -> io::Result<CatchingInterrupts> {
             return Err(err);
         }
     }
-    *catching = Some(Caught {
+    *catching = Some(SavedActions {
         holders: 1,
         previous,
     });
