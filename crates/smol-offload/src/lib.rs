@@ -187,9 +187,9 @@
 //! | writes to stderr | a remote worker's log; a reply a remote pool ignored (forged or altered), and with `SMOL_OFFLOAD_REMOTE_LOG` the worker of each job; debug reports without [`on_report`](debug::DebugMode::on_report); a worker's panics with [`print_panics`](ProcessPoolBuilder::print_panics) | nothing else is printed |
 //! | holds file descriptors, all close-on-exec | the link to the fork server; per process pool an eventfd and, per worker, a socket, a pidfd and shared memory; a remote pool's or worker's broker connections | closed when what holds them is dropped |
 //!
-//! Nothing else: no signal handler outside [`remote::serve`], no `SIGPIPE` (the parent writes
-//! to workers with `MSG_NOSIGNAL`), no rlimit, no subreaper, no change to the working directory
-//! or the environment.
+//! Nothing else: no signal handler outside [`remote::serve`], no `SIGPIPE` from a dead worker
+//! (the parent writes to workers with `MSG_NOSIGNAL`), no rlimit, no subreaper, no change to the
+//! working directory or the environment.
 //!
 //! # Platforms
 //!
