@@ -166,6 +166,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # What the crate does to your process
+//!
+//! Everything the crate changes in the program's process besides the values it returns: each
+//! effect follows from something the program asked for, and is needed by it. The panic hook is
+//! the one a program may want the rest without, so it can be declined.
+//!
+//! | effect | when | why, or how to avoid it |
+//! | --- | --- | --- |
+//! | forks the fork server, a child process named `smol-offload-fs` | [`init`]; [`init_for_tests!`], from a constructor before `main`; or the first [`ProcessPool`] (also a remote worker's) built without them | workers must be forked from a single-threaded process. Without process pools there is no server |
+//! | registers an `atexit` handler | with the fork server | at a normal exit it closes the link and reaps the server, which kills and reaps its workers: no process or zombie outlives the program |
+//! | worker processes, `smol-offload-wk`, children of the server | building a [`ProcessPool`], and [`remote::serve`], which builds one | they run the tasks. Each leads its own process group and ignores `SIGINT` and `SIGTERM`, so a Ctrl-C reaches the application alone; `PR_SET_PDEATHSIG` kills the server when the application dies, and the workers when the server does |
+//! | a panic hook, installed once | building a [`ThreadPool`] or a [`ProcessPool`], [`spawn_dedicated`], the first [`spawn`] | records where a task panicked, for [`Error::panic_location`], and passes every panic on to the hook that was there before. [`leave_panic_hook_alone`] declines it |
+//! | catches `SIGINT` and `SIGTERM` | while [`remote::serve`] runs | to stop the worker after the jobs it holds. The program's own handler is still called, and the actions the two signals had are put back when `serve` returns |
+//! | threads, all named | the threads of each [`ThreadPool`], the default pool's among them; one per [`LoopThread`], [`spawn_dedicated`] and [`stream_dedicated`]; one dispatcher, `smol-offload-dispatch`, per [`ProcessPool`]; two per [`RemotePool`], `smol-offload-remote-submit` and `-reply`; one answering thread in [`remote::serve`]; `smol-offload-debug`, the watchdog, once debug mode is on | each is part of what the program built, and ends with it; the default pool's threads and the watchdog live as long as the process |
+//! | async-io's reactor thread, `async-io` | the first timer ([`Task::timeout`], [`Wait::timeout`]) or process task waiting on its worker's socket, unless `async_io::block_on` drives the reactor | that is how async-io serves timers and sockets; `smol::block_on` drives it instead |
+//! | reads environment variables | `SMOL_OFFLOAD_THREADS` when the default pool starts; `SMOL_OFFLOAD_DEBUG` in [`debug::block_on`]; `SMOL_OFFLOAD_REMOTE_KEY`, `SMOL_OFFLOAD_REMOTE_TLS_*` and `SMOL_OFFLOAD_REMOTE_LOG` when a remote pool or worker is built | the remote builders' own settings take precedence |
+//! | reads `/proc/self/task` and `/proc/self/exe` | starting the fork server (how many threads run); building a remote pool or worker (the SHA-256 of the executable identifies the build) | |
+//! | makes rustls's `ring` provider the process's default | opening a `rediss://` broker, if the program installed no provider | rustls needs one; install yours first to keep it |
+//! | writes to stderr | a remote worker's log; a reply a remote pool ignored (forged or altered), and with `SMOL_OFFLOAD_REMOTE_LOG` the worker of each job; debug reports without [`on_report`](debug::DebugMode::on_report); a worker's panics with [`print_panics`](ProcessPoolBuilder::print_panics) | nothing else is printed |
+//! | holds file descriptors, all close-on-exec | the link to the fork server; per process pool an eventfd and, per worker, a socket, a pidfd and shared memory; a remote pool's or worker's broker connections | closed when what holds them is dropped |
+//!
+//! Nothing else: no signal handler outside [`remote::serve`], no `SIGPIPE` from a dead worker
+//! (the parent writes to workers with `MSG_NOSIGNAL`), no rlimit, no subreaper, no change to the
+//! working directory or the environment.
+//!
 //! # Platforms
 //!
 //! Linux only: the pools use `fork`, `eventfd`, `prctl(PR_SET_PDEATHSIG)` and
@@ -223,6 +248,7 @@ pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::loop_thread::LoopThread;
+pub use crate::panics::leave_panic_hook_alone;
 pub use crate::process_pool::room::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};

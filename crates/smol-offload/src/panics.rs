@@ -15,14 +15,15 @@
 //!
 //! The hook is process-global, as `std::panic::set_hook` is: a hook the application sets after
 //! the first pool was built replaces this one unless it calls the hook it took over (as this
-//! one does), and errors then carry no location.
+//! one does), and errors then carry no location. [`leave_panic_hook_alone`] keeps it out of the
+//! application's process altogether (worker processes, the crate's own, still install it).
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::io::Write;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::sync::Once;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -57,10 +58,49 @@ thread_local! {
 /// The pid of this process when it is a worker process, else 0.
 static WORKER_PID: AtomicU32 = AtomicU32::new(0);
 
-/// Installs the hook, once per process; later calls do nothing. Call it where the user expects
-/// set-up to happen (building a pool, starting a worker), not while tasks run: installing takes
-/// the previous hook and sets a new one, which races with another thread doing the same.
+/// Set by [`leave_panic_hook_alone`]: the application's process gets no hook of the crate's.
+static LEFT_ALONE: AtomicBool = AtomicBool::new(false);
+
+/// Keeps the crate from installing its panic hook in this process, so that the program's own
+/// hook (or the default one) stays the one installed: call it first thing in `main`, before
+/// building any pool.
+///
+/// Building a pool (or [`spawn_dedicated`](crate::spawn_dedicated), or the first
+/// [`spawn`](crate::spawn)) installs, once per process, a panic hook that records where a
+/// panic in a thread task happened, for [`Error::panic_location`](crate::Error::panic_location),
+/// and passes every panic on to the hook that was there before. Without it, those errors carry
+/// the panic's message but no location. A [`ProcessPool`](crate::ProcessPool) task's errors
+/// still have theirs: the hook is then installed in the worker processes only, which are the
+/// crate's own.
+///
+/// If the hook was already installed, it passes every later panic straight on to the previous
+/// hook, recording nothing.
+///
+/// # Examples
+///
+/// ```
+/// smol_offload::leave_panic_hook_alone();
+/// let pool = smol_offload::ThreadPool::new(1)?;
+/// let err = smol::block_on(pool.spawn(|| -> u8 { panic!("gave up") })).unwrap_err();
+/// assert_eq!(err.panic_message(), Some("gave up"));
+/// assert_eq!(err.panic_location(), None);
+/// # Ok::<(), smol_offload::BuildError>(())
+/// ```
+pub fn leave_panic_hook_alone() {
+    LEFT_ALONE.store(true, Ordering::Relaxed);
+}
+
+/// Installs the hook, once per process, unless [`leave_panic_hook_alone`] was called; later
+/// calls do nothing. Call it where the user expects set-up to happen (building a pool), not
+/// while tasks run: installing takes the previous hook and sets a new one, which races with
+/// another thread doing the same.
 pub(crate) fn install_hook() {
+    if !LEFT_ALONE.load(Ordering::Relaxed) {
+        install_once();
+    }
+}
+
+fn install_once() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         let previous = panic::take_hook();
@@ -68,15 +108,21 @@ pub(crate) fn install_hook() {
     });
 }
 
-/// Makes this process a worker process for the hook: its panics are labelled with its pid.
+/// Makes this process a worker process for the hook: its panics are labelled with its pid. A
+/// worker is the crate's own process, so it gets the hook even when the application's process
+/// was left alone.
 pub(crate) fn install_in_worker() {
     WORKER_PID.store(std::process::id(), Ordering::Relaxed);
-    install_hook();
+    install_once();
 }
 
 type Hook = dyn Fn(&PanicHookInfo<'_>) + Send + Sync;
 
 fn report(info: &PanicHookInfo<'_>, previous: &Hook) {
+    let worker = WORKER_PID.load(Ordering::Relaxed);
+    if worker == 0 && LEFT_ALONE.load(Ordering::Relaxed) {
+        return previous(info);
+    }
     let location = info
         .location()
         .map(|at| format!("{}:{}:{}", at.file(), at.line(), at.column()));
@@ -89,7 +135,6 @@ fn report(info: &PanicHookInfo<'_>, previous: &Hook) {
             }
         });
     }
-    let worker = WORKER_PID.load(Ordering::Relaxed);
     match reporting {
         Some(Reporting::Quiet) => {}
         Some(Reporting::Labelled) => print_labelled(worker, info, location.as_deref()),

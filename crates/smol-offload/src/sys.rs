@@ -1,6 +1,6 @@
 //! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, and calling a function through its address (with the worker's loop that does
-//! it).
+//! descriptors, catching `SIGINT` and `SIGTERM` while a remote worker serves, and calling a
+//! function through its address (with the worker's loop that does it).
 //!
 //! # The fork contract
 //!
@@ -16,6 +16,8 @@
 
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -117,6 +119,165 @@ pub(crate) fn ignore_interrupts() -> io::Result<()> {
         unsafe { signal(interrupt, SigHandler::SigIgn) }?;
     }
     Ok(())
+}
+
+/// `SIGINT` and `SIGTERM`, in the order of the slots below.
+const INTERRUPTS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// Set by [`on_interrupt`] when `SIGINT` or `SIGTERM` arrives while interrupts are caught.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The `sa_sigaction` of the action each interrupt had before it was caught, for
+/// [`on_interrupt`] to call it too, and whether that handler takes `SA_SIGINFO`'s arguments.
+static CHAINED: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+static CHAINED_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// While interrupts are caught: how many [`CatchingInterrupts`] live, and the actions to put
+/// back when the last one is dropped.
+static CATCHING: Mutex<Option<SavedActions>> = Mutex::new(None);
+
+struct SavedActions {
+    holders: usize,
+    previous: [libc::sigaction; 2],
+}
+
+/// `SIGINT` and `SIGTERM` caught for a remote worker while it serves: they set a flag
+/// ([`interrupted`]) instead of ending the process. The first of these guards saves the
+/// actions the two signals had and the last one dropped puts them back, unless the application
+/// installed its own since. Meanwhile a handler that was installed before is still called after
+/// the flag is set (without its own mask and flags), so the application still sees its signals.
+#[derive(Debug)]
+#[must_use = "interrupts are caught only while the guard lives"]
+pub(crate) struct CatchingInterrupts {
+    _private: (),
+}
+
+/// Catches `SIGINT` and `SIGTERM` until the guard is dropped; see [`CatchingInterrupts`].
+///
+/// # Errors
+///
+/// `sigaction` refused (it does not for these two signals).
+pub(crate) fn catch_interrupts() -> io::Result<CatchingInterrupts> {
+    let mut catching = CATCHING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(caught) = catching.as_mut() {
+        caught.holders += 1;
+        return Ok(CatchingInterrupts { _private: () });
+    }
+    INTERRUPTED.store(false, Ordering::Relaxed);
+    let previous = [
+        current_action(INTERRUPTS[0])?,
+        current_action(INTERRUPTS[1])?,
+    ];
+    for (slot, action) in previous.iter().enumerate() {
+        CHAINED[slot].store(action.sa_sigaction, Ordering::Release);
+        CHAINED_SIGINFO[slot].store(action.sa_flags & libc::SA_SIGINFO != 0, Ordering::Release);
+    }
+    // SAFETY: all-zero bytes are a valid `sigaction`: no handler (`SIG_DFL`), an empty mask,
+    // no flags, no restorer.
+    let mut ours: libc::sigaction = unsafe { std::mem::zeroed() };
+    ours.sa_sigaction = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
+    ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+    for (slot, &signal) in INTERRUPTS.iter().enumerate() {
+        if let Err(err) = set_action(signal, &ours) {
+            for (undo, &signal) in INTERRUPTS.iter().enumerate().take(slot) {
+                let _ = set_action(signal, &previous[undo]);
+            }
+            return Err(err);
+        }
+    }
+    *catching = Some(SavedActions {
+        holders: 1,
+        previous,
+    });
+    Ok(CatchingInterrupts { _private: () })
+}
+
+/// Whether `SIGINT` or `SIGTERM` arrived since interrupts were last caught (see
+/// [`catch_interrupts`]).
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+impl Drop for CatchingInterrupts {
+    fn drop(&mut self) {
+        let mut catching = CATCHING.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(caught) = catching.as_mut() else {
+            return;
+        };
+        caught.holders -= 1;
+        if caught.holders > 0 {
+            return;
+        }
+        let previous = caught.previous;
+        *catching = None;
+        let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
+        for (slot, &signal) in INTERRUPTS.iter().enumerate() {
+            // An action the application installed meanwhile is its own: it stays.
+            if current_action(signal).is_ok_and(|now| now.sa_sigaction == ours) {
+                let _ = set_action(signal, &previous[slot]);
+            }
+        }
+    }
+}
+
+/// The action `signal` has now.
+fn current_action(signal: libc::c_int) -> io::Result<libc::sigaction> {
+    // SAFETY: all-zero bytes are a valid `sigaction` (see `catch_interrupts`), and it is only
+    // written by the call below.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads the current one into `action`, a valid, writable
+    // `sigaction` that outlives the call.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(action)
+}
+
+/// Gives `signal` the action `action`.
+fn set_action(signal: libc::c_int, action: &libc::sigaction) -> io::Result<()> {
+    // SAFETY: the callers, in this module, pass either an action that `current_action` read
+    // (put back as it was) or ours, whose handler is `on_interrupt`, which is
+    // async-signal-safe (see it).
+    if unsafe { libc::sigaction(signal, action, std::ptr::null_mut()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The handler of `SIGINT` and `SIGTERM` while they are caught: sets [`INTERRUPTED`], then
+/// calls the handler that was installed before, if there was one. It does nothing that is not
+/// async-signal-safe: an atomic store, two atomic loads, and a call of a handler that was
+/// itself installed as one.
+extern "C" fn on_interrupt(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    let slot = usize::from(signal == libc::SIGTERM);
+    let chained = CHAINED[slot].load(Ordering::Acquire);
+    if chained == libc::SIG_DFL || chained == libc::SIG_IGN {
+        return;
+    }
+    if CHAINED_SIGINFO[slot].load(Ordering::Acquire) {
+        // SAFETY: `chained` is the `sa_sigaction` of the action this signal had before ours,
+        // with `SA_SIGINFO`: the address of a handler with these three arguments, which the
+        // kernel would have called with the very arguments it gave us. The code that
+        // installed it vouched that it is async-signal-safe; it stays mapped (handlers are
+        // functions of the program or of libraries it keeps loaded).
+        let handler = unsafe {
+            std::mem::transmute::<
+                usize,
+                extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+            >(chained)
+        };
+        handler(signal, info, context);
+    } else {
+        // SAFETY: as above, for a handler installed without `SA_SIGINFO`, which takes only the
+        // signal's number.
+        let handler = unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(chained) };
+        handler(signal);
+    }
 }
 
 /// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
@@ -747,13 +908,15 @@ impl ErasedCall {
 /// This is the one place where offsets read from the network become an [`ErasedCall`], and why
 /// that is sound is that a [`VerifiedJob`](crate::remote::envelope::VerifiedJob) is made only
 /// by `envelope::verify`, after two checks: the job carries a valid HMAC-SHA256 under the
-/// fleet's key (or the operator declared the network trusted, and so every writer to the
-/// queue), so it was made by a client of this fleet from a call made by [`erase`]; and its
-/// build identity (the SHA-256 of the client's executable) equals this process's, so the
-/// offsets are those of this very image.
+/// fleet's key, so it was made by a client of this fleet from a call made by [`erase`] (or
+/// the worker was built with the `unsafe` `RemoteWorker::trusted_network`, whose caller
+/// guarantees that only such clients can write to the queue); and its build identity (the
+/// SHA-256 of the client's executable) equals this process's, so the offsets are those of this
+/// very image.
 pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
     // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
-    // process running the same executable, which is `from_portable`'s contract.
+    // process running the same executable, which is `from_portable`'s contract. The key's
+    // holders uphold it, or, without a key, the caller of `trusted_network`.
     unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 
@@ -968,6 +1131,46 @@ mod tests {
 
     fn fail(message: String) -> u32 {
         panic!("{message}")
+    }
+
+    static SEEN_BY_THE_PROGRAM: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn programs_handler(_signal: libc::c_int) {
+        SEEN_BY_THE_PROGRAM.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[test]
+    fn caught_interrupts_reach_the_programs_handler_and_get_it_back() {
+        let programs = programs_handler as extern "C" fn(_) as libc::sighandler_t;
+        // SAFETY: all-zero bytes are a valid `sigaction`.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = programs;
+        set_action(libc::SIGTERM, &action).unwrap();
+        let sigint_before = current_action(libc::SIGINT).unwrap().sa_sigaction;
+
+        let first = catch_interrupts().unwrap();
+        let second = catch_interrupts().unwrap();
+        assert!(!interrupted());
+        // SAFETY: `raise` has no preconditions; the handler runs on this thread before it
+        // returns.
+        assert_eq!(unsafe { libc::raise(libc::SIGTERM) }, 0);
+        assert!(interrupted());
+        assert_eq!(SEEN_BY_THE_PROGRAM.load(Ordering::Relaxed), 1);
+        drop(first);
+        let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
+        assert_eq!(current_action(libc::SIGTERM).unwrap().sa_sigaction, ours);
+        drop(second);
+        assert_eq!(
+            current_action(libc::SIGTERM).unwrap().sa_sigaction,
+            programs
+        );
+        assert_eq!(
+            current_action(libc::SIGINT).unwrap().sa_sigaction,
+            sigint_before
+        );
+
+        action.sa_sigaction = libc::SIG_DFL;
+        set_action(libc::SIGTERM, &action).unwrap();
     }
 
     #[test]

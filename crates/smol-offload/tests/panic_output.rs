@@ -257,3 +257,40 @@ fn an_initializer_panic_is_quiet_by_default() {
     let (_, stderr) = run_child_capturing("child_initializer_panics_quietly");
     assert!(!stderr.contains("could not load"), "{stderr}");
 }
+
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_pools_leave_the_panic_hook_alone_when_asked() {
+    if !in_child(MARKER) {
+        return;
+    }
+    smol_offload::leave_panic_hook_alone();
+    // The application's own hook, set first; its allocation tells it apart from any other.
+    let name = String::from("application hook");
+    let hook: Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> =
+        Box::new(move |info| eprintln!("{name}: called for {info}"));
+    let address = std::ptr::from_ref(&*hook).cast::<()>();
+    std::panic::set_hook(hook);
+    let threads = ThreadPool::new(1).unwrap();
+    let processes = ProcessPool::new(1).unwrap();
+    let dedicated = smol_offload::spawn_dedicated("panics", || panic!("dedicated gave up"));
+    let thread_err = block_on(threads.run(fails, 5)).unwrap_err();
+    assert!(block_on(dedicated).unwrap_err().is_panic());
+    assert_eq!(thread_err.panic_message(), Some("task 5 gave up"));
+    assert_eq!(thread_err.panic_location(), None, "no hook saw where");
+    // The worker process is the crate's own: its hook still tells where.
+    assert_located(&block_on(processes.run(fails, 6)).unwrap_err(), 6);
+    let still = std::panic::take_hook();
+    assert_eq!(
+        std::ptr::from_ref(&*still).cast::<()>(),
+        address,
+        "the application's hook is still the one installed"
+    );
+    println!("child_pools_leave_the_panic_hook_alone_when_asked: done");
+}
+
+#[test]
+fn pools_leave_the_panic_hook_alone_when_asked() {
+    let (_, stderr) = run_child_capturing("child_pools_leave_the_panic_hook_alone_when_asked");
+    assert!(stderr.contains("application hook: called"), "{stderr}");
+}

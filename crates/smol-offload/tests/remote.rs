@@ -756,3 +756,99 @@ fn cancelling_a_running_remote_job_gives_its_result_not_cancelled() {
     let stats = remote.stats();
     assert_eq!((stats.completed, stats.cancelled), (1, 0), "{stats}");
 }
+
+const SIGNALS_MARKER: &str = "SMOL_OFFLOAD_TEST_SERVE_SIGNALS";
+
+/// What `signal` does to this process now, from `/proc/self/status`: `"caught"` by a handler,
+/// `"ignored"`, or `"default"`.
+fn disposition(signal: nix::sys::signal::Signal) -> &'static str {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = |field: &str| {
+        let line = status.lines().find(|line| line.starts_with(field)).unwrap();
+        u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
+    };
+    let bit = 1u64 << (signal as i32 - 1);
+    if mask("SigCgt:") & bit != 0 {
+        "caught"
+    } else if mask("SigIgn:") & bit != 0 {
+        "ignored"
+    } else {
+        "default"
+    }
+}
+
+#[test]
+fn serve_gives_back_sigint_and_sigterm_when_it_returns() {
+    use std::os::unix::process::ExitStatusExt;
+    let redis = RedisServer::start();
+    let name = "child_serve_gives_back_sigint_and_sigterm";
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SIGNALS_MARKER, redis.url())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let report = format!(
+        "{}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("dispositions restored"), "{report}");
+    // Ctrl-C stops the program again once the worker has stopped.
+    assert_eq!(
+        output.status.signal(),
+        Some(nix::sys::signal::Signal::SIGINT as i32),
+        "{report}"
+    );
+}
+
+/// A program that embeds a worker, stops it with its flag, then expects `SIGINT` and `SIGTERM`
+/// to do what they did before: here the default action and being ignored.
+#[test]
+#[ignore = "runs in a child process, started by serve_gives_back_sigint_and_sigterm_when_it_returns"]
+fn child_serve_gives_back_sigint_and_sigterm() {
+    use nix::sys::signal::{SigHandler, Signal, raise, signal};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !in_child(SIGNALS_MARKER) {
+        return;
+    }
+    let url = std::env::var(SIGNALS_MARKER).unwrap();
+    // SAFETY: `SigIgn` installs no handler code.
+    unsafe { signal(Signal::SIGTERM, SigHandler::SigIgn) }.unwrap();
+    let before = [disposition(Signal::SIGINT), disposition(Signal::SIGTERM)];
+    assert_eq!(before, ["default", "ignored"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopper = {
+        let stop = stop.clone();
+        // Stops the worker once it is serving: once it catches `SIGINT`.
+        std::thread::spawn(move || {
+            while disposition(Signal::SIGINT) != "caught" {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    RemoteWorker::builder(&url)
+        .queue("signals")
+        .workers(1)
+        .key(KEY)
+        .stop_flag(stop)
+        .serve()
+        .unwrap();
+    stopper.join().unwrap();
+    let after = [disposition(Signal::SIGINT), disposition(Signal::SIGTERM)];
+    assert_eq!(
+        after, before,
+        "SIGINT and SIGTERM, before and after serve()"
+    );
+    println!("dispositions restored");
+    raise(Signal::SIGINT).unwrap();
+    println!("still alive after SIGINT");
+}

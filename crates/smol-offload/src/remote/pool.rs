@@ -307,9 +307,43 @@ impl RemotePoolBuilder {
         self
     }
 
-    /// Sends jobs unsigned when no key is set: only for a network where everyone who can
-    /// write to the broker may run code on the workers.
-    pub fn trusted_network(mut self) -> RemotePoolBuilder {
+    /// Sends jobs unsigned, and accepts unsigned replies, when no key is set: for a broker
+    /// that only trusted parties can write to.
+    ///
+    /// This pool calls nothing through an address it reads, but its unsigned jobs run only on
+    /// workers that accept unsigned jobs
+    /// ([`RemoteWorker::trusted_network`](crate::remote::RemoteWorker::trusted_network)),
+    /// whose soundness rests on the same promise; and any writer can forge an unsigned reply.
+    /// Turning signatures off is an `unsafe` call on both sides, so that a review finds it.
+    ///
+    /// # Safety
+    ///
+    /// The caller guarantees that everyone who can write to the broker (this queue's job
+    /// stream and this pool's reply list) may run arbitrary code in the workers' processes:
+    /// an unsigned job names, by its offset in the executable, the address that a worker
+    /// calls, so whoever writes one chooses what the worker jumps to.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use smol_offload::RemotePool;
+    ///
+    /// // SAFETY: the broker listens on the loopback interface of a machine whose every user
+    /// // may run code in the workers.
+    /// let pool = unsafe { RemotePool::builder("redis://127.0.0.1:6379").trusted_network() };
+    /// let pool = pool.build()?;
+    /// # drop(pool);
+    /// # Ok::<(), smol_offload::BuildError>(())
+    /// ```
+    ///
+    /// Without an `unsafe` block, it does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let _pool = smol_offload::RemotePool::builder("redis://127.0.0.1:6379").trusted_network();
+    /// ```
+    // Declares a contract for its callers; it does nothing unsafe itself.
+    #[allow(unsafe_code)]
+    pub unsafe fn trusted_network(mut self) -> RemotePoolBuilder {
         self.fleet.trusted = true;
         self
     }

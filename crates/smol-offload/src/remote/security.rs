@@ -56,8 +56,8 @@ impl Security {
             None if trusted => Ok(Security::Trusted),
             None => Err(format!(
                 "remote pools and workers need a signing key: set {KEY_VARIABLE} or call \
-                 .key(..) on the builder (or .trusted_network() if every writer to the broker \
-                 may run code on the workers)"
+                 .key(..) on the builder (or, an unsafe call, .trusted_network() if every \
+                 writer to the broker may run code on the workers)"
             )),
         }
     }

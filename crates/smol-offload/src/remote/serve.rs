@@ -62,6 +62,11 @@ pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
 /// A job taken by a worker that died is taken over by another after the visibility timeout.
 /// On `SIGTERM` (or `SIGINT`) the worker stops taking jobs, finishes those it holds, and
 /// returns.
+///
+/// While [`serve`](RemoteWorker::serve) runs, it catches `SIGINT` and `SIGTERM` (a handler the
+/// program installed before is still called) and, when it returns, gives them back the actions
+/// they had, so that Ctrl-C ends the program again. Several workers serving at once in one
+/// process share the handler: a signal stops them all, and the last to return restores.
 #[derive(Debug)]
 #[must_use = "a worker does nothing until serve() is called"]
 pub struct RemoteWorker {
@@ -104,9 +109,43 @@ impl RemoteWorker {
         self
     }
 
-    /// Runs unsigned jobs when no key is set: anyone who can write to the broker can then
-    /// run code in this process. Only for a trusted network.
-    pub fn trusted_network(mut self) -> RemoteWorker {
+    /// Runs unsigned jobs, and sends unsigned replies, when no key is set: for a broker that
+    /// only trusted parties can write to.
+    ///
+    /// A job names the function it runs by its offset in the executable, and the worker calls
+    /// the address it names. The signature is what makes that sound: only a client holding
+    /// the fleet's key, which computed the offset from a real function of this very build,
+    /// can sign a job. Without signatures, whoever can write to the queue picks the address.
+    ///
+    /// # Safety
+    ///
+    /// The caller guarantees that everyone who can write to this queue's job stream on the
+    /// broker may run arbitrary code in this worker's processes, and writes only jobs made by
+    /// a [`RemotePool`](crate::RemotePool) of the same build: any other bytes may make a
+    /// worker jump to an address of their choosing, which is undefined behaviour.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use smol_offload::remote::RemoteWorker;
+    ///
+    /// smol_offload::init();
+    /// // SAFETY: the broker listens on the loopback interface of a machine whose every user
+    /// // may run code in the workers.
+    /// let worker = unsafe { RemoteWorker::builder("redis://127.0.0.1:6379").trusted_network() };
+    /// worker.workers(2).serve()?;
+    /// # Ok::<(), smol_offload::BuildError>(())
+    /// ```
+    ///
+    /// Without an `unsafe` block, it does not compile:
+    ///
+    /// ```compile_fail,E0133
+    /// let _worker = smol_offload::remote::RemoteWorker::builder("redis://127.0.0.1:6379")
+    ///     .trusted_network();
+    /// ```
+    // Declares a contract for its callers; it does nothing unsafe itself.
+    #[allow(unsafe_code)]
+    pub unsafe fn trusted_network(mut self) -> RemoteWorker {
         self.fleet.trusted = true;
         self
     }
@@ -138,6 +177,7 @@ impl RemoteWorker {
     }
 
     /// Stops like on `SIGTERM` once `flag` is set, for embedding a worker in a larger program.
+    /// A `SIGTERM` or `SIGINT` while it serves sets the flag too.
     pub fn stop_flag(mut self, flag: Arc<AtomicBool>) -> RemoteWorker {
         self.stop = Some(flag);
         self
@@ -184,14 +224,14 @@ impl RemoteWorker {
             Some(workers) => ProcessPool::new(workers)?,
             None => ProcessPool::builder().build()?,
         };
-        let stop = self.stop.clone().unwrap_or_default();
-        for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(signal, stop.clone()).map_err(|err| {
+        let stop = Stop {
+            flag: self.stop.clone().unwrap_or_default(),
+            _interrupts: sys::catch_interrupts().map_err(|err| {
                 fail(format!(
                     "could not install the worker's signal handler: {err}"
                 ))
-            })?;
-        }
+            })?,
+        };
         let capacity = pool.workers() * self.prefetch;
         let shared = Arc::new(Runner {
             keys,
@@ -208,6 +248,24 @@ impl RemoteWorker {
         });
         shared.pull_loop(connection, &stop, self.visibility_timeout);
         Ok(())
+    }
+}
+
+/// When a worker stops: once its stop flag is set, or the process got `SIGINT` or `SIGTERM`
+/// while it served. Dropped when `serve` returns, which gives the two signals back the actions
+/// they had before.
+struct Stop {
+    flag: Arc<AtomicBool>,
+    _interrupts: sys::CatchingInterrupts,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        if sys::interrupted() {
+            // As before the signal was caught here: the program's flag says it too.
+            self.flag.store(true, Ordering::Relaxed);
+        }
+        self.flag.load(Ordering::Relaxed)
     }
 }
 
@@ -327,7 +385,7 @@ impl Runner {
     fn pull_loop(
         self: &Arc<Self>,
         connection: redis::Connection,
-        stop: &AtomicBool,
+        stop: &Stop,
         visibility: Duration,
     ) {
         let processes = self.pool.workers();
@@ -365,7 +423,7 @@ impl Runner {
         if let Some(open) = &mut connection {
             let _ = open.set_read_timeout(Some(read_timeout));
         }
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.requested() {
             while let Ok(freed) = idle_receiver.try_recv() {
                 idle += freed;
             }
