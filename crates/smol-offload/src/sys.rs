@@ -119,6 +119,19 @@ pub(crate) fn ignore_interrupts() -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the calling process ignore `SIGPIPE`, as the runtime of a Rust `main` does before
+/// `main` runs: a write to a pipe or socket whose reader is gone then fails with `EPIPE`
+/// (`io::ErrorKind::BrokenPipe`) instead of ending the process. A worker does it whether its
+/// fork server was started in `main` (where the runtime had done it already) or before `main`
+/// by [`init_for_tests!`](crate::init_for_tests) (where it had not), so a task sees the same
+/// behaviour either way.
+pub(crate) fn ignore_broken_pipes() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }?;
+    Ok(())
+}
+
 /// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
 /// its pid. The fork server calls it on both sides of forking a worker, so that the group
 /// exists whichever side runs first.
