@@ -730,7 +730,8 @@ fn anchor_address() -> i64 {
 
 impl ErasedCall {
     /// The call as two offsets from a fixed symbol of the executable, valid in any process that
-    /// runs the same build (see [`crate::remote`]).
+    /// runs the same build (see [`crate::remote`]) when the call's code lies in the executable,
+    /// as [`remote_refusal`](ErasedCall::remote_refusal) checks.
     pub(crate) fn to_portable(self) -> [i64; 2] {
         let anchor = anchor_address();
         [
@@ -744,8 +745,9 @@ impl ErasedCall {
     /// # Safety
     ///
     /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
-    /// that runs the very same executable (same build) as this one. Any other offsets are
-    /// addresses of arbitrary code, which [`invoke`](ErasedCall::invoke) would jump to.
+    /// that runs the very same executable (same build) as this one, of code that lies in that
+    /// executable (the anchor included). Any other offsets are addresses of arbitrary code,
+    /// which [`invoke`](ErasedCall::invoke) would jump to.
     unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {
@@ -997,10 +999,14 @@ impl ErasedCall {
 /// fleet's key (or the operator declared the network trusted, and so every writer to the
 /// queue), so it was made by a client of this fleet from a call made by [`erase`]; and its
 /// build identity (the SHA-256 of the client's executable) equals this process's, so the
-/// offsets are those of this very image.
+/// offsets are those of this very image. The client sent them only for code that lies in that
+/// executable (`RemotePool::run` checks [`ErasedCall::remote_refusal`] first), the one object
+/// the identity covers.
 pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
-    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
-    // process running the same executable, which is `from_portable`'s contract.
+    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made, of code in
+    // the executable, in a process running the same executable, which is `from_portable`'s
+    // contract. That rests on the client following the protocol (it holds the fleet's key and
+    // checks `remote_refusal` before sending).
     unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 
