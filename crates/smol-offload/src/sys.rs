@@ -123,7 +123,7 @@ pub(crate) fn ignore_interrupts() -> io::Result<()> {
 /// `main` runs: a write to a pipe or socket whose reader is gone then fails with `EPIPE`
 /// (`io::ErrorKind::BrokenPipe`) instead of ending the process. A worker does it whether its
 /// fork server was started in `main` (where the runtime had done it already) or before `main`
-/// by [`init_for_tests!`](crate::init_for_tests) (where it had not), so a task sees the same
+/// by [`init_for_tests!`](crate::init_for_tests!) (where it had not), so a task sees the same
 /// behaviour either way.
 pub(crate) fn ignore_broken_pipes() -> io::Result<()> {
     use nix::sys::signal::{SigHandler, Signal, signal};
