@@ -56,6 +56,9 @@ pub(crate) enum ErrorKind {
     Deadlock(String),
     /// A remote pool's broker or worker fleet failed the task; the message says what to do.
     Remote(String),
+    /// The pool cannot name the task's function to its workers (its code lies in a shared
+    /// library they do not have): the task never left; the message names the library.
+    ForeignCode(String),
 }
 
 /// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
@@ -286,7 +289,7 @@ impl fmt::Display for Error {
             ErrorKind::Codec { stage, detail, .. } => write!(f, "could not {stage}: {detail}"),
             ErrorKind::Config(message) => f.write_str(message),
             ErrorKind::Stopped(message) | ErrorKind::Deadlock(message) => f.write_str(message),
-            ErrorKind::Remote(message) => f.write_str(message),
+            ErrorKind::Remote(message) | ErrorKind::ForeignCode(message) => f.write_str(message),
         }
     }
 }

@@ -280,6 +280,19 @@ extern "C" fn on_interrupt(
     }
 }
 
+/// Makes the calling process ignore `SIGPIPE`, as the runtime of a Rust `main` does before
+/// `main` runs: a write to a pipe or socket whose reader is gone then fails with `EPIPE`
+/// (`io::ErrorKind::BrokenPipe`) instead of ending the process. A worker does it whether its
+/// fork server was started in `main` (where the runtime had done it already) or before `main`
+/// by [`init_for_tests!`](crate::init_for_tests!) (where it had not), so a task sees the same
+/// behaviour either way.
+pub(crate) fn ignore_broken_pipes() -> io::Result<()> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
+    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }?;
+    Ok(())
+}
+
 /// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
 /// its pid. The fork server calls it on both sides of forking a worker, so that the group
 /// exists whichever side runs first.
@@ -878,7 +891,8 @@ fn anchor_address() -> i64 {
 
 impl ErasedCall {
     /// The call as two offsets from a fixed symbol of the executable, valid in any process that
-    /// runs the same build (see [`crate::remote`]).
+    /// runs the same build (see [`crate::remote`]) when the call's code lies in the executable,
+    /// as [`remote_refusal`](ErasedCall::remote_refusal) checks.
     pub(crate) fn to_portable(self) -> [i64; 2] {
         let anchor = anchor_address();
         [
@@ -892,14 +906,249 @@ impl ErasedCall {
     /// # Safety
     ///
     /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
-    /// that runs the very same executable (same build) as this one. Any other offsets are
-    /// addresses of arbitrary code, which [`invoke`](ErasedCall::invoke) would jump to.
+    /// that runs the very same executable (same build) as this one, of code that lies in that
+    /// executable (the anchor included). Any other offsets are addresses of arbitrary code,
+    /// which [`invoke`](ErasedCall::invoke) would jump to.
     unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {
             trampoline: anchor.wrapping_add(offsets[0]) as u64,
             function: anchor.wrapping_add(offsets[1]) as u64,
         }
+    }
+}
+
+/// A loaded ELF object of this process (the executable, a shared library, the vDSO): the path
+/// the loader knows it by (empty for the executable), its load base, and the span of its
+/// loadable segments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct LoadedObject {
+    path: String,
+    base: usize,
+    span: std::ops::Range<usize>,
+}
+
+/// The objects loaded in this process at one moment, the executable first, and how many objects
+/// the loader had unloaded by then (`dlclose`).
+#[derive(Debug, Default)]
+struct LoadedCode {
+    objects: Vec<LoadedObject>,
+    unloaded: u64,
+}
+
+impl LoadedCode {
+    /// The objects loaded now, as `dl_iterate_phdr` lists them.
+    fn now() -> LoadedCode {
+        let mut code = LoadedCode::default();
+        // SAFETY: `collect_object` has the signature `dl_iterate_phdr` expects, and `data`
+        // points to `code`, which outlives the call; the loader calls back on this thread only,
+        // before `dl_iterate_phdr` returns.
+        unsafe { libc::dl_iterate_phdr(Some(collect_object), (&raw mut code).cast()) };
+        code
+    }
+
+    /// The object whose loadable segments hold `address`.
+    fn containing(&self, address: usize) -> Option<&LoadedObject> {
+        self.objects
+            .iter()
+            .find(|object| object.span.contains(&address))
+    }
+
+    /// Whether `object` is the executable.
+    fn is_executable(&self, object: &LoadedObject) -> bool {
+        self.objects.first() == Some(object)
+    }
+}
+
+/// Records one object for [`LoadedCode::now`]; called by `dl_iterate_phdr` for each loaded
+/// object in turn, the executable first.
+///
+/// # Safety
+///
+/// Only `dl_iterate_phdr` calls it, as `LoadedCode::now` asks: with the loader's description of
+/// one object, and with `data` pointing to the `LoadedCode` being filled.
+unsafe extern "C" fn collect_object(
+    info: *mut libc::dl_phdr_info,
+    size: usize,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: `data` is the `&mut LoadedCode` that `LoadedCode::now` passed to
+    // `dl_iterate_phdr`, which is blocked in that call: nothing else refers to it meanwhile.
+    let code = unsafe { &mut *data.cast::<LoadedCode>() };
+    // SAFETY: the loader passes a valid `dl_phdr_info`, alive during the call.
+    let info = unsafe { &*info };
+    let path = if info.dlpi_name.is_null() {
+        String::new()
+    } else {
+        // SAFETY: a non-null `dlpi_name` is a NUL-terminated string of the loader's, alive
+        // during the call.
+        let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) };
+        name.to_string_lossy().into_owned()
+    };
+    let headers = if info.dlpi_phdr.is_null() {
+        &[][..]
+    } else {
+        // SAFETY: `dlpi_phdr` points to the object's `dlpi_phnum` program headers, mapped while
+        // the object is loaded, which it stays during the call (the loader holds its lock).
+        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+    };
+    let base = info.dlpi_addr as usize;
+    // From the lowest start to the highest end of the loadable segments; empty without any.
+    let (mut lowest, mut highest) = (usize::MAX, 0);
+    for header in headers
+        .iter()
+        .filter(|header| header.p_type == libc::PT_LOAD)
+    {
+        let start = base.wrapping_add(header.p_vaddr as usize);
+        lowest = lowest.min(start);
+        highest = highest.max(start.wrapping_add(header.p_memsz as usize));
+    }
+    let span = lowest..highest.max(lowest);
+    // The counter is there when the loader's structure is as long as this crate's (glibc's is).
+    if size >= std::mem::size_of::<libc::dl_phdr_info>() {
+        code.unloaded = info.dlpi_subs;
+    }
+    code.objects.push(LoadedObject { path, base, span });
+    0
+}
+
+/// Where the executable's code and statics lie in this process, found once: most calls name
+/// functions there, and checking that costs two comparisons an address.
+fn executable_span() -> &'static std::ops::Range<usize> {
+    static EXECUTABLE: std::sync::OnceLock<std::ops::Range<usize>> = std::sync::OnceLock::new();
+    EXECUTABLE.get_or_init(|| {
+        LoadedCode::now()
+            .objects
+            .first()
+            .map_or(0..0, |object| object.span.clone())
+    })
+}
+
+/// The code that the fork server had when it was forked, which is what every worker has, at
+/// the same addresses (see [`remember_code_of_workers`]).
+static CODE_OF_WORKERS: std::sync::OnceLock<LoadedCode> = std::sync::OnceLock::new();
+
+/// Records the objects loaded now, just before the fork server is forked: a call whose code
+/// lies in one of them (and not in one loaded, or reloaded, later) can run in its workers.
+pub(crate) fn remember_code_of_workers() {
+    let _ = CODE_OF_WORKERS.set(LoadedCode::now());
+}
+
+impl ErasedCall {
+    /// The two addresses of the call, each with what it is, for messages.
+    fn parts(self) -> [(&'static str, usize); 2] {
+        [
+            (
+                "the function's trampoline (the code that decodes its argument, compiled into \
+                 the crate that called `run`)",
+                self.trampoline as usize,
+            ),
+            ("the function", self.function as usize),
+        ]
+    }
+
+    /// Why a worker forked from the fork server could not run this call, if it could not: an
+    /// address that lies in a shared library loaded after the server was forked (`dlopen`), or
+    /// in no loaded object, is not that code in a worker, which would jump to whatever is there.
+    /// Cheap when both addresses lie in the executable, as they do unless code is loaded
+    /// dynamically.
+    pub(crate) fn refusal_in_workers(self) -> Option<String> {
+        let executable = executable_span();
+        if self.parts().iter().all(|(_, at)| executable.contains(at)) {
+            return None;
+        }
+        self.refusal_against(CODE_OF_WORKERS.get(), &LoadedCode::now())
+    }
+
+    /// [`refusal_in_workers`](ErasedCall::refusal_in_workers) for workers forked when the code
+    /// loaded was `at_fork` (none: no worker was ever forked), with `now` loaded now.
+    #[cold]
+    fn refusal_against(self, at_fork: Option<&LoadedCode>, now: &LoadedCode) -> Option<String> {
+        for (what, address) in self.parts() {
+            let Some(object) = now.containing(address) else {
+                return Some(format!(
+                    "cannot run the task in a worker process: {what} at {address:#x} lies in no \
+                     loaded object"
+                ));
+            };
+            if now.is_executable(object) {
+                continue;
+            }
+            let forked_with = at_fork.and_then(|code| {
+                code.objects
+                    .iter()
+                    .find(|old| old.path == object.path && old.base == object.base)
+                    .map(|_| code.unloaded)
+            });
+            let path = &object.path;
+            match forked_with {
+                Some(unloaded) if unloaded == now.unloaded => continue,
+                Some(_) => {
+                    return Some(format!(
+                        "cannot run the task in a worker process: {what} lies in the shared \
+                         library {path}, and a library was unloaded since the fork server \
+                         started, so this one may not be the code that the workers have at \
+                         that address; run the function on a ThreadPool, or keep libraries \
+                         loaded"
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "cannot run the task in a worker process: {what} lies in the shared \
+                         library {path}, loaded (or reloaded) after the fork server started, so the workers \
+                         (forked from that server) do not have it; load the library before \
+                         smol_offload::init(), or run the function on a ThreadPool"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Why a remote worker could not run this call, if it could not: a job names code by its
+    /// offset from a static of the executable, and the build identity covers the executable
+    /// only, so the function, its trampoline and that static must all lie in the executable,
+    /// not in a shared library (a `dylib` crate, `-C prefer-dynamic`, `dlopen`). Cheap when
+    /// they do.
+    pub(crate) fn remote_refusal(self) -> Option<String> {
+        let executable = executable_span();
+        let anchor = anchor_address() as usize;
+        if executable.contains(&anchor)
+            && self.parts().iter().all(|(_, at)| executable.contains(at))
+        {
+            return None;
+        }
+        self.remote_refusal_in(&LoadedCode::now())
+    }
+
+    /// [`remote_refusal`](ErasedCall::remote_refusal), with `now` loaded now.
+    #[cold]
+    fn remote_refusal_in(self, now: &LoadedCode) -> Option<String> {
+        let anchor = (
+            "smol-offload itself (whose static the job's offsets start from)",
+            anchor_address() as usize,
+        );
+        for (what, address) in std::iter::once(anchor).chain(self.parts()) {
+            match now.containing(address) {
+                Some(object) if now.is_executable(object) => {}
+                Some(object) => {
+                    return Some(format!(
+                        "cannot run the task on remote workers: {what} lies in the shared \
+                         library {}, and a job can name only code of the executable, whose \
+                         SHA-256 the workers check; link that code into the executable (no \
+                         dylib crate, no -C prefer-dynamic)",
+                        object.path
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "cannot run the task on remote workers: {what} at {address:#x} lies in \
+                         no loaded object"
+                    ));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -912,11 +1161,15 @@ impl ErasedCall {
 /// the worker was built with the `unsafe` `RemoteWorker::trusted_network`, whose caller
 /// guarantees that only such clients can write to the queue); and its build identity (the
 /// SHA-256 of the client's executable) equals this process's, so the offsets are those of this
-/// very image.
+/// very image. The client sent them only for code that lies in that executable
+/// (`RemotePool::run` checks [`ErasedCall::remote_refusal`] first), the one object the identity
+/// covers.
 pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
-    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
-    // process running the same executable, which is `from_portable`'s contract. The key's
-    // holders uphold it, or, without a key, the caller of `trusted_network`.
+    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made, of code in
+    // the executable, in a process running the same executable, which is `from_portable`'s
+    // contract. That rests on the client following the protocol (it holds the fleet's key and
+    // checks `remote_refusal` before sending), or, without a key, on the caller of
+    // `trusted_network`.
     unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 
@@ -1204,6 +1457,91 @@ mod tests {
         // SAFETY: the offsets are the `to_portable()` of a call made in this very process.
         let back = unsafe { ErasedCall::from_portable(call.to_portable()) };
         assert_eq!(back, call);
+    }
+
+    /// The address of `getpid` in the C library, a shared object loaded at start.
+    fn address_in_the_c_library() -> u64 {
+        // SAFETY: the name is NUL-terminated; `RTLD_DEFAULT` searches the objects loaded now.
+        let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"getpid".as_ptr()) };
+        assert!(!symbol.is_null());
+        symbol as usize as u64
+    }
+
+    #[test]
+    fn code_of_the_executable_is_accepted_by_both_pools() {
+        let call = erase(double);
+        assert_eq!(call.refusal_in_workers(), None);
+        assert_eq!(call.remote_refusal(), None);
+    }
+
+    // The calls below pair addresses that `erase` never would: they are only checked, never
+    // invoked.
+
+    #[test]
+    fn code_of_a_shared_library_is_refused_remotely_naming_it() {
+        let library = address_in_the_c_library();
+        let function = ErasedCall {
+            function: library,
+            ..erase(double)
+        };
+        let refusal = function.remote_refusal().unwrap();
+        assert!(
+            refusal.contains("the function lies in the shared library /"),
+            "{refusal}"
+        );
+        assert!(refusal.contains("libc.so"), "{refusal}");
+        let trampoline = ErasedCall {
+            trampoline: library,
+            ..erase(double)
+        };
+        let refusal = trampoline.remote_refusal().unwrap();
+        assert!(refusal.contains("trampoline"), "{refusal}");
+        assert!(refusal.contains("libc.so"), "{refusal}");
+    }
+
+    #[test]
+    fn code_of_a_shared_library_runs_in_workers_only_if_the_fork_server_had_it() {
+        let call = ErasedCall {
+            function: address_in_the_c_library(),
+            ..erase(double)
+        };
+        let now = LoadedCode::now();
+        // Loaded before the server was forked, and nothing unloaded since: the same code.
+        let at_fork = LoadedCode::now();
+        assert_eq!(call.refusal_against(Some(&at_fork), &now), None);
+        // Loaded after: refused, naming the library.
+        let without = LoadedCode {
+            objects: at_fork.objects[..1].to_vec(),
+            unloaded: at_fork.unloaded,
+        };
+        let refusal = call.refusal_against(Some(&without), &now).unwrap();
+        assert!(refusal.contains("libc.so"), "{refusal}");
+        assert!(refusal.contains("loaded (or reloaded) after"), "{refusal}");
+        // A library unloaded since: another may have been loaded at the same address.
+        let unloaded_since = LoadedCode {
+            objects: at_fork.objects.clone(),
+            unloaded: now.unloaded + 1,
+        };
+        let refusal = call.refusal_against(Some(&unloaded_since), &now).unwrap();
+        assert!(refusal.contains("was unloaded"), "{refusal}");
+    }
+
+    #[test]
+    fn an_address_in_no_loaded_object_is_refused_by_both_pools() {
+        let nowhere = ErasedCall {
+            function: 16,
+            ..erase(double)
+        };
+        let refusal = nowhere.refusal_in_workers().unwrap();
+        assert!(
+            refusal.contains("the function at 0x10 lies in no loaded object"),
+            "{refusal}"
+        );
+        let refusal = nowhere.remote_refusal().unwrap();
+        assert!(
+            refusal.contains("the function at 0x10 lies in no loaded object"),
+            "{refusal}"
+        );
     }
 
     #[test]

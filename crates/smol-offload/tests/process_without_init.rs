@@ -35,6 +35,27 @@ fn lazy_start() -> Result<(), String> {
     Ok(())
 }
 
+/// Writes to a pipe whose read end is closed; the error's kind, if the write failed.
+fn write_to_a_closed_pipe(_: ()) -> Option<String> {
+    use std::io::Write;
+    let (reader, mut writer) = std::io::pipe().ok()?;
+    drop(reader);
+    let err = writer.write_all(b"nobody reads this").err()?;
+    Some(format!("{:?}", err.kind()))
+}
+
+/// A task that writes to a closed pipe gets `EPIPE`, as under `init_for_tests!()`: its worker
+/// ignores `SIGPIPE` and lives on.
+fn broken_pipe() -> Result<(), String> {
+    let pool = ProcessPool::new(1).map_err(|err| format!("pool failed: {err}"))?;
+    let kind =
+        smol::block_on(pool.run(write_to_a_closed_pipe, ())).map_err(|err| err.to_string())?;
+    if kind.as_deref() != Some("BrokenPipe") {
+        return Err(format!("expected a BrokenPipe error, got {kind:?}"));
+    }
+    Ok(())
+}
+
 /// In the child: a thread runs before the first pool, so the pool must refuse.
 fn refusal_child() -> ! {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -113,8 +134,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.iter().any(|arg| arg == MAIN_RETURNS_ARG) {
         return main_returns_child();
     }
-    let checks: [(&str, Check); 3] = [
+    let checks: [(&str, Check); 4] = [
         ("lazy_start", lazy_start),
+        ("broken_pipe", broken_pipe),
         ("refusal", refusal),
         ("main_prints_the_message", main_prints_the_message),
     ];

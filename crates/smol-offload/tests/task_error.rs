@@ -97,3 +97,27 @@ fn a_chain_of_sources_comes_back_from_a_process_as_text() {
     let io: io::Error = err.into();
     assert_eq!(io.kind(), io::ErrorKind::NotFound);
 }
+
+/// Writes to a pipe whose read end is closed, as a task that logs to a consumer gone away does.
+fn write_to_a_closed_pipe(_: ()) -> Result<(), TaskError> {
+    use std::io::Write;
+    let (reader, mut writer) = io::pipe()?;
+    drop(reader);
+    writer.write_all(b"nobody reads this")?;
+    Ok(())
+}
+
+#[test]
+fn a_write_to_a_closed_pipe_is_an_epipe_error_not_a_dead_worker() {
+    // The fork server of this binary started before `main`, where `SIGPIPE` still had its
+    // default action (which ends the process): workers must ignore it all the same, as they do
+    // under `init()` in a Rust `main`.
+    let pool = ProcessPool::new(1).unwrap();
+    let err = block_on(pool.run(write_to_a_closed_pipe, ()))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.io_kind(), Some(io::ErrorKind::BrokenPipe), "{err}");
+    let pids = pool.pids();
+    assert!(block_on(pool.run(write_to_a_closed_pipe, ())).is_ok_and(|r| r.is_err()));
+    assert_eq!(pool.pids(), pids, "the worker must live on");
+}

@@ -30,7 +30,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::codec;
-use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
+use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
 use crate::executor::Executor;
 use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
@@ -51,7 +51,9 @@ use wire::CallOptions;
 ///
 /// Each worker is a process forked (without `exec`) from the fork server that [`init`](crate::init)
 /// starts, so it runs the same program: [`Executor::run`] sends it the address of `f` and the
-/// postcard encoding of the argument, and it sends back the encoded result. A worker runs one
+/// postcard encoding of the argument, and it sends back the encoded result. A function whose
+/// code lies in a shared library loaded after `init` (with `dlopen`) is not at that address in a
+/// worker: `run` refuses it, with an error naming the library. A worker runs one
 /// task at a time. A panic in `f` comes back as an [`Error`] and the worker goes on; a worker that
 /// dies (a signal, `abort`, `exit`) fails only the task it was running, with an error naming its
 /// pid and how it ended, and the pool forks a replacement. Tasks sent to it that it had not
@@ -257,6 +259,10 @@ impl Executor for ProcessPool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let call = sys::erase(f);
+        if let Some(refusal) = call.refusal_in_workers() {
+            return Task::ready(Err(Error::new(ErrorKind::ForeignCode(refusal))));
+        }
         let arg = match encode_argument(&arg) {
             Ok(bytes) => bytes,
             Err(error) => return Task::ready(Err(error)),
@@ -270,7 +276,7 @@ impl Executor for ProcessPool {
             });
         }
         let job = Job {
-            call: sys::erase(f),
+            call,
             options: self.handle.options,
             context: Carried::capture(),
             arg,
@@ -467,14 +473,12 @@ impl ProcessPoolBuilder {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
     {
+        let call = sys::erase(f);
         let encoded =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| postcard::to_allocvec(&arg)));
         match encoded {
             Ok(Ok(arg)) if arg.len() <= wire::MAX_ARGUMENT => {
-                self.options.initializer = Some(Initializer {
-                    call: sys::erase(f),
-                    arg,
-                });
+                self.options.initializer = Some(Initializer { call, arg });
             }
             Ok(Ok(arg)) => {
                 self.invalid = Some(format!(
@@ -641,6 +645,17 @@ impl ProcessPoolBuilder {
             )));
         }
         let link = server::link_or_start()?;
+        // Checked once the server runs: code loaded before it started is the workers' too.
+        if let Some(refusal) = self
+            .options
+            .initializer
+            .as_ref()
+            .and_then(|initializer| initializer.call.refusal_in_workers())
+        {
+            return Err(BuildError::new(BuildErrorKind::Setting(format!(
+                "the initializer: {refusal}"
+            ))));
+        }
         // For the user's serde code that runs in this process: its panics get a location.
         panics::install_hook();
         let io_error = |doing| move |source| BuildError::new(BuildErrorKind::Io { doing, source });

@@ -118,6 +118,8 @@ impl ServerLink {
             SockFlag::SOCK_CLOEXEC,
         )?;
         let application = std::process::id();
+        // What the server has, every worker has: a call into code loaded later is refused.
+        sys::remember_code_of_workers();
         match sys::fork()? {
             Forked::Parent(pid) => {
                 drop(server_end);

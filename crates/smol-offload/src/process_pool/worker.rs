@@ -18,7 +18,10 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     // forked with it, and signals sent to the application's group do not reach it. The server
     // does the same on its side; an error here means the server already did.
     let _ = sys::lead_own_group(0);
-    if sys::die_with_parent(server).is_err() || sys::ignore_interrupts().is_err() {
+    if sys::die_with_parent(server).is_err()
+        || sys::ignore_interrupts().is_err()
+        || sys::ignore_broken_pipes().is_err()
+    {
         sys::exit_child(1);
     }
     sys::set_process_name(c"smol-offload-wk");

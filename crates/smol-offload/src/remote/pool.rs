@@ -43,7 +43,8 @@ pub enum Delivery {
 ///
 /// Workers run the same executable in worker mode (see [`serve`](crate::remote::serve)); a job
 /// names its function by its offset in that executable and carries the executable's SHA-256,
-/// so a worker running another build refuses it. Jobs and replies are signed with HMAC-SHA256
+/// so a worker running another build refuses it (and `run` refuses a function whose code lies
+/// in a shared library, with an error naming it: the identity does not cover that code). Jobs and replies are signed with HMAC-SHA256
 /// under a key shared by the fleet (`SMOL_OFFLOAD_REMOTE_KEY`). Each pool has one submit thread
 /// and one reply thread, which blocks on the pool's own reply list in Redis: no polling.
 ///
@@ -208,6 +209,10 @@ impl Executor for RemotePool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
+        let call = sys::erase(f);
+        if let Some(refusal) = call.remote_refusal() {
+            return Task::ready(Err(Error::new(ErrorKind::ForeignCode(refusal))));
+        }
         let arg = match panics::catch(Reporting::Chain, || codec::encode(&arg)) {
             Ok(Ok(bytes)) if bytes.len() <= MAX_ARGUMENT => bytes,
             Ok(Ok(bytes)) => {
@@ -231,7 +236,7 @@ impl Executor for RemotePool {
             client: client.id.clone(),
             id,
             build: handle.build,
-            call: sys::erase(f).to_portable(),
+            call: call.to_portable(),
             issued_ms,
             expires_ms: handle
                 .timeout
