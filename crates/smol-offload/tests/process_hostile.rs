@@ -348,6 +348,141 @@ fn garbage_from_a_worker_with_tasks_sent_ahead_fails_only_its_task() {
     assert_eq!(pool.pids().len(), 2);
 }
 
+/// A task that records its run in `runs`; the guilty one then waits at `gate`, writes garbage
+/// to its worker's socket, and hangs until the pool kills it (it must not go on to a task
+/// sent ahead to it, which would then have started).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marked {
+    n: u64,
+    runs: PathBuf,
+    guilty_at: Option<PathBuf>,
+}
+
+fn marked_or_guilty(task: Marked) -> u64 {
+    use std::io::Write;
+    let mut runs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&task.runs)
+        .unwrap();
+    runs.write_all(format!("{}\n", task.n).as_bytes()).unwrap();
+    if let Some(gate) = task.guilty_at {
+        common::wait_for_file(gate);
+        write_garbage(task.n);
+        std::thread::sleep(LONG);
+    }
+    task.n * 2
+}
+
+/// How many times each task of `0..count` ran, from the file the tasks append their number to.
+fn runs_of(runs: &Path, count: u64) -> Vec<usize> {
+    let marks = std::fs::read_to_string(runs).unwrap();
+    let mut times = vec![0; count as usize];
+    for mark in marks.lines() {
+        times[mark.parse::<usize>().unwrap()] += 1;
+    }
+    times
+}
+
+/// Waits until `done()` holds, or `bound` passed: a wait on state, whose outcome the caller's
+/// assertions judge.
+fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + bound;
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// On a pool of one worker, a guilty task writes garbage while 100 innocent tasks wait behind
+/// it, sent ahead to its worker (`through_dispatcher`, as far as the pool sends ahead) or in
+/// the queue while it runs on loan. Every innocent task runs exactly once and returns its
+/// result; only the guilty one fails, saying which worker sent what; nothing is left behind.
+fn garbage_while_innocent_tasks_wait(name: &str, through_dispatcher: bool) {
+    const TASKS: u64 = 101;
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    // Short tasks teach the pool to send tasks ahead to a busy worker.
+    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    let runs = temp_path(name);
+    std::fs::write(&runs, b"").unwrap();
+    let gate = common::FileGate::new(name);
+    let guilty = if through_dispatcher { 1 } else { 0 };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let guilty_at = (n == guilty).then(|| gate.path());
+            let runs = runs.clone();
+            pool.run(marked_or_guilty, Marked { n, runs, guilty_at })
+        })
+        .collect();
+    if through_dispatcher {
+        // The guilty task runs behind one on loan, and tasks sent ahead count as running: wait
+        // (a while) until some are, behind it on its worker. A pool that found its tasks slow
+        // sends none ahead: then the queued path alone is tried. On loan, the guilty task runs
+        // alone and the others wait in the queue.
+        wait_until(SHORT / 4, || pool.stats().running >= 3);
+    }
+    println!("{name}: {} tasks held by the worker", pool.stats().running);
+    gate.open();
+    let results = promptly("the tasks", gather(tasks));
+    let times = runs_of(&runs, TASKS);
+    std::fs::remove_file(&runs).unwrap();
+    for (n, result) in results.into_iter().enumerate() {
+        assert_eq!(times[n], 1, "task {n} ran {} times", times[n]);
+        if n as u64 == guilty {
+            assert_malformed(&result.unwrap_err(), victim);
+        } else {
+            let value = result.unwrap_or_else(|err| panic!("innocent task {n} failed: {err}"));
+            assert_eq!(value, 2 * n as u64);
+        }
+    }
+    let after = pool.pids();
+    assert_eq!(promptly("the next task", pool.run(square, 9)).unwrap(), 81);
+    drop(pool);
+    let mut seen = after;
+    seen.push(victim);
+    wait_until_reaped(&seen);
+}
+
+/// The child half of `garbage_with_tasks_sent_ahead_fails_no_innocent_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_with_tasks_sent_ahead() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    garbage_while_innocent_tasks_wait("garbage-sent-ahead", true);
+    println!("child_garbage_with_tasks_sent_ahead: done");
+}
+
+#[test]
+fn garbage_with_tasks_sent_ahead_fails_no_innocent_task() {
+    run_child_promptly("child_garbage_with_tasks_sent_ahead");
+}
+
+/// The child half of `garbage_on_loan_with_tasks_queued_fails_no_innocent_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_on_loan_with_tasks_queued() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    garbage_while_innocent_tasks_wait("garbage-on-loan", false);
+    println!("child_garbage_on_loan_with_tasks_queued: done");
+}
+
+#[test]
+fn garbage_on_loan_with_tasks_queued_fails_no_innocent_task() {
+    run_child_promptly("child_garbage_on_loan_with_tasks_queued");
+}
+
 /// The parent of process `pid`, from `/proc`.
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
