@@ -483,6 +483,70 @@ fn garbage_on_loan_with_tasks_queued_fails_no_innocent_task() {
     run_child_promptly("child_garbage_on_loan_with_tasks_queued");
 }
 
+/// Forks a process that holds a copy of the worker's socket, waits at `gate`, writes garbage
+/// to the socket, says so in `gate` + ".written" and exits; returns its pid. The task itself
+/// returns at once: the garbage comes while its worker is idle. The process leaves the
+/// worker's process group, so that it lives to say so once the pool kills the worker.
+fn garbage_later(gate: PathBuf) -> u32 {
+    // SAFETY: a worker runs one thread, so the child inherits no lock held by another; the
+    // child waits, writes and `_exit`s.
+    match unsafe { libc::fork() } {
+        0 => {
+            nix::unistd::setsid().unwrap();
+            let written = gate.with_extension("written");
+            common::wait_for_file(gate);
+            write_garbage(5);
+            std::fs::write(written, b"written").unwrap();
+            // SAFETY: ends the child without running the worker's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        pid => pid as u32,
+    }
+}
+
+/// The child half of `garbage_from_an_idle_worker_fails_no_later_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_from_an_idle_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let gate = common::FileGate::new("idle-garbage");
+    let written = gate.path().with_extension("written");
+    let writer = promptly("the task", pool.run(garbage_later, gate.path())).unwrap();
+    // The garbage comes while the worker is idle, lent out for the next task to go straight
+    // to it: that task must not fail for it.
+    gate.open();
+    wait_for_file(&written);
+    std::fs::remove_file(&written).unwrap();
+    let runs = temp_path("idle-garbage-runs");
+    std::fs::write(&runs, b"").unwrap();
+    let innocent = Marked {
+        n: 3,
+        runs: runs.clone(),
+        guilty_at: None,
+    };
+    let result = promptly("the next task", pool.run(marked_or_guilty, innocent));
+    let times = runs_of(&runs, 4);
+    std::fs::remove_file(&runs).unwrap();
+    assert_eq!(
+        result.unwrap_or_else(|err| panic!("an innocent task failed: {err}")),
+        6
+    );
+    assert_eq!(times[3], 1, "it ran once");
+    assert!(!pool.pids().contains(&victim));
+    drop(pool);
+    wait_until_reaped(&[victim, writer]);
+    println!("child_garbage_from_an_idle_worker: done");
+}
+
+#[test]
+fn garbage_from_an_idle_worker_fails_no_later_task() {
+    run_child_promptly("child_garbage_from_an_idle_worker");
+}
+
 /// The parent of process `pid`, from `/proc`.
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

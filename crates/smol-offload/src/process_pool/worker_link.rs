@@ -287,6 +287,13 @@ impl WorkerLink {
         open
     }
 
+    /// For a worker that runs nothing: true when it sent nothing since its last reply and its
+    /// socket is open, as it should be; false when it must be read, and let go, before it is
+    /// sent a job.
+    pub(crate) fn is_silent(&mut self) -> bool {
+        self.receive() && self.replies.is_empty()
+    }
+
     /// The length of the reply frame being read, once its length prefix is in.
     pub(crate) fn next_reply_len(&self) -> Option<usize> {
         self.replies.next_frame_len()
