@@ -483,6 +483,88 @@ fn garbage_on_loan_with_tasks_queued_fails_no_innocent_task() {
     run_child_promptly("child_garbage_on_loan_with_tasks_queued");
 }
 
+/// Records its run, writes garbage to its worker's socket, and returns: the worker goes on to
+/// the tasks sent ahead to it until the pool, reading the garbage, takes back those it has not
+/// started and kills it.
+fn garbage_and_return(task: Marked) -> u64 {
+    let n = marked_or_guilty(task);
+    write_garbage(n);
+    n
+}
+
+/// The child half of `garbage_then_more_tasks_on_its_worker_blames_only_the_guilty_one`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_then_more_tasks_on_its_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    const TASKS: u64 = 300;
+    const GUILTY: u64 = 100;
+    let pool = ProcessPool::new(2).unwrap();
+    let first = pool.pids();
+    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    let runs = temp_path("garbage-then-more");
+    std::fs::write(&runs, b"").unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let task = Marked {
+                n,
+                runs: runs.clone(),
+                guilty_at: None,
+            };
+            let f = if n == GUILTY {
+                garbage_and_return
+            } else {
+                marked_or_guilty
+            };
+            pool.run(f, task)
+        })
+        .collect();
+    let results = promptly("the tasks", gather(tasks));
+    let times = runs_of(&runs, TASKS);
+    std::fs::remove_file(&runs).unwrap();
+    let guilty = results[GUILTY as usize].as_ref().unwrap_err();
+    let victim = guilty.worker_pid().unwrap();
+    assert!(first.contains(&victim));
+    assert_malformed(guilty, victim);
+    let mut started_after = 0;
+    for (n, result) in results.iter().enumerate() {
+        // None ran twice, and none was lost: a task the worker never started ran elsewhere.
+        assert_eq!(times[n], 1, "task {n} ran {} times", times[n]);
+        match result {
+            Ok(value) => assert_eq!(*value, 2 * n as u64),
+            Err(err) if n as u64 != GUILTY => {
+                // It started on that worker after the garbage was sent, and its reply was lost
+                // with the stream: it fails, but is not blamed for the garbage.
+                started_after += 1;
+                assert_eq!(err.worker_pid(), Some(victim), "task {n}: {err}");
+                let message = err.to_string();
+                assert!(
+                    message.contains("an earlier task") && !message.contains("sent a malformed"),
+                    "task {n}: {message}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    println!("{started_after} tasks started after the garbage");
+    let seen = pool.pids().into_iter().chain(first).collect::<Vec<_>>();
+    drop(pool);
+    wait_until_reaped(&seen);
+    println!("child_garbage_then_more_tasks_on_its_worker: done");
+}
+
+#[test]
+fn garbage_then_more_tasks_on_its_worker_blames_only_the_guilty_one() {
+    run_child_promptly("child_garbage_then_more_tasks_on_its_worker");
+}
+
 /// Forks a process that holds a copy of the worker's socket, waits at `gate`, writes garbage
 /// to the socket, says so in `gate` + ".written" and exits; returns its pid. The task itself
 /// returns at once: the garbage comes while its worker is idle. The process leaves the
