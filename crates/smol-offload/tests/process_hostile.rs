@@ -348,14 +348,25 @@ fn garbage_from_a_worker_with_tasks_sent_ahead_fails_only_its_task() {
     assert_eq!(pool.pids().len(), 2);
 }
 
-/// A task that records its run in `runs`; the guilty one then waits at `gate`, writes garbage
-/// to its worker's socket, and hangs until the pool kills it (it must not go on to a task
-/// sent ahead to it, which would then have started).
+/// A task that records its run in `runs`; the guilty one then waits at its gate, breaks its
+/// worker's stream, and hangs until the pool kills it (it must not go on to a task sent ahead
+/// to it, which would then have started).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Marked {
     n: u64,
     runs: PathBuf,
-    guilty_at: Option<PathBuf>,
+    guilty: Option<(PathBuf, Breach)>,
+}
+
+/// How a guilty task breaks its worker's stream.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+enum Breach {
+    /// 64 pseudo-random bytes.
+    Garbage,
+    /// A reply to request `id` whose payload is in a memfd that is not sealed.
+    UnsealedReply { id: u64 },
+    /// Closes every descriptor above stderr, the worker's socket among them.
+    ClosedLink,
 }
 
 fn marked_or_guilty(task: Marked) -> u64 {
@@ -365,12 +376,51 @@ fn marked_or_guilty(task: Marked) -> u64 {
         .open(&task.runs)
         .unwrap();
     runs.write_all(format!("{}\n", task.n).as_bytes()).unwrap();
-    if let Some(gate) = task.guilty_at {
+    drop(runs);
+    if let Some((gate, breach)) = task.guilty {
         common::wait_for_file(gate);
-        write_garbage(task.n);
+        match breach {
+            Breach::Garbage => {
+                write_garbage(task.n);
+            }
+            Breach::UnsealedReply { id } => send_unsealed_reply(id),
+            Breach::ClosedLink => {
+                for fd in 3..1024 {
+                    // SAFETY: closing a descriptor number is what this hostile task is about;
+                    // the worker uses none again before the pool kills it.
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
         std::thread::sleep(LONG);
     }
     task.n * 2
+}
+
+/// Sends a reply to request `id` whose payload is in a memfd that is not sealed, on every
+/// socket the worker holds (its link to the pool is its only one).
+fn send_unsealed_reply(id: u64) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fd =
+        nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(1000).unwrap();
+    // Length, id, status (returned, payload in a sealed memfd), payload size.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(8u32 + 1 + 8).to_le_bytes());
+    frame.extend_from_slice(&id.to_le_bytes());
+    frame.push(0x80);
+    frame.extend_from_slice(&1000u64.to_le_bytes());
+    let memfd = [std::os::fd::AsRawFd::as_raw_fd(&file)];
+    for socket in common::sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[std::io::IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&memfd)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+    }
 }
 
 /// How many times each task of `0..count` ran, from the file the tasks append their number to.
@@ -396,16 +446,18 @@ fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// On a pool of one worker, a guilty task writes garbage while 100 innocent tasks wait behind
-/// it, sent ahead to its worker (`through_dispatcher`, as far as the pool sends ahead) or in
-/// the queue while it runs on loan. Every innocent task runs exactly once and returns its
-/// result; only the guilty one fails, saying which worker sent what; nothing is left behind.
-fn garbage_while_innocent_tasks_wait(name: &str, through_dispatcher: bool) {
+/// On a pool of one worker, a guilty task breaks its worker's stream while 100 innocent tasks
+/// wait behind it, sent ahead to its worker (`through_dispatcher`, as far as the pool sends
+/// ahead) or in the queue while it runs on loan. Every innocent task runs exactly once and
+/// returns its result; only the guilty one fails, saying which worker did what; nothing is left
+/// behind.
+fn breach_while_innocent_tasks_wait(name: &str, through_dispatcher: bool, breach: Breach) {
     const TASKS: u64 = 101;
+    const WARM_UP: u64 = 400;
     let pool = ProcessPool::new(1).unwrap();
     let victim = pool.pids()[0];
     // Short tasks teach the pool to send tasks ahead to a busy worker.
-    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    let warm_up: Vec<_> = (0..WARM_UP).map(|n| pool.run(square, n)).collect();
     assert!(
         promptly("warming up", gather(warm_up))
             .iter()
@@ -415,19 +467,27 @@ fn garbage_while_innocent_tasks_wait(name: &str, through_dispatcher: bool) {
     std::fs::write(&runs, b"").unwrap();
     let gate = common::FileGate::new(name);
     let guilty = if through_dispatcher { 1 } else { 0 };
+    // A worker's requests are numbered from 0, and this one was sent every task, once each.
+    let breach = match breach {
+        Breach::UnsealedReply { .. } => Breach::UnsealedReply {
+            id: WARM_UP + guilty,
+        },
+        breach => breach,
+    };
     let tasks: Vec<_> = (0..TASKS)
         .map(|n| {
-            let guilty_at = (n == guilty).then(|| gate.path());
+            let guilty = (n == guilty).then(|| (gate.path(), breach));
             let runs = runs.clone();
-            pool.run(marked_or_guilty, Marked { n, runs, guilty_at })
+            pool.run(marked_or_guilty, Marked { n, runs, guilty })
         })
         .collect();
     if through_dispatcher {
         // The guilty task runs behind one on loan, and tasks sent ahead count as running: wait
-        // (a while) until some are, behind it on its worker. A pool that found its tasks slow
-        // sends none ahead: then the queued path alone is tried. On loan, the guilty task runs
-        // alone and the others wait in the queue.
-        wait_until(SHORT / 4, || pool.stats().running >= 3);
+        // until some are, behind it on its worker (the dispatcher sends them as it hands the
+        // guilty task out, so a second is plenty). A pool that found its tasks slow (a loaded
+        // machine) sends none ahead: then the queued path alone is tried. On loan, the guilty
+        // task runs alone and the others wait in the queue.
+        wait_until(SHORT / 10, || pool.stats().running >= 3);
     }
     println!("{name}: {} tasks held by the worker", pool.stats().running);
     gate.open();
@@ -437,7 +497,22 @@ fn garbage_while_innocent_tasks_wait(name: &str, through_dispatcher: bool) {
     for (n, result) in results.into_iter().enumerate() {
         assert_eq!(times[n], 1, "task {n} ran {} times", times[n]);
         if n as u64 == guilty {
-            assert_malformed(&result.unwrap_err(), victim);
+            let err = result.unwrap_err();
+            let message = err.to_string();
+            match breach {
+                Breach::Garbage => assert_malformed(&err, victim),
+                Breach::UnsealedReply { .. } => {
+                    assert_malformed(&err, victim);
+                    assert!(message.contains("not sealed"), "{message}");
+                }
+                Breach::ClosedLink => {
+                    assert_eq!(err.worker_pid(), Some(victim), "{message}");
+                    assert!(
+                        message.contains("closed its link to the pool and was killed"),
+                        "{message}"
+                    );
+                }
+            }
         } else {
             let value = result.unwrap_or_else(|err| panic!("innocent task {n} failed: {err}"));
             assert_eq!(value, 2 * n as u64);
@@ -451,20 +526,23 @@ fn garbage_while_innocent_tasks_wait(name: &str, through_dispatcher: bool) {
     wait_until_reaped(&seen);
 }
 
-/// The child half of `garbage_with_tasks_sent_ahead_fails_no_innocent_task`.
+/// The child half of `a_broken_stream_with_tasks_sent_ahead_fails_no_innocent_task`.
 #[test]
 #[ignore = "runs in a child process, started by the test that names it"]
-fn child_garbage_with_tasks_sent_ahead() {
+fn child_broken_stream_with_tasks_sent_ahead() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
     }
-    garbage_while_innocent_tasks_wait("garbage-sent-ahead", true);
-    println!("child_garbage_with_tasks_sent_ahead: done");
+    let unsealed = Breach::UnsealedReply { id: 0 };
+    for breach in [Breach::Garbage, unsealed, Breach::ClosedLink] {
+        breach_while_innocent_tasks_wait("breach-sent-ahead", true, breach);
+    }
+    println!("child_broken_stream_with_tasks_sent_ahead: done");
 }
 
 #[test]
-fn garbage_with_tasks_sent_ahead_fails_no_innocent_task() {
-    run_child_promptly("child_garbage_with_tasks_sent_ahead");
+fn a_broken_stream_with_tasks_sent_ahead_fails_no_innocent_task() {
+    run_child_promptly("child_broken_stream_with_tasks_sent_ahead");
 }
 
 /// The child half of `garbage_on_loan_with_tasks_queued_fails_no_innocent_task`.
@@ -474,7 +552,7 @@ fn child_garbage_on_loan_with_tasks_queued() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
     }
-    garbage_while_innocent_tasks_wait("garbage-on-loan", false);
+    breach_while_innocent_tasks_wait("garbage-on-loan", false, Breach::Garbage);
     println!("child_garbage_on_loan_with_tasks_queued: done");
 }
 
@@ -487,9 +565,9 @@ fn garbage_on_loan_with_tasks_queued_fails_no_innocent_task() {
 /// the tasks sent ahead to it until the pool, reading the garbage, takes back those it has not
 /// started and kills it.
 fn garbage_and_return(task: Marked) -> u64 {
-    let n = marked_or_guilty(task);
-    write_garbage(n);
-    n
+    let doubled = marked_or_guilty(task);
+    write_garbage(doubled);
+    doubled
 }
 
 /// The child half of `garbage_then_more_tasks_on_its_worker_blames_only_the_guilty_one`.
@@ -516,7 +594,7 @@ fn child_garbage_then_more_tasks_on_its_worker() {
             let task = Marked {
                 n,
                 runs: runs.clone(),
-                guilty_at: None,
+                guilty: None,
             };
             let f = if n == GUILTY {
                 garbage_and_return
@@ -608,7 +686,7 @@ fn child_garbage_from_an_idle_worker() {
     let innocent = Marked {
         n: 3,
         runs: runs.clone(),
-        guilty_at: None,
+        guilty: None,
     };
     let result = promptly("the next task", pool.run(marked_or_guilty, innocent));
     let times = runs_of(&runs, 4);
