@@ -435,15 +435,11 @@ fn runs_of(runs: &Path, count: u64) -> Vec<usize> {
 
 /// Waits until `done()` holds, or `bound` passed: a wait on state, whose outcome the caller's
 /// assertions judge.
-fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) -> bool {
+fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + bound;
-    while !done() {
-        if Instant::now() >= deadline {
-            return false;
-        }
+    while !done() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
-    true
 }
 
 /// On a pool of one worker, a guilty task breaks its worker's stream while 100 innocent tasks
@@ -545,20 +541,23 @@ fn a_broken_stream_with_tasks_sent_ahead_fails_no_innocent_task() {
     run_child_promptly("child_broken_stream_with_tasks_sent_ahead");
 }
 
-/// The child half of `garbage_on_loan_with_tasks_queued_fails_no_innocent_task`.
+/// The child half of `a_broken_stream_on_loan_with_tasks_queued_fails_no_innocent_task`.
 #[test]
 #[ignore = "runs in a child process, started by the test that names it"]
-fn child_garbage_on_loan_with_tasks_queued() {
+fn child_broken_stream_on_loan_with_tasks_queued() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
     }
-    breach_while_innocent_tasks_wait("garbage-on-loan", false, Breach::Garbage);
-    println!("child_garbage_on_loan_with_tasks_queued: done");
+    let unsealed = Breach::UnsealedReply { id: 0 };
+    for breach in [Breach::Garbage, unsealed, Breach::ClosedLink] {
+        breach_while_innocent_tasks_wait("breach-on-loan", false, breach);
+    }
+    println!("child_broken_stream_on_loan_with_tasks_queued: done");
 }
 
 #[test]
-fn garbage_on_loan_with_tasks_queued_fails_no_innocent_task() {
-    run_child_promptly("child_garbage_on_loan_with_tasks_queued");
+fn a_broken_stream_on_loan_with_tasks_queued_fails_no_innocent_task() {
+    run_child_promptly("child_broken_stream_on_loan_with_tasks_queued");
 }
 
 /// Records its run, writes garbage to its worker's socket, and returns: the worker goes on to
