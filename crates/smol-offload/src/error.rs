@@ -75,6 +75,10 @@ pub(crate) enum WorkerExit {
     /// The worker sent bytes that are no reply to the task it ran (said here): the pool killed
     /// it.
     MalformedReply(String),
+    /// The worker sent bytes that are no reply to an earlier task (said here) before it started
+    /// this one: read too late to keep it from starting, they cost its result when the pool
+    /// killed the worker.
+    MalformedEarlierReply(String),
     /// The worker stayed stopped (`SIGSTOP`) after its pool was dropped: the pool killed it.
     StoppedAfterClose,
 }
@@ -93,6 +97,12 @@ impl fmt::Display for WorkerExit {
             }
             WorkerExit::MalformedReply(detail) => {
                 write!(f, "sent a malformed reply ({detail}) and was killed")
+            }
+            WorkerExit::MalformedEarlierReply(detail) => {
+                write!(
+                    f,
+                    "was killed for an earlier task's malformed reply ({detail})"
+                )
             }
             WorkerExit::StoppedAfterClose => write!(
                 f,

@@ -348,6 +348,365 @@ fn garbage_from_a_worker_with_tasks_sent_ahead_fails_only_its_task() {
     assert_eq!(pool.pids().len(), 2);
 }
 
+/// A task that records its run in `runs`; the guilty one then waits at its gate, breaks its
+/// worker's stream, and hangs until the pool kills it (it must not go on to a task sent ahead
+/// to it, which would then have started).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Marked {
+    n: u64,
+    runs: PathBuf,
+    guilty: Option<(PathBuf, Breach)>,
+}
+
+/// How a guilty task breaks its worker's stream.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+enum Breach {
+    /// 64 pseudo-random bytes.
+    Garbage,
+    /// A reply to request `id` whose payload is in a memfd that is not sealed.
+    UnsealedReply { id: u64 },
+    /// Closes every descriptor above stderr, the worker's socket among them.
+    ClosedLink,
+}
+
+fn marked_or_guilty(task: Marked) -> u64 {
+    use std::io::Write;
+    let mut runs = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&task.runs)
+        .unwrap();
+    runs.write_all(format!("{}\n", task.n).as_bytes()).unwrap();
+    drop(runs);
+    if let Some((gate, breach)) = task.guilty {
+        common::wait_for_file(gate);
+        match breach {
+            Breach::Garbage => {
+                write_garbage(task.n);
+            }
+            Breach::UnsealedReply { id } => send_unsealed_reply(id),
+            Breach::ClosedLink => {
+                for fd in 3..1024 {
+                    // SAFETY: closing a descriptor number is what this hostile task is about;
+                    // the worker uses none again before the pool kills it.
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
+        std::thread::sleep(LONG);
+    }
+    task.n * 2
+}
+
+/// Sends a reply to request `id` whose payload is in a memfd that is not sealed, on every
+/// socket the worker holds (its link to the pool is its only one).
+fn send_unsealed_reply(id: u64) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fd =
+        nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::empty()).unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(1000).unwrap();
+    // Length, id, status (returned, payload in a sealed memfd), payload size.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(8u32 + 1 + 8).to_le_bytes());
+    frame.extend_from_slice(&id.to_le_bytes());
+    frame.push(0x80);
+    frame.extend_from_slice(&1000u64.to_le_bytes());
+    let memfd = [std::os::fd::AsRawFd::as_raw_fd(&file)];
+    for socket in common::sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[std::io::IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&memfd)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+    }
+}
+
+/// How many times each task of `0..count` ran, from the file the tasks append their number to.
+fn runs_of(runs: &Path, count: u64) -> Vec<usize> {
+    let marks = std::fs::read_to_string(runs).unwrap();
+    let mut times = vec![0; count as usize];
+    for mark in marks.lines() {
+        times[mark.parse::<usize>().unwrap()] += 1;
+    }
+    times
+}
+
+/// Waits until `done()` holds, or `bound` passed: a wait on state, whose outcome the caller's
+/// assertions judge.
+fn wait_until(bound: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// On a pool of one worker, a guilty task breaks its worker's stream while 100 innocent tasks
+/// wait behind it, sent ahead to its worker (`through_dispatcher`, as far as the pool sends
+/// ahead) or in the queue while it runs on loan. Every innocent task runs exactly once and
+/// returns its result; only the guilty one fails, saying which worker did what; nothing is left
+/// behind.
+fn breach_while_innocent_tasks_wait(name: &str, through_dispatcher: bool, breach: Breach) {
+    const TASKS: u64 = 101;
+    const WARM_UP: u64 = 400;
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    // Short tasks teach the pool to send tasks ahead to a busy worker.
+    let warm_up: Vec<_> = (0..WARM_UP).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    let runs = temp_path(name);
+    std::fs::write(&runs, b"").unwrap();
+    let gate = common::FileGate::new(name);
+    let guilty = if through_dispatcher { 1 } else { 0 };
+    // A worker's requests are numbered from 0, and this one was sent every task, once each.
+    let breach = match breach {
+        Breach::UnsealedReply { .. } => Breach::UnsealedReply {
+            id: WARM_UP + guilty,
+        },
+        breach => breach,
+    };
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let guilty = (n == guilty).then(|| (gate.path(), breach));
+            let runs = runs.clone();
+            pool.run(marked_or_guilty, Marked { n, runs, guilty })
+        })
+        .collect();
+    if through_dispatcher {
+        // The guilty task runs behind one on loan, and tasks sent ahead count as running: wait
+        // until some are, behind it on its worker (the dispatcher sends them as it hands the
+        // guilty task out, so a second is plenty). A pool that found its tasks slow (a loaded
+        // machine) sends none ahead: then the queued path alone is tried. On loan, the guilty
+        // task runs alone and the others wait in the queue.
+        wait_until(SHORT / 10, || pool.stats().running >= 3);
+    }
+    println!("{name}: {} tasks held by the worker", pool.stats().running);
+    gate.open();
+    let results = promptly("the tasks", gather(tasks));
+    let times = runs_of(&runs, TASKS);
+    std::fs::remove_file(&runs).unwrap();
+    for (n, result) in results.into_iter().enumerate() {
+        assert_eq!(times[n], 1, "task {n} ran {} times", times[n]);
+        if n as u64 == guilty {
+            let err = result.unwrap_err();
+            let message = err.to_string();
+            match breach {
+                Breach::Garbage => assert_malformed(&err, victim),
+                Breach::UnsealedReply { .. } => {
+                    assert_malformed(&err, victim);
+                    assert!(message.contains("not sealed"), "{message}");
+                }
+                Breach::ClosedLink => {
+                    assert_eq!(err.worker_pid(), Some(victim), "{message}");
+                    assert!(
+                        message.contains("closed its link to the pool and was killed"),
+                        "{message}"
+                    );
+                }
+            }
+        } else {
+            let value = result.unwrap_or_else(|err| panic!("innocent task {n} failed: {err}"));
+            assert_eq!(value, 2 * n as u64);
+        }
+    }
+    let after = pool.pids();
+    assert_eq!(promptly("the next task", pool.run(square, 9)).unwrap(), 81);
+    drop(pool);
+    let mut seen = after;
+    seen.push(victim);
+    wait_until_reaped(&seen);
+}
+
+/// The child half of `a_broken_stream_with_tasks_sent_ahead_fails_no_innocent_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_broken_stream_with_tasks_sent_ahead() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let unsealed = Breach::UnsealedReply { id: 0 };
+    for breach in [Breach::Garbage, unsealed, Breach::ClosedLink] {
+        breach_while_innocent_tasks_wait("breach-sent-ahead", true, breach);
+    }
+    println!("child_broken_stream_with_tasks_sent_ahead: done");
+}
+
+#[test]
+fn a_broken_stream_with_tasks_sent_ahead_fails_no_innocent_task() {
+    run_child_promptly("child_broken_stream_with_tasks_sent_ahead");
+}
+
+/// The child half of `a_broken_stream_on_loan_with_tasks_queued_fails_no_innocent_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_broken_stream_on_loan_with_tasks_queued() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let unsealed = Breach::UnsealedReply { id: 0 };
+    for breach in [Breach::Garbage, unsealed, Breach::ClosedLink] {
+        breach_while_innocent_tasks_wait("breach-on-loan", false, breach);
+    }
+    println!("child_broken_stream_on_loan_with_tasks_queued: done");
+}
+
+#[test]
+fn a_broken_stream_on_loan_with_tasks_queued_fails_no_innocent_task() {
+    run_child_promptly("child_broken_stream_on_loan_with_tasks_queued");
+}
+
+/// Records its run, writes garbage to its worker's socket, and returns: the worker goes on to
+/// the tasks sent ahead to it until the pool, reading the garbage, takes back those it has not
+/// started and kills it.
+fn garbage_and_return(task: Marked) -> u64 {
+    let doubled = marked_or_guilty(task);
+    write_garbage(doubled);
+    doubled
+}
+
+/// The child half of `garbage_then_more_tasks_on_its_worker_blames_only_the_guilty_one`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_then_more_tasks_on_its_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    const TASKS: u64 = 300;
+    const GUILTY: u64 = 100;
+    let pool = ProcessPool::new(2).unwrap();
+    let first = pool.pids();
+    let warm_up: Vec<_> = (0..400).map(|n| pool.run(square, n)).collect();
+    assert!(
+        promptly("warming up", gather(warm_up))
+            .iter()
+            .all(Result::is_ok)
+    );
+    let runs = temp_path("garbage-then-more");
+    std::fs::write(&runs, b"").unwrap();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|n| {
+            let task = Marked {
+                n,
+                runs: runs.clone(),
+                guilty: None,
+            };
+            let f = if n == GUILTY {
+                garbage_and_return
+            } else {
+                marked_or_guilty
+            };
+            pool.run(f, task)
+        })
+        .collect();
+    let results = promptly("the tasks", gather(tasks));
+    let times = runs_of(&runs, TASKS);
+    std::fs::remove_file(&runs).unwrap();
+    let guilty = results[GUILTY as usize].as_ref().unwrap_err();
+    let victim = guilty.worker_pid().unwrap();
+    assert!(first.contains(&victim));
+    assert_malformed(guilty, victim);
+    let mut started_after = 0;
+    for (n, result) in results.iter().enumerate() {
+        // None ran twice, and none was lost: a task the worker never started ran elsewhere.
+        assert_eq!(times[n], 1, "task {n} ran {} times", times[n]);
+        match result {
+            Ok(value) => assert_eq!(*value, 2 * n as u64),
+            Err(err) if n as u64 != GUILTY => {
+                // It started on that worker after the garbage was sent, and its reply was lost
+                // with the stream: it fails, but is not blamed for the garbage.
+                started_after += 1;
+                assert_eq!(err.worker_pid(), Some(victim), "task {n}: {err}");
+                let message = err.to_string();
+                assert!(
+                    message.contains("an earlier task") && !message.contains("sent a malformed"),
+                    "task {n}: {message}"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+    println!("{started_after} tasks started after the garbage");
+    let seen = pool.pids().into_iter().chain(first).collect::<Vec<_>>();
+    drop(pool);
+    wait_until_reaped(&seen);
+    println!("child_garbage_then_more_tasks_on_its_worker: done");
+}
+
+#[test]
+fn garbage_then_more_tasks_on_its_worker_blames_only_the_guilty_one() {
+    run_child_promptly("child_garbage_then_more_tasks_on_its_worker");
+}
+
+/// Forks a process that holds a copy of the worker's socket, waits at `gate`, writes garbage
+/// to the socket, says so in `gate` + ".written" and exits; returns its pid. The task itself
+/// returns at once: the garbage comes while its worker is idle. The process leaves the
+/// worker's process group, so that it lives to say so once the pool kills the worker.
+fn garbage_later(gate: PathBuf) -> u32 {
+    // SAFETY: a worker runs one thread, so the child inherits no lock held by another; the
+    // child waits, writes and `_exit`s.
+    match unsafe { libc::fork() } {
+        0 => {
+            nix::unistd::setsid().unwrap();
+            let written = gate.with_extension("written");
+            common::wait_for_file(gate);
+            write_garbage(5);
+            std::fs::write(written, b"written").unwrap();
+            // SAFETY: ends the child without running the worker's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        pid => pid as u32,
+    }
+}
+
+/// The child half of `garbage_from_an_idle_worker_fails_no_later_task`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_garbage_from_an_idle_worker() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let pool = ProcessPool::new(1).unwrap();
+    let victim = pool.pids()[0];
+    let gate = common::FileGate::new("idle-garbage");
+    let written = gate.path().with_extension("written");
+    let writer = promptly("the task", pool.run(garbage_later, gate.path())).unwrap();
+    // The garbage comes while the worker is idle, lent out for the next task to go straight
+    // to it: that task must not fail for it.
+    gate.open();
+    wait_for_file(&written);
+    std::fs::remove_file(&written).unwrap();
+    let runs = temp_path("idle-garbage-runs");
+    std::fs::write(&runs, b"").unwrap();
+    let innocent = Marked {
+        n: 3,
+        runs: runs.clone(),
+        guilty: None,
+    };
+    let result = promptly("the next task", pool.run(marked_or_guilty, innocent));
+    let times = runs_of(&runs, 4);
+    std::fs::remove_file(&runs).unwrap();
+    assert_eq!(
+        result.unwrap_or_else(|err| panic!("an innocent task failed: {err}")),
+        6
+    );
+    assert_eq!(times[3], 1, "it ran once");
+    let replacement = pool.pids();
+    assert!(!replacement.contains(&victim));
+    drop(pool);
+    wait_until_reaped(&[&replacement[..], &[victim, writer]].concat());
+    println!("child_garbage_from_an_idle_worker: done");
+}
+
+#[test]
+fn garbage_from_an_idle_worker_fails_no_later_task() {
+    run_child_promptly("child_garbage_from_an_idle_worker");
+}
+
 /// The parent of process `pid`, from `/proc`.
 fn parent_of(pid: u32) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();

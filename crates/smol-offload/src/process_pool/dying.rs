@@ -151,26 +151,78 @@ impl Dying {
             (Ok(exit), None) => exit,
             (Err(_), None) => WorkerExit::Unknown,
         };
-        let pid = self.pid;
-        let fails_with = self.fails_with;
-        self.running
-            .into_iter()
-            .map(|job| {
-                let kind = match fails_with {
-                    Some(KilledFor::Abandoned) => ErrorKind::Cancelled,
-                    Some(KilledFor::Overdue(limit)) => ErrorKind::Timeout(limit),
-                    None => ErrorKind::WorkerDied {
-                        pid,
-                        exit: exit.clone(),
-                    },
-                };
-                (job, Error::new(kind))
-            })
-            .collect()
+        let errors = errors(self.pid, &exit, self.fails_with, self.running.len());
+        self.running.into_iter().zip(errors).collect()
     }
 
     /// Takes the jobs it was running back, to fail them otherwise (the dispatcher gives up).
     pub(crate) fn take_running(&mut self) -> Vec<Job> {
         std::mem::take(&mut self.running)
+    }
+}
+
+/// The errors of the `count` jobs that worker `pid` had started, oldest first, once it ended
+/// with `exit`.
+///
+/// A malformed reply stood where the reply of the oldest was expected: it alone is said to have
+/// sent it. The worker started the others only after those bytes (it writes a job's reply
+/// before it starts the next), so they fail for them, saying so.
+fn errors(pid: u32, exit: &WorkerExit, fails_with: Option<KilledFor>, count: usize) -> Vec<Error> {
+    (0..count)
+        .map(|position| {
+            let exit = match exit {
+                WorkerExit::MalformedReply(detail) if position > 0 => {
+                    WorkerExit::MalformedEarlierReply(detail.clone())
+                }
+                exit => exit.clone(),
+            };
+            let kind = match fails_with {
+                Some(KilledFor::Abandoned) => ErrorKind::Cancelled,
+                Some(KilledFor::Overdue(limit)) => ErrorKind::Timeout(limit),
+                None => ErrorKind::WorkerDied { pid, exit },
+            };
+            Error::new(kind)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_job_a_malformed_reply_stood_for_is_blamed_for_it() {
+        // The worker sent bytes that were no reply to its oldest job, then (the stream being
+        // read later) started two more: those ran after the bytes were sent.
+        let exit = WorkerExit::MalformedReply("an unknown reply status 9".to_owned());
+        let errors: Vec<String> = errors(42, &exit, None, 3)
+            .iter()
+            .map(Error::to_string)
+            .collect();
+        assert_eq!(
+            errors[0],
+            "worker process 42 sent a malformed reply (an unknown reply status 9) and was killed \
+             while running the task"
+        );
+        for later in &errors[1..] {
+            assert!(!later.contains("sent a malformed reply"), "{later}");
+            assert!(
+                later.contains("worker process 42")
+                    && later.contains("an earlier task")
+                    && later.contains("an unknown reply status 9"),
+                "{later}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_job_a_dead_worker_started_fails_with_how_it_ended() {
+        let exit = WorkerExit::Signal(libc::SIGKILL);
+        for error in errors(42, &exit, None, 2) {
+            assert_eq!(error.worker_pid(), Some(42));
+            assert_eq!(error.worker_signal(), Some(libc::SIGKILL));
+        }
+        let overdue = Some(KilledFor::Overdue(Duration::from_secs(1)));
+        assert!(errors(42, &exit, overdue, 2).iter().all(Error::is_timeout));
     }
 }

@@ -221,20 +221,29 @@ impl Shared {
         // a job that went straight to a worker as queued.
         self.counters.picked();
         drop(state);
-        // Assigned once the queue's lock is released: a large argument is copied into a new
-        // memfd here. Nobody else can reach the worker meanwhile, nor its loan, still locked.
-        worker.assign(job);
-        if worker.flush().is_ok() {
-            lent.hold(worker);
-            if self.options.task_timeout.is_some() {
-                // The dispatcher sleeps without a deadline for this job: it must arm one.
-                self.wake_dispatcher();
+        // An idle worker says nothing until it is sent a job. Bytes from it now were written
+        // by what an earlier task left running (a thread, a process it forked): sent this job,
+        // the worker would be found broken in the middle of it, and the job would fail for
+        // them. Looked at once the queue's lock is released, as the job is assigned: a large
+        // argument is copied into a new memfd here. Nobody else can reach the worker
+        // meanwhile, nor its loan, still locked.
+        let job = if worker.is_silent() {
+            worker.assign(job);
+            if worker.flush().is_ok() {
+                lent.hold(worker);
+                if self.options.task_timeout.is_some() {
+                    // The dispatcher sleeps without a deadline for this job: it must arm one.
+                    self.wake_dispatcher();
+                }
+                return Placed::Lent(loan.clone());
             }
-            return Placed::Lent(loan.clone());
-        }
-        // The worker is gone and the job never reached it: queue the job for another worker,
-        // and let the dispatcher replace this one.
-        let job = worker.take_back_last().expect("a job was assigned");
+            // The worker is gone and the job never reached it.
+            worker.take_back_last().expect("a job was assigned")
+        } else {
+            job
+        };
+        // Queue the job for another worker, and let the dispatcher replace this one: it reads
+        // what the worker sent, and lets it go.
         let mut state = self.lock();
         state.forget(&loan);
         state.returned.push(worker);
@@ -1049,6 +1058,60 @@ mod tests {
         assert_eq!(state.jobs.len(), 1);
         drop(state);
         assert_eq!(wake_ups(&shared), 1);
+    }
+
+    /// Submits job `b` to the worker of `shared`, idle but with bytes from it pending (on its
+    /// socket or read already): the job waits in the queue, unsent, and the worker goes back
+    /// to the dispatcher, which finds the bytes malformed.
+    fn assert_not_sent_to(shared: &Shared, log: &Log, worker_end: &UnixStream) {
+        assert!(matches!(
+            shared.submit(job("b", log)).unwrap(),
+            Placed::Queued
+        ));
+        let mut state = shared.lock();
+        assert!(state.loans.is_empty() && state.idle.is_empty());
+        assert_eq!(state.jobs.len(), 1, "the job waits for another worker");
+        assert_eq!(state.returned.len(), 1, "the dispatcher lets the worker go");
+        let mut worker = state.returned.pop().unwrap();
+        drop(state);
+        worker_end.set_nonblocking(true).unwrap();
+        let mut byte = [0; 1];
+        let sent = std::io::Read::read(&mut &*worker_end, &mut byte);
+        assert_eq!(
+            sent.unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "nothing was sent to the worker"
+        );
+        worker.receive();
+        assert!(matches!(worker.next_incoming(), Incoming::Corrupt(_)));
+        assert_eq!(wake_ups(shared), 1);
+    }
+
+    #[test]
+    fn an_idle_worker_that_sent_bytes_is_sent_no_job() {
+        let (shared, log, worker_end) = with_idle_worker();
+        // Written by what an earlier task left running in the worker.
+        std::io::Write::write_all(&mut &worker_end, b"garbage").unwrap();
+        assert_not_sent_to(&shared, &log, &worker_end);
+        assert_eq!(*log.lock().unwrap(), ["start b"]);
+    }
+
+    #[test]
+    fn bytes_read_on_loan_after_the_reply_keep_the_worker_from_the_next_job() {
+        let (shared, log, worker_end) = with_idle_worker();
+        let shared = Arc::new(shared);
+        let loan = lent(shared.submit(job("a", &log)).unwrap());
+        // The reply, and garbage right behind it, read in one go by the awaiting thread.
+        answer(&worker_end, "1");
+        std::io::Write::write_all(&mut &worker_end, b"garbage").unwrap();
+        LoanAssist {
+            loan,
+            shared: shared.clone(),
+        }
+        .assist(None);
+        assert_eq!(shared.lock().idle.len(), 1, "lent out again, idle");
+        assert_not_sent_to(&shared, &log, &worker_end);
+        assert_eq!(*log.lock().unwrap(), ["start a", "finish a 1", "start b"]);
     }
 
     #[test]

@@ -477,6 +477,11 @@ impl ReplyReader {
         self.broken.get_or_insert_with(|| Malformed(why.to_owned()));
     }
 
+    /// True when it holds no byte, descriptor or verdict that a reply has not taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buffer.is_empty() && self.fds.is_empty() && self.broken.is_none()
+    }
+
     /// Keeps a descriptor that came with the bytes read, for the shared reply that claims it.
     pub(crate) fn push_fd(&mut self, fd: OwnedFd) {
         self.fds.push_back(fd);

@@ -6,12 +6,14 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_io::Async;
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags};
 
 use crate::process_pool::arena::{self, OutArena};
 use crate::process_pool::claim::Claims;
@@ -285,6 +287,24 @@ impl WorkerLink {
                 .refuse("more descriptors than shared-memory replies");
         }
         open
+    }
+
+    /// For a worker that runs nothing: true when it sent nothing since its last reply and its
+    /// socket is open, as it should be; false when it must be read (and let go) before it is
+    /// sent a job. Costs one system call: a one-byte peek that finds the socket empty.
+    pub(crate) fn is_silent(&self) -> bool {
+        if !self.replies.is_empty() {
+            return false;
+        }
+        let mut byte = [0; 1];
+        let peeked = socket::recv(
+            self.stream.get_ref().as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK,
+        );
+        // Bytes (`Ok(1)`) or the end of the stream (`Ok(0)`) speak; so does an error, to be safe:
+        // the dispatcher reads the worker and finds out.
+        matches!(peeked, Err(Errno::EAGAIN))
     }
 
     /// The length of the reply frame being read, once its length prefix is in.
