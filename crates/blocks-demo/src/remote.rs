@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use smol_offload::RemotePool;
-use smol_offload::remote::{KEY_VARIABLE, RemoteWorker};
+use smol_offload_remote::RemotePool;
+use smol_offload_remote::{KEY_VARIABLE, RemoteWorker};
 
 use crate::logging::log_to_stdout;
 use crate::options::RemoteArgs;

@@ -13,8 +13,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use smol_offload::remote::{RemotePool, RemoteWorker};
 use smol_offload::{Executor, gather};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 
 mod common;
 #[path = "../tests/common/redis_server.rs"]

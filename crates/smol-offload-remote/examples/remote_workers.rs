@@ -13,8 +13,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use smol_offload::remote::{RemotePool, RemoteWorker};
 use smol_offload::{Executor, ProcessPool, ThreadPool, try_gather};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 

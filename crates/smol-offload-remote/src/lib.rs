@@ -7,6 +7,15 @@
 //! list. `docs/remote.md` in the repository states the threat model and the delivery
 //! semantics.
 
+#![deny(unsafe_code)]
+
+// What this crate builds on from the core, under the paths its modules name them by.
+use smol_offload::__remote::{codec, error, executor, panics, process_pool, stats, task};
+use smol_offload::Error;
+// The core's items that the modules' doc links name as `crate::…`.
+#[allow(unused_imports)]
+use smol_offload::{Executor, ProcessPool, Task, ThreadPool, init};
+
 // Imports flow one way: identity, security, keys, tls, broker → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
@@ -19,6 +28,7 @@ mod pool;
 mod security;
 mod serve;
 mod settings;
+mod sys;
 mod tls;
 
 pub use pool::{Delivery, FleetStats, RemotePool, RemotePoolBuilder};
@@ -30,3 +40,5 @@ pub use tls::{TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE};
 /// clients, which worker (`host:pid`) ran each job. Refused jobs are always logged.
 pub const LOG_VARIABLE: &str = "SMOL_OFFLOAD_REMOTE_LOG";
 pub use serve::{RemoteWorker, serve};
+
+impl smol_offload::__remote::executor::Sealed for RemotePool {}

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{block_on, in_child};
 use redis_server::RedisServer;
-use smol_offload::remote::{Delivery, RemotePool, RemoteWorker};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
+use smol_offload_remote::{Delivery, RemotePool, RemoteWorker};
 
 #[ctor::ctor]
 fn init() {
@@ -406,7 +406,7 @@ fn an_unreachable_broker_or_a_missing_key_is_a_clear_build_error() {
         err.to_string().contains("could not reach the redis broker"),
         "{err}"
     );
-    if std::env::var_os(smol_offload::remote::KEY_VARIABLE).is_none() {
+    if std::env::var_os(smol_offload_remote::KEY_VARIABLE).is_none() {
         let err = RemotePool::connect(&url).unwrap_err();
         assert!(err.to_string().contains("signing key"), "{err}");
     }

@@ -15,10 +15,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
 use redis_server::RedisServer;
-use smol_offload::remote::{
+use smol_offload::{Executor, gather};
+use smol_offload_remote::{
     RemotePool, RemoteWorker, TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE,
 };
-use smol_offload::{Executor, gather};
 
 #[ctor::ctor]
 fn init() {

@@ -207,7 +207,6 @@ mod loop_executor;
 mod loop_thread;
 mod panics;
 mod process_pool;
-pub mod remote;
 mod stats;
 mod stream;
 mod sys;
@@ -226,13 +225,17 @@ pub use crate::loop_thread::LoopThread;
 pub use crate::process_pool::room::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
-pub use crate::remote::RemotePool;
 pub use crate::stats::PoolStats;
 pub use crate::stream::{IterStream, stream, stream_dedicated};
 pub use crate::task::{Task, Timeout};
 pub use crate::task_error::TaskError;
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
+
+// What the sibling crate `smol-offload-remote` builds its pool on; hidden, no stability promise.
+#[doc(hidden)]
+#[path = "remote_hooks.rs"]
+pub mod __remote;
 
 /// What the crate's macros expand to; not part of the API.
 #[doc(hidden)]

@@ -622,7 +622,7 @@ pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io
 /// How a call through [`ErasedCall::invoke`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum CallStatus {
+pub enum CallStatus {
     /// `out` holds the encoded value.
     Returned = 0,
     /// `out` holds the panic's message and location, a postcard-encoded `panics::Caught`.
@@ -634,7 +634,8 @@ pub(crate) enum CallStatus {
 }
 
 impl CallStatus {
-    pub(crate) fn from_byte(byte: u8) -> Option<CallStatus> {
+    /// The status whose `repr(u8)` is `byte`, if any.
+    pub fn from_byte(byte: u8) -> Option<CallStatus> {
         match byte {
             0 => Some(CallStatus::Returned),
             1 => Some(CallStatus::Panicked),
@@ -654,7 +655,7 @@ impl CallStatus {
 /// proves that its addresses are a matching trampoline and function, which is what makes
 /// [`ErasedCall::invoke`] safe to call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ErasedCall {
+pub struct ErasedCall {
     trampoline: u64,
     function: u64,
 }
@@ -662,7 +663,7 @@ pub(crate) struct ErasedCall {
 type Trampoline = fn(u64, Reporting, &[u8], &mut Vec<u8>) -> CallStatus;
 
 /// Erases the types of `f`, to send it to a forked worker.
-pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
+pub fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -717,8 +718,8 @@ fn anchor_address() -> i64 {
 
 impl ErasedCall {
     /// The call as two offsets from a fixed symbol of the executable, valid in any process that
-    /// runs the same build (see [`crate::remote`]).
-    pub(crate) fn to_portable(self) -> [i64; 2] {
+    /// runs the same build (a remote pool's job names its function so).
+    pub fn to_portable(self) -> [i64; 2] {
         let anchor = anchor_address();
         [
             (self.trampoline as i64).wrapping_sub(anchor),
@@ -733,28 +734,13 @@ impl ErasedCall {
     /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
     /// that runs the very same executable (same build) as this one. Any other offsets are
     /// addresses of arbitrary code, which [`invoke`](ErasedCall::invoke) would jump to.
-    unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
+    pub unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {
             trampoline: anchor.wrapping_add(offsets[0]) as u64,
             function: anchor.wrapping_add(offsets[1]) as u64,
         }
     }
-}
-
-/// The call named by a remote job that [`crate::remote`] verified.
-///
-/// This is the one place where offsets read from the network become an [`ErasedCall`], and why
-/// that is sound is that a [`VerifiedJob`](crate::remote::envelope::VerifiedJob) is made only
-/// by `envelope::verify`, after two checks: the job carries a valid HMAC-SHA256 under the
-/// fleet's key (or the operator declared the network trusted, and so every writer to the
-/// queue), so it was made by a client of this fleet from a call made by [`erase`]; and its
-/// build identity (the SHA-256 of the client's executable) equals this process's, so the
-/// offsets are those of this very image.
-pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
-    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made in a
-    // process running the same executable, which is `from_portable`'s contract.
-    unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 
 /// Calls the trampoline at address `trampoline` with the function at address `function`.
