@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use common::{block_on, in_child};
 use log_file::{ToFile, assert_carried_contexts};
-use redis_server::RedisServer;
+use redis_server::{RedisServer, skip_without_redis_server};
 use smol_offload::Executor;
 use smol_offload_remote::{RemotePool, RemoteWorker};
 use tracing::{info, info_span};
@@ -86,6 +86,9 @@ fn log_in_worker(work: String) -> u32 {
 
 #[test]
 fn remote_worker_records_carry_the_task_id_and_the_submitting_span() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let worker = Command::new(std::env::current_exe().unwrap())
         .args([
