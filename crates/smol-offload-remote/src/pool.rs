@@ -330,7 +330,7 @@ impl RemotePoolBuilder {
 
     /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
     /// `rediss://` certificate, instead of the system's roots (and of
-    /// [`TLS_CA_VARIABLE`](crate::TLS_CA_VARIABLE)).
+    /// [`TLS_CA_VARIABLE`](crate::env::TLS_CA_VARIABLE)).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemotePoolBuilder {
         self.fleet.tls.ca = Some(path.into());
         self
@@ -338,8 +338,8 @@ impl RemotePoolBuilder {
 
     /// Presents the certificate chain and private key in these PEM files to a `rediss://`
     /// broker that checks client certificates (mutual TLS), instead of the files named by
-    /// [`TLS_CERT_VARIABLE`](crate::TLS_CERT_VARIABLE) and
-    /// [`TLS_KEY_VARIABLE`](crate::TLS_KEY_VARIABLE).
+    /// [`TLS_CERT_VARIABLE`](crate::env::TLS_CERT_VARIABLE) and
+    /// [`TLS_KEY_VARIABLE`](crate::env::TLS_KEY_VARIABLE).
     pub fn tls_client_cert(
         mut self,
         cert: impl Into<PathBuf>,

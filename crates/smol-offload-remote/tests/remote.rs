@@ -430,7 +430,7 @@ fn an_unreachable_broker_or_a_missing_key_is_a_clear_build_error() {
         err.to_string().contains("could not reach the redis broker"),
         "{err}"
     );
-    if std::env::var_os(smol_offload_remote::KEY_VARIABLE).is_none() {
+    if std::env::var_os(smol_offload_remote::env::KEY_VARIABLE).is_none() {
         let err = RemotePool::connect(&url).unwrap_err();
         assert!(err.to_string().contains("signing key"), "{err}");
     }

@@ -16,9 +16,8 @@ use rcgen::{
 };
 use redis_server::{RedisServer, skip_without_redis_server};
 use smol_offload::{Executor, gather};
-use smol_offload_remote::{
-    RemotePool, RemoteWorker, TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE,
-};
+use smol_offload_remote::env::{TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 
 #[ctor::ctor]
 fn init() {

@@ -188,6 +188,12 @@
 #![deny(unsafe_code)]
 
 pub mod debug;
+
+/// The names of the environment variables the crate reads (debug mode's is
+/// [`debug::DEBUG_VARIABLE`]).
+pub mod env {
+    pub use crate::default_pool::THREADS_VARIABLE;
+}
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "smol-offload runs on Linux only: its pools need fork, eventfd, prctl(PR_SET_PDEATHSIG) \
@@ -218,7 +224,7 @@ mod wait;
 pub use crate::byte_buf::ByteBuf;
 pub use crate::cancel::cancelled;
 pub use crate::dedicated::spawn_dedicated;
-pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
+pub use crate::default_pool::{default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::loop_thread::LoopThread;

@@ -619,7 +619,7 @@ pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io
     Ok(bytes)
 }
 
-/// How a call through [`ErasedCall::invoke`] ended.
+/// How a call through `ErasedCall::invoke` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum CallStatus {
@@ -651,9 +651,9 @@ impl CallStatus {
 /// which runs the same program image at the same addresses.
 ///
 /// The fields are private and an `ErasedCall` is made only by [`erase`], or by the `unsafe`
-/// [`ErasedCall::from_wire`] from the words that [`ErasedCall::to_wire`] gave: holding one
+/// `ErasedCall::from_wire` from the words that `ErasedCall::to_wire` gave: holding one
 /// proves that its addresses are a matching trampoline and function, which is what makes
-/// [`ErasedCall::invoke`] safe to call.
+/// `ErasedCall::invoke` safe to call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ErasedCall {
     trampoline: u64,

@@ -180,7 +180,7 @@ pub(crate) fn write_shared_request(
 }
 
 /// The largest argument a request can carry (less a context's bytes, with the `tracing`
-/// feature: [`MAX_CONTEXT`] is kept free for them).
+/// feature: `MAX_CONTEXT` is kept free for them).
 pub const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER - MAX_CONTEXT;
 
 /// The most bytes a [`TaskContext`] takes in a frame (none without the `tracing` feature,
