@@ -733,7 +733,7 @@ impl ErasedCall {
     ///
     /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
     /// that runs the very same executable (same build) as this one. Any other offsets are
-    /// addresses of arbitrary code, which [`invoke`](ErasedCall::invoke) would jump to.
+    /// addresses of arbitrary code, which `invoke` would jump to.
     pub unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {

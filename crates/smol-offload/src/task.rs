@@ -142,7 +142,7 @@ pub struct Promise<T> {
 
 impl<T> Promise<T> {
     /// Marks the work as started. Returns `false` if the task was cancelled first: the work
-    /// must then not run (drop the promise, or [`complete`](Promise::complete) it with an error).
+    /// must then not run (drop the promise, or `complete` it with an error).
     pub fn start(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0

@@ -34,7 +34,7 @@ impl Carried {
         Carried::capture_for("process")
     }
 
-    /// [`capture`](Carried::capture) for a task of the pool kind `what`, which the event's
+    /// `capture` for a task of the pool kind `what`, which the event's
     /// message names: "`what` task submitted".
     pub fn capture_for(what: &'static str) -> Carried {
         static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
