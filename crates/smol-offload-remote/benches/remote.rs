@@ -3,7 +3,7 @@
 //! side in one run, with ratios; then the throughput of a burst of trivial tasks on two
 //! worker processes.
 //!
-//! Run with `cargo bench -p smol-offload --bench remote` (needs `redis-server` on the `PATH`);
+//! Run with `cargo bench -p smol-offload-remote --bench remote` (needs `redis-server` on the `PATH`);
 //! set `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run. The benchmark starts its own broker on
 //! a free port, two workers (this binary in worker mode, one process each) and the echo
 //! process, and kills them all at the end. With `SMOL_OFFLOAD_BENCH_REMOTE_ROUND_TRIPS_ONLY=1` it
