@@ -13,6 +13,7 @@ test:
 test-tracing:
     cargo clippy -p smol-offload --all-targets --features tracing
     cargo test -p smol-offload --features tracing --test debug_tracing
+    cargo test -p smol-offload-remote --features tracing --test remote_tracing
 
 # Formatting and clippy, warnings as errors.
 lint:
@@ -23,14 +24,21 @@ lint:
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
 
+# Each crate's public API against its checked-in public-api.txt (`--write` to update it).
+public-api:
+    python3 scripts/public-api.py --check smol-offload
+    python3 scripts/public-api.py --check smol-offload-remote
+
 # Every example; each checks its own result and fails when wrong.
 examples:
-    for example in examples/*.rs; do cargo run --release --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
+    for example in examples/*.rs; do cargo run --release -p smol-offload --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
+    for example in crates/smol-offload-remote/examples/*.rs; do cargo run --release -p smol-offload-remote --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
 
 # Benchmarks against the incumbents, printed side by side with ratios.
 bench:
     cargo bench -p smol-offload
+    cargo bench -p smol-offload-remote
 
-# What CI runs: lint, doc, test, examples, and no process left behind.
+# What CI runs: lint, doc, public API, test, examples, and no process left behind.
 ci:
     bash .ci/run

@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a part
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -354,14 +355,29 @@ pub(crate) fn check_bad_flags(binary: &str, program: &str) {
     }
 }
 
-/// Whether `redis-server` runs here: the remote demo's tests are skipped (and say so) without it.
+/// Whether `redis-server` runs here: the remote demo's tests are skipped (and say so in one
+/// line) without it, or fail when `SMOL_OFFLOAD_REQUIRE_REDIS=1` says it must be there (CI).
 pub(crate) fn have_redis_server() -> bool {
     let version = Command::new("redis-server").arg("--version").output();
-    let found = version.is_ok_and(|output| output.status.success());
-    if !found {
-        eprintln!("skipped: no redis-server on the PATH");
+    if version.is_ok_and(|output| output.status.success()) {
+        return true;
     }
-    found
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    let required = std::env::var_os("SMOL_OFFLOAD_REQUIRE_REDIS").is_some_and(|value| value == "1");
+    assert!(
+        !required,
+        "{test}: no redis-server on the PATH, and SMOL_OFFLOAD_REQUIRE_REDIS=1 requires one"
+    );
+    // Straight to stderr, past the test harness's capture, so that the line shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs redis-server on the PATH (apt-get install redis-server); set \
+         SMOL_OFFLOAD_REQUIRE_REDIS=1 to make this a failure"
+    );
+    false
 }
 
 /// This machine's name, as `blocks-remote` logs it before a worker's pid.

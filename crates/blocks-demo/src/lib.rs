@@ -9,7 +9,7 @@
 //! - `blocks-thread` runs it on a [`ThreadPool`](smol_offload::ThreadPool) with threads named
 //!   `Thread-1`, `Thread-2`, ... and logs in the Python original's thread layout.
 //! - `blocks-process` runs it on a process pool and logs process ids.
-//! - `blocks-remote` runs it on a [`RemotePool`](smol_offload::RemotePool) of workers that are
+//! - `blocks-remote` runs it on a [`RemotePool`](smol_offload_remote::RemotePool) of workers that are
 //!   the same binary in worker mode, through Redis, and logs the host and pid.
 //! - `blocks-compare` runs them, prints who ran what and when side by side, checks that every
 //!   task ran once and no more than `--workers` at once, and can draw an SVG timeline.

@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use smol_offload::RemotePool;
-use smol_offload::remote::{KEY_VARIABLE, RemoteWorker};
+use smol_offload_remote::RemotePool;
+use smol_offload_remote::RemoteWorker;
+use smol_offload_remote::env::KEY_VARIABLE;
 
 use crate::logging::log_to_stdout;
 use crate::options::RemoteArgs;

@@ -23,11 +23,11 @@ use serde::ser::{self, Serialize, Serializer};
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug)]
-pub(crate) struct CodecError {
+pub struct CodecError {
     /// The user's own message, or postcard's.
-    pub(crate) message: String,
+    pub message: String,
     /// postcard's error, when the failure was postcard's and not the user's.
-    pub(crate) source: Option<postcard::Error>,
+    pub source: Option<postcard::Error>,
 }
 
 /// Appends the postcard encoding of `value` to `out`; on failure, `out` is as it was.
@@ -61,7 +61,7 @@ where
 }
 
 /// The postcard encoding of `value`.
-pub(crate) fn encode<T>(value: &T) -> Result<Vec<u8>, CodecError>
+pub fn encode<T>(value: &T) -> Result<Vec<u8>, CodecError>
 where
     T: Serialize + ?Sized,
 {

@@ -31,7 +31,8 @@ pub struct Error {
 }
 
 #[derive(Debug)]
-pub(crate) enum ErrorKind {
+#[doc(hidden)]
+pub enum ErrorKind {
     Panic(String),
     Cancelled,
     Timeout(std::time::Duration),
@@ -63,7 +64,8 @@ pub(crate) enum ErrorKind {
 
 /// How a worker process ended, as the pool learned it from `waitpid`, or why the pool killed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum WorkerExit {
+#[doc(hidden)]
+pub enum WorkerExit {
     /// The process called `exit` with this code.
     Code(i32),
     /// The process was ended by this signal.
@@ -113,7 +115,9 @@ impl fmt::Display for WorkerExit {
 }
 
 impl Error {
-    pub(crate) fn new(kind: ErrorKind) -> Error {
+    /// An error of this kind (for the remote pool).
+    #[doc(hidden)]
+    pub fn new(kind: ErrorKind) -> Error {
         Error {
             kind,
             panic_location: None,
@@ -127,7 +131,8 @@ impl Error {
     }
 
     /// A caught panic, with its message and, if the pool's panic hook saw it, its location.
-    pub(crate) fn from_caught(caught: crate::panics::Caught) -> Error {
+    #[doc(hidden)]
+    pub fn from_caught(caught: crate::panics::Caught) -> Error {
         Error {
             kind: ErrorKind::Panic(caught.message),
             panic_location: caught.location.map(String::into_boxed_str),
@@ -135,11 +140,8 @@ impl Error {
     }
 
     /// A value that could not cross to or from a worker process, at `stage`.
-    pub(crate) fn codec(
-        stage: &'static str,
-        detail: String,
-        source: Option<postcard::Error>,
-    ) -> Error {
+    #[doc(hidden)]
+    pub fn codec(stage: &'static str, detail: String, source: Option<postcard::Error>) -> Error {
         Error::new(ErrorKind::Codec {
             stage,
             detail,
@@ -343,7 +345,8 @@ pub struct BuildError {
 }
 
 #[derive(Debug)]
-pub(crate) enum BuildErrorKind {
+#[doc(hidden)]
+pub enum BuildErrorKind {
     ZeroWorkers,
     Environment {
         variable: &'static str,
@@ -368,7 +371,9 @@ pub(crate) enum BuildErrorKind {
 }
 
 impl BuildError {
-    pub(crate) fn new(kind: BuildErrorKind) -> BuildError {
+    /// A build error of this kind (for the remote pool).
+    #[doc(hidden)]
+    pub fn new(kind: BuildErrorKind) -> BuildError {
         BuildError { kind }
     }
 

@@ -60,7 +60,10 @@ use crate::{PoolStats, Task};
 /// let file = std::fs::File::open("Cargo.toml").unwrap();
 /// let _ = pool.run(|_file: std::fs::File| 0u8, file);
 /// ```
-pub trait Executor {
+///
+/// The trait is sealed: the pools of this crate and of `smol-offload-remote` implement it, and
+/// no other type can, as only the pools make [`Task`]s.
+pub trait Executor: Sealed {
     /// Runs `f(arg)` on one of the pool's workers.
     ///
     /// Awaiting the task gives `f`'s value, or an [`Error`](crate::Error) if `f` panicked, its
@@ -76,6 +79,12 @@ pub trait Executor {
     /// A snapshot of the pool's queued, running and completed tasks, for logs.
     fn stats(&self) -> PoolStats;
 }
+
+/// The supertrait that seals [`Executor`]: public only through the hidden module the remote
+/// crate builds on, so no other crate implements it.
+pub trait Sealed {}
+
+impl<E: Executor + ?Sized> Sealed for &E {}
 
 impl<E: Executor + ?Sized> Executor for &E {
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>

@@ -213,6 +213,12 @@
 #![deny(unsafe_code)]
 
 pub mod debug;
+
+/// The names of the environment variables the crate reads (debug mode's is
+/// [`debug::DEBUG_VARIABLE`]).
+pub mod env {
+    pub use crate::default_pool::THREADS_VARIABLE;
+}
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "smol-offload runs on Linux only: its pools need fork, eventfd, prctl(PR_SET_PDEATHSIG) \
@@ -232,7 +238,6 @@ mod loop_executor;
 mod loop_thread;
 mod panics;
 mod process_pool;
-pub mod remote;
 mod stats;
 mod stream;
 mod sys;
@@ -244,7 +249,7 @@ mod wait;
 pub use crate::byte_buf::ByteBuf;
 pub use crate::cancel::cancelled;
 pub use crate::dedicated::spawn_dedicated;
-pub use crate::default_pool::{THREADS_VARIABLE, default_pool, spawn};
+pub use crate::default_pool::{default_pool, spawn};
 pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::loop_thread::LoopThread;
@@ -252,13 +257,17 @@ pub use crate::panics::leave_panic_hook_alone;
 pub use crate::process_pool::room::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
-pub use crate::remote::RemotePool;
 pub use crate::stats::PoolStats;
 pub use crate::stream::{IterStream, stream, stream_dedicated};
 pub use crate::task::{Task, Timeout};
 pub use crate::task_error::TaskError;
 pub use crate::thread_pool::{ThreadPool, ThreadPoolBuilder};
 pub use crate::wait::{ReturnWhen, Wait, Waited, gather, try_gather, wait};
+
+// What the sibling crate `smol-offload-remote` builds its pool on; hidden, no stability promise.
+#[doc(hidden)]
+#[path = "remote_hooks.rs"]
+pub mod __remote;
 
 /// What the crate's macros expand to; not part of the API.
 #[doc(hidden)]

@@ -31,7 +31,7 @@ use crate::error::panic_payload_message;
 
 /// What the hook does with a panic raised in a task on this thread, besides recording where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Reporting {
+pub enum Reporting {
     /// Calls the previous hook: a thread pool's task, or the caller's side of a process task.
     Chain,
     /// Prints nothing: a worker process's task, by default.
@@ -42,7 +42,7 @@ pub(crate) enum Reporting {
 
 /// A panic caught in a task: its message and, when the hook saw it, its location.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Caught {
+pub struct Caught {
     pub(crate) message: String,
     /// `file:line:column`.
     pub(crate) location: Option<String>,
@@ -156,7 +156,7 @@ fn print_labelled(pid: u32, info: &PanicHookInfo<'_>, location: Option<&str>) {
 }
 
 /// Runs `f` as a task, reporting its panics as `reporting` says, and catches them.
-pub(crate) fn catch<T>(reporting: Reporting, f: impl FnOnce() -> T) -> Result<T, Caught> {
+pub fn catch<T>(reporting: Reporting, f: impl FnOnce() -> T) -> Result<T, Caught> {
     let outer = REPORTING.replace(Some(reporting));
     let outer_location = LOCATION.take();
     let outcome = panic::catch_unwind(AssertUnwindSafe(f));

@@ -50,7 +50,7 @@ impl fmt::Display for PoolStats {
 /// The live counters. Each one has a single kind of writer (the submitters, or the workers) and
 /// its own cache line, so counting costs no contention between the loop and the workers.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub struct Counters {
     submitted: CachePadded<AtomicU64>,
     picked: CachePadded<AtomicU64>,
     cancelled: CachePadded<AtomicU64>,
@@ -58,24 +58,28 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn submitted(&self) {
+    /// A task was submitted.
+    pub fn submitted(&self) {
         self.submitted.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A worker took the task off the queue: it will run, or be skipped as cancelled.
-    pub(crate) fn picked(&self) {
+    pub fn picked(&self) {
         self.picked.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn cancelled(&self) {
+    /// A task was cancelled before it ran.
+    pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn completed(&self) {
+    /// A task finished (with its value or an error).
+    pub fn completed(&self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, workers: usize) -> PoolStats {
+    /// The counts now, for a pool of `workers` workers.
+    pub fn snapshot(&self, workers: usize) -> PoolStats {
         // Read the later stages first: each count read is at least the one of the stage after.
         let completed = self.completed.load(Ordering::Acquire);
         let cancelled = self.cancelled.load(Ordering::Acquire);

@@ -148,7 +148,7 @@ struct SavedActions {
 /// the flag is set (without its own mask and flags), so the application still sees its signals.
 #[derive(Debug)]
 #[must_use = "interrupts are caught only while the guard lives"]
-pub(crate) struct CatchingInterrupts {
+pub struct CatchingInterrupts {
     _private: (),
 }
 
@@ -157,7 +157,7 @@ pub(crate) struct CatchingInterrupts {
 /// # Errors
 ///
 /// `sigaction` refused (it does not for these two signals).
-pub(crate) fn catch_interrupts() -> io::Result<CatchingInterrupts> {
+pub fn catch_interrupts() -> io::Result<CatchingInterrupts> {
     let mut catching = CATCHING.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(caught) = catching.as_mut() {
         caught.holders += 1;
@@ -194,7 +194,7 @@ pub(crate) fn catch_interrupts() -> io::Result<CatchingInterrupts> {
 
 /// Whether `SIGINT` or `SIGTERM` arrived since interrupts were last caught (see
 /// [`catch_interrupts`]).
-pub(crate) fn interrupted() -> bool {
+pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::Relaxed)
 }
 
@@ -793,10 +793,10 @@ pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io
     Ok(bytes)
 }
 
-/// How a call through [`ErasedCall::invoke`] ended.
+/// How a call through `ErasedCall::invoke` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub(crate) enum CallStatus {
+pub enum CallStatus {
     /// `out` holds the encoded value.
     Returned = 0,
     /// `out` holds the panic's message and location, a postcard-encoded `panics::Caught`.
@@ -808,7 +808,8 @@ pub(crate) enum CallStatus {
 }
 
 impl CallStatus {
-    pub(crate) fn from_byte(byte: u8) -> Option<CallStatus> {
+    /// The status whose `repr(u8)` is `byte`, if any.
+    pub fn from_byte(byte: u8) -> Option<CallStatus> {
         match byte {
             0 => Some(CallStatus::Returned),
             1 => Some(CallStatus::Panicked),
@@ -824,11 +825,11 @@ impl CallStatus {
 /// which runs the same program image at the same addresses.
 ///
 /// The fields are private and an `ErasedCall` is made only by [`erase`], or by the `unsafe`
-/// [`ErasedCall::from_wire`] from the words that [`ErasedCall::to_wire`] gave: holding one
+/// `ErasedCall::from_wire` from the words that `ErasedCall::to_wire` gave: holding one
 /// proves that its addresses are a matching trampoline and function, which is what makes
-/// [`ErasedCall::invoke`] safe to call.
+/// `ErasedCall::invoke` safe to call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct ErasedCall {
+pub struct ErasedCall {
     trampoline: u64,
     function: u64,
 }
@@ -836,7 +837,7 @@ pub(crate) struct ErasedCall {
 type Trampoline = fn(u64, Reporting, &[u8], &mut Vec<u8>) -> CallStatus;
 
 /// Erases the types of `f`, to send it to a forked worker.
-pub(crate) fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
+pub fn erase<A, R>(f: fn(A) -> R) -> ErasedCall
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -891,9 +892,9 @@ fn anchor_address() -> i64 {
 
 impl ErasedCall {
     /// The call as two offsets from a fixed symbol of the executable, valid in any process that
-    /// runs the same build (see [`crate::remote`]) when the call's code lies in the executable,
-    /// as [`remote_refusal`](ErasedCall::remote_refusal) checks.
-    pub(crate) fn to_portable(self) -> [i64; 2] {
+    /// runs the same build (a remote pool's job names its function so) when the call's code lies
+    /// in the executable, as [`remote_refusal`](ErasedCall::remote_refusal) checks.
+    pub fn to_portable(self) -> [i64; 2] {
         let anchor = anchor_address();
         [
             (self.trampoline as i64).wrapping_sub(anchor),
@@ -909,7 +910,7 @@ impl ErasedCall {
     /// that runs the very same executable (same build) as this one, of code that lies in that
     /// executable (the anchor included). Any other offsets are addresses of arbitrary code,
     /// which [`invoke`](ErasedCall::invoke) would jump to.
-    unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
+    pub unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {
             trampoline: anchor.wrapping_add(offsets[0]) as u64,
@@ -1110,7 +1111,7 @@ impl ErasedCall {
     /// only, so the function, its trampoline and that static must all lie in the executable,
     /// not in a shared library (a `dylib` crate, `-C prefer-dynamic`, `dlopen`). Cheap when
     /// they do.
-    pub(crate) fn remote_refusal(self) -> Option<String> {
+    pub fn remote_refusal(self) -> Option<String> {
         let executable = executable_span();
         let anchor = anchor_address() as usize;
         if executable.contains(&anchor)
@@ -1150,27 +1151,6 @@ impl ErasedCall {
         }
         None
     }
-}
-
-/// The call named by a remote job that [`crate::remote`] verified.
-///
-/// This is the one place where offsets read from the network become an [`ErasedCall`], and why
-/// that is sound is that a [`VerifiedJob`](crate::remote::envelope::VerifiedJob) is made only
-/// by `envelope::verify`, after two checks: the job carries a valid HMAC-SHA256 under the
-/// fleet's key, so it was made by a client of this fleet from a call made by [`erase`] (or
-/// the worker was built with the `unsafe` `RemoteWorker::trusted_network`, whose caller
-/// guarantees that only such clients can write to the queue); and its build identity (the
-/// SHA-256 of the client's executable) equals this process's, so the offsets are those of this
-/// very image. The client sent them only for code that lies in that executable
-/// (`RemotePool::run` checks [`ErasedCall::remote_refusal`] first), the one object the identity
-/// covers.
-pub(crate) fn call_of_verified_job(job: &crate::remote::envelope::VerifiedJob) -> ErasedCall {
-    // SAFETY: see above: the offsets are the `to_portable()` of a call `erase` made, of code in
-    // the executable, in a process running the same executable, which is `from_portable`'s
-    // contract. That rests on the client following the protocol (it holds the fleet's key and
-    // checks `remote_refusal` before sending), or, without a key, on the caller of
-    // `trusted_network`.
-    unsafe { ErasedCall::from_portable(job.offsets()) }
 }
 
 /// Calls the trampoline at address `trampoline` with the function at address `function`.

@@ -80,7 +80,7 @@ impl<T: Send> crate::cancel::CancelSource for Shared<T> {
 }
 
 /// Creates the two ends of one offloaded call.
-pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
+pub fn pair<T>() -> (Promise<T>, Task<T>) {
     let shared = Arc::new(Shared {
         state: AtomicU8::new(0),
         result: Mutex::new(None),
@@ -105,7 +105,7 @@ pub(crate) fn pair<T>() -> (Promise<T>, Task<T>) {
 /// finished, or registered with a waker, and drops the assist once nobody will do that again:
 /// when it returns its result, is dropped or is detached. Dropping an assist hands whatever it
 /// still holds back to the pool, which then completes the promise on its own.
-pub(crate) trait Assist: Send + Sync {
+pub trait Assist: Send + Sync {
     /// Moves the work on without blocking; it may complete the task's promise. When the work
     /// cannot go on yet and `waker` is given, arranges for `waker` to be woken when it can (the
     /// waker last given is remembered for calls without one).
@@ -136,20 +136,20 @@ pub(crate) trait Abandon: Send + Sync {
 /// The runner's end of a [`Task`]: it decides whether the work may start, and delivers its
 /// result. A promise dropped without a result resolves its task with a shutdown error, so an
 /// awaiting task never hangs.
-pub(crate) struct Promise<T> {
+pub struct Promise<T> {
     shared: Option<Arc<Shared<T>>>,
 }
 
 impl<T> Promise<T> {
     /// Marks the work as started. Returns `false` if the task was cancelled first: the work
-    /// must then not run (drop the promise, or [`complete`](Promise::complete) it with an error).
-    pub(crate) fn start(&self) -> bool {
+    /// must then not run (drop the promise, or `complete` it with an error).
+    pub fn start(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
     }
 
     /// True when the task was dropped (and not detached): nobody waits for the result.
-    pub(crate) fn is_cancelled(&self) -> bool {
+    pub fn is_cancelled(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
         shared.state.load(Ordering::Acquire) & CANCELLED != 0
     }
@@ -269,8 +269,9 @@ impl<T> Task<T> {
         true
     }
 
-    /// This task, helped by `assist` while it is awaited.
-    pub(crate) fn with_assist(mut self, assist: Box<dyn Assist>) -> Task<T> {
+    /// This task, helped by `assist` while it is awaited (for the remote pool).
+    #[doc(hidden)]
+    pub fn with_assist(mut self, assist: Box<dyn Assist>) -> Task<T> {
         self.assist = Some(assist);
         self
     }
@@ -295,8 +296,9 @@ impl<T> Task<T> {
             .is_none_or(|shared| shared.state.load(Ordering::Acquire) & DONE != 0)
     }
 
-    /// A task that is already finished with `result`.
-    pub(crate) fn ready(result: Result<T, Error>) -> Task<T> {
+    /// A task that is already finished with `result` (for the remote pool).
+    #[doc(hidden)]
+    pub fn ready(result: Result<T, Error>) -> Task<T> {
         let (promise, task) = pair();
         promise.complete(result);
         task
@@ -384,7 +386,7 @@ impl<T> Task<T> {
     /// task has started, this waits for it to end and gives its result. The running closure
     /// can see the request, though: [`cancelled()`](crate::cancelled) is true for it from then
     /// on, so a long loop that checks it can stop early.
-    /// A [`RemotePool`](crate::RemotePool) task has started once a worker claimed its job,
+    /// A remote pool's task (crate `smol-offload-remote`) has started once a worker claimed its job,
     /// which `cancel` asks the broker; a remote worker cannot be stopped from here either, so
     /// this then waits for the job's result.
     ///

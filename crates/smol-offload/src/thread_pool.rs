@@ -159,6 +159,8 @@ where
     let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }
 
+impl crate::executor::Sealed for ThreadPool {}
+
 impl Executor for ThreadPool {
     #[track_caller]
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>

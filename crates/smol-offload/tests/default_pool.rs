@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
-use smol_offload::THREADS_VARIABLE;
+use smol_offload::env::THREADS_VARIABLE;
 
 mod common;
 

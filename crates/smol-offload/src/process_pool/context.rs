@@ -24,7 +24,7 @@ use crate::process_pool::wire::TaskContext;
 /// What a job carries into its worker: its [`TaskContext`] with the `tracing` feature, nothing
 /// without.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Carried(#[cfg(feature = "tracing")] Option<TaskContext<'static>>);
+pub struct Carried(#[cfg(feature = "tracing")] Option<TaskContext<'static>>);
 
 #[cfg(feature = "tracing")]
 impl Carried {
@@ -34,9 +34,9 @@ impl Carried {
         Carried::capture_for("process")
     }
 
-    /// [`capture`](Carried::capture) for a task of the pool kind `what`, which the event's
+    /// `capture` for a task of the pool kind `what`, which the event's
     /// message names: "`what` task submitted".
-    pub(crate) fn capture_for(what: &'static str) -> Carried {
+    pub fn capture_for(what: &'static str) -> Carried {
         static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
         let task_id = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
         let span_name = tracing::Span::current()
@@ -52,7 +52,7 @@ impl Carried {
 
     /// The context that a task submitted in another process (a remote pool's client) sent
     /// with its job, for the worker process that runs it.
-    pub(crate) fn received(task_id: u64, span_name: &str) -> Carried {
+    pub fn received(task_id: u64, span_name: &str) -> Carried {
         Carried(Some(TaskContext {
             task_id,
             span_name: interned(span_name),
@@ -60,7 +60,7 @@ impl Carried {
     }
 
     /// The context to send with the request, if any.
-    pub(crate) fn get(self) -> Option<TaskContext<'static>> {
+    pub fn get(self) -> Option<TaskContext<'static>> {
         self.0
     }
 }
@@ -75,19 +75,19 @@ impl Carried {
 
     /// Nothing: without the `tracing` feature no context crosses.
     #[inline(always)]
-    pub(crate) fn capture_for(_: &'static str) -> Carried {
+    pub fn capture_for(_: &'static str) -> Carried {
         Carried()
     }
 
     /// Nothing: without the `tracing` feature no context crosses.
     #[inline(always)]
-    pub(crate) fn received(_: u64, _: &str) -> Carried {
+    pub fn received(_: u64, _: &str) -> Carried {
         Carried()
     }
 
     /// None: without the `tracing` feature no context crosses.
     #[inline(always)]
-    pub(crate) fn get(self) -> Option<TaskContext<'static>> {
+    pub fn get(self) -> Option<TaskContext<'static>> {
         None
     }
 }

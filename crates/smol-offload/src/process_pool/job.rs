@@ -40,7 +40,8 @@ impl std::fmt::Debug for Job {
 ///
 /// `start` is asked once, just before the job is sent (a job sent is started); then exactly
 /// one of `finish` (a reply came) or `fail` (no reply will come) consumes it.
-pub(crate) trait Completion: Send {
+pub trait Completion: Send {
+    /// Marks the job started; false when its task was cancelled first (it must not run).
     fn start(&self) -> bool;
     /// True when the task gave up on the started job (timed out, cancelled, or dropped with
     /// `kill_on_drop`): the worker running it is to be killed.
@@ -51,7 +52,9 @@ pub(crate) trait Completion: Send {
     fn is_cancelled(&self) -> bool {
         false
     }
+    /// Completes the task from the worker's reply.
     fn finish(self: Box<Self>, reply: Reply);
+    /// Completes the task with `error`: no reply will come.
     fn fail(self: Box<Self>, error: Error);
 }
 

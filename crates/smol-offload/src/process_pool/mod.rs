@@ -252,6 +252,8 @@ impl ProcessPool {
     }
 }
 
+impl crate::executor::Sealed for ProcessPool {}
+
 impl Executor for ProcessPool {
     #[track_caller]
     fn run<A, R>(&self, f: fn(A) -> R, arg: A) -> Task<R>

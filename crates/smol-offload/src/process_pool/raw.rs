@@ -1,22 +1,36 @@
-//! Crate-private hooks for the remote workers: run an already-erased call with raw argument
+//! Hooks for the remote pool (`smol-offload-remote`, through [`crate::__remote`]): run an already-erased call with raw argument
 //! bytes on a [`ProcessPool`] and get the raw reply back, and the typed end of a job that the
 //! remote client completes from a reply that crossed the network.
 
 use crate::error::Error;
 use crate::process_pool::ProcessPool;
-pub(crate) use crate::process_pool::context::Carried;
+pub use crate::process_pool::context::Carried;
 use crate::process_pool::job::Job;
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::{self, Promise, Task};
 
-pub(crate) use crate::process_pool::job::Completion;
-pub(crate) use crate::process_pool::wire::{MAX_ARGUMENT, Payload, Reply};
+pub use crate::process_pool::job::Completion;
+use crate::process_pool::wire::Payload;
+pub use crate::process_pool::wire::{MAX_ARGUMENT, Reply, TaskContext};
 
 /// The reply of a worker process to a call run by [`ProcessPool::run_raw`].
 #[derive(Debug)]
-pub(crate) struct RawReply {
-    pub(crate) status: CallStatus,
-    pub(crate) payload: Vec<u8>,
+pub struct RawReply {
+    /// How the call ended.
+    pub status: CallStatus,
+    /// The encoded value, or the failure, as [`CallStatus`] says.
+    pub payload: Vec<u8>,
+}
+
+impl Reply {
+    /// The reply to job `id` that a remote worker sent over the network: its status and bytes.
+    pub fn inline(id: u64, status: CallStatus, payload: Vec<u8>) -> Reply {
+        Reply {
+            id,
+            status,
+            payload: Payload::Inline(payload),
+        }
+    }
 }
 
 /// Completes a `Task<RawReply>` with the worker's reply as it came.
@@ -42,12 +56,8 @@ impl Completion for RawCompletion {
 impl ProcessPool {
     /// Runs `call` with the encoded argument `arg` on one of the workers, in the span that
     /// `context` describes (see [`Carried`]), and gives back the worker's reply undecoded.
-    pub(crate) fn run_raw(
-        &self,
-        call: ErasedCall,
-        arg: Vec<u8>,
-        context: Carried,
-    ) -> Task<RawReply> {
+    #[doc(hidden)]
+    pub fn run_raw(&self, call: ErasedCall, arg: Vec<u8>, context: Carried) -> Task<RawReply> {
         if arg.len() > MAX_ARGUMENT {
             let detail = format!("{} bytes is more than a frame holds", arg.len());
             return Task::ready(Err(Error::codec(

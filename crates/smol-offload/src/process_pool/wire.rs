@@ -92,11 +92,11 @@ pub(crate) struct CallOptions {
 
 /// Where a process task was submitted, for the worker's log records (feature `tracing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TaskContext<'a> {
+pub struct TaskContext<'a> {
     /// The task's id, unique in the application.
-    pub(crate) task_id: u64,
+    pub task_id: u64,
     /// The name of the span current at submission; empty when there was none.
-    pub(crate) span_name: &'a str,
+    pub span_name: &'a str,
 }
 
 impl TaskContext<'_> {
@@ -180,8 +180,8 @@ pub(crate) fn write_shared_request(
 }
 
 /// The largest argument a request can carry (less a context's bytes, with the `tracing`
-/// feature: [`MAX_CONTEXT`] is kept free for them).
-pub(crate) const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER - MAX_CONTEXT;
+/// feature: `MAX_CONTEXT` is kept free for them).
+pub const MAX_ARGUMENT: usize = MAX_FRAME - REQUEST_HEADER - MAX_CONTEXT;
 
 /// The most bytes a [`TaskContext`] takes in a frame (none without the `tracing` feature,
 /// which sends none).
@@ -365,7 +365,7 @@ pub(crate) fn move_reply_payload(out: &mut Vec<u8>, place: OutOfLine) {
 
 /// A reply as the parent reads it.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Reply {
+pub struct Reply {
     pub(crate) id: u64,
     pub(crate) status: CallStatus,
     pub(crate) payload: Payload,

@@ -3,7 +3,7 @@
 # prefork worker processes, the same trivial task. Celery comes from PyPI into a virtualenv
 # under target/; it is never a dependency of the project. Needs python3 and redis-server.
 #
-#   crates/smol-offload/benches/celery/run.sh [round_trips] [burst]
+#   crates/smol-offload-remote/benches/celery/run.sh [round_trips] [burst]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../../.." && pwd)

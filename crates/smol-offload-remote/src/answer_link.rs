@@ -12,7 +12,7 @@
 
 use redis::Value;
 
-use crate::remote::broker::Broker;
+use crate::broker::Broker;
 
 /// The answering thread's connection, and the replies the broker still owes on it.
 #[derive(Default)]

@@ -10,9 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{block_on, in_child};
-use redis_server::RedisServer;
-use smol_offload::remote::{Delivery, RemotePool, RemoteWorker};
+use redis_server::{RedisServer, skip_without_redis_server};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
+use smol_offload_remote::{Delivery, RemotePool, RemoteWorker};
 
 #[ctor::ctor]
 fn init() {
@@ -205,6 +205,9 @@ async fn run_blocking_tasks(executor: &impl Executor) -> Vec<(u64, u64)> {
 
 #[test]
 fn blocks_gives_the_same_results_remote_as_local() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "blocks", 3, 1);
     let remote = pool(&redis, "blocks");
@@ -245,6 +248,9 @@ fn blocks_gives_the_same_results_remote_as_local() {
 
 #[test]
 fn ten_thousand_tasks_on_two_workers_each_resolve_once() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "many", 2, 2);
     let remote = pool(&redis, "many");
@@ -260,6 +266,9 @@ fn ten_thousand_tasks_on_two_workers_each_resolve_once() {
 
 #[test]
 fn a_killed_worker_host_has_its_job_retried_on_the_other() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "retry", 2, 1);
     let remote = pool(&redis, "retry");
@@ -275,6 +284,9 @@ fn a_killed_worker_host_has_its_job_retried_on_the_other() {
 
 #[test]
 fn a_killed_worker_process_fails_its_task_at_most_once() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "once", 1, 1);
     let remote = RemotePool::builder(&redis.url())
@@ -301,6 +313,9 @@ fn a_killed_worker_process_fails_its_task_at_most_once() {
 
 #[test]
 fn a_restarted_broker_fails_pending_tasks_and_the_pool_reconnects() {
+    if skip_without_redis_server() {
+        return;
+    }
     let mut redis = RedisServer::start();
     let _workers = start_workers(&redis, "restart", 1, 2);
     let remote = pool(&redis, "restart");
@@ -327,6 +342,9 @@ fn a_restarted_broker_fails_pending_tasks_and_the_pool_reconnects() {
 
 #[test]
 fn a_job_with_a_bad_signature_is_refused() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "forged", 1, 1);
     let forger = RemotePool::builder(&redis.url())
@@ -360,6 +378,9 @@ fn a_job_with_a_bad_signature_is_refused() {
 
 #[test]
 fn a_job_from_another_build_is_refused() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     // The same code in an executable with one more byte: another build, by its hash.
     let dir = std::env::temp_dir().join(format!("smol-offload-remote-{}", std::process::id()));
@@ -378,6 +399,9 @@ fn a_job_from_another_build_is_refused() {
 
 #[test]
 fn a_cancelled_queued_job_never_runs() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let remote = pool(&redis, "cancel");
     let url = redis.url();
@@ -406,7 +430,7 @@ fn an_unreachable_broker_or_a_missing_key_is_a_clear_build_error() {
         err.to_string().contains("could not reach the redis broker"),
         "{err}"
     );
-    if std::env::var_os(smol_offload::remote::KEY_VARIABLE).is_none() {
+    if std::env::var_os(smol_offload_remote::env::KEY_VARIABLE).is_none() {
         let err = RemotePool::connect(&url).unwrap_err();
         assert!(err.to_string().contains("signing key"), "{err}");
     }
@@ -449,6 +473,9 @@ fn open_gate(connection: &mut redis::Connection, gate: &str) {
 
 #[test]
 fn sigterm_stops_a_worker_after_the_job_it_holds() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "term", 1, 1);
     let remote = pool(&redis, "term");
@@ -473,6 +500,9 @@ fn sigterm_stops_a_worker_after_the_job_it_holds() {
 
 #[test]
 fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "timeout", 1, 1);
     let url = redis.url();
@@ -518,6 +548,9 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
 
 #[test]
 fn dropping_the_last_handle_resolves_every_pending_task() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let remote = pool(&redis, "dropped");
     let clone = remote.clone();
@@ -533,6 +566,9 @@ fn dropping_the_last_handle_resolves_every_pending_task() {
 
 #[test]
 fn a_killed_worker_host_fails_its_task_at_most_once() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let mut workers = start_workers(&redis, "host-once", 2, 1);
     let remote = RemotePool::builder(&redis.url())
@@ -559,6 +595,9 @@ fn a_killed_worker_host_fails_its_task_at_most_once() {
 
 #[test]
 fn a_killed_worker_process_has_its_job_retried_at_least_once() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "again", 1, 1);
     let remote = pool(&redis, "again");
@@ -587,6 +626,9 @@ fn always_dies(_: ()) -> u32 {
 
 #[test]
 fn a_job_that_always_kills_its_process_fails_after_three_runs() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "poison", 1, 1);
     let remote = pool(&redis, "poison");
@@ -608,6 +650,9 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
 
 #[test]
 fn a_remote_task_is_started_once_a_worker_claims_it() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let remote = pool(&redis, "started");
     let url = redis.url();
@@ -650,6 +695,9 @@ fn first_job(connection: &mut redis::Connection, queue: &str) -> (String, u64, S
 
 #[test]
 fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let remote = pool(&redis, "claimed");
     let url = redis.url();
@@ -675,6 +723,9 @@ fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
 
 #[test]
 fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let remote = pool(&redis, "withdrawn");
     let url = redis.url();
@@ -705,6 +756,9 @@ fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
 
 #[test]
 fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let exe = std::env::current_exe().unwrap();
     let holder = worker_command(&exe, &redis, "prefetch", 1, 0)
@@ -736,6 +790,9 @@ fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
 
 #[test]
 fn cancelling_a_running_remote_job_gives_its_result_not_cancelled() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let _workers = start_workers(&redis, "running", 1, 1);
     let remote = pool(&redis, "running");

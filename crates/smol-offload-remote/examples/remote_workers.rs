@@ -7,14 +7,14 @@
 //! On real machines, start `your-program --worker` on each worker host with the broker's URL
 //! and the same `SMOL_OFFLOAD_REMOTE_KEY`; here everything runs on 127.0.0.1.
 //!
-//! Run with `cargo run --release --example remote_workers` (needs `redis-server` on the `PATH`).
+//! Run with `cargo run --release -p smol-offload-remote --example remote_workers` (needs `redis-server` on the `PATH`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use smol_offload::remote::{RemotePool, RemoteWorker};
 use smol_offload::{Executor, ProcessPool, ThreadPool, try_gather};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 
 type Result<T, E = Box<dyn std::error::Error>> = std::result::Result<T, E>;
 

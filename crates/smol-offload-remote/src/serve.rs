@@ -12,19 +12,19 @@ use std::time::{Duration, Instant};
 
 use atomic_waker::AtomicWaker;
 
-use crate::error::{BuildError, BuildErrorKind};
-use crate::process_pool::ProcessPool;
-use crate::process_pool::raw::{Carried, RawReply};
-use crate::remote::answer_link::AnswerLink;
-use crate::remote::broker::Broker;
-use crate::remote::envelope::{
+use crate::answer_link::AnswerLink;
+use crate::broker::Broker;
+use crate::envelope::{
     self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed, VerifiedJob,
 };
-use crate::remote::identity;
-use crate::remote::keys::{GROUP, Keys};
-use crate::remote::pool::DEFAULT_REPLAY_WINDOW;
-use crate::remote::security::Security;
-use crate::remote::settings::{FleetSettings, OpenFleet};
+use crate::error::{BuildError, BuildErrorKind};
+use crate::identity;
+use crate::keys::{GROUP, Keys};
+use crate::pool::DEFAULT_REPLAY_WINDOW;
+use crate::process_pool::ProcessPool;
+use crate::process_pool::raw::{Carried, RawReply};
+use crate::security::Security;
+use crate::settings::{FleetSettings, OpenFleet};
 use crate::sys::{self, ErasedCall};
 use crate::task::Task;
 
@@ -185,7 +185,7 @@ impl RemoteWorker {
 
     /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
     /// `rediss://` certificate, instead of the system's roots (and of
-    /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
+    /// [`TLS_CA_VARIABLE`](crate::env::TLS_CA_VARIABLE)).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemoteWorker {
         self.fleet.tls.ca = Some(path.into());
         self
@@ -193,8 +193,8 @@ impl RemoteWorker {
 
     /// Presents the certificate chain and private key in these PEM files to a `rediss://`
     /// broker that checks client certificates (mutual TLS), instead of the files named by
-    /// [`TLS_CERT_VARIABLE`](crate::remote::TLS_CERT_VARIABLE) and
-    /// [`TLS_KEY_VARIABLE`](crate::remote::TLS_KEY_VARIABLE).
+    /// [`TLS_CERT_VARIABLE`](crate::env::TLS_CERT_VARIABLE) and
+    /// [`TLS_KEY_VARIABLE`](crate::env::TLS_KEY_VARIABLE).
     pub fn tls_client_cert(
         mut self,
         cert: impl Into<PathBuf>,
@@ -243,7 +243,7 @@ impl RemoteWorker {
             window_ms: DEFAULT_REPLAY_WINDOW.as_millis() as u64,
             max_deliveries: self.max_deliveries,
             capacity,
-            log_tasks: std::env::var_os(crate::remote::LOG_VARIABLE).is_some(),
+            log_tasks: std::env::var_os(crate::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
         });
         shared.pull_loop(connection, &stop, self.visibility_timeout);

@@ -3,7 +3,7 @@
 //! side in one run, with ratios; then the throughput of a burst of trivial tasks on two
 //! worker processes.
 //!
-//! Run with `cargo bench -p smol-offload --bench remote` (needs `redis-server` on the `PATH`);
+//! Run with `cargo bench -p smol-offload-remote --bench remote` (needs `redis-server` on the `PATH`);
 //! set `SMOL_OFFLOAD_BENCH_QUICK=1` for a short smoke run. The benchmark starts its own broker on
 //! a free port, two workers (this binary in worker mode, one process each) and the echo
 //! process, and kills them all at the end. With `SMOL_OFFLOAD_BENCH_REMOTE_ROUND_TRIPS_ONLY=1` it
@@ -13,8 +13,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use smol_offload::remote::{RemotePool, RemoteWorker};
 use smol_offload::{Executor, gather};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 
 mod common;
 #[path = "../tests/common/redis_server.rs"]

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::LOG_VARIABLE;
+use crate::broker::Broker;
+use crate::envelope::{Outcome, ReplyEnvelope, Signed};
 use crate::error::{Error, ErrorKind, WorkerExit};
-use crate::process_pool::raw::{Completion, Payload, Reply};
-use crate::remote::LOG_VARIABLE;
-use crate::remote::broker::Broker;
-use crate::remote::envelope::{Outcome, ReplyEnvelope, Signed};
-use crate::remote::keys::Keys;
-use crate::remote::security::Security;
+use crate::keys::Keys;
+use crate::process_pool::raw::{Completion, Reply};
+use crate::security::Security;
 use crate::stats::Counters;
 use crate::sys::CallStatus;
 use crate::task::{Assist, Promise};
@@ -530,11 +530,7 @@ impl Client {
         let completion = pending.completion.into_completion();
         match reply.outcome {
             Outcome::Call { status, payload } => match CallStatus::from_byte(status) {
-                Some(status) => completion.finish(Reply {
-                    id: reply.id,
-                    status,
-                    payload: Payload::Inline(payload),
-                }),
+                Some(status) => completion.finish(Reply::inline(reply.id, status, payload)),
                 None => completion.fail(Error::new(ErrorKind::Remote(format!(
                     "worker {} replied with an unknown status {status}",
                     reply.worker

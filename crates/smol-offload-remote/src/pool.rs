@@ -9,15 +9,15 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::client::{Client, RemoteAssist};
 use crate::codec;
+use crate::envelope::{JobContext, JobEnvelope, Signed};
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
+use crate::identity;
 use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
-use crate::remote::client::{Client, RemoteAssist};
-use crate::remote::envelope::{JobContext, JobEnvelope, Signed};
-use crate::remote::identity;
-use crate::remote::settings::{FleetSettings, OpenFleet};
+use crate::settings::{FleetSettings, OpenFleet};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
@@ -41,7 +41,7 @@ pub enum Delivery {
 /// A pool of worker processes on other machines, reached through a Redis broker, behind the
 /// same [`Executor`] as [`ThreadPool`](crate::ThreadPool) and [`ProcessPool`](crate::ProcessPool).
 ///
-/// Workers run the same executable in worker mode (see [`serve`](crate::remote::serve)); a job
+/// Workers run the same executable in worker mode (see [`serve`](crate::serve)); a job
 /// names its function by its offset in that executable and carries the executable's SHA-256,
 /// so a worker running another build refuses it (and `run` refuses a function whose code lies
 /// in a shared library, with an error naming it: the identity does not cover that code). Jobs and replies are signed with HMAC-SHA256
@@ -63,7 +63,8 @@ pub enum Delivery {
 /// # Examples
 ///
 /// ```no_run
-/// use smol_offload::{Executor, RemotePool};
+/// use smol_offload::Executor;
+/// use smol_offload_remote::RemotePool;
 ///
 /// fn square(n: u64) -> u64 {
 ///     n * n
@@ -73,7 +74,7 @@ pub enum Delivery {
 ///     smol_offload::init();
 ///     if std::env::args().any(|arg| arg == "--worker") {
 ///         // On each worker machine: the same binary, with the same SMOL_OFFLOAD_REMOTE_KEY.
-///         return Ok(smol_offload::remote::serve("redis://broker:6379", 4)?);
+///         return Ok(smol_offload_remote::serve("redis://broker:6379", 4)?);
 ///     }
 ///     let pool = RemotePool::connect("redis://broker:6379")?;
 ///     smol::block_on(async {
@@ -150,7 +151,7 @@ impl RemotePool {
             .arg(&jobs)
             .cmd("XPENDING")
             .arg(&jobs)
-            .arg(crate::remote::keys::GROUP)
+            .arg(crate::keys::GROUP)
             .cmd("HGETALL")
             .arg(client.keys.workers())
             .query(&mut connection)
@@ -368,7 +369,7 @@ impl RemotePoolBuilder {
 
     /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
     /// `rediss://` certificate, instead of the system's roots (and of
-    /// [`TLS_CA_VARIABLE`](crate::remote::TLS_CA_VARIABLE)).
+    /// [`TLS_CA_VARIABLE`](crate::env::TLS_CA_VARIABLE)).
     pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> RemotePoolBuilder {
         self.fleet.tls.ca = Some(path.into());
         self
@@ -376,8 +377,8 @@ impl RemotePoolBuilder {
 
     /// Presents the certificate chain and private key in these PEM files to a `rediss://`
     /// broker that checks client certificates (mutual TLS), instead of the files named by
-    /// [`TLS_CERT_VARIABLE`](crate::remote::TLS_CERT_VARIABLE) and
-    /// [`TLS_KEY_VARIABLE`](crate::remote::TLS_KEY_VARIABLE).
+    /// [`TLS_CERT_VARIABLE`](crate::env::TLS_CERT_VARIABLE) and
+    /// [`TLS_KEY_VARIABLE`](crate::env::TLS_KEY_VARIABLE).
     pub fn tls_client_cert(
         mut self,
         cert: impl Into<PathBuf>,
@@ -456,6 +457,12 @@ mod tests {
             .tls_ca_file("/nonexistent/ca.pem")
             .build()
             .unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        // Without the `tls` feature a rediss:// url is refused before its files are read.
+        let expected = if cfg!(feature = "tls") {
+            "/nonexistent/ca.pem"
+        } else {
+            "`tls` feature"
+        };
+        assert!(err.to_string().contains(expected), "{err}");
     }
 }

@@ -6,7 +6,7 @@
 //! URL's host. A private certificate authority is trusted instead with [`TLS_CA_VARIABLE`] or
 //! the builders' `tls_ca_file`. Certificate checks cannot be turned off.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The environment variable naming a PEM file of the certificate authorities that sign the
 /// broker's certificate, read when the builder is not given one: with it, only they are
@@ -52,6 +52,7 @@ impl TlsFiles {
 
     /// Reads the files for a `rediss://` connection: `None` when none is set (trust the
     /// system's roots, no client certificate).
+    #[cfg(feature = "tls")]
     fn certificates(&self) -> Result<Option<redis::TlsCertificates>, String> {
         let files = self.with_environment()?;
         if files.is_empty() {
@@ -82,7 +83,8 @@ impl TlsFiles {
     }
 }
 
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+#[cfg(feature = "tls")]
+fn read_pem(path: &std::path::Path, what: &str) -> Result<Vec<u8>, String> {
     let bytes = std::fs::read(path).map_err(|err| {
         format!(
             "could not read the TLS {what} file {}: {err}",
@@ -126,14 +128,30 @@ pub(crate) fn client(url: &str, files: &TlsFiles) -> Result<redis::Client, Strin
              authority with {TLS_CA_VARIABLE} instead"
         ));
     }
+    tls_client(url, files)
+}
+
+/// The client for a `rediss://` url.
+#[cfg(feature = "tls")]
+fn tls_client(url: &str, files: &TlsFiles) -> Result<redis::Client, String> {
     // rustls needs a crypto provider for the process; keep one the program installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
     match files.certificates()? {
         Some(certificates) => redis::Client::build_with_tls(url, certificates).map_err(|err| {
             format!("could not use the TLS certificates for the redis broker: {err}")
         }),
-        None => redis::Client::open(url).map_err(invalid),
+        None => redis::Client::open(url).map_err(|err| format!("invalid redis url: {err}")),
     }
+}
+
+/// Refuses a `rediss://` url: this build has no TLS.
+#[cfg(not(feature = "tls"))]
+fn tls_client(_: &str, _: &TlsFiles) -> Result<redis::Client, String> {
+    Err(
+        "rediss:// urls need the `tls` feature of smol-offload-remote (on by default), which \
+         this build turned off: enable it, or use a redis:// url on a trusted network"
+            .to_owned(),
+    )
 }
 
 #[cfg(test)]
@@ -148,6 +166,7 @@ mod tests {
         assert!(!is_tls_url("host"));
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn half_a_client_certificate_and_unreadable_files_are_refused() {
         let files = TlsFiles {
@@ -167,6 +186,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "tls")]
     #[test]
     fn a_file_that_is_not_pem_is_refused() {
         let path =

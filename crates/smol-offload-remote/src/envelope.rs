@@ -7,9 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity;
 use crate::process_pool::raw::Carried;
-use crate::remote::identity;
-use crate::remote::security::Security;
+use crate::security::Security;
 
 /// Any signed message: the encoded body and its HMAC (empty on a trusted network).
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,12 +1,41 @@
 //! A private `redis-server` on 127.0.0.1 and a free port, for the remote pool's tests and its
-//! benchmark, which both include this file with `#[path = "...redis_server.rs"] mod redis_server;`: started with no persistence, its log
-//! drained so that it never blocks on a full pipe, and killed when dropped.
+//! benchmark, which both include this file with `#[path = "...redis_server.rs"] mod
+//! redis_server;`: started with no persistence, its log drained so that it never blocks on a
+//! full pipe, and killed when dropped. A test that needs one starts with
+//! [`skip_without_redis_server`].
 
 // Not every file that includes this one uses every launcher.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+
+/// Set to `1` to make a missing `redis-server` a failure instead of a skipped test (CI sets it).
+pub(crate) const REQUIRE_VARIABLE: &str = "SMOL_OFFLOAD_REQUIRE_REDIS";
+
+/// True when `redis-server` is not on the `PATH`: the calling test then returns at once, after
+/// one line saying that it was skipped and how to run it. Panics instead when
+/// [`REQUIRE_VARIABLE`] is `1`, so that nothing goes untested where the server should be.
+pub(crate) fn skip_without_redis_server() -> bool {
+    let version = Command::new("redis-server").arg("--version").output();
+    if version.is_ok_and(|output| output.status.success()) {
+        return false;
+    }
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned();
+    if std::env::var_os(REQUIRE_VARIABLE).is_some_and(|value| value == "1") {
+        panic!("{test}: no redis-server on the PATH, and {REQUIRE_VARIABLE}=1 requires one");
+    }
+    // Straight to stderr, past the test harness's capture, so that the line shows.
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped {test}: needs redis-server on the PATH (apt-get install redis-server); set \
+         {REQUIRE_VARIABLE}=1 to make this a failure"
+    );
+    true
+}
 
 /// A private `redis-server`, killed when dropped.
 pub(crate) struct RedisServer {

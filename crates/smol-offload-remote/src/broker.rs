@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::remote::tls::{self, TlsFiles};
+use crate::tls::{self, TlsFiles};
 
 /// How long connecting may take before the broker counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,14 +1,14 @@
 //! [`FleetSettings`]: what a [`RemotePool`](crate::RemotePool) and a
-//! [`RemoteWorker`](crate::remote::RemoteWorker) both need to reach the fleet (the broker's
+//! [`RemoteWorker`](crate::RemoteWorker) both need to reach the fleet (the broker's
 //! URL and TLS files, the queue, the signing key), and the one way both open it.
 
 use std::fmt;
 
-use crate::remote::broker::Broker;
-use crate::remote::identity;
-use crate::remote::keys::Keys;
-use crate::remote::security::Security;
-use crate::remote::tls::TlsFiles;
+use crate::broker::Broker;
+use crate::identity;
+use crate::keys::Keys;
+use crate::security::Security;
+use crate::tls::TlsFiles;
 
 /// The queue a pool and its workers use when none is named.
 pub const DEFAULT_QUEUE: &str = "default";
@@ -71,7 +71,7 @@ impl fmt::Debug for FleetSettings {
 
 #[cfg(test)]
 mod tests {
-    use crate::remote::{RemotePool, RemoteWorker};
+    use crate::{RemotePool, RemoteWorker};
 
     #[test]
     fn neither_builder_shows_the_key_or_the_password_in_the_url() {

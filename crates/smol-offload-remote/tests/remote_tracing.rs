@@ -1,7 +1,7 @@
 //! With the `tracing` feature, what a remote task logs in the worker process that runs it
 //! carries the task's id and the name of the span current where it was submitted, as for a
 //! local process task, and the client logs the same id inside that span. Run with
-//! `cargo test -p smol-offload --features tracing --test remote_tracing`.
+//! `cargo test -p smol-offload-remote --features tracing --test remote_tracing`.
 //!
 //! The subscriber is set in the binary's constructor, before `init`, in the test and in the
 //! remote worker (this binary run again): both append one line per event to the same file,
@@ -21,9 +21,9 @@ use std::sync::OnceLock;
 
 use common::{block_on, in_child};
 use log_file::{ToFile, assert_carried_contexts};
-use redis_server::RedisServer;
+use redis_server::{RedisServer, skip_without_redis_server};
 use smol_offload::Executor;
-use smol_offload::remote::{RemotePool, RemoteWorker};
+use smol_offload_remote::{RemotePool, RemoteWorker};
 use tracing::{info, info_span};
 
 const KEY: &str = "remote-tracing-test-key-0123456789";
@@ -86,6 +86,9 @@ fn log_in_worker(work: String) -> u32 {
 
 #[test]
 fn remote_worker_records_carry_the_task_id_and_the_submitting_span() {
+    if skip_without_redis_server() {
+        return;
+    }
     let redis = RedisServer::start();
     let worker = Command::new(std::env::current_exe().unwrap())
         .args([
