@@ -205,6 +205,7 @@ mod init_for_tests;
 mod job_queue;
 mod loop_executor;
 mod loop_thread;
+mod metrics;
 mod panics;
 mod process_pool;
 pub mod remote;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::metrics::PoolMetrics;
 use crate::process_pool::raw::{Completion, Payload, Reply};
 use crate::remote::LOG_VARIABLE;
 use crate::remote::broker::Broker;
@@ -123,6 +124,7 @@ impl Client {
         security: Security,
         broker: Broker,
         claim_ttl_ms: u64,
+        metrics: Arc<PoolMetrics>,
     ) -> Result<Arc<Client>, String> {
         let submit_connection = broker.connect()?;
         let reply_connection = broker.connect()?;
@@ -137,7 +139,7 @@ impl Client {
             table: Mutex::new(Table::default()),
             commands: Mutex::new(sender),
             closed: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: Counters::new(metrics),
             next_id: AtomicU64::new(0),
             fleet_workers: AtomicUsize::new(0),
             log_tasks: std::env::var_os(LOG_VARIABLE).is_some(),

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
+use crate::metrics::{self, Kind, PoolMetrics};
 use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::remote::client::{Client, RemoteAssist};
@@ -88,6 +89,7 @@ pub struct RemotePool {
 
 struct Handle {
     client: Arc<Client>,
+    name: String,
     build: [u8; 32],
     timeout: Option<Duration>,
     delivery: Delivery,
@@ -96,6 +98,8 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.client.close();
+        let before = self.client.fleet_workers.swap(0, Ordering::Relaxed);
+        self.client.counters.metrics.workers_changed(before, 0);
     }
 }
 
@@ -128,6 +132,7 @@ impl RemotePool {
     /// A builder for the queue name, signing key, default timeout and delivery policy.
     pub fn builder(url: &str) -> RemotePoolBuilder {
         RemotePoolBuilder {
+            name: None,
             fleet: FleetSettings::new(url),
             timeout: None,
             delivery: Delivery::default(),
@@ -188,8 +193,17 @@ impl RemotePool {
             }
         }
         stats.hosts.sort();
-        client.fleet_workers.store(stats.workers, Ordering::Relaxed);
+        let before = client.fleet_workers.swap(stats.workers, Ordering::Relaxed);
+        client
+            .counters
+            .metrics
+            .workers_changed(before, stats.workers);
         Ok(stats)
+    }
+
+    /// The pool's name, given to [`RemotePoolBuilder::name`], else `"unnamed"`.
+    pub fn name(&self) -> &str {
+        &self.handle.name
     }
 
     /// This pool's tasks: `queued` counts those submitted and not answered yet, `workers` the
@@ -241,7 +255,7 @@ impl Executor for RemotePool {
             context: JobContext::capture(),
         };
         let job = Signed::seal(&envelope, &client.security);
-        let (promise, task) = task::pair::<R>();
+        let (promise, task) = task::timed_pair::<R>(client.counters.metrics.timer());
         client.submit(id, job, Box::new(promise), handle.timeout);
         task.with_assist(Box::new(RemoteAssist {
             id,
@@ -279,6 +293,7 @@ impl fmt::Debug for RemotePool {
 /// Builds a [`RemotePool`]: `RemotePool::builder(url).queue("images").build()`.
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RemotePoolBuilder {
+    name: Option<String>,
     fleet: FleetSettings,
     timeout: Option<Duration>,
     delivery: Delivery,
@@ -287,6 +302,7 @@ pub struct RemotePoolBuilder {
 impl fmt::Debug for RemotePoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemotePoolBuilder")
+            .field("name", &self.name)
             .field("fleet", &self.fleet)
             .field("timeout", &self.timeout)
             .field("delivery", &self.delivery)
@@ -295,6 +311,13 @@ impl fmt::Debug for RemotePoolBuilder {
 }
 
 impl RemotePoolBuilder {
+    /// Names the pool: its `pool` label in metrics (feature `metrics`). Without it, the pool
+    /// is `"unnamed"`.
+    pub fn name(mut self, name: &str) -> RemotePoolBuilder {
+        self.name = Some(name.to_owned());
+        self
+    }
+
     /// The queue's name (default `"default"`); workers must serve the same one.
     pub fn queue(mut self, queue: &str) -> RemotePoolBuilder {
         self.fleet.queue = queue.to_owned();
@@ -365,6 +388,7 @@ impl RemotePoolBuilder {
             broker,
             keys,
         } = self.fleet.open().map_err(fail)?;
+        let name = self.name.unwrap_or_else(|| metrics::UNNAMED.to_owned());
         let client = Client::start(
             keys,
             identity::fresh_client_id(),
@@ -372,11 +396,13 @@ impl RemotePoolBuilder {
             broker,
             // The claim outlives the window in which a worker would accept the job.
             DEFAULT_REPLAY_WINDOW.as_millis() as u64 + 60_000,
+            PoolMetrics::new(&name, Kind::Remote),
         )
         .map_err(fail)?;
         let pool = RemotePool {
             handle: Arc::new(Handle {
                 client,
+                name,
                 build,
                 timeout: self.timeout,
                 delivery: self.delivery,

@@ -1,0 +1,253 @@
+//! [`PoolMetrics`]: a pool's handles into the [`metrics`](https://docs.rs/metrics) facade, and
+//! [`TaskTimer`], what one task records through them.
+//!
+//! The handles are resolved once, when the pool is built, with the pool's labels, so that
+//! recording costs no label allocation and no registry lookup on the hot path. Without the
+//! `metrics` feature both types are empty and every method does nothing: the calls compile away.
+//!
+//! The gauges move at the points where [`Counters`](crate::stats::Counters) count (submitted,
+//! picked, cancelled, completed), so they agree with [`PoolStats`](crate::PoolStats); the
+//! timer lives in the task's promise, which sees the start and the result of every task.
+
+/// The `kind` label: which sort of pool recorded a value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Thread,
+    Process,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    Remote,
+}
+
+impl Kind {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Thread => "thread",
+            Kind::Process => "process",
+            Kind::Remote => "remote",
+        }
+    }
+}
+
+/// How a task ended, the `outcome` label of `smol_offload_tasks_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Panic,
+    WorkerDied,
+    Cancelled,
+    Timeout,
+    Error,
+}
+
+impl Outcome {
+    #[cfg(feature = "metrics")]
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::Panic,
+        Outcome::WorkerDied,
+        Outcome::Cancelled,
+        Outcome::Timeout,
+        Outcome::Error,
+    ];
+
+    #[cfg(feature = "metrics")]
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Panic => "panic",
+            Outcome::WorkerDied => "worker_died",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Timeout => "timeout",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// The outcome of a task whose result is `result`; `timed_out` when its awaiting side's
+    /// time limit ran out first, which wins over whatever the work then returned.
+    pub(crate) fn of<T>(result: &Result<T, crate::Error>, timed_out: bool) -> Outcome {
+        match result {
+            _ if timed_out => Outcome::Timeout,
+            Ok(_) => Outcome::Ok,
+            Err(err) if err.is_panic() => Outcome::Panic,
+            Err(err) if err.is_worker_died() => Outcome::WorkerDied,
+            Err(err) if err.is_cancelled() => Outcome::Cancelled,
+            Err(err) if err.is_timeout() => Outcome::Timeout,
+            Err(_) => Outcome::Error,
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+pub(crate) use recording::{PoolMetrics, TaskTimer};
+#[cfg(not(feature = "metrics"))]
+pub(crate) use silent::{PoolMetrics, TaskTimer};
+
+/// The name of a pool built without [`name`](crate::ThreadPoolBuilder::name).
+pub(crate) const UNNAMED: &str = "unnamed";
+
+#[cfg(feature = "metrics")]
+mod recording {
+    use std::sync::{Arc, OnceLock};
+    use std::time::Instant;
+
+    use metrics::{Counter, Gauge, Histogram, Label};
+
+    use super::{Kind, Outcome};
+
+    /// The labelled handles of one pool.
+    pub(crate) struct PoolMetrics {
+        outcomes: [Counter; 6],
+        queue_wait: Histogram,
+        run: Histogram,
+        workers: Gauge,
+        queued: Gauge,
+        running: Gauge,
+    }
+
+    impl PoolMetrics {
+        /// Registers the pool's metrics with the recorder installed now (the global one, or a
+        /// local one on this thread).
+        pub(crate) fn new(name: &str, kind: Kind) -> Arc<PoolMetrics> {
+            let labels = vec![
+                Label::new("pool", name.to_owned()),
+                Label::new("kind", kind.label()),
+            ];
+            let outcomes = Outcome::ALL.map(|outcome| {
+                let mut labels = labels.clone();
+                labels.push(Label::new("outcome", outcome.label()));
+                metrics::counter!("smol_offload_tasks_total", labels)
+            });
+            Arc::new(PoolMetrics {
+                outcomes,
+                queue_wait: metrics::histogram!("smol_offload_queue_wait_seconds", labels.clone()),
+                run: metrics::histogram!("smol_offload_run_seconds", labels.clone()),
+                workers: metrics::gauge!("smol_offload_workers", labels.clone()),
+                queued: metrics::gauge!("smol_offload_queued", labels.clone()),
+                running: metrics::gauge!("smol_offload_running", labels),
+            })
+        }
+
+        /// The pool went from `before` workers to `after`. The gauge moves by the difference
+        /// rather than being set, so that pools that share a name add up, and a pool that
+        /// shuts down takes its own workers away.
+        pub(crate) fn workers_changed(&self, before: usize, after: usize) {
+            if after >= before {
+                self.workers.increment((after - before) as f64);
+            } else {
+                self.workers.decrement((before - after) as f64);
+            }
+        }
+
+        pub(crate) fn submitted(&self) {
+            self.queued.increment(1.0);
+        }
+
+        pub(crate) fn picked(&self) {
+            self.queued.decrement(1.0);
+            self.running.increment(1.0);
+        }
+
+        /// A picked task ended: it ran, or was skipped as cancelled.
+        pub(crate) fn ended(&self) {
+            self.running.decrement(1.0);
+        }
+
+        /// The timer of a task submitted now.
+        pub(crate) fn timer(self: &Arc<Self>) -> TaskTimer {
+            TaskTimer {
+                pool: Some(self.clone()),
+                submitted: Instant::now(),
+                started: OnceLock::new(),
+            }
+        }
+    }
+
+    /// What one task records: its wait in the queue, its run time and its outcome.
+    pub(crate) struct TaskTimer {
+        pool: Option<Arc<PoolMetrics>>,
+        submitted: Instant,
+        started: OnceLock<Instant>,
+    }
+
+    impl TaskTimer {
+        /// The timer of a task no pool records (a loop thread's, a dedicated thread's).
+        pub(crate) fn none() -> TaskTimer {
+            TaskTimer {
+                pool: None,
+                submitted: Instant::now(),
+                started: OnceLock::new(),
+            }
+        }
+
+        /// The work starts now: records how long it waited.
+        pub(crate) fn started(&self) {
+            if let Some(pool) = &self.pool {
+                let now = Instant::now();
+                if self.started.set(now).is_ok() {
+                    pool.queue_wait.record(now - self.submitted);
+                }
+            }
+        }
+
+        /// The task ended with `outcome` (asked only when recording): records it, and the
+        /// run time if the work started. Records nothing the second time.
+        pub(crate) fn ended(&mut self, outcome: impl FnOnce() -> Outcome) {
+            if let Some(pool) = self.pool.take() {
+                if let Some(started) = self.started.get() {
+                    pool.run.record(started.elapsed());
+                }
+                pool.outcomes[outcome() as usize].increment(1);
+            }
+        }
+    }
+}
+
+#[cfg(not(feature = "metrics"))]
+mod silent {
+    use std::sync::Arc;
+
+    use super::{Kind, Outcome};
+
+    /// Without the `metrics` feature: nothing to record.
+    pub(crate) struct PoolMetrics;
+
+    impl PoolMetrics {
+        pub(crate) fn new(_: &str, _: Kind) -> Arc<PoolMetrics> {
+            Arc::new(PoolMetrics)
+        }
+
+        #[inline(always)]
+        pub(crate) fn workers_changed(&self, _: usize, _: usize) {}
+
+        #[inline(always)]
+        pub(crate) fn submitted(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn picked(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn ended(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn timer(self: &Arc<Self>) -> TaskTimer {
+            TaskTimer
+        }
+    }
+
+    /// Without the `metrics` feature: nothing to time.
+    pub(crate) struct TaskTimer;
+
+    impl TaskTimer {
+        #[inline(always)]
+        pub(crate) fn none() -> TaskTimer {
+            TaskTimer
+        }
+
+        #[inline(always)]
+        pub(crate) fn started(&self) {}
+
+        #[inline(always)]
+        pub(crate) fn ended(&mut self, _: impl FnOnce() -> Outcome) {}
+    }
+}
