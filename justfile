@@ -14,6 +14,11 @@ test-tracing:
     cargo clippy -p smol-offload --all-targets --features tracing
     cargo test -p smol-offload --features tracing --test debug_tracing
 
+# The pools' metrics, with the optional feature on.
+test-metrics:
+    cargo clippy -p smol-offload --all-targets --features metrics
+    cargo test -p smol-offload --features metrics --test metrics
+
 # Formatting and clippy, warnings as errors.
 lint:
     cargo fmt --all --check
@@ -25,7 +30,7 @@ doc:
 
 # Every example; each checks its own result and fails when wrong.
 examples:
-    for example in examples/*.rs; do cargo run --release --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
+    for example in examples/*.rs; do cargo run --release -p smol-offload --features metrics --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
 
 # Benchmarks against the incumbents, printed side by side with ratios.
 bench:

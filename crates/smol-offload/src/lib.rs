@@ -166,6 +166,56 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Metrics
+//!
+//! With the `metrics` feature, every [`ThreadPool`], [`ProcessPool`] and [`RemotePool`]
+//! records through the [`metrics`](https://docs.rs/metrics) facade, so that any exporter
+//! (Prometheus, StatsD, OpenTelemetry bridges) picks it up. A pool resolves its handles with
+//! the recorder installed when it is **built**: install the recorder first (a pool built
+//! before records nothing). Every metric has the labels `pool`, the name given to the
+//! builder's `name` (e.g. [`ThreadPoolBuilder::name`]; `"unnamed"` without one, `"default"`
+//! for the pool of [`spawn`]), and `kind`, one of `thread`, `process`, `remote`.
+//!
+//! - **`smol_offload_tasks_total`** (counter, tasks; a third label `outcome`): a task ended.
+//!   Counted once per task that reached the pool, when its result is delivered (or, if it never
+//!   ran, when the pool lets it go). Outcomes:
+//!   - `ok`: the work returned a value (and, for processes, it was read back);
+//!   - `panic`: the work panicked ([`Error::is_panic`]);
+//!   - `worker_died`: the worker process running it died ([`Error::is_worker_died`]);
+//!   - `cancelled`: the task was dropped or [cancelled](Task::cancel) before the work started,
+//!     which then never ran, or a process worker was killed because its task gave up on it;
+//!   - `timeout`: the time limit ran out before the result came: [`Task::timeout`] (a thread's
+//!     work runs on to its end and is counted here, not as `ok`), a process pool's
+//!     [`task_timeout`](ProcessPoolBuilder::task_timeout) or a remote pool's timeout;
+//!   - `error`: any other failure: an argument or a result that does not deserialize on the
+//!     other side ([`Error::is_codec`]), the pool shut down or broke
+//!     ([`Error::is_shutdown`]), its initializer failed ([`Error::is_initializer_failure`]),
+//!     a remote broker failed.
+//!
+//!   A task refused before it reaches the pool (its argument does not serialize on the calling
+//!   thread) is not counted.
+//! - **`smol_offload_queue_wait_seconds`** (histogram, seconds): from the `run` or `spawn`
+//!   call to the start of the work, recorded when it starts, for every task that starts. The
+//!   start is when a pool thread begins the closure; for a process, when the job is sent to a
+//!   worker (a small job may be sent ahead to a busy worker, and waits in its socket after
+//!   that); for a remote pool, when the worker's started notice reaches this process.
+//! - **`smol_offload_run_seconds`** (histogram, seconds): from the start of the work to its
+//!   end, recorded when the task ends, for every task that started: the closure returned or
+//!   panicked; the process's reply was read or its death noticed; the remote reply came in.
+//! - **`smol_offload_workers`** (gauge, workers): the pool's threads from build until the pool
+//!   is dropped; a process pool's live workers, down when one dies or is retired and up again
+//!   when its replacement is forked, 0 once the pool has shut down; a remote fleet's worker
+//!   processes when last asked ([`RemotePool::fleet`], at build).
+//! - **`smol_offload_queued`** (gauge, tasks): submitted and not picked by a worker yet, as
+//!   in [`PoolStats::queued`].
+//! - **`smol_offload_running`** (gauge, tasks): picked and not ended yet, as in
+//!   [`PoolStats::running`]; back to 0 when the pool is idle.
+//!
+//! The gauges move by increments and decrements, so pools that share a name and a kind add
+//! up. The handles are built once per pool, with their labels: recording a task costs two
+//! clock reads and the recorder's own work, no allocation. Without the feature, none of this
+//! code is compiled.
+//!
 //! # Platforms
 //!
 //! Linux only: the pools use `fork`, `eventfd`, `prctl(PR_SET_PDEATHSIG)` and
@@ -184,6 +234,9 @@
 //!   span. Workers inherit a global subscriber set before [`init`]; set one later in
 //!   [`ProcessPoolBuilder::initializer`]. Debug mode's reports also go out as `WARN` events on
 //!   the target `smol_offload::debug`.
+//! - `metrics` (off by default): the pools' task counts, queue waits, run times and gauges
+//!   through the [`metrics`](https://docs.rs/metrics) facade (its 0.24 line): see
+//!   [Metrics](#metrics).
 
 #![deny(unsafe_code)]
 

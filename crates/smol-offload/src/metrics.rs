@@ -109,6 +109,7 @@ mod recording {
         /// Registers the pool's metrics with the recorder installed now (the global one, or a
         /// local one on this thread).
         pub(crate) fn new(name: &str, kind: Kind) -> Arc<PoolMetrics> {
+            describe();
             let labels = vec![
                 Label::new("pool", name.to_owned()),
                 Label::new("kind", kind.label()),
@@ -155,37 +156,63 @@ mod recording {
 
         /// The timer of a task submitted now.
         pub(crate) fn timer(self: &Arc<Self>) -> TaskTimer {
-            TaskTimer {
-                pool: Some(self.clone()),
+            TaskTimer(Some(Timing {
+                pool: self.clone(),
                 submitted: Instant::now(),
                 started: OnceLock::new(),
-            }
+            }))
         }
     }
 
+    /// Gives the recorder each metric's unit and help text.
+    fn describe() {
+        use metrics::Unit;
+        metrics::describe_counter!(
+            "smol_offload_tasks_total",
+            Unit::Count,
+            "Tasks that ended, by outcome: ok, panic, worker_died, cancelled, timeout, error"
+        );
+        metrics::describe_histogram!(
+            "smol_offload_queue_wait_seconds",
+            Unit::Seconds,
+            "Time from submission to the start of the call"
+        );
+        metrics::describe_histogram!(
+            "smol_offload_run_seconds",
+            Unit::Seconds,
+            "Time from the start of the call to its end"
+        );
+        metrics::describe_gauge!("smol_offload_workers", Unit::Count, "Workers the pool has");
+        metrics::describe_gauge!(
+            "smol_offload_queued",
+            Unit::Count,
+            "Tasks submitted that no worker has picked up yet"
+        );
+        metrics::describe_gauge!("smol_offload_running", Unit::Count, "Tasks running now");
+    }
+
     /// What one task records: its wait in the queue, its run time and its outcome.
-    pub(crate) struct TaskTimer {
-        pool: Option<Arc<PoolMetrics>>,
+    /// `None` for a task that no pool records (a loop thread's, a dedicated thread's).
+    pub(crate) struct TaskTimer(Option<Timing>);
+
+    struct Timing {
+        pool: Arc<PoolMetrics>,
         submitted: Instant,
         started: OnceLock<Instant>,
     }
 
     impl TaskTimer {
-        /// The timer of a task no pool records (a loop thread's, a dedicated thread's).
+        /// The timer of a task no pool records: it reads no clock.
         pub(crate) fn none() -> TaskTimer {
-            TaskTimer {
-                pool: None,
-                submitted: Instant::now(),
-                started: OnceLock::new(),
-            }
+            TaskTimer(None)
         }
 
         /// The work starts now: records how long it waited.
         pub(crate) fn started(&self) {
-            if let Some(pool) = &self.pool {
+            if let Some(timing) = &self.0 {
                 let now = Instant::now();
-                if self.started.set(now).is_ok() {
-                    pool.queue_wait.record(now - self.submitted);
+                if timing.started.set(now).is_ok() {
+                    timing.pool.queue_wait.record(now - timing.submitted);
                 }
             }
         }
@@ -193,11 +220,11 @@ mod recording {
         /// The task ended with `outcome` (asked only when recording): records it, and the
         /// run time if the work started. Records nothing the second time.
         pub(crate) fn ended(&mut self, outcome: impl FnOnce() -> Outcome) {
-            if let Some(pool) = self.pool.take() {
-                if let Some(started) = self.started.get() {
-                    pool.run.record(started.elapsed());
+            if let Some(timing) = self.0.take() {
+                if let Some(started) = timing.started.get() {
+                    timing.pool.run.record(started.elapsed());
                 }
-                pool.outcomes[outcome() as usize].increment(1);
+                timing.pool.outcomes[outcome() as usize].increment(1);
             }
         }
     }
