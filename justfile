@@ -17,7 +17,7 @@ test-tracing:
 # The pools' metrics, with the optional feature on.
 test-metrics:
     cargo clippy -p smol-offload --all-targets --features metrics
-    cargo test -p smol-offload --features metrics --test metrics
+    cargo test -p smol-offload --features metrics --test metrics --test remote_metrics
 
 # Formatting and clippy, warnings as errors.
 lint:

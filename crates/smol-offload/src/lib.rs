@@ -198,7 +198,9 @@
 //!   call to the start of the work, recorded when it starts, for every task that starts. The
 //!   start is when a pool thread begins the closure; for a process, when the job is sent to a
 //!   worker (a small job may be sent ahead to a busy worker, and waits in its socket after
-//!   that); for a remote pool, when the worker's started notice reaches this process.
+//!   that); for a remote pool, when the worker's started notice reaches this process. A remote
+//!   worker sends that notice only for a job that runs longer than about a millisecond: a
+//!   shorter one is answered first, and records neither histogram (its outcome is counted).
 //! - **`smol_offload_run_seconds`** (histogram, seconds): from the start of the work to its
 //!   end, recorded when the task ends, for every task that started: the closure returned or
 //!   panicked; the process's reply was read or its death noticed; the remote reply came in.

@@ -1,16 +1,19 @@
-//! The remote pool's metrics (feature `metrics`) against a private `redis-server` on loopback,
-//! with no worker serving the queue: what the client alone records. Skipped, saying so, where
-//! no `redis-server` is installed.
+//! The remote pool's metrics (feature `metrics`) against a private `redis-server` on loopback:
+//! with no worker serving the queue (what the client alone records), and with a worker run on
+//! a thread of this process. Skipped, saying so, where no `redis-server` is installed.
 
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use redis_server::RedisServer;
 use smol_offload::Executor;
-use smol_offload::remote::RemotePool;
+use smol_offload::remote::{RemotePool, RemoteWorker};
 
 smol_offload::init_for_tests!();
 
@@ -20,14 +23,107 @@ fn square(n: u64) -> u64 {
     n * n
 }
 
-#[test]
-fn a_remote_pool_records_timeouts_cancellations_and_idle_gauges() {
-    if std::process::Command::new("redis-server")
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn fails(_: ()) {
+    panic!("remote boom")
+}
+
+fn redis_missing() -> bool {
+    let missing = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
-        .is_err()
-    {
+        .is_err();
+    if missing {
         eprintln!("skipped: no redis-server installed");
+    }
+    missing
+}
+
+/// What the recorder holds, by "name label=value,...", labels sorted.
+fn snapshot(snapshotter: &Snapshotter) -> HashMap<String, DebugValue> {
+    let mut values = HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|label| format!("{}={}", label.key(), label.value()))
+            .collect();
+        labels.sort();
+        values.insert(format!("{} {}", key.name(), labels.join(",")), value);
+    }
+    values
+}
+
+#[test]
+fn a_remote_pool_records_what_its_workers_ran() {
+    if redis_missing() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = {
+        let (url, stop) = (redis.url(), stop.clone());
+        std::thread::spawn(move || {
+            RemoteWorker::builder(&url)
+                .queue("served")
+                .workers(1)
+                .key(KEY)
+                .stop_flag(stop)
+                .serve()
+        })
+    };
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let pool = metrics::with_local_recorder(&recorder, || {
+        RemotePool::builder(&redis.url())
+            .queue("served")
+            .key(KEY)
+            .build()
+    })
+    .unwrap();
+    smol::block_on(async {
+        assert_eq!(pool.run(square, 5).await.unwrap(), 25);
+        assert!(pool.run(fails, ()).await.unwrap_err().is_panic());
+        // Long enough for the worker's started notice, which splits the wait from the run.
+        assert_eq!(pool.run(sleep_ms, 50).await.unwrap(), 50);
+    });
+    let values = snapshot(&snapshotter);
+    let tasks = |outcome: &str| {
+        let name = format!("smol_offload_tasks_total kind=remote,outcome={outcome},pool=unnamed");
+        match values.get(&name) {
+            Some(DebugValue::Counter(n)) => *n,
+            other => panic!("{outcome}: {other:?}"),
+        }
+    };
+    assert_eq!((tasks("ok"), tasks("panic"), tasks("error")), (2, 1, 0));
+    // A job answered within a millisecond or so comes back without a started notice, and
+    // records neither histogram; the long one was announced.
+    let samples =
+        |histogram: &str| match values.get(&format!("{histogram} kind=remote,pool=unnamed")) {
+            Some(DebugValue::Histogram(samples)) => samples.len(),
+            other => panic!("{histogram}: {other:?}"),
+        };
+    let waits = samples("smol_offload_queue_wait_seconds");
+    assert!((1..=3).contains(&waits), "{waits}");
+    assert_eq!(samples("smol_offload_run_seconds"), waits);
+    for gauge in ["smol_offload_queued", "smol_offload_running"] {
+        match values.get(&format!("{gauge} kind=remote,pool=unnamed")) {
+            Some(DebugValue::Gauge(n)) => assert_eq!(n.into_inner(), 0.0, "{gauge}"),
+            other => panic!("{gauge}: {other:?}"),
+        }
+    }
+    drop(pool);
+    stop.store(true, Ordering::SeqCst);
+    worker.join().unwrap().unwrap();
+}
+
+#[test]
+fn a_remote_pool_records_timeouts_cancellations_and_idle_gauges() {
+    if redis_missing() {
         return;
     }
     let redis = RedisServer::start();
@@ -50,16 +146,7 @@ fn a_remote_pool_records_timeouts_cancellations_and_idle_gauges() {
     // Dropping the pool fails nothing more: both tasks have ended already.
     drop(pool);
 
-    let mut values = std::collections::HashMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        let key = key.key();
-        let mut labels: Vec<String> = key
-            .labels()
-            .map(|label| format!("{}={}", label.key(), label.value()))
-            .collect();
-        labels.sort();
-        values.insert(format!("{} {}", key.name(), labels.join(",")), value);
-    }
+    let values = snapshot(&snapshotter);
     let value = |name: &str| values.get(name);
     let counter = |outcome: &str| match value(&format!(
         "smol_offload_tasks_total kind=remote,outcome={outcome},pool=fleet"
