@@ -15,6 +15,13 @@ test-tracing:
     cargo test -p smol-offload --features tracing --test debug_tracing
     cargo test -p smol-offload-remote --features tracing --test remote_tracing
 
+# The pools' metrics, with the optional feature on.
+test-metrics:
+    cargo clippy -p smol-offload --all-targets --features metrics
+    cargo test -p smol-offload --features metrics --test metrics
+    cargo clippy -p smol-offload-remote --all-targets --features metrics
+    cargo test -p smol-offload-remote --features metrics --test remote_metrics
+
 # Formatting and clippy, warnings as errors.
 lint:
     cargo fmt --all --check
@@ -31,7 +38,7 @@ public-api:
 
 # Every example; each checks its own result and fails when wrong.
 examples:
-    for example in examples/*.rs; do cargo run --release -p smol-offload --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
+    for example in examples/*.rs; do cargo run --release -p smol-offload --features metrics --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
     for example in crates/smol-offload-remote/examples/*.rs; do cargo run --release -p smol-offload-remote --example "$(basename "$example" .rs)" >/dev/null || exit 1; done
 
 # Benchmarks against the incumbents, printed side by side with ratios.

@@ -15,6 +15,7 @@ use crate::broker::Broker;
 use crate::envelope::{Outcome, ReplyEnvelope, Signed};
 use crate::error::{Error, ErrorKind, WorkerExit};
 use crate::keys::Keys;
+use crate::metrics::PoolMetrics;
 use crate::process_pool::raw::{Completion, Reply};
 use crate::security::Security;
 use crate::stats::Counters;
@@ -123,6 +124,7 @@ impl Client {
         security: Security,
         broker: Broker,
         claim_ttl_ms: u64,
+        metrics: Arc<PoolMetrics>,
     ) -> Result<Arc<Client>, String> {
         let submit_connection = broker.connect()?;
         let reply_connection = broker.connect()?;
@@ -137,7 +139,7 @@ impl Client {
             table: Mutex::new(Table::default()),
             commands: Mutex::new(sender),
             closed: AtomicBool::new(false),
-            counters: Counters::default(),
+            counters: Counters::new(metrics),
             next_id: AtomicU64::new(0),
             fleet_workers: AtomicUsize::new(0),
             log_tasks: std::env::var_os(LOG_VARIABLE).is_some(),

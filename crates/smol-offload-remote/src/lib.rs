@@ -37,7 +37,7 @@
 #![deny(unsafe_code)]
 
 // What this crate builds on from the core, under the paths its modules name them by.
-use smol_offload::__remote::{codec, error, executor, panics, process_pool, stats, task};
+use smol_offload::__remote::{codec, error, executor, metrics, panics, process_pool, stats, task};
 use smol_offload::Error;
 // The core's items that the modules' doc links name as `crate::…`.
 #[allow(unused_imports)]

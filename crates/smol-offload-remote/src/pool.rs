@@ -15,6 +15,7 @@ use crate::envelope::{JobContext, JobEnvelope, Signed};
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
 use crate::identity;
+use crate::metrics::{self, Kind, PoolMetrics};
 use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::settings::{FleetSettings, OpenFleet};
@@ -90,6 +91,7 @@ pub struct RemotePool {
 
 struct Handle {
     client: Arc<Client>,
+    name: String,
     build: [u8; 32],
     timeout: Option<Duration>,
     delivery: Delivery,
@@ -98,6 +100,8 @@ struct Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         self.client.close();
+        let before = self.client.fleet_workers.swap(0, Ordering::Relaxed);
+        self.client.counters.metrics.workers_changed(before, 0);
     }
 }
 
@@ -130,6 +134,7 @@ impl RemotePool {
     /// A builder for the queue name, signing key, default timeout and delivery policy.
     pub fn builder(url: &str) -> RemotePoolBuilder {
         RemotePoolBuilder {
+            name: None,
             fleet: FleetSettings::new(url),
             timeout: None,
             delivery: Delivery::default(),
@@ -190,8 +195,17 @@ impl RemotePool {
             }
         }
         stats.hosts.sort();
-        client.fleet_workers.store(stats.workers, Ordering::Relaxed);
+        let before = client.fleet_workers.swap(stats.workers, Ordering::Relaxed);
+        client
+            .counters
+            .metrics
+            .workers_changed(before, stats.workers);
         Ok(stats)
+    }
+
+    /// The pool's name, given to [`RemotePoolBuilder::name`], else `"unnamed"`.
+    pub fn name(&self) -> &str {
+        &self.handle.name
     }
 
     /// This pool's tasks: `queued` counts those submitted and not answered yet, `workers` the
@@ -247,7 +261,7 @@ impl Executor for RemotePool {
             context: JobContext::capture(),
         };
         let job = Signed::seal(&envelope, &client.security);
-        let (promise, task) = task::pair::<R>();
+        let (promise, task) = task::timed_pair::<R>(client.counters.metrics.timer());
         client.submit(id, job, Box::new(promise), handle.timeout);
         task.with_assist(Box::new(RemoteAssist {
             id,
@@ -285,6 +299,7 @@ impl fmt::Debug for RemotePool {
 /// Builds a [`RemotePool`]: `RemotePool::builder(url).queue("images").build()`.
 #[must_use = "a builder does nothing until build() is called"]
 pub struct RemotePoolBuilder {
+    name: Option<String>,
     fleet: FleetSettings,
     timeout: Option<Duration>,
     delivery: Delivery,
@@ -293,6 +308,7 @@ pub struct RemotePoolBuilder {
 impl fmt::Debug for RemotePoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemotePoolBuilder")
+            .field("name", &self.name)
             .field("fleet", &self.fleet)
             .field("timeout", &self.timeout)
             .field("delivery", &self.delivery)
@@ -301,6 +317,13 @@ impl fmt::Debug for RemotePoolBuilder {
 }
 
 impl RemotePoolBuilder {
+    /// Names the pool: its `pool` label in metrics (feature `metrics`). Without it, the pool
+    /// is `"unnamed"`.
+    pub fn name(mut self, name: &str) -> RemotePoolBuilder {
+        self.name = Some(name.to_owned());
+        self
+    }
+
     /// The queue's name (default `"default"`); workers must serve the same one.
     pub fn queue(mut self, queue: &str) -> RemotePoolBuilder {
         self.fleet.queue = queue.to_owned();
@@ -318,7 +341,7 @@ impl RemotePoolBuilder {
     ///
     /// This pool calls nothing through an address it reads, but its unsigned jobs run only on
     /// workers that accept unsigned jobs
-    /// ([`RemoteWorker::trusted_network`](crate::remote::RemoteWorker::trusted_network)),
+    /// ([`RemoteWorker::trusted_network`](crate::RemoteWorker::trusted_network)),
     /// whose soundness rests on the same promise; and any writer can forge an unsigned reply.
     /// Turning signatures off is an `unsafe` call on both sides, so that a review finds it.
     ///
@@ -405,6 +428,7 @@ impl RemotePoolBuilder {
             broker,
             keys,
         } = self.fleet.open().map_err(fail)?;
+        let name = self.name.unwrap_or_else(|| metrics::UNNAMED.to_owned());
         let client = Client::start(
             keys,
             identity::fresh_client_id(),
@@ -412,11 +436,13 @@ impl RemotePoolBuilder {
             broker,
             // The claim outlives the window in which a worker would accept the job.
             DEFAULT_REPLAY_WINDOW.as_millis() as u64 + 60_000,
+            PoolMetrics::new(&name, Kind::Remote),
         )
         .map_err(fail)?;
         let pool = RemotePool {
             handle: Arc::new(Handle {
                 client,
+                name,
                 build,
                 timeout: self.timeout,
                 delivery: self.delivery,

@@ -52,7 +52,7 @@ pub fn default_pool() -> Result<ThreadPool, Error> {
 fn default_entry() -> &'static Result<ThreadPool, String> {
     DEFAULT.get_or_init(|| {
         let workers = workers_from_env(std::env::var_os(THREADS_VARIABLE))?;
-        let mut builder = ThreadPool::builder();
+        let mut builder = ThreadPool::builder().name("default");
         if let Some(workers) = workers {
             builder = builder.workers(workers);
         }

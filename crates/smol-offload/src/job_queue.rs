@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
 use concurrent_queue::ConcurrentQueue;
 
+use crate::metrics::PoolMetrics;
 use crate::stats::Counters;
 
 /// A queued closure; it gets the pool's counters when it runs.
@@ -26,12 +27,12 @@ pub(crate) struct JobQueue {
 }
 
 impl JobQueue {
-    pub(crate) fn new(workers: usize) -> JobQueue {
+    pub(crate) fn new(workers: usize, metrics: Arc<PoolMetrics>) -> JobQueue {
         JobQueue {
             jobs: ConcurrentQueue::unbounded(),
             pumps: AtomicUsize::new(0),
             workers,
-            counters: Counters::default(),
+            counters: Counters::new(metrics),
         }
     }
 
@@ -151,7 +152,8 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let queue = Arc::new(JobQueue::new(2));
+        let metrics = PoolMetrics::new("test", crate::metrics::Kind::Thread);
+        let queue = Arc::new(JobQueue::new(2, metrics));
         let ran = Arc::new(AtomicU64::new(0));
         let (done, finished) = std::sync::mpsc::channel();
         let total = 20_000u64;

@@ -176,10 +176,10 @@
 //! | --- | --- | --- |
 //! | forks the fork server, a child process named `smol-offload-fs` | [`init`]; [`init_for_tests!`], from a constructor before `main`; or the first [`ProcessPool`] (also a remote worker's) built without them | workers must be forked from a single-threaded process. Without process pools there is no server |
 //! | registers an `atexit` handler | with the fork server | at a normal exit it closes the link and reaps the server, which kills and reaps its workers: no process or zombie outlives the program |
-//! | worker processes, `smol-offload-wk`, children of the server | building a [`ProcessPool`], and [`remote::serve`], which builds one | they run the tasks. Each leads its own process group and ignores `SIGINT` and `SIGTERM`, so a Ctrl-C reaches the application alone; `PR_SET_PDEATHSIG` kills the server when the application dies, and the workers when the server does |
+//! | worker processes, `smol-offload-wk`, children of the server | building a [`ProcessPool`], and `smol_offload_remote::serve`, which builds one | they run the tasks. Each leads its own process group and ignores `SIGINT` and `SIGTERM`, so a Ctrl-C reaches the application alone; `PR_SET_PDEATHSIG` kills the server when the application dies, and the workers when the server does |
 //! | a panic hook, installed once | building a [`ThreadPool`] or a [`ProcessPool`], [`spawn_dedicated`], the first [`spawn`] | records where a task panicked, for [`Error::panic_location`], and passes every panic on to the hook that was there before. [`leave_panic_hook_alone`] declines it |
-//! | catches `SIGINT` and `SIGTERM` | while [`remote::serve`] runs | to stop the worker after the jobs it holds. The program's own handler is still called, and the actions the two signals had are put back when `serve` returns |
-//! | threads, all named | the threads of each [`ThreadPool`], the default pool's among them; one per [`LoopThread`], [`spawn_dedicated`] and [`stream_dedicated`]; one dispatcher, `smol-offload-dispatch`, per [`ProcessPool`]; two per [`RemotePool`], `smol-offload-remote-submit` and `-reply`; one answering thread in [`remote::serve`]; `smol-offload-debug`, the watchdog, once debug mode is on | each is part of what the program built, and ends with it; the default pool's threads and the watchdog live as long as the process |
+//! | catches `SIGINT` and `SIGTERM` | while `smol_offload_remote::serve` runs | to stop the worker after the jobs it holds. The program's own handler is still called, and the actions the two signals had are put back when `serve` returns |
+//! | threads, all named | the threads of each [`ThreadPool`], the default pool's among them; one per [`LoopThread`], [`spawn_dedicated`] and [`stream_dedicated`]; one dispatcher, `smol-offload-dispatch`, per [`ProcessPool`]; two per `smol_offload_remote::RemotePool`, `smol-offload-remote-submit` and `-reply`; one answering thread in `smol_offload_remote::serve`; `smol-offload-debug`, the watchdog, once debug mode is on | each is part of what the program built, and ends with it; the default pool's threads and the watchdog live as long as the process |
 //! | async-io's reactor thread, `async-io` | the first timer ([`Task::timeout`], [`Wait::timeout`]) or process task waiting on its worker's socket, unless `async_io::block_on` drives the reactor | that is how async-io serves timers and sockets; `smol::block_on` drives it instead |
 //! | reads environment variables | `SMOL_OFFLOAD_THREADS` when the default pool starts; `SMOL_OFFLOAD_DEBUG` in [`debug::block_on`]; `SMOL_OFFLOAD_REMOTE_KEY`, `SMOL_OFFLOAD_REMOTE_TLS_*` and `SMOL_OFFLOAD_REMOTE_LOG` when a remote pool or worker is built | the remote builders' own settings take precedence |
 //! | reads `/proc/self/task` and `/proc/self/exe` | starting the fork server (how many threads run); building a remote pool or worker (the SHA-256 of the executable identifies the build) | |
@@ -187,9 +187,61 @@
 //! | writes to stderr | a remote worker's log; a reply a remote pool ignored (forged or altered), and with `SMOL_OFFLOAD_REMOTE_LOG` the worker of each job; debug reports without [`on_report`](debug::DebugMode::on_report); a worker's panics with [`print_panics`](ProcessPoolBuilder::print_panics) | nothing else is printed |
 //! | holds file descriptors, all close-on-exec | the link to the fork server; per process pool an eventfd and, per worker, a socket, a pidfd and shared memory; a remote pool's or worker's broker connections | closed when what holds them is dropped |
 //!
-//! Nothing else: no signal handler outside [`remote::serve`], no `SIGPIPE` from a dead worker
+//! Nothing else: no signal handler outside `smol_offload_remote::serve`, no `SIGPIPE` from a dead worker
 //! (the parent writes to workers with `MSG_NOSIGNAL`), no rlimit, no subreaper, no change to the
 //! working directory or the environment.
+//!
+//! # Metrics
+//!
+//! With the `metrics` feature, every [`ThreadPool`], [`ProcessPool`] and `smol_offload_remote::RemotePool`
+//! records through the [`metrics`](https://docs.rs/metrics) facade, so that any exporter
+//! (Prometheus, StatsD, OpenTelemetry bridges) picks it up. A pool resolves its handles with
+//! the recorder installed when it is **built**: install the recorder first (a pool built
+//! before records nothing). Every metric has the labels `pool`, the name given to the
+//! builder's `name` (e.g. [`ThreadPoolBuilder::name`]; `"unnamed"` without one, `"default"`
+//! for the pool of [`spawn`]), and `kind`, one of `thread`, `process`, `remote`.
+//!
+//! - **`smol_offload_tasks_total`** (counter, tasks; a third label `outcome`): a task ended.
+//!   Counted once per task that reached the pool, when its result is delivered (or, if it never
+//!   ran, when the pool lets it go). Outcomes:
+//!   - `ok`: the work returned a value (and, for processes, it was read back);
+//!   - `panic`: the work panicked ([`Error::is_panic`]);
+//!   - `worker_died`: the worker process running it died ([`Error::is_worker_died`]);
+//!   - `cancelled`: the task was dropped or [cancelled](Task::cancel) before the work started,
+//!     which then never ran, or a process worker was killed because its task gave up on it;
+//!   - `timeout`: the time limit ran out before the result came: [`Task::timeout`] (a thread's
+//!     work runs on to its end and is counted here, not as `ok`), a process pool's
+//!     [`task_timeout`](ProcessPoolBuilder::task_timeout) or a remote pool's timeout;
+//!   - `error`: any other failure: an argument or a result that does not deserialize on the
+//!     other side ([`Error::is_codec`]), the pool shut down or broke
+//!     ([`Error::is_shutdown`]), its initializer failed ([`Error::is_initializer_failure`]),
+//!     a remote broker failed.
+//!
+//!   A task refused before it reaches the pool (its argument does not serialize on the calling
+//!   thread) is not counted.
+//! - **`smol_offload_queue_wait_seconds`** (histogram, seconds): from the `run` or `spawn`
+//!   call to the start of the work, recorded when it starts, for every task that starts. The
+//!   start is when a pool thread begins the closure; for a process, when the job is sent to a
+//!   worker (a small job may be sent ahead to a busy worker, and waits in its socket after
+//!   that); for a remote pool, when the worker's started notice reaches this process. A remote
+//!   worker sends that notice only for a job that runs longer than about a millisecond: a
+//!   shorter one is answered first, and records neither histogram (its outcome is counted).
+//! - **`smol_offload_run_seconds`** (histogram, seconds): from the start of the work to its
+//!   end, recorded when the task ends, for every task that started: the closure returned or
+//!   panicked; the process's reply was read or its death noticed; the remote reply came in.
+//! - **`smol_offload_workers`** (gauge, workers): the pool's threads from build until the pool
+//!   is dropped; a process pool's live workers, down when one dies or is retired and up again
+//!   when its replacement is forked, 0 once the pool has shut down; a remote fleet's worker
+//!   processes when last asked (`RemotePool::fleet`, at build).
+//! - **`smol_offload_queued`** (gauge, tasks): submitted and not picked by a worker yet, as
+//!   in [`PoolStats::queued`].
+//! - **`smol_offload_running`** (gauge, tasks): picked and not ended yet, as in
+//!   [`PoolStats::running`]; back to 0 when the pool is idle.
+//!
+//! The gauges move by increments and decrements, so pools that share a name and a kind add
+//! up. The handles are built once per pool, with their labels: recording a task costs two
+//! clock reads and the recorder's own work, no allocation. Without the feature, none of this
+//! code is compiled.
 //!
 //! # Platforms
 //!
@@ -209,6 +261,9 @@
 //!   span. Workers inherit a global subscriber set before [`init`]; set one later in
 //!   [`ProcessPoolBuilder::initializer`]. Debug mode's reports also go out as `WARN` events on
 //!   the target `smol_offload::debug`.
+//! - `metrics` (off by default): the pools' task counts, queue waits, run times and gauges
+//!   through the [`metrics`](https://docs.rs/metrics) facade (its 0.24 line): see
+//!   [Metrics](#metrics).
 
 #![deny(unsafe_code)]
 
@@ -236,6 +291,7 @@ mod init_for_tests;
 mod job_queue;
 mod loop_executor;
 mod loop_thread;
+mod metrics;
 mod panics;
 mod process_pool;
 mod stats;

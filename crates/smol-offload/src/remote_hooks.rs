@@ -26,6 +26,11 @@ pub mod panics {
     pub use crate::panics::{Caught, Reporting, catch};
 }
 
+/// A pool's handles in the `metrics` facade (empty without the `metrics` feature).
+pub mod metrics {
+    pub use crate::metrics::{Kind, PoolMetrics, TaskTimer, UNNAMED};
+}
+
 /// The process pool, and its raw runs for the remote workers.
 pub mod process_pool {
     pub use crate::process_pool::ProcessPool;
@@ -52,5 +57,5 @@ pub mod sys {
 
 /// The two ends of a task, and the work its awaiting side may do.
 pub mod task {
-    pub use crate::task::{Assist, Promise, Task, pair};
+    pub use crate::task::{Assist, Promise, Task, pair, timed_pair};
 }

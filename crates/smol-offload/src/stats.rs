@@ -1,9 +1,12 @@
 //! Counters a pool keeps about its tasks, and the [`PoolStats`] snapshot users log.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
+
+use crate::metrics::PoolMetrics;
 
 /// A snapshot of a pool's work, for logs and dashboards.
 ///
@@ -49,33 +52,53 @@ impl fmt::Display for PoolStats {
 
 /// The live counters. Each one has a single kind of writer (the submitters, or the workers) and
 /// its own cache line, so counting costs no contention between the loop and the workers.
-#[derive(Debug, Default)]
+///
+/// With the `metrics` feature, the same points move the pool's `smol_offload_queued` and
+/// `smol_offload_running` gauges.
+#[derive(Debug)]
 pub struct Counters {
     submitted: CachePadded<AtomicU64>,
     picked: CachePadded<AtomicU64>,
     cancelled: CachePadded<AtomicU64>,
     completed: CachePadded<AtomicU64>,
+    /// The pool's handles in the metrics facade, moved at the same points.
+    pub metrics: Arc<PoolMetrics>,
 }
 
 impl Counters {
+    /// Counters at zero, moving `metrics`' gauges too.
+    pub fn new(metrics: Arc<PoolMetrics>) -> Counters {
+        Counters {
+            submitted: CachePadded::default(),
+            picked: CachePadded::default(),
+            cancelled: CachePadded::default(),
+            completed: CachePadded::default(),
+            metrics,
+        }
+    }
+
     /// A task was submitted.
     pub fn submitted(&self) {
         self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.metrics.submitted();
     }
 
     /// A worker took the task off the queue: it will run, or be skipped as cancelled.
     pub fn picked(&self) {
         self.picked.fetch_add(1, Ordering::Relaxed);
+        self.metrics.picked();
     }
 
     /// A task was cancelled before it ran.
     pub fn cancelled(&self) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.ended();
     }
 
     /// A task finished (with its value or an error).
     pub fn completed(&self) {
         self.completed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.ended();
     }
 
     /// The counts now, for a pool of `workers` workers.

@@ -31,6 +31,7 @@ use atomic_waker::AtomicWaker;
 
 use crate::error::{Error, ErrorKind};
 use crate::loop_executor::LoopTask;
+use crate::metrics::{Outcome, TaskTimer};
 
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;
@@ -41,6 +42,8 @@ const ABANDONED: u8 = 8;
 /// Set by [`Task::cancel`] on work that has already started: it runs on, but
 /// [`cancelled()`](crate::cancelled) tells it that nobody waits for it any more.
 const CANCEL_REQUESTED: u8 = 16;
+/// Set by [`Timeout`] when the time limit ran out first: what the pool's metrics count.
+const TIMED_OUT: u8 = 32;
 
 struct Shared<T> {
     state: AtomicU8,
@@ -49,6 +52,11 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
+    /// True once a [`Timeout`] gave up waiting for the result.
+    fn timed_out(&self) -> bool {
+        self.state.load(Ordering::Acquire) & TIMED_OUT != 0
+    }
+
     fn fulfil(&self, result: Result<T, Error>) {
         if self.state.load(Ordering::Acquire) & CANCELLED != 0 {
             // Nobody will read it: drop the value here, on the worker, right away.
@@ -81,6 +89,12 @@ impl<T: Send> crate::cancel::CancelSource for Shared<T> {
 
 /// Creates the two ends of one offloaded call.
 pub fn pair<T>() -> (Promise<T>, Task<T>) {
+    timed_pair(TaskTimer::none())
+}
+
+/// Creates the two ends of one offloaded call whose wait, run time and outcome `timer` records
+/// in its pool's metrics.
+pub fn timed_pair<T>(timer: TaskTimer) -> (Promise<T>, Task<T>) {
     let shared = Arc::new(Shared {
         state: AtomicU8::new(0),
         result: Mutex::new(None),
@@ -89,6 +103,7 @@ pub fn pair<T>() -> (Promise<T>, Task<T>) {
     (
         Promise {
             shared: Some(shared.clone()),
+            timer,
         },
         Task {
             shared: Some(shared),
@@ -138,6 +153,7 @@ pub(crate) trait Abandon: Send + Sync {
 /// awaiting task never hangs.
 pub struct Promise<T> {
     shared: Option<Arc<Shared<T>>>,
+    timer: TaskTimer,
 }
 
 impl<T> Promise<T> {
@@ -145,7 +161,11 @@ impl<T> Promise<T> {
     /// must then not run (drop the promise, or `complete` it with an error).
     pub fn start(&self) -> bool {
         let shared = self.shared.as_ref().expect("promise used after completion");
-        shared.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
+        let started = shared.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0;
+        if started {
+            self.timer.started();
+        }
+        started
     }
 
     /// True when the task was dropped (and not detached): nobody waits for the result.
@@ -174,6 +194,8 @@ impl<T> Promise<T> {
     /// Delivers the result and wakes the awaiting task.
     pub(crate) fn complete(mut self, result: Result<T, Error>) {
         if let Some(shared) = self.shared.take() {
+            self.timer
+                .ended(|| Outcome::of(&result, shared.timed_out()));
             shared.fulfil(result);
         }
     }
@@ -182,6 +204,18 @@ impl<T> Promise<T> {
 impl<T> Drop for Promise<T> {
     fn drop(&mut self) {
         if let Some(shared) = self.shared.take() {
+            // Dropped without a result: the work was skipped because its task was dropped
+            // first, or the pool went away.
+            self.timer.ended(|| {
+                let state = shared.state.load(Ordering::Acquire);
+                if state & TIMED_OUT != 0 {
+                    Outcome::Timeout
+                } else if state & CANCELLED != 0 {
+                    Outcome::Cancelled
+                } else {
+                    Outcome::Error
+                }
+            });
             shared.fulfil(Err(Error::new(ErrorKind::Shutdown)));
         }
     }
@@ -542,6 +576,9 @@ impl<T> Future for Timeout<T> {
         }
         if Pin::new(&mut this.timer).poll(cx).is_ready() {
             if let Some(task) = this.task.take() {
+                if let Some(shared) = &task.shared {
+                    shared.state.fetch_or(TIMED_OUT, Ordering::AcqRel);
+                }
                 task.abandon_started(false);
             }
             return Poll::Ready(Err(Error::new(ErrorKind::Timeout(this.limit))));

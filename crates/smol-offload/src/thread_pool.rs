@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::job_queue::{Job, JobQueue};
+use crate::metrics::{self, Kind, PoolMetrics};
 use crate::panics::{self, Reporting};
 use crate::stats::{Counters, PoolStats};
 use crate::task::{self, Promise, Task};
@@ -47,6 +48,14 @@ struct Inner {
     rayon: rayon::ThreadPool,
     queue: Arc<JobQueue>,
     workers: usize,
+    name: Arc<str>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The threads stop once the queued work is done.
+        self.queue.counters.metrics.workers_changed(self.workers, 0);
+    }
 }
 
 impl ThreadPool {
@@ -106,7 +115,7 @@ impl ThreadPool {
             let span = tracing::Span::current();
             move || span.in_scope(f)
         };
-        let (promise, task) = task::pair();
+        let (promise, task) = task::timed_pair(self.inner.queue.counters.metrics.timer());
         if crate::debug::is_enabled() {
             self.watch_queued(&task, Location::caller());
         }
@@ -120,10 +129,17 @@ impl ThreadPool {
         self.inner.workers
     }
 
+    /// The pool's name, given to [`ThreadPoolBuilder::name`], else `"unnamed"` (the default
+    /// pool of [`spawn`](crate::spawn) is `"default"`).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
     /// Debug mode: reports `task` if it waits in the queue longer than the threshold.
     fn watch_queued<T: Send + 'static>(&self, task: &Task<T>, at: &'static Location<'static>) {
         let (queue, workers) = (Arc::downgrade(&self.inner.queue), self.inner.workers);
-        crate::debug::watch_queued(task, "ThreadPool", at, move || {
+        let name = self.inner.name.clone();
+        crate::debug::watch_queued(task, "ThreadPool", name, at, move || {
             Some(queue.upgrade()?.counters.snapshot(workers))
         });
     }
@@ -183,6 +199,7 @@ impl Executor for ThreadPool {
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadPool")
+            .field("name", &self.name())
             .field("stats", &self.stats())
             .finish()
     }
@@ -193,6 +210,7 @@ impl fmt::Debug for ThreadPool {
 #[must_use = "a builder does nothing until build() is called"]
 pub struct ThreadPoolBuilder {
     workers: Option<usize>,
+    name: Option<String>,
     thread_name: Option<Box<dyn FnMut(usize) -> String + 'static>>,
     stack_size: Option<usize>,
 }
@@ -201,6 +219,21 @@ impl ThreadPoolBuilder {
     /// The number of worker threads. Without it, the pool has one per CPU.
     pub fn workers(mut self, workers: usize) -> ThreadPoolBuilder {
         self.workers = Some(workers);
+        self
+    }
+
+    /// Names the pool: its `pool` label in metrics (feature `metrics`) and its name in debug
+    /// mode's reports. Without it, the pool is `"unnamed"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let pool = smol_offload::ThreadPool::builder().name("resize").workers(2).build()?;
+    /// assert_eq!(pool.name(), "resize");
+    /// # Ok::<(), smol_offload::BuildError>(())
+    /// ```
+    pub fn name(mut self, name: &str) -> ThreadPoolBuilder {
+        self.name = Some(name.to_owned());
         self
     }
 
@@ -244,12 +277,16 @@ impl ThreadPoolBuilder {
         let rayon = builder
             .build()
             .map_err(|err| BuildError::new(BuildErrorKind::Rayon(err)))?;
-        let queue = Arc::new(JobQueue::new(workers));
+        let name = self.name.as_deref().unwrap_or(metrics::UNNAMED);
+        let metrics = PoolMetrics::new(name, Kind::Thread);
+        metrics.workers_changed(0, workers);
+        let queue = Arc::new(JobQueue::new(workers, metrics));
         Ok(ThreadPool {
             inner: Arc::new(Inner {
                 rayon,
                 queue,
                 workers,
+                name: name.into(),
             }),
         })
     }
@@ -259,6 +296,7 @@ impl fmt::Debug for ThreadPoolBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadPoolBuilder")
             .field("workers", &self.workers)
+            .field("name", &self.name)
             .field("thread_name", &self.thread_name.as_ref().map(|_| "<fn>"))
             .field("stack_size", &self.stack_size)
             .finish()

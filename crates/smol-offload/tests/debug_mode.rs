@@ -226,7 +226,11 @@ fn debug_mode_off_reports_nothing() {
 #[test]
 fn work_starved_in_a_thread_pool_queue_is_reported_with_the_pool_stats() {
     let _serial = serial();
-    let pool = ThreadPool::new(1).unwrap();
+    let pool = ThreadPool::builder()
+        .name("uploads")
+        .workers(1)
+        .build()
+        .unwrap();
     let (held, gate) = hold_a_worker(&pool, ());
     let (_, receiver) = capture(Duration::from_millis(50));
     let (waiting, queue_report) = smol::block_on(debug::watch_named("submitter", async {
@@ -248,6 +252,12 @@ fn work_starved_in_a_thread_pool_queue_is_reported_with_the_pool_stats() {
         unreachable!()
     };
     assert_eq!(kind, "ThreadPool");
+    assert_eq!(queue_report.pool_name.as_deref(), Some("uploads"));
+    assert!(
+        queue_report
+            .to_string()
+            .contains(r#"queue of ThreadPool "uploads""#)
+    );
     assert_eq!((stats.workers, stats.running, stats.queued), (1, 1, 1));
     assert_eq!(queue_report.task, "submitter");
     assert_eq!(queue_report.location.file(), file!());
@@ -302,6 +312,7 @@ fn work_starved_in_a_process_pool_queue_is_reported_with_the_pool_stats() {
         unreachable!()
     };
     assert_eq!(kind, "ProcessPool");
+    assert_eq!(report.pool_name.as_deref(), Some("unnamed"));
     assert_eq!(stats.workers, 1);
     assert!(stats.queued >= 1, "{stats}");
     assert_eq!(report.location.file(), file!());

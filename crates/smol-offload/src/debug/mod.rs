@@ -89,8 +89,8 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{BuildError, BuildErrorKind};
@@ -318,6 +318,7 @@ fn enable_from_env_once() {
 pub(crate) fn watch_queued<T, S>(
     task: &Task<T>,
     pool: &'static str,
+    pool_name: Arc<str>,
     location: &'static Location<'static>,
     stats: S,
 ) where
@@ -335,6 +336,7 @@ pub(crate) fn watch_queued<T, S>(
         progress,
         stats: Box::new(stats),
         pool,
+        pool_name,
         location,
         thread,
         submitter,

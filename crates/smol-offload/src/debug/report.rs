@@ -44,6 +44,11 @@ pub enum ReportKind {
 pub struct Report {
     /// What happened.
     pub kind: ReportKind,
+    /// For [`ReportKind::QueueWait`], the pool's name (given to
+    /// [`ThreadPoolBuilder::name`](crate::ThreadPoolBuilder::name) or
+    /// [`ProcessPoolBuilder::name`](crate::ProcessPoolBuilder::name), else `"unnamed"`);
+    /// `None` for the other kinds.
+    pub pool_name: Option<String>,
     /// The task: the name given to [`watch_named`](crate::debug::watch_named), else the place
     /// where it was wrapped, as `file:line:column`. For [`ReportKind::QueueWait`], the watched
     /// task that submitted the work, else the place of the `spawn` or `run` call.
@@ -85,9 +90,10 @@ impl fmt::Display for Report {
             ),
             ReportKind::QueueWait { pool, stats } => write!(
                 f,
-                "work submitted by task {task:?} at {location} has waited {elapsed:.1?} in a \
-                 {pool}'s queue without starting (threshold {threshold:?}): {stats}",
-                location = self.location
+                "work submitted by task {task:?} at {location} has waited {elapsed:.1?} in the \
+                 queue of {pool} {name:?} without starting (threshold {threshold:?}): {stats}",
+                location = self.location,
+                name = self.pool_name.as_deref().unwrap_or(crate::metrics::UNNAMED),
             ),
         }
     }
@@ -144,6 +150,7 @@ fn default_sink(report: &Report) {
         elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
         threshold_ms = report.threshold.as_secs_f64() * 1e3,
         pool = pool.map(|(name, _)| name),
+        pool_name = report.pool_name.as_deref(),
         pool_stats = pool.map(|(_, stats)| tracing::field::display(stats)),
         "{report}"
     );

@@ -156,6 +156,7 @@ impl PollGuard {
             kind: ReportKind::SlowPoll {
                 was_stuck: frame.was_stuck,
             },
+            pool_name: None,
             task: frame.task.label(),
             location: frame.task.location,
             thread: polls.thread.to_string(),

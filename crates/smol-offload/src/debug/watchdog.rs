@@ -29,6 +29,7 @@ pub(crate) struct QueuedWork {
     pub(crate) progress: Weak<dyn Progress>,
     pub(crate) stats: StatsProbe,
     pub(crate) pool: &'static str,
+    pub(crate) pool_name: Arc<str>,
     pub(crate) location: &'static Location<'static>,
     pub(crate) thread: Arc<str>,
     pub(crate) submitter: Option<TaskName>,
@@ -164,6 +165,7 @@ fn check_queue(
                 Some(task) => task.label(),
                 None => work.location.to_string(),
             },
+            pool_name: Some(work.pool_name.to_string()),
             location: work.location,
             thread: work.thread.to_string(),
             elapsed: now.saturating_duration_since(work.since),
@@ -198,6 +200,7 @@ fn check_polls(now: Instant, threshold: Duration, next: &mut Instant, reports: &
                 }
                 reports.push(Report {
                     kind: ReportKind::Stuck,
+                    pool_name: None,
                     task: frame.task.label(),
                     location: frame.task.location,
                     thread: polls.thread.to_string(),

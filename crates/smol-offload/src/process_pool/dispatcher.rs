@@ -168,7 +168,7 @@ impl Dispatcher {
             .into_iter()
             .map(|worker| new_worker(&shared, worker))
             .collect();
-        *shared.pids_mut() = workers.iter().map(|worker| worker.pid).collect();
+        shared.change_pids(|pids| *pids = workers.iter().map(|worker| worker.pid).collect());
         // Lent out from the start, so that the first task goes straight to a worker; kept
         // home while they run the pool's initializer.
         let (initializing, ready): (Vec<WorkerLink>, Vec<WorkerLink>) =
@@ -716,7 +716,8 @@ impl Dispatcher {
         self.dying
             .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
         drop(worker);
-        self.shared.pids_mut().retain(|&other| other != pid);
+        self.shared
+            .change_pids(|pids| pids.retain(|&other| other != pid));
     }
 
     /// In a closed pool, lets go of the workers that run a job but have been stopped
@@ -771,7 +772,7 @@ impl Dispatcher {
             match WorkerLink::new(spawned) {
                 Ok(worker) => {
                     let worker = new_worker(&self.shared, worker);
-                    self.shared.pids_mut().push(pid);
+                    self.shared.change_pids(|pids| pids.push(pid));
                     self.workers.push(worker);
                     self.respawn.succeeded();
                 }
@@ -829,7 +830,7 @@ impl Dispatcher {
                     .fail(Error::new(ErrorKind::Shutdown));
             }
         }
-        self.shared.pids_mut().clear();
+        self.shared.change_pids(Vec::clear);
         self.reap_all_dying();
     }
 

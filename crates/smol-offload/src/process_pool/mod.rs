@@ -181,6 +181,11 @@ impl ProcessPool {
         self.handle.workers
     }
 
+    /// The pool's name, given to [`ProcessPoolBuilder::name`], else `"unnamed"`.
+    pub fn name(&self) -> &str {
+        self.handle.shared.name()
+    }
+
     /// The pids of the current workers, for logs and tests. A worker that dies is replaced by
     /// one with a new pid.
     pub fn pids(&self) -> Vec<u32> {
@@ -269,11 +274,13 @@ impl Executor for ProcessPool {
             Ok(bytes) => bytes,
             Err(error) => return Task::ready(Err(error)),
         };
-        let (promise, task) = task::pair::<R>();
+        let timer = self.handle.shared.counters.metrics.timer();
+        let (promise, task) = task::timed_pair::<R>(timer);
         if crate::debug::is_enabled() {
             let (shared, workers) = (Arc::downgrade(&self.handle.shared), self.handle.workers);
             let at = std::panic::Location::caller();
-            crate::debug::watch_queued(&task, "ProcessPool", at, move || {
+            let name = self.handle.shared.name().into();
+            crate::debug::watch_queued(&task, "ProcessPool", name, at, move || {
                 Some(shared.upgrade()?.counters.snapshot(workers))
             });
         }
@@ -314,6 +321,7 @@ fn encode_argument<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
 impl fmt::Debug for ProcessPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProcessPool")
+            .field("name", &self.name())
             .field("pids", &self.pids())
             .field("stats", &self.stats())
             .finish()
@@ -617,6 +625,24 @@ impl ProcessPoolBuilder {
     /// ```
     pub fn print_panics(mut self, print: bool) -> ProcessPoolBuilder {
         self.print_panics = print;
+        self
+    }
+
+    /// Names the pool: its `pool` label in metrics (feature `metrics`) and its name in debug
+    /// mode's reports. Without it, the pool is `"unnamed"`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     smol_offload::init();
+    ///     let pool = smol_offload::ProcessPool::builder().name("thumbnails").workers(1).build()?;
+    ///     assert_eq!(pool.name(), "thumbnails");
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn name(mut self, name: &str) -> ProcessPoolBuilder {
+        self.options.name = Some(name.to_owned());
         self
     }
 

@@ -4,6 +4,8 @@
 /// The settings of one process pool.
 #[derive(Debug, Default)]
 pub(crate) struct PoolOptions {
+    /// The pool's label in metrics and debug mode's reports.
+    pub(crate) name: Option<String>,
     /// Dropping a started task kills its worker.
     pub(crate) kill_on_drop: bool,
     /// The longest a task may run before the dispatcher kills its worker.

@@ -37,6 +37,7 @@ use std::task::Waker;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::{Error, ErrorKind};
+use crate::metrics::{self, Kind, PoolMetrics};
 use crate::process_pool::job::Job;
 use crate::process_pool::loan::Loan;
 use crate::process_pool::options::PoolOptions;
@@ -139,7 +140,10 @@ impl Shared {
             broken: AtomicBool::new(false),
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
-            counters: Counters::default(),
+            counters: Counters::new(PoolMetrics::new(
+                options.name.as_deref().unwrap_or(metrics::UNNAMED),
+                Kind::Process,
+            )),
             options,
         })
     }
@@ -356,6 +360,19 @@ impl Shared {
     /// The workers' pids, for [`pids`](Shared::pids) (last in the lock order).
     pub(super) fn pids_mut(&self) -> MutexGuard<'_, Vec<u32>> {
         self.pids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the list of the workers' pids, and the `smol_offload_workers` gauge with it.
+    pub(super) fn change_pids(&self, change: impl FnOnce(&mut Vec<u32>)) {
+        let mut pids = self.pids_mut();
+        let before = pids.len();
+        change(&mut pids);
+        self.counters.metrics.workers_changed(before, pids.len());
+    }
+
+    /// The pool's name, given to its builder, else `"unnamed"`.
+    pub(crate) fn name(&self) -> &str {
+        self.options.name.as_deref().unwrap_or(metrics::UNNAMED)
     }
 
     /// The oldest queued job, if `fits` accepts it, counted as picked.
