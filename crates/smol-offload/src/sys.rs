@@ -11,6 +11,35 @@
 //! `init` creates, which never starts one. A forked child never returns or unwinds into its
 //! parent's stack frames: it runs its loop, then calls [`exit_child`]; a guard aborts the child
 //! should a panic ever escape. See `docs/fork-safety.md`.
+//!
+//! # Memory shared with a worker
+//!
+//! A worker runs the user's code, which may be a plug-in that nobody vetted, so the parent
+//! treats every worker as possibly hostile: a worker that breaks the protocol may cost its own
+//! tasks, never the application or another worker's tasks. Where the parent maps memory that a
+//! worker can reach, the danger is a fault: an access to a page that the file no longer covers
+//! raises `SIGBUS`, which kills the whole application. So every such mapping rests on what the
+//! kernel enforces on the file, whoever holds it, and never on the worker's good behaviour:
+//!
+//! | the parent maps | what the worker holds | why no access of the parent's can fault |
+//! | --- | --- | --- |
+//! | the claim page ([`SharedWord`]), read and written atomically | a writable mapping; it closes its descriptor once mapped | sealed against shrinking and growing before the worker gets it; every value read is the worker's word, checked as such (`process_pool::claim`) |
+//! | the request arena ([`ArenaMapping`]), written, never read | a read-only mapping (which it could make writable); it closes its descriptor once mapped | sealed against shrinking and growing by the parent; what the worker writes there only reaches its own arguments |
+//! | a sealed reply ([`SealedMapping`]), read in place | the memfd it made, which it may keep | the seals (writes, shrinking, growing), the file system, the size and that every page was written are checked on the file before it is mapped; its size is bounded (`process_pool::wire::MAX_RESULT`) |
+//!
+//! A worker's reply arena and its streamed results are never mapped: the parent copies them out
+//! with `pread` ([`read_from_start`]), so what the worker does to those files changes the bytes
+//! read or makes the read come up short (its reply is then malformed), and nothing else. A
+//! worker holds no descriptor of another worker's: the fork server closes its copies of a
+//! worker's socket and claim memfd once it has forked it, so a worker inherits only what the
+//! application had open when [`crate::init`] ran, and its own two.
+//!
+//! Out of this model: a worker runs as the application's user and makes its own system calls. It
+//! can send the application a signal, or reach it and its other workers through `/proc` (open
+//! their descriptors, and `ptrace` them where the system allows it). The pool keeps a worker
+//! from harming anything through what the protocol hands it (its descriptors, the memory it
+//! shares, the bytes it sends), not through the operating system: to contain a plug-in that
+//! far, run it under the system's isolation (another user, a seccomp filter, namespaces).
 
 #![allow(unsafe_code)]
 
@@ -326,6 +355,13 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// A 64-bit word of memory shared by the parent and one worker: a page of a memfd, mapped
 /// `MAP_SHARED` in each. The parent creates it and passes the memfd to the worker (through
 /// the fork server); both then see the same word, for atomic operations only.
+///
+/// The worker may be hostile, and this is memory the parent maps: the memfd is sealed against
+/// shrinking and growing before it leaves the parent, so that no holder of the file can cut
+/// the page from under the parent's mapping (an access would raise `SIGBUS`, and kill the
+/// application). What the worker can still do is write the page, at any time: every value
+/// read from it is data from the worker, which the parent checks as such (see
+/// `process_pool::claim`).
 pub(crate) struct SharedWord {
     word: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
 }
@@ -337,23 +373,49 @@ unsafe impl Send for SharedWord {}
 unsafe impl Sync for SharedWord {}
 
 impl SharedWord {
-    /// Creates a memfd holding one zeroed page, and maps it. Returns the mapping and the memfd
-    /// (close-on-exec), to pass to the other process.
+    /// Creates a memfd holding one zeroed page, sealed against shrinking, growing and further
+    /// seals, and maps it. Returns the mapping and the memfd (close-on-exec), to pass to the
+    /// other process.
     pub(crate) fn create() -> io::Result<(SharedWord, OwnedFd)> {
-        let fd = nix::sys::memfd::memfd_create(
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        use nix::sys::memfd::{MFdFlags, memfd_create};
+
+        let fd = memfd_create(
             c"smol-offload-claim",
-            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
         )?;
         nix::unistd::ftruncate(&fd, page_size() as libc::off_t)?;
-        let word = SharedWord::map(&fd)?;
+        // Not `F_SEAL_WRITE`: both sides write the page. `F_SEAL_SEAL` keeps anyone from adding
+        // seals later.
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
+        let word = SharedWord::map(std::os::fd::AsFd::as_fd(&fd))?;
         Ok((word, fd))
     }
 
-    /// Maps the word of a memfd made by [`create`](SharedWord::create).
-    pub(crate) fn map(fd: &OwnedFd) -> io::Result<SharedWord> {
+    /// Maps the word of a memfd made by [`create`](SharedWord::create). The descriptor may be
+    /// closed afterwards: the mapping keeps the file.
+    ///
+    /// # Errors
+    ///
+    /// The memfd is not sealed against shrinking, or holds less than a page (no such memfd
+    /// comes from `create`), or `mmap` failed.
+    pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<SharedWord> {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
         use std::os::fd::AsRawFd;
+
+        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
+        let size = nix::sys::stat::fstat(fd)?.st_size;
+        if !seals.contains(SealFlag::F_SEAL_SHRINK) || size < page_size() as libc::off_t {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a claim page that is not a page sealed against shrinking",
+            ));
+        }
         // SAFETY: a new shared mapping of one page of `fd` at an address the kernel picks: it
-        // overlaps nothing of this process. `fd` was sized to a page by `create`.
+        // overlaps nothing of this process. The file holds at least that page (checked just
+        // above) and is sealed against shrinking, so the kernel keeps the page backed by the
+        // file for as long as it is mapped, whatever any other holder of the file does.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -375,17 +437,21 @@ impl SharedWord {
     /// The second word of the page, for a second use (the arena's, see
     /// `process_pool::arena`).
     pub(crate) fn second(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 4096
-        // on Linux), so the second 8-byte-aligned word lies in it too, and it is only ever
-        // accessed atomically.
+        // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 16), so
+        // the second 8-byte-aligned word lies in it too, and it is only ever accessed
+        // atomically here.
         unsafe { self.word.add(1).as_ref() }
     }
 
     /// The word.
     pub(crate) fn get(&self) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: `word` points to the start of a live, page-aligned (so 8-byte aligned)
-        // mapping of a page, which stays mapped while `self` lives; the memory is only ever
-        // accessed atomically, by this process and the one other that maps it.
+        // mapping of a page, which stays mapped while `self` lives, and stays backed by the
+        // file: the kernel upholds that, since the memfd is sealed against shrinking (checked
+        // by `map`), so no access faults. This process only accesses it atomically. The other
+        // process is meant to as well; one that writes it some other way, or writes any value,
+        // is upheld by nobody and needs no one to: an `AtomicU64` has no invalid value, and
+        // the parent treats what it reads as untrusted data (see `process_pool::claim`).
         unsafe { self.word.as_ref() }
     }
 }
@@ -467,6 +533,15 @@ pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
 
 /// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
 /// change while they are mapped.
+///
+/// The parent maps these from a worker, which may be hostile, so everything that makes the
+/// mapping safe to read is checked on the file itself before it is mapped, not taken from the
+/// worker's word: the seals (no holder of the file can write, shrink or grow it, so no access
+/// faults and no byte changes), the file system (an ordinary memfd, whose pages cannot fail to
+/// be there, not one of `hugetlbfs`), the size, and that every page was written (the sender
+/// paid for the memory: mapping a file of holes would allocate its pages in the reader). How
+/// large a mapping the reader accepts is for the caller to bound (see
+/// `process_pool::wire::MAX_RESULT`).
 pub(crate) struct SealedMapping {
     address: std::ptr::NonNull<u8>,
     len: usize,
@@ -480,8 +555,9 @@ unsafe impl Send for SealedMapping {}
 unsafe impl Sync for SealedMapping {}
 
 impl SealedMapping {
-    /// Maps the memfd `fd`, which must hold exactly `len` bytes and be sealed against writes,
-    /// shrinking and growing; `fd` is closed (the mapping keeps the memory).
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes, all of them written, and be
+    /// sealed against writes, shrinking and growing; `fd` is closed (the mapping keeps the
+    /// memory).
     ///
     /// # Errors
     ///
@@ -489,22 +565,38 @@ impl SealedMapping {
     pub(crate) fn new(fd: OwnedFd, len: usize) -> io::Result<SealedMapping> {
         use nix::fcntl::{FcntlArg, SealFlag, fcntl};
         use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+        use std::os::unix::fs::MetadataExt;
 
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
         let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
         if !seals.contains(needed) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a shared payload that is not sealed against writes",
+            return Err(invalid(
+                "a shared payload that is not sealed against writes".to_owned(),
+            ));
+        }
+        // Seals work on `hugetlbfs` too, whose pages are reserved, not allocated, by a mapping.
+        if nix::sys::statfs::fstatfs(&fd)?.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
+            return Err(invalid(
+                "a shared payload that is no ordinary memfd".to_owned(),
             ));
         }
         let file = std::fs::File::from(fd);
-        let size = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let size = metadata.len();
         if size != len as u64 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("a shared payload of {size} bytes announced as {len}"),
-            ));
+            return Err(invalid(format!(
+                "a shared payload of {size} bytes announced as {len}"
+            )));
+        }
+        // The blocks of a memfd are its pages in memory or in swap: all of them, for a file
+        // written whole. A hole would be allocated by the first access to it, in this process;
+        // since the file is sealed against writes, none can be punched later.
+        let held = metadata.blocks().saturating_mul(512);
+        if held < size {
+            return Err(invalid(format!(
+                "a shared payload of {size} bytes of which only {held} were ever written"
+            )));
         }
         let Some(length) = std::num::NonZeroUsize::new(len) else {
             return Ok(SealedMapping {
@@ -513,15 +605,20 @@ impl SealedMapping {
             });
         };
         // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps
-        // no memory of this process. The file is sealed against shrinking, so no page of the
-        // mapping can vanish under a reader (which would raise SIGBUS).
+        // no memory of this process. What keeps every access to it from faulting is upheld by
+        // the kernel, whoever else holds the file, on the strength of the checks above: the
+        // file holds `len` bytes and is sealed against shrinking (no page of the mapping can
+        // vanish under a reader, which would raise SIGBUS) and against writes (no byte
+        // changes, and no page can be punched out); it is an ordinary memfd whose every page
+        // is allocated already, so no access needs to allocate one.
         let address = unsafe {
             mmap(
                 None,
                 length,
                 ProtFlags::PROT_READ,
                 // Populated at once: one call instead of a page fault per few pages, since
-                // the payload is about to be read whole.
+                // the payload is about to be read whole. It only maps pages that the sender
+                // allocated already (checked above), at most as many as the caller allows.
                 MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
                 &file,
                 0,
@@ -536,8 +633,10 @@ impl SealedMapping {
     /// The mapped bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `address` is the start of a readable mapping of `len` bytes (or dangling with
-        // `len == 0`), alive until `self` is dropped, and its contents never change: the memfd
-        // is sealed against writes, and this process mapped it read-only.
+        // `len == 0`), alive until `self` is dropped, and its contents never change and never
+        // fault: `new` checked that the memfd is sealed against writes and shrinking and that
+        // every page is in it, the kernel upholds the seals whoever holds the file, and this
+        // process mapped it read-only.
         unsafe { std::slice::from_raw_parts(self.address.as_ptr(), self.len) }
     }
 }
@@ -592,7 +691,9 @@ impl ArenaMapping {
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
         // SAFETY: a new shared mapping of the whole file at an address the kernel picks: it
         // overlaps nothing of this process. The file is `len` bytes and sealed against
-        // shrinking, so every byte of the mapping stays backed by the file.
+        // shrinking (just above, and `F_SEAL_SEAL` keeps the seals as they are), so the kernel
+        // keeps every byte of the mapping backed by the file, whatever the other process (which
+        // gets the descriptor, and may be hostile) does to it.
         let address = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -1271,8 +1372,17 @@ pub(crate) fn serve_requests(
             None
         };
         if !claims.claim(request.id) {
-            // The parent took the job back before it started: it runs elsewhere.
-            continue;
+            if claims.was_revoked(request.id) {
+                // The parent took the job back before it started: it runs elsewhere.
+                continue;
+            }
+            // The word went back below this job: something in this worker (a task) wrote over
+            // the claim page, and no job could be claimed again. Exit: the parent then runs
+            // elsewhere the jobs that never started, instead of waiting for them forever.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the claim word was written over",
+            ));
         }
         // An argument in the arena is read in place, and only for a job claimed: the parent
         // writes the arena again only once the job is answered (or taken back, and then it
@@ -1308,6 +1418,9 @@ pub(crate) fn serve_requests(
         });
         drop(backing);
         wire::finish_reply(&mut reply, status);
+        // A result larger than the parent accepts fails here, as the task's error, rather than
+        // be refused there as a malformed reply.
+        wire::refuse_oversized_reply(&mut reply, request.id);
         // A `ByteBuf` of the argument outlived the call (the function kept it somewhere): it
         // still reads the arena, which the parent must then never write again. Only this
         // loop's own reference is left otherwise.
@@ -1404,6 +1517,42 @@ mod tests {
 
         action.sa_sigaction = libc::SIG_DFL;
         set_action(libc::SIGTERM, &action).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_mapping_needs_every_page_written_and_an_ordinary_memfd() {
+        use std::io::Write;
+        let whole = sealed_memfd(&[5; 100_000]).unwrap();
+        assert_eq!(
+            SealedMapping::new(whole, 100_000).unwrap().as_slice()[99_999],
+            5
+        );
+        // Half written, then sealed: the holes would be allocated by the reader.
+        let fd =
+            nix::sys::memfd::memfd_create(c"half", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)
+                .unwrap();
+        let mut file = std::fs::File::from(fd);
+        file.set_len(1 << 20).unwrap();
+        file.write_all(&[1; 1 << 19]).unwrap();
+        let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK
+            | nix::fcntl::SealFlag::F_SEAL_GROW
+            | nix::fcntl::SealFlag::F_SEAL_WRITE;
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        let err = SealedMapping::new(file.into(), 1 << 20).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("of which only 524288 were ever written"),
+            "{err}"
+        );
+        // A huge-page memfd can be sealed too, where the kernel has huge pages to give.
+        if let Ok(fd) = nix::sys::memfd::memfd_create(
+            c"huge",
+            nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING | nix::sys::memfd::MFdFlags::MFD_HUGETLB,
+        ) {
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_ADD_SEALS(seals)).unwrap();
+            let err = SealedMapping::new(fd, 0).unwrap_err();
+            assert!(err.to_string().contains("no ordinary memfd"), "{err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   is in an arena carries the payload's size in place of the payload.
 //! - **The writer maps its arena, and only writes through the mapping.** An arena is a memfd of
 //!   [`ARENA_MAX`] bytes sealed against shrinking and growing, so no access through a mapping
-//!   can fault past its end, whatever the other side does to the file. `pwrite` would do
+//!   can fault past its end, whatever the other side does to the file. The worker closes its
+//!   descriptor of the parent's arena once it has mapped it. `pwrite` would do
 //!   without the mapping, but it costs about three times a `memcpy` on shared memory.
 //! - **The parent copies a reply out with `pread`** ([`InArena::read`]) before anything reads
 //!   it, and never maps the worker's arena. A hostile worker can write anything into its arena

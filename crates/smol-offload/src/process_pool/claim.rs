@@ -12,6 +12,29 @@
 //! The parent uses it to requeue the jobs that provably never started when a worker dies (only
 //! the job it was running fails), and to move jobs sent ahead to a busy worker onto an idle
 //! one. It costs the worker one compare-and-swap per job, with no system call.
+//!
+//! # A hostile worker
+//!
+//! The page is memory the parent maps and a worker can write, so it is made so that no worker
+//! can make an access to it fault: the memfd is sealed against shrinking and growing before the
+//! worker gets it (see `sys::SharedWord`), and the worker closes its descriptor as soon as it
+//! has mapped the page, so that a task that truncates every descriptor it holds does not even
+//! reach it. A task can still write the page through the worker's own mapping, at any time and
+//! with any value, so every value the parent reads from it is the worker's word, trusted only
+//! for the worker's own jobs:
+//!
+//! - *Which jobs it started* is trusted as far as it goes: a word below the truth makes the
+//!   parent run elsewhere jobs that this worker ran (a second run, whose first result the
+//!   parent never took), a word above it makes the parent count as started jobs that it never
+//!   will (they fail with the worker, or wait for it as for any busy worker). Either way, only
+//!   jobs sent to this worker.
+//! - *A word past every job sent* is no claim any worker could make: the parent checks it at
+//!   each reply ([`Claims::claimed_beyond`]), and kills the worker as one that sent a malformed
+//!   reply. A worker's own loop checks that the word never goes back below the job it reads
+//!   ([`Claims::was_revoked`]): it exits rather than skip its jobs forever.
+//! - *The count of arena replies read* (the second word) only tells the worker when it may
+//!   write its reply arena again: a wrong count makes it overwrite a reply the parent has not
+//!   copied out yet, and so garbles its own results.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -32,11 +55,12 @@ impl Claims {
         Ok((Claims { word }, fd))
     }
 
-    /// The worker's view of the word the parent created.
-    pub(crate) fn map(fd: &OwnedFd) -> io::Result<Claims> {
-        Ok(Claims {
-            word: SharedWord::map(fd)?,
-        })
+    /// The worker's view of the word the parent created. Closes `fd`: the mapping keeps the
+    /// page, and a descriptor the worker no longer holds is one that no task can misuse.
+    pub(crate) fn map(fd: OwnedFd) -> io::Result<Claims> {
+        let word = SharedWord::map(std::os::fd::AsFd::as_fd(&fd))?;
+        drop(fd);
+        Ok(Claims { word })
     }
 
     /// For the worker: claims job `id` before starting it. `false` when the parent revoked it:
@@ -46,6 +70,22 @@ impl Claims {
             .get()
             .compare_exchange(id, id + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+
+    /// For the worker, after [`claim`](Claims::claim) of job `id` failed: `true` when the
+    /// parent revoked the job (the word is past it). `false` means that the word went back
+    /// below `id`, which neither side's protocol ever does: something in this worker wrote
+    /// over the page, and no job it reads from now on could be claimed.
+    pub(crate) fn was_revoked(&self, id: u64) -> bool {
+        self.word.get().load(Ordering::SeqCst) > id
+    }
+
+    /// For the parent: the word, when it says that the worker started jobs it was never sent
+    /// (it is past `next_id`, the id of the next job the parent will send): no worker that
+    /// follows the protocol can write that. `None` when the word is within bounds.
+    pub(crate) fn claimed_beyond(&self, next_id: u64) -> Option<u64> {
+        let word = self.word.get().load(Ordering::Relaxed);
+        (word > next_id).then_some(word)
     }
 
     /// For the parent: records that it has read `count` replies out of the worker's reply
@@ -87,7 +127,7 @@ mod tests {
     #[test]
     fn claimed_jobs_are_never_revoked_and_revoked_ones_never_start() {
         let (parent, fd) = Claims::create().unwrap();
-        let worker = Claims::map(&fd).unwrap();
+        let worker = Claims::map(fd).unwrap();
         // Jobs 0 to 4 sent; the worker starts 0 and 1.
         assert!(worker.claim(0));
         assert!(worker.claim(1));
@@ -108,7 +148,7 @@ mod tests {
     #[test]
     fn the_arena_count_is_a_word_of_its_own() {
         let (parent, fd) = Claims::create().unwrap();
-        let worker = Claims::map(&fd).unwrap();
+        let worker = Claims::map(fd).unwrap();
         assert_eq!(worker.arena_replies_read(), 0);
         parent.set_arena_replies_read(3);
         assert_eq!(worker.arena_replies_read(), 3);
@@ -118,10 +158,58 @@ mod tests {
     }
 
     #[test]
+    fn no_holder_of_the_claim_page_can_shrink_or_grow_it() {
+        let (parent, fd) = Claims::create().unwrap();
+        let hostile = fd.try_clone().unwrap();
+        let worker = Claims::map(fd).unwrap();
+        for size in [0, 1, 1 << 30] {
+            assert_eq!(
+                nix::unistd::ftruncate(&hostile, size),
+                Err(nix::errno::Errno::EPERM),
+                "{size} bytes"
+            );
+        }
+        // Nor add a seal (against writes, say) that would stop the other side.
+        let write = nix::fcntl::FcntlArg::F_ADD_SEALS(nix::fcntl::SealFlag::F_SEAL_FUTURE_WRITE);
+        assert!(nix::fcntl::fcntl(&hostile, write).is_err());
+        assert!(worker.claim(0));
+        assert_eq!(parent.revoke_unstarted(1), 1);
+    }
+
+    #[test]
+    fn a_page_that_can_shrink_is_refused() {
+        let fd =
+            nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::empty()).unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        let err = Claims::map(fd).unwrap_err();
+        assert!(
+            err.to_string().contains("sealed against shrinking"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_word_written_over_is_told_from_a_revocation() {
+        let (parent, fd) = Claims::create().unwrap();
+        let worker = Claims::map(fd).unwrap();
+        assert!(worker.claim(0) && worker.claim(1));
+        assert_eq!(parent.claimed_beyond(2), None, "two jobs sent, two started");
+        assert_eq!(parent.revoke_unstarted(4), 2);
+        assert!(!worker.claim(2) && worker.was_revoked(2), "revoked");
+        assert_eq!(parent.claimed_beyond(4), None);
+        // Garbage over the word: past every job sent, or back below the next job.
+        worker.word.get().store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(parent.claimed_beyond(4), Some(u64::MAX));
+        worker.word.get().store(1, Ordering::SeqCst);
+        assert!(!worker.claim(4) && !worker.was_revoked(4), "written over");
+        assert_eq!(parent.claimed_beyond(4), None, "within bounds: trusted");
+    }
+
+    #[test]
     fn a_claim_and_a_revocation_race_and_exactly_one_wins() {
         for _ in 0..200 {
             let (parent, fd) = Claims::create().unwrap();
-            let worker = Claims::map(&fd).unwrap();
+            let worker = Claims::map(fd).unwrap();
             let claimed = std::thread::scope(|scope| {
                 let claiming = scope.spawn(|| (0..8).take_while(|&id| worker.claim(id)).count());
                 let revoked_from = parent.revoke_unstarted(8);

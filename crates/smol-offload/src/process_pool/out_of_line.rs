@@ -4,7 +4,11 @@
 //! A descriptor travels with the bytes of its own frame, so a reader that keeps the
 //! descriptors it receives in order finds each one by the time the frame that needs it is
 //! complete. The receiver checks the seals before it maps the memory, so that no other holder
-//! of the file can change the bytes while they are read.
+//! of the file can change the bytes while they are read, or shrink the file under the mapping
+//! (which would fault the reader). The parent, which maps what a possibly hostile worker sends,
+//! also checks that the file is an ordinary memfd whose every page was written (mapping holes
+//! would allocate them in the parent), and refuses one larger than
+//! [`MAX_RESULT`](super::wire::MAX_RESULT) before anything else (see `sys::SealedMapping`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read};

@@ -25,8 +25,8 @@ use nix::fcntl::{FallocateFlags, fallocate};
 /// How much of the file is punched out at a time, behind the decoder.
 const CHUNK: usize = 1024 * 1024;
 
-/// The largest stream a reply may claim (as a frame on the socket).
-const MAX_STREAM: u64 = u32::MAX as u64;
+/// The largest stream a reply may claim (as any result).
+const MAX_STREAM: u64 = super::wire::MAX_RESULT as u64;
 
 /// A result waiting in a memfd, to be decoded as a stream.
 #[derive(Debug)]

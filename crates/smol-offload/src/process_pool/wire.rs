@@ -113,6 +113,12 @@ impl TaskContext<'_> {
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
+/// The largest result a reply may carry, however it travels: what a frame holds, as for an
+/// argument. A worker's sealed memfd is mapped by the parent, so this is also the most memory
+/// one reply can make the parent map; the worker must have written all of it first (see
+/// `sys::SealedMapping`). A worker refuses a larger result of its own as the task's error
+/// ([`refuse_oversized_reply`]); a larger one announced is a malformed reply, never mapped.
+pub(crate) const MAX_RESULT: usize = MAX_FRAME;
 
 /// Appends a request frame to `out`, with `context` when there is one.
 #[inline]
@@ -311,6 +317,23 @@ pub(crate) fn finish_reply(out: &mut [u8], status: CallStatus) {
     let len = u32::try_from(out.len() - 4).unwrap_or(u32::MAX);
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[12] = status as u8;
+}
+
+/// Turns the reply frame finished in `out` for request `id` into a `BadResult` whose message
+/// says so, if its payload is larger than [`MAX_RESULT`]: the parent would refuse it.
+pub(crate) fn refuse_oversized_reply(out: &mut Vec<u8>, id: u64) {
+    refuse_reply_above(out, id, MAX_RESULT);
+}
+
+fn refuse_reply_above(out: &mut Vec<u8>, id: u64, limit: usize) {
+    let size = reply_payload(out).len();
+    if size <= limit {
+        return;
+    }
+    begin_reply(out, id);
+    let message = format!("the result takes {size} bytes, more than the {limit} a result may");
+    out.extend_from_slice(message.as_bytes());
+    finish_reply(out, CallStatus::BadResult);
 }
 
 /// Marks the reply frame finished in `out`: the worker keeps reading the parent's request
@@ -645,6 +668,15 @@ impl ReplyReader {
                 return Ok(Payload::Stream(StreamPayload::receive(fd, size)?));
             }
             (OutOfLine::Sealed, Some(fd)) => {
+                // Checked before anything else: the parent maps this memory.
+                if size > MAX_RESULT as u64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "a sealed result of {size} bytes, above the {MAX_RESULT}-byte limit"
+                        ),
+                    ));
+                }
                 Backing::Sealed(SealedMapping::new(fd, size_in_memory?)?)
             }
             (OutOfLine::Arena { .. }, fd) => {
@@ -1124,6 +1156,53 @@ mod tests {
                 prop_assert_eq!((request.id, request.options, request.arg), (3, options, &arg[..]));
             }
         }
+    }
+
+    /// A memfd of `size` bytes, never written, sealed as a worker seals a reply.
+    fn sealed_holes(size: u64) -> OwnedFd {
+        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+        let fd =
+            nix::sys::memfd::memfd_create(c"holes", nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING)
+                .unwrap();
+        nix::unistd::ftruncate(&fd, size as libc::off_t).unwrap();
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).unwrap();
+        fd
+    }
+
+    #[test]
+    fn a_sealed_reply_beyond_the_limit_is_refused_before_it_is_mapped() {
+        for (size, why) in [
+            (MAX_RESULT as u64 + 1, "above the 4294967295-byte limit"),
+            (1 << 40, "above the"),
+            (1 << 20, "only 0 were ever written"),
+        ] {
+            let mut bytes = header(REPLY_HEADER as u32 + 8, 0, SHARED_REPLY);
+            bytes.extend_from_slice(&size.to_le_bytes());
+            let mut reader = ReplyReader::default();
+            reader.fill(&mut &bytes[..], usize::MAX).unwrap();
+            reader.push_fd(sealed_holes(size));
+            let err = reader.next_reply(Some(0)).unwrap_err();
+            assert!(err.0.contains(why), "{size} bytes: {err}");
+        }
+    }
+
+    #[test]
+    fn a_worker_refuses_a_result_larger_than_the_parent_takes() {
+        let mut reply = Vec::new();
+        begin_reply(&mut reply, 9);
+        reply.extend_from_slice(&[7; 100]);
+        finish_reply(&mut reply, CallStatus::Returned);
+        let fits = reply.clone();
+        refuse_reply_above(&mut reply, 9, 100);
+        assert_eq!(reply, fits, "at the limit: unchanged");
+        refuse_reply_above(&mut reply, 9, 99);
+        let read = read(&reply, Some(9)).unwrap().unwrap();
+        assert_eq!(read.status, CallStatus::BadResult);
+        assert_eq!(
+            read.payload,
+            b"the result takes 100 bytes, more than the 99 a result may".to_vec()
+        );
     }
 
     #[test]

@@ -10,8 +10,9 @@ use crate::process_pool::claim::Claims;
 use crate::sys::{self, ChildGuard};
 
 /// Serves requests on `socket` until the parent closes it, then exits, claiming each job in
-/// the claim word of the memfd `claims` before starting it. Runs in a process just forked from
-/// the fork server `server`; never returns.
+/// the claim word of the memfd `claims` before starting it (the page is mapped, and the
+/// descriptor closed, before any task runs). Runs in a process just forked from the fork server
+/// `server`, which closed its own copies of both descriptors; never returns.
 pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     let _guard = ChildGuard;
     // Its own process group: the pool kills the group when the worker ends, taking what a task
@@ -28,7 +29,7 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     // Panics here are labelled with this worker's pid, and a task's are quiet unless its pool
     // asked to print them.
     panics::install_in_worker();
-    let Ok(claims) = Claims::map(&claims) else {
+    let Ok(claims) = Claims::map(claims) else {
         sys::exit_child(1);
     };
     let stream = UnixStream::from(socket);

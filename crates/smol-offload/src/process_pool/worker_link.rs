@@ -323,7 +323,22 @@ impl WorkerLink {
         let expected = self
             .initializing
             .or_else(|| self.in_flight.front().map(|in_flight| in_flight.id));
-        let reply = self.replies.next_reply(expected);
+        let mut reply = self.replies.next_reply(expected);
+        if let Ok(Some(_)) = reply
+            && let Some(word) = self.claims.claimed_beyond(self.next_id)
+        {
+            // Checked at each reply, while the worker is known to have run a job: a worker that
+            // wrote over its claim page would otherwise skip every job sent to it from now on,
+            // and those would wait forever. The reply goes with the verdict: its job fails with
+            // the worker.
+            let why = format!(
+                "a claim word of {word}, past the {} jobs it was sent (it wrote over the memory \
+                 it shares with the pool)",
+                self.next_id
+            );
+            self.replies.refuse(&why);
+            reply = Err(Malformed(why));
+        }
         if self.replies.take_request_arena_retained() {
             // The worker still reads the arena: this side lets go of it, and the next large
             // argument makes a new one.
