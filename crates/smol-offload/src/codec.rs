@@ -146,6 +146,7 @@ where
 struct Encoder<'a>(&'a mut Vec<u8>);
 
 impl Encoder<'_> {
+    #[inline]
     fn varint(&mut self, mut n: u128) -> Result<()> {
         while n >= 0x80 {
             self.0.push(n as u8 | 0x80);
@@ -155,18 +156,21 @@ impl Encoder<'_> {
         Ok(())
     }
 
+    #[inline]
     fn signed(&mut self, n: i128) -> Result<()> {
         self.varint(((n << 1) ^ (n >> 127)) as u128)
     }
 
+    #[inline]
     fn block(&mut self, bytes: &[u8]) -> Result<()> {
         self.varint(bytes.len() as u128)?;
         self.0.extend_from_slice(bytes);
         Ok(())
     }
 
+    #[inline]
     fn length(&mut self, len: Option<usize>) -> Result<()> {
-        let len = len.ok_or(Failure::format(postcard::Error::SerializeSeqLengthUnknown))?;
+        let len = len.ok_or_else(|| Failure::format(postcard::Error::SerializeSeqLengthUnknown))?;
         self.varint(len as u128)
     }
 }
@@ -174,6 +178,7 @@ impl Encoder<'_> {
 /// Integers wider than a byte: varints, zigzag-encoded when signed.
 macro_rules! varints {
     ($($method:ident($type:ty) => $write:ident),* $(,)?) => {$(
+        #[inline]
         fn $method(self, v: $type) -> Result<()> {
             self.$write(v.into())
         }
@@ -191,12 +196,15 @@ impl Serializer for &mut Encoder<'_> {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
+    #[inline]
     fn serialize_bool(self, v: bool) -> Result<()> {
         self.serialize_u8(v.into())
     }
+    #[inline]
     fn serialize_i8(self, v: i8) -> Result<()> {
         self.serialize_u8(v as u8)
     }
+    #[inline]
     fn serialize_u8(self, v: u8) -> Result<()> {
         self.0.push(v);
         Ok(())
@@ -211,42 +219,53 @@ impl Serializer for &mut Encoder<'_> {
         serialize_u64(u64) => varint,
         serialize_u128(u128) => varint,
     );
+    #[inline]
     fn serialize_f32(self, v: f32) -> Result<()> {
         self.0.extend_from_slice(&v.to_le_bytes());
         Ok(())
     }
+    #[inline]
     fn serialize_f64(self, v: f64) -> Result<()> {
         self.0.extend_from_slice(&v.to_le_bytes());
         Ok(())
     }
+    #[inline]
     fn serialize_char(self, v: char) -> Result<()> {
         self.block(v.encode_utf8(&mut [0; 4]).as_bytes())
     }
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<()> {
         self.block(v.as_bytes())
     }
+    #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<()> {
         if IN_PLACE_NEXT.replace(false) {
             IN_PLACE_BYTES.set(IN_PLACE_BYTES.get() + v.len());
         }
         self.block(v)
     }
+    #[inline]
     fn serialize_none(self) -> Result<()> {
         self.serialize_u8(0)
     }
+    #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
         self.serialize_u8(1)?;
         value.serialize(self)
     }
+    #[inline]
     fn serialize_unit(self) -> Result<()> {
         Ok(())
     }
+    #[inline]
     fn serialize_unit_struct(self, _: &'static str) -> Result<()> {
         Ok(())
     }
+    #[inline]
     fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Result<()> {
         self.varint(index.into())
     }
+    #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -254,6 +273,7 @@ impl Serializer for &mut Encoder<'_> {
     ) -> Result<()> {
         value.serialize(self)
     }
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -264,16 +284,20 @@ impl Serializer for &mut Encoder<'_> {
         self.varint(index.into())?;
         value.serialize(self)
     }
+    #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
         self.length(len)?;
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple(self, _: usize) -> Result<Self> {
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self> {
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple_variant(
         self,
         _: &'static str,
@@ -284,13 +308,16 @@ impl Serializer for &mut Encoder<'_> {
         self.varint(index.into())?;
         Ok(self)
     }
+    #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self> {
         self.length(len)?;
         Ok(self)
     }
+    #[inline]
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self> {
         Ok(self)
     }
+    #[inline]
     fn serialize_struct_variant(
         self,
         _: &'static str,
@@ -301,6 +328,7 @@ impl Serializer for &mut Encoder<'_> {
         self.varint(index.into())?;
         Ok(self)
     }
+    #[inline]
     fn is_human_readable(&self) -> bool {
         false
     }
@@ -313,10 +341,12 @@ macro_rules! compound {
             type Ok = ();
             type Error = Failure;
             $(
+                #[inline]
                 fn $method<T: Serialize + ?Sized>(&mut self, $(_: $key,)* value: &T) -> Result<()> {
                     value.serialize(&mut **self)
                 }
             )+
+            #[inline]
             fn end(self) -> Result<()> {
                 Ok(())
             }
@@ -376,6 +406,7 @@ trait Input<'de> {
     fn left(&self) -> usize;
 }
 
+#[cold]
 fn unexpected_end() -> Failure {
     Failure::format(postcard::Error::DeserializeUnexpectedEnd)
 }
@@ -383,18 +414,21 @@ fn unexpected_end() -> Failure {
 struct Slice<'de>(&'de [u8]);
 
 impl<'de> Input<'de> for Slice<'de> {
+    #[inline]
     fn byte(&mut self) -> Result<u8> {
         let (&byte, rest) = self.0.split_first().ok_or_else(unexpected_end)?;
         self.0 = rest;
         Ok(byte)
     }
 
+    #[inline]
     fn take(&mut self, len: usize) -> Result<&'de [u8]> {
         let (taken, rest) = self.0.split_at_checked(len).ok_or_else(unexpected_end)?;
         self.0 = rest;
         Ok(taken)
     }
 
+    #[inline]
     fn left(&self) -> usize {
         self.0.len()
     }
