@@ -28,7 +28,7 @@
 //! Why not smaller: whatever keeps the message must see every serde call a value makes, and serde's
 //! data model has some thirty methods each way. The adapter forwarded each of them (through the
 //! serializer and its seven compounds, the deserializer, a visitor, a seed and the four access
-//! traits) and still needed postcard behind it; a format implements each once. That is about 600
+//! traits) and still needed postcard behind it; a format implements each once. That is about 630
 //! lines of code here (blank and comment lines aside) against the adapter's 700, and no second
 //! pass.
 
@@ -48,48 +48,47 @@ pub(crate) struct CodecError {
     pub(crate) source: Option<postcard::Error>,
 }
 
-/// The error inside the codec: a [`CodecError`], boxed so that the `Result` returned for every
-/// byte of a `Vec<u8>` stays two words wide and comes back in registers (postcard's own error
-/// is one byte), not through memory.
-#[derive(Debug)]
-struct Failure(Box<CodecError>);
-
-impl Failure {
-    fn format(err: postcard::Error) -> Failure {
-        Failure(Box::new(CodecError {
-            message: err.to_string(),
-            source: Some(err),
-        }))
-    }
-}
-
-impl fmt::Display for Failure {
+impl fmt::Display for CodecError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.message)
+        f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for Failure {}
+impl std::error::Error for CodecError {}
 
-impl ser::Error for Failure {
-    fn custom<T: fmt::Display>(message: T) -> Failure {
-        Failure(Box::new(CodecError {
-            message: message.to_string(),
+/// Inside the codec the error is boxed, so that the `Result` returned for every byte of a
+/// `Vec<u8>` stays two words wide and comes back in registers (postcard's own error is one
+/// byte), not through memory.
+impl ser::Error for Box<CodecError> {
+    fn custom<T: fmt::Display>(message: T) -> Box<CodecError> {
+        let message = message.to_string();
+        Box::new(CodecError {
+            message,
             source: None,
-        }))
+        })
     }
 }
 
-impl de::Error for Failure {
-    fn custom<T: fmt::Display>(message: T) -> Failure {
+impl de::Error for Box<CodecError> {
+    fn custom<T: fmt::Display>(message: T) -> Box<CodecError> {
         ser::Error::custom(message)
     }
 }
 
-type Result<T, E = Failure> = std::result::Result<T, E>;
+/// The error for malformed bytes, of postcard's kind `err`.
+#[cold]
+fn malformed(err: postcard::Error) -> Box<CodecError> {
+    let message = err.to_string();
+    Box::new(CodecError {
+        message,
+        source: Some(err),
+    })
+}
+
+type Result<T, E = Box<CodecError>> = std::result::Result<T, E>;
 
 fn unbox<T>(result: Result<T>) -> Result<T, CodecError> {
-    result.map_err(|failure| *failure.0)
+    result.map_err(|err| *err)
 }
 
 thread_local! {
@@ -170,7 +169,7 @@ impl Encoder<'_> {
 
     #[inline]
     fn length(&mut self, len: Option<usize>) -> Result<()> {
-        let len = len.ok_or_else(|| Failure::format(postcard::Error::SerializeSeqLengthUnknown))?;
+        let len = len.ok_or_else(|| malformed(postcard::Error::SerializeSeqLengthUnknown))?;
         self.varint(len as u128)
     }
 }
@@ -187,7 +186,7 @@ macro_rules! varints {
 
 impl Serializer for &mut Encoder<'_> {
     type Ok = ();
-    type Error = Failure;
+    type Error = Box<CodecError>;
     type SerializeSeq = Self;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
@@ -339,7 +338,7 @@ macro_rules! compound {
     ($($trait:ident: $($method:ident($($key:ty),*)),+;)*) => {$(
         impl ser::$trait for &mut Encoder<'_> {
             type Ok = ();
-            type Error = Failure;
+            type Error = Box<CodecError>;
             $(
                 #[inline]
                 fn $method<T: Serialize + ?Sized>(&mut self, $(_: $key,)* value: &T) -> Result<()> {
@@ -406,9 +405,8 @@ trait Input<'de> {
     fn left(&self) -> usize;
 }
 
-#[cold]
-fn unexpected_end() -> Failure {
-    Failure::format(postcard::Error::DeserializeUnexpectedEnd)
+fn unexpected_end() -> Box<CodecError> {
+    malformed(postcard::Error::DeserializeUnexpectedEnd)
 }
 
 struct Slice<'de>(&'de [u8]);
@@ -509,7 +507,7 @@ impl<'de, I: Input<'de>> Decoder<I> {
                 return Ok(n);
             }
         }
-        Err(Failure::format(postcard::Error::DeserializeBadVarint))
+        Err(malformed(postcard::Error::DeserializeBadVarint))
     }
 
     /// A zigzag-encoded varint of at most `bits` bits.
@@ -535,12 +533,12 @@ impl<'de, I: Input<'de>> Decoder<I> {
     }
 }
 
-fn bad_utf8<E>(_: E) -> Failure {
-    Failure::format(postcard::Error::DeserializeBadUtf8)
+fn bad_utf8<E>(_: E) -> Box<CodecError> {
+    malformed(postcard::Error::DeserializeBadUtf8)
 }
 
 fn wont_implement<T>() -> Result<T> {
-    Err(Failure::format(postcard::Error::WontImplement))
+    Err(malformed(postcard::Error::WontImplement))
 }
 
 /// Integers: raw bytes for the 8-bit ones, varints (zigzag for signed ones) for the others.
@@ -553,7 +551,7 @@ macro_rules! integers {
 }
 
 impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
-    type Error = Failure;
+    type Error = Box<CodecError>;
 
     integers!(
         deserialize_i16 => visit_i16(signed, 16, i16),
@@ -573,7 +571,7 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
         match self.0.byte()? {
             0 => visitor.visit_bool(false),
             1 => visitor.visit_bool(true),
-            _ => Err(Failure::format(postcard::Error::DeserializeBadBool)),
+            _ => Err(malformed(postcard::Error::DeserializeBadBool)),
         }
     }
     fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -589,7 +587,7 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
         visitor.visit_f64(f64::from_le_bytes(self.array()?))
     }
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let bad_char = || Failure::format(postcard::Error::DeserializeBadChar);
+        let bad_char = || malformed(postcard::Error::DeserializeBadChar);
         let len = self.length()?;
         let mut bytes = [0; 4];
         for byte in bytes.get_mut(..len).ok_or_else(bad_char)? {
@@ -625,7 +623,7 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
         match self.0.byte()? {
             0 => visitor.visit_none(),
             1 => visitor.visit_some(self),
-            _ => Err(Failure::format(postcard::Error::DeserializeBadOption)),
+            _ => Err(malformed(postcard::Error::DeserializeBadOption)),
         }
     }
     fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -692,17 +690,18 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
 }
 
 impl<'de, I: Input<'de>> de::EnumAccess<'de> for &mut Decoder<I> {
-    type Error = Failure;
+    type Error = Box<CodecError>;
     type Variant = Self;
 
     fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
         let index = self.varint(32)? as u32;
-        Ok((seed.deserialize(index.into_deserializer())?, self))
+        let index: de::value::U32Deserializer<Box<CodecError>> = index.into_deserializer();
+        Ok((seed.deserialize(index)?, self))
     }
 }
 
 impl<'de, I: Input<'de>> de::VariantAccess<'de> for &mut Decoder<I> {
-    type Error = Failure;
+    type Error = Box<CodecError>;
 
     fn unit_variant(self) -> Result<()> {
         Ok(())
@@ -745,7 +744,7 @@ impl<'de, I: Input<'de>> Counted<'_, I> {
 }
 
 impl<'de, I: Input<'de>> de::SeqAccess<'de> for Counted<'_, I> {
-    type Error = Failure;
+    type Error = Box<CodecError>;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
         self.next_seed(seed)
@@ -756,7 +755,7 @@ impl<'de, I: Input<'de>> de::SeqAccess<'de> for Counted<'_, I> {
 }
 
 impl<'de, I: Input<'de>> de::MapAccess<'de> for Counted<'_, I> {
-    type Error = Failure;
+    type Error = Box<CodecError>;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
         self.next_seed(seed)
