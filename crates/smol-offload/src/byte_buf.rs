@@ -241,7 +241,8 @@ impl fmt::Debug for ByteBuf {
 
 impl Serialize for ByteBuf {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.as_slice())
+        // Marked, so that a worker knows a result made of these is best read in place.
+        crate::codec::serialize_in_place(self.as_slice(), serializer)
     }
 }
 

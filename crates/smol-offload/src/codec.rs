@@ -1,24 +1,42 @@
-//! The codec of process tasks: postcard, keeping the text of the errors that user serde code
+//! The codec of process tasks: postcard's wire format, written and read by a serializer and a
+//! deserializer of the crate's own, whose error keeps the text of the errors user serde code
 //! raises.
 //!
-//! postcard's error type drops the message given to `serde::ser::Error::custom` and
-//! `serde::de::Error::custom`: a type that refuses to be deserialized with "BadDe refuses to
-//! deserialize" would only read "Serde Deserialization Error". So values go through a thin
-//! adapter around postcard's serializer and deserializer whose error type keeps the message.
-//! Where postcard calls back into the adapter (a nested value, a visitor, a sequence's
-//! elements), an error must become postcard's own again: its text waits in a slot shared by
-//! the whole call, and is taken back out when postcard's error comes up. The bytes are
-//! postcard's, unchanged.
+//! postcard's error type is a small `Copy` enum that drops the message given to
+//! `serde::ser::Error::custom` and `serde::de::Error::custom`: a type that refuses to be
+//! deserialized with "BadDe refuses to deserialize" would only read "Serde Deserialization Error".
+//! Nothing in postcard 1.x lets a caller get the message back: user code calls `custom` on the
+//! error type of the serializer it is handed, and postcard hands every nested value its own.
+//! Wrapping postcard's serializer and deserializer took a forwarding adapter of every serde method
+//! (about 700 lines of code), slow enough over a `Vec<u8>` that values went through postcard alone
+//! first and, on failure, a second time through the adapter. Formats that keep the message
+//! (MessagePack through `rmp-serde`, CBOR through `ciborium`) would change the bytes on the wire
+//! and write each byte above 127 of a `Vec<u8>` in two. postcard's format itself is small and
+//! specified (varints, zigzag, length-prefixed blocks): writing it directly, with an error that is
+//! a [`CodecError`], keeps the message at once, runs user code once, and lets the codec do two
+//! things postcard's API cannot:
 //!
-//! The adapter costs a few calls per value, which adds up over a `Vec<u8>` encoded byte by
-//! byte. So a value is first encoded or decoded by postcard alone, and only when that fails is
-//! it done again through the adapter, to find the user's message: the user's `Serialize` or
-//! `Deserialize` runs twice then, and only then.
+//! - count the bytes that the crate's [`ByteBuf`](crate::ByteBuf)s wrote, so that a worker
+//!   knows a large result is best read in place ([`last_block_bytes`]);
+//! - hand a visitor that asks for owned bytes (`deserialize_byte_buf`, as
+//!   `serde_bytes::ByteBuf` does) a vector read straight from a streamed result, without a
+//!   second copy ([`decode_stream`]).
+//!
+//! The bytes are postcard's, byte for byte (the tests compare them with postcard's own), and
+//! postcard's error kinds name what is wrong with malformed input.
+//!
+//! Why not smaller: whatever keeps the message must see every serde call a value makes, and serde's
+//! data model has some thirty methods each way. The adapter forwarded each of them (through the
+//! serializer and its seven compounds, the deserializer, a visitor, a seed and the four access
+//! traits) and still needed postcard behind it; a format implements each once. That is about 630
+//! lines of code here (blank and comment lines aside) against the adapter's 700, and no second
+//! pass.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
+use std::io::{BufRead, BufReader, Read, Take};
 
-use serde::de::{self, DeserializeSeed, Deserializer, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize, Serializer};
 
 /// Why a value could not be encoded or decoded.
@@ -26,8 +44,77 @@ use serde::ser::{self, Serialize, Serializer};
 pub struct CodecError {
     /// The user's own message, or postcard's.
     pub message: String,
-    /// postcard's error, when the failure was postcard's and not the user's.
+    /// The format's error, when the failure was the bytes' and not the user's.
     pub source: Option<postcard::Error>,
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CodecError {}
+
+/// Inside the codec the error is boxed, so that the `Result` returned for every byte of a
+/// `Vec<u8>` stays two words wide and comes back in registers (postcard's own error is one
+/// byte), not through memory.
+impl ser::Error for Box<CodecError> {
+    fn custom<T: fmt::Display>(message: T) -> Box<CodecError> {
+        let message = message.to_string();
+        Box::new(CodecError {
+            message,
+            source: None,
+        })
+    }
+}
+
+impl de::Error for Box<CodecError> {
+    fn custom<T: fmt::Display>(message: T) -> Box<CodecError> {
+        ser::Error::custom(message)
+    }
+}
+
+/// The error for malformed bytes, of postcard's kind `err`.
+#[cold]
+fn malformed(err: postcard::Error) -> Box<CodecError> {
+    let message = err.to_string();
+    Box::new(CodecError {
+        message,
+        source: Some(err),
+    })
+}
+
+type Result<T, E = Box<CodecError>> = std::result::Result<T, E>;
+
+fn unbox<T>(result: Result<T>) -> Result<T, CodecError> {
+    result.map_err(|err| *err)
+}
+
+thread_local! {
+    /// Set by [`serialize_in_place`] for the `serialize_bytes` call it makes.
+    static IN_PLACE_NEXT: Cell<bool> = const { Cell::new(false) };
+    /// How many bytes the last [`encode_into`] on this thread wrote for the crate's `ByteBuf`s.
+    static IN_PLACE_BYTES: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Serializes `bytes` as one block that is best read in place where it lands (the crate's
+/// `ByteBuf` does so); with any serializer, the same as `serialize_bytes`.
+pub(crate) fn serialize_in_place<S: Serializer>(
+    bytes: &[u8],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    IN_PLACE_NEXT.set(true);
+    let result = serializer.serialize_bytes(bytes);
+    IN_PLACE_NEXT.set(false);
+    result
+}
+
+/// How many bytes the last encoding on this thread wrote for the crate's `ByteBuf`s: a result
+/// that is mostly those is best read in place, any other best decoded as a stream (a
+/// `serde_bytes::ByteBuf` is then read straight into its own vector).
+pub(crate) fn last_block_bytes() -> usize {
+    IN_PLACE_BYTES.get()
 }
 
 /// Appends the postcard encoding of `value` to `out`; on failure, `out` is as it was.
@@ -36,28 +123,12 @@ where
     T: Serialize + ?Sized,
 {
     let start = out.len();
-    BLOCK_BYTES.set(0);
-    let mut serializer = postcard::Serializer {
-        output: Append(&mut *out),
-    };
-    if value.serialize(&mut serializer).is_ok() {
-        return Ok(());
-    }
-    out.truncate(start);
-    let slot = Slot::default();
-    let mut serializer = postcard::Serializer {
-        output: Append(&mut *out),
-    };
-    let result = value
-        .serialize(Capture {
-            inner: &mut serializer,
-            slot: &slot,
-        })
-        .map(drop);
-    result.map_err(|failure| {
+    IN_PLACE_BYTES.set(0);
+    let result = value.serialize(&mut Encoder(&mut *out));
+    if result.is_err() {
         out.truncate(start);
-        slot.finish(failure)
-    })
+    }
+    unbox(result)
 }
 
 /// The postcard encoding of `value`.
@@ -70,779 +141,637 @@ where
     Ok(out)
 }
 
+/// Writes postcard's format to the end of a vector.
+struct Encoder<'a>(&'a mut Vec<u8>);
+
+impl Encoder<'_> {
+    #[inline]
+    fn varint(&mut self, mut n: u128) -> Result<()> {
+        while n >= 0x80 {
+            self.0.push(n as u8 | 0x80);
+            n >>= 7;
+        }
+        self.0.push(n as u8);
+        Ok(())
+    }
+
+    #[inline]
+    fn signed(&mut self, n: i128) -> Result<()> {
+        self.varint(((n << 1) ^ (n >> 127)) as u128)
+    }
+
+    #[inline]
+    fn block(&mut self, bytes: &[u8]) -> Result<()> {
+        self.varint(bytes.len() as u128)?;
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    #[inline]
+    fn length(&mut self, len: Option<usize>) -> Result<()> {
+        let len = len.ok_or_else(|| malformed(postcard::Error::SerializeSeqLengthUnknown))?;
+        self.varint(len as u128)
+    }
+}
+
+/// Integers wider than a byte: varints, zigzag-encoded when signed.
+macro_rules! varints {
+    ($($method:ident($type:ty) => $write:ident),* $(,)?) => {$(
+        #[inline]
+        fn $method(self, v: $type) -> Result<()> {
+            self.$write(v.into())
+        }
+    )*};
+}
+
+impl Serializer for &mut Encoder<'_> {
+    type Ok = ();
+    type Error = Box<CodecError>;
+    type SerializeSeq = Self;
+    type SerializeTuple = Self;
+    type SerializeTupleStruct = Self;
+    type SerializeTupleVariant = Self;
+    type SerializeMap = Self;
+    type SerializeStruct = Self;
+    type SerializeStructVariant = Self;
+
+    #[inline]
+    fn serialize_bool(self, v: bool) -> Result<()> {
+        self.serialize_u8(v.into())
+    }
+    #[inline]
+    fn serialize_i8(self, v: i8) -> Result<()> {
+        self.serialize_u8(v as u8)
+    }
+    #[inline]
+    fn serialize_u8(self, v: u8) -> Result<()> {
+        self.0.push(v);
+        Ok(())
+    }
+    varints!(
+        serialize_i16(i16) => signed,
+        serialize_i32(i32) => signed,
+        serialize_i64(i64) => signed,
+        serialize_i128(i128) => signed,
+        serialize_u16(u16) => varint,
+        serialize_u32(u32) => varint,
+        serialize_u64(u64) => varint,
+        serialize_u128(u128) => varint,
+    );
+    #[inline]
+    fn serialize_f32(self, v: f32) -> Result<()> {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_f64(self, v: f64) -> Result<()> {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        Ok(())
+    }
+    #[inline]
+    fn serialize_char(self, v: char) -> Result<()> {
+        self.block(v.encode_utf8(&mut [0; 4]).as_bytes())
+    }
+    #[inline]
+    fn serialize_str(self, v: &str) -> Result<()> {
+        self.block(v.as_bytes())
+    }
+    #[inline]
+    fn serialize_bytes(self, v: &[u8]) -> Result<()> {
+        if IN_PLACE_NEXT.replace(false) {
+            IN_PLACE_BYTES.set(IN_PLACE_BYTES.get() + v.len());
+        }
+        self.block(v)
+    }
+    #[inline]
+    fn serialize_none(self) -> Result<()> {
+        self.serialize_u8(0)
+    }
+    #[inline]
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<()> {
+        self.serialize_u8(1)?;
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_unit(self) -> Result<()> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_struct(self, _: &'static str) -> Result<()> {
+        Ok(())
+    }
+    #[inline]
+    fn serialize_unit_variant(self, _: &'static str, index: u32, _: &'static str) -> Result<()> {
+        self.varint(index.into())
+    }
+    #[inline]
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        value: &T,
+    ) -> Result<()> {
+        self.varint(index.into())?;
+        value.serialize(self)
+    }
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
+        self.length(len)?;
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple(self, _: usize) -> Result<Self> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self> {
+        self.varint(index.into())?;
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_map(self, len: Option<usize>) -> Result<Self> {
+        self.length(len)?;
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self> {
+        Ok(self)
+    }
+    #[inline]
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        index: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self> {
+        self.varint(index.into())?;
+        Ok(self)
+    }
+    #[inline]
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
+/// The parts of sequences, tuples, maps and structs: each written in turn, nothing around them.
+macro_rules! compound {
+    ($($trait:ident: $($method:ident($($key:ty),*)),+;)*) => {$(
+        impl ser::$trait for &mut Encoder<'_> {
+            type Ok = ();
+            type Error = Box<CodecError>;
+            $(
+                #[inline]
+                fn $method<T: Serialize + ?Sized>(&mut self, $(_: $key,)* value: &T) -> Result<()> {
+                    value.serialize(&mut **self)
+                }
+            )+
+            #[inline]
+            fn end(self) -> Result<()> {
+                Ok(())
+            }
+        }
+    )*};
+}
+
+compound! {
+    SerializeSeq: serialize_element();
+    SerializeTuple: serialize_element();
+    SerializeTupleStruct: serialize_field();
+    SerializeTupleVariant: serialize_field();
+    SerializeMap: serialize_key(), serialize_value();
+    SerializeStruct: serialize_field(&'static str);
+    SerializeStructVariant: serialize_field(&'static str);
+}
+
 /// Decodes a `T` from the start of `bytes`.
 pub(crate) fn decode<'de, T>(bytes: &'de [u8]) -> Result<T, CodecError>
 where
     T: de::Deserialize<'de>,
 {
-    if let Ok(value) = postcard::from_bytes(bytes) {
-        return Ok(value);
-    }
-    let slot = Slot::default();
-    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
-    T::deserialize(Capture {
-        inner: &mut deserializer,
-        slot: &slot,
-    })
-    .map_err(|failure| slot.finish(failure))
+    unbox(T::deserialize(&mut Decoder(Slice(bytes))))
 }
 
-/// Decodes a `T` from the `len` bytes that `reader` yields, as they come: only the runs of bytes
-/// that the value borrows (a byte slice, copied then) are held whole, in a buffer of `len`
-/// bytes whose pages are allocated only where they are written. Decoded through the adapter at
-/// once, so that a user's message is kept without reading the bytes twice.
-pub(crate) fn decode_stream<T>(reader: impl std::io::Read, len: usize) -> Result<T, CodecError>
+/// Decodes a `T` from the `len` bytes that `reader` yields, as they come. A value that asks
+/// for owned bytes or an owned string (`serde_bytes::ByteBuf`, `String`) gets a vector read
+/// straight from `reader`; only the runs of bytes that the value borrows (a byte slice, copied
+/// then) are held whole, in a buffer of `len` bytes whose pages are allocated only where they
+/// are written.
+pub(crate) fn decode_stream<T>(reader: impl Read, len: usize) -> Result<T, CodecError>
 where
     T: de::DeserializeOwned,
 {
     let mut borrowed = vec![0u8; len];
-    let flavor = StreamFlavor {
-        reader,
-        chunk: vec![0; STREAM_CHUNK],
-        start: 0,
-        end: 0,
+    let input = Stream {
+        reader: BufReader::with_capacity(STREAM_CHUNK, reader.take(len as u64)),
         borrowed: &mut borrowed,
     };
-    let mut deserializer = postcard::Deserializer::from_flavor(flavor);
-    let slot = Slot::default();
-    T::deserialize(Capture {
-        inner: &mut deserializer,
-        slot: &slot,
-    })
-    .map_err(|failure| slot.finish(failure))
+    unbox(T::deserialize(&mut Decoder(input)))
 }
 
-/// How much a [`StreamFlavor`] reads at a time.
+/// Where a [`Decoder`] reads: a slice, or a stream.
+trait Input<'de> {
+    /// The next byte.
+    fn byte(&mut self) -> Result<u8>;
+    /// The next `len` bytes, for as long as the input lives.
+    fn take(&mut self, len: usize) -> Result<&'de [u8]>;
+    /// The next `len` bytes as a vector of their own, if that costs no more than [`take`]
+    /// (which is called otherwise).
+    ///
+    /// [`take`]: Input::take
+    fn take_owned(&mut self, _len: usize) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// How many bytes are left, at most.
+    fn left(&self) -> usize;
+}
+
+fn unexpected_end() -> Box<CodecError> {
+    malformed(postcard::Error::DeserializeUnexpectedEnd)
+}
+
+struct Slice<'de>(&'de [u8]);
+
+impl<'de> Input<'de> for Slice<'de> {
+    #[inline]
+    fn byte(&mut self) -> Result<u8> {
+        let (&byte, rest) = self.0.split_first().ok_or_else(unexpected_end)?;
+        self.0 = rest;
+        Ok(byte)
+    }
+
+    #[inline]
+    fn take(&mut self, len: usize) -> Result<&'de [u8]> {
+        let (taken, rest) = self.0.split_at_checked(len).ok_or_else(unexpected_end)?;
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    #[inline]
+    fn left(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// How much a [`Stream`] reads ahead.
 const STREAM_CHUNK: usize = 256 * 1024;
 
-/// postcard's input from a reader: single bytes come out of a chunk read ahead; a run of bytes
-/// the value borrows is copied into the next bytes of `borrowed` (as postcard's own `IOReader`
-/// does, which reads every single byte through the reader instead).
-struct StreamFlavor<'de, R> {
-    reader: R,
-    chunk: Vec<u8>,
-    /// The bytes of `chunk` not taken yet.
-    start: usize,
-    end: usize,
+/// Input from a reader: single bytes come out of a buffer read ahead; an owned run of bytes is
+/// read straight into its own vector; a run the value borrows is copied into the next bytes of
+/// `borrowed`.
+struct Stream<'de, R> {
+    reader: BufReader<Take<R>>,
     /// Where borrowed runs go: as long as the whole input, so that they always fit.
     borrowed: &'de mut [u8],
 }
 
-impl<R: std::io::Read> StreamFlavor<'_, R> {
-    /// Reads the next chunk, once the last one is taken.
-    fn refill(&mut self) -> postcard::Result<()> {
-        loop {
-            match self.reader.read(&mut self.chunk) {
-                Ok(0) => return Err(postcard::Error::DeserializeUnexpectedEnd),
-                Ok(n) => {
-                    (self.start, self.end) = (0, n);
-                    return Ok(());
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(postcard::Error::DeserializeUnexpectedEnd),
-            }
+impl<R: Read> Stream<'_, R> {
+    fn read_into(&mut self, out: &mut [u8]) -> Result<()> {
+        if out.len() > self.left() {
+            return Err(unexpected_end());
         }
+        self.reader.read_exact(out).map_err(|_| unexpected_end())
     }
 }
 
-impl<'de, R: std::io::Read + 'de> postcard::de_flavors::Flavor<'de> for StreamFlavor<'de, R> {
-    type Remainder = ();
-    type Source = ();
-
-    #[inline]
-    fn pop(&mut self) -> postcard::Result<u8> {
-        if self.start == self.end {
-            self.refill()?;
+impl<'de, R: Read> Input<'de> for Stream<'de, R> {
+    fn byte(&mut self) -> Result<u8> {
+        if let Some(&byte) = self.reader.buffer().first() {
+            self.reader.consume(1);
+            return Ok(byte);
         }
-        let byte = self.chunk[self.start];
-        self.start += 1;
-        Ok(byte)
+        let mut byte = [0];
+        self.read_into(&mut byte)?;
+        Ok(byte[0])
     }
 
-    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
-        if ct > self.borrowed.len() {
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
+    fn take(&mut self, len: usize) -> Result<&'de [u8]> {
+        if len > self.left() {
+            return Err(unexpected_end());
         }
-        let (taken, rest) = std::mem::take(&mut self.borrowed).split_at_mut(ct);
+        let (taken, rest) = std::mem::take(&mut self.borrowed).split_at_mut(len);
         self.borrowed = rest;
-        let ahead = (self.end - self.start).min(ct);
-        taken[..ahead].copy_from_slice(&self.chunk[self.start..self.start + ahead]);
-        self.start += ahead;
-        self.reader
-            .read_exact(&mut taken[ahead..])
-            .map_err(|_| postcard::Error::DeserializeUnexpectedEnd)?;
+        self.read_into(taken)?;
         Ok(taken)
     }
 
-    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
-    where
-        'de: 'a,
-    {
-        // Within the chunk read ahead: lent from there, nothing copied.
-        if self.end - self.start >= ct {
-            let taken = &self.chunk[self.start..self.start + ct];
-            self.start += ct;
-            return Ok(taken);
+    fn take_owned(&mut self, len: usize) -> Result<Option<Vec<u8>>> {
+        if len > self.left() {
+            return Err(unexpected_end());
         }
-        self.try_take_n(ct)
+        let mut owned = vec![0; len];
+        self.read_into(&mut owned)?;
+        Ok(Some(owned))
     }
 
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
-
-thread_local! {
-    /// How many bytes the last [`encode_into`] on this thread wrote as whole blocks (byte
-    /// slices, strings), not one value at a time.
-    static BLOCK_BYTES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// How many bytes the last encoding on this thread wrote as whole blocks: a result that is
-/// mostly blocks (a `ByteBuf`) is best read in place, one that is not best decoded as a
-/// stream.
-pub(crate) fn last_block_bytes() -> usize {
-    BLOCK_BYTES.get()
-}
-
-/// Lets postcard append to a buffer it borrows: a byte with `push`, a slice with one copy.
-struct Append<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for Append<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
-        self.0.push(byte);
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, bytes: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(bytes);
-        BLOCK_BYTES.set(BLOCK_BYTES.get() + bytes.len());
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
+    fn left(&self) -> usize {
+        let unread = usize::try_from(self.reader.get_ref().limit()).unwrap_or(usize::MAX);
+        unread.saturating_add(self.reader.buffer().len())
     }
 }
 
-/// Where a user's message waits while the error crosses postcard's own code.
-#[derive(Default)]
-struct Slot(RefCell<Option<String>>);
+/// Reads postcard's format from an [`Input`].
+struct Decoder<I>(I);
 
-impl Slot {
-    /// Turns a failure into postcard's error `E`, keeping its message in the slot.
-    fn lower<E>(&self, failure: Failure<E>) -> E
-    where
-        E: ser::Error,
-    {
-        match failure {
-            Failure::Inner(err) => err,
-            Failure::Custom(message) => {
-                let err = E::custom(&message);
-                *self.0.borrow_mut() = Some(message);
-                err
-            }
-        }
-    }
-
-    /// [`lower`](Slot::lower) for deserialization errors.
-    fn lower_de<E>(&self, failure: Failure<E>) -> E
-    where
-        E: de::Error,
-    {
-        match failure {
-            Failure::Inner(err) => err,
-            Failure::Custom(message) => {
-                let err = E::custom(&message);
-                *self.0.borrow_mut() = Some(message);
-                err
-            }
-        }
-    }
-
-    /// Turns an error that came out of postcard into a failure, with the user's message if one
-    /// waits in the slot.
-    fn lift<E>(&self, err: E) -> Failure<E> {
-        match self.0.borrow_mut().take() {
-            Some(message) => Failure::Custom(message),
-            None => Failure::Inner(err),
-        }
-    }
-
-    fn finish(&self, failure: Failure<postcard::Error>) -> CodecError {
-        match failure {
-            Failure::Inner(err) => match self.0.borrow_mut().take() {
-                Some(message) => CodecError {
-                    message,
-                    source: None,
-                },
-                None => CodecError {
-                    message: err.to_string(),
-                    source: Some(err),
-                },
-            },
-            Failure::Custom(message) => CodecError {
-                message,
-                source: None,
-            },
-        }
-    }
-}
-
-/// The adapter's error: the wrapped format's own, or a message from user code.
-#[derive(Debug)]
-enum Failure<E> {
-    Inner(E),
-    Custom(String),
-}
-
-impl<E: fmt::Display> fmt::Display for Failure<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Failure::Inner(err) => err.fmt(f),
-            Failure::Custom(message) => f.write_str(message),
-        }
-    }
-}
-
-impl<E: fmt::Debug + fmt::Display> std::error::Error for Failure<E> {}
-
-impl<E: fmt::Debug + fmt::Display> ser::Error for Failure<E> {
-    fn custom<T: fmt::Display>(message: T) -> Self {
-        Failure::Custom(message.to_string())
-    }
-}
-
-impl<E: fmt::Debug + fmt::Display> de::Error for Failure<E> {
-    fn custom<T: fmt::Display>(message: T) -> Self {
-        Failure::Custom(message.to_string())
-    }
-}
-
-/// A serializer or deserializer of the wrapped format, with the adapter's error type.
-struct Capture<'a, S> {
-    inner: S,
-    slot: &'a Slot,
-}
-
-/// A value handed to the wrapped serializer: serializes itself through the adapter.
-struct Wrap<'a, T: ?Sized> {
-    value: &'a T,
-    slot: &'a Slot,
-}
-
-impl<T: Serialize + ?Sized> Serialize for Wrap<'_, T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.value
-            .serialize(Capture {
-                inner: serializer,
-                slot: self.slot,
-            })
-            .map_err(|failure| self.slot.lower(failure))
-    }
-}
-
-macro_rules! forward_scalars {
-    ($($method:ident($type:ty)),* $(,)?) => {
-        $(
-            fn $method(self, value: $type) -> Result<Self::Ok, Self::Error> {
-                self.inner.$method(value).map_err(|err| self.slot.lift(err))
-            }
-        )*
-    };
-}
-
-impl<'a, S: Serializer> Serializer for Capture<'a, S> {
-    type Ok = S::Ok;
-    type Error = Failure<S::Error>;
-    type SerializeSeq = Compound<'a, S::SerializeSeq>;
-    type SerializeTuple = Compound<'a, S::SerializeTuple>;
-    type SerializeTupleStruct = Compound<'a, S::SerializeTupleStruct>;
-    type SerializeTupleVariant = Compound<'a, S::SerializeTupleVariant>;
-    type SerializeMap = Compound<'a, S::SerializeMap>;
-    type SerializeStruct = Compound<'a, S::SerializeStruct>;
-    type SerializeStructVariant = Compound<'a, S::SerializeStructVariant>;
-
-    forward_scalars!(
-        serialize_bool(bool),
-        serialize_i8(i8),
-        serialize_i16(i16),
-        serialize_i32(i32),
-        serialize_i64(i64),
-        serialize_i128(i128),
-        serialize_u8(u8),
-        serialize_u16(u16),
-        serialize_u32(u32),
-        serialize_u64(u64),
-        serialize_u128(u128),
-        serialize_f32(f32),
-        serialize_f64(f64),
-        serialize_char(char),
-        serialize_str(&str),
-        serialize_bytes(&[u8]),
-        serialize_unit_struct(&'static str),
-    );
-
-    fn serialize_none(self) -> Result<Self::Ok, Self::Error> {
-        self.inner
-            .serialize_none()
-            .map_err(|err| self.slot.lift(err))
-    }
-
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Self::Ok, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_some(&Wrap { value, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_unit(self) -> Result<Self::Ok, Self::Error> {
-        self.inner
-            .serialize_unit()
-            .map_err(|err| self.slot.lift(err))
-    }
-
-    fn serialize_unit_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-    ) -> Result<Self::Ok, Self::Error> {
-        self.inner
-            .serialize_unit_variant(name, index, variant)
-            .map_err(|err| self.slot.lift(err))
-    }
-
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<Self::Ok, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_newtype_struct(name, &Wrap { value, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_newtype_variant<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        value: &T,
-    ) -> Result<Self::Ok, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_newtype_variant(name, index, variant, &Wrap { value, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_seq(len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_tuple(len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_tuple_struct(
-        self,
-        name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeTupleStruct, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_tuple_struct(name, len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeTupleVariant, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_tuple_variant(name, index, variant, len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_map(len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_struct(
-        self,
-        name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeStruct, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_struct(name, len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn serialize_struct_variant(
-        self,
-        name: &'static str,
-        index: u32,
-        variant: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeStructVariant, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .serialize_struct_variant(name, index, variant, len)
-            .map(|inner| Compound { inner, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn is_human_readable(&self) -> bool {
-        self.inner.is_human_readable()
-    }
-}
-
-/// A sequence, tuple, map or struct being serialized through the adapter.
-struct Compound<'a, C> {
-    inner: C,
-    slot: &'a Slot,
-}
-
-macro_rules! compound {
-    ($trait:ident, $($method:ident($($key:ident: $key_type:ty),*)),*) => {
-        impl<C: ser::$trait> ser::$trait for Compound<'_, C> {
-            type Ok = C::Ok;
-            type Error = Failure<C::Error>;
-
-            $(
-                fn $method<T: Serialize + ?Sized>(
-                    &mut self,
-                    $($key: $key_type,)*
-                    value: &T,
-                ) -> Result<(), Self::Error> {
-                    let slot = self.slot;
-                    self.inner
-                        .$method($($key,)* &Wrap { value, slot })
-                        .map_err(|err| slot.lift(err))
+impl<'de, I: Input<'de>> Decoder<I> {
+    /// A varint of at most `bits` bits.
+    fn varint(&mut self, bits: u32) -> Result<u128> {
+        let most = bits.div_ceil(7);
+        let mut n = 0;
+        for i in 0..most {
+            let byte = self.0.byte()?;
+            n |= u128::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                if i == most - 1 && byte >= 1 << (bits % 7) {
+                    break;
                 }
-            )*
-
-            fn end(self) -> Result<Self::Ok, Self::Error> {
-                self.inner.end().map_err(|err| self.slot.lift(err))
+                return Ok(n);
             }
         }
-    };
+        Err(malformed(postcard::Error::DeserializeBadVarint))
+    }
+
+    /// A zigzag-encoded varint of at most `bits` bits.
+    fn signed(&mut self, bits: u32) -> Result<i128> {
+        let n = self.varint(bits)?;
+        Ok((n >> 1) as i128 ^ -((n & 1) as i128))
+    }
+
+    fn length(&mut self) -> Result<usize> {
+        usize::try_from(self.varint(64)?).map_err(|_| unexpected_end())
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut bytes = [0; N];
+        for byte in &mut bytes {
+            *byte = self.0.byte()?;
+        }
+        Ok(bytes)
+    }
+
+    fn counted(&mut self, len: usize) -> Counted<'_, I> {
+        Counted { decoder: self, len }
+    }
 }
 
-compound!(SerializeSeq, serialize_element());
-compound!(SerializeTuple, serialize_element());
-compound!(SerializeTupleStruct, serialize_field());
-compound!(SerializeTupleVariant, serialize_field());
-compound!(SerializeMap, serialize_key(), serialize_value());
-compound!(SerializeStruct, serialize_field(key: &'static str));
-compound!(SerializeStructVariant, serialize_field(key: &'static str));
-
-macro_rules! forward_deserialize {
-    ($($method:ident($($arg:ident: $arg_type:ty),*)),* $(,)?) => {
-        $(
-            fn $method<V: Visitor<'de>>(
-                self,
-                $($arg: $arg_type,)*
-                visitor: V,
-            ) -> Result<V::Value, Self::Error> {
-                let slot = self.slot;
-                self.inner
-                    .$method($($arg,)* Visit { visitor, slot })
-                    .map_err(|err| slot.lift(err))
-            }
-        )*
-    };
+fn bad_utf8<E>(_: E) -> Box<CodecError> {
+    malformed(postcard::Error::DeserializeBadUtf8)
 }
 
-impl<'de, D: Deserializer<'de>> Deserializer<'de> for Capture<'_, D> {
-    type Error = Failure<D::Error>;
+fn wont_implement<T>() -> Result<T> {
+    Err(malformed(postcard::Error::WontImplement))
+}
 
-    forward_deserialize!(
-        deserialize_any(),
-        deserialize_bool(),
-        deserialize_i8(),
-        deserialize_i16(),
-        deserialize_i32(),
-        deserialize_i64(),
-        deserialize_i128(),
-        deserialize_u8(),
-        deserialize_u16(),
-        deserialize_u32(),
-        deserialize_u64(),
-        deserialize_u128(),
-        deserialize_f32(),
-        deserialize_f64(),
-        deserialize_char(),
-        deserialize_str(),
-        deserialize_string(),
-        deserialize_bytes(),
-        deserialize_byte_buf(),
-        deserialize_option(),
-        deserialize_unit(),
-        deserialize_unit_struct(name: &'static str),
-        deserialize_newtype_struct(name: &'static str),
-        deserialize_seq(),
-        deserialize_tuple(len: usize),
-        deserialize_tuple_struct(name: &'static str, len: usize),
-        deserialize_map(),
-        deserialize_struct(name: &'static str, fields: &'static [&'static str]),
-        deserialize_enum(name: &'static str, variants: &'static [&'static str]),
-        deserialize_identifier(),
-        deserialize_ignored_any(),
+/// Integers: raw bytes for the 8-bit ones, varints (zigzag for signed ones) for the others.
+macro_rules! integers {
+    ($($method:ident => $visit:ident($read:ident, $bits:expr, $type:ty)),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+            visitor.$visit(self.$read($bits)? as $type)
+        }
+    )*};
+}
+
+impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
+    type Error = Box<CodecError>;
+
+    integers!(
+        deserialize_i16 => visit_i16(signed, 16, i16),
+        deserialize_i32 => visit_i32(signed, 32, i32),
+        deserialize_i64 => visit_i64(signed, 64, i64),
+        deserialize_i128 => visit_i128(signed, 128, i128),
+        deserialize_u16 => visit_u16(varint, 16, u16),
+        deserialize_u32 => visit_u32(varint, 32, u32),
+        deserialize_u64 => visit_u64(varint, 64, u64),
+        deserialize_u128 => visit_u128(varint, 128, u128),
     );
 
-    fn is_human_readable(&self) -> bool {
-        self.inner.is_human_readable()
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        wont_implement()
     }
-}
-
-/// The user's visitor, called by the wrapped deserializer: what it is given goes on through
-/// the adapter.
-struct Visit<'a, V> {
-    visitor: V,
-    slot: &'a Slot,
-}
-
-macro_rules! forward_visits {
-    ($($method:ident($type:ty)),* $(,)?) => {
-        $(
-            fn $method<E: de::Error>(self, value: $type) -> Result<Self::Value, E> {
-                let slot = self.slot;
-                self.visitor
-                    .$method::<Failure<E>>(value)
-                    .map_err(|failure| slot.lower_de(failure))
-            }
-        )*
-    };
-}
-
-impl<'de, V: Visitor<'de>> Visitor<'de> for Visit<'_, V> {
-    type Value = V::Value;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.visitor.expecting(formatter)
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.0.byte()? {
+            0 => visitor.visit_bool(false),
+            1 => visitor.visit_bool(true),
+            _ => Err(malformed(postcard::Error::DeserializeBadBool)),
+        }
     }
-
-    forward_visits!(
-        visit_bool(bool),
-        visit_i8(i8),
-        visit_i16(i16),
-        visit_i32(i32),
-        visit_i64(i64),
-        visit_i128(i128),
-        visit_u8(u8),
-        visit_u16(u16),
-        visit_u32(u32),
-        visit_u64(u64),
-        visit_u128(u128),
-        visit_f32(f32),
-        visit_f64(f64),
-        visit_char(char),
-        visit_str(&str),
-        visit_borrowed_str(&'de str),
-        visit_string(String),
-        visit_bytes(&[u8]),
-        visit_borrowed_bytes(&'de [u8]),
-        visit_byte_buf(Vec<u8>),
-    );
-
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        let slot = self.slot;
-        self.visitor
-            .visit_none::<Failure<E>>()
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_i8(self.0.byte()? as i8)
     }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        let slot = self.slot;
-        self.visitor
-            .visit_unit::<Failure<E>>()
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_u8(self.0.byte()?)
     }
-
-    fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-        let slot = self.slot;
-        self.visitor
-            .visit_some(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f32(f32::from_le_bytes(self.array()?))
     }
-
-    fn visit_newtype_struct<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-        let slot = self.slot;
-        self.visitor
-            .visit_newtype_struct(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_f64(f64::from_le_bytes(self.array()?))
     }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, inner: A) -> Result<Self::Value, A::Error> {
-        let slot = self.slot;
-        self.visitor
-            .visit_seq(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let bad_char = || malformed(postcard::Error::DeserializeBadChar);
+        let len = self.length()?;
+        let mut bytes = [0; 4];
+        for byte in bytes.get_mut(..len).ok_or_else(bad_char)? {
+            *byte = self.0.byte()?;
+        }
+        let text = std::str::from_utf8(&bytes[..len]).map_err(|_| bad_char())?;
+        visitor.visit_char(text.chars().next().ok_or_else(bad_char)?)
     }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, inner: A) -> Result<Self::Value, A::Error> {
-        let slot = self.slot;
-        self.visitor
-            .visit_map(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        visitor.visit_borrowed_str(std::str::from_utf8(self.0.take(len)?).map_err(bad_utf8)?)
     }
-
-    fn visit_enum<A: de::EnumAccess<'de>>(self, inner: A) -> Result<Self::Value, A::Error> {
-        let slot = self.slot;
-        self.visitor
-            .visit_enum(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        match self.0.take_owned(len)? {
+            Some(bytes) => visitor.visit_string(String::from_utf8(bytes).map_err(bad_utf8)?),
+            None => visitor
+                .visit_borrowed_str(std::str::from_utf8(self.0.take(len)?).map_err(bad_utf8)?),
+        }
     }
-}
-
-/// The user's seed, called by the wrapped deserializer.
-struct Seed<'a, S> {
-    seed: S,
-    slot: &'a Slot,
-}
-
-impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Seed<'_, S> {
-    type Value = S::Value;
-
-    fn deserialize<D: Deserializer<'de>>(self, inner: D) -> Result<Self::Value, D::Error> {
-        let slot = self.slot;
-        self.seed
-            .deserialize(Capture { inner, slot })
-            .map_err(|failure| slot.lower_de(failure))
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        visitor.visit_borrowed_bytes(self.0.take(len)?)
     }
-}
-
-impl<'de, A: de::SeqAccess<'de>> de::SeqAccess<'de> for Capture<'_, A> {
-    type Error = Failure<A::Error>;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .next_element_seed(Seed { seed, slot })
-            .map_err(|err| slot.lift(err))
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        match self.0.take_owned(len)? {
+            Some(bytes) => visitor.visit_byte_buf(bytes),
+            None => visitor.visit_borrowed_bytes(self.0.take(len)?),
+        }
     }
-
-    fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        match self.0.byte()? {
+            0 => visitor.visit_none(),
+            1 => visitor.visit_some(self),
+            _ => Err(malformed(postcard::Error::DeserializeBadOption)),
+        }
     }
-}
-
-impl<'de, A: de::MapAccess<'de>> de::MapAccess<'de> for Capture<'_, A> {
-    type Error = Failure<A::Error>;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .next_key_seed(Seed { seed, slot })
-            .map_err(|err| slot.lift(err))
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        visitor.visit_unit()
     }
-
-    fn next_value_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<T::Value, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .next_value_seed(Seed { seed, slot })
-            .map_err(|err| slot.lift(err))
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        self.inner.size_hint()
-    }
-}
-
-impl<'a, 'de, A: de::EnumAccess<'de>> de::EnumAccess<'de> for Capture<'a, A> {
-    type Error = Failure<A::Error>;
-    type Variant = Capture<'a, A::Variant>;
-
-    fn variant_seed<T: DeserializeSeed<'de>>(
+    fn deserialize_unit_struct<V: Visitor<'de>>(
         self,
-        seed: T,
-    ) -> Result<(T::Value, Self::Variant), Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .variant_seed(Seed { seed, slot })
-            .map(|(value, inner)| (value, Capture { inner, slot }))
-            .map_err(|err| slot.lift(err))
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_unit()
     }
-}
-
-impl<'de, A: de::VariantAccess<'de>> de::VariantAccess<'de> for Capture<'_, A> {
-    type Error = Failure<A::Error>;
-
-    fn unit_variant(self) -> Result<(), Self::Error> {
-        self.inner.unit_variant().map_err(|err| self.slot.lift(err))
-    }
-
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
-        seed: T,
-    ) -> Result<T::Value, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .newtype_variant_seed(Seed { seed, slot })
-            .map_err(|err| slot.lift(err))
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_newtype_struct(self)
     }
-
-    fn tuple_variant<V: Visitor<'de>>(
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        visitor.visit_seq(self.counted(len))
+    }
+    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        visitor.visit_seq(self.counted(len))
+    }
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
         self,
+        _: &'static str,
         len: usize,
         visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .tuple_variant(len, Visit { visitor, slot })
-            .map_err(|err| slot.lift(err))
+    ) -> Result<V::Value> {
+        visitor.visit_seq(self.counted(len))
     }
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        let len = self.length()?;
+        visitor.visit_map(self.counted(len))
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_seq(self.counted(fields.len()))
+    }
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value> {
+        visitor.visit_enum(self)
+    }
+    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        wont_implement()
+    }
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
+        wont_implement()
+    }
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
 
+impl<'de, I: Input<'de>> de::EnumAccess<'de> for &mut Decoder<I> {
+    type Error = Box<CodecError>;
+    type Variant = Self;
+
+    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, Self)> {
+        let index = self.varint(32)? as u32;
+        let index: de::value::U32Deserializer<Box<CodecError>> = index.into_deserializer();
+        Ok((seed.deserialize(index)?, self))
+    }
+}
+
+impl<'de, I: Input<'de>> de::VariantAccess<'de> for &mut Decoder<I> {
+    type Error = Box<CodecError>;
+
+    fn unit_variant(self) -> Result<()> {
+        Ok(())
+    }
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value> {
+        seed.deserialize(self)
+    }
+    fn tuple_variant<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
+        visitor.visit_seq(self.counted(len))
+    }
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],
         visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        let slot = self.slot;
-        self.inner
-            .struct_variant(fields, Visit { visitor, slot })
-            .map_err(|err| slot.lift(err))
+    ) -> Result<V::Value> {
+        visitor.visit_seq(self.counted(fields.len()))
+    }
+}
+
+/// The elements of a sequence, or the entries of a map, that remain.
+struct Counted<'a, I> {
+    decoder: &'a mut Decoder<I>,
+    len: usize,
+}
+
+impl<'de, I: Input<'de>> Counted<'_, I> {
+    fn next_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        if self.len == 0 {
+            return Ok(None);
+        }
+        self.len -= 1;
+        seed.deserialize(&mut *self.decoder).map(Some)
+    }
+
+    /// The count, unless the input is too short for it (a hostile count is no reason to
+    /// reserve memory).
+    fn size_hint(&self) -> Option<usize> {
+        (self.len <= self.decoder.0.left()).then_some(self.len)
+    }
+}
+
+impl<'de, I: Input<'de>> de::SeqAccess<'de> for Counted<'_, I> {
+    type Error = Box<CodecError>;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>> {
+        self.next_seed(seed)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Counted::size_hint(self)
+    }
+}
+
+impl<'de, I: Input<'de>> de::MapAccess<'de> for Counted<'_, I> {
+    type Error = Box<CodecError>;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
+        self.next_seed(seed)
+    }
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        seed.deserialize(&mut *self.decoder)
+    }
+    fn size_hint(&self) -> Option<usize> {
+        Counted::size_hint(self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde::{Deserialize, Serialize};
     use std::collections::BTreeMap;
 
@@ -857,11 +786,13 @@ mod tests {
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Everything {
         flag: bool,
+        small: (i16, i32, i64, u16, u32, u64),
         wide: i128,
         unsigned: u128,
-        ratio: f64,
+        ratio: (f32, f64),
         letter: char,
         bytes: Vec<u8>,
+        block: serde_bytes::ByteBuf,
         shapes: Vec<Shape>,
         map: BTreeMap<String, (u8, Option<()>)>,
         nothing: (),
@@ -870,11 +801,13 @@ mod tests {
     fn everything() -> Everything {
         Everything {
             flag: true,
+            small: (i16::MIN, -70_000, i64::MAX, u16::MAX, 300, u64::MAX),
             wide: -1 << 100,
-            unsigned: 1 << 100,
-            ratio: 0.25,
+            unsigned: u128::MAX,
+            ratio: (-0.5, 0.25),
             letter: 'λ',
             bytes: vec![1, 2, 3],
+            block: serde_bytes::ByteBuf::from(vec![4; 200]),
             shapes: vec![
                 Shape::Unit,
                 Shape::Newtype(7),
@@ -895,6 +828,86 @@ mod tests {
         let bytes = encode(&value).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&value).unwrap());
         assert_eq!(decode::<Everything>(&bytes).unwrap(), value);
+        let streamed: Everything = decode_stream(&bytes[..], bytes.len()).unwrap();
+        assert_eq!(streamed, value);
+    }
+
+    proptest! {
+        /// On any input, this decoder and postcard's agree: the same value, or both refuse.
+        #[test]
+        fn decodes_whatever_postcard_decodes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            agree::<(Option<Shape>, char, bool, String)>(&bytes)?;
+            agree::<(i16, i64, u128, u32, i8, Vec<u16>)>(&bytes)?;
+            agree::<BTreeMap<u8, (i8, Option<u64>)>>(&bytes)?;
+        }
+
+        #[test]
+        fn encodes_integers_as_postcard_does(
+            n in any::<i128>(),
+            m in any::<u64>(),
+            s in any::<i16>(),
+        ) {
+            let value = (n, m, s, n as u128, m as i64);
+            prop_assert_eq!(encode(&value).unwrap(), postcard::to_allocvec(&value).unwrap());
+        }
+    }
+
+    fn agree<T>(bytes: &[u8]) -> Result<(), TestCaseError>
+    where
+        T: de::DeserializeOwned + PartialEq + fmt::Debug,
+    {
+        let theirs = postcard::from_bytes::<T>(bytes).ok();
+        prop_assert_eq!(&decode::<T>(bytes).ok(), &theirs);
+        prop_assert_eq!(&decode_stream::<T>(bytes, bytes.len()).ok(), &theirs);
+        Ok(())
+    }
+
+    #[test]
+    fn postcards_varint_limits_hold() {
+        // u16::MAX is 3 bytes; one more bit in the last byte is too many.
+        assert_eq!(decode::<u16>(&[0xff, 0xff, 0x03]).unwrap(), u16::MAX);
+        let err = decode::<u16>(&[0xff, 0xff, 0x04]).unwrap_err();
+        assert_eq!(err.source, Some(postcard::Error::DeserializeBadVarint));
+        let err = decode::<u32>(&[0xff; 6]).unwrap_err();
+        assert_eq!(err.source, Some(postcard::Error::DeserializeBadVarint));
+        let err = decode::<Vec<u8>>(&[0x80]).unwrap_err();
+        assert_eq!(err.source, Some(postcard::Error::DeserializeUnexpectedEnd));
+    }
+
+    #[test]
+    fn only_the_crates_byte_bufs_count_as_read_in_place() {
+        let ours = crate::ByteBuf::from(vec![1; 100]);
+        let theirs = serde_bytes::ByteBuf::from(vec![2; 50]);
+        let bytes = encode(&(&ours, &theirs, "text")).unwrap();
+        assert_eq!(last_block_bytes(), 100);
+        assert_eq!(
+            bytes,
+            postcard::to_allocvec(&(&ours, &theirs, "text")).unwrap()
+        );
+        // Elsewhere the marker is left unset, and counts nothing.
+        postcard::to_allocvec(&ours).unwrap();
+        encode(&theirs).unwrap();
+        assert_eq!(last_block_bytes(), 0);
+    }
+
+    #[test]
+    fn a_stream_hands_owned_bytes_over_and_stops_at_its_end() {
+        let value = (
+            String::from("label"),
+            serde_bytes::ByteBuf::from(vec![9; 300_000]),
+        );
+        let bytes = encode(&value).unwrap();
+        let back: (String, serde_bytes::ByteBuf) = decode_stream(&bytes[..], bytes.len()).unwrap();
+        assert_eq!(back, value);
+        // A length beyond the stream is refused before anything is allocated for it.
+        let err =
+            decode_stream::<serde_bytes::ByteBuf>(&[0xff, 0xff, 0xff, 0x7f][..], 4).unwrap_err();
+        assert_eq!(err.source, Some(postcard::Error::DeserializeUnexpectedEnd));
+        let err = decode_stream::<(String, serde_bytes::ByteBuf)>(&bytes[..1000], bytes.len())
+            .unwrap_err();
+        assert_eq!(err.source, Some(postcard::Error::DeserializeUnexpectedEnd));
     }
 
     /// Refuses both ways, with its own words.
@@ -909,7 +922,6 @@ mod tests {
 
     impl<'de> Deserialize<'de> for Stubborn {
         fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            // Read something first, so that the error crosses a visitor of postcard's.
             let _ = u8::deserialize(deserializer)?;
             Err(de::Error::custom("Stubborn refuses to deserialize"))
         }
@@ -934,7 +946,10 @@ mod tests {
         let err = decode::<Stubborn>(&[5]).unwrap_err();
         assert_eq!(err.message, "Stubborn refuses to deserialize");
         // Variant 0, a sequence of two, `None`, then `Some((1, <u8 for Stubborn>))`.
-        let err = decode::<Nested>(&[0, 2, 0, 1, 1, 5]).unwrap_err();
+        let bytes = [0, 2, 0, 1, 1, 5];
+        let err = decode::<Nested>(&bytes).unwrap_err();
+        assert_eq!(err.message, "Stubborn refuses to deserialize");
+        let err = decode_stream::<Nested>(&bytes[..], bytes.len()).unwrap_err();
         assert_eq!(err.message, "Stubborn refuses to deserialize");
     }
 
@@ -946,7 +961,7 @@ mod tests {
             err.message,
             postcard::Error::DeserializeUnexpectedEnd.to_string()
         );
-        // A wrong type from serde's derive speaks in serde's words, which postcard dropped.
+        // A wrong type from serde's derive speaks in serde's words, which postcard drops.
         let err = decode::<Shape>(&[9]).unwrap_err();
         assert!(
             err.message.contains("variant index 0 <= i < 4"),

@@ -131,7 +131,8 @@
 //! Large arguments and results (over 128 KiB encoded) travel through shared memory rather
 //! than the worker's socket. For bytes, use [`ByteBuf`] rather than `Vec<u8>`: serde encodes a
 //! `Vec<u8>` one element at a time, a `ByteBuf` as one block, and a large `ByteBuf` reads the
-//! shared memory in place instead of being copied out of it.
+//! shared memory in place instead of being copied out of it. (`serde_bytes::ByteBuf` crosses as
+//! one block too, copied once into its own vector.)
 //!
 //! Forking a process that runs threads copies locks held by threads that do not exist in the
 //! child, which can then hang on its first `println!` or allocation. So [`init`] forks a small

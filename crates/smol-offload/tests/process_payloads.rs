@@ -1,6 +1,7 @@
 //! Large arguments and results of process tasks, which go through a sealed memfd instead of
 //! the worker's socket: every size around the threshold crosses intact both ways, as a
-//! `Vec<u8>` and as a `ByteBuf` (which reads the shared memory in place); a worker that dies
+//! `Vec<u8>`, as a `ByteBuf` (which reads the shared memory in place) and as a
+//! `serde_bytes::ByteBuf`; a worker that dies
 //! while it writes a large result, or that sends a shared reply that is not sealed, fails
 //! only its task; and no descriptor leaks, in the parent or in the worker.
 
@@ -83,6 +84,36 @@ fn values_of_every_size_around_the_threshold_cross_both_ways() {
             let result_shared = 1 + varint + len > THRESHOLD;
             assert_eq!(shared_there, argument_shared, "an argument of {len} bytes");
             assert_eq!(back.is_shared(), result_shared, "a result of {len} bytes");
+        }
+    });
+}
+
+/// Checks a `serde_bytes::ByteBuf` argument and answers with another, of `len` bytes.
+fn check_and_answer_serde_bytes(
+    (bytes, len): (serde_bytes::ByteBuf, usize),
+) -> serde_bytes::ByteBuf {
+    assert!(*bytes == pattern(bytes.len(), 6), "arrived intact");
+    serde_bytes::ByteBuf::from(pattern(len, 7))
+}
+
+#[test]
+fn serde_bytes_buffers_cross_as_blocks_both_ways() {
+    // 1 MiB goes through the workers' arenas; 64 MiB through a fresh memfd each way, the result
+    // decoded as a stream straight into the buffer's own vector.
+    let pool = ProcessPool::new(1).unwrap();
+    block_on(async {
+        for len in [1024 * 1024, 64 * 1024 * 1024] {
+            let sent = serde_bytes::ByteBuf::from(pattern(len, 6));
+            let back = pool
+                .run(check_and_answer_serde_bytes, (sent, len + 1))
+                .await
+                .unwrap();
+            assert_eq!(back.len(), len + 1);
+            assert!(
+                *back == pattern(len + 1, 7),
+                "a result of {} bytes",
+                len + 1
+            );
         }
     });
 }

@@ -1,6 +1,7 @@
 //! The payload figures of the process benchmark: large arguments and results, against a raw
 //! echo of the same bytes over a Unix socket between two processes, in the same run; and the
-//! peak memory of the parent while it receives a 64 MiB result, measured in a fresh child
+//! peak memory of the parent while it receives a 64 MiB result (a `Vec<u8>`, the crate's
+//! `ByteBuf` and `serde_bytes::ByteBuf`), measured in a fresh child
 //! process from the kernel's high-water mark of its resident memory (`VmHWM`).
 
 use std::io::{Read, Write};
@@ -28,12 +29,20 @@ fn echo_buffer(bytes: ByteBuf) -> ByteBuf {
     bytes
 }
 
+fn echo_serde_bytes(bytes: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+    bytes
+}
+
 fn make_vec(len: usize) -> Vec<u8> {
     vec![7; len]
 }
 
 fn make_buffer(len: usize) -> ByteBuf {
     ByteBuf::from(vec![7; len])
+}
+
+fn make_serde_bytes(len: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![7; len])
 }
 
 /// A forked child that echoes blocks of [`ECHO`] bytes over a socket: the floor.
@@ -111,6 +120,7 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
     let mut raw = Vec::new();
     let mut as_vec = Vec::new();
     let mut as_buffer = Vec::new();
+    let mut as_serde_bytes = Vec::new();
     for _ in 0..rounds {
         raw.push(median_of(count, || floor.round_trip(&block, &mut back)).as_secs_f64());
         as_vec.push(
@@ -136,11 +146,23 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
             })
             .as_secs_f64(),
         );
+        as_serde_bytes.push(
+            median_of(count, || {
+                let sent = serde_bytes::ByteBuf::from(block.clone());
+                let start = Instant::now();
+                let echoed = smol::block_on(pool.run(echo_serde_bytes, sent)).unwrap();
+                let took = start.elapsed();
+                assert_eq!(echoed.len(), ECHO);
+                took
+            })
+            .as_secs_f64(),
+        );
     }
     assert_eq!(back, block);
     let raw = Duration::from_secs_f64(median(&raw));
     let as_vec = Duration::from_secs_f64(median(&as_vec));
     let as_buffer = Duration::from_secs_f64(median(&as_buffer));
+    let as_serde_bytes = Duration::from_secs_f64(median(&as_serde_bytes));
 
     let large_count = if quick { 2 } else { 5 };
     let large: Vec<u8> = vec![3; LARGE];
@@ -156,6 +178,14 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
         let sent = ByteBuf::from(large.clone());
         let start = Instant::now();
         let echoed = smol::block_on(pool.run(echo_buffer, sent)).unwrap();
+        let took = start.elapsed();
+        assert_eq!(echoed.len(), LARGE);
+        took
+    });
+    let large_serde_bytes = median_of(large_count, || {
+        let sent = serde_bytes::ByteBuf::from(large.clone());
+        let start = Instant::now();
+        let echoed = smol::block_on(pool.run(echo_serde_bytes, sent)).unwrap();
         let took = start.elapsed();
         assert_eq!(echoed.len(), LARGE);
         took
@@ -191,6 +221,11 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
         ratio(as_buffer)
     );
     println!(
+        "| 1 MiB serde_bytes::ByteBuf argument and result | {:.0} us | {:.2}x |",
+        micros(as_serde_bytes),
+        ratio(as_serde_bytes)
+    );
+    println!(
         "| 64 MiB Vec<u8> echo | {:.1} ms | |",
         large_vec.as_secs_f64() * 1e3
     );
@@ -199,19 +234,28 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
         large_buffer.as_secs_f64() * 1e3
     );
     println!(
+        "| 64 MiB serde_bytes::ByteBuf echo | {:.1} ms | |",
+        large_serde_bytes.as_secs_f64() * 1e3
+    );
+    println!(
         "| 64 MiB Vec<u8> echo on a ThreadPool (nothing copied) | {:.3} ms | |",
         large_threads.as_secs_f64() * 1e3
     );
 
     let peak_vec = peak_in_child("vec");
     let peak_buffer = peak_in_child("buffer");
+    let peak_serde_bytes = peak_in_child("serde_bytes");
     println!();
     println!(
         "peak memory of the parent while it receives a 64 MiB result (VmHWM over VmRSS before):"
     );
     println!("| result | peak | times the result's size |");
     println!("|---|---:|---:|");
-    for (what, peak) in [("Vec<u8>", peak_vec), ("ByteBuf", peak_buffer)] {
+    for (what, peak) in [
+        ("Vec<u8>", peak_vec),
+        ("ByteBuf", peak_buffer),
+        ("serde_bytes::ByteBuf", peak_serde_bytes),
+    ] {
         println!(
             "| 64 MiB {what} | {:.1} MiB | {:.2}x |",
             peak as f64 / MIB as f64,
@@ -222,19 +266,25 @@ pub(crate) fn run(mut floor: ByteEcho, quick: bool) {
     println!("payload targets:");
     let verdict = |met: bool| if met { "met" } else { "missed" };
     println!(
-        "  1 MiB round trip at most 2x the raw echo: Vec<u8> {:.2}x, {}; ByteBuf {:.2}x, {}",
+        "  1 MiB round trip at most 2x the raw echo: Vec<u8> {:.2}x, {}; ByteBuf {:.2}x, {}; \
+         serde_bytes::ByteBuf {:.2}x, {}",
         ratio(as_vec),
         verdict(ratio(as_vec) <= 2.0),
         ratio(as_buffer),
-        verdict(ratio(as_buffer) <= 2.0)
+        verdict(ratio(as_buffer) <= 2.0),
+        ratio(as_serde_bytes),
+        verdict(ratio(as_serde_bytes) <= 2.0)
     );
     let times = |peak: usize| peak as f64 / LARGE as f64;
     println!(
-        "  64 MiB result peaks at most 1.5x its size: Vec<u8> {:.2}x, {}; ByteBuf {:.2}x, {}",
+        "  64 MiB result peaks at most 1.5x its size: Vec<u8> {:.2}x, {}; ByteBuf {:.2}x, {}; \
+         serde_bytes::ByteBuf {:.2}x, {}",
         times(peak_vec),
         verdict(times(peak_vec) <= 1.5),
         times(peak_buffer),
-        verdict(times(peak_buffer) <= 1.5)
+        verdict(times(peak_buffer) <= 1.5),
+        times(peak_serde_bytes),
+        verdict(times(peak_serde_bytes) <= 1.5)
     );
 }
 
@@ -270,12 +320,19 @@ pub(crate) fn measure_peak_if_asked() {
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
     let before = status_kib("VmRSS:");
     // Every byte of the result is read, so that every page of it is resident.
-    let sum: u64 = if what == "vec" {
-        let bytes = smol::block_on(pool.run(make_vec, LARGE)).unwrap();
-        bytes.iter().map(|&b| u64::from(b)).sum()
-    } else {
-        let bytes = smol::block_on(pool.run(make_buffer, LARGE)).unwrap();
-        bytes.iter().map(|&b| u64::from(b)).sum()
+    let sum: u64 = match what.to_str() {
+        Some("vec") => {
+            let bytes = smol::block_on(pool.run(make_vec, LARGE)).unwrap();
+            bytes.iter().map(|&b| u64::from(b)).sum()
+        }
+        Some("buffer") => {
+            let bytes = smol::block_on(pool.run(make_buffer, LARGE)).unwrap();
+            bytes.iter().map(|&b| u64::from(b)).sum()
+        }
+        _ => {
+            let bytes = smol::block_on(pool.run(make_serde_bytes, LARGE)).unwrap();
+            bytes.iter().map(|&b| u64::from(b)).sum()
+        }
     };
     let peak = status_kib("VmHWM:");
     assert_eq!(sum, 7 * LARGE as u64);

@@ -7,8 +7,9 @@
 //! grows. A 64 MiB `Vec<u8>` result then costs the parent about its own size, where a sealed
 //! memfd read in place costs the mapping and the vector.
 //!
-//! A result that is mostly one block of bytes (a `ByteBuf`) still comes sealed and is read in
-//! place (no copy at all): the worker counts, as it encodes, the bytes that went as blocks.
+//! A result that is mostly the crate's `ByteBuf`s still comes sealed and is read in place (no
+//! copy at all): the worker counts, as it encodes, the bytes they wrote. A `serde_bytes::ByteBuf`
+//! owns its vector, so it is streamed, read straight into that vector.
 //!
 //! A hostile worker that keeps the descriptor can write the file while it is read, or shrink
 //! it: that changes the bytes decoded, or makes the decoding fail, as any garbage in a result
