@@ -27,7 +27,7 @@ PATH = re.compile(r"\b((?:crate|super|self|[a-z_][a-z0-9_]*)(?:::[A-Za-z_][A-Za-
 
 
 def strip(text):
-    """The code of `text` without comments, strings and `#[cfg(test)]` modules."""
+    """The code of `text` without comments, strings and test modules (`#[cfg(test)]`, `#[cfg(all(test, ...))]`)."""
     # One pass, so that `//` in a string and `"` in a comment are each what they are.
     token = re.compile(r'//[^\n]*|/\*.*?\*/|\br(#*)".*?"\1|"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])\'', re.S)
 
@@ -42,7 +42,7 @@ def strip(text):
     text = token.sub(blank, text)
     # A test module: from `#[cfg(test)] mod x {` to its matching brace.
     out, i = [], 0
-    for m in re.finditer(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{", text):
+    for m in re.finditer(r"#\[cfg\([^\]]*\btest\b[^\]]*\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{", text):
         if m.start() < i:
             continue
         out.append(text[i : m.start()])
