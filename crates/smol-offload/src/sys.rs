@@ -1,6 +1,8 @@
-//! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, catching `SIGINT` and `SIGTERM` while a remote worker serves, and calling a
-//! function through its address (with the worker's loop that does it).
+//! Every `unsafe` operation of the crate, and only system calls, mappings and the primitive of
+//! calling a function by its address: forking, leaving a forked child, receiving file
+//! descriptors, shared memory, catching `SIGINT` and `SIGTERM` while a remote worker serves, and
+//! [`ErasedCall`]. The worker's request loop is `process_pool::worker`; whether the workers have
+//! a call's code is checked in `code_check`.
 //!
 //! # The fork contract
 //!
@@ -1003,7 +1005,7 @@ impl ErasedCall {
 /// executable, wherever the loader placed it.
 static ANCHOR: u8 = 0;
 
-fn anchor_address() -> i64 {
+pub(crate) fn anchor_address() -> i64 {
     std::ptr::addr_of!(ANCHOR) as usize as i64
 }
 
@@ -1040,23 +1042,23 @@ impl ErasedCall {
 /// the loader knows it by (empty for the executable), its load base, and the span of its
 /// loadable segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct LoadedObject {
-    path: String,
-    base: usize,
-    span: std::ops::Range<usize>,
+pub(crate) struct LoadedObject {
+    pub(crate) path: String,
+    pub(crate) base: usize,
+    pub(crate) span: std::ops::Range<usize>,
 }
 
 /// The objects loaded in this process at one moment, the executable first, and how many objects
 /// the loader had unloaded by then (`dlclose`).
 #[derive(Debug, Default)]
-struct LoadedCode {
-    objects: Vec<LoadedObject>,
-    unloaded: u64,
+pub(crate) struct LoadedCode {
+    pub(crate) objects: Vec<LoadedObject>,
+    pub(crate) unloaded: u64,
 }
 
 impl LoadedCode {
     /// The objects loaded now, as `dl_iterate_phdr` lists them.
-    fn now() -> LoadedCode {
+    pub(crate) fn now() -> LoadedCode {
         let mut code = LoadedCode::default();
         // SAFETY: `collect_object` has the signature `dl_iterate_phdr` expects, and `data`
         // points to `code`, which outlives the call; the loader calls back on this thread only,
@@ -1066,14 +1068,14 @@ impl LoadedCode {
     }
 
     /// The object whose loadable segments hold `address`.
-    fn containing(&self, address: usize) -> Option<&LoadedObject> {
+    pub(crate) fn containing(&self, address: usize) -> Option<&LoadedObject> {
         self.objects
             .iter()
             .find(|object| object.span.contains(&address))
     }
 
     /// Whether `object` is the executable.
-    fn is_executable(&self, object: &LoadedObject) -> bool {
+    pub(crate) fn is_executable(&self, object: &LoadedObject) -> bool {
         self.objects.first() == Some(object)
     }
 }
@@ -1132,7 +1134,7 @@ unsafe extern "C" fn collect_object(
 
 /// Where the executable's code and statics lie in this process, found once: most calls name
 /// functions there, and checking that costs two comparisons an address.
-fn executable_span() -> &'static std::ops::Range<usize> {
+pub(crate) fn executable_span() -> &'static std::ops::Range<usize> {
     static EXECUTABLE: std::sync::OnceLock<std::ops::Range<usize>> = std::sync::OnceLock::new();
     EXECUTABLE.get_or_init(|| {
         LoadedCode::now()
@@ -1152,122 +1154,10 @@ pub(crate) fn remember_code_of_workers() {
     let _ = CODE_OF_WORKERS.set(LoadedCode::now());
 }
 
-impl ErasedCall {
-    /// The two addresses of the call, each with what it is, for messages.
-    fn parts(self) -> [(&'static str, usize); 2] {
-        [
-            (
-                "the function's trampoline (the code that decodes its argument, compiled into \
-                 the crate that called `run`)",
-                self.trampoline as usize,
-            ),
-            ("the function", self.function as usize),
-        ]
-    }
-
-    /// Why a worker forked from the fork server could not run this call, if it could not: an
-    /// address that lies in a shared library loaded after the server was forked (`dlopen`), or
-    /// in no loaded object, is not that code in a worker, which would jump to whatever is there.
-    /// Cheap when both addresses lie in the executable, as they do unless code is loaded
-    /// dynamically.
-    pub(crate) fn refusal_in_workers(self) -> Option<String> {
-        let executable = executable_span();
-        if self.parts().iter().all(|(_, at)| executable.contains(at)) {
-            return None;
-        }
-        self.refusal_against(CODE_OF_WORKERS.get(), &LoadedCode::now())
-    }
-
-    /// [`refusal_in_workers`](ErasedCall::refusal_in_workers) for workers forked when the code
-    /// loaded was `at_fork` (none: no worker was ever forked), with `now` loaded now.
-    #[cold]
-    fn refusal_against(self, at_fork: Option<&LoadedCode>, now: &LoadedCode) -> Option<String> {
-        for (what, address) in self.parts() {
-            let Some(object) = now.containing(address) else {
-                return Some(format!(
-                    "cannot run the task in a worker process: {what} at {address:#x} lies in no \
-                     loaded object"
-                ));
-            };
-            if now.is_executable(object) {
-                continue;
-            }
-            let forked_with = at_fork.and_then(|code| {
-                code.objects
-                    .iter()
-                    .find(|old| old.path == object.path && old.base == object.base)
-                    .map(|_| code.unloaded)
-            });
-            let path = &object.path;
-            match forked_with {
-                Some(unloaded) if unloaded == now.unloaded => continue,
-                Some(_) => {
-                    return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, and a library was unloaded since the fork server \
-                         started, so this one may not be the code that the workers have at \
-                         that address; run the function on a ThreadPool, or keep libraries \
-                         loaded"
-                    ));
-                }
-                None => {
-                    return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, loaded (or reloaded) after the fork server started, so the workers \
-                         (forked from that server) do not have it; load the library before \
-                         smol_offload::init(), or run the function on a ThreadPool"
-                    ));
-                }
-            }
-        }
-        None
-    }
-
-    /// Why a remote worker could not run this call, if it could not: a job names code by its
-    /// offset from a static of the executable, and the build identity covers the executable
-    /// only, so the function, its trampoline and that static must all lie in the executable,
-    /// not in a shared library (a `dylib` crate, `-C prefer-dynamic`, `dlopen`). Cheap when
-    /// they do.
-    pub fn remote_refusal(self) -> Option<String> {
-        let executable = executable_span();
-        let anchor = anchor_address() as usize;
-        if executable.contains(&anchor)
-            && self.parts().iter().all(|(_, at)| executable.contains(at))
-        {
-            return None;
-        }
-        self.remote_refusal_in(&LoadedCode::now())
-    }
-
-    /// [`remote_refusal`](ErasedCall::remote_refusal), with `now` loaded now.
-    #[cold]
-    fn remote_refusal_in(self, now: &LoadedCode) -> Option<String> {
-        let anchor = (
-            "smol-offload itself (whose static the job's offsets start from)",
-            anchor_address() as usize,
-        );
-        for (what, address) in std::iter::once(anchor).chain(self.parts()) {
-            match now.containing(address) {
-                Some(object) if now.is_executable(object) => {}
-                Some(object) => {
-                    return Some(format!(
-                        "cannot run the task on remote workers: {what} lies in the shared \
-                         library {}, and a job can name only code of the executable, whose \
-                         SHA-256 the workers check; link that code into the executable (no \
-                         dylib crate, no -C prefer-dynamic)",
-                        object.path
-                    ));
-                }
-                None => {
-                    return Some(format!(
-                        "cannot run the task on remote workers: {what} at {address:#x} lies in \
-                         no loaded object"
-                    ));
-                }
-            }
-        }
-        None
-    }
+/// The code loaded when the fork server was forked (none: no worker was ever forked), which is
+/// the code every worker has.
+pub(crate) fn code_of_workers() -> Option<&'static LoadedCode> {
+    CODE_OF_WORKERS.get()
 }
 
 /// Calls the trampoline at address `trampoline` with the function at address `function`.
