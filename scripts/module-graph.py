@@ -5,8 +5,9 @@ Reads `crates/smol-offload/src/**/*.rs`, maps each file to its module path (`lib
 `crate`, `a/mod.rs` and `a.rs` are `crate::a`, a `#[path]` file its declared name), and
 collects the paths each file names outside comments and test modules: `crate::a::b`,
 `super::x`, `self::x`, and `x::y` where `x` is a child module declared in that file. A path
-counts as an edge to the longest module it starts with. Then prints each strongly connected
-component with more than one module (an import circle), and exits 1 if there is one.
+counts as an edge to the longest module it starts with or, for an item that module re-exports
+(`pub use`), to the module that defines it. Then prints each strongly connected component with
+more than one module (an import circle), and exits 1 if there is one.
 
     python3 scripts/module-graph.py            # circles only
     python3 scripts/module-graph.py --edges    # every edge, then the circles
@@ -107,33 +108,55 @@ def modules():
     return found
 
 
+def absolute(mod, children, path):
+    """The words of `path`, named in module `mod`, from the crate root; None outside the crate."""
+    words = path.split("::")
+    if words[0] == "crate":
+        return words
+    if words[0] == "super":
+        return mod.split("::")[:-1] + words[1:]
+    if words[0] == "self":
+        return mod.split("::") + words[1:]
+    if words[0] in children:
+        return mod.split("::") + words
+    return None
+
+
+def module_of(found, full):
+    """The longest module that the words `full` start with, and the words after it."""
+    for n in range(len(full), 0, -1):
+        candidate = "::".join(full[:n])
+        if candidate in found:
+            return candidate, full[n:]
+    return None, []
+
+
 def edges(found):
-    graph = {m: set() for m in found}
+    uses = {}
     for mod, (file, children) in found.items():
         code = strip(open(file).read())
         paths = []
         for tree in USE_ITEM.findall(code):
             paths.extend(expand_use(tree))
         paths.extend(PATH.findall(code))
-        for p in paths:
-            words = p.split("::")
-            if words[0] == "crate":
-                full = words
-            elif words[0] == "super":
-                full = mod.split("::")[:-1] + words[1:]
-            elif words[0] == "self":
-                full = mod.split("::") + words[1:]
-            elif words[0] in children:
-                full = mod.split("::") + words
-            else:
-                continue
-            # The longest module the path starts with.
-            target = None
-            for n in range(len(full), 0, -1):
-                candidate = "::".join(full[:n])
-                if candidate in found:
-                    target = candidate
-                    break
+        uses[mod] = [full for full in (absolute(mod, children, p) for p in paths) if full]
+    # Items a module re-exports (`pub use crate::a::Item` in `lib.rs`): a path to the
+    # re-export is an edge to the module that defines the item.
+    reexports = {}
+    for mod, (file, children) in found.items():
+        code = strip(open(file).read())
+        for tree in re.findall(r"\bpub(?:\([^)]*\))?\s+use\s+([^;]+);", code, re.S):
+            for p in expand_use(tree):
+                full = absolute(mod, children, p)
+                target, rest = module_of(found, full) if full else (None, [])
+                if target and rest:
+                    reexports[(mod, rest[-1])] = target
+    graph = {m: set() for m in found}
+    for mod, paths in uses.items():
+        for full in paths:
+            target, rest = module_of(found, full)
+            if target and rest and (target, rest[0]) in reexports:
+                target = reexports[(target, rest[0])]
             if target and target != mod and target != "crate":
                 graph[mod].add(target)
     return graph
