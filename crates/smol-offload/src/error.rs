@@ -1,6 +1,5 @@
 //! The errors of the crate: [`Error`] for a task, [`BuildError`] for a pool.
 
-use std::any::Any;
 use std::fmt;
 use std::io;
 
@@ -265,17 +264,6 @@ impl Error {
     /// deserialized. The task's function did not run when the argument failed.
     pub fn is_codec(&self) -> bool {
         matches!(self.kind, ErrorKind::Codec { .. })
-    }
-}
-
-/// The text of a panic payload, the way the standard library's hook prints it.
-pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&'static str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
     }
 }
 

@@ -283,6 +283,7 @@ compile_error!(
 
 mod byte_buf;
 mod cancel;
+mod code_check;
 mod codec;
 mod dedicated;
 mod default_pool;

@@ -27,8 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::panic_payload_message;
-
 /// What the hook does with a panic raised in a task on this thread, besides recording where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reporting {
@@ -171,6 +169,17 @@ pub(crate) fn caught(payload: Box<dyn Any + Send>, location: Option<String>) -> 
     let message = panic_payload_message(payload.as_ref());
     let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(payload)));
     Caught { message, location }
+}
+
+/// The text of a panic payload, the way the standard library's hook prints it.
+pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "Box<dyn Any>".to_owned()
+    }
 }
 
 #[cfg(test)]

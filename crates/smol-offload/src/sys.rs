@@ -1,6 +1,8 @@
-//! Every `unsafe` operation of the crate: forking, leaving a forked child, receiving file
-//! descriptors, catching `SIGINT` and `SIGTERM` while a remote worker serves, and calling a
-//! function through its address (with the worker's loop that does it).
+//! Every `unsafe` operation of the crate, and only system calls, mappings and the primitive of
+//! calling a function by its address: forking, leaving a forked child, receiving file
+//! descriptors, shared memory, catching `SIGINT` and `SIGTERM` while a remote worker serves, and
+//! [`ErasedCall`]. The worker's request loop is `process_pool::worker`; whether the workers have
+//! a call's code is checked in `code_check`.
 //!
 //! # The fork contract
 //!
@@ -971,6 +973,22 @@ impl ErasedCall {
         }
     }
 
+    /// The call that a worker's request names, from the words the worker read on its socket.
+    ///
+    /// A worker's request loop (`process_pool::worker`) is the one caller, and the one place
+    /// where words read from a socket become an `ErasedCall`. Why that is sound: the loop runs
+    /// only in a worker process, forked without `exec` from the fork server, which was forked
+    /// without `exec` from the application, so all three run one program image at the same
+    /// addresses; and it reads the worker's end of the socket pair that the application made
+    /// for this one worker and handed over through the fork server's private link. The other
+    /// end stays in the application, which writes only requests built by `wire::write_request`
+    /// from a call made by [`erase`].
+    pub(crate) fn sent_by_parent(words: [u64; 2]) -> ErasedCall {
+        // SAFETY: the words came from the parent, which wrote the `to_wire()` of a call made by
+        // `erase` in the same program image (see above).
+        unsafe { ErasedCall::from_wire(words) }
+    }
+
     /// Decodes the argument in `arg`, calls the function, and appends the encoded value (or
     /// the failure: a message, or a panic's [`Caught`]) to `out`. A panic is reported as it
     /// happens as `reporting` says.
@@ -987,7 +1005,7 @@ impl ErasedCall {
 /// executable, wherever the loader placed it.
 static ANCHOR: u8 = 0;
 
-fn anchor_address() -> i64 {
+pub(crate) fn anchor_address() -> i64 {
     std::ptr::addr_of!(ANCHOR) as usize as i64
 }
 
@@ -1024,23 +1042,23 @@ impl ErasedCall {
 /// the loader knows it by (empty for the executable), its load base, and the span of its
 /// loadable segments.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct LoadedObject {
-    path: String,
-    base: usize,
-    span: std::ops::Range<usize>,
+pub(crate) struct LoadedObject {
+    pub(crate) path: String,
+    pub(crate) base: usize,
+    pub(crate) span: std::ops::Range<usize>,
 }
 
 /// The objects loaded in this process at one moment, the executable first, and how many objects
 /// the loader had unloaded by then (`dlclose`).
 #[derive(Debug, Default)]
-struct LoadedCode {
-    objects: Vec<LoadedObject>,
-    unloaded: u64,
+pub(crate) struct LoadedCode {
+    pub(crate) objects: Vec<LoadedObject>,
+    pub(crate) unloaded: u64,
 }
 
 impl LoadedCode {
     /// The objects loaded now, as `dl_iterate_phdr` lists them.
-    fn now() -> LoadedCode {
+    pub(crate) fn now() -> LoadedCode {
         let mut code = LoadedCode::default();
         // SAFETY: `collect_object` has the signature `dl_iterate_phdr` expects, and `data`
         // points to `code`, which outlives the call; the loader calls back on this thread only,
@@ -1050,14 +1068,14 @@ impl LoadedCode {
     }
 
     /// The object whose loadable segments hold `address`.
-    fn containing(&self, address: usize) -> Option<&LoadedObject> {
+    pub(crate) fn containing(&self, address: usize) -> Option<&LoadedObject> {
         self.objects
             .iter()
             .find(|object| object.span.contains(&address))
     }
 
     /// Whether `object` is the executable.
-    fn is_executable(&self, object: &LoadedObject) -> bool {
+    pub(crate) fn is_executable(&self, object: &LoadedObject) -> bool {
         self.objects.first() == Some(object)
     }
 }
@@ -1116,7 +1134,7 @@ unsafe extern "C" fn collect_object(
 
 /// Where the executable's code and statics lie in this process, found once: most calls name
 /// functions there, and checking that costs two comparisons an address.
-fn executable_span() -> &'static std::ops::Range<usize> {
+pub(crate) fn executable_span() -> &'static std::ops::Range<usize> {
     static EXECUTABLE: std::sync::OnceLock<std::ops::Range<usize>> = std::sync::OnceLock::new();
     EXECUTABLE.get_or_init(|| {
         LoadedCode::now()
@@ -1136,122 +1154,10 @@ pub(crate) fn remember_code_of_workers() {
     let _ = CODE_OF_WORKERS.set(LoadedCode::now());
 }
 
-impl ErasedCall {
-    /// The two addresses of the call, each with what it is, for messages.
-    fn parts(self) -> [(&'static str, usize); 2] {
-        [
-            (
-                "the function's trampoline (the code that decodes its argument, compiled into \
-                 the crate that called `run`)",
-                self.trampoline as usize,
-            ),
-            ("the function", self.function as usize),
-        ]
-    }
-
-    /// Why a worker forked from the fork server could not run this call, if it could not: an
-    /// address that lies in a shared library loaded after the server was forked (`dlopen`), or
-    /// in no loaded object, is not that code in a worker, which would jump to whatever is there.
-    /// Cheap when both addresses lie in the executable, as they do unless code is loaded
-    /// dynamically.
-    pub(crate) fn refusal_in_workers(self) -> Option<String> {
-        let executable = executable_span();
-        if self.parts().iter().all(|(_, at)| executable.contains(at)) {
-            return None;
-        }
-        self.refusal_against(CODE_OF_WORKERS.get(), &LoadedCode::now())
-    }
-
-    /// [`refusal_in_workers`](ErasedCall::refusal_in_workers) for workers forked when the code
-    /// loaded was `at_fork` (none: no worker was ever forked), with `now` loaded now.
-    #[cold]
-    fn refusal_against(self, at_fork: Option<&LoadedCode>, now: &LoadedCode) -> Option<String> {
-        for (what, address) in self.parts() {
-            let Some(object) = now.containing(address) else {
-                return Some(format!(
-                    "cannot run the task in a worker process: {what} at {address:#x} lies in no \
-                     loaded object"
-                ));
-            };
-            if now.is_executable(object) {
-                continue;
-            }
-            let forked_with = at_fork.and_then(|code| {
-                code.objects
-                    .iter()
-                    .find(|old| old.path == object.path && old.base == object.base)
-                    .map(|_| code.unloaded)
-            });
-            let path = &object.path;
-            match forked_with {
-                Some(unloaded) if unloaded == now.unloaded => continue,
-                Some(_) => {
-                    return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, and a library was unloaded since the fork server \
-                         started, so this one may not be the code that the workers have at \
-                         that address; run the function on a ThreadPool, or keep libraries \
-                         loaded"
-                    ));
-                }
-                None => {
-                    return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, loaded (or reloaded) after the fork server started, so the workers \
-                         (forked from that server) do not have it; load the library before \
-                         smol_offload::init(), or run the function on a ThreadPool"
-                    ));
-                }
-            }
-        }
-        None
-    }
-
-    /// Why a remote worker could not run this call, if it could not: a job names code by its
-    /// offset from a static of the executable, and the build identity covers the executable
-    /// only, so the function, its trampoline and that static must all lie in the executable,
-    /// not in a shared library (a `dylib` crate, `-C prefer-dynamic`, `dlopen`). Cheap when
-    /// they do.
-    pub fn remote_refusal(self) -> Option<String> {
-        let executable = executable_span();
-        let anchor = anchor_address() as usize;
-        if executable.contains(&anchor)
-            && self.parts().iter().all(|(_, at)| executable.contains(at))
-        {
-            return None;
-        }
-        self.remote_refusal_in(&LoadedCode::now())
-    }
-
-    /// [`remote_refusal`](ErasedCall::remote_refusal), with `now` loaded now.
-    #[cold]
-    fn remote_refusal_in(self, now: &LoadedCode) -> Option<String> {
-        let anchor = (
-            "smol-offload itself (whose static the job's offsets start from)",
-            anchor_address() as usize,
-        );
-        for (what, address) in std::iter::once(anchor).chain(self.parts()) {
-            match now.containing(address) {
-                Some(object) if now.is_executable(object) => {}
-                Some(object) => {
-                    return Some(format!(
-                        "cannot run the task on remote workers: {what} lies in the shared \
-                         library {}, and a job can name only code of the executable, whose \
-                         SHA-256 the workers check; link that code into the executable (no \
-                         dylib crate, no -C prefer-dynamic)",
-                        object.path
-                    ));
-                }
-                None => {
-                    return Some(format!(
-                        "cannot run the task on remote workers: {what} at {address:#x} lies in \
-                         no loaded object"
-                    ));
-                }
-            }
-        }
-        None
-    }
+/// The code loaded when the fork server was forked (none: no worker was ever forked), which is
+/// the code every worker has.
+pub(crate) fn code_of_workers() -> Option<&'static LoadedCode> {
+    CODE_OF_WORKERS.get()
 }
 
 /// Calls the trampoline at address `trampoline` with the function at address `function`.
@@ -1314,157 +1220,6 @@ where
             CallStatus::Panicked
         }
     }
-}
-
-/// The loop of a worker process: reads each request its parent sends on `stream`, calls the
-/// function it names, and writes the reply, until the parent closes the socket.
-///
-/// This is the one place where words read from a socket become an [`ErasedCall`], and why
-/// that is sound is the reason this loop lives here, next to the `unsafe` it needs: it runs
-/// only in a worker process, forked without `exec` from the fork server, which was forked
-/// without `exec` from the application, so all three run one program image at the same
-/// addresses; and `stream` is the worker's end of the socket pair that the application made
-/// for this one worker and handed over through the fork server's private link. The other end
-/// stays in the application, which writes only requests built by `wire::write_request` from a
-/// call made by [`erase`].
-///
-/// Each job is claimed in `claims` before it starts: one the parent took back first is skipped
-/// (its shared argument's memfd is still taken off the queue, to keep the others in order).
-pub(crate) fn serve_requests(
-    stream: &std::os::unix::net::UnixStream,
-    claims: &crate::process_pool::claim::Claims,
-) -> io::Result<()> {
-    use crate::byte_buf::Backing;
-    use crate::process_pool::arena::{self, OutArena};
-    use crate::process_pool::out_of_line::{self, FdReader};
-    use crate::process_pool::wire::{self, OutOfLine};
-    use std::io::BufReader;
-    use std::os::fd::AsFd;
-    use std::sync::Arc;
-
-    let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
-    let mut buffer = Vec::new();
-    let mut reply = Vec::new();
-    // The parent's request arena, mapped, and this worker's reply arena with the count of
-    // replies written to it (see `process_pool::arena`).
-    let mut request_arena: Option<Arc<ArenaView>> = None;
-    let mut reply_arena = OutArena::default();
-    let mut arena_replies_written = 0u64;
-    let missing_fd = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "shared request without its memfd",
-        )
-    };
-    while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
-        // The descriptors that came with the frame's bytes are in by now, in order: a sealed
-        // argument's memfd, or the parent's new request arena.
-        if request.new_arena {
-            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
-            request_arena = Some(Arc::new(ArenaView::map(fd)?));
-        }
-        // A sealed argument is mapped until the call is over (a `ByteBuf` may keep it longer).
-        let mut backing = if request.shared {
-            let size = request.shared_size()?;
-            let fd = input.get_mut().fds.pop_front().ok_or_else(missing_fd)?;
-            Some(Arc::new(Backing::Sealed(SealedMapping::new(fd, size)?)))
-        } else {
-            None
-        };
-        if !claims.claim(request.id) {
-            if claims.was_revoked(request.id) {
-                // The parent took the job back before it started: it runs elsewhere.
-                continue;
-            }
-            // The word went back below this job: something in this worker (a task) wrote over
-            // the claim page, and no job could be claimed again. Exit: the parent then runs
-            // elsewhere the jobs that never started, instead of waiting for them forever.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the claim word was written over",
-            ));
-        }
-        // An argument in the arena is read in place, and only for a job claimed: the parent
-        // writes the arena again only once the job is answered (or taken back, and then it
-        // is never read here).
-        if request.in_arena {
-            let size = request.shared_size()?;
-            let in_arena = request_arena
-                .as_ref()
-                .and_then(|view| Backing::in_arena(view, size))
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "an argument beyond the request arena",
-                    )
-                })?;
-            backing = Some(Arc::new(in_arena));
-        }
-        let arg = backing.as_deref().map_or(request.arg, Backing::as_slice);
-        // SAFETY: the request came from the parent, which wrote the `to_wire()` of a call made
-        // by `erase` in the same program image (see this function's documentation).
-        let call = unsafe { ErasedCall::from_wire(request.call) };
-        wire::begin_reply(&mut reply, request.id);
-        let reporting = if request.options.print_panics {
-            Reporting::Labelled
-        } else {
-            Reporting::Quiet
-        };
-        // With the `tracing` feature, the task's records carry its id and where it came from.
-        let status = crate::process_pool::context::in_span(request.context, || {
-            crate::byte_buf::with_backing(backing.as_ref(), || {
-                call.invoke(reporting, arg, &mut reply)
-            })
-        });
-        drop(backing);
-        wire::finish_reply(&mut reply, status);
-        // A result larger than the parent accepts fails here, as the task's error, rather than
-        // be refused there as a malformed reply.
-        wire::refuse_oversized_reply(&mut reply, request.id);
-        // A `ByteBuf` of the argument outlived the call (the function kept it somewhere): it
-        // still reads the arena, which the parent must then never write again. Only this
-        // loop's own reference is left otherwise.
-        if request_arena
-            .as_ref()
-            .is_some_and(|view| Arc::strong_count(view) > 1)
-        {
-            request_arena = None;
-            wire::retain_request_arena(&mut reply);
-        }
-        // A large result goes to the reply arena once the parent has read the last one there,
-        // else to a fresh sealed memfd (else through the socket).
-        let payload = wire::reply_payload(&reply);
-        if arena::fits(payload.len())
-            && claims.arena_replies_read() == arena_replies_written
-            && let Ok(new_arena) = reply_arena.write(payload)
-        {
-            arena_replies_written += 1;
-            let new = new_arena.is_some();
-            wire::move_reply_payload(&mut reply, OutOfLine::Arena { new });
-            match new_arena {
-                Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
-                None => out_of_line::send_all(stream, &reply)?,
-            }
-            continue;
-        }
-        // A large returned value that is not mostly blocks of bytes (a `Vec<u8>`, say) is
-        // decoded by the parent as a stream, which gives the memory back as it goes; one that
-        // is (a `ByteBuf`) comes sealed, to be read in place.
-        let large = wire::reply_payload(&reply).len() > out_of_line::THRESHOLD;
-        let streamed = large
-            && status == CallStatus::Returned
-            && crate::codec::last_block_bytes() < wire::reply_payload(&reply).len() / 2;
-        let shared = if streamed {
-            wire::stream_reply_payload(&mut reply)
-        } else {
-            wire::share_reply_payload(&mut reply)
-        };
-        match shared {
-            Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
-            None => out_of_line::send_all(stream, &reply)?,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -82,6 +82,7 @@
 //! thread wakes about once per threshold.
 
 mod report;
+mod switch;
 mod watch;
 mod watchdog;
 
@@ -89,7 +90,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::panic::Location;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -98,36 +99,13 @@ use crate::stats::PoolStats;
 use crate::task::Task;
 
 pub use report::{Report, ReportKind};
+pub use switch::{DEFAULT_THRESHOLD, disable, is_enabled};
+use switch::{ENABLED, MIN_THRESHOLD, THRESHOLD_NANOS};
 pub use watch::Watched;
 
 /// The environment variable read by [`block_on`] and [`DebugMode::from_env`]: `1` turns debug
 /// mode on with the default threshold, a duration such as `20ms` or `1s` with that threshold.
 pub const DEBUG_VARIABLE: &str = "SMOL_OFFLOAD_DEBUG";
-
-/// The default threshold: 100 ms, as asyncio's `loop.slow_callback_duration`.
-pub const DEFAULT_THRESHOLD: Duration = Duration::from_millis(100);
-
-/// The shortest threshold: shorter ones are raised to it, so that the watchdog never spins.
-const MIN_THRESHOLD: Duration = Duration::from_millis(1);
-
-static ENABLED: AtomicBool = AtomicBool::new(false);
-static THRESHOLD_NANOS: AtomicU64 = AtomicU64::new(DEFAULT_THRESHOLD.as_nanos() as u64);
-
-/// True while debug mode is on.
-pub fn is_enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// The threshold in force.
-pub(crate) fn threshold() -> Duration {
-    Duration::from_nanos(THRESHOLD_NANOS.load(Ordering::Relaxed))
-}
-
-/// Turns debug mode off. Polls already being timed are still reported when they return; the
-/// watchdog thread, if it was started, sleeps until debug mode is turned on again.
-pub fn disable() {
-    ENABLED.store(false, Ordering::SeqCst);
-}
 
 /// The settings of debug mode, applied to the whole process by [`enable`](DebugMode::enable).
 ///

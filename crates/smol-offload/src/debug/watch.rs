@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::report::{Report, ReportKind, emit};
-use super::{is_enabled, threshold};
+use super::switch::{is_enabled, threshold};
 
 /// Who a watched poll belongs to: the user's name, and where it was wrapped.
 #[derive(Clone)]

@@ -12,8 +12,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use super::report::{Report, ReportKind, emit};
+use super::switch::{is_enabled, threshold};
 use super::watch::{THREADS, TaskName, ThreadPolls};
-use super::{is_enabled, threshold};
 use crate::stats::PoolStats;
 use crate::task::Progress;
 

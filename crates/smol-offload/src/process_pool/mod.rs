@@ -503,7 +503,7 @@ impl ProcessPoolBuilder {
                 ));
             }
             Err(payload) => {
-                let message = crate::error::panic_payload_message(payload.as_ref());
+                let message = crate::panics::panic_payload_message(payload.as_ref());
                 self.invalid = Some(format!(
                     "serializing the initializer's argument panicked: {message}"
                 ));

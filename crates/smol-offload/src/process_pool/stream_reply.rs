@@ -26,9 +26,6 @@ use nix::fcntl::{FallocateFlags, fallocate};
 /// How much of the file is punched out at a time, behind the decoder.
 const CHUNK: usize = 1024 * 1024;
 
-/// The largest stream a reply may claim (as any result).
-const MAX_STREAM: u64 = super::wire::MAX_RESULT as u64;
-
 /// A result waiting in a memfd, to be decoded as a stream.
 #[derive(Debug)]
 pub(crate) struct StreamPayload {
@@ -37,20 +34,21 @@ pub(crate) struct StreamPayload {
 }
 
 impl StreamPayload {
-    /// Takes the memfd `fd` that came with a reply claiming `size` bytes in it.
+    /// Takes the memfd `fd` that came with a reply claiming `size` bytes in it, at most `max`
+    /// (the largest result any reply may claim).
     ///
     /// # Errors
     ///
     /// The descriptor is no memfd (reading it might wait), or it holds fewer bytes than
     /// claimed, or more than a frame may.
-    pub(crate) fn receive(fd: OwnedFd, size: u64) -> io::Result<StreamPayload> {
+    pub(crate) fn receive(fd: OwnedFd, size: u64, max: u64) -> io::Result<StreamPayload> {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         if !crate::sys::is_memfd(std::os::fd::AsFd::as_fd(&fd)) {
             return Err(invalid("a streamed result that is no memfd".to_owned()));
         }
         let file = File::from(fd);
         let held = file.metadata()?.len();
-        if size > held || size > MAX_STREAM {
+        if size > held || size > max {
             return Err(invalid(format!(
                 "a streamed result of {size} bytes in a file of {held}"
             )));
@@ -131,6 +129,9 @@ mod tests {
     use std::io::Write;
     use std::os::unix::fs::MetadataExt;
 
+    /// The limit the parent passes: that of any result.
+    const MAX: u64 = crate::process_pool::wire::MAX_RESULT as u64;
+
     fn memfd_with(bytes: &[u8]) -> (OwnedFd, File) {
         let fd =
             nix::sys::memfd::memfd_create(c"test", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
@@ -143,7 +144,7 @@ mod tests {
     fn a_stream_is_read_whole_and_its_pages_are_given_back() {
         let bytes: Vec<u8> = (0..5 * CHUNK + 123).map(|i| (i % 253) as u8).collect();
         let (fd, file) = memfd_with(&bytes);
-        let payload = StreamPayload::receive(fd, bytes.len() as u64).unwrap();
+        let payload = StreamPayload::receive(fd, bytes.len() as u64, MAX).unwrap();
         let before = file.metadata().unwrap().blocks();
         let mut read = Vec::new();
         payload.reader().read_to_end(&mut read).unwrap();
@@ -155,19 +156,19 @@ mod tests {
     #[test]
     fn a_stream_that_claims_more_than_its_file_or_is_no_memfd_is_refused() {
         let (fd, _file) = memfd_with(&[1; 100]);
-        let err = StreamPayload::receive(fd, 101).unwrap_err();
+        let err = StreamPayload::receive(fd, 101, MAX).unwrap_err();
         assert!(
             err.to_string().contains("101 bytes in a file of 100"),
             "{err}"
         );
         let (socket, _other) = std::os::unix::net::UnixStream::pair().unwrap();
-        assert!(StreamPayload::receive(OwnedFd::from(socket), 0).is_err());
+        assert!(StreamPayload::receive(OwnedFd::from(socket), 0, MAX).is_err());
     }
 
     #[test]
     fn a_stream_shrunk_while_it_is_read_ends_in_an_error() {
         let (fd, file) = memfd_with(&vec![7; 3 * CHUNK]);
-        let payload = StreamPayload::receive(fd, 3 * CHUNK as u64).unwrap();
+        let payload = StreamPayload::receive(fd, 3 * CHUNK as u64, MAX).unwrap();
         let mut reader = payload.reader();
         let mut first = vec![0; 10];
         reader.read_exact(&mut first).unwrap();

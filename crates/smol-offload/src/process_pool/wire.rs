@@ -665,7 +665,11 @@ impl ReplyReader {
             usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
         let backing = match (place, fd) {
             (OutOfLine::Stream, Some(fd)) => {
-                return Ok(Payload::Stream(StreamPayload::receive(fd, size)?));
+                return Ok(Payload::Stream(StreamPayload::receive(
+                    fd,
+                    size,
+                    MAX_RESULT as u64,
+                )?));
             }
             (OutOfLine::Sealed, Some(fd)) => {
                 // Checked before anything else: the parent maps this memory.
