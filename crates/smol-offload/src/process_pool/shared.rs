@@ -602,6 +602,7 @@ mod tests {
             options: CallOptions::default(),
             context: Default::default(),
             arg: name.as_bytes().to_vec(),
+            lost: 0,
             completion: Box::new(Recorded {
                 name,
                 log: log.clone(),
