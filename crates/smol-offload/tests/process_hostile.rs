@@ -1278,20 +1278,20 @@ fn claim_word_address() -> usize {
     usize::from_str_radix(start, 16).unwrap()
 }
 
-/// The hostile task: records its run, moves its worker's claim word back by one (its own job,
-/// which it claimed, now looks unstarted), and kills its worker.
-fn roll_back_claim_and_die(runs: PathBuf) -> u64 {
+/// The hostile task: records its run, moves its worker's claim word back to 0 (its own job,
+/// which it claimed, now looks unstarted; so it does whatever revocation came in between),
+/// waits `linger` milliseconds (a pool that took back
+/// the jobs its word shows unstarted from a worker it keeps, to hand them to an idle one, would
+/// take this one), and kills its worker.
+fn roll_back_claim_and_die((runs, linger): (PathBuf, u64)) -> u64 {
     record_run(&runs, &format!("hostile {}", std::process::id()));
     let address = claim_word_address();
     // SAFETY: the claim page is a live shared mapping of this worker, page-aligned, that the
     // worker itself reads and writes as an `AtomicU64` at its start; lying about it is what
     // this hostile task is about.
     let word = unsafe { &*(address as *const std::sync::atomic::AtomicU64) };
-    let claimed = word.load(std::sync::atomic::Ordering::SeqCst);
-    word.store(
-        claimed.saturating_sub(1),
-        std::sync::atomic::Ordering::SeqCst,
-    );
+    word.store(0, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(linger));
     nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL).unwrap();
     std::thread::sleep(LONG);
     0
@@ -1323,19 +1323,44 @@ fn child_a_task_that_rolls_back_its_claim() {
     if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
         return;
     }
-    const INNOCENT: u64 = 300;
     let runs = PathBuf::from(std::env::var_os(RUNS_FILE).unwrap());
+    // Killing its worker at once, and after a while during which the other worker may run out
+    // of work while tasks wait behind the hostile one.
+    for linger in [0, 20] {
+        std::fs::write(&runs, b"").unwrap();
+        roll_back_beside_innocent_tasks(&runs, linger);
+    }
+    println!("child_a_task_that_rolls_back_its_claim: done");
+}
+
+/// On a pool of two workers that learned its tasks are short (so it sends tasks ahead to a
+/// busy worker), runs the hostile task that rolls its claim word back and kills its worker
+/// after `linger` ms, followed by many innocent tasks; checks that it ran at most
+/// [`MOST_RUNS`] times and failed saying why, that every innocent task ran once and
+/// succeeded, and that no worker is left behind.
+fn roll_back_beside_innocent_tasks(runs: &Path, linger: u64) {
+    // Innocent tasks go in batches, each awaited before the next: between two, a worker runs
+    // out of work while tasks may wait behind the hostile one.
+    const BATCH: u64 = 30;
+    const BATCHES: u64 = 10;
     let pool = ProcessPool::new(2).unwrap();
     let mut pids = pool.pids();
-    let hostile = pool.run(roll_back_claim_and_die, runs.clone());
-    let innocents: Vec<_> = (0..INNOCENT)
-        .map(|n| pool.run(record_and_double, (n, runs.clone())))
-        .collect();
-    // No bound of its own: the parent bounds this child, and says how often the hostile task
-    // ran by then.
-    let results = smol::block_on(gather(innocents));
+    let warm_up: Vec<_> = (0..200).map(|n| pool.run(square, n)).collect();
+    let warm_up = promptly("warming up", gather(warm_up));
+    assert!(warm_up.iter().all(Result::is_ok));
+    let hostile = pool.run(roll_back_claim_and_die, (runs.to_owned(), linger));
+    // As many batches as it takes the hostile task to end, and at least `BATCHES`. No bound of
+    // its own: the parent bounds this child, and says how often the hostile task ran by then.
+    let mut results = Vec::new();
+    while results.len() < (BATCH * BATCHES) as usize || !hostile.is_finished() {
+        let first = results.len() as u64;
+        let innocents: Vec<_> = (first..first + BATCH)
+            .map(|n| pool.run(record_and_double, (n, runs.to_owned())))
+            .collect();
+        results.extend(smol::block_on(gather(innocents)));
+    }
     let hostile = smol::block_on(hostile);
-    let (times, hostile_runs, seen) = read_runs(&runs, INNOCENT);
+    let (times, hostile_runs, seen) = read_runs(runs, results.len() as u64);
     for (n, result) in results.into_iter().enumerate() {
         let value = result.unwrap_or_else(|err| panic!("innocent task {n} failed: {err}"));
         assert_eq!(value, 2 * n as u64);
@@ -1343,7 +1368,9 @@ fn child_a_task_that_rolls_back_its_claim() {
     }
     let err = hostile.unwrap_err();
     let message = err.to_string();
-    println!("the hostile task ran {hostile_runs} times and failed: {message}");
+    println!(
+        "lingering {linger} ms, the hostile task ran {hostile_runs} times and failed: {message}"
+    );
     assert!(hostile_runs <= MOST_RUNS, "it ran {hostile_runs} times");
     assert!(err.is_worker_died(), "{message}");
     assert!(
@@ -1364,7 +1391,6 @@ fn child_a_task_that_rolls_back_its_claim() {
     pids.extend(seen);
     drop(pool);
     wait_until_reaped(&pids);
-    println!("child_a_task_that_rolls_back_its_claim: done");
 }
 
 /// A task that moves its worker's claim word back, so that the job it runs looks unstarted,
