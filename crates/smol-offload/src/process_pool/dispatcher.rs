@@ -560,7 +560,8 @@ impl Dispatcher {
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
     /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
     /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
-    /// instead (start claims): an abandoned one never runs.
+    /// instead (start claims), once it started the job before them: an abandoned one runs only
+    /// if the worker reaches it first.
     fn kill_abandoned(&mut self) {
         for index in (0..self.workers.len()).rev() {
             let abandoned_ahead = self.workers[index]
