@@ -39,6 +39,14 @@ pub enum ErrorKind {
         pid: u32,
         exit: WorkerExit,
     },
+    /// The pool gave up on the task: `times` workers were lost while it was assigned to them
+    /// and their claim word said it had not started (so it was requeued, up to a bound); the
+    /// last was worker `pid`, which ended so.
+    WorkerLost {
+        times: u32,
+        pid: u32,
+        exit: WorkerExit,
+    },
     Shutdown,
     /// The pool gave up (it could not keep any worker process alive), for this reason.
     Broken(String),
@@ -199,15 +207,20 @@ impl Error {
 
     /// True when the worker process running the task died (a signal, `abort`, `exit`), or the
     /// pool had to kill it because it broke its link (it closed its socket, or sent a malformed
-    /// reply). Only that task fails; the pool replaces the worker.
+    /// reply). Only that task fails; the pool replaces the worker. Also true when the pool gave
+    /// up on a task whose workers were lost, one after another, while it was assigned (a task
+    /// that kills its workers runs only a few times); the pid is then the last worker's.
     pub fn is_worker_died(&self) -> bool {
-        matches!(self.kind, ErrorKind::WorkerDied { .. })
+        matches!(
+            self.kind,
+            ErrorKind::WorkerDied { .. } | ErrorKind::WorkerLost { .. }
+        )
     }
 
     /// The pid of the worker process that died running the task.
     pub fn worker_pid(&self) -> Option<u32> {
         match &self.kind {
-            ErrorKind::WorkerDied { pid, .. } => Some(*pid),
+            ErrorKind::WorkerDied { pid, .. } | ErrorKind::WorkerLost { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -216,6 +229,10 @@ impl Error {
     pub fn worker_signal(&self) -> Option<i32> {
         match &self.kind {
             ErrorKind::WorkerDied {
+                exit: WorkerExit::Signal(signal),
+                ..
+            }
+            | ErrorKind::WorkerLost {
                 exit: WorkerExit::Signal(signal),
                 ..
             } => Some(*signal),
@@ -227,6 +244,10 @@ impl Error {
     pub fn worker_exit_code(&self) -> Option<i32> {
         match &self.kind {
             ErrorKind::WorkerDied {
+                exit: WorkerExit::Code(code),
+                ..
+            }
+            | ErrorKind::WorkerLost {
                 exit: WorkerExit::Code(code),
                 ..
             } => Some(*code),
@@ -279,6 +300,12 @@ impl fmt::Display for Error {
             ErrorKind::WorkerDied { pid, exit } => {
                 write!(f, "worker process {pid} {exit} while running the task")
             }
+            ErrorKind::WorkerLost { times, pid, exit } => write!(
+                f,
+                "the pool gave up on the task: its worker was lost {times} times while it was \
+                 assigned, each time before the task was seen to start (the task may be \
+                 killing its workers); the last was worker process {pid}, which {exit}"
+            ),
             ErrorKind::Shutdown => write!(f, "the pool shut down before the task finished"),
             ErrorKind::Broken(reason) => write!(f, "the pool shut down: {reason}"),
             ErrorKind::InitializerFailed(reason) => write!(

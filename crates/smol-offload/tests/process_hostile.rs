@@ -1239,3 +1239,213 @@ fn a_dropped_pool_kills_a_worker_stopped_in_the_middle_of_a_task() {
     );
     wait_until_reaped(&[victim]);
 }
+
+/// The environment variable that names the file where the tasks of
+/// `child_a_task_that_rolls_back_its_claim` record their runs.
+const RUNS_FILE: &str = "SMOL_OFFLOAD_TEST_RUNS";
+
+/// How many times, at most, a task may run whose workers are lost while it runs: the pool
+/// requeues it after each loss its worker's claim word hides, up to a bound.
+const MOST_RUNS: usize = 3;
+
+/// How long the parent lets the child of `a_task_that_rolls_back_its_claim_costs_only_itself`
+/// run: enough for hundreds of tasks and a few lost workers, and a bound on a task that would
+/// be requeued forever.
+const CHILD_BOUND: Duration = Duration::from_secs(60);
+
+/// Appends `line` to the file of runs.
+fn record_run(runs: &Path, line: &str) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().append(true).open(runs).unwrap();
+    file.write_all(format!("{line}\n").as_bytes()).unwrap();
+}
+
+/// An innocent task: records that task `n` ran on this worker, and answers `2 * n`.
+fn record_and_double((n, runs): (u64, PathBuf)) -> u64 {
+    record_run(&runs, &format!("{n} {}", std::process::id()));
+    n * 2
+}
+
+/// The address of this worker's claim word: the start of its `smol-offload-claim` mapping,
+/// found as any task could find it.
+fn claim_word_address() -> usize {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|line| line.contains("smol-offload-claim"))
+        .expect("the worker maps its claim page");
+    let start = line.split('-').next().unwrap();
+    usize::from_str_radix(start, 16).unwrap()
+}
+
+/// The hostile task: records its run, moves its worker's claim word back to 0 (its own job,
+/// which it claimed, now looks unstarted; so it does whatever revocation came in between),
+/// waits `linger` milliseconds (a pool that took back
+/// the jobs its word shows unstarted from a worker it keeps, to hand them to an idle one, would
+/// take this one), and kills its worker.
+fn roll_back_claim_and_die((runs, linger): (PathBuf, u64)) -> u64 {
+    record_run(&runs, &format!("hostile {}", std::process::id()));
+    let address = claim_word_address();
+    // SAFETY: the claim page is a live shared mapping of this worker, page-aligned, that the
+    // worker itself reads and writes as an `AtomicU64` at its start; lying about it is what
+    // this hostile task is about.
+    let word = unsafe { &*(address as *const std::sync::atomic::AtomicU64) };
+    word.store(0, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(linger));
+    nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL).unwrap();
+    std::thread::sleep(LONG);
+    0
+}
+
+/// The lines of the file of runs: innocent tasks as `n pid`, the hostile one as `hostile pid`.
+/// Returns how many times each innocent task ran (at least `count` of them), how many times the
+/// hostile one did, and every worker pid seen.
+fn read_runs(runs: &Path, count: u64) -> (Vec<usize>, usize, Vec<u32>) {
+    let marks = std::fs::read_to_string(runs).unwrap();
+    let (mut times, mut hostile, mut pids) = (vec![0; count as usize], 0, Vec::new());
+    for mark in marks.lines() {
+        let (what, pid) = mark.split_once(' ').unwrap();
+        pids.push(pid.parse().unwrap());
+        match what {
+            "hostile" => hostile += 1,
+            n => {
+                let n = n.parse::<usize>().unwrap();
+                if n >= times.len() {
+                    times.resize(n + 1, 0);
+                }
+                times[n] += 1;
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    (times, hostile, pids)
+}
+
+/// The child half of `a_task_that_rolls_back_its_claim_costs_only_itself`.
+#[test]
+#[ignore = "runs in a child process, started by the test that names it"]
+fn child_a_task_that_rolls_back_its_claim() {
+    if !common::in_child("SMOL_OFFLOAD_TEST_HOSTILE") {
+        return;
+    }
+    let runs = PathBuf::from(std::env::var_os(RUNS_FILE).unwrap());
+    // Killing its worker at once, and after a while during which the other worker may run out
+    // of work while tasks wait behind the hostile one.
+    for linger in [0, 20] {
+        std::fs::write(&runs, b"").unwrap();
+        roll_back_beside_innocent_tasks(&runs, linger);
+    }
+    println!("child_a_task_that_rolls_back_its_claim: done");
+}
+
+/// On a pool of two workers that learned its tasks are short (so it sends tasks ahead to a
+/// busy worker), runs the hostile task that rolls its claim word back and kills its worker
+/// after `linger` ms, followed by many innocent tasks; checks that it ran at most
+/// [`MOST_RUNS`] times and failed saying why, that every innocent task ran once and
+/// succeeded, and that no worker is left behind.
+fn roll_back_beside_innocent_tasks(runs: &Path, linger: u64) {
+    // Innocent tasks go in batches, each awaited before the next: between two, a worker runs
+    // out of work while tasks may wait behind the hostile one.
+    const BATCH: u64 = 30;
+    const BATCHES: u64 = 10;
+    let pool = ProcessPool::new(2).unwrap();
+    let mut pids = pool.pids();
+    let warm_up: Vec<_> = (0..200).map(|n| pool.run(square, n)).collect();
+    let warm_up = promptly("warming up", gather(warm_up));
+    assert!(warm_up.iter().all(Result::is_ok));
+    let hostile = pool.run(roll_back_claim_and_die, (runs.to_owned(), linger));
+    // As many batches as it takes the hostile task to end, and at least `BATCHES`. No bound of
+    // its own: the parent bounds this child, and says how often the hostile task ran by then.
+    let mut results = Vec::new();
+    while results.len() < (BATCH * BATCHES) as usize || !hostile.is_finished() {
+        let first = results.len() as u64;
+        let innocents: Vec<_> = (first..first + BATCH)
+            .map(|n| pool.run(record_and_double, (n, runs.to_owned())))
+            .collect();
+        results.extend(smol::block_on(gather(innocents)));
+    }
+    let hostile = smol::block_on(hostile);
+    let (times, hostile_runs, seen) = read_runs(runs, results.len() as u64);
+    for (n, result) in results.into_iter().enumerate() {
+        let value = result.unwrap_or_else(|err| panic!("innocent task {n} failed: {err}"));
+        assert_eq!(value, 2 * n as u64);
+        assert_eq!(times[n], 1, "innocent task {n} ran {} times", times[n]);
+    }
+    let err = hostile.unwrap_err();
+    let message = err.to_string();
+    println!(
+        "lingering {linger} ms, the hostile task ran {hostile_runs} times and failed: {message}"
+    );
+    assert!(hostile_runs <= MOST_RUNS, "it ran {hostile_runs} times");
+    assert!(err.is_worker_died(), "{message}");
+    assert!(
+        message.contains(&format!("lost {MOST_RUNS} times")),
+        "{message}"
+    );
+    let last = err.worker_pid().unwrap();
+    assert!(
+        message.contains(&format!(
+            "worker process {last}, which was killed by signal 9"
+        )),
+        "{message}"
+    );
+    // The pool works on, at full size.
+    assert_eq!(promptly("the next task", pool.run(square, 9)).unwrap(), 81);
+    assert_eq!(pool.pids().len(), 2);
+    pids.extend(pool.pids());
+    pids.extend(seen);
+    drop(pool);
+    wait_until_reaped(&pids);
+}
+
+/// A task that moves its worker's claim word back, so that the job it runs looks unstarted,
+/// then kills its worker, would be requeued after each death and kill every worker in turn.
+/// It runs a bounded number of times and fails; every innocent task runs once and succeeds;
+/// nothing is left behind (the child checks, for the workers it saw; a child killed at the
+/// bound takes its fork server and workers with it, as any application that dies).
+#[test]
+fn a_task_that_rolls_back_its_claim_costs_only_itself() {
+    let name = "child_a_task_that_rolls_back_its_claim";
+    let runs = temp_path("claim-rollback-runs");
+    let output = temp_path("claim-rollback-output");
+    std::fs::write(&runs, b"").unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .args(["--test-threads=1"])
+        .env("SMOL_OFFLOAD_TEST_HOSTILE", "1")
+        .env(RUNS_FILE, &runs)
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + CHILD_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (_, hostile_runs, _) = read_runs(&runs, 0);
+    let stdout = std::fs::read_to_string(&output).unwrap();
+    std::fs::remove_file(&runs).unwrap();
+    std::fs::remove_file(&output).unwrap();
+    print!("{stdout}");
+    let Some(status) = status else {
+        panic!(
+            "the child did not finish within {CHILD_BOUND:?}: the hostile task ran \
+             {hostile_runs} times"
+        );
+    };
+    assert!(status.success(), "the child failed ({status}): {stdout}");
+    assert!(stdout.contains(&format!("{name}: done")), "{stdout}");
+    assert!(
+        hostile_runs <= MOST_RUNS,
+        "the hostile task ran {hostile_runs} times"
+    );
+}

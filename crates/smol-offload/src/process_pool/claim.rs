@@ -27,7 +27,12 @@
 //!   parent run elsewhere jobs that this worker ran (a second run, whose first result the
 //!   parent never took), a word above it makes the parent count as started jobs that it never
 //!   will (they fail with the worker, or wait for it as for any busy worker). Either way, only
-//!   jobs sent to this worker.
+//!   jobs sent to this worker. A word moved back to the running job's own id cannot be told
+//!   from a worker that has yet to claim it, so the parent bounds what it costs instead: it
+//!   takes jobs back from a worker it keeps only past one the word shows started
+//!   ([`Claims::revoke_unstarted_after`]), and a job requeued after losing
+//!   `job::MOST_LOSSES` workers is failed, not requeued: a task that rolls its word back and
+//!   kills its worker runs a few times, not forever.
 //! - *A word past every job sent* is no claim any worker could make: the parent checks it at
 //!   each reply ([`Claims::claimed_beyond`]), and kills the worker as one that sent a malformed
 //!   reply. A worker's own loop checks that the word never goes back below the job it reads
@@ -104,15 +109,33 @@ impl Claims {
     /// job it will send, past all it sent). Returns the first id revoked: the jobs below it
     /// were started, those from it on never will be (`next_id` when every job was started).
     pub(crate) fn revoke_unstarted(&self, next_id: u64) -> u64 {
+        self.revoke(next_id, 0).expect("every word is at least 0")
+    }
+
+    /// For the parent, taking back jobs from a worker it keeps: like
+    /// [`revoke_unstarted`](Claims::revoke_unstarted), but only if the word says that job
+    /// `started` was started (it is past it), at the instant of the swap; `None`, and nothing
+    /// revoked, otherwise. A worker that moved its word back to make its running job look
+    /// unstarted cannot have it taken back and run again elsewhere this way: only the loss of
+    /// the worker can, which is counted (see `job::MOST_LOSSES`).
+    pub(crate) fn revoke_unstarted_after(&self, started: u64, next_id: u64) -> Option<u64> {
+        self.revoke(next_id, started + 1)
+    }
+
+    /// Revokes the jobs from the word's value up to `next_id`, if the word is at least `floor`.
+    fn revoke(&self, next_id: u64, floor: u64) -> Option<u64> {
         let word = self.word.get();
         let mut next_to_start = word.load(Ordering::SeqCst);
         loop {
+            if next_to_start < floor {
+                return None;
+            }
             if next_to_start >= next_id {
-                return next_id;
+                return Some(next_id);
             }
             match word.compare_exchange(next_to_start, next_id, Ordering::SeqCst, Ordering::SeqCst)
             {
-                Ok(_) => return next_to_start,
+                Ok(_) => return Some(next_to_start),
                 // The worker claimed one meanwhile: try from the next.
                 Err(now) => next_to_start = now,
             }
@@ -203,6 +226,27 @@ mod tests {
         worker.word.get().store(1, Ordering::SeqCst);
         assert!(!worker.claim(4) && !worker.was_revoked(4), "written over");
         assert_eq!(parent.claimed_beyond(4), None, "within bounds: trusted");
+    }
+
+    #[test]
+    fn a_job_the_word_does_not_show_started_is_not_taken_from_a_worker_kept() {
+        let (parent, fd) = Claims::create().unwrap();
+        let worker = Claims::map(fd).unwrap();
+        // Jobs 0 to 3 sent; the worker has not claimed job 0.
+        assert_eq!(parent.revoke_unstarted_after(0, 4), None, "nothing revoked");
+        assert!(worker.claim(0), "job 0 starts as usual");
+        assert_eq!(
+            parent.revoke_unstarted_after(0, 4),
+            Some(1),
+            "1 to 3 taken back"
+        );
+        assert!(!worker.claim(1) && worker.was_revoked(1));
+        // Job 4 sent and claimed; its task moves the word back to make it look unstarted.
+        assert!(worker.claim(4));
+        worker.word.get().store(4, Ordering::SeqCst);
+        assert_eq!(parent.revoke_unstarted_after(4, 6), None, "job 4 stays");
+        // Taking back from a lost worker trusts the word as far as it goes.
+        assert_eq!(parent.revoke_unstarted(6), 4);
     }
 
     #[test]

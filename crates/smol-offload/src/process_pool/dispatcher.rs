@@ -21,7 +21,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::error::{Error, ErrorKind};
 use crate::process_pool::dying::{Cause, Dying, SHUTDOWN_GRACE};
-use crate::process_pool::job::Job;
+use crate::process_pool::job::{Job, MOST_LOSSES};
 use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
 use crate::process_pool::shared::Shared;
@@ -462,12 +462,14 @@ impl Dispatcher {
     fn hand_out_jobs(&mut self) {
         self.assign_to_idle_workers();
         // A worker is idle while another holds jobs sent ahead that it has not started: take
-        // them back, so that no job waits behind a running one while a worker is free.
+        // them back, so that no job waits behind a running one while a worker is free. (Not
+        // from a worker that has yet to claim the oldest job sent to it: that is a moment, and
+        // the next pass, at the next reply, takes them.)
         let idle = |worker: &WorkerLink| worker.is_idle() && worker.can_take();
         if self.workers.iter().any(idle) && self.has_jobs_sent_ahead() {
             for index in 0..self.workers.len() {
                 if self.workers[index].in_flight.len() > 1 {
-                    let unstarted = self.workers[index].take_back_unstarted();
+                    let unstarted = self.workers[index].take_back_sent_ahead();
                     self.retry.extend(unstarted);
                 }
             }
@@ -558,7 +560,8 @@ impl Dispatcher {
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
     /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
     /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
-    /// instead (start claims): an abandoned one never runs.
+    /// instead (start claims), once it started the job before them: an abandoned one runs only
+    /// if the worker reaches it first.
     fn kill_abandoned(&mut self) {
         for index in (0..self.workers.len()).rev() {
             let abandoned_ahead = self.workers[index]
@@ -570,7 +573,7 @@ impl Dispatcher {
                 // Revoked before the worker starts it, a job sent ahead and given up on never
                 // runs and costs no worker; the others revoked with it go first to the next
                 // worker free, and `next_job` drops the abandoned ones.
-                let unstarted = self.workers[index].take_back_unstarted();
+                let unstarted = self.workers[index].take_back_sent_ahead();
                 for (position, job) in unstarted.into_iter().enumerate() {
                     self.retry.insert(position, job);
                 }
@@ -702,8 +705,12 @@ impl Dispatcher {
         let pid = worker.pid;
         // The jobs it never started go to others first, the one it ran fails: a worker that
         // died between two jobs fails none. Taken back before anything else, so that a
-        // worker still alive cannot start them.
-        let unstarted = worker.take_back_unstarted();
+        // worker still alive cannot start them. One that lost too many workers (its own task
+        // may be killing them, see `MOST_LOSSES`) fails with this one instead.
+        let (given_up, unstarted): (Vec<Job>, Vec<Job>) = worker
+            .take_back_unstarted()
+            .into_iter()
+            .partition(|job| job.lost >= MOST_LOSSES);
         for (position, job) in unstarted.into_iter().enumerate() {
             self.retry.insert(position, job);
         }
@@ -713,8 +720,8 @@ impl Dispatcher {
             .map(|running| running.job)
             .collect();
         // Killed (if the cause says so) before its socket closes, which would let it exit.
-        self.dying
-            .push(Dying::new(pid, worker.pidfd.clone(), running, cause));
+        let dying = Dying::new(pid, worker.pidfd.clone(), running, cause);
+        self.dying.push(dying.giving_up(given_up));
         drop(worker);
         self.shared
             .change_pids(|pids| pids.retain(|&other| other != pid));

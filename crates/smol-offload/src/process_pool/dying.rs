@@ -59,6 +59,9 @@ pub(crate) struct Dying {
     pub(crate) pidfd: Arc<OwnedFd>,
     /// The jobs it started (one, unless it lost a reply): they fail with how it ended.
     running: Vec<Job>,
+    /// The job it may have been running, as far as its claim word tells, that the pool gives
+    /// up on: its workers were lost `job::MOST_LOSSES` times. It fails with how this one ended.
+    given_up: Vec<Job>,
     /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
@@ -85,6 +88,7 @@ impl Dying {
             pid,
             pidfd,
             running,
+            given_up: Vec::new(),
             killed_for: None,
             kill_at: None,
             fails_with: None,
@@ -109,6 +113,12 @@ impl Dying {
             Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
+    }
+
+    /// Adds the jobs the pool gives up on with this worker (see [`Dying::given_up`]).
+    pub(crate) fn giving_up(mut self, jobs: Vec<Job>) -> Dying {
+        self.given_up = jobs;
+        self
     }
 
     /// The instant it must be killed at, unless it exits first.
@@ -152,12 +162,19 @@ impl Dying {
             (Err(_), None) => WorkerExit::Unknown,
         };
         let errors = errors(self.pid, &exit, self.fails_with, self.running.len());
-        self.running.into_iter().zip(errors).collect()
+        let mut failed: Vec<(Job, Error)> = self.running.into_iter().zip(errors).collect();
+        for job in self.given_up {
+            let (times, pid, exit) = (job.lost, self.pid, exit.clone());
+            failed.push((job, Error::new(ErrorKind::WorkerLost { times, pid, exit })));
+        }
+        failed
     }
 
     /// Takes the jobs it was running back, to fail them otherwise (the dispatcher gives up).
     pub(crate) fn take_running(&mut self) -> Vec<Job> {
-        std::mem::take(&mut self.running)
+        let mut jobs = std::mem::take(&mut self.running);
+        jobs.append(&mut self.given_up);
+        jobs
     }
 }
 

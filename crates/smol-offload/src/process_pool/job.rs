@@ -25,7 +25,21 @@ pub(crate) struct Job {
     pub(crate) context: Carried,
     pub(crate) arg: Vec<u8>,
     pub(crate) completion: Box<dyn Completion>,
+    /// How many workers were lost while it was the oldest job sent to them and their claim
+    /// word said it had not started (see [`MOST_LOSSES`]).
+    pub(crate) lost: u32,
 }
+
+/// How many workers a job may lose before the pool gives up on it, instead of requeueing it.
+///
+/// A worker's claim word is the worker's to write: a task that moves it back makes its own
+/// (started) job look unstarted, and if it then kills its worker, the job is requeued and runs
+/// again, on another worker it kills in turn. Each such loss is counted against the job the
+/// worker could have been running, the oldest sent to it, and the third fails it: it runs at
+/// most three times, and costs at most three workers. A job that follows the protocol loses a
+/// worker this way only when the worker dies in the instant between its reply to the job
+/// before and its claim of this one, three times over.
+pub(crate) const MOST_LOSSES: u32 = 3;
 
 impl std::fmt::Debug for Job {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

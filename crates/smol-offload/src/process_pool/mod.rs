@@ -289,6 +289,7 @@ impl Executor for ProcessPool {
             options: self.handle.options,
             context: Carried::capture(),
             arg,
+            lost: 0,
             completion: Box::new(promise),
         };
         self.place(job, task)

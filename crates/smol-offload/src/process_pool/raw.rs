@@ -72,6 +72,7 @@ impl ProcessPool {
             options: self.handle.options,
             context,
             arg,
+            lost: 0,
             completion: Box::new(RawCompletion(promise)),
         };
         self.place(job, task)

@@ -602,6 +602,7 @@ mod tests {
             options: CallOptions::default(),
             context: Default::default(),
             arg: name.as_bytes().to_vec(),
+            lost: 0,
             completion: Box::new(Recorded {
                 name,
                 log: log.clone(),
@@ -1056,6 +1057,45 @@ mod tests {
             ["start a"],
             "the dispatcher completes it"
         );
+    }
+
+    #[test]
+    fn a_job_its_worker_shows_unstarted_is_taken_back_only_from_a_worker_lost_and_counts_it() {
+        let (ours, _theirs) = UnixStream::pair().unwrap();
+        let (claims, fd) = Claims::create().unwrap();
+        let worker_side = Claims::map(fd).unwrap();
+        let spawned = Spawned {
+            pid: std::process::id(),
+            stream: ours,
+            claims,
+            pidfd: Arc::new(sys::pidfd_open(std::process::id()).unwrap()),
+        };
+        let mut link = WorkerLink::new(spawned).unwrap();
+        let log = Log::default();
+        for name in ["a", "b", "c"] {
+            link.assign(job(name, &log));
+        }
+        link.flush().unwrap();
+        // The word shows `a` unstarted (not claimed yet, or moved back by its task: the parent
+        // cannot tell): a worker kept keeps all three.
+        assert!(link.take_back_sent_ahead().is_empty());
+        assert_eq!(link.in_flight.len(), 3);
+        // Lost, it gives all three back, and `a`, the one it may have run, counts the loss.
+        let back = link.take_back_unstarted();
+        let lost: Vec<u32> = back.iter().map(|job| job.lost).collect();
+        assert_eq!(lost, [1, 0, 0]);
+        assert!(link.in_flight.is_empty());
+        // Sent again (as ids 3 to 5) and `a` claimed: `b` and `c` come back, uncounted.
+        for job in back {
+            link.assign(job);
+        }
+        link.flush().unwrap();
+        assert!(worker_side.claim(3));
+        let back = link.take_back_sent_ahead();
+        let lost: Vec<u32> = back.iter().map(|job| job.lost).collect();
+        assert_eq!(lost, [0, 0]);
+        assert_eq!(link.in_flight.len(), 1, "`a` runs on");
+        assert!(link.take_back_unstarted().is_empty(), "`a` was started");
     }
 
     #[test]

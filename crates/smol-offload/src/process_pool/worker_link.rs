@@ -247,12 +247,44 @@ impl WorkerLink {
         Some(last.job)
     }
 
-    /// Takes back, in order, the jobs sent to the worker that it has not started; it will
-    /// never start them (see [`claim`](super::claim)). The jobs left in flight were started.
-    /// Call it with every request flushed.
+    /// For a worker being lost: takes back, in order, the jobs sent to it that it has not
+    /// started; it will never start them (see [`claim`](super::claim)). The jobs left in flight
+    /// were started. Call it with every request flushed, and the replies read.
+    ///
+    /// The oldest job in flight, taken back, counts the loss (`Job::lost`): it is the one the
+    /// worker may have been running, for all the parent can tell from a word the worker
+    /// writes. (The worker starts a job only after its reply to the one before, which the
+    /// parent read.) The jobs behind it never ran here.
     pub(crate) fn take_back_unstarted(&mut self) -> Vec<Job> {
         debug_assert!(self.outbox.is_empty(), "requests not sent yet");
         let first_revoked = self.claims.revoke_unstarted(self.next_id);
+        let mut unstarted = self.split_off_from(first_revoked);
+        if self.in_flight.is_empty()
+            && let Some(oldest) = unstarted.first_mut()
+        {
+            oldest.lost += 1;
+        }
+        unstarted
+    }
+
+    /// For a worker the pool keeps: takes back, in order, the jobs sent ahead to it that it has
+    /// not started, but only once it started the oldest in flight (none are taken otherwise).
+    /// The job it runs stays in flight whatever its claim word says: a word moved back cannot
+    /// make a running job run again elsewhere, as long as the worker lives. Call it with every
+    /// request flushed.
+    pub(crate) fn take_back_sent_ahead(&mut self) -> Vec<Job> {
+        debug_assert!(self.outbox.is_empty(), "requests not sent yet");
+        let Some(oldest) = self.in_flight.front() else {
+            return Vec::new();
+        };
+        match self.claims.revoke_unstarted_after(oldest.id, self.next_id) {
+            Some(first_revoked) => self.split_off_from(first_revoked),
+            None => Vec::new(),
+        }
+    }
+
+    /// Takes the jobs from id `first_revoked` on out of flight: they were revoked.
+    fn split_off_from(&mut self, first_revoked: u64) -> Vec<Job> {
         let started = self
             .in_flight
             .iter()
