@@ -43,12 +43,13 @@ use smol_offload::Error;
 #[allow(unused_imports)]
 use smol_offload::{Executor, ProcessPool, Task, ThreadPool, init};
 
-// Imports flow one way: identity, security, keys, tls, broker → settings → envelope → client → pool →
+// Imports flow one way: identity, security, keys, tls, broker → fingerprint → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
 mod broker;
 mod client;
 pub(crate) mod envelope;
+mod fingerprint;
 mod identity;
 mod keys;
 mod pool;

@@ -416,18 +416,24 @@ impl RemotePoolBuilder {
     ///
     /// # Errors
     ///
-    /// A bad URL, no signing key (and no [`trusted_network`](Self::trusted_network)), an
+    /// A bad URL, no signing key (and no [`trusted_network`](Self::trusted_network)), a key
+    /// other than the fleet's (see `docs/remote.md`), an
     /// executable that cannot be read to identify the build, an unreachable broker, wrong
     /// credentials, or TLS files that cannot be read or a broker certificate that does not
     /// verify.
     pub fn build(self) -> Result<RemotePool, BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
+        let fleet = self.fleet.open().map_err(fail)?;
+        // The key is checked before the pool starts: a pool with another key sends no job.
+        fleet
+            .join(&mut fleet.broker.connect().map_err(fail)?)
+            .map_err(fail)?;
         let OpenFleet {
             security,
             build,
             broker,
             keys,
-        } = self.fleet.open().map_err(fail)?;
+        } = fleet;
         let name = self.name.unwrap_or_else(|| metrics::UNNAMED.to_owned());
         let client = Client::start(
             keys,
