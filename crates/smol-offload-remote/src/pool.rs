@@ -121,8 +121,10 @@ pub struct FleetStats {
 
 impl RemotePool {
     /// A pool on the broker at `url` (`redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` for TLS, with the TLS files of the `SMOL_OFFLOAD_REMOTE_TLS_*` variables),
-    /// on the default queue, with the signing key from `SMOL_OFFLOAD_REMOTE_KEY`.
+    /// `rediss://` for TLS, with the TLS files of the `SMOL_OFFLOAD_REMOTE_TLS_*` variables, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]` for the master
+    /// of a Redis Sentinel service), on the default queue, with the signing key from
+    /// `SMOL_OFFLOAD_REMOTE_KEY`.
     ///
     /// # Errors
     ///

@@ -40,7 +40,9 @@ const NOTICE_AFTER: Duration = Duration::from_millis(1);
 /// Serves the default queue of the broker at `url` with `workers` local worker processes,
 /// until the process gets `SIGTERM` or `SIGINT`; the signing key comes from
 /// `SMOL_OFFLOAD_REMOTE_KEY`, and for a `rediss://` url the TLS files from the
-/// `SMOL_OFFLOAD_REMOTE_TLS_*` variables. See [`RemoteWorker`] for the other settings.
+/// `SMOL_OFFLOAD_REMOTE_TLS_*` variables. `url` takes the forms of
+/// [`RemotePool::connect`](crate::RemotePool::connect)'s, `redis+sentinel://` among them. See
+/// [`RemoteWorker`] for the other settings.
 ///
 /// Call [`init`](crate::init) first thing in `main`, as for any process pool.
 ///
