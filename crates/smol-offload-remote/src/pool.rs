@@ -357,7 +357,7 @@ impl RemotePoolBuilder {
     /// # Examples
     ///
     /// ```no_run
-    /// use smol_offload::RemotePool;
+    /// use smol_offload_remote::RemotePool;
     ///
     /// // SAFETY: the broker listens on the loopback interface of a machine whose every user
     /// // may run code in the workers.
@@ -370,7 +370,7 @@ impl RemotePoolBuilder {
     /// Without an `unsafe` block, it does not compile:
     ///
     /// ```compile_fail,E0133
-    /// let _pool = smol_offload::RemotePool::builder("redis://127.0.0.1:6379").trusted_network();
+    /// let _pool = smol_offload_remote::RemotePool::builder("redis://127.0.0.1:6379").trusted_network();
     /// ```
     // Declares a contract for its callers; it does nothing unsafe itself.
     #[allow(unsafe_code)]

@@ -130,7 +130,7 @@ impl RemoteWorker {
     /// # Examples
     ///
     /// ```no_run
-    /// use smol_offload::remote::RemoteWorker;
+    /// use smol_offload_remote::RemoteWorker;
     ///
     /// smol_offload::init();
     /// // SAFETY: the broker listens on the loopback interface of a machine whose every user
@@ -143,7 +143,7 @@ impl RemoteWorker {
     /// Without an `unsafe` block, it does not compile:
     ///
     /// ```compile_fail,E0133
-    /// let _worker = smol_offload::remote::RemoteWorker::builder("redis://127.0.0.1:6379")
+    /// let _worker = smol_offload_remote::RemoteWorker::builder("redis://127.0.0.1:6379")
     ///     .trusted_network();
     /// ```
     // Declares a contract for its callers; it does nothing unsafe itself.
