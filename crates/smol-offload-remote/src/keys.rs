@@ -37,6 +37,19 @@ impl Keys {
         format!("{}:workers", self.prefix)
     }
 
+    /// The fingerprint of the fleet's signing key (see [`Security::fingerprint`]), recorded by
+    /// the first pool or worker of the queue.
+    ///
+    /// [`Security::fingerprint`]: crate::security::Security::fingerprint
+    pub(crate) fn fingerprint(&self) -> String {
+        format!("{}:fingerprint", self.prefix)
+    }
+
+    /// The set of the workers that could not verify the job of one stream entry.
+    pub(crate) fn unverified(&self, entry: &str) -> String {
+        format!("{}:unverified:{entry}", self.prefix)
+    }
+
     /// The list of the latest refused jobs and why, newest first, for operators.
     pub(crate) fn refusals(&self) -> String {
         format!("{}:refusals", self.prefix)

@@ -27,6 +27,24 @@
 //! }
 //! ```
 //!
+//! # Brokers
+//!
+//! Wherever a broker URL is taken: `redis://[user:password@]host:port[/db]`, `rediss://` for
+//! TLS, or, behind Redis Sentinel,
+//! `redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]` (and
+//! `rediss+sentinel://`): every new connection asks the sentinels for the master of `SERVICE`,
+//! so that a pool or worker that reconnects follows a failover. See `docs/remote.md`.
+//!
+//! ```no_run
+//! # fn square(n: u64) -> u64 { n * n }
+//! use smol_offload::Executor;
+//!
+//! let url = "redis+sentinel://fleet:secret@sentinel-a:26379,sentinel-b:26379/jobs";
+//! let pool = smol_offload_remote::RemotePool::connect(url)?;
+//! assert_eq!(smol::block_on(pool.run(square, 7))?, 49);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Feature flags
 //!
 //! - `tls` (on by default): `rediss://` brokers, through rustls with ring (no system OpenSSL).
@@ -43,16 +61,18 @@ use smol_offload::Error;
 #[allow(unused_imports)]
 use smol_offload::{Executor, ProcessPool, Task, ThreadPool, init};
 
-// Imports flow one way: identity, security, keys, tls, broker → settings → envelope → client → pool →
+// Imports flow one way: identity, security, keys, tls, sentinel, broker → fingerprint → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
 mod broker;
 mod client;
 pub(crate) mod envelope;
+mod fingerprint;
 mod identity;
 mod keys;
 mod pool;
 mod security;
+mod sentinel;
 mod serve;
 mod settings;
 mod sys;

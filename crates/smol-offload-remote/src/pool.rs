@@ -121,8 +121,10 @@ pub struct FleetStats {
 
 impl RemotePool {
     /// A pool on the broker at `url` (`redis://[user:password@]host:port[/db]`, or
-    /// `rediss://` for TLS, with the TLS files of the `SMOL_OFFLOAD_REMOTE_TLS_*` variables),
-    /// on the default queue, with the signing key from `SMOL_OFFLOAD_REMOTE_KEY`.
+    /// `rediss://` for TLS, with the TLS files of the `SMOL_OFFLOAD_REMOTE_TLS_*` variables, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE[/db]` for the master
+    /// of a Redis Sentinel service), on the default queue, with the signing key from
+    /// `SMOL_OFFLOAD_REMOTE_KEY`.
     ///
     /// # Errors
     ///
@@ -416,18 +418,24 @@ impl RemotePoolBuilder {
     ///
     /// # Errors
     ///
-    /// A bad URL, no signing key (and no [`trusted_network`](Self::trusted_network)), an
+    /// A bad URL, no signing key (and no [`trusted_network`](Self::trusted_network)), a key
+    /// other than the fleet's (see `docs/remote.md`), an
     /// executable that cannot be read to identify the build, an unreachable broker, wrong
     /// credentials, or TLS files that cannot be read or a broker certificate that does not
     /// verify.
     pub fn build(self) -> Result<RemotePool, BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
+        let fleet = self.fleet.open().map_err(fail)?;
+        // The key is checked before the pool starts: a pool with another key sends no job.
+        fleet
+            .join(&mut fleet.broker.connect().map_err(fail)?)
+            .map_err(fail)?;
         let OpenFleet {
             security,
             build,
             broker,
             keys,
-        } = self.fleet.open().map_err(fail)?;
+        } = fleet;
         let name = self.name.unwrap_or_else(|| metrics::UNNAMED.to_owned());
         let client = Client::start(
             keys,

@@ -74,6 +74,20 @@ impl Security {
         }
     }
 
+    /// What the fleet records on the broker to tell its key apart from others, never the key:
+    /// `hmac-sha256:` and the first 12 bytes, in hex, of the key's signature of a fixed text;
+    /// `unsigned` on a trusted network, so that signed and unsigned members never mix.
+    pub(crate) fn fingerprint(&self) -> String {
+        match self {
+            Security::Key(_) => {
+                let signature = self.sign(b"smol-offload fleet fingerprint");
+                let hex: String = signature[..12].iter().map(|b| format!("{b:02x}")).collect();
+                format!("hmac-sha256:{hex}")
+            }
+            Security::Trusted => "unsigned".to_owned(),
+        }
+    }
+
     /// Checks `signature` over `body`, in constant time.
     pub(crate) fn check(&self, body: &[u8], signature: &[u8]) -> Result<(), &'static str> {
         match self {
@@ -106,6 +120,16 @@ mod tests {
         assert!(a.check(b"jog", &signature).is_err());
         assert!(b.check(b"job", &signature).is_err());
         assert_eq!(a.check(b"job", &[]), Err("the job is not signed"));
+    }
+
+    #[test]
+    fn a_fingerprint_tells_keys_apart_and_shows_none() {
+        let key = "0123456789abcdef-a";
+        let a = keyed(key).fingerprint();
+        assert_eq!(a, keyed(key).fingerprint());
+        assert_ne!(a, keyed("0123456789abcdef-b").fingerprint());
+        assert!(a.starts_with("hmac-sha256:") && !a.contains(key), "{a}");
+        assert_eq!(Security::Trusted.fingerprint(), "unsigned");
     }
 
     #[test]

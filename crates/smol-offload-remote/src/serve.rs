@@ -40,13 +40,16 @@ const NOTICE_AFTER: Duration = Duration::from_millis(1);
 /// Serves the default queue of the broker at `url` with `workers` local worker processes,
 /// until the process gets `SIGTERM` or `SIGINT`; the signing key comes from
 /// `SMOL_OFFLOAD_REMOTE_KEY`, and for a `rediss://` url the TLS files from the
-/// `SMOL_OFFLOAD_REMOTE_TLS_*` variables. See [`RemoteWorker`] for the other settings.
+/// `SMOL_OFFLOAD_REMOTE_TLS_*` variables. `url` takes the forms of
+/// [`RemotePool::connect`](crate::RemotePool::connect)'s, `redis+sentinel://` among them. See
+/// [`RemoteWorker`] for the other settings.
 ///
 /// Call [`init`](crate::init) first thing in `main`, as for any process pool.
 ///
 /// # Errors
 ///
-/// No signing key, a bad URL, an unreachable broker at start, or worker processes that could
+/// No signing key, a key other than the fleet's (the broker records a fingerprint of the
+/// fleet's key), a bad URL, an unreachable broker at start, or worker processes that could
 /// not be forked.
 pub fn serve(url: &str, workers: usize) -> Result<(), BuildError> {
     RemoteWorker::builder(url).workers(workers).serve()
@@ -212,13 +215,16 @@ impl RemoteWorker {
     /// See [`serve`].
     pub fn serve(self) -> Result<(), BuildError> {
         let fail = |message: String| BuildError::new(BuildErrorKind::Remote(message));
+        let fleet = self.fleet.open().map_err(fail)?;
+        let mut connection = fleet.broker.connect().map_err(fail)?;
+        // Before it takes a job: a worker with another key would leave them all.
+        fleet.join(&mut connection).map_err(fail)?;
         let OpenFleet {
             security,
             build,
             broker,
             keys,
-        } = self.fleet.open().map_err(fail)?;
-        let mut connection = broker.connect().map_err(fail)?;
+        } = fleet;
         ensure_group(&mut connection, &keys).map_err(|err| fail(broker.unreachable(&err)))?;
         let pool = match self.workers {
             Some(workers) => ProcessPool::new(workers)?,
@@ -242,6 +248,7 @@ impl RemoteWorker {
             name: identity::process_name(),
             window_ms: DEFAULT_REPLAY_WINDOW.as_millis() as u64,
             max_deliveries: self.max_deliveries,
+            visibility: self.visibility_timeout,
             capacity,
             log_tasks: std::env::var_os(crate::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
@@ -282,6 +289,10 @@ fn ensure_group(connection: &mut redis::Connection, keys: &Keys) -> redis::Redis
         other => other,
     }
 }
+
+/// The stream entries a worker could not act on because the broker went away, with its error:
+/// they stay pending, and are taken over after the visibility timeout.
+type Lost = (Vec<String>, redis::RedisError);
 
 /// One job taken from the stream.
 struct Taken {
@@ -363,6 +374,8 @@ struct Runner {
     /// How many jobs the worker holds at once: its processes times the prefetch.
     capacity: usize,
     log_tasks: bool,
+    /// How long a job may stay taken before another worker takes it over.
+    visibility: Duration,
     /// The stream entries this worker holds: it renews its claim on them at each heartbeat,
     /// so that no other worker takes over a job that is still running.
     held: Mutex<HashSet<String>>,
@@ -475,8 +488,11 @@ impl Runner {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(entries.iter().cloned());
-            let (handed, lost) = self.check_and_claim(open, taken);
+            let (handed, left, lost) = self.check_and_claim(open, taken);
             inbox.push(handed);
+            // Jobs it could not verify, handed back to the queue for the fleet's workers.
+            self.unhold(&left);
+            idle += left.len();
             if let Some((lost, err)) = lost {
                 // Not answered: they stay pending on the stream, and are taken over (by this
                 // worker or another) after the visibility timeout.
@@ -593,15 +609,17 @@ impl Runner {
 
     /// Checks a batch of jobs, claims the runnable ones in one round trip, and starts those
     /// this worker won in the process pool. Also returns the entries of the jobs it could not
-    /// claim because the broker went away, with the error.
+    /// verify and left on the queue (see [`Runner::unverified`]), and those it could not claim
+    /// because the broker went away, with the error.
     fn check_and_claim(
         &self,
         open: &mut redis::Connection,
         taken: Vec<Taken>,
-    ) -> (Vec<Handed>, Option<(Vec<String>, redis::RedisError)>) {
+    ) -> (Vec<Handed>, Vec<String>, Option<Lost>) {
         let now = identity::now_ms();
         let mut handed = Vec::with_capacity(taken.len());
         let mut runnable = Vec::with_capacity(taken.len());
+        let mut unverified = Vec::new();
         for job in taken {
             match envelope::verify(&job.bytes, &self.security, &self.build, self.window_ms, now) {
                 Ok(verified) => {
@@ -617,9 +635,7 @@ impl Runner {
                         runnable.push((job.entry, verified));
                     }
                 }
-                Err(Refusal::Untrusted(why)) => {
-                    handed.push(Handed::Answer(self.refusal(job.entry, &why, None)));
-                }
+                Err(Refusal::Untrusted(why)) => unverified.push((job.entry, why)),
                 Err(Refusal::Answer(envelope, why)) => {
                     handed.push(Handed::Answer(self.refusal(
                         job.entry,
@@ -629,8 +645,15 @@ impl Runner {
                 }
             }
         }
+        let left = match self.unverified(open, unverified) {
+            Ok((refused, left)) => {
+                handed.extend(refused);
+                left
+            }
+            Err((entries, err)) => return (handed, Vec::new(), Some((entries, err))),
+        };
         if runnable.is_empty() {
-            return (handed, None);
+            return (handed, left, None);
         }
         let ttl = self.window_ms + 60_000;
         let mut claims = redis::pipe();
@@ -649,10 +672,10 @@ impl Runner {
             Ok(previous) => previous,
             Err(err) => {
                 let lost = runnable.into_iter().map(|(entry, _)| entry).collect();
-                return (handed, Some((lost, err)));
+                return (handed, left, Some((lost, err)));
             }
         };
-        let mut lost: Option<(Vec<String>, redis::RedisError)> = None;
+        let mut lost: Option<Lost> = None;
         for ((entry, verified), previous) in runnable.into_iter().zip(previous) {
             let kept = entry.clone();
             match self.claimed(open, entry, verified, previous.as_deref()) {
@@ -664,7 +687,94 @@ impl Runner {
                 },
             }
         }
-        (handed, lost)
+        (handed, left, lost)
+    }
+
+    /// The jobs this worker could not verify (forged, or signed with a key other than its
+    /// own). A job is refused (acknowledged, deleted and recorded for operators) only once
+    /// every live worker of the queue has failed to verify it; until then it stays pending and
+    /// is handed back at once, for a worker that holds the fleet's key: a worker with the wrong
+    /// key never drops the fleet's jobs. Returns the refusals and the entries left; on a
+    /// broker error, every entry, which stays pending.
+    fn unverified(
+        &self,
+        open: &mut redis::Connection,
+        jobs: Vec<(String, String)>,
+    ) -> Result<(Vec<Handed>, Vec<String>), Lost> {
+        if jobs.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let ttl = self.window_ms + 60_000;
+        let mut pipe = redis::pipe();
+        for (entry, _) in &jobs {
+            let key = self.keys.unverified(entry);
+            pipe.cmd("SADD")
+                .arg(&key)
+                .arg(&self.name)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ttl)
+                .ignore()
+                .cmd("SMEMBERS")
+                .arg(&key);
+        }
+        let answered = pipe.query::<Vec<HashSet<String>>>(open).and_then(|failed| {
+            let workers = redis::cmd("HGETALL")
+                .arg(self.keys.workers())
+                .query::<Vec<(String, String)>>(open)?;
+            Ok((workers, failed))
+        });
+        let (workers, failed) = match answered {
+            Ok(answered) => answered,
+            Err(err) => return Err((jobs.into_iter().map(|(entry, _)| entry).collect(), err)),
+        };
+        let now = identity::now_ms();
+        let live: Vec<String> = workers
+            .into_iter()
+            .filter(|(_, value)| {
+                value
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|expiry| expiry.parse::<u64>().ok())
+                    .is_some_and(|expiry| expiry >= now)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        let mut refused = Vec::new();
+        let mut left = Vec::new();
+        let mut first_why = None;
+        for ((entry, why), failed) in jobs.into_iter().zip(failed) {
+            if live.iter().all(|worker| failed.contains(worker)) {
+                let why = format!("{why}; no live worker of the queue could verify it");
+                refused.push(Handed::Answer(self.refusal(entry, &why, None)));
+            } else {
+                first_why.get_or_insert(why);
+                left.push(entry);
+            }
+        }
+        if let Some(why) = first_why {
+            self.log(&format!(
+                "could not verify {} jobs ({why}): left for the queue's other workers; is this                  worker's key the fleet's?",
+                left.len()
+            ));
+            // Handed back at once: idle as long as the visibility timeout, without counting a
+            // delivery, so that any worker takes them over now.
+            let handed_back = redis::cmd("XCLAIM")
+                .arg(self.keys.jobs())
+                .arg(GROUP)
+                .arg(&self.name)
+                .arg(0)
+                .arg(&left)
+                .arg("IDLE")
+                .arg(self.visibility.as_millis() as u64)
+                .arg("JUSTID")
+                .query::<()>(open);
+            if let Err(err) = handed_back {
+                return Err((left, err));
+            }
+        }
+        Ok((refused, left))
     }
 
     /// Acts on a job's claim: `previous` is `None` when this worker won it, else the claim

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::broker::Broker;
+use crate::fingerprint;
 use crate::identity;
 use crate::keys::Keys;
 use crate::security::Security;
@@ -54,6 +55,14 @@ impl FleetSettings {
             broker: Broker::open(&self.url, &self.tls)?,
             keys: Keys::new(&self.queue),
         })
+    }
+}
+
+impl OpenFleet {
+    /// Records the fleet's key fingerprint on the broker, or checks that this side's key is
+    /// the one recorded: see [`fingerprint::join_fleet`].
+    pub(crate) fn join(&self, connection: &mut redis::Connection) -> Result<(), String> {
+        fingerprint::join_fleet(connection, &self.broker, &self.keys, &self.security)
     }
 }
 

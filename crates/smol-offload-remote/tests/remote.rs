@@ -346,14 +346,26 @@ fn a_job_with_a_bad_signature_is_refused() {
         return;
     }
     let redis = RedisServer::start();
-    let _workers = start_workers(&redis, "forged", 1, 1);
+    let honest = pool(&redis, "forged");
+    // A forger with another key gets past the fleet's key check: the fleet's fingerprint is
+    // deleted while it starts, and put back.
+    let mut connection = connect(&redis);
+    let fingerprint: String = redis::cmd("GETDEL")
+        .arg("smol-offload:forged:fingerprint")
+        .query(&mut connection)
+        .unwrap();
     let forger = RemotePool::builder(&redis.url())
         .queue("forged")
         .key("another-key-0123456789abcdef")
         .build()
         .unwrap();
+    redis::cmd("SET")
+        .arg("smol-offload:forged:fingerprint")
+        .arg(fingerprint)
+        .query::<()>(&mut connection)
+        .unwrap();
+    let _workers = start_workers(&redis, "forged", 1, 1);
     let forged = forger.run(record, (redis.url(), "forged-ran".to_owned(), 1));
-    let mut connection = connect(&redis);
     let refusal = pop(&mut connection, "smol-offload:forged:refusals");
     assert!(refusal.contains("signature"), "{refusal}");
     drop(forged);
@@ -368,7 +380,6 @@ fn a_job_with_a_bad_signature_is_refused() {
     let refusal = pop(&mut connection, "smol-offload:forged:refusals");
     assert!(refusal.contains("not a signed message"), "{refusal}");
     // A job of the fleet still runs, and the forged one never did.
-    let honest = pool(&redis, "forged");
     assert_eq!(
         block_on(honest.run(record, (redis.url(), "forged-ran".to_owned(), 2))).unwrap(),
         2
