@@ -12,7 +12,7 @@ use crate::byte_buf;
 use crate::codec;
 use crate::error::{Error, ErrorKind};
 use crate::panics::{self, Caught, Reporting};
-use crate::process_pool::context::Carried;
+use crate::process_pool::wire::Carried;
 use crate::process_pool::wire::{CallOptions, Payload, Reply};
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::Promise;

@@ -3,7 +3,7 @@
 //! A task submitted while a worker is idle and nothing is queued skips the dispatcher: the
 //! submitting thread writes the request to the idle worker itself, and the task reads the
 //! reply on the thread that awaits it, sleeping on the worker's socket through the smol
-//! reactor (see [`loan_assist`](super::loan_assist)). A lone call then costs what a bare pipe
+//! reactor (see [`LoanAssist`](super::assist::LoanAssist)). A lone call then costs what a bare pipe
 //! costs: one wake-up of the worker and one of the awaiting thread, where going through the
 //! dispatcher adds two more.
 //!

@@ -16,11 +16,11 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags};
 
 use crate::process_pool::arena::{self, OutArena};
-use crate::process_pool::claim::Claims;
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line::{self, FdReader};
 use crate::process_pool::server::Spawned;
 use crate::process_pool::wire::{self, Malformed, OutOfLine, Reply, ReplyReader};
+use crate::process_pool::worker::Claims;
 use crate::sys::{self, CallStatus, ErasedCall};
 
 /// A job sent to a worker, kept until its reply comes: if the worker dies before it starts the
