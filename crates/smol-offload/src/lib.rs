@@ -283,7 +283,6 @@ compile_error!(
 
 mod byte_buf;
 mod cancel;
-mod code_check;
 mod codec;
 mod dedicated;
 mod default_pool;
@@ -293,7 +292,6 @@ mod init_for_tests;
 mod job_queue;
 mod loop_executor;
 mod loop_thread;
-mod metrics;
 mod panics;
 mod process_pool;
 mod stats;

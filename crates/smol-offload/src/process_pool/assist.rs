@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::process_pool::job::Job;
-use crate::process_pool::loan::{Loan, LoanRead};
 use crate::process_pool::shared::{Placed, Shared};
+use crate::process_pool::worker_link::{Loan, LoanRead};
 use crate::task::Assist;
 
 /// The [`Assist`] of a task whose job waits for room in a full queue.

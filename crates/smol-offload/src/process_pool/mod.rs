@@ -8,7 +8,6 @@ pub(crate) mod assist;
 mod dispatcher;
 mod dying;
 mod job;
-mod loan;
 pub(crate) mod out_of_line;
 pub(crate) mod raw;
 pub(crate) mod server;

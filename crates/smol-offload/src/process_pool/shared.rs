@@ -2,7 +2,7 @@
 //! that runs on the callers' threads.
 //!
 //! A job submitted while nothing is queued and a worker is idle goes straight to that worker
-//! (the worker is *lent* to the job's task, see [`loan`](super::loan)); otherwise it waits in
+//! (the worker is *lent* to the job's task, see [`Loan`](super::worker_link::Loan)); otherwise it waits in
 //! the queue for the dispatcher, which is woken through an eventfd only when it sleeps with
 //! workers lent out, so that a burst of submissions costs one wake-up.
 //!
@@ -37,12 +37,11 @@ use std::task::Waker;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::{Error, ErrorKind};
-use crate::metrics::{self, Kind, PoolMetrics};
 use crate::process_pool::job::Job;
-use crate::process_pool::loan::Loan;
 use crate::process_pool::out_of_line;
+use crate::process_pool::worker_link::Loan;
 use crate::process_pool::worker_link::WorkerLink;
-use crate::stats::Counters;
+use crate::stats::{self, Counters, Kind, PoolMetrics};
 use crate::task::Abandon;
 
 /// What the pool's handles, its loans and its dispatcher share.
@@ -140,7 +139,7 @@ impl Shared {
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
             counters: Counters::new(PoolMetrics::new(
-                options.name.as_deref().unwrap_or(metrics::UNNAMED),
+                options.name.as_deref().unwrap_or(stats::UNNAMED),
                 Kind::Process,
             )),
             options,
@@ -371,7 +370,7 @@ impl Shared {
 
     /// The pool's name, given to its builder, else `"unnamed"`.
     pub(crate) fn name(&self) -> &str {
-        self.options.name.as_deref().unwrap_or(metrics::UNNAMED)
+        self.options.name.as_deref().unwrap_or(stats::UNNAMED)
     }
 
     /// The oldest queued job, if `fits` accepts it, counted as picked.
