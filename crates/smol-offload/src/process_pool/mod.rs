@@ -3,7 +3,6 @@
 // Imports flow one way, each module using only those listed above it:
 // out_of_line → wire → worker → job → server → worker_link → loan → shared → assist → dying →
 // dispatcher.
-pub(crate) mod arena;
 pub(crate) mod assist;
 mod dispatcher;
 mod dying;
@@ -12,7 +11,6 @@ pub(crate) mod out_of_line;
 pub(crate) mod raw;
 pub(crate) mod server;
 mod shared;
-pub(crate) mod stream_reply;
 pub(crate) mod wire;
 mod worker;
 mod worker_link;

@@ -733,7 +733,7 @@ mod tests {
                 .to_vec()
         } else {
             assert!(request.in_arena && request.new_arena, "a new arena");
-            let mut arena = crate::process_pool::arena::InArena::default();
+            let mut arena = crate::process_pool::out_of_line::InArena::default();
             arena.replace(fd).unwrap();
             arena.read(len).unwrap()
         };
@@ -744,14 +744,14 @@ mod tests {
 
     #[test]
     fn a_large_argument_goes_straight_to_an_idle_worker_through_its_arena() {
-        use crate::process_pool::arena::ARENA_MAX;
+        use crate::process_pool::out_of_line::ARENA_MAX;
         assert!(!send_large_argument(out_of_line::THRESHOLD + 1));
         assert!(!send_large_argument(ARENA_MAX));
     }
 
     #[test]
     fn an_argument_too_large_for_the_arena_goes_in_a_sealed_memfd() {
-        use crate::process_pool::arena::ARENA_MAX;
+        use crate::process_pool::out_of_line::ARENA_MAX;
         assert!(send_large_argument(ARENA_MAX + 1));
     }
 

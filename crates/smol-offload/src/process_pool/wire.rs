@@ -16,8 +16,8 @@
 //! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
 //! payload, and the memfd's descriptor is attached to the frame's bytes.
 //!
-//! One of at most [`ARENA_MAX`](super::arena::ARENA_MAX) bytes goes through the sender's
-//! per-worker arena when it is free (see [`arena`](super::arena)): the `ARENA_ARGUMENT` flag
+//! One of at most [`ARENA_MAX`](super::out_of_line::ARENA_MAX) bytes goes through the sender's
+//! per-worker arena when it is free (see [`OutArena`](super::out_of_line::OutArena)): the `ARENA_ARGUMENT` flag
 //! or the `ARENA_REPLY` status bit says so, the frame carries the size in place of the payload,
 //! and the `NEW_ARENA` flag or status bit says that the descriptor attached to the frame is the
 //! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
@@ -34,9 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::byte_buf::Backing;
-use crate::process_pool::arena::InArena;
-use crate::process_pool::out_of_line::{self, MAX_WAITING_FDS};
-use crate::process_pool::stream_reply::StreamPayload;
+use crate::process_pool::out_of_line::{self, InArena, MAX_WAITING_FDS, StreamPayload};
 use crate::sys::{CallStatus, ErasedCall, SealedMapping};
 
 const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
@@ -74,7 +72,7 @@ pub(crate) enum OutOfLine {
     /// In the sender's arena; its descriptor is attached to the frame when it is `new`.
     Arena { new: bool },
     /// A result in a fresh memfd, not sealed, attached to the frame, which the parent decodes
-    /// as a stream (see [`stream_reply`](super::stream_reply)).
+    /// as a stream (see [`StreamPayload`](super::out_of_line::StreamPayload)).
     Stream,
 }
 
@@ -486,7 +484,7 @@ impl ReplyReader {
     }
 
     /// How many replies were read out of the worker's arena: the worker may write its next one
-    /// once it learns this count (see [`arena`](super::arena)).
+    /// once it learns this count (see [`OutArena`](super::out_of_line::OutArena)).
     pub(crate) fn arena_replies_read(&self) -> u64 {
         self.arena_replies_read
     }

@@ -52,8 +52,7 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
 /// (its shared argument's memfd is still taken off the queue, to keep the others in order).
 fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> io::Result<()> {
     use crate::byte_buf::Backing;
-    use crate::process_pool::arena::{self, OutArena};
-    use crate::process_pool::out_of_line::{self, FdReader};
+    use crate::process_pool::out_of_line::{self, FdReader, OutArena};
     use crate::process_pool::wire::{self, OutOfLine};
     use std::io::BufReader;
     use std::os::fd::AsFd;
@@ -149,7 +148,7 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
         // A large result goes to the reply arena once the parent has read the last one there,
         // else to a fresh sealed memfd (else through the socket).
         let payload = wire::reply_payload(&reply);
-        if arena::fits(payload.len())
+        if out_of_line::fits_in_arena(payload.len())
             && claims.arena_replies_read() == arena_replies_written
             && let Ok(new_arena) = reply_arena.write(payload)
         {
@@ -272,7 +271,7 @@ impl Claims {
     }
 
     /// For the parent: records that it has read `count` replies out of the worker's reply
-    /// arena, so that the worker may write the next one (see [`arena`](super::arena)). Kept in
+    /// arena, so that the worker may write the next one (see [`OutArena`](super::out_of_line::OutArena)). Kept in
     /// the second word of the page; a hostile worker that writes it fools only itself.
     pub(crate) fn set_arena_replies_read(&self, count: u64) {
         self.word.second().store(count, Ordering::Release);

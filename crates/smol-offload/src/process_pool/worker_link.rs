@@ -17,9 +17,8 @@ use async_io::Async;
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags};
 
-use crate::process_pool::arena::{self, OutArena};
 use crate::process_pool::job::Job;
-use crate::process_pool::out_of_line::{self, FdReader};
+use crate::process_pool::out_of_line::{self, FdReader, OutArena};
 use crate::process_pool::server::Spawned;
 use crate::process_pool::wire::{self, Malformed, OutOfLine, Reply, ReplyReader};
 use crate::process_pool::worker::Claims;
@@ -195,14 +194,14 @@ impl WorkerLink {
     }
 
     /// Puts a large argument out of the socket's way: in the worker's request arena when it
-    /// fits and no job in flight has its argument there (see [`arena`](super::arena)), else
+    /// fits and no job in flight has its argument there (see [`OutArena`](super::out_of_line::OutArena)), else
     /// in a fresh sealed memfd. Returns where, with the descriptor to attach to the frame;
     /// `None` for an argument that goes through the socket (short, or no memfd could be made).
     fn place_argument(&mut self, arg: &[u8]) -> Option<(OutOfLine, Option<OwnedFd>)> {
         if arg.len() <= out_of_line::THRESHOLD {
             return None;
         }
-        if arena::fits(arg.len())
+        if out_of_line::fits_in_arena(arg.len())
             && !self.in_flight.iter().any(|job| job.in_arena)
             && let Ok(fd) = self.arena.write(arg)
         {
