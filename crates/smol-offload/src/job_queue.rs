@@ -12,8 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
 use concurrent_queue::ConcurrentQueue;
 
-use crate::metrics::PoolMetrics;
-use crate::stats::Counters;
+use crate::stats::{Counters, PoolMetrics};
 
 /// A queued closure; it gets the pool's counters when it runs.
 pub(crate) type Job = Box<dyn FnOnce(&Counters) + Send>;
@@ -152,7 +151,7 @@ mod tests {
             .num_threads(2)
             .build()
             .unwrap();
-        let metrics = PoolMetrics::new("test", crate::metrics::Kind::Thread);
+        let metrics = PoolMetrics::new("test", crate::stats::Kind::Thread);
         let queue = Arc::new(JobQueue::new(2, metrics));
         let ran = Arc::new(AtomicU64::new(0));
         let (done, finished) = std::sync::mpsc::channel();

@@ -283,7 +283,6 @@ compile_error!(
 
 mod byte_buf;
 mod cancel;
-mod code_check;
 mod codec;
 mod dedicated;
 mod default_pool;
@@ -293,7 +292,6 @@ mod init_for_tests;
 mod job_queue;
 mod loop_executor;
 mod loop_thread;
-mod metrics;
 mod panics;
 mod process_pool;
 mod stats;
@@ -312,7 +310,7 @@ pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::loop_thread::LoopThread;
 pub use crate::panics::leave_panic_hook_alone;
-pub use crate::process_pool::room::Ready;
+pub use crate::process_pool::assist::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;

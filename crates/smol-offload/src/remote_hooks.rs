@@ -28,7 +28,7 @@ pub mod panics {
 
 /// A pool's handles in the `metrics` facade (empty without the `metrics` feature).
 pub mod metrics {
-    pub use crate::metrics::{Kind, PoolMetrics, TaskTimer, UNNAMED};
+    pub use crate::stats::{Kind, PoolMetrics, TaskTimer, UNNAMED};
 }
 
 /// The process pool, and its raw runs for the remote workers.

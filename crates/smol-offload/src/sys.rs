@@ -2,7 +2,7 @@
 //! calling a function by its address: forking, leaving a forked child, receiving file
 //! descriptors, shared memory, catching `SIGINT` and `SIGTERM` while a remote worker serves, and
 //! [`ErasedCall`]. The worker's request loop is `process_pool::worker`; whether the workers have
-//! a call's code is checked in `code_check`.
+//! a call's code is checked in `process_pool::job`.
 //!
 //! # The fork contract
 //!

@@ -31,7 +31,7 @@ use atomic_waker::AtomicWaker;
 
 use crate::error::{Error, ErrorKind};
 use crate::loop_executor::LoopTask;
-use crate::metrics::{Outcome, TaskTimer};
+use crate::stats::{Outcome, TaskTimer};
 
 const STARTED: u8 = 1;
 const CANCELLED: u8 = 2;

@@ -10,9 +10,8 @@ use serde::de::DeserializeOwned;
 use crate::error::{BuildError, BuildErrorKind, Error, worker_count};
 use crate::executor::Executor;
 use crate::job_queue::{Job, JobQueue};
-use crate::metrics::{self, Kind, PoolMetrics};
 use crate::panics::{self, Reporting};
-use crate::stats::{Counters, PoolStats};
+use crate::stats::{self, Counters, Kind, PoolMetrics, PoolStats};
 use crate::task::{self, Promise, Task};
 
 /// A pool of a fixed number of named threads that run blocking or CPU-heavy closures for async
@@ -277,7 +276,7 @@ impl ThreadPoolBuilder {
         let rayon = builder
             .build()
             .map_err(|err| BuildError::new(BuildErrorKind::Rayon(err)))?;
-        let name = self.name.as_deref().unwrap_or(metrics::UNNAMED);
+        let name = self.name.as_deref().unwrap_or(stats::UNNAMED);
         let metrics = PoolMetrics::new(name, Kind::Thread);
         metrics.workers_changed(0, workers);
         let queue = Arc::new(JobQueue::new(workers, metrics));

@@ -93,7 +93,7 @@ impl fmt::Display for Report {
                 "work submitted by task {task:?} at {location} has waited {elapsed:.1?} in the \
                  queue of {pool} {name:?} without starting (threshold {threshold:?}): {stats}",
                 location = self.location,
-                name = self.pool_name.as_deref().unwrap_or(crate::metrics::UNNAMED),
+                name = self.pool_name.as_deref().unwrap_or(crate::stats::UNNAMED),
             ),
         }
     }

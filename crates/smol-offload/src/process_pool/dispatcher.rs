@@ -4,7 +4,7 @@
 //!
 //! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
 //! submitted then goes straight to a worker and reads its own reply (see
-//! [`loan`](super::loan)), and the dispatcher is not woken at all. Otherwise submitters push a
+//! [`Loan`](super::worker_link::Loan)), and the dispatcher is not woken at all. Otherwise submitters push a
 //! job on the queue (see [`shared`](super::shared)) and write the eventfd only when the
 //! dispatcher sleeps with workers lent out, so a burst of submissions costs one wake-up, not
 //! one each.
@@ -22,10 +22,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use crate::error::{Error, ErrorKind};
 use crate::process_pool::dying::{Cause, Dying, SHUTDOWN_GRACE};
 use crate::process_pool::job::{Job, MOST_LOSSES};
-use crate::process_pool::loan::Loan;
 use crate::process_pool::server::{self, ServerLink};
 use crate::process_pool::shared::Shared;
 use crate::process_pool::wire::{CallOptions, Reply};
+use crate::process_pool::worker_link::Loan;
 use crate::process_pool::worker_link::{Incoming, WorkerLink};
 use crate::sys;
 

@@ -1,23 +1,16 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// out_of_line → claim → wire → context → options → job → server → worker_link → loan → shared →
-// loan_assist → room → dying → dispatcher.
-pub(crate) mod arena;
-pub(crate) mod claim;
-pub(crate) mod context;
+// out_of_line → wire → worker → job → server → worker_link → loan → shared → assist → dying →
+// dispatcher.
+pub(crate) mod assist;
 mod dispatcher;
 mod dying;
 mod job;
-mod loan;
-mod loan_assist;
-mod options;
 pub(crate) mod out_of_line;
 pub(crate) mod raw;
-pub(crate) mod room;
 pub(crate) mod server;
 mod shared;
-pub(crate) mod stream_reply;
 pub(crate) mod wire;
 mod worker;
 mod worker_link;
@@ -36,14 +29,12 @@ use crate::panics::{self, Reporting};
 use crate::stats::PoolStats;
 use crate::sys;
 use crate::task::{self, Task};
-use context::Carried;
+use assist::{LoanAssist, Ready, RoomAssist};
 use dispatcher::Dispatcher;
 use job::Job;
-use loan_assist::LoanAssist;
-use options::{Initializer, PoolOptions};
-use room::{Ready, RoomAssist};
-use shared::{Placed, Shared};
+use shared::{Initializer, Placed, PoolOptions, Shared};
 use wire::CallOptions;
+use wire::Carried;
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as

@@ -4,8 +4,8 @@
 
 use crate::error::Error;
 use crate::process_pool::ProcessPool;
-pub use crate::process_pool::context::Carried;
 use crate::process_pool::job::Job;
+pub use crate::process_pool::wire::Carried;
 use crate::sys::{CallStatus, ErasedCall};
 use crate::task::{self, Promise, Task};
 

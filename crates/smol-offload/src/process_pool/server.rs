@@ -21,9 +21,9 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
 use crate::error::{BuildError, BuildErrorKind, WorkerExit};
-use crate::process_pool::claim::Claims;
 use crate::process_pool::wire::{ServerReply, ServerRequest};
 use crate::process_pool::worker;
+use crate::process_pool::worker::Claims;
 use crate::sys::{self, ChildGuard, Forked};
 
 /// The parent's link to the fork server, once started.

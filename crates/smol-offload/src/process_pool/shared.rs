@@ -2,7 +2,7 @@
 //! that runs on the callers' threads.
 //!
 //! A job submitted while nothing is queued and a worker is idle goes straight to that worker
-//! (the worker is *lent* to the job's task, see [`loan`](super::loan)); otherwise it waits in
+//! (the worker is *lent* to the job's task, see [`Loan`](super::worker_link::Loan)); otherwise it waits in
 //! the queue for the dispatcher, which is woken through an eventfd only when it sleeps with
 //! workers lent out, so that a burst of submissions costs one wake-up.
 //!
@@ -37,13 +37,11 @@ use std::task::Waker;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::{Error, ErrorKind};
-use crate::metrics::{self, Kind, PoolMetrics};
 use crate::process_pool::job::Job;
-use crate::process_pool::loan::Loan;
-use crate::process_pool::options::PoolOptions;
 use crate::process_pool::out_of_line;
+use crate::process_pool::worker_link::Loan;
 use crate::process_pool::worker_link::WorkerLink;
-use crate::stats::Counters;
+use crate::stats::{self, Counters, Kind, PoolMetrics};
 use crate::task::Abandon;
 
 /// What the pool's handles, its loans and its dispatcher share.
@@ -141,7 +139,7 @@ impl Shared {
             broken_reason: Mutex::new(None),
             pids: Mutex::new(Vec::new()),
             counters: Counters::new(PoolMetrics::new(
-                options.name.as_deref().unwrap_or(metrics::UNNAMED),
+                options.name.as_deref().unwrap_or(stats::UNNAMED),
                 Kind::Process,
             )),
             options,
@@ -372,7 +370,7 @@ impl Shared {
 
     /// The pool's name, given to its builder, else `"unnamed"`.
     pub(crate) fn name(&self) -> &str {
-        self.options.name.as_deref().unwrap_or(metrics::UNNAMED)
+        self.options.name.as_deref().unwrap_or(stats::UNNAMED)
     }
 
     /// The oldest queued job, if `fits` accepts it, counted as picked.
@@ -541,6 +539,36 @@ impl Abandon for Shared {
     }
 }
 
+// [`PoolOptions`]: what a [`ProcessPoolBuilder`](super::ProcessPoolBuilder) chose besides the
+// number of workers, shared by the submit path and the dispatcher.
+
+/// The settings of one process pool.
+#[derive(Debug, Default)]
+pub(crate) struct PoolOptions {
+    /// The pool's label in metrics and debug mode's reports.
+    pub(crate) name: Option<String>,
+    /// Dropping a started task kills its worker.
+    pub(crate) kill_on_drop: bool,
+    /// The longest a task may run before the dispatcher kills its worker.
+    pub(crate) task_timeout: Option<std::time::Duration>,
+    /// How many tasks a worker runs before it is replaced.
+    pub(crate) max_tasks_per_worker: Option<usize>,
+    /// What every new worker runs before its first task.
+    pub(crate) initializer: Option<Initializer>,
+    /// How many jobs may wait in the queue; `None`: no limit.
+    pub(crate) queue_limit: Option<usize>,
+    /// Workers print the panics of the initializer as they happen, as they print those of
+    /// tasks (which carry the option in each request).
+    pub(crate) print_panics: bool,
+}
+
+/// A function and its encoded argument, run once in every new worker before its first task.
+#[derive(Debug)]
+pub(crate) struct Initializer {
+    pub(crate) call: crate::sys::ErasedCall,
+    pub(crate) arg: Vec<u8>,
+}
+
 #[cfg(test)]
 mod tests {
     //! The submit and give-back paths, with a socket pair standing in for each worker.
@@ -549,12 +577,12 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::process_pool::claim::Claims;
+    use crate::process_pool::assist::LoanAssist;
     use crate::process_pool::job::Completion;
-    use crate::process_pool::loan_assist::LoanAssist;
     use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::CallOptions;
     use crate::process_pool::wire::{self, Reply};
+    use crate::process_pool::worker::Claims;
     use crate::process_pool::worker_link::Incoming;
     use crate::sys::{self, CallStatus};
     use crate::task::Assist;
@@ -705,7 +733,7 @@ mod tests {
                 .to_vec()
         } else {
             assert!(request.in_arena && request.new_arena, "a new arena");
-            let mut arena = crate::process_pool::arena::InArena::default();
+            let mut arena = crate::process_pool::out_of_line::InArena::default();
             arena.replace(fd).unwrap();
             arena.read(len).unwrap()
         };
@@ -716,14 +744,14 @@ mod tests {
 
     #[test]
     fn a_large_argument_goes_straight_to_an_idle_worker_through_its_arena() {
-        use crate::process_pool::arena::ARENA_MAX;
+        use crate::process_pool::out_of_line::ARENA_MAX;
         assert!(!send_large_argument(out_of_line::THRESHOLD + 1));
         assert!(!send_large_argument(ARENA_MAX));
     }
 
     #[test]
     fn an_argument_too_large_for_the_arena_goes_in_a_sealed_memfd() {
-        use crate::process_pool::arena::ARENA_MAX;
+        use crate::process_pool::out_of_line::ARENA_MAX;
         assert!(send_large_argument(ARENA_MAX + 1));
     }
 
