@@ -1,5 +1,6 @@
 //! Thread pool benchmark: `smol_offload::ThreadPool` against `blocking::unblock`, a rayon pool
-//! plus a channel (what `async_rayon` does) and tokio's `spawn_blocking`, all on 2 threads.
+//! plus a channel (what `async_rayon` does) and tokio's `spawn_blocking`, all on 2 threads; and
+//! ours again with the burst awaited by `gather` instead of one task after another.
 //!
 //! Run with `cargo bench -p smol-offload --bench thread_pool`; add `-- --quick` (or set
 //! `SMOL_OFFLOAD_BENCH_QUICK=1`) for a smoke test with small counts. The contenders take turns
@@ -15,6 +16,8 @@ use common::{machine, median, quick_mode};
 /// Where ours and the anchor (rayon + async-channel) sit in the list of contenders.
 const OURS: usize = 0;
 const ANCHOR: usize = 2;
+/// The burst awaited with `gather` (ours too), left out of the targets.
+const GATHER: usize = 4;
 
 /// Threads in every contender's pool.
 const WORKERS: usize = 2;
@@ -110,6 +113,37 @@ impl Contender for Ours {
 
     fn burst(&self, n: u64) -> Duration {
         smol::block_on(measure_burst(n, |i| self.submit(i)))
+    }
+}
+
+/// Ours again, the burst awaited with `smol_offload::gather` instead of one task after another:
+/// what `wait`/`gather` cost over the plain loop.
+struct OursGather {
+    pool: smol_offload::ThreadPool,
+}
+
+impl Contender for OursGather {
+    fn name(&self) -> &'static str {
+        "ThreadPool, gather"
+    }
+
+    fn round_trips(&self, warmup: usize, n: usize) -> Vec<u64> {
+        smol::block_on(measure_round_trips(warmup, n, |i| {
+            let task = self.pool.spawn(move || work(i));
+            async move { task.await.unwrap() }
+        }))
+    }
+
+    fn burst(&self, n: u64) -> Duration {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..n).map(|i| self.pool.spawn(move || work(i))).collect();
+        let sum = smol::block_on(smol_offload::gather(tasks))
+            .into_iter()
+            .map(|value| value.unwrap())
+            .sum();
+        let elapsed = start.elapsed();
+        check_sum(sum, n);
+        elapsed
     }
 }
 
@@ -317,6 +351,9 @@ fn main() {
                 .build()
                 .expect("start the tokio runtime"),
         }),
+        Box::new(OursGather {
+            pool: smol_offload::ThreadPool::new(WORKERS).expect("start our second pool"),
+        }),
     ];
 
     let started = Instant::now();
@@ -410,7 +447,7 @@ fn main() {
         ours.tasks_per_sec / 1e6
     );
     for (index, (contender, figures)) in contenders.iter().zip(&summary).enumerate() {
-        if index == OURS || index == ANCHOR {
+        if index == OURS || index == ANCHOR || index == GATHER {
             continue;
         }
         println!(
