@@ -43,7 +43,7 @@ use smol_offload::Error;
 #[allow(unused_imports)]
 use smol_offload::{Executor, ProcessPool, Task, ThreadPool, init};
 
-// Imports flow one way: identity, security, keys, tls, broker → settings → envelope → client → pool →
+// Imports flow one way: identity, security, keys, tls, broker, outage → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
 mod broker;
@@ -51,6 +51,7 @@ mod client;
 pub(crate) mod envelope;
 mod identity;
 mod keys;
+mod outage;
 mod pool;
 mod security;
 mod serve;
@@ -58,6 +59,7 @@ mod settings;
 mod sys;
 mod tls;
 
+pub use outage::DEFAULT_RECONNECT_LIMIT;
 pub use pool::{Delivery, FleetStats, RemotePool, RemotePoolBuilder};
 pub use serve::{RemoteWorker, serve};
 pub use settings::DEFAULT_QUEUE;
