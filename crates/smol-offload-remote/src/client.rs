@@ -550,9 +550,11 @@ impl Client {
     /// stream entry, or its claim, which a worker sets before running it and which outlives
     /// its reply), and submits again the jobs it lost, as a broker that came back empty or
     /// from an older copy does. At most once, such a job may have run: its task fails.
+    ///
+    /// One transaction takes the replies waiting and checks every job, so that a job answered
+    /// meanwhile is seen with its reply: a job answered (its entry deleted, its claim set)
+    /// without a reply had it popped by a connection that broke before delivering it.
     fn recover(&self, open: &mut redis::Connection) -> redis::RedisResult<()> {
-        /// The most jobs checked in one round trip.
-        const CHECK_BATCH: usize = 512;
         let taken: Vec<(u64, String)> = self
             .table()
             .pending
@@ -560,32 +562,45 @@ impl Client {
             .filter_map(|(&id, pending)| Some((id, pending.entry.clone()?)))
             .collect();
         let jobs_key = self.keys.jobs();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("LRANGE").arg(&self.reply_key).arg(0).arg(-1);
+        pipe.cmd("DEL").arg(&self.reply_key).ignore();
+        for (id, entry) in &taken {
+            pipe.cmd("GET").arg(self.keys.claim(&self.id, *id));
+            pipe.cmd("XRANGE").arg(&jobs_key).arg(entry).arg(entry);
+        }
+        let found: Vec<redis::Value> = pipe.query(open)?;
+        let mut found = found.into_iter();
+        let replies: Replies = redis::from_redis_value(found.next().unwrap_or(redis::Value::Nil))?;
+        for bytes in replies.iter().filter(|bytes| !bytes.is_empty()) {
+            self.handle_reply(bytes);
+        }
         let mut lost = Vec::new();
-        for chunk in taken.chunks(CHECK_BATCH) {
-            let mut pipe = redis::pipe();
-            // One snapshot: a job cannot leave the stream between the two checks unseen.
-            pipe.atomic();
-            for (id, entry) in chunk {
-                pipe.cmd("EXISTS").arg(self.keys.claim(&self.id, *id));
-                pipe.cmd("XRANGE").arg(&jobs_key).arg(entry).arg(entry);
-            }
-            let found: Vec<redis::Value> = pipe.query(open)?;
-            for ((id, entry), checks) in chunk.iter().zip(found.chunks(2)) {
-                let claimed = matches!(checks.first(), Some(redis::Value::Int(n)) if *n > 0);
-                let queued =
-                    matches!(checks.get(1), Some(redis::Value::Array(items)) if !items.is_empty());
-                if !claimed && !queued {
-                    lost.push((*id, entry.clone()));
-                }
+        for (id, entry) in taken {
+            let claim: Option<String> =
+                redis::from_redis_value(found.next().unwrap_or(redis::Value::Nil))?;
+            let queued =
+                matches!(found.next(), Some(redis::Value::Array(items)) if !items.is_empty());
+            match (queued, claim.as_deref()) {
+                // Waiting, held by a worker, or being withdrawn.
+                (true, _) | (false, Some("cancelled")) => {}
+                (false, claim) => lost.push((id, entry, claim.is_some())),
             }
         }
-        for (id, entry) in lost {
+        for (id, entry, claimed) in lost {
+            if claimed && !self.recovery.at_most_once {
+                // Its claim would refuse the job written again as a replay.
+                redis::cmd("DEL")
+                    .arg(self.keys.claim(&self.id, id))
+                    .query::<()>(open)?;
+            }
             self.lost(id, &entry);
         }
         Ok(())
     }
 
-    /// The broker lost job `id`, last written as stream entry `entry`.
+    /// The broker lost job `id`, last written as stream entry `entry`, or its reply.
     fn lost(&self, id: u64, entry: &str) {
         let mut table = self.table();
         let Some(pending) = table.pending.get_mut(&id) else {
@@ -599,9 +614,10 @@ impl Client {
             drop(table);
             if let Some(pending) = pending {
                 let message = format!(
-                    "the redis broker at {} lost the job while the task was pending (it came \
-                     back without its data); a worker may have run it, so its outcome is \
-                     unknown, and at most once it is not submitted again",
+                    "the redis broker at {} lost the job or its reply while the task was \
+                     pending (it came back without its data, or the connection broke); a \
+                     worker may have run it, so its outcome is unknown, and at most once it is \
+                     not submitted again",
                     self.broker.address
                 );
                 self.fail(pending, Error::new(ErrorKind::Remote(message)));

@@ -81,6 +81,22 @@ fn faults_worker_main() {
         .unwrap();
 }
 
+/// Waits until `count` workers of `queue` have told the broker they serve it: a worker that
+/// started while the broker was down would exit.
+fn wait_for_workers(broker: &RedisServer, queue: &str, count: usize) {
+    let mut connection = connect(broker);
+    loop {
+        let serving: usize = redis::cmd("HLEN")
+            .arg(format!("smol-offload:{queue}:workers"))
+            .query(&mut connection)
+            .unwrap();
+        if serving >= count {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn connect(redis: &RedisServer) -> redis::Connection {
     redis::Client::open(redis.url())
         .unwrap()
@@ -121,6 +137,7 @@ fn run_across_a_restart(
     let record = RedisServer::start();
     let mut broker = RedisServer::start_durable(queue);
     let _workers = start_workers(&broker, queue, 2);
+    wait_for_workers(&broker, queue, 2);
     let pool = RemotePool::builder(&broker.url())
         .queue(queue)
         .key(KEY)
@@ -135,13 +152,9 @@ fn run_across_a_restart(
     let mut watch = connect(&record);
     wait_for_records(&mut watch, "ran", TASKS as usize / 10);
     broker.restart(keep_data);
-    let results = block_on(async {
-        let mut results = Vec::new();
-        for task in tasks {
-            results.push(task.await);
-        }
-        results
-    });
+    // One wait (and watchdog) per task: each must make progress, however long they all take
+    // on a loaded machine.
+    let results: Vec<_> = tasks.into_iter().map(block_on).collect();
     let ran: Vec<u32> = redis::cmd("LRANGE")
         .arg("ran")
         .arg(0)
@@ -265,6 +278,7 @@ fn a_broker_down_past_the_reconnect_limit_fails_pending_tasks_saying_so_and_run_
     let record = RedisServer::start();
     let mut broker = RedisServer::start_durable("limit");
     let _workers = start_workers(&broker, "limit", 1);
+    wait_for_workers(&broker, "limit", 1);
     let pool = RemotePool::builder(&broker.url())
         .queue("limit")
         .key(KEY)
