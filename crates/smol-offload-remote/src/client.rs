@@ -1,6 +1,12 @@
 //! The client side of a [`RemotePool`](crate::RemotePool): the table of jobs awaiting a reply,
 //! one submit thread that writes jobs and cancellations to the broker in batches, and one reply
 //! thread that blocks on the client's reply list and completes tasks by job id.
+//!
+//! A broker that goes away is not an error: both threads reconnect with backoff, the submit
+//! thread writes its batch again, and the reply thread, once reconnected, checks that each
+//! pending job is still on the broker (its stream entry or its claim) and submits again the
+//! jobs it lost (at most once: fails those that may have run). Tasks fail only when the broker
+//! stays unreachable past the reconnect limit.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,8 +20,10 @@ use crate::LOG_VARIABLE;
 use crate::broker::Broker;
 use crate::envelope::{Outcome, ReplyEnvelope, Signed};
 use crate::error::{Error, ErrorKind, WorkerExit};
+use crate::fingerprint;
 use crate::keys::Keys;
 use crate::metrics::PoolMetrics;
+use crate::outage::{self, Outage};
 use crate::process_pool::raw::{Completion, Reply};
 use crate::security::Security;
 use crate::stats::Counters;
@@ -47,6 +55,10 @@ impl<R: DeserializeOwned + Send + 'static> RemoteCompletion for Promise<R> {
 
 struct Pending {
     completion: Box<dyn RemoteCompletion>,
+    /// The signed job, to submit again if the broker loses it.
+    job: Arc<[u8]>,
+    /// Its stream entry, once the broker took it.
+    entry: Option<String>,
     deadline: Option<(Instant, Duration)>,
     /// A worker claimed the job (its started notice came, or it won the claim over a
     /// withdrawal): the pool's statistics count it as running.
@@ -79,13 +91,22 @@ type Replies = Vec<Vec<u8>>;
 enum Command {
     Submit {
         id: u64,
-        job: Vec<u8>,
+        job: Arc<[u8]>,
     },
     /// Claim the job as cancelled, if no worker claimed it first; the answer settles a task
     /// still waiting in the table (see [`Client::withdraw`]).
     Withdraw(u64),
     /// Wake the reply thread: a nearer deadline, or the pool closed.
     Wake,
+}
+
+/// What a pool does when the broker goes away.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Recovery {
+    /// How long the broker may stay unreachable before the tasks waiting on it fail.
+    pub(crate) reconnect_limit: Duration,
+    /// The pool's jobs run at most once: a job the broker lost, which may have run, fails.
+    pub(crate) at_most_once: bool,
 }
 
 /// Everything the pool's handles, tasks and two threads share.
@@ -96,6 +117,7 @@ pub(crate) struct Client {
     pub(crate) security: Security,
     pub(crate) broker: Broker,
     claim_ttl_ms: u64,
+    recovery: Recovery,
     table: Mutex<Table>,
     commands: Mutex<mpsc::Sender<Command>>,
     closed: AtomicBool,
@@ -124,6 +146,7 @@ impl Client {
         security: Security,
         broker: Broker,
         claim_ttl_ms: u64,
+        recovery: Recovery,
         metrics: Arc<PoolMetrics>,
     ) -> Result<Arc<Client>, String> {
         let submit_connection = broker.connect()?;
@@ -136,6 +159,7 @@ impl Client {
             security,
             broker,
             claim_ttl_ms,
+            recovery,
             table: Mutex::new(Table::default()),
             commands: Mutex::new(sender),
             closed: AtomicBool::new(false),
@@ -184,6 +208,7 @@ impl Client {
         timeout: Option<Duration>,
     ) {
         let deadline = timeout.map(|limit| (Instant::now() + limit, limit));
+        let job: Arc<[u8]> = job.into();
         let nearest = {
             let mut table = self.table();
             if self.closed.load(Ordering::Acquire) {
@@ -197,6 +222,8 @@ impl Client {
                 id,
                 Pending {
                     completion,
+                    job: job.clone(),
+                    entry: None,
                     deadline,
                     started: false,
                 },
@@ -336,7 +363,6 @@ impl Client {
                 }
             }
             let mut pipe = redis::pipe();
-            let mut withdrawals = Vec::new();
             for command in &batch {
                 match command {
                     Command::Submit { job, .. } => {
@@ -344,11 +370,9 @@ impl Client {
                             .arg(&jobs_key)
                             .arg("*")
                             .arg("job")
-                            .arg(job.as_slice())
-                            .ignore();
+                            .arg(&job[..]);
                     }
                     Command::Withdraw(id) => {
-                        withdrawals.push(*id);
                         pipe.cmd("SET")
                             .arg(self.keys.claim(&self.id, *id))
                             .arg("cancelled")
@@ -365,34 +389,77 @@ impl Client {
                     }
                 }
             }
-            let result = match &mut connection {
-                Some(open) => pipe
-                    .query::<Vec<Option<String>>>(open)
-                    .map_err(|err| self.broker.unreachable(&err)),
-                None => self.broker.connect().and_then(|mut open| {
-                    let result = pipe
-                        .query::<Vec<Option<String>>>(&mut open)
-                        .map_err(|err| self.broker.unreachable(&err));
-                    connection = Some(open);
-                    result
-                }),
-            };
-            match result {
-                Ok(previous) => {
-                    for (id, previous) in withdrawals.into_iter().zip(previous) {
-                        self.withdrawn(id, previous);
+            // A broker that went away takes the same batch again once it is back: a job
+            // written twice is run once (its claim refuses the second entry as a replay), and
+            // a withdrawal written twice finds its own claim.
+            let mut outage: Option<Outage> = None;
+            loop {
+                let result = match &mut connection {
+                    Some(open) => pipe
+                        .query::<Vec<Option<String>>>(open)
+                        .map_err(|err| self.broker.unreachable(&err)),
+                    None => self.broker.connect().and_then(|mut open| {
+                        let result = pipe
+                            .query::<Vec<Option<String>>>(&mut open)
+                            .map_err(|err| self.broker.unreachable(&err));
+                        connection = Some(open);
+                        result
+                    }),
+                };
+                match result {
+                    Ok(answers) => {
+                        self.written(&batch, answers);
+                        break;
                     }
-                }
-                Err(message) => {
-                    connection = None;
-                    self.fail_batch(&batch, &message);
+                    Err(message) => {
+                        connection = None;
+                        let outage = outage.get_or_insert_with(Outage::begin);
+                        if self.closed.load(Ordering::Acquire)
+                            || outage.exceeds(self.recovery.reconnect_limit)
+                        {
+                            let message = outage::gave_up(
+                                &self.broker.address,
+                                self.recovery.reconnect_limit,
+                                &message,
+                            );
+                            self.fail_batch(&batch, &message);
+                            break;
+                        }
+                        outage.wait();
+                    }
                 }
             }
         }
     }
 
-    /// The broker did not take a batch: its jobs fail, saying so. (A task awaiting a
-    /// withdrawal in it waits on: its job may run, or the reply thread finds the broker gone.)
+    /// The broker took a batch: notes each job's stream entry, and acts on the withdrawals.
+    /// `answers` has one answer per submission and withdrawal, in order.
+    fn written(&self, batch: &[Command], answers: Vec<Option<String>>) {
+        let mut answers = answers.into_iter();
+        let mut withdrawals = Vec::new();
+        {
+            let mut table = self.table();
+            for command in batch {
+                match command {
+                    Command::Submit { id, .. } => {
+                        let entry = answers.next().flatten();
+                        if let Some(pending) = table.pending.get_mut(id) {
+                            pending.entry = entry;
+                        }
+                    }
+                    Command::Withdraw(id) => withdrawals.push((*id, answers.next().flatten())),
+                    Command::Wake => {}
+                }
+            }
+        }
+        for (id, previous) in withdrawals {
+            self.withdrawn(id, previous);
+        }
+    }
+
+    /// The broker did not take a batch before the reconnect limit: its jobs fail, saying so.
+    /// (A task awaiting a withdrawal in it waits on: its job may run, or the reply thread
+    /// finds the broker gone.)
     fn fail_batch(&self, batch: &[Command], message: &str) {
         let message = format!("could not submit the task: {message}");
         let failed: Vec<Pending> = {
@@ -417,18 +484,34 @@ impl Client {
         // The connection's read timeout, set only when it changes (without task deadlines,
         // once per connection), not before each pop.
         let mut read_timeout = None;
-        let mut backoff = Duration::from_millis(50);
+        let mut outage: Option<Outage> = None;
         while !self.closed.load(Ordering::Acquire) {
             let Some(open) = &mut connection else {
-                match self.broker.connect() {
+                let _ = self.expire_overdue();
+                let down = outage.get_or_insert_with(Outage::begin);
+                let reconnected = self.broker.connect().and_then(|mut open| {
+                    // A broker that came back empty lost the fleet's key fingerprint too: it
+                    // is recorded again before a member with another key could record its own.
+                    fingerprint::join_fleet(&mut open, &self.broker, &self.keys, &self.security)?;
+                    self.recover(&mut open)
+                        .map_err(|err| self.broker.unreachable(&err))?;
+                    Ok(open)
+                });
+                match reconnected {
                     Ok(open) => {
                         connection = Some(open);
                         read_timeout = None;
-                        backoff = Duration::from_millis(50);
+                        outage = None;
                     }
-                    Err(_) => {
-                        std::thread::sleep(backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    Err(message) => {
+                        if down.exceeds(self.recovery.reconnect_limit) {
+                            self.fail_all(&outage::gave_up(
+                                &self.broker.address,
+                                self.recovery.reconnect_limit,
+                                &message,
+                            ));
+                        }
+                        down.wait();
                     }
                 }
                 continue;
@@ -458,20 +541,96 @@ impl Client {
                     }
                 }
                 Ok(None) => {}
-                Err(err) => {
-                    connection = None;
-                    let message = format!(
-                        "lost the connection to the redis broker at {} while the task was \
-                         pending ({err}); its outcome is unknown: submit it again if it is \
-                         idempotent",
-                        self.broker.address
-                    );
-                    self.fail_all(&message);
-                }
+                // The pending tasks wait on: reconnecting checks their jobs (`recover`).
+                Err(_) => connection = None,
             }
         }
         if let Some(open) = &mut connection {
             let _ = redis::cmd("DEL").arg(&self.reply_key).query::<()>(open);
+        }
+    }
+
+    /// After a reconnect: checks that each pending job the broker took is still there (its
+    /// stream entry, or its claim, which a worker sets before running it and which outlives
+    /// its reply), and submits again the jobs it lost, as a broker that came back empty or
+    /// from an older copy does. At most once, such a job may have run: its task fails.
+    ///
+    /// One transaction takes the replies waiting and checks every job, so that a job answered
+    /// meanwhile is seen with its reply: a job answered (its entry deleted, its claim set)
+    /// without a reply had it popped by a connection that broke before delivering it.
+    fn recover(&self, open: &mut redis::Connection) -> redis::RedisResult<()> {
+        let taken: Vec<(u64, String)> = self
+            .table()
+            .pending
+            .iter()
+            .filter_map(|(&id, pending)| Some((id, pending.entry.clone()?)))
+            .collect();
+        let jobs_key = self.keys.jobs();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("LRANGE").arg(&self.reply_key).arg(0).arg(-1);
+        pipe.cmd("DEL").arg(&self.reply_key).ignore();
+        for (id, entry) in &taken {
+            pipe.cmd("GET").arg(self.keys.claim(&self.id, *id));
+            pipe.cmd("XRANGE").arg(&jobs_key).arg(entry).arg(entry);
+        }
+        let found: Vec<redis::Value> = pipe.query(open)?;
+        let mut found = found.into_iter();
+        let replies: Replies = redis::from_redis_value(found.next().unwrap_or(redis::Value::Nil))?;
+        for bytes in replies.iter().filter(|bytes| !bytes.is_empty()) {
+            self.handle_reply(bytes);
+        }
+        let mut lost = Vec::new();
+        for (id, entry) in taken {
+            let claim: Option<String> =
+                redis::from_redis_value(found.next().unwrap_or(redis::Value::Nil))?;
+            let queued =
+                matches!(found.next(), Some(redis::Value::Array(items)) if !items.is_empty());
+            match (queued, claim.as_deref()) {
+                // Waiting, held by a worker, or being withdrawn.
+                (true, _) | (false, Some("cancelled")) => {}
+                (false, claim) => lost.push((id, entry, claim.is_some())),
+            }
+        }
+        for (id, entry, claimed) in lost {
+            if claimed && !self.recovery.at_most_once {
+                // Its claim would refuse the job written again as a replay.
+                redis::cmd("DEL")
+                    .arg(self.keys.claim(&self.id, id))
+                    .query::<()>(open)?;
+            }
+            self.lost(id, &entry);
+        }
+        Ok(())
+    }
+
+    /// The broker lost job `id`, last written as stream entry `entry`, or its reply.
+    fn lost(&self, id: u64, entry: &str) {
+        let mut table = self.table();
+        let Some(pending) = table.pending.get_mut(&id) else {
+            return;
+        };
+        if pending.entry.as_deref() != Some(entry) {
+            return; // written again meanwhile
+        }
+        if self.recovery.at_most_once {
+            let pending = table.remove(id);
+            drop(table);
+            if let Some(pending) = pending {
+                let message = format!(
+                    "the redis broker at {} lost the job or its reply while the task was \
+                     pending (it came back without its data, or the connection broke); a \
+                     worker may have run it, so its outcome is unknown, and at most once it is \
+                     not submitted again",
+                    self.broker.address
+                );
+                self.fail(pending, Error::new(ErrorKind::Remote(message)));
+            }
+        } else {
+            pending.entry = None;
+            let job = pending.job.clone();
+            drop(table);
+            self.send(Command::Submit { id, job });
         }
     }
 

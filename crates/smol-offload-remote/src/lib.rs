@@ -61,7 +61,7 @@ use smol_offload::Error;
 #[allow(unused_imports)]
 use smol_offload::{Executor, ProcessPool, Task, ThreadPool, init};
 
-// Imports flow one way: identity, security, keys, tls, sentinel, broker → fingerprint → settings → envelope → client → pool →
+// Imports flow one way: identity, security, keys, tls, sentinel, broker, outage → fingerprint → settings → envelope → client → pool →
 // answer_link → serve.
 mod answer_link;
 mod broker;
@@ -70,6 +70,7 @@ pub(crate) mod envelope;
 mod fingerprint;
 mod identity;
 mod keys;
+mod outage;
 mod pool;
 mod security;
 mod sentinel;
@@ -78,6 +79,7 @@ mod settings;
 mod sys;
 mod tls;
 
+pub use outage::DEFAULT_RECONNECT_LIMIT;
 pub use pool::{Delivery, FleetStats, RemotePool, RemotePoolBuilder};
 pub use serve::{RemoteWorker, serve};
 pub use settings::DEFAULT_QUEUE;

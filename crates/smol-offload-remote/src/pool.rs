@@ -9,13 +9,14 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::client::{Client, RemoteAssist};
+use crate::client::{Client, Recovery, RemoteAssist};
 use crate::codec;
 use crate::envelope::{JobContext, JobEnvelope, Signed};
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::executor::Executor;
 use crate::identity;
 use crate::metrics::{self, Kind, PoolMetrics};
+use crate::outage::DEFAULT_RECONNECT_LIMIT;
 use crate::panics::{self, Reporting};
 use crate::process_pool::raw::MAX_ARGUMENT;
 use crate::settings::{FleetSettings, OpenFleet};
@@ -59,7 +60,8 @@ pub enum Delivery {
 /// [`cancel`](crate::Task::cancel) asks the broker whether a worker
 /// claimed it first: if none did, the job never runs and the task is cancelled; if one did, it
 /// waits for the job's result, as for a started thread task. If the broker goes away, the
-/// pending tasks fail with an error saying so, and the pool reconnects for the next ones.
+/// pool reconnects and its tasks wait; they fail only if it stays unreachable past the
+/// [`reconnect_limit`](RemotePoolBuilder::reconnect_limit).
 ///
 /// # Examples
 ///
@@ -140,6 +142,7 @@ impl RemotePool {
             fleet: FleetSettings::new(url),
             timeout: None,
             delivery: Delivery::default(),
+            reconnect_limit: DEFAULT_RECONNECT_LIMIT,
         }
     }
 
@@ -305,6 +308,7 @@ pub struct RemotePoolBuilder {
     fleet: FleetSettings,
     timeout: Option<Duration>,
     delivery: Delivery,
+    reconnect_limit: Duration,
 }
 
 impl fmt::Debug for RemotePoolBuilder {
@@ -314,6 +318,7 @@ impl fmt::Debug for RemotePoolBuilder {
             .field("fleet", &self.fleet)
             .field("timeout", &self.timeout)
             .field("delivery", &self.delivery)
+            .field("reconnect_limit", &self.reconnect_limit)
             .finish_non_exhaustive()
     }
 }
@@ -392,6 +397,17 @@ impl RemotePoolBuilder {
         self
     }
 
+    /// How long the broker may stay unreachable before the tasks waiting on it fail (default
+    /// [`DEFAULT_RECONNECT_LIMIT`](crate::DEFAULT_RECONNECT_LIMIT), 30 s). Until then the
+    /// pool reconnects with backoff (50 ms doubling to 2 s) and its tasks wait; once back, it
+    /// submits again the jobs the broker lost (at most once: fails those that may have run).
+    /// Past the limit, the pending tasks fail with an error that says so, and so do the tasks
+    /// submitted while the broker stays down.
+    pub fn reconnect_limit(mut self, limit: Duration) -> RemotePoolBuilder {
+        self.reconnect_limit = limit;
+        self
+    }
+
     /// Trusts only the certificate authorities in the PEM file at `path` for the broker's
     /// `rediss://` certificate, instead of the system's roots (and of
     /// [`TLS_CA_VARIABLE`](crate::env::TLS_CA_VARIABLE)).
@@ -444,6 +460,10 @@ impl RemotePoolBuilder {
             broker,
             // The claim outlives the window in which a worker would accept the job.
             DEFAULT_REPLAY_WINDOW.as_millis() as u64 + 60_000,
+            Recovery {
+                reconnect_limit: self.reconnect_limit,
+                at_most_once: self.delivery == Delivery::AtMostOnce,
+            },
             PoolMetrics::new(&name, Kind::Remote),
         )
         .map_err(fail)?;

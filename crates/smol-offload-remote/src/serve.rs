@@ -18,8 +18,10 @@ use crate::envelope::{
     self, JobContext, JobEnvelope, Outcome, Refusal, ReplyEnvelope, Signed, VerifiedJob,
 };
 use crate::error::{BuildError, BuildErrorKind};
+use crate::fingerprint;
 use crate::identity;
 use crate::keys::{GROUP, Keys};
+use crate::outage::Outage;
 use crate::pool::DEFAULT_REPLAY_WINDOW;
 use crate::process_pool::ProcessPool;
 use crate::process_pool::raw::{Carried, RawReply};
@@ -248,10 +250,10 @@ impl RemoteWorker {
             name: identity::process_name(),
             window_ms: DEFAULT_REPLAY_WINDOW.as_millis() as u64,
             max_deliveries: self.max_deliveries,
-            visibility: self.visibility_timeout,
             capacity,
             log_tasks: std::env::var_os(crate::LOG_VARIABLE).is_some(),
             held: Mutex::new(HashSet::new()),
+            visibility: self.visibility_timeout,
         });
         shared.pull_loop(connection, &stop, self.visibility_timeout);
         Ok(())
@@ -374,11 +376,12 @@ struct Runner {
     /// How many jobs the worker holds at once: its processes times the prefetch.
     capacity: usize,
     log_tasks: bool,
-    /// How long a job may stay taken before another worker takes it over.
-    visibility: Duration,
     /// The stream entries this worker holds: it renews its claim on them at each heartbeat,
     /// so that no other worker takes over a job that is still running.
     held: Mutex<HashSet<String>>,
+    /// How long a job may go unrenewed before another worker takes it over; also how long a
+    /// batch of answers is retried on a broker that went away.
+    visibility: Duration,
 }
 
 impl Runner {
@@ -420,6 +423,7 @@ impl Runner {
         };
         let mut idle = self.capacity;
         let mut connection = Some(connection);
+        let mut outage: Option<Outage> = None;
         let mut last_claim = Instant::now() - visibility;
         let mut last_beat = Instant::now() - HEARTBEAT - visibility;
         let jobs_key = self.keys.jobs();
@@ -441,15 +445,31 @@ impl Runner {
                 idle += freed;
             }
             let Some(open) = &mut connection else {
-                match self.broker.connect() {
-                    Ok(mut open) => match ensure_group(&mut open, &self.keys) {
-                        Ok(()) => {
-                            let _ = open.set_read_timeout(Some(read_timeout));
-                            connection = Some(open);
+                // A broker that came back empty lost the group too: it is created again.
+                // A broker that came back empty lost the fleet's key fingerprint too: it is
+                // recorded again (or, if a member with another key got there first, this
+                // worker takes no job and says why).
+                let reconnected = self.broker.connect().and_then(|mut open| {
+                    ensure_group(&mut open, &self.keys)
+                        .map_err(|err| self.broker.unreachable(&err))?;
+                    fingerprint::join_fleet(&mut open, &self.broker, &self.keys, &self.security)?;
+                    Ok(open)
+                });
+                match reconnected {
+                    Ok(open) => {
+                        let _ = open.set_read_timeout(Some(read_timeout));
+                        connection = Some(open);
+                        if outage.take().is_some() {
+                            self.log("reconnected to the broker");
                         }
-                        Err(_) => std::thread::sleep(Duration::from_millis(200)),
-                    },
-                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                    }
+                    Err(err) => {
+                        let first = outage.is_none();
+                        if first {
+                            self.log(&format!("cannot rejoin the fleet yet: {err}"));
+                        }
+                        outage.get_or_insert_with(Outage::begin).wait()
+                    }
                 }
                 continue;
             };
@@ -1027,9 +1047,10 @@ impl Runner {
     /// Sends a batch of started notices and answers in one pipeline, without waiting for the
     /// broker's acknowledgement (see [`AnswerLink`]): the notices and the replies, one push per
     /// client, the refusals, and the acknowledgement and deletion of every answered entry. If
-    /// the broker went away, once more on a new connection; if that fails too, or the
-    /// connection breaks after sending, the entries stay pending and are taken over after the
-    /// visibility timeout (at least once).
+    /// the broker went away, again on a new connection, with backoff, until the visibility
+    /// timeout (by then the entries are taken over); if the connection breaks after sending,
+    /// the entries stay pending and are taken over after the visibility timeout (at least
+    /// once).
     fn write_answers(
         &self,
         connection: &mut AnswerLink,
@@ -1092,17 +1113,25 @@ impl Runner {
                 .ignore();
         }
         let log = |line: &str| self.log(line);
-        for attempt in 0..2 {
+        let mut outage: Option<Outage> = None;
+        loop {
             match connection.send(&self.broker, &pipe, &log) {
                 Ok(()) => return,
                 Err(err) => {
-                    if attempt == 1 {
+                    // Once at once, as a connection that broke since its last use is common.
+                    let Some(down) = &mut outage else {
+                        outage = Some(Outage::begin());
+                        continue;
+                    };
+                    if down.exceeds(self.visibility) {
                         self.log(&format!(
                             "lost the broker while answering {} jobs; they will be taken over \
                              after the visibility timeout: {err}",
                             answers.len()
                         ));
+                        return;
                     }
+                    down.wait();
                 }
             }
         }

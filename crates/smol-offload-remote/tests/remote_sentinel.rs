@@ -321,8 +321,6 @@ fn workers_follow_a_sentinel_failover_and_new_pools_reach_the_new_master() {
 }
 
 #[test]
-#[ignore = "needs pools to reconnect, and resubmit the jobs a failed-over broker lost, before \
-            failing a task"]
 fn no_task_is_lost_when_the_master_dies_mid_run() {
     if skip_without_redis_server() {
         return;

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Set to `1` to make a missing `redis-server` a failure instead of a skipped test (CI sets it).
@@ -40,66 +41,153 @@ pub(crate) fn skip_without_redis_server() -> bool {
 /// A private `redis-server`, killed when dropped.
 pub(crate) struct RedisServer {
     child: Child,
+    /// Its TCP port, or 0 when it listens on a Unix socket only.
     pub(crate) port: u16,
     /// Whether it speaks only TLS (its url is a `rediss://` one).
     tls: bool,
+    /// Everything it was started with, to start it again.
+    arguments: Vec<String>,
+    /// The directory of its socket and append-only file, for a durable one; removed when
+    /// dropped.
+    durable: Option<PathBuf>,
 }
 
 impl RedisServer {
     /// Starts one on a free port and returns once it accepts connections.
     pub(crate) fn start() -> RedisServer {
-        RedisServer::start_on(free_port())
+        RedisServer::start_with(&[])
     }
 
     /// Starts one on `port` (a restart on the port of one that was killed) and returns once it
     /// accepts connections.
     pub(crate) fn start_on(port: u16) -> RedisServer {
-        RedisServer::launch(&["--port", &port.to_string()], port, false)
+        let arguments = vec!["--port".to_owned(), port.to_string()];
+        RedisServer::launch(arguments, port, false, None).expect("the port is taken")
     }
 
     /// Starts one with `--port` on a free port and these further arguments, such as ACL
     /// users (`--user name on >password ~* &* +@all`).
     pub(crate) fn start_with(arguments: &[&str]) -> RedisServer {
-        let port = free_port();
-        let port_text = port.to_string();
-        let mut all = vec!["--port", &port_text];
-        all.extend_from_slice(arguments);
-        RedisServer::launch(&all, port, false)
+        on_a_free_port(|port| {
+            let mut all = vec!["--port".to_owned(), port.to_string()];
+            all.extend(arguments.iter().map(|argument| (*argument).to_owned()));
+            RedisServer::launch(all, port, false, None)
+        })
     }
 
     /// Starts one that speaks only TLS on a free port, with the certificate and key in these
     /// PEM files, and checking client certificates against `ca` when `verify_clients`.
     pub(crate) fn start_tls(
-        cert: &std::path::Path,
-        key: &std::path::Path,
-        ca: &std::path::Path,
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
         verify_clients: bool,
     ) -> RedisServer {
-        let port = free_port();
-        let path = |path: &std::path::Path| path.to_str().unwrap().to_owned();
-        let arguments = [
-            "--port".to_owned(),
-            "0".to_owned(),
-            "--tls-port".to_owned(),
-            port.to_string(),
-            "--tls-cert-file".to_owned(),
-            path(cert),
-            "--tls-key-file".to_owned(),
-            path(key),
-            "--tls-ca-cert-file".to_owned(),
-            path(ca),
-            "--tls-auth-clients".to_owned(),
-            if verify_clients { "yes" } else { "no" }.to_owned(),
-        ];
-        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        RedisServer::launch(&arguments, port, true)
+        let path = |path: &Path| path.to_str().unwrap().to_owned();
+        on_a_free_port(|port| {
+            let arguments = vec![
+                "--port".to_owned(),
+                "0".to_owned(),
+                "--tls-port".to_owned(),
+                port.to_string(),
+                "--tls-cert-file".to_owned(),
+                path(cert),
+                "--tls-key-file".to_owned(),
+                path(key),
+                "--tls-ca-cert-file".to_owned(),
+                path(ca),
+                "--tls-auth-clients".to_owned(),
+                if verify_clients { "yes" } else { "no" }.to_owned(),
+            ];
+            RedisServer::launch(arguments, port, true, None)
+        })
     }
 
-    fn launch(arguments: &[&str], port: u16, tls: bool) -> RedisServer {
+    /// Starts one on a Unix socket in a directory of its own, with an append-only file written
+    /// through at every command, that [`restart`](RedisServer::restart) can stop and start
+    /// again with or without its data. No TCP port: nothing to race other tests for.
+    pub(crate) fn start_durable(name: &str) -> RedisServer {
+        let dir =
+            std::env::temp_dir().join(format!("smol-offload-redis-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_text = dir.to_str().unwrap().to_owned();
+        let arguments = vec![
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--unixsocket".to_owned(),
+            format!("{dir_text}/redis.sock"),
+            "--dir".to_owned(),
+            dir_text,
+            "--appendonly".to_owned(),
+            "yes".to_owned(),
+            "--appendfsync".to_owned(),
+            "always".to_owned(),
+        ];
+        RedisServer::launch(arguments, 0, false, Some(dir)).expect("no port to take")
+    }
+
+    /// Stops a durable one with SIGTERM (it writes its append-only file as it shuts down),
+    /// waits for it to exit, then half a second later starts it again on the same socket: with its data when
+    /// `keep_data`, else empty.
+    pub(crate) fn restart(&mut self, keep_data: bool) {
+        let dir = self
+            .durable
+            .clone()
+            .expect("only a durable redis-server restarts");
+        self.stop();
+        // Down for half a second, as in a quick restart.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if !keep_data {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.file_name().is_some_and(|name| name != "redis.sock") {
+                    let _ = std::fs::remove_dir_all(&path);
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let restarted = RedisServer::launch(
+            self.arguments.clone(),
+            self.port,
+            self.tls,
+            Some(dir.clone()),
+        )
+        .expect("no port to take");
+        // The old value's directory is the new one's: only the process changes (and the old
+        // one, already reaped, is not signalled again).
+        let mut old = std::mem::replace(self, restarted);
+        old.durable = None;
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit.
+    pub(crate) fn stop(&mut self) {
+        if self.child.try_wait().is_ok_and(|status| status.is_some()) {
+            return; // stopped already: its pid may belong to another process now
+        }
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    /// Starts `redis-server` with `arguments`; `None` if its port was taken meanwhile.
+    fn launch(
+        arguments: Vec<String>,
+        port: u16,
+        tls: bool,
+        durable: Option<PathBuf>,
+    ) -> Option<RedisServer> {
+        let persistence: &[&str] = if durable.is_some() {
+            &["--save", ""]
+        } else {
+            &["--save", "", "--appendonly", "no"]
+        };
         let mut child = Command::new("redis-server")
-            .args(arguments)
+            .args(&arguments)
             .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(persistence)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -109,7 +197,12 @@ impl RedisServer {
         let mut ready = false;
         for line in lines.by_ref() {
             let line = line.unwrap();
-            if line.contains("Ready to accept connections") {
+            // "Ready to accept connections" on TCP; "... now ready to accept connections at
+            // <socket>" on a Unix socket.
+            if line
+                .to_ascii_lowercase()
+                .contains("ready to accept connections")
+            {
                 ready = true;
                 break;
             }
@@ -117,6 +210,12 @@ impl RedisServer {
         }
         if !ready {
             let status = child.wait().unwrap();
+            if log
+                .iter()
+                .any(|line| line.contains("Address already in use"))
+            {
+                return None;
+            }
             panic!(
                 "redis-server {arguments:?} exited ({status}):\n{}",
                 log.join("\n")
@@ -124,10 +223,19 @@ impl RedisServer {
         }
         // Keep draining its log so that it never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        RedisServer { child, port, tls }
+        Some(RedisServer {
+            child,
+            port,
+            tls,
+            arguments,
+            durable,
+        })
     }
 
     pub(crate) fn url(&self) -> String {
+        if let Some(dir) = &self.durable {
+            return format!("redis+unix://{}/redis.sock", dir.display());
+        }
         let scheme = if self.tls { "rediss" } else { "redis" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
@@ -141,7 +249,21 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.durable {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// Runs `launch` on free ports until one was still free when `redis-server` bound it: a
+/// port found free may be taken by a parallel test before `redis-server` starts.
+fn on_a_free_port(mut launch: impl FnMut(u16) -> Option<RedisServer>) -> RedisServer {
+    for _ in 0..20 {
+        if let Some(server) = launch(free_port()) {
+            return server;
+        }
+    }
+    panic!("redis-server found every free port taken, 20 times in a row");
 }
 
 fn free_port() -> u16 {
