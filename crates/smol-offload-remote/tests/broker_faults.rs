@@ -9,7 +9,7 @@ mod common;
 mod redis_server;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use common::{block_on, in_child};
@@ -45,19 +45,15 @@ fn start_workers(broker: &RedisServer, queue: &str, count: usize) -> Workers {
     Workers(
         (0..count)
             .map(|_| {
-                Command::new(&exe)
-                    .args([
-                        "--exact",
-                        "faults_worker_main",
-                        "--ignored",
-                        "--nocapture",
-                        "--test-threads=1",
-                    ])
-                    .env(WORKER_MARKER, broker.url())
-                    .env("TEST_QUEUE", queue)
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .unwrap()
+                common::worker_command(
+                    &exe,
+                    "faults_worker_main",
+                    WORKER_MARKER,
+                    &broker.url(),
+                    queue,
+                )
+                .spawn()
+                .unwrap()
             })
             .collect(),
     )

@@ -6,7 +6,7 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use common::{block_on, in_child};
@@ -64,20 +64,16 @@ fn worker_command(
     processes: usize,
     index: usize,
 ) -> Command {
-    let mut command = Command::new(exe);
+    let mut command = common::worker_command(
+        exe,
+        "remote_worker_main",
+        WORKER_MARKER,
+        &redis.url(),
+        queue,
+    );
     command
-        .args([
-            "--exact",
-            "remote_worker_main",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WORKER_MARKER, redis.url())
-        .env("TEST_QUEUE", queue)
         .env("TEST_PROCESSES", processes.to_string())
-        .env("TEST_WORKER_INDEX", index.to_string())
-        .stdout(Stdio::null());
+        .env("TEST_WORKER_INDEX", index.to_string());
     command
 }
 

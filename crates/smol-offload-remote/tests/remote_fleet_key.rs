@@ -7,7 +7,7 @@ mod common;
 #[path = "common/redis_server.rs"]
 mod redis_server;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -41,21 +41,18 @@ impl Drop for Workers {
 /// Starts this test binary again as a worker of `queue` with `key`, two processes holding up
 /// to eight jobs each.
 fn start_worker(redis: &RedisServer, queue: &str, key: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "fleet_key_worker_main",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WORKER_MARKER, redis.url())
-        .env("TEST_QUEUE", queue)
-        .env("TEST_KEY", key)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let exe = std::env::current_exe().unwrap();
+    common::worker_command(
+        &exe,
+        "fleet_key_worker_main",
+        WORKER_MARKER,
+        &redis.url(),
+        queue,
+    )
+    .env("TEST_KEY", key)
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
 }
 
 /// The body of every worker process: serve until killed.

@@ -212,17 +212,8 @@ impl Drop for Workers {
 
 /// Starts this test binary again as a worker of `queue` on `url`.
 fn start_worker(url: &str, queue: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "sentinel_worker_main",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WORKER_MARKER, url)
-        .env("TEST_QUEUE", queue)
-        .stdout(Stdio::null())
+    let exe = std::env::current_exe().unwrap();
+    common::worker_command(&exe, "sentinel_worker_main", WORKER_MARKER, url, queue)
         .stderr(Stdio::null())
         .spawn()
         .unwrap()

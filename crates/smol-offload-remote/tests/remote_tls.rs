@@ -8,7 +8,7 @@ mod common;
 mod redis_server;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
 use common::{block_on, in_child};
 use rcgen::{
@@ -139,21 +139,13 @@ impl Drop for Worker {
 /// Starts a worker of `url` with two processes on `queue`; its TLS files come from the
 /// environment variables in `tls`, as a deployed worker's would.
 fn start_worker(url: &str, queue: &str, tls: &[(&str, &Path)]) -> Worker {
-    let mut command = Command::new(std::env::current_exe().unwrap());
+    let exe = std::env::current_exe().unwrap();
+    let mut command =
+        common::worker_command(&exe, "remote_tls_worker_main", WORKER_MARKER, url, queue);
     command
-        .args([
-            "--exact",
-            "remote_tls_worker_main",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(WORKER_MARKER, url)
-        .env("TEST_QUEUE", queue)
         .env_remove(TLS_CA_VARIABLE)
         .env_remove(TLS_CERT_VARIABLE)
-        .env_remove(TLS_KEY_VARIABLE)
-        .stdout(Stdio::null());
+        .env_remove(TLS_KEY_VARIABLE);
     for (variable, path) in tls {
         command.env(variable, path);
     }
