@@ -775,7 +775,8 @@ impl Runner {
         }
         if let Some(why) = first_why {
             self.log(&format!(
-                "could not verify {} jobs ({why}): left for the queue's other workers; is this                  worker's key the fleet's?",
+                "could not verify {} jobs ({why}): left for the queue's other workers; is this \
+                 worker's key the fleet's?",
                 left.len()
             ));
             // Handed back at once: idle as long as the visibility timeout, without counting a
