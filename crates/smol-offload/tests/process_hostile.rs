@@ -13,7 +13,6 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use smol::prelude::*;
 use smol_offload::{Error, Executor, ProcessPool, gather};
 
 mod common;
@@ -36,13 +35,7 @@ fn start_fork_server() {
 
 /// `future`, or a panic after [`SHORT`].
 fn promptly<T>(what: &str, future: impl Future<Output = T>) -> T {
-    smol::block_on(
-        async {
-            smol::Timer::after(SHORT).await;
-            panic!("{what} took more than {SHORT:?}");
-        }
-        .or(future),
-    )
+    common::block_on_within(SHORT, what, future)
 }
 
 /// `f()` on another thread, or a panic after [`SHORT`].

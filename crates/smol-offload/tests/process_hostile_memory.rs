@@ -19,7 +19,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use smol::prelude::*;
 use smol_offload::{ByteBuf, Error, Executor, ProcessPool};
 
 mod common;
@@ -39,13 +38,7 @@ fn start_fork_server() {
 
 /// `future`, or a panic after [`SHORT`].
 fn promptly<T>(what: &str, future: impl Future<Output = T>) -> T {
-    smol::block_on(
-        async {
-            smol::Timer::after(SHORT).await;
-            panic!("{what} took more than {SHORT:?}");
-        }
-        .or(future),
-    )
+    common::block_on_within(SHORT, what, future)
 }
 
 /// Runs the child test `name` of this binary, which must pass (not be killed by a signal).

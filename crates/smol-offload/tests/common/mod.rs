@@ -38,6 +38,21 @@ pub(crate) fn block_on<T>(future: impl Future<Output = T>) -> T {
     smol::block_on(watched(future))
 }
 
+/// `smol::block_on(future)`, or a panic saying that `what` took more than `limit`.
+pub(crate) fn block_on_within<T>(
+    limit: std::time::Duration,
+    what: &str,
+    future: impl Future<Output = T>,
+) -> T {
+    smol::block_on(
+        async {
+            smol::Timer::after(limit).await;
+            panic!("{what} took more than {limit:?}");
+        }
+        .or(future),
+    )
+}
+
 /// A gate that blocked workers wait on: `recv_blocking` returns once the sender is dropped,
 /// also when the test fails and unwinds, so no worker stays blocked.
 pub(crate) fn gate() -> (async_channel::Sender<()>, async_channel::Receiver<()>) {
