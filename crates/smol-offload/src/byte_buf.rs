@@ -107,9 +107,10 @@ thread_local! {
 }
 
 /// Runs `f`, a decoding from `mapping`'s bytes, so that the `ByteBuf`s it decodes can read
-/// them in place.
-pub(crate) fn with_backing<T>(mapping: Option<&Arc<Backing>>, f: impl FnOnce() -> T) -> T {
-    let outer = BACKING.replace(mapping.cloned());
+/// them in place. A payload that is not in shared memory needs none: a `ByteBuf` checks that
+/// its bytes lie in the mapping before it reads them in place.
+pub(crate) fn with_backing<T>(mapping: &Arc<Backing>, f: impl FnOnce() -> T) -> T {
+    let outer = BACKING.replace(Some(mapping.clone()));
     let result = f();
     BACKING.set(outer);
     result
@@ -310,7 +311,7 @@ mod tests {
         let mapping = Arc::new(Backing::Sealed(
             SealedMapping::new(fd, bytes.len()).unwrap(),
         ));
-        let (big_back, small_back): (ByteBuf, ByteBuf) = with_backing(Some(&mapping), || {
+        let (big_back, small_back): (ByteBuf, ByteBuf) = with_backing(&mapping, || {
             crate::codec::decode(mapping.as_slice()).unwrap()
         });
         assert!(big_back.is_shared(), "read in place");

@@ -310,7 +310,7 @@ pub use crate::error::{BuildError, Error};
 pub use crate::executor::Executor;
 pub use crate::loop_thread::LoopThread;
 pub use crate::panics::leave_panic_hook_alone;
-pub use crate::process_pool::assist::Ready;
+pub use crate::process_pool::Ready;
 pub use crate::process_pool::server::init;
 pub use crate::process_pool::{ProcessPool, ProcessPoolBuilder};
 pub use crate::stats::PoolStats;

@@ -59,3 +59,53 @@ pub mod sys {
 pub mod task {
     pub use crate::task::{Assist, Promise, Task, pair, timed_pair};
 }
+
+// Whether remote workers have the code an [`ErasedCall`] names, checked by the remote pool's
+// `run`: a remote worker has only the executable, which its build identity hashes.
+impl crate::sys::ErasedCall {
+    /// Why a remote worker could not run this call, if it could not: a job names code by its
+    /// offset from a static of the executable, and the build identity covers the executable
+    /// only, so the function, its trampoline and that static must all lie in the executable,
+    /// not in a shared library (a `dylib` crate, `-C prefer-dynamic`, `dlopen`). Cheap when
+    /// they do.
+    pub fn remote_refusal(self) -> Option<String> {
+        let executable = crate::sys::executable_span();
+        let anchor = crate::sys::anchor_address() as usize;
+        if executable.contains(&anchor)
+            && self.parts().iter().all(|(_, at)| executable.contains(at))
+        {
+            return None;
+        }
+        self.remote_refusal_in(&crate::sys::LoadedCode::now())
+    }
+
+    /// [`remote_refusal`](ErasedCall::remote_refusal), with `now` loaded now.
+    #[cold]
+    fn remote_refusal_in(self, now: &crate::sys::LoadedCode) -> Option<String> {
+        let anchor = (
+            "smol-offload itself (whose static the job's offsets start from)",
+            crate::sys::anchor_address() as usize,
+        );
+        for (what, address) in std::iter::once(anchor).chain(self.parts()) {
+            match now.containing(address) {
+                Some(object) if now.is_executable(object) => {}
+                Some(object) => {
+                    return Some(format!(
+                        "cannot run the task on remote workers: {what} lies in the shared \
+                         library {}, and a job can name only code of the executable, whose \
+                         SHA-256 the workers check; link that code into the executable (no \
+                         dylib crate, no -C prefer-dynamic)",
+                        object.path
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "cannot run the task on remote workers: {what} at {address:#x} lies in \
+                         no loaded object"
+                    ));
+                }
+            }
+        }
+        None
+    }
+}

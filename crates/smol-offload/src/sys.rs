@@ -953,6 +953,19 @@ where
 }
 
 impl ErasedCall {
+    /// The two addresses of the call, each with what it is, for messages.
+    pub(crate) fn parts(self) -> [(&'static str, usize); 2] {
+        let [trampoline, function] = self.to_wire();
+        [
+            (
+                "the function's trampoline (the code that decodes its argument, compiled into \
+                 the crate that called `run`)",
+                trampoline as usize,
+            ),
+            ("the function", function as usize),
+        ]
+    }
+
     /// The two words that cross the socket: the trampoline's address, then the function's.
     pub(crate) fn to_wire(self) -> [u64; 2] {
         [self.trampoline, self.function]

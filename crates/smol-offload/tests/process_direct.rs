@@ -75,10 +75,13 @@ fn an_unpolled_task_does_not_keep_its_worker_from_queued_work() {
     let pool = ProcessPool::new(1).unwrap();
     let worker = pool.pids()[0];
     block_on(pool.run(square, 2)).unwrap();
+    // Asleep in the same place, without waking, across 20 ms: waiting for a request, not in a
+    // passing sleep on the way back to it (a loaded machine shows those).
     let mut idle = Sleep::of(worker);
     eventually("the worker waits for a request", || {
         idle = Sleep::of(worker);
-        idle.wchan.is_some()
+        std::thread::sleep(Duration::from_millis(20));
+        idle.wchan.is_some() && Sleep::of(worker) == idle
     });
     let first = pool.run(square, 3);
     // The reply waits in the socket, unread: nobody polls `first`.

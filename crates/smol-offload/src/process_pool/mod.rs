@@ -1,9 +1,7 @@
 //! [`ProcessPool`]: a fixed number of forked worker processes behind the same [`Executor`].
 
 // Imports flow one way, each module using only those listed above it:
-// out_of_line → wire → worker → job → server → worker_link → loan → shared → assist → dying →
-// dispatcher.
-pub(crate) mod assist;
+// out_of_line → wire → worker → job → server → worker_link → shared → dying → dispatcher.
 mod dispatcher;
 mod dying;
 mod job;
@@ -16,25 +14,26 @@ mod worker;
 mod worker_link;
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::byte_buf;
 use crate::codec;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind, worker_count};
 use crate::executor::Executor;
-use crate::panics::{self, Reporting};
+use crate::panics::{self, Caught, Reporting};
 use crate::stats::PoolStats;
-use crate::sys;
-use crate::task::{self, Task};
-use assist::{LoanAssist, Ready, RoomAssist};
+use crate::sys::{self, CallStatus, ErasedCall, LoadedCode};
+use crate::task::{self, Promise, Task};
 use dispatcher::Dispatcher;
-use job::Job;
-use shared::{Initializer, Placed, PoolOptions, Shared};
-use wire::CallOptions;
-use wire::Carried;
+use job::{Completion, Job};
+pub use shared::Ready;
+use shared::{Initializer, LoanAssist, Placed, PoolOptions, RoomAssist, Shared};
+use wire::{CallOptions, Carried, Payload, Reply};
 
 /// A pool of a fixed number of worker processes, the counterpart of Python's
 /// `ProcessPoolExecutor(max_workers=n)`, behind the same [`Executor`] as
@@ -307,6 +306,131 @@ fn encode_argument<A: Serialize>(arg: &A) -> Result<Vec<u8>, Error> {
         }
         Ok(Err(err)) => Err(Error::codec(STAGE, err.message, err.source)),
         Err(caught) => Err(Error::from_caught(caught)),
+    }
+}
+
+/// The typed end of a process task: decodes the worker's reply into the task's result. Below
+/// `run` and this, jobs travel as bytes.
+impl<R: DeserializeOwned + Send> Completion for Promise<R> {
+    fn start(&self) -> bool {
+        Promise::start(self)
+    }
+
+    fn is_abandoned(&self) -> bool {
+        Promise::is_abandoned(self)
+    }
+
+    fn is_cancelled(&self) -> bool {
+        Promise::is_cancelled(self)
+    }
+
+    fn finish(self: Box<Self>, reply: Reply) {
+        let text = || String::from_utf8_lossy(&reply.payload.as_slice()).into_owned();
+        let result = match reply.status {
+            // The user's `Deserialize` runs here, on the dispatcher or the awaiting thread: its
+            // panic is the task's.
+            CallStatus::Returned => panics::catch(Reporting::Chain, || {
+                let decoded = match &reply.payload {
+                    // Read as it is decoded, its memory given back as it goes.
+                    Payload::Stream(stream) => codec::decode_stream(stream.reader(), stream.len()),
+                    Payload::Inline(bytes) => codec::decode(bytes),
+                    // A `ByteBuf` in a result that came through shared memory reads it in place.
+                    Payload::Shared(mapping) => {
+                        byte_buf::with_backing(mapping, || codec::decode(mapping.as_slice()))
+                    }
+                };
+                decoded
+                    .map_err(|err| Error::codec("deserialize the result", err.message, err.source))
+            })
+            .unwrap_or_else(|caught| Err(Error::from_caught(caught))),
+            CallStatus::Panicked => Err(match codec::decode::<Caught>(&reply.payload.as_slice()) {
+                Ok(caught) => Error::from_caught(caught),
+                Err(_) => Error::new(ErrorKind::Panic(text())),
+            }),
+            CallStatus::BadArgument => Err(Error::codec(
+                "deserialize the argument in the worker",
+                text(),
+                None,
+            )),
+            CallStatus::BadResult => Err(Error::codec(
+                "serialize the result in the worker",
+                text(),
+                None,
+            )),
+        };
+        // An unread value (its task was dropped) is dropped here, and its destructor may panic.
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(move || self.complete(result)));
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        self.complete(Err(error));
+    }
+}
+
+// Whether forked workers have the code an [`ErasedCall`] names, checked by `run` (and by `build`
+// for an initializer) before any worker is sent to an address: a forked worker has the code
+// loaded when the fork server was forked. The loaded objects are listed by `sys::LoadedCode`.
+impl ErasedCall {
+    /// Why a worker forked from the fork server could not run this call, if it could not: an
+    /// address that lies in a shared library loaded after the server was forked (`dlopen`), or
+    /// in no loaded object, is not that code in a worker, which would jump to whatever is there.
+    /// Cheap when both addresses lie in the executable, as they do unless code is loaded
+    /// dynamically.
+    pub(crate) fn refusal_in_workers(self) -> Option<String> {
+        let executable = sys::executable_span();
+        if self.parts().iter().all(|(_, at)| executable.contains(at)) {
+            return None;
+        }
+        self.refusal_against(sys::code_of_workers(), &LoadedCode::now())
+    }
+
+    /// [`refusal_in_workers`](ErasedCall::refusal_in_workers) for workers forked when the code
+    /// loaded was `at_fork` (none: no worker was ever forked), with `now` loaded now.
+    #[cold]
+    pub(crate) fn refusal_against(
+        self,
+        at_fork: Option<&LoadedCode>,
+        now: &LoadedCode,
+    ) -> Option<String> {
+        for (what, address) in self.parts() {
+            let Some(object) = now.containing(address) else {
+                return Some(format!(
+                    "cannot run the task in a worker process: {what} at {address:#x} lies in no \
+                     loaded object"
+                ));
+            };
+            if now.is_executable(object) {
+                continue;
+            }
+            let forked_with = at_fork.and_then(|code| {
+                code.objects
+                    .iter()
+                    .find(|old| old.path == object.path && old.base == object.base)
+                    .map(|_| code.unloaded)
+            });
+            let path = &object.path;
+            match forked_with {
+                Some(unloaded) if unloaded == now.unloaded => continue,
+                Some(_) => {
+                    return Some(format!(
+                        "cannot run the task in a worker process: {what} lies in the shared \
+                         library {path}, and a library was unloaded since the fork server \
+                         started, so this one may not be the code that the workers have at \
+                         that address; run the function on a ThreadPool, or keep libraries \
+                         loaded"
+                    ));
+                }
+                None => {
+                    return Some(format!(
+                        "cannot run the task in a worker process: {what} lies in the shared \
+                         library {path}, loaded (or reloaded) after the fork server started, so the workers \
+                         (forked from that server) do not have it; load the library before \
+                         smol_offload::init(), or run the function on a ThreadPool"
+                    ));
+                }
+            }
+        }
+        None
     }
 }
 

@@ -1,5 +1,7 @@
-//! [`Shared`]: what a pool's handles, its loans and its dispatcher share, and the submit path
-//! that runs on the callers' threads.
+//! [`Shared`]: what a pool's handles, its loans and its dispatcher share, and what runs on the
+//! callers' threads: the submit path, and the [`Assist`]s of a task (the work its awaiting side
+//! does itself when polled): [`LoanAssist`] reads the reply of a worker lent to the task;
+//! [`RoomAssist`] (and [`Ready`]) wait for room in a full queue.
 //!
 //! A job submitted while nothing is queued and a worker is idle goes straight to that worker
 //! (the worker is *lent* to the job's task, see [`Loan`](super::worker_link::Loan)); otherwise it waits in
@@ -26,23 +28,42 @@
 //! every pool of the process, taken only to fork or reap a worker (by the dispatcher, or by
 //! `build` on the caller's thread) and never under any of the locks above. A reap is asked for
 //! only once the worker has exited, so that lock is never held while a worker runs.
+//!
+//! # Backpressure
+//!
+//! With [`queue_limit`](super::ProcessPoolBuilder::queue_limit), at most that
+//! many jobs wait in the pool's queue.
+//!
+//! [`Executor::run`](crate::Executor::run) stays synchronous. A job submitted while the queue
+//! is full is not queued: its task holds it, as a [`RoomAssist`], and puts it in the queue
+//! itself when it is polled and there is room (or sends it straight to a worker that is idle
+//! by then). Until then the task has not started, and dropping it drops the job. A producer
+//! that awaits [`Ready`] (`ProcessPool::ready`) before each `run` never holds more than one job
+//! outside the queue, so the pool's memory stays flat however fast it submits.
+//!
+//! A task detached while it waits for room cannot be polled any more: its job goes to an
+//! overflow list that moves into the queue, in order, as room frees. Only detached tasks grow
+//! that list.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::task::Waker;
+use std::task::{Context, Poll, Waker};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line;
-use crate::process_pool::worker_link::Loan;
 use crate::process_pool::worker_link::WorkerLink;
+use crate::process_pool::worker_link::{Loan, LoanRead};
 use crate::stats::{self, Counters, Kind, PoolMetrics};
-use crate::task::Abandon;
+use crate::task::{Abandon, Assist};
 
 /// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
@@ -569,6 +590,172 @@ pub(crate) struct Initializer {
     pub(crate) arg: Vec<u8>,
 }
 
+/// The [`Assist`] of a task whose job waits for room in a full queue.
+pub(crate) struct RoomAssist {
+    shared: Arc<Shared>,
+    /// The id this task waits for room under.
+    waiter: u64,
+    state: Mutex<Waiting>,
+}
+
+enum Waiting {
+    /// The job, not submitted yet, and the waker given last: called without one (from
+    /// `is_finished`), the task waits for room with that one.
+    Job(Job, Option<Waker>),
+    /// The job went straight to an idle worker: this task reads its reply.
+    Lent(LoanAssist),
+    /// The job is queued, or failed: the pool completes the task.
+    Placed,
+}
+
+impl RoomAssist {
+    pub(crate) fn new(shared: Arc<Shared>, job: Job) -> RoomAssist {
+        RoomAssist {
+            waiter: shared.new_waiter(),
+            shared,
+            state: Mutex::new(Waiting::Job(job, None)),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Assist for RoomAssist {
+    fn assist(&self, waker: Option<&Waker>) {
+        let mut state = self.state();
+        if let Waiting::Job(..) = &*state {
+            let Waiting::Job(job, mut last) = std::mem::replace(&mut *state, Waiting::Placed)
+            else {
+                unreachable!("matched just above");
+            };
+            if let Some(waker) = waker
+                && !last.as_ref().is_some_and(|old| old.will_wake(waker))
+            {
+                last = Some(waker.clone());
+            }
+            let waiter = last.as_ref().map(|waker| (self.waiter, waker));
+            match self.shared.submit_or_wait(job, waiter) {
+                Ok(Placed::Full(job)) => *state = Waiting::Job(job, last),
+                Ok(Placed::Queued) => {}
+                Ok(Placed::Lent(loan)) => {
+                    let lent = LoanAssist {
+                        loan,
+                        shared: self.shared.clone(),
+                    };
+                    // The loan reads the reply with the waker this task was last given: called
+                    // from `is_finished`, `waker` is none.
+                    lent.assist(last.as_ref());
+                    *state = Waiting::Lent(lent);
+                }
+                Err(refused) => refused.completion.fail(self.shared.refusal()),
+            }
+            return;
+        }
+        if let Waiting::Lent(lent) = &*state {
+            lent.assist(waker);
+        }
+    }
+}
+
+impl Drop for RoomAssist {
+    /// The task was dropped, detached, or returned its result. A job still waiting for room
+    /// is dropped with a dropped task, and goes to the overflow with a detached one.
+    fn drop(&mut self) {
+        self.shared.forget_waiter(self.waiter);
+        let state = std::mem::replace(&mut *self.state(), Waiting::Placed);
+        if let Waiting::Job(job, _) = state
+            && !job.completion.is_cancelled()
+        {
+            self.shared.push_overflow(job);
+        }
+    }
+}
+
+/// The future of [`ProcessPool::ready`](super::ProcessPool::ready): resolves once the pool's
+/// queue has room.
+#[must_use = "futures do nothing unless awaited"]
+pub struct Ready {
+    shared: Arc<Shared>,
+    waiter: u64,
+}
+
+impl Ready {
+    pub(crate) fn new(shared: Arc<Shared>) -> Ready {
+        Ready {
+            waiter: shared.new_waiter(),
+            shared,
+        }
+    }
+}
+
+impl Future for Ready {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shared.has_room(self.waiter, cx.waker()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.shared.forget_waiter(self.waiter);
+    }
+}
+
+impl fmt::Debug for Ready {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ready").finish_non_exhaustive()
+    }
+}
+
+/// The [`Assist`] of a task on loan: reads the worker's reply on the awaiting thread.
+pub(crate) struct LoanAssist {
+    pub(crate) loan: Arc<Loan>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Assist for LoanAssist {
+    fn assist(&self, waker: Option<&Waker>) {
+        let done = {
+            let mut loan = self.loan.lock();
+            match loan.read_reply(waker) {
+                LoanRead::Pending | LoanRead::Gone => None,
+                LoanRead::Over(done) => {
+                    // Given back under the loan's lock, so that the dispatcher always knows
+                    // where the worker is.
+                    let worker = loan.take().expect("the worker is on loan");
+                    self.shared.give_back(&self.loan, worker);
+                    done
+                }
+            }
+        };
+        // The result is delivered once the loan's lock is released: delivering runs the user's
+        // `Deserialize` and wakes the task, and neither should run under the lock.
+        if let Some((job, reply)) = done {
+            self.shared.counters.completed();
+            job.completion.finish(reply);
+        }
+    }
+}
+
+impl Drop for LoanAssist {
+    /// The task returned its result, or was dropped or detached: if the worker is still on
+    /// loan, the dispatcher takes it back and completes the promise.
+    fn drop(&mut self) {
+        let mut loan = self.loan.lock();
+        loan.forget_waker();
+        if let Some(worker) = loan.take() {
+            self.shared.give_back(&self.loan, worker);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The submit and give-back paths, with a socket pair standing in for each worker.
@@ -577,7 +764,6 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::process_pool::assist::LoanAssist;
     use crate::process_pool::job::Completion;
     use crate::process_pool::server::Spawned;
     use crate::process_pool::wire::CallOptions;
@@ -717,7 +903,7 @@ mod tests {
         lent(shared.submit(big).unwrap());
         // The submitting thread sent a short frame with a memfd attached, and did not wake the
         // dispatcher.
-        let mut input = out_of_line::FdReader::blocking(&worker_end);
+        let mut input = wire::FdReader::blocking(&worker_end);
         let mut buffer = Vec::new();
         let request = wire::read_request(&mut input, &mut buffer)
             .unwrap()
@@ -889,7 +1075,7 @@ mod tests {
         if retained {
             wire::retain_request_arena(&mut reply);
         }
-        out_of_line::send_all(worker_end, &reply).unwrap();
+        wire::send_all(worker_end, &reply).unwrap();
     }
 
     #[test]
@@ -901,7 +1087,7 @@ mod tests {
             job.arg = vec![name.as_bytes()[0]; out_of_line::THRESHOLD + 1];
             job
         };
-        let mut input = out_of_line::FdReader::blocking(&worker_end);
+        let mut input = wire::FdReader::blocking(&worker_end);
         let mut buffer = Vec::new();
         // Where each request's argument went: (in the arena, with a new arena, sealed).
         let mut next_request = |link: &mut WorkerLink, name| {
@@ -1028,7 +1214,7 @@ mod tests {
         reply.extend_from_slice(big.as_bytes());
         wire::finish_reply(&mut reply, CallStatus::Returned);
         let fd = wire::share_reply_payload(&mut reply).expect("a shared payload");
-        out_of_line::send_with_fd(&worker_end, &reply, fd.as_fd()).unwrap();
+        wire::send_with_fd(&worker_end, &reply, fd.as_fd()).unwrap();
         // The awaiting thread maps and delivers it: the dispatcher is not woken.
         assist.assist(None);
         assert_eq!(

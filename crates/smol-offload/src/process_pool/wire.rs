@@ -1,5 +1,6 @@
-//! What crosses the sockets: length-prefixed frames between the parent and a worker, and small
-//! postcard messages between the parent and the fork server.
+//! What crosses the sockets: length-prefixed frames between the parent and a worker, small
+//! postcard messages between the parent and the fork server, and the socket I/O that carries
+//! them with the descriptors they need ([`FdReader`], [`send_all`], [`send_with_fd`]).
 //!
 //! A request frame is `len: u32 | id: u64 | flags: u8 | trampoline: u64 | function: u64 |
 //! argument`, a reply frame is `len: u32 | id: u64 | status: u8 | payload`, all little-endian,
@@ -23,19 +24,20 @@
 //! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
 //! reading the parent's request arena, which the parent must never write again.
 
-use std::io::{self, Read};
-
-use serde::{Deserialize, Serialize};
-
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
+use std::io::{self, IoSlice, IoSliceMut, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 #[cfg(feature = "tracing")]
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+use serde::{Deserialize, Serialize};
+
 use crate::byte_buf::Backing;
-use crate::process_pool::out_of_line::{self, InArena, MAX_WAITING_FDS, StreamPayload};
-use crate::sys::{CallStatus, ErasedCall, SealedMapping};
+use crate::process_pool::out_of_line::{self, InArena, StreamPayload};
+use crate::sys::{self, CallStatus, ErasedCall, SealedMapping};
 
 const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
 /// Request flag: print the call's panic in the worker as it happens.
@@ -413,14 +415,6 @@ impl Payload {
             Payload::Stream(stream) => stream.read_all().unwrap_or_default().into(),
         }
     }
-
-    /// The shared memory the payload is in, if it is.
-    pub(crate) fn mapping(&self) -> Option<&Arc<Backing>> {
-        match self {
-            Payload::Inline(_) | Payload::Stream(_) => None,
-            Payload::Shared(mapping) => Some(mapping),
-        }
-    }
 }
 
 impl PartialEq for Payload {
@@ -730,6 +724,109 @@ pub(crate) enum ServerReply {
     Killed { pid: u32, signal: i32 },
     /// The request failed with this OS error.
     Failed { errno: i32 },
+}
+
+// The socket I/O of frames: every frame is written whole, and its descriptor, if any, goes
+// with its bytes.
+
+/// The most descriptors a reader keeps before frames claim them: more means a broken or
+/// hostile peer. A worker may legitimately have sent one shared reply for each of the tasks
+/// sent ahead to it (at most 16) by the time the parent reads them all at once.
+pub(crate) const MAX_WAITING_FDS: usize = 32;
+
+/// Reads a socket like `read`, keeping the descriptors that arrive with the bytes, in order.
+pub(crate) struct FdReader<'a> {
+    socket: &'a UnixStream,
+    flags: MsgFlags,
+    space: Vec<u8>,
+    /// Descriptors received and not yet claimed by a frame, oldest first.
+    pub(crate) fds: VecDeque<OwnedFd>,
+    /// Set when more than [`MAX_WAITING_FDS`] arrived: the extra ones were closed at once, so
+    /// that a hostile peer cannot fill this process's descriptor table.
+    pub(crate) overflowed: bool,
+}
+
+impl<'a> FdReader<'a> {
+    /// A reader that waits for bytes (the worker's).
+    pub(crate) fn blocking(socket: &'a UnixStream) -> FdReader<'a> {
+        FdReader::new(socket, MsgFlags::empty())
+    }
+
+    /// A reader that returns `WouldBlock` when the socket is empty (the parent's).
+    pub(crate) fn available(socket: &'a UnixStream) -> FdReader<'a> {
+        FdReader::new(socket, MsgFlags::MSG_DONTWAIT)
+    }
+
+    fn new(socket: &'a UnixStream, flags: MsgFlags) -> FdReader<'a> {
+        FdReader {
+            socket,
+            flags: flags | MsgFlags::MSG_CMSG_CLOEXEC,
+            space: nix::cmsg_space!([RawFd; MAX_WAITING_FDS]),
+            fds: VecDeque::new(),
+            overflowed: false,
+        }
+    }
+}
+
+impl Read for FdReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut iov = [IoSliceMut::new(buf)];
+        let message = recvmsg::<()>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut self.space),
+            self.flags,
+        )?;
+        for cmsg in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for fd in fds.into_iter().map(sys::own_received_fd) {
+                    if self.fds.len() < MAX_WAITING_FDS {
+                        self.fds.push_back(fd);
+                    } else {
+                        self.overflowed = true;
+                    }
+                }
+            }
+        }
+        Ok(message.bytes)
+    }
+}
+
+/// Sends `bytes` with `fd` attached to them, blocking until the socket took them all.
+pub(crate) fn send_with_fd(
+    socket: &UnixStream,
+    bytes: &[u8],
+    fd: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let fds = [fd.as_raw_fd()];
+    let sent = loop {
+        match sendmsg::<()>(
+            socket.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(0) if !bytes.is_empty() => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(sent) => break sent,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    };
+    send_all(socket, &bytes[sent..])
+}
+
+/// Sends `bytes`, blocking until the socket took them all.
+pub(crate) fn send_all(socket: &UnixStream, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::sys::socket::send(socket.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -52,7 +52,8 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
 /// (its shared argument's memfd is still taken off the queue, to keep the others in order).
 fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> io::Result<()> {
     use crate::byte_buf::Backing;
-    use crate::process_pool::out_of_line::{self, FdReader, OutArena};
+    use crate::process_pool::out_of_line::{self, OutArena};
+    use crate::process_pool::wire::FdReader;
     use crate::process_pool::wire::{self, OutOfLine};
     use std::io::BufReader;
     use std::os::fd::AsFd;
@@ -125,10 +126,11 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             Reporting::Quiet
         };
         // With the `tracing` feature, the task's records carry its id and where it came from.
-        let status = crate::process_pool::wire::in_span(request.context, || {
-            crate::byte_buf::with_backing(backing.as_ref(), || {
-                call.invoke(reporting, arg, &mut reply)
-            })
+        let mut invoke = || call.invoke(reporting, arg, &mut reply);
+        let status = wire::in_span(request.context, || match &backing {
+            // A `ByteBuf` of an argument in shared memory reads it in place.
+            Some(backing) => crate::byte_buf::with_backing(backing, invoke),
+            None => invoke(),
         });
         drop(backing);
         wire::finish_reply(&mut reply, status);
@@ -156,8 +158,8 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             let new = new_arena.is_some();
             wire::move_reply_payload(&mut reply, OutOfLine::Arena { new });
             match new_arena {
-                Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
-                None => out_of_line::send_all(stream, &reply)?,
+                Some(fd) => wire::send_with_fd(stream, &reply, fd.as_fd())?,
+                None => wire::send_all(stream, &reply)?,
             }
             continue;
         }
@@ -174,8 +176,8 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             wire::share_reply_payload(&mut reply)
         };
         match shared {
-            Some(fd) => out_of_line::send_with_fd(stream, &reply, fd.as_fd())?,
-            None => out_of_line::send_all(stream, &reply)?,
+            Some(fd) => wire::send_with_fd(stream, &reply, fd.as_fd())?,
+            None => wire::send_all(stream, &reply)?,
         }
     }
     Ok(())

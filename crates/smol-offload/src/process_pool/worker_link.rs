@@ -18,8 +18,9 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags};
 
 use crate::process_pool::job::Job;
-use crate::process_pool::out_of_line::{self, FdReader, OutArena};
+use crate::process_pool::out_of_line::{self, OutArena};
 use crate::process_pool::server::Spawned;
+use crate::process_pool::wire::FdReader;
 use crate::process_pool::wire::{self, Malformed, OutOfLine, Reply, ReplyReader};
 use crate::process_pool::worker::Claims;
 use crate::sys::{self, CallStatus, ErasedCall};
@@ -220,16 +221,15 @@ impl WorkerLink {
         let mut result = Ok(());
         for (frame, fd) in self.attached.drain(..) {
             let (start, end) = (frame.start, frame.end);
-            result = out_of_line::send_all(stream, &self.outbox[sent..start]).and_then(|()| {
-                out_of_line::send_with_fd(stream, &self.outbox[start..end], fd.as_fd())
-            });
+            result = wire::send_all(stream, &self.outbox[sent..start])
+                .and_then(|()| wire::send_with_fd(stream, &self.outbox[start..end], fd.as_fd()));
             if result.is_err() {
                 break;
             }
             sent = end;
         }
         if result.is_ok() {
-            result = out_of_line::send_all(stream, &self.outbox[sent..]);
+            result = wire::send_all(stream, &self.outbox[sent..]);
         }
         self.outbox.clear();
         self.attached.clear();
@@ -411,7 +411,7 @@ impl WorkerLink {
 // A task submitted while a worker is idle and nothing is queued skips the dispatcher: the
 // submitting thread writes the request to the idle worker itself, and the task reads the
 // reply on the thread that awaits it, sleeping on the worker's socket through the smol
-// reactor (see [`LoanAssist`](super::assist::LoanAssist)). A lone call then costs what a bare pipe
+// reactor (see [`LoanAssist`](super::shared::LoanAssist)). A lone call then costs what a bare pipe
 // costs: one wake-up of the worker and one of the awaiting thread, where going through the
 // dispatcher adds two more.
 //
