@@ -27,10 +27,6 @@ pub(crate) struct TaskName {
 }
 
 impl TaskName {
-    pub(crate) fn new(name: Option<Arc<str>>, location: &'static Location<'static>) -> TaskName {
-        TaskName { name, location }
-    }
-
     /// The name, else the location as `file:line:column`.
     pub(crate) fn label(&self) -> String {
         match &self.name {
@@ -130,10 +126,9 @@ fn enter(task: &TaskName) -> Option<PollGuard> {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         let end = Instant::now();
-        let Ok(Some(report)) = POLLS.try_with(|polls| self.pop(polls, end)) else {
-            return;
-        };
-        emit(&report);
+        if let Ok(Some(report)) = POLLS.try_with(|polls| self.pop(polls, end)) {
+            emit(&report);
+        }
     }
 }
 
@@ -188,7 +183,10 @@ impl<F> Watched<F> {
         future: F,
     ) -> Watched<F> {
         Watched {
-            task: TaskName::new(name.map(Arc::from), location),
+            task: TaskName {
+                name: name.map(Arc::from),
+                location,
+            },
             future,
         }
     }
