@@ -32,9 +32,7 @@ pub enum ReportKind {
     },
 }
 
-/// One finding of debug mode, handed to the callback of
-/// [`DebugMode::on_report`](crate::debug::DebugMode::on_report), or sent as a `tracing` event,
-/// or written to stderr.
+/// One finding of debug mode (see [where reports go](crate::debug#where-reports-go)).
 ///
 /// Its `Display` is one line, for example
 /// `task "handler" blocked the loop for 501.2ms on thread "main" (threshold 100ms)`; on stderr it
@@ -108,9 +106,8 @@ pub(crate) fn set_reporter(reporter: Option<Reporter>) {
     *REPORTER.write().unwrap_or_else(PoisonError::into_inner) = reporter;
 }
 
-/// Sends `report` to the callback, else to `tracing` (with the feature, when a subscriber is
-/// set), else to stderr. A panicking callback is caught: it must not take down the watchdog or
-/// unwind out of a poll that went well.
+/// Sends `report` to the callback, else to [`default_sink`]. A panicking callback is caught: it
+/// must not take down the watchdog or unwind out of a poll that went well.
 pub(crate) fn emit(report: &Report) {
     let reporter = REPORTER
         .read()

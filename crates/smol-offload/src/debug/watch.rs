@@ -4,8 +4,7 @@
 //! Every thread that polls a watched future while debug mode is on gets one [`ThreadPolls`]:
 //! a small mutex-protected stack of the watched polls it is inside (a watched task polled by a
 //! watched `block_on` makes two). A poll pushes a frame with its start time and pops it when it
-//! returns; that is all the loop's side does: two clock reads and two uncontended locks per
-//! poll. The watchdog thread visits the stacks of all threads when a deadline comes.
+//! returns; the watchdog thread visits the stacks of all threads when a deadline comes.
 
 use std::borrow::Cow;
 use std::fmt;
