@@ -205,16 +205,12 @@ impl<T> Drop for Promise<T> {
         if let Some(shared) = self.shared.take() {
             // Dropped without a result: the work was skipped because its task was dropped
             // first, or the pool went away.
-            self.timer.ended(|| {
-                let state = shared.state.load(Ordering::Acquire);
-                if state & TIMED_OUT != 0 {
-                    Outcome::Timeout
-                } else if state & CANCELLED != 0 {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Error
-                }
-            });
+            self.timer
+                .ended(|| match shared.state.load(Ordering::Acquire) {
+                    state if state & TIMED_OUT != 0 => Outcome::Timeout,
+                    state if state & CANCELLED != 0 => Outcome::Cancelled,
+                    _ => Outcome::Error,
+                });
             shared.fulfil(Err(Error::new(ErrorKind::Shutdown)));
         }
     }
