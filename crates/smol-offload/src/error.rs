@@ -427,9 +427,7 @@ impl fmt::Display for BuildError {
     }
 }
 
-/// Prints the message and the chain of sources, as `anyhow` does, so that
-/// `fn main() -> Result<(), Box<dyn Error>>` shows what failed and what to do; `{:#?}` prints
-/// the structure instead.
+/// The message and the chain of sources, as for [`Error`]; `{:#?}` prints the structure.
 impl fmt::Debug for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if f.alternate() {

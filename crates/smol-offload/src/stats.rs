@@ -51,9 +51,6 @@ impl fmt::Display for PoolStats {
 
 /// The live counters. Each one has a single kind of writer (the submitters, or the workers) and
 /// its own cache line, so counting costs no contention between the loop and the workers.
-///
-/// With the `metrics` feature, the same points move the pool's `smol_offload_queued` and
-/// `smol_offload_running` gauges.
 #[derive(Debug)]
 pub struct Counters {
     submitted: CachePadded<AtomicU64>,

@@ -104,7 +104,7 @@ use switch::{ENABLED, MIN_THRESHOLD, THRESHOLD_NANOS};
 pub use watch::Watched;
 
 /// The environment variable read by [`block_on`] and [`DebugMode::from_env`]: `1` turns debug
-/// mode on with the default threshold, a duration such as `20ms` or `1s` with that threshold.
+/// mode on with the default threshold, a duration in `ms` or `s` (`20ms`, `1.5s`) with that one.
 pub const DEBUG_VARIABLE: &str = "SMOL_OFFLOAD_DEBUG";
 
 /// The settings of debug mode, applied to the whole process by [`enable`](DebugMode::enable).
@@ -160,9 +160,7 @@ impl DebugMode {
         self
     }
 
-    /// The settings `SMOL_OFFLOAD_DEBUG` asks for: `None` when it is unset or empty, the
-    /// default threshold for `1`, and the threshold it gives for a duration in `ms` or `s`
-    /// (`20ms`, `1.5s`).
+    /// The settings [`DEBUG_VARIABLE`] asks for, `None` when it is unset or empty.
     ///
     /// # Errors
     ///

@@ -164,9 +164,6 @@ pin_project_lite::pin_project! {
     /// A future whose every poll is timed while debug mode is on; made by
     /// [`watch`](super::watch), [`watch_named`](super::watch_named) and
     /// [`block_on`](super::block_on).
-    ///
-    /// While debug mode is off, a poll costs one relaxed atomic load more than the inner
-    /// future's.
     #[must_use = "futures do nothing unless polled"]
     pub struct Watched<F> {
         task: TaskName,
