@@ -101,9 +101,7 @@ impl fmt::Display for WorkerExit {
                 Err(_) => write!(f, "was killed by signal {signal}"),
             },
             WorkerExit::Unknown => write!(f, "stopped answering"),
-            WorkerExit::ClosedLink => {
-                write!(f, "closed its link to the pool and was killed")
-            }
+            WorkerExit::ClosedLink => write!(f, "closed its link to the pool and was killed"),
             WorkerExit::MalformedReply(detail) => {
                 write!(f, "sent a malformed reply ({detail}) and was killed")
             }
@@ -211,46 +209,37 @@ impl Error {
     /// up on a task whose workers were lost, one after another, while it was assigned (a task
     /// that kills its workers runs only a few times); the pid is then the last worker's.
     pub fn is_worker_died(&self) -> bool {
-        matches!(
-            self.kind,
-            ErrorKind::WorkerDied { .. } | ErrorKind::WorkerLost { .. }
-        )
+        self.worker().is_some()
     }
 
     /// The pid of the worker process that died running the task.
     pub fn worker_pid(&self) -> Option<u32> {
-        match &self.kind {
-            ErrorKind::WorkerDied { pid, .. } | ErrorKind::WorkerLost { pid, .. } => Some(*pid),
-            _ => None,
-        }
+        self.worker().map(|(pid, _)| pid)
     }
 
     /// The signal that ended the worker running the task, if a signal did.
     pub fn worker_signal(&self) -> Option<i32> {
-        match &self.kind {
-            ErrorKind::WorkerDied {
-                exit: WorkerExit::Signal(signal),
-                ..
-            }
-            | ErrorKind::WorkerLost {
-                exit: WorkerExit::Signal(signal),
-                ..
-            } => Some(*signal),
+        match self.worker()? {
+            (_, WorkerExit::Signal(signal)) => Some(*signal),
             _ => None,
         }
     }
 
     /// The exit code of the worker running the task, if it called `exit`.
     pub fn worker_exit_code(&self) -> Option<i32> {
+        match self.worker()? {
+            (_, WorkerExit::Code(code)) => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The pid and the end of the worker that died running the task (the last one, if the pool
+    /// gave up on it).
+    fn worker(&self) -> Option<(u32, &WorkerExit)> {
         match &self.kind {
-            ErrorKind::WorkerDied {
-                exit: WorkerExit::Code(code),
-                ..
+            ErrorKind::WorkerDied { pid, exit } | ErrorKind::WorkerLost { pid, exit, .. } => {
+                Some((*pid, exit))
             }
-            | ErrorKind::WorkerLost {
-                exit: WorkerExit::Code(code),
-                ..
-            } => Some(*code),
             _ => None,
         }
     }
@@ -415,13 +404,11 @@ impl fmt::Display for BuildError {
                 "a pool needs at least one worker, got 0: ask for 1 or more, \
                  or leave the count out for one per CPU"
             ),
-            BuildErrorKind::Environment { variable, value } => {
-                write!(
-                    f,
-                    "{variable} must be a positive whole number of workers, got {value:?}: \
-                     set it to 1 or more, or unset it for one per CPU"
-                )
-            }
+            BuildErrorKind::Environment { variable, value } => write!(
+                f,
+                "{variable} must be a positive whole number of workers, got {value:?}: \
+                 set it to 1 or more, or unset it for one per CPU"
+            ),
             BuildErrorKind::Rayon(err) => write!(f, "could not start the worker threads: {err}"),
             BuildErrorKind::NeedsInit { threads } => write!(
                 f,
@@ -440,9 +427,7 @@ impl fmt::Display for BuildError {
     }
 }
 
-/// Prints the message and the chain of sources, as `anyhow` does, so that
-/// `fn main() -> Result<(), Box<dyn Error>>` shows what failed and what to do; `{:#?}` prints
-/// the structure instead.
+/// The message and the chain of sources, as for [`Error`]; `{:#?}` prints the structure.
 impl fmt::Debug for BuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if f.alternate() {

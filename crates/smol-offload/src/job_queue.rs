@@ -52,24 +52,16 @@ impl JobQueue {
 
     /// Claims a place for one more pump, if fewer than `workers` run.
     fn take_pump_slot(&self) -> bool {
-        let mut pumps = self.pumps.load(Ordering::SeqCst);
-        while pumps < self.workers {
-            match self.pumps.compare_exchange_weak(
-                pumps,
-                pumps + 1,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => return true,
-                Err(actual) => pumps = actual,
-            }
-        }
-        false
+        self.pumps
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |pumps| {
+                (pumps < self.workers).then_some(pumps + 1)
+            })
+            .is_ok()
     }
 
     /// Runs queued jobs, on a rayon worker, until the queue is empty.
     fn pump(&self) {
-        if IN_TASK.with(Cell::get) {
+        if IN_TASK.get() {
             // Rayon runs injected jobs on a thread that waits inside a task (in `join`, say),
             // but a task must not start on top of another: it could wait for the task below it,
             // which cannot finish first. Give the slot back: the pump that runs the task below
@@ -77,7 +69,7 @@ impl JobQueue {
             self.pumps.fetch_sub(1, Ordering::SeqCst);
             return;
         }
-        let _in_task = InTask::enter();
+        IN_TASK.set(true);
         let mut slot = Slot {
             queue: self,
             held: true,
@@ -103,23 +95,8 @@ thread_local! {
     static IN_TASK: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Marks this thread as running tasks until dropped.
-struct InTask;
-
-impl InTask {
-    fn enter() -> InTask {
-        IN_TASK.with(|flag| flag.set(true));
-        InTask
-    }
-}
-
-impl Drop for InTask {
-    fn drop(&mut self) {
-        IN_TASK.with(|flag| flag.set(false));
-    }
-}
-
-/// A pump's slot, given back even if a panic ever unwinds out of a job.
+/// A running pump's slot, given back even if a panic ever unwinds out of a job; the thread is
+/// marked in a task until the pump ends.
 struct Slot<'a> {
     queue: &'a JobQueue,
     held: bool,
@@ -137,6 +114,7 @@ impl Slot<'_> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.release();
+        IN_TASK.set(false);
     }
 }
 

@@ -144,12 +144,9 @@
 //! # Debug mode
 //!
 //! The counterpart of `asyncio.run(main(), debug=True)`: [`debug::block_on`] (with
-//! `SMOL_OFFLOAD_DEBUG=1` in the environment) or [`debug::DebugMode`] reports every poll that
-//! blocks the loop longer than a threshold (100 ms by default), naming the task
-//! ([`debug::watch_named`]), its thread and the duration; a watchdog thread reports a poll
-//! that is stuck *now*, before it returns; and work that waits too long in a pool's queue is
-//! reported with the pool's [`stats`](ThreadPool::stats). Off, it costs nothing: no thread, no
-//! timer.
+//! `SMOL_OFFLOAD_DEBUG=1` in the environment) or [`debug::DebugMode`] reports the polls that
+//! block the loop longer than a threshold, those stuck *now*, and work kept waiting in a pool's
+//! queue, as the [`debug`] module tells. Off, it costs nothing: no thread, no timer.
 //!
 //! ```
 //! use std::time::Duration;

@@ -51,9 +51,6 @@ impl fmt::Display for PoolStats {
 
 /// The live counters. Each one has a single kind of writer (the submitters, or the workers) and
 /// its own cache line, so counting costs no contention between the loop and the workers.
-///
-/// With the `metrics` feature, the same points move the pool's `smol_offload_queued` and
-/// `smol_offload_running` gauges.
 #[derive(Debug)]
 pub struct Counters {
     submitted: CachePadded<AtomicU64>,
@@ -117,16 +114,11 @@ impl Counters {
     }
 }
 
-// [`PoolMetrics`]: a pool's handles into the [`metrics`](https://docs.rs/metrics) facade, and
-// [`TaskTimer`], what one task records through them.
-//
-// The handles are resolved once, when the pool is built, with the pool's labels, so that
-// recording costs no label allocation and no registry lookup on the hot path. Without the
-// `metrics` feature both types are empty and every method does nothing: the calls compile away.
-//
-// The gauges move at the points where [`Counters`](crate::stats::Counters) count (submitted,
-// picked, cancelled, completed), so they agree with [`PoolStats`](crate::PoolStats); the
-// timer lives in the task's promise, which sees the start and the result of every task.
+// [`PoolMetrics`] resolves a pool's handles once, when the pool is built, with its labels, so
+// that recording costs no label allocation and no registry lookup. Without the `metrics`
+// feature it and [`TaskTimer`] are empty and every method does nothing: the calls compile away.
+// The gauges move where [`Counters`] count, so they agree with [`PoolStats`]; the timer lives in
+// the task's promise, which sees the start and the result of every task.
 
 /// The `kind` label: which sort of pool recorded a value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,27 +155,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The labels of the outcomes, in the order of the variants.
     #[cfg(feature = "metrics")]
-    const ALL: [Outcome; 6] = [
-        Outcome::Ok,
-        Outcome::Panic,
-        Outcome::WorkerDied,
-        Outcome::Cancelled,
-        Outcome::Timeout,
-        Outcome::Error,
+    const LABELS: [&str; 6] = [
+        "ok",
+        "panic",
+        "worker_died",
+        "cancelled",
+        "timeout",
+        "error",
     ];
-
-    #[cfg(feature = "metrics")]
-    fn label(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Panic => "panic",
-            Outcome::WorkerDied => "worker_died",
-            Outcome::Cancelled => "cancelled",
-            Outcome::Timeout => "timeout",
-            Outcome::Error => "error",
-        }
-    }
 
     /// The outcome of a task whose result is `result`; `timed_out` when its awaiting side's
     /// time limit ran out first, which wins over whatever the work then returned.
@@ -242,9 +223,9 @@ mod recording {
                 Label::new("pool", name.to_owned()),
                 Label::new("kind", kind.label()),
             ];
-            let outcomes = Outcome::ALL.map(|outcome| {
+            let outcomes = Outcome::LABELS.map(|outcome| {
                 let mut labels = labels.clone();
-                labels.push(Label::new("outcome", outcome.label()));
+                labels.push(Label::new("outcome", outcome));
                 metrics::counter!("smol_offload_tasks_total", labels)
             });
             Arc::new(PoolMetrics {

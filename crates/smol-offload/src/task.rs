@@ -52,11 +52,6 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
-    /// True once a [`Timeout`] gave up waiting for the result.
-    fn timed_out(&self) -> bool {
-        self.state.load(Ordering::Acquire) & TIMED_OUT != 0
-    }
-
     fn fulfil(&self, result: Result<T, Error>) {
         if self.state.load(Ordering::Acquire) & CANCELLED != 0 {
             // Nobody will read it: drop the value here, on the worker, right away.
@@ -194,8 +189,12 @@ impl<T> Promise<T> {
     /// Delivers the result and wakes the awaiting task.
     pub(crate) fn complete(mut self, result: Result<T, Error>) {
         if let Some(shared) = self.shared.take() {
-            self.timer
-                .ended(|| Outcome::of(&result, shared.timed_out()));
+            self.timer.ended(|| {
+                Outcome::of(
+                    &result,
+                    shared.state.load(Ordering::Acquire) & TIMED_OUT != 0,
+                )
+            });
             shared.fulfil(result);
         }
     }
@@ -206,16 +205,12 @@ impl<T> Drop for Promise<T> {
         if let Some(shared) = self.shared.take() {
             // Dropped without a result: the work was skipped because its task was dropped
             // first, or the pool went away.
-            self.timer.ended(|| {
-                let state = shared.state.load(Ordering::Acquire);
-                if state & TIMED_OUT != 0 {
-                    Outcome::Timeout
-                } else if state & CANCELLED != 0 {
-                    Outcome::Cancelled
-                } else {
-                    Outcome::Error
-                }
-            });
+            self.timer
+                .ended(|| match shared.state.load(Ordering::Acquire) {
+                    state if state & TIMED_OUT != 0 => Outcome::Timeout,
+                    state if state & CANCELLED != 0 => Outcome::Cancelled,
+                    _ => Outcome::Error,
+                });
             shared.fulfil(Err(Error::new(ErrorKind::Shutdown)));
         }
     }
@@ -284,23 +279,16 @@ impl<T> Task<T> {
         if dropped && !abandon.on_drop() {
             return false;
         }
-        let mut state = shared.state.load(Ordering::Acquire);
-        loop {
-            if state & STARTED == 0 || state & (DONE | ABANDONED) != 0 {
-                return false;
-            }
-            match shared.state.compare_exchange_weak(
-                state,
-                state | ABANDONED,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => break,
-                Err(actual) => state = actual,
-            }
+        let marked = shared
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                (state & (STARTED | DONE | ABANDONED) == STARTED).then_some(state | ABANDONED)
+            })
+            .is_ok();
+        if marked {
+            abandon.abandon();
         }
-        abandon.abandon();
-        true
+        marked
     }
 
     /// This task, helped by `assist` while it is awaited (for the remote pool).
@@ -319,15 +307,14 @@ impl<T> Task<T> {
         Some(Arc::downgrade(&shared))
     }
 
-    /// Drops the assist, which gives back what it holds.
-    fn release_assist(&mut self) {
-        self.assist = None;
-    }
-
+    /// True once the result is ready, or taken, without asking the assist.
     fn is_done(&self) -> bool {
-        self.shared
-            .as_ref()
-            .is_none_or(|shared| shared.state.load(Ordering::Acquire) & DONE != 0)
+        match (&self.on_loop, &self.shared) {
+            (Some(on_loop), _) => on_loop.is_finished(),
+            (None, shared) => shared
+                .as_ref()
+                .is_none_or(|shared| shared.state.load(Ordering::Acquire) & DONE != 0),
+        }
     }
 
     /// A task that is already finished with `result` (for the remote pool).
@@ -356,14 +343,10 @@ impl<T> Task<T> {
             on_loop.detach();
         }
         self.shared = None;
-        self.release_assist();
     }
 
     /// True once the result is ready: awaiting the task will not wait.
     pub fn is_finished(&self) -> bool {
-        if let Some(on_loop) = &self.on_loop {
-            return on_loop.is_finished();
-        }
         if !self.is_done()
             && let Some(assist) = &self.assist
         {
@@ -377,10 +360,9 @@ impl<T> Task<T> {
         if let Some(on_loop) = &self.on_loop {
             return on_loop.is_started();
         }
-        match &self.shared {
-            Some(shared) => shared.state.load(Ordering::Acquire) & (STARTED | DONE) != 0,
-            None => true,
-        }
+        self.shared
+            .as_ref()
+            .is_none_or(|shared| shared.state.load(Ordering::Acquire) & (STARTED | DONE) != 0)
     }
 
     /// Gives the task `limit` to finish, like Python's `asyncio.wait_for`.
@@ -451,28 +433,20 @@ impl<T> Task<T> {
                 shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
                 return self.await;
             }
-            let mut state = shared.state.load(Ordering::Acquire);
-            while state & (STARTED | DONE) == 0 {
-                match shared.state.compare_exchange_weak(
-                    state,
-                    state | CANCELLED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                ) {
-                    Ok(_) => {
-                        self.shared = None;
-                        self.release_assist();
-                        return Err(Error::new(ErrorKind::Cancelled));
-                    }
-                    Err(actual) => state = actual,
-                }
+            let unstarted = shared
+                .state
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                    (state & (STARTED | DONE) == 0).then_some(state | CANCELLED)
+                })
+                .is_ok();
+            if !unstarted {
+                shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
             }
-            shared.state.fetch_or(CANCEL_REQUESTED, Ordering::AcqRel);
-        }
-        if self.abandon_started(false) {
-            self.shared = None;
-            self.release_assist();
-            return Err(Error::new(ErrorKind::Cancelled));
+            if unstarted || self.abandon_started(false) {
+                // Cancelled, or its work abandoned: dropping the task has nothing left to do.
+                self.shared = None;
+                return Err(Error::new(ErrorKind::Cancelled));
+            }
         }
         self.await
     }
@@ -507,7 +481,7 @@ impl<T> Future for Task<T> {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         self.shared = None;
-        self.release_assist();
+        self.assist = None;
         Poll::Ready(result.expect("a finished task holds its result"))
     }
 }
@@ -521,33 +495,19 @@ impl<T> Drop for Task<T> {
         if let Some(shared) = self.shared.take() {
             shared.state.fetch_or(CANCELLED, Ordering::AcqRel);
         }
-        self.release_assist();
     }
 }
 
 impl<T> fmt::Debug for Task<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match (&self.shared, &self.on_loop) {
-            (_, Some(on_loop)) => {
-                if on_loop.is_finished() {
-                    "finished"
-                } else if on_loop.is_started() {
-                    "running"
-                } else {
-                    "queued"
-                }
-            }
-            (None, None) => "returned",
-            (Some(shared), None) => {
-                let bits = shared.state.load(Ordering::Acquire);
-                if bits & DONE != 0 {
-                    "finished"
-                } else if bits & STARTED != 0 {
-                    "running"
-                } else {
-                    "queued"
-                }
-            }
+        let state = if self.shared.is_none() && self.on_loop.is_none() {
+            "returned"
+        } else if self.is_done() {
+            "finished"
+        } else if self.is_started() {
+            "running"
+        } else {
+            "queued"
         };
         f.debug_struct("Task").field("state", &state).finish()
     }
@@ -599,12 +559,14 @@ impl<T> fmt::Debug for Timeout<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::future::block_on;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     #[test]
     fn promise_dropped_without_result_gives_shutdown() {
         let (promise, task) = pair::<u8>();
         drop(promise);
-        let err = futures_lite::future::block_on(task).unwrap_err();
+        let err = block_on(task).unwrap_err();
         assert!(err.is_shutdown(), "{err}");
     }
 
@@ -635,7 +597,7 @@ mod tests {
     /// An assist that completes the promise it holds when first asked, and records its drop.
     struct CompletesWhenAsked {
         promise: Mutex<Option<Promise<u8>>>,
-        dropped: Arc<std::sync::atomic::AtomicBool>,
+        dropped: Arc<AtomicBool>,
     }
 
     impl Assist for CompletesWhenAsked {
@@ -652,9 +614,9 @@ mod tests {
         }
     }
 
-    fn assisted_task() -> (Task<u8>, Arc<std::sync::atomic::AtomicBool>) {
+    fn assisted_task() -> (Task<u8>, Arc<AtomicBool>) {
         let (promise, task) = pair::<u8>();
-        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let dropped = Arc::new(AtomicBool::new(false));
         let assist = CompletesWhenAsked {
             promise: Mutex::new(Some(promise)),
             dropped: dropped.clone(),
@@ -670,7 +632,7 @@ mod tests {
             !dropped.load(Ordering::SeqCst),
             "kept until the result is taken"
         );
-        assert_eq!(futures_lite::future::block_on(task).unwrap(), 7);
+        assert_eq!(block_on(task).unwrap(), 7);
     }
 
     #[test]
@@ -694,7 +656,7 @@ mod tests {
     /// An abandon hook that counts its calls.
     struct CountsAbandons {
         on_drop: bool,
-        calls: std::sync::atomic::AtomicUsize,
+        calls: AtomicUsize,
     }
 
     impl Abandon for CountsAbandons {
@@ -711,7 +673,7 @@ mod tests {
         let (promise, task) = pair::<u8>();
         let hook = Arc::new(CountsAbandons {
             on_drop,
-            calls: std::sync::atomic::AtomicUsize::new(0),
+            calls: AtomicUsize::new(0),
         });
         (promise, task.with_abandon(hook.clone()), hook)
     }
@@ -720,7 +682,7 @@ mod tests {
     fn cancelling_started_work_abandons_it_at_once() {
         let (promise, task, hook) = abandonable(false);
         assert!(promise.start());
-        let err = futures_lite::future::block_on(task.cancel()).unwrap_err();
+        let err = block_on(task.cancel()).unwrap_err();
         assert!(err.is_cancelled(), "{err}");
         assert!(promise.is_abandoned());
         assert_eq!(hook.calls.load(Ordering::SeqCst), 1);
@@ -729,7 +691,7 @@ mod tests {
     #[test]
     fn cancelling_unstarted_or_finished_work_does_not_abandon_it() {
         let (promise, task, hook) = abandonable(true);
-        let err = futures_lite::future::block_on(task.cancel()).unwrap_err();
+        let err = block_on(task.cancel()).unwrap_err();
         assert!(err.is_cancelled());
         assert!(!promise.start());
         assert!(!promise.is_abandoned());
@@ -737,7 +699,7 @@ mod tests {
         let (promise, task, _) = abandonable(true);
         assert!(promise.start());
         promise.complete(Ok(5));
-        assert_eq!(futures_lite::future::block_on(task.cancel()).unwrap(), 5);
+        assert_eq!(block_on(task.cancel()).unwrap(), 5);
         assert_eq!(hook.calls.load(Ordering::SeqCst), 0);
     }
 
@@ -745,8 +707,7 @@ mod tests {
     fn timing_out_started_work_abandons_it() {
         let (promise, task, hook) = abandonable(false);
         assert!(promise.start());
-        let err =
-            futures_lite::future::block_on(task.timeout(Duration::from_millis(1))).unwrap_err();
+        let err = block_on(task.timeout(Duration::from_millis(1))).unwrap_err();
         assert!(err.is_timeout(), "{err}");
         assert!(promise.is_abandoned());
         assert_eq!(
@@ -789,7 +750,7 @@ mod tests {
         let (promise, task) = pair::<u8>();
         let source = promise.cancel_source();
         assert!(promise.start());
-        let cancelling = std::thread::spawn(move || futures_lite::future::block_on(task.cancel()));
+        let cancelling = std::thread::spawn(move || block_on(task.cancel()));
         while !source.is_cancelled() {
             std::thread::yield_now();
         }
@@ -813,6 +774,6 @@ mod tests {
         let task = Task::ready(Ok(3));
         assert!(task.is_finished());
         assert_eq!(format!("{task:?}"), "Task { state: \"finished\" }");
-        assert_eq!(futures_lite::future::block_on(task).unwrap(), 3);
+        assert_eq!(block_on(task).unwrap(), 3);
     }
 }

@@ -189,8 +189,7 @@ impl From<TaskError> for io::Error {
 impl fmt::Display for TaskError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if f.alternate() {
-            let chain: Vec<&str> = self.chain().collect();
-            f.write_str(&chain.join(": "))
+            f.write_str(&self.chain().collect::<Vec<_>>().join(": "))
         } else {
             f.write_str(self.message())
         }

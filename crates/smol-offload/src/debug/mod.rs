@@ -86,17 +86,17 @@ mod switch;
 mod watch;
 mod watchdog;
 
+pub(crate) use watchdog::watch_queued;
+
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::panic::Location;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::{BuildError, BuildErrorKind};
-use crate::stats::PoolStats;
-use crate::task::Task;
 
 pub use report::{Report, ReportKind};
 pub use switch::{DEFAULT_THRESHOLD, disable, is_enabled};
@@ -104,7 +104,7 @@ use switch::{ENABLED, MIN_THRESHOLD, THRESHOLD_NANOS};
 pub use watch::Watched;
 
 /// The environment variable read by [`block_on`] and [`DebugMode::from_env`]: `1` turns debug
-/// mode on with the default threshold, a duration such as `20ms` or `1s` with that threshold.
+/// mode on with the default threshold, a duration in `ms` or `s` (`20ms`, `1.5s`) with that one.
 pub const DEBUG_VARIABLE: &str = "SMOL_OFFLOAD_DEBUG";
 
 /// The settings of debug mode, applied to the whole process by [`enable`](DebugMode::enable).
@@ -160,9 +160,7 @@ impl DebugMode {
         self
     }
 
-    /// The settings `SMOL_OFFLOAD_DEBUG` asks for: `None` when it is unset or empty, the
-    /// default threshold for `1`, and the threshold it gives for a duration in `ms` or `s`
-    /// (`20ms`, `1.5s`).
+    /// The settings [`DEBUG_VARIABLE`] asks for, `None` when it is unset or empty.
     ///
     /// # Errors
     ///
@@ -194,26 +192,22 @@ impl fmt::Debug for DebugMode {
 }
 
 fn mode_from_value(value: Option<std::ffi::OsString>) -> Result<Option<DebugMode>, BuildError> {
-    let Some(value) = value else { return Ok(None) };
-    let text = value.to_string_lossy();
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Ok(None);
-    }
-    let threshold = if trimmed == "1" {
-        Some(DEFAULT_THRESHOLD)
-    } else if let Some(ms) = trimmed.strip_suffix("ms") {
-        parse_positive(ms).map(|ms| Duration::from_secs_f64(ms / 1e3))
-    } else if let Some(s) = trimmed.strip_suffix('s') {
-        parse_positive(s).map(Duration::from_secs_f64)
-    } else {
-        None
+    let text = value.unwrap_or_default().to_string_lossy().into_owned();
+    let threshold = match text.trim() {
+        "" => return Ok(None),
+        "1" => Some(DEFAULT_THRESHOLD),
+        number => number
+            .strip_suffix("ms")
+            .and_then(parse_positive)
+            .map(|ms| ms / 1e3)
+            .or_else(|| number.strip_suffix('s').and_then(parse_positive))
+            .map(Duration::from_secs_f64),
     };
     match threshold {
         Some(threshold) => Ok(Some(DebugMode::new().threshold(threshold))),
         None => Err(BuildError::new(BuildErrorKind::DebugEnvironment {
             variable: DEBUG_VARIABLE,
-            value: text.into_owned(),
+            value: text,
         })),
     }
 }
@@ -288,36 +282,6 @@ fn enable_from_env_once() {
         Ok(Some(mode)) if !is_enabled() => mode.enable(),
         Ok(_) => {}
         Err(err) => panic!("{err}"),
-    });
-}
-
-/// Watches `task`, just submitted to a pool, until it starts: reported with the pool's stats if
-/// it waits longer than the threshold. Called by the pools only while debug mode is on.
-pub(crate) fn watch_queued<T, S>(
-    task: &Task<T>,
-    pool: &'static str,
-    pool_name: Arc<str>,
-    location: &'static Location<'static>,
-    stats: S,
-) where
-    T: Send + 'static,
-    S: Fn() -> Option<PoolStats> + Send + Sync + 'static,
-{
-    let Some(progress) = task.progress() else {
-        return;
-    };
-    let Some((thread, submitter)) = watch::current() else {
-        return;
-    };
-    watchdog::watch_queued(watchdog::QueuedWork {
-        since: std::time::Instant::now(),
-        progress,
-        stats: Box::new(stats),
-        pool,
-        pool_name,
-        location,
-        thread,
-        submitter,
     });
 }
 

@@ -32,9 +32,7 @@ pub enum ReportKind {
     },
 }
 
-/// One finding of debug mode, handed to the callback of
-/// [`DebugMode::on_report`](crate::debug::DebugMode::on_report), or sent as a `tracing` event,
-/// or written to stderr.
+/// One finding of debug mode (see [where reports go](crate::debug#where-reports-go)).
 ///
 /// Its `Display` is one line, for example
 /// `task "handler" blocked the loop for 501.2ms on thread "main" (threshold 100ms)`; on stderr it
@@ -108,9 +106,8 @@ pub(crate) fn set_reporter(reporter: Option<Reporter>) {
     *REPORTER.write().unwrap_or_else(PoisonError::into_inner) = reporter;
 }
 
-/// Sends `report` to the callback, else to `tracing` (with the feature, when a subscriber is
-/// set), else to stderr. A panicking callback is caught: it must not take down the watchdog or
-/// unwind out of a poll that went well.
+/// Sends `report` to the callback, else to [`default_sink`]. A panicking callback is caught: it
+/// must not take down the watchdog or unwind out of a poll that went well.
 pub(crate) fn emit(report: &Report) {
     let reporter = REPORTER
         .read()
@@ -126,37 +123,32 @@ pub(crate) fn emit(report: &Report) {
     }
 }
 
-#[cfg(feature = "tracing")]
+/// Without a callback: a `tracing` event when the feature is on and this thread has a
+/// subscriber (its scoped one, else the global one), else a line on stderr.
 fn default_sink(report: &Report) {
-    // The subscriber of this thread: the scoped one if any, else the global one.
-    let subscribed = tracing::dispatcher::get_default(|dispatch| {
+    #[cfg(feature = "tracing")]
+    if tracing::dispatcher::get_default(|dispatch| {
         !dispatch.is::<tracing::subscriber::NoSubscriber>()
-    });
-    if !subscribed {
-        eprintln!("smol-offload: {report}");
+    }) {
+        let (kind, pool) = match report.kind {
+            ReportKind::SlowPoll { .. } => ("slow_poll", None),
+            ReportKind::Stuck => ("stuck", None),
+            ReportKind::QueueWait { pool, stats } => ("queue_wait", Some((pool, stats))),
+        };
+        tracing::warn!(
+            target: "smol_offload::debug",
+            kind,
+            task = %report.task,
+            location = %report.location,
+            thread = %report.thread,
+            elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
+            threshold_ms = report.threshold.as_secs_f64() * 1e3,
+            pool = pool.map(|(name, _)| name),
+            pool_name = report.pool_name.as_deref(),
+            pool_stats = pool.map(|(_, stats)| tracing::field::display(stats)),
+            "{report}"
+        );
         return;
     }
-    let (kind, pool) = match report.kind {
-        ReportKind::SlowPoll { .. } => ("slow_poll", None),
-        ReportKind::Stuck => ("stuck", None),
-        ReportKind::QueueWait { pool, stats } => ("queue_wait", Some((pool, stats))),
-    };
-    tracing::warn!(
-        target: "smol_offload::debug",
-        kind,
-        task = %report.task,
-        location = %report.location,
-        thread = %report.thread,
-        elapsed_ms = report.elapsed.as_secs_f64() * 1e3,
-        threshold_ms = report.threshold.as_secs_f64() * 1e3,
-        pool = pool.map(|(name, _)| name),
-        pool_name = report.pool_name.as_deref(),
-        pool_stats = pool.map(|(_, stats)| tracing::field::display(stats)),
-        "{report}"
-    );
-}
-
-#[cfg(not(feature = "tracing"))]
-fn default_sink(report: &Report) {
     eprintln!("smol-offload: {report}");
 }

@@ -4,8 +4,7 @@
 //! Every thread that polls a watched future while debug mode is on gets one [`ThreadPolls`]:
 //! a small mutex-protected stack of the watched polls it is inside (a watched task polled by a
 //! watched `block_on` makes two). A poll pushes a frame with its start time and pops it when it
-//! returns; that is all the loop's side does: two clock reads and two uncontended locks per
-//! poll. The watchdog thread visits the stacks of all threads when a deadline comes.
+//! returns; the watchdog thread visits the stacks of all threads when a deadline comes.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -27,10 +26,6 @@ pub(crate) struct TaskName {
 }
 
 impl TaskName {
-    pub(crate) fn new(name: Option<Arc<str>>, location: &'static Location<'static>) -> TaskName {
-        TaskName { name, location }
-    }
-
     /// The name, else the location as `file:line:column`.
     pub(crate) fn label(&self) -> String {
         match &self.name {
@@ -130,10 +125,9 @@ fn enter(task: &TaskName) -> Option<PollGuard> {
 impl Drop for PollGuard {
     fn drop(&mut self) {
         let end = Instant::now();
-        let Ok(Some(report)) = POLLS.try_with(|polls| self.pop(polls, end)) else {
-            return;
-        };
-        emit(&report);
+        if let Ok(Some(report)) = POLLS.try_with(|polls| self.pop(polls, end)) {
+            emit(&report);
+        }
     }
 }
 
@@ -170,9 +164,6 @@ pin_project_lite::pin_project! {
     /// A future whose every poll is timed while debug mode is on; made by
     /// [`watch`](super::watch), [`watch_named`](super::watch_named) and
     /// [`block_on`](super::block_on).
-    ///
-    /// While debug mode is off, a poll costs one relaxed atomic load more than the inner
-    /// future's.
     #[must_use = "futures do nothing unless polled"]
     pub struct Watched<F> {
         task: TaskName,
@@ -188,7 +179,10 @@ impl<F> Watched<F> {
         future: F,
     ) -> Watched<F> {
         Watched {
-            task: TaskName::new(name.map(Arc::from), location),
+            task: TaskName {
+                name: name.map(Arc::from),
+                location,
+            },
             future,
         }
     }

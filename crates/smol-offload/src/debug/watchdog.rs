@@ -13,26 +13,24 @@ use std::time::{Duration, Instant};
 
 use super::report::{Report, ReportKind, emit};
 use super::switch::{is_enabled, threshold};
-use super::watch::{THREADS, TaskName, ThreadPolls};
+use super::watch::{THREADS, TaskName, ThreadPolls, current};
 use crate::stats::PoolStats;
-use crate::task::Progress;
+use crate::task::{Progress, Task};
 
 /// The shortest sleep of the watchdog, whatever the threshold: it never spins.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 
-/// Reads a pool's stats, or `None` once the pool is gone.
-pub(crate) type StatsProbe = Box<dyn Fn() -> Option<PoolStats> + Send + Sync>;
-
 /// A task offloaded while debug mode was on, watched until it starts.
-pub(crate) struct QueuedWork {
-    pub(crate) since: Instant,
-    pub(crate) progress: Weak<dyn Progress>,
-    pub(crate) stats: StatsProbe,
-    pub(crate) pool: &'static str,
-    pub(crate) pool_name: Arc<str>,
-    pub(crate) location: &'static Location<'static>,
-    pub(crate) thread: Arc<str>,
-    pub(crate) submitter: Option<TaskName>,
+struct QueuedWork {
+    since: Instant,
+    progress: Weak<dyn Progress>,
+    /// Reads the pool's stats, or `None` once the pool is gone.
+    stats: Box<dyn Fn() -> Option<PoolStats> + Send + Sync>,
+    pool: &'static str,
+    pool_name: Arc<str>,
+    location: &'static Location<'static>,
+    thread: Arc<str>,
+    submitter: Option<TaskName>,
 }
 
 struct Watchdog {
@@ -80,11 +78,33 @@ pub(crate) fn start() {
     watchdog.wake.notify_one();
 }
 
-/// Watches `work` until it starts; reported if it has not after one threshold.
-pub(crate) fn watch_queued(work: QueuedWork) {
-    if let Some(watchdog) = WATCHDOG.get() {
-        watchdog.lock().queued.push(work);
-    }
+/// Watches `task`, just submitted to a pool, until it starts: reported with the pool's stats if
+/// it waits longer than the threshold. Called by the pools only while debug mode is on.
+pub(crate) fn watch_queued<T, S>(
+    task: &Task<T>,
+    pool: &'static str,
+    pool_name: Arc<str>,
+    location: &'static Location<'static>,
+    stats: S,
+) where
+    T: Send + 'static,
+    S: Fn() -> Option<PoolStats> + Send + Sync + 'static,
+{
+    let (Some(watchdog), Some(progress), Some((thread, submitter))) =
+        (WATCHDOG.get(), task.progress(), current())
+    else {
+        return;
+    };
+    watchdog.lock().queued.push(QueuedWork {
+        since: Instant::now(),
+        progress,
+        stats: Box::new(stats),
+        pool,
+        pool_name,
+        location,
+        thread,
+        submitter,
+    });
 }
 
 fn run(watchdog: &Watchdog) {
