@@ -1,6 +1,7 @@
 //! [`spawn_dedicated`]: one long job on a thread of its own, outside every pool.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::thread::JoinHandle;
 
 use crate::error::{Error, ErrorKind};
 use crate::task::{self, Promise, Task};
@@ -49,25 +50,30 @@ where
         let _entered = span.enter();
         run(promise, f);
     };
-    // `std` panics on a name with a NUL byte instead of returning an error.
-    let started = if name.contains('\0') {
-        Err(std::io::Error::new(
+    match spawn_thread(&name, body) {
+        Ok(_detached) => task,
+        // The closure, and the promise in it, are gone: `task` holds a shutdown error.
+        Err(err) => Task::ready(Err(Error::new(ErrorKind::Config(format!(
+            "could not start the dedicated thread {name:?}: {err}"
+        ))))),
+    }
+}
+
+/// Starts a thread named `name` running `body`; a name with a NUL byte is an error, where `std`
+/// would panic.
+pub(crate) fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    if name.contains('\0') {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "a thread name cannot contain a NUL byte",
-        ))
-    } else {
-        std::thread::Builder::new().name(name.clone()).spawn(body)
-    };
-    match started {
-        Ok(_detached) => task,
-        Err(err) => {
-            // The closure, and the promise in it, are gone: `task` holds a shutdown error.
-            drop(task);
-            Task::ready(Err(Error::new(ErrorKind::Config(format!(
-                "could not start the dedicated thread {name:?}: {err}"
-            )))))
-        }
+        ));
     }
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
 }
 
 /// Runs `f` for `promise` unless its task was dropped first, with [`cancelled()`](crate::cancelled)

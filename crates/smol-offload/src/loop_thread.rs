@@ -23,6 +23,7 @@ use std::thread::{JoinHandle, ThreadId};
 use crossbeam_utils::CachePadded;
 use futures_lite::FutureExt;
 
+use crate::dedicated::spawn_thread;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::loop_executor::{self, LoopTask, RunQueue};
 use crate::task::{self, Assist, Promise, Task};
@@ -214,19 +215,8 @@ impl LoopThread {
     ///
     /// `name` contains a NUL byte, or the operating system refused to start the thread.
     pub fn new(name: impl Into<String>) -> Result<LoopThread, BuildError> {
-        let name = name.into();
-        if name.contains('\0') {
-            // `std` would panic on it instead of returning an error.
-            return Err(BuildError::new(BuildErrorKind::Io {
-                doing: "start the loop thread",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a thread name cannot contain a NUL byte",
-                ),
-            }));
-        }
         let shared = Arc::new(Shared {
-            name: name.clone(),
+            name: name.into(),
             queue: Arc::new(RunQueue::new()),
             submitted: CachePadded::new(AtomicUsize::new(0)),
             ended: CachePadded::new(AtomicUsize::new(0)),
@@ -237,15 +227,12 @@ impl LoopThread {
             stop_wakers: Mutex::new(Vec::new()),
         });
         let on_thread = shared.clone();
-        let join = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || on_thread.run())
-            .map_err(|source| {
-                BuildError::new(BuildErrorKind::Io {
-                    doing: "start the loop thread",
-                    source,
-                })
-            })?;
+        let join = spawn_thread(&shared.name, move || on_thread.run()).map_err(|source| {
+            BuildError::new(BuildErrorKind::Io {
+                doing: "start the loop thread",
+                source,
+            })
+        })?;
         let _ = shared.thread.set(join.thread().id());
         *shared.join.lock().unwrap_or_else(PoisonError::into_inner) = Some(join);
         Ok(LoopThread {

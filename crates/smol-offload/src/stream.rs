@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::cancel::CancelSource;
+use crate::dedicated::spawn_thread;
 use crate::error::{Error, ErrorKind};
 use crate::thread_pool::ThreadPool;
 
@@ -313,19 +314,7 @@ fn resume<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
         }
         Runner::Dedicated(name) => {
             let on_thread = shared.clone();
-            // `std` panics on a name with a NUL byte instead of returning an error.
-            let started = if name.contains('\0') {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a thread name cannot contain a NUL byte",
-                ))
-            } else {
-                std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || produce(&on_thread, iter))
-                    .map(drop)
-            };
-            if let Err(err) = started {
+            if let Err(err) = spawn_thread(name, move || produce(&on_thread, iter)) {
                 let err = Error::new(ErrorKind::Config(format!(
                     "could not start the dedicated thread {name:?} for a stream: {err}"
                 )));
