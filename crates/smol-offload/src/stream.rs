@@ -324,16 +324,6 @@ fn resume<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
     }
 }
 
-/// How a producer's run ended.
-enum Fed {
-    /// The iterator ended (it was dropped here).
-    Ended,
-    /// The stream was closed (the iterator is still to drop).
-    Closed,
-    /// The buffer stayed full: the iterator is parked, the pool thread goes back.
-    Parked,
-}
-
 /// Runs the iterator on a worker until it ends, the buffer is full (pool) or the stream closes.
 fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
     #[cfg(feature = "tracing")]
@@ -343,25 +333,21 @@ fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
     let mut iter = Some(iter);
     // One `catch_unwind` for the whole run, not one per item.
     let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(shared, &mut iter)));
-    match fed {
-        Ok(Fed::Parked) => {}
-        Ok(Fed::Ended) => {}
-        Ok(Fed::Closed) => drop_quietly(iter),
-        Err(payload) => {
-            let err = Error::from_panic(payload);
-            drop_quietly(iter);
-            shared.finish(End::Failed(err));
-        }
+    // Left here when the stream was closed or the iterator panicked.
+    drop_quietly(iter);
+    if let Err(payload) = fed {
+        shared.finish(End::Failed(Error::from_panic(payload)));
     }
 }
 
-/// The producer's loop: one lock per item, held for no `next()`.
-fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) -> Fed {
+/// The producer's loop: one lock per item, held for no `next()`. It returns with the iterator
+/// still in `slot` only when the stream was closed.
+fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) {
     let dedicated = matches!(shared.runner, Runner::Dedicated(_));
     let mut state = shared.lock();
     loop {
         if shared.is_closed() {
-            return Fed::Closed;
+            return;
         }
         if state.held >= shared.buffer {
             state = if dedicated {
@@ -376,7 +362,7 @@ fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) 
                     // Still full: give the thread back; the consumer resumes the iterator.
                     state.parked = slot.take();
                     shared.producer_stopped.store(true, Ordering::Relaxed);
-                    return Fed::Parked;
+                    return;
                 }
                 state
             };
@@ -389,7 +375,7 @@ fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) 
         let Some(item) = iter.next() else {
             drop_quietly(slot.take());
             shared.finish(End::Done);
-            return Fed::Ended;
+            return;
         };
         state = shared.lock();
         state.items.push_back(item);
