@@ -32,41 +32,24 @@ const CANCELLED: u8 = 2;
 /// Runnables run in one go before the thread lets its reactor look for I/O and timers.
 const BUDGET: usize = 64;
 
-/// What a loop task's runnable and its handle share, inside the task's own allocation.
+/// What a loop task's runnable and its handle share, inside the task's own allocation: its
+/// [`STARTED`] and [`CANCELLED`] bits.
 #[derive(Debug)]
-pub(crate) struct Meta {
-    state: AtomicU8,
-}
+pub(crate) struct Meta(AtomicU8);
 
 impl Meta {
-    /// For a submitted future, which has not started.
-    fn new() -> Meta {
-        Meta {
-            state: AtomicU8::new(0),
-        }
-    }
-
-    /// For a task that is already under way when it is spawned (a `spawn_local` future, built
-    /// and first run by a started task).
-    fn started() -> Meta {
-        Meta {
-            state: AtomicU8::new(STARTED),
-        }
-    }
-
     /// Marks the future started; false if its handle cancelled it first.
     fn start(&self) -> bool {
-        self.state.load(Ordering::Acquire) & STARTED != 0
-            || self.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
+        self.is_started() || self.0.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
     }
 
     /// Marks the task cancelled; false if its future had started first.
     fn cancel(&self) -> bool {
-        self.state.fetch_or(CANCELLED, Ordering::AcqRel) & STARTED == 0
+        self.0.fetch_or(CANCELLED, Ordering::AcqRel) & STARTED == 0
     }
 
     fn is_started(&self) -> bool {
-        self.state.load(Ordering::Acquire) & STARTED != 0
+        self.0.load(Ordering::Acquire) & STARTED != 0
     }
 }
 
@@ -142,7 +125,7 @@ where
     S: Fn(Runnable<Meta>) + Send + Sync + 'static,
 {
     let (runnable, task) = async_task::Builder::new()
-        .metadata(Meta::new())
+        .metadata(Meta(AtomicU8::new(0)))
         .spawn(move |_| future, schedule);
     runnable.schedule();
     task
@@ -154,8 +137,9 @@ where
     F: Future<Output = ()> + 'static,
     S: Fn(Runnable<Meta>) + Send + Sync + 'static,
 {
+    // Already under way: built and first run by a started task.
     let (runnable, task) = async_task::Builder::new()
-        .metadata(Meta::started())
+        .metadata(Meta(AtomicU8::new(STARTED)))
         .spawn_local(move |_| future, schedule);
     task.detach();
     runnable.run();
