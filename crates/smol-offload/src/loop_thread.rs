@@ -16,7 +16,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::thread::{JoinHandle, ThreadId};
 
@@ -110,11 +110,18 @@ struct Shared {
     stopping: AtomicBool,
     /// The loop thread, known once it has been started.
     thread: OnceLock<ThreadId>,
-    join: Mutex<Option<JoinHandle<()>>>,
+    end: Mutex<End>,
+}
+
+/// The end of the loop thread, which `stop()` awaits.
+#[derive(Default)]
+struct End {
+    /// The thread, until it is joined.
+    join: Option<JoinHandle<()>>,
     /// Set by the loop thread when it has left its executor, just before it returns.
-    finished: AtomicBool,
+    finished: bool,
     /// The `stop()` tasks waiting for `finished`.
-    stop_wakers: Mutex<Vec<Waker>>,
+    wakers: Vec<Waker>,
 }
 
 impl Shared {
@@ -161,6 +168,10 @@ impl Shared {
         submitted & STOPPING != 0 && submitted & !STOPPING == self.ended.load(Ordering::SeqCst)
     }
 
+    fn end(&self) -> MutexGuard<'_, End> {
+        self.end.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn on_loop_thread(&self) -> bool {
         self.thread.get() == Some(&std::thread::current().id())
     }
@@ -172,16 +183,9 @@ impl Shared {
             self.queue.poll_run(cx, || self.is_drained())
         }));
         THIS_LOOP.with(|this| this.borrow_mut().take());
-        self.finished.store(true, Ordering::SeqCst);
-        let wakers = std::mem::take(
-            &mut *self
-                .stop_wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for waker in wakers {
-            waker.wake();
-        }
+        let mut end = self.end();
+        end.finished = true;
+        end.wakers.drain(..).for_each(Waker::wake);
     }
 }
 
@@ -222,9 +226,7 @@ impl LoopThread {
             ended: CachePadded::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             thread: OnceLock::new(),
-            join: Mutex::new(None),
-            finished: AtomicBool::new(false),
-            stop_wakers: Mutex::new(Vec::new()),
+            end: Mutex::default(),
         });
         let on_thread = shared.clone();
         let join = spawn_thread(&shared.name, move || on_thread.run()).map_err(|source| {
@@ -234,7 +236,7 @@ impl LoopThread {
             })
         })?;
         let _ = shared.thread.set(join.thread().id());
-        *shared.join.lock().unwrap_or_else(PoisonError::into_inner) = Some(join);
+        shared.end().join = Some(join);
         Ok(LoopThread {
             handle: Arc::new(Handle { shared }),
         })
@@ -502,30 +504,21 @@ struct Joiner {
 
 impl Assist for Joiner {
     fn assist(&self, waker: Option<&Waker>) {
-        if let Some(waker) = waker {
-            let mut wakers = self
-                .shared
-                .stop_wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !wakers.iter().any(|known| known.will_wake(waker)) {
-                wakers.push(waker.clone());
+        let mut end = self.shared.end();
+        if !end.finished {
+            if let Some(waker) = waker
+                && !end.wakers.iter().any(|known| known.will_wake(waker))
+            {
+                end.wakers.push(waker.clone());
             }
-        }
-        if !self.shared.finished.load(Ordering::SeqCst) {
             return;
         }
         // The thread has nothing left to run but its return: joining does not block. The lock
         // is held while joining, so a second `stop()` completes only after the join.
-        let mut join = self
-            .shared
-            .join
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = join.take() {
+        if let Some(handle) = end.join.take() {
             let _ = handle.join();
         }
-        drop(join);
+        drop(end);
         let promise = self
             .promise
             .lock()
