@@ -1,15 +1,13 @@
 //! [`LoopThread`]: a named thread running its own smol executor, that any thread or event loop
 //! can hand futures and closures to.
 //!
-//! The thread runs a single-threaded executor of its own (`loop_executor`): a queue of
-//! `async_task` runnables. A future given to [`LoopThread::spawn`] is one `async_task` task,
-//! whose handle is what its [`Task`] holds; a future that [`LoopThread::spawn_local`] builds on
-//! the thread is a local `async_task` task scheduled on the same queue, so it never leaves the
-//! thread. Every submission is counted in by the submitting thread
-//! and out by the loop thread, on two counters that sit on cache lines of their own, so that a
-//! round trip moves no counter from one CPU to the other; `stop()` (or the last handle's drop)
-//! sets a *stopping* bit in the count of submissions, after which submissions are refused, and
-//! the thread leaves its executor once the two counts meet.
+//! The thread runs its own executor (`loop_executor`). A future given to [`LoopThread::spawn`]
+//! is one `async_task` task, whose handle its [`Task`] holds; one that
+//! [`LoopThread::spawn_local`] builds on the thread is a local task on the same queue. Every
+//! submission is counted in by the submitting thread and out by the loop thread, on two
+//! counters on cache lines of their own, so that a round trip moves neither between CPUs.
+//! `stop()` (or the last handle's drop) sets a *stopping* bit in the count in, after which
+//! submissions are refused, and the thread leaves its executor once the two counts meet.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -480,18 +478,12 @@ where
     M: FnOnce() -> F,
     F: Future,
 {
-    let _admission = admission;
     if !promise.start() {
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(make)));
         return;
     }
-    let result = match panic::catch_unwind(AssertUnwindSafe(make)) {
-        Ok(future) => AssertUnwindSafe(future)
-            .catch_unwind()
-            .await
-            .map_err(Error::from_panic),
-        Err(payload) => Err(Error::from_panic(payload)),
-    };
+    // A panic in `make` is caught with the future's, on the first poll.
+    let result = run_future(admission, async move { make().await }).await;
     let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }
 
