@@ -9,14 +9,11 @@ use crate::task::{self, Promise, Task};
 /// Runs `f` on a new thread named `name`, outside every pool, and returns the task to await its
 /// value: aiomisc's `@threaded_separate`.
 ///
-/// A pool has a fixed number of threads, so a job that runs for minutes (a watcher, a long
-/// import) would hold one of them all that time. `spawn_dedicated` starts a thread for that one
-/// job instead; the thread ends with the job. The [`Task`] behaves as for a pool: a panic comes
-/// back as an [`Error`] whose [`is_panic`](Error::is_panic) is true, dropping the task before
-/// the thread calls `f` means `f` never runs, and once `f` runs it runs to its end. It can stop
-/// early by checking [`cancelled()`](crate::cancelled), which becomes true when the task is
-/// dropped, cancelled or timed out: the stop event of aiomisc's example, without passing one
-/// around.
+/// For a job that runs for minutes (a watcher, a long import) and would hold one of a pool's
+/// few threads all that time; the thread ends with the job. The [`Task`] behaves as for a pool:
+/// a panic comes back as an [`Error`] whose [`is_panic`](Error::is_panic) is true, dropping the
+/// task before the thread calls `f` means `f` never runs, and once `f` runs it runs to its end,
+/// unless it returns early when [`cancelled()`](crate::cancelled) turns true.
 ///
 /// # Examples
 ///

@@ -1,16 +1,12 @@
 //! The executor of a [`LoopThread`](crate::LoopThread), and the handle of a future it runs.
 //!
-//! A loop thread has one thread and so needs none of a work-stealing executor's machinery: its
-//! executor is a queue of `async_task` runnables that the thread pops and runs, and a waker
-//! that a push wakes the thread with. Each future submitted with `LoopThread::spawn` is one
-//! `async_task` task, one allocation that holds the future, its output and a small [`Meta`]
-//! with two flags, *started* and *cancelled*. The [`Task`](crate::Task) handed back wraps that
-//! task's handle ([`LoopTask`]): no second slot, mutex or waker of its own.
-//!
-//! *Started* is set by the loop thread just before a future's first poll, *cancelled* by its
-//! handle when dropped or cancelled; whichever comes first wins, so a task dropped before its
-//! future first runs never runs, and one dropped later runs on to its end (its handle is then
-//! detached instead of dropped, which would stop the future at its next await).
+//! One thread needs none of a work-stealing executor's machinery: a queue of `async_task`
+//! runnables that the thread pops and runs, and a waker that a push wakes it with. A future
+//! submitted with `LoopThread::spawn` is one `async_task` task, whose [`Meta`] holds two flags,
+//! and whose handle ([`LoopTask`]) the [`Task`](crate::Task) wraps: no slot, mutex or waker of
+//! its own. Whichever flag is set first wins, so a task dropped before its future first runs
+//! never runs, and one dropped later runs on to its end (its handle is detached, not dropped,
+//! which would stop the future at its next await).
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
