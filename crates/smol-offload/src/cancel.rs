@@ -1,9 +1,8 @@
 //! [`cancelled()`]: how running thread work learns that nobody waits for it any more.
 //!
-//! A closure that has started on a thread cannot be stopped from outside, but it can stop
-//! itself. Whoever runs work on a thread (a pool's job, a dedicated thread, a stream's
-//! producer) puts the work's [`CancelSource`] in a thread-local slot for the time of the call;
-//! [`cancelled()`] reads it.
+//! Whoever runs work on a thread (a pool's job, a dedicated thread, a stream's producer) puts
+//! the work's [`CancelSource`] in a thread-local slot for the time of the call, for
+//! [`cancelled()`] to read.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -26,11 +25,10 @@ thread_local! {
 ///
 /// It answers for the closure running on a [`ThreadPool`](crate::ThreadPool) (and so
 /// [`spawn`](crate::spawn)), on a thread of [`spawn_dedicated`](crate::spawn_dedicated), and for
-/// the iterator behind a stream ([`ThreadPool::stream`](crate::ThreadPool::stream)). Elsewhere
-/// (outside any task, on a loop thread, in a process worker) it is always false. Work that has
-/// started always runs to its end: a long loop checks `cancelled()` and returns early, the way
-/// aiomisc's `@threaded_separate` examples poll a stop `Event`, without passing one around.
-/// Python's executors have nothing like it.
+/// the iterator behind a stream ([`ThreadPool::stream`](crate::ThreadPool::stream)); elsewhere
+/// (outside any task, on a loop thread, in a process worker) it is false. Started work runs to
+/// its end, but a long loop can check `cancelled()` and return early, the way aiomisc's
+/// `@threaded_separate` examples poll a stop `Event`, without passing one around.
 ///
 /// # Examples
 ///

@@ -1,6 +1,7 @@
 //! [`spawn_dedicated`]: one long job on a thread of its own, outside every pool.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::thread::JoinHandle;
 
 use crate::error::{Error, ErrorKind};
 use crate::task::{self, Promise, Task};
@@ -8,14 +9,11 @@ use crate::task::{self, Promise, Task};
 /// Runs `f` on a new thread named `name`, outside every pool, and returns the task to await its
 /// value: aiomisc's `@threaded_separate`.
 ///
-/// A pool has a fixed number of threads, so a job that runs for minutes (a watcher, a long
-/// import) would hold one of them all that time. `spawn_dedicated` starts a thread for that one
-/// job instead; the thread ends with the job. The [`Task`] behaves as for a pool: a panic comes
-/// back as an [`Error`] whose [`is_panic`](Error::is_panic) is true, dropping the task before
-/// the thread calls `f` means `f` never runs, and once `f` runs it runs to its end. It can stop
-/// early by checking [`cancelled()`](crate::cancelled), which becomes true when the task is
-/// dropped, cancelled or timed out: the stop event of aiomisc's example, without passing one
-/// around.
+/// For a job that runs for minutes (a watcher, a long import) and would hold one of a pool's
+/// few threads all that time; the thread ends with the job. The [`Task`] behaves as for a pool:
+/// a panic comes back as an [`Error`] whose [`is_panic`](Error::is_panic) is true, dropping the
+/// task before the thread calls `f` means `f` never runs, and once `f` runs it runs to its end,
+/// unless it returns early when [`cancelled()`](crate::cancelled) turns true.
 ///
 /// # Examples
 ///
@@ -49,25 +47,30 @@ where
         let _entered = span.enter();
         run(promise, f);
     };
-    // `std` panics on a name with a NUL byte instead of returning an error.
-    let started = if name.contains('\0') {
-        Err(std::io::Error::new(
+    match spawn_thread(&name, body) {
+        Ok(_detached) => task,
+        // The closure, and the promise in it, are gone: `task` holds a shutdown error.
+        Err(err) => Task::ready(Err(Error::new(ErrorKind::Config(format!(
+            "could not start the dedicated thread {name:?}: {err}"
+        ))))),
+    }
+}
+
+/// Starts a thread named `name` running `body`; a name with a NUL byte is an error, where `std`
+/// would panic.
+pub(crate) fn spawn_thread(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    if name.contains('\0') {
+        return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "a thread name cannot contain a NUL byte",
-        ))
-    } else {
-        std::thread::Builder::new().name(name.clone()).spawn(body)
-    };
-    match started {
-        Ok(_detached) => task,
-        Err(err) => {
-            // The closure, and the promise in it, are gone: `task` holds a shutdown error.
-            drop(task);
-            Task::ready(Err(Error::new(ErrorKind::Config(format!(
-                "could not start the dedicated thread {name:?}: {err}"
-            )))))
-        }
+        ));
     }
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
 }
 
 /// Runs `f` for `promise` unless its task was dropped first, with [`cancelled()`](crate::cancelled)

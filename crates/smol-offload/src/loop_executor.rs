@@ -1,16 +1,12 @@
 //! The executor of a [`LoopThread`](crate::LoopThread), and the handle of a future it runs.
 //!
-//! A loop thread has one thread and so needs none of a work-stealing executor's machinery: its
-//! executor is a queue of `async_task` runnables that the thread pops and runs, and a waker
-//! that a push wakes the thread with. Each future submitted with `LoopThread::spawn` is one
-//! `async_task` task, one allocation that holds the future, its output and a small [`Meta`]
-//! with two flags, *started* and *cancelled*. The [`Task`](crate::Task) handed back wraps that
-//! task's handle ([`LoopTask`]): no second slot, mutex or waker of its own.
-//!
-//! *Started* is set by the loop thread just before a future's first poll, *cancelled* by its
-//! handle when dropped or cancelled; whichever comes first wins, so a task dropped before its
-//! future first runs never runs, and one dropped later runs on to its end (its handle is then
-//! detached instead of dropped, which would stop the future at its next await).
+//! One thread needs none of a work-stealing executor's machinery: a queue of `async_task`
+//! runnables that the thread pops and runs, and a waker that a push wakes it with. A future
+//! submitted with `LoopThread::spawn` is one `async_task` task, whose [`Meta`] holds two flags,
+//! and whose handle ([`LoopTask`]) the [`Task`](crate::Task) wraps: no slot, mutex or waker of
+//! its own. Whichever flag is set first wins, so a task dropped before its future first runs
+//! never runs, and one dropped later runs on to its end (its handle is detached, not dropped,
+//! which would stop the future at its next await).
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
@@ -32,41 +28,24 @@ const CANCELLED: u8 = 2;
 /// Runnables run in one go before the thread lets its reactor look for I/O and timers.
 const BUDGET: usize = 64;
 
-/// What a loop task's runnable and its handle share, inside the task's own allocation.
+/// What a loop task's runnable and its handle share, inside the task's own allocation: its
+/// [`STARTED`] and [`CANCELLED`] bits.
 #[derive(Debug)]
-pub(crate) struct Meta {
-    state: AtomicU8,
-}
+pub(crate) struct Meta(AtomicU8);
 
 impl Meta {
-    /// For a submitted future, which has not started.
-    fn new() -> Meta {
-        Meta {
-            state: AtomicU8::new(0),
-        }
-    }
-
-    /// For a task that is already under way when it is spawned (a `spawn_local` future, built
-    /// and first run by a started task).
-    fn started() -> Meta {
-        Meta {
-            state: AtomicU8::new(STARTED),
-        }
-    }
-
     /// Marks the future started; false if its handle cancelled it first.
     fn start(&self) -> bool {
-        self.state.load(Ordering::Acquire) & STARTED != 0
-            || self.state.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
+        self.is_started() || self.0.fetch_or(STARTED, Ordering::AcqRel) & CANCELLED == 0
     }
 
     /// Marks the task cancelled; false if its future had started first.
     fn cancel(&self) -> bool {
-        self.state.fetch_or(CANCELLED, Ordering::AcqRel) & STARTED == 0
+        self.0.fetch_or(CANCELLED, Ordering::AcqRel) & STARTED == 0
     }
 
     fn is_started(&self) -> bool {
-        self.state.load(Ordering::Acquire) & STARTED != 0
+        self.0.load(Ordering::Acquire) & STARTED != 0
     }
 }
 
@@ -142,7 +121,7 @@ where
     S: Fn(Runnable<Meta>) + Send + Sync + 'static,
 {
     let (runnable, task) = async_task::Builder::new()
-        .metadata(Meta::new())
+        .metadata(Meta(AtomicU8::new(0)))
         .spawn(move |_| future, schedule);
     runnable.schedule();
     task
@@ -154,8 +133,9 @@ where
     F: Future<Output = ()> + 'static,
     S: Fn(Runnable<Meta>) + Send + Sync + 'static,
 {
+    // Already under way: built and first run by a started task.
     let (runnable, task) = async_task::Builder::new()
-        .metadata(Meta::started())
+        .metadata(Meta(AtomicU8::new(STARTED)))
         .spawn_local(move |_| future, schedule);
     task.detach();
     runnable.run();

@@ -1,28 +1,27 @@
 //! [`LoopThread`]: a named thread running its own smol executor, that any thread or event loop
 //! can hand futures and closures to.
 //!
-//! The thread runs a single-threaded executor of its own (`loop_executor`): a queue of
-//! `async_task` runnables. A future given to [`LoopThread::spawn`] is one `async_task` task,
-//! whose handle is what its [`Task`] holds; a future that [`LoopThread::spawn_local`] builds on
-//! the thread is a local `async_task` task scheduled on the same queue, so it never leaves the
-//! thread. Every submission is counted in by the submitting thread
-//! and out by the loop thread, on two counters that sit on cache lines of their own, so that a
-//! round trip moves no counter from one CPU to the other; `stop()` (or the last handle's drop)
-//! sets a *stopping* bit in the count of submissions, after which submissions are refused, and
-//! the thread leaves its executor once the two counts meet.
+//! The thread runs its own executor (`loop_executor`). A future given to [`LoopThread::spawn`]
+//! is one `async_task` task, whose handle its [`Task`] holds; one that
+//! [`LoopThread::spawn_local`] builds on the thread is a local task on the same queue. Every
+//! submission is counted in by the submitting thread and out by the loop thread, on two
+//! counters on cache lines of their own, so that a round trip moves neither between CPUs.
+//! `stop()` (or the last handle's drop) sets a *stopping* bit in the count in, after which
+//! submissions are refused, and the thread leaves its executor once the two counts meet.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::thread::{JoinHandle, ThreadId};
 
 use crossbeam_utils::CachePadded;
 use futures_lite::FutureExt;
 
+use crate::dedicated::spawn_thread;
 use crate::error::{BuildError, BuildErrorKind, Error, ErrorKind};
 use crate::loop_executor::{self, LoopTask, RunQueue};
 use crate::task::{self, Assist, Promise, Task};
@@ -109,11 +108,18 @@ struct Shared {
     stopping: AtomicBool,
     /// The loop thread, known once it has been started.
     thread: OnceLock<ThreadId>,
-    join: Mutex<Option<JoinHandle<()>>>,
+    end: Mutex<End>,
+}
+
+/// The end of the loop thread, which `stop()` awaits.
+#[derive(Default)]
+struct End {
+    /// The thread, until it is joined.
+    join: Option<JoinHandle<()>>,
     /// Set by the loop thread when it has left its executor, just before it returns.
-    finished: AtomicBool,
+    finished: bool,
     /// The `stop()` tasks waiting for `finished`.
-    stop_wakers: Mutex<Vec<Waker>>,
+    wakers: Vec<Waker>,
 }
 
 impl Shared {
@@ -160,6 +166,10 @@ impl Shared {
         submitted & STOPPING != 0 && submitted & !STOPPING == self.ended.load(Ordering::SeqCst)
     }
 
+    fn end(&self) -> MutexGuard<'_, End> {
+        self.end.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn on_loop_thread(&self) -> bool {
         self.thread.get() == Some(&std::thread::current().id())
     }
@@ -171,16 +181,9 @@ impl Shared {
             self.queue.poll_run(cx, || self.is_drained())
         }));
         THIS_LOOP.with(|this| this.borrow_mut().take());
-        self.finished.store(true, Ordering::SeqCst);
-        let wakers = std::mem::take(
-            &mut *self
-                .stop_wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        for waker in wakers {
-            waker.wake();
-        }
+        let mut end = self.end();
+        end.finished = true;
+        end.wakers.drain(..).for_each(Waker::wake);
     }
 }
 
@@ -214,40 +217,24 @@ impl LoopThread {
     ///
     /// `name` contains a NUL byte, or the operating system refused to start the thread.
     pub fn new(name: impl Into<String>) -> Result<LoopThread, BuildError> {
-        let name = name.into();
-        if name.contains('\0') {
-            // `std` would panic on it instead of returning an error.
-            return Err(BuildError::new(BuildErrorKind::Io {
-                doing: "start the loop thread",
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a thread name cannot contain a NUL byte",
-                ),
-            }));
-        }
         let shared = Arc::new(Shared {
-            name: name.clone(),
+            name: name.into(),
             queue: Arc::new(RunQueue::new()),
             submitted: CachePadded::new(AtomicUsize::new(0)),
             ended: CachePadded::new(AtomicUsize::new(0)),
             stopping: AtomicBool::new(false),
             thread: OnceLock::new(),
-            join: Mutex::new(None),
-            finished: AtomicBool::new(false),
-            stop_wakers: Mutex::new(Vec::new()),
+            end: Mutex::default(),
         });
         let on_thread = shared.clone();
-        let join = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || on_thread.run())
-            .map_err(|source| {
-                BuildError::new(BuildErrorKind::Io {
-                    doing: "start the loop thread",
-                    source,
-                })
-            })?;
+        let join = spawn_thread(&shared.name, move || on_thread.run()).map_err(|source| {
+            BuildError::new(BuildErrorKind::Io {
+                doing: "start the loop thread",
+                source,
+            })
+        })?;
         let _ = shared.thread.set(join.thread().id());
-        *shared.join.lock().unwrap_or_else(PoisonError::into_inner) = Some(join);
+        shared.end().join = Some(join);
         Ok(LoopThread {
             handle: Arc::new(Handle { shared }),
         })
@@ -491,18 +478,12 @@ where
     M: FnOnce() -> F,
     F: Future,
 {
-    let _admission = admission;
     if !promise.start() {
         let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(make)));
         return;
     }
-    let result = match panic::catch_unwind(AssertUnwindSafe(make)) {
-        Ok(future) => AssertUnwindSafe(future)
-            .catch_unwind()
-            .await
-            .map_err(Error::from_panic),
-        Err(payload) => Err(Error::from_panic(payload)),
-    };
+    // A panic in `make` is caught with the future's, on the first poll.
+    let result = run_future(admission, async move { make().await }).await;
     let _ = panic::catch_unwind(AssertUnwindSafe(move || promise.complete(result)));
 }
 
@@ -515,30 +496,21 @@ struct Joiner {
 
 impl Assist for Joiner {
     fn assist(&self, waker: Option<&Waker>) {
-        if let Some(waker) = waker {
-            let mut wakers = self
-                .shared
-                .stop_wakers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !wakers.iter().any(|known| known.will_wake(waker)) {
-                wakers.push(waker.clone());
+        let mut end = self.shared.end();
+        if !end.finished {
+            if let Some(waker) = waker
+                && !end.wakers.iter().any(|known| known.will_wake(waker))
+            {
+                end.wakers.push(waker.clone());
             }
-        }
-        if !self.shared.finished.load(Ordering::SeqCst) {
             return;
         }
         // The thread has nothing left to run but its return: joining does not block. The lock
         // is held while joining, so a second `stop()` completes only after the join.
-        let mut join = self
-            .shared
-            .join
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(handle) = join.take() {
+        if let Some(handle) = end.join.take() {
             let _ = handle.join();
         }
-        drop(join);
+        drop(end);
         let promise = self
             .promise
             .lock()

@@ -1,29 +1,20 @@
 //! [`IterStream`]: a blocking iterator run on a pool (or a dedicated thread) and consumed as an
 //! async [`Stream`](futures_core::Stream) through a bounded buffer.
 //!
-//! The cost that matters is per item, so both sides work in batches. The producer takes one
-//! uncontended lock per item to append it to the shared queue, and wakes the consumer only when
-//! the consumer is waiting (the queue went from empty to not empty). The consumer takes the
-//! lock once per batch: it swaps the whole shared queue for its own empty one and hands the
-//! items out from there without any synchronisation. Items count against `buffer` until the
-//! consumer *settles* them under the lock, which it does when its batch runs out or, when the
-//! producer waits for room, once it has handed out half a buffer.
+//! The cost that matters is per item, so both sides work in batches. The producer locks the
+//! shared queue once per item and wakes the consumer only when it waits (the queue was empty);
+//! the consumer swaps the whole queue for its own empty one under one lock and hands the items
+//! out from there. Items count against `buffer` until the consumer *settles* them: when its
+//! batch runs out or, if the producer waits for room, after half a buffer.
 //!
-//! A producer with a full buffer sleeps on a condition variable until the consumer has made
-//! room: a dedicated producer as long as needed, a pool producer for at most [`POOL_WAIT`].
-//! Then the pool producer *parks* the iterator (puts it in the shared state) and ends its job,
-//! so a slow consumer never holds a pool thread; the consumer that makes room takes the parked
-//! iterator and submits a new job with it. Every decision to sleep, park, wake or resume is
-//! taken under the one lock, so none is missed.
-//!
-//! Before either side sleeps it spins a little, backing off to `yield_now` (crossbeam's
-//! `Backoff`, as crossbeam's channels do): a consumer that found the queue empty while the
-//! producer runs, and a producer that found the buffer full. When the two run on two CPUs, the
-//! other side nearly always acts within those microseconds, and a sleep with its wake-up costs
-//! far more. The spinning consumer watches a flag the producer sets when the queue stops being
-//! empty, not the lock the producer takes for every item. A producer with a full buffer goes
-//! on yielding for up to [`PRODUCER_SPIN`], longer than a sleeping thread takes to wake, unless
-//! a yield shows that other threads want the CPU.
+//! A producer with a full buffer sleeps on a condition variable: a dedicated one as long as
+//! needed, a pool one for at most [`POOL_WAIT`], after which it *parks* the iterator in the
+//! shared state and ends its job; the consumer that makes room sends it to the pool again.
+//! Every decision to sleep, park, wake or resume is taken under the one lock, so none is missed.
+//! Before sleeping, both sides spin with crossbeam's `Backoff` (the consumer watching a flag, not
+//! the lock the producer takes per item), and a producer with a full buffer keeps yielding for
+//! up to [`PRODUCER_SPIN`]: on two CPUs the other side nearly always acts within microseconds,
+//! and a sleep with its wake-up costs far more.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -37,30 +28,26 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::{Backoff, CachePadded};
 
 use crate::cancel::CancelSource;
+use crate::dedicated::spawn_thread;
 use crate::error::{Error, ErrorKind};
 use crate::thread_pool::ThreadPool;
 
 type BoxedIter<T> = Box<dyn Iterator<Item = T> + Send>;
 
-/// How long a producer with a full buffer keeps looking for room (spinning, then yielding its
-/// CPU) before it sleeps. A sleeping thread on a virtual machine can take 100 µs or more to be
-/// woken; a producer and a consumer that take turns sleeping then pay that twice per half
-/// buffer, and the stream runs at a tenth of its speed. A producer that keeps looking for a
-/// little longer than a wake-up takes stays awake while a consumer that keeps up empties the
-/// buffer; one that waits on a slow consumer wastes at most this per half buffer. On a busy
-/// machine it stops looking sooner (see [`CONTENDED_YIELD`]).
+/// How long a producer with a full buffer keeps looking for room (spinning, then yielding)
+/// before it sleeps: a little longer than a sleeping thread on a virtual machine takes to wake
+/// (100 µs or more; taking turns to sleep ran the stream at a tenth of its speed). A slow
+/// consumer costs it at most this per half buffer; a busy machine less ([`CONTENDED_YIELD`]).
 const PRODUCER_SPIN: Duration = Duration::from_micros(200);
 
-/// A `yield_now` that took longer than this ran another thread: the CPU is contended, and a
-/// producer that goes on looking for room takes time from the consumer it waits for.
+/// A `yield_now` that took longer than this ran another thread: the CPU is contended, and
+/// looking on for room takes time from the consumer.
 const CONTENDED_YIELD: Duration = Duration::from_micros(20);
 
-/// How long a pool producer with a full buffer waits for room before it gives its thread back.
-/// A consumer that keeps up makes room well within it, so the iterator stays on its thread
-/// instead of paying a new pool job (and a worker's wake-up) per half buffer; a consumer that
-/// stopped reading borrows the thread for at most this long per buffer. (With 0.5 ms, the
-/// benchmark's stream ran at a third of the speed of a dedicated thread, although no wait ran
-/// out; from 10 ms on, it matched it.)
+/// How long a pool producer with a full buffer waits for room before it gives its thread back:
+/// long enough for a consumer that keeps up, so that it does not pay a new pool job per half
+/// buffer (with 0.5 ms the benchmark ran at a third of a dedicated thread's speed, from 10 ms at
+/// its speed), and a consumer that stopped reading holds the thread at most this per buffer.
 const POOL_WAIT: Duration = Duration::from_millis(10);
 
 /// The items of a blocking iterator that runs on a [`ThreadPool`] or on a thread of its own,
@@ -99,11 +86,8 @@ const POOL_WAIT: Duration = Duration::from_millis(10);
 #[must_use = "streams do nothing unless polled"]
 pub struct IterStream<T: Send + 'static> {
     shared: Arc<Shared<T>>,
-    /// The items this side took from the shared queue in one go, handed out one per poll
-    /// without any lock.
-    /// (The mutex is never locked: `poll_next` and `drop` reach it through `&mut self` with
-    /// `get_mut`. It only keeps the stream `Sync` for any `T: Send`, as a bare `VecDeque<T>`
-    /// would not for a `T` that is not `Sync`.)
+    /// The items taken from the shared queue in one go, handed out without any lock. The mutex
+    /// is only reached with `get_mut`: it keeps the stream `Sync` for a `T` that is not.
     batch: Mutex<VecDeque<T>>,
     /// Items handed out since the consumer last settled them (see [`State::held`]).
     handed: usize,
@@ -123,20 +107,17 @@ struct Shared<T> {
     /// The producer sleeps here while the buffer is full.
     room: Condvar,
     buffer: usize,
-    /// Once the buffer was full, the producer goes on when the consumer has brought it down to
-    /// this many items: about half the buffer, so that a producer faster than its consumer is
-    /// resumed once per half buffer, not once per item.
+    /// A full buffer lets the producer go on once down to this many items (half of it), so that
+    /// a producer faster than its consumer is resumed once per half buffer, not per item.
     resume_at: usize,
     /// The stream was dropped: stop after the current item. Also read by
     /// [`cancelled()`](crate::cancelled), without the lock.
     closed: AtomicBool,
-    /// A copy of "the producer waits for room or is parked", read by the consumer without the
-    /// lock to know when to settle in the middle of a batch. Only a hint: the consumer settles
-    /// under the lock at the end of every batch anyway.
+    /// A hint that the producer waits for room or is parked, read without the lock: the
+    /// consumer then settles in the middle of its batch.
     producer_stopped: AtomicBool,
     /// A hint that `items` went from empty to not empty (or the stream ended) since the
-    /// consumer last took them: what a consumer that found nothing looks at while it spins, so
-    /// that its looking does not take the lock the producer needs for every item.
+    /// consumer took them: what a spinning consumer watches instead of the lock.
     queued: CachePadded<AtomicBool>,
     runner: Runner,
     #[cfg(feature = "tracing")]
@@ -207,16 +188,13 @@ impl<T> Shared<T> {
         if state.held > self.resume_at {
             return Room::Nothing;
         }
-        if let Some(iter) = state.parked.take() {
-            self.producer_stopped.store(false, Ordering::Relaxed);
-            return Room::Resume(iter);
-        }
-        if state.producer_waiting {
-            state.producer_waiting = false;
-            self.producer_stopped.store(false, Ordering::Relaxed);
-            return Room::Notify;
-        }
-        Room::Nothing
+        let room = match state.parked.take() {
+            Some(iter) => Room::Resume(iter),
+            None if std::mem::take(&mut state.producer_waiting) => Room::Notify,
+            None => return Room::Nothing,
+        };
+        self.producer_stopped.store(false, Ordering::Relaxed);
+        room
     }
 }
 
@@ -232,9 +210,8 @@ impl<T: Send + 'static> IterStream<T> {
         I: IntoIterator<Item = T>,
         I::IntoIter: Send + 'static,
     {
-        let buffer = buffer.max(1);
         let parked: BoxedIter<T> = Box::new(iter.into_iter());
-        IterStream::with_state(buffer, runner, Some(parked), None)
+        IterStream::with_state(buffer.max(1), runner, Some(parked), None)
     }
 
     fn with_state(
@@ -280,19 +257,6 @@ impl<T: Send + 'static> IterStream<T> {
             Some(End::Failed(err)),
         )
     }
-
-    /// How many items wait in the consumer's batch (for `Debug`, the one place that locks it).
-    fn batch_len(&self) -> usize {
-        self.batch.try_lock().map_or(0, |batch| batch.len())
-    }
-
-    /// Settles the items handed out so far, in the middle of a batch.
-    fn settle(&mut self) {
-        let shared = &self.shared;
-        let room = shared.settle(&mut shared.lock(), self.handed);
-        self.handed = 0;
-        make_room(shared, room);
-    }
 }
 
 /// Resumes the producer as `room` says (with the lock released).
@@ -313,19 +277,7 @@ fn resume<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
         }
         Runner::Dedicated(name) => {
             let on_thread = shared.clone();
-            // `std` panics on a name with a NUL byte instead of returning an error.
-            let started = if name.contains('\0') {
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "a thread name cannot contain a NUL byte",
-                ))
-            } else {
-                std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || produce(&on_thread, iter))
-                    .map(drop)
-            };
-            if let Err(err) = started {
+            if let Err(err) = spawn_thread(name, move || produce(&on_thread, iter)) {
                 let err = Error::new(ErrorKind::Config(format!(
                     "could not start the dedicated thread {name:?} for a stream: {err}"
                 )));
@@ -333,16 +285,6 @@ fn resume<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
             }
         }
     }
-}
-
-/// How a producer's run ended.
-enum Fed {
-    /// The iterator ended (it was dropped here).
-    Ended,
-    /// The stream was closed (the iterator is still to drop).
-    Closed,
-    /// The buffer stayed full: the iterator is parked, the pool thread goes back.
-    Parked,
 }
 
 /// Runs the iterator on a worker until it ends, the buffer is full (pool) or the stream closes.
@@ -354,43 +296,33 @@ fn produce<T: Send + 'static>(shared: &Arc<Shared<T>>, iter: BoxedIter<T>) {
     let mut iter = Some(iter);
     // One `catch_unwind` for the whole run, not one per item.
     let fed = panic::catch_unwind(AssertUnwindSafe(|| feed(shared, &mut iter)));
-    match fed {
-        Ok(Fed::Parked) => {}
-        Ok(Fed::Ended) => {}
-        Ok(Fed::Closed) => drop_quietly(iter),
-        Err(payload) => {
-            let err = Error::from_panic(payload);
-            drop_quietly(iter);
-            shared.finish(End::Failed(err));
-        }
+    // Left here when the stream was closed or the iterator panicked.
+    drop_quietly(iter);
+    if let Err(payload) = fed {
+        shared.finish(End::Failed(Error::from_panic(payload)));
     }
 }
 
-/// The producer's loop: one lock per item, held for no `next()`.
-fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) -> Fed {
+/// The producer's loop: one lock per item, held for no `next()`. It returns with the iterator
+/// still in `slot` only when the stream was closed.
+fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) {
     let dedicated = matches!(shared.runner, Runner::Dedicated(_));
     let mut state = shared.lock();
     loop {
         if shared.is_closed() {
-            return Fed::Closed;
+            return;
         }
         if state.held >= shared.buffer {
-            state = if dedicated {
-                // The thread is ours: sleep until the consumer has made room or is gone.
-                wait_for_room(shared, state, None).0
-            } else {
-                // A consumer that keeps up makes room soon: wait a little for it, rather than
-                // pay a new pool job (and a worker's wake-up) for every half buffer.
-                let (mut state, room) =
-                    wait_for_room(shared, state, Some(Instant::now() + POOL_WAIT));
-                if !room {
-                    // Still full: give the thread back; the consumer resumes the iterator.
-                    state.parked = slot.take();
-                    shared.producer_stopped.store(true, Ordering::Relaxed);
-                    return Fed::Parked;
-                }
-                state
-            };
+            // A dedicated thread is ours: it waits as long as it takes. A pool producer waits
+            // a little, then gives its thread back; the consumer resumes the iterator.
+            let deadline = (!dedicated).then(|| Instant::now() + POOL_WAIT);
+            let room;
+            (state, room) = wait_for_room(shared, state, deadline);
+            if !room {
+                state.parked = slot.take();
+                shared.producer_stopped.store(true, Ordering::Relaxed);
+                return;
+            }
             continue;
         }
         drop(state);
@@ -400,7 +332,7 @@ fn feed<T: Send + 'static>(shared: &Shared<T>, slot: &mut Option<BoxedIter<T>>) 
         let Some(item) = iter.next() else {
             drop_quietly(slot.take());
             shared.finish(End::Done);
-            return Fed::Ended;
+            return;
         };
         state = shared.lock();
         state.items.push_back(item);
@@ -423,10 +355,8 @@ fn wait_for_room<'a, T>(
     mut state: MutexGuard<'a, State<T>>,
     deadline: Option<Instant>,
 ) -> (MutexGuard<'a, State<T>>, bool) {
-    // A consumer that keeps up makes room within microseconds: look again a few times,
-    // backing off, then keep yielding for up to `PRODUCER_SPIN`, before sleeping on the
-    // condition variable. The yielding stops at the first yield that gave the CPU away for
-    // long (another thread wanted it: on a busy machine, looking costs the others).
+    // Look again a few times, backing off, then keep yielding for up to `PRODUCER_SPIN` (or
+    // until a yield gave the CPU away for long), before sleeping on the condition variable.
     let backoff = Backoff::new();
     let mut spin_until = Some(Instant::now() + PRODUCER_SPIN);
     let room = loop {
@@ -501,19 +431,19 @@ impl<T: Send + 'static> futures_core::Stream for IterStream<T> {
         let batch = this.batch.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some(item) = batch.pop_front() {
             this.handed += 1;
-            // A producer waiting for room goes on once half a buffer was handed out, not only
-            // when the batch runs out.
-            if this.handed >= this.shared.buffer - this.shared.resume_at
-                && this.shared.producer_stopped.load(Ordering::Relaxed)
+            // A producer waiting for room goes on after half a buffer, not only after the batch.
+            let shared = &this.shared;
+            if this.handed >= shared.buffer - shared.resume_at
+                && shared.producer_stopped.load(Ordering::Relaxed)
             {
-                this.settle();
+                let room = shared.settle(&mut shared.lock(), this.handed);
+                this.handed = 0;
+                make_room(shared, room);
             }
             return Poll::Ready(Some(Ok(item)));
         }
-        // The batch ran out: settle it and take whatever the producer has queued since. A
-        // producer that is running usually queues the next item within a few microseconds, so
-        // look again a few times, backing off, before going to sleep: a sleep and its wake-up
-        // cost far more than the spin, and the batch that comes after one is small.
+        // The batch ran out: settle it and take what the producer queued since, looking again
+        // a few times, backing off, while it runs: it usually queues within microseconds.
         let shared = &this.shared;
         let backoff = Backoff::new();
         loop {
@@ -589,9 +519,11 @@ impl<T: Send + 'static> Drop for IterStream<T> {
 
 impl<T: Send + 'static> fmt::Debug for IterStream<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The one place that locks `batch`.
+        let batch = self.batch.try_lock().map_or(0, |batch| batch.len());
         let state = self.shared.lock();
         f.debug_struct("IterStream")
-            .field("buffered", &(state.items.len() + self.batch_len()))
+            .field("buffered", &(state.items.len() + batch))
             .field("buffer", &self.shared.buffer)
             .field("parked", &state.parked.is_some())
             .field("ended", &state.end.is_some())

@@ -82,14 +82,26 @@ where
     I: IntoIterator<Item = Task<T>>,
 {
     let slots: Vec<Option<Task<T>>> = tasks.into_iter().map(Some).collect();
+    let ready = Arc::new(ReadyQueue {
+        indexes: ConcurrentQueue::unbounded(),
+        waker: AtomicWaker::new(),
+    });
+    // Every task starts out queued, so that the first poll polls them all.
+    let wakers = (0..slots.len())
+        .map(|index| {
+            let _ = ready.indexes.push(index);
+            Arc::new(SlotWaker {
+                index,
+                queued: AtomicBool::new(true),
+                ready: Arc::clone(&ready),
+            })
+        })
+        .collect();
     Wait {
         remaining: slots.len(),
         slots,
-        wakers: Vec::new(),
-        ready: Arc::new(ReadyQueue {
-            indexes: ConcurrentQueue::unbounded(),
-            waker: AtomicWaker::new(),
-        }),
+        wakers,
+        ready,
         done: Vec::new(),
         failed: false,
         when,
@@ -105,7 +117,7 @@ where
 #[must_use = "futures do nothing unless awaited"]
 pub struct Wait<T> {
     slots: Vec<Option<Task<T>>>,
-    /// The waker of each slot, made on the first poll (empty before).
+    /// The waker of each slot.
     wakers: Vec<Arc<SlotWaker>>,
     ready: Arc<ReadyQueue>,
     /// How many slots still hold a task.
@@ -166,23 +178,8 @@ impl<T> Wait<T> {
         }
     }
 
-    /// Polls every task that woke since the last call; on the first call, every task.
+    /// Polls every task that woke since the last call.
     fn collect_finished(&mut self) {
-        if self.wakers.len() != self.slots.len() {
-            self.wakers = (0..self.slots.len())
-                .map(|index| {
-                    Arc::new(SlotWaker {
-                        index,
-                        queued: AtomicBool::new(false),
-                        ready: Arc::clone(&self.ready),
-                    })
-                })
-                .collect();
-            for index in 0..self.slots.len() {
-                self.poll_slot(index);
-            }
-            return;
-        }
         while let Ok(index) = self.ready.indexes.pop() {
             // Cleared before the poll: a wake-up during or after it queues the task again.
             self.wakers[index].queued.store(false, Ordering::Release);
@@ -271,16 +268,9 @@ pub async fn gather<T, I>(tasks: I) -> Vec<Result<T, Error>>
 where
     I: IntoIterator<Item = Task<T>>,
 {
-    let waited = wait(tasks, ReturnWhen::AllCompleted).await;
-    let mut ordered: Vec<Option<Result<T, Error>>> = Vec::new();
-    ordered.resize_with(waited.done.len(), || None);
-    for (index, result) in waited.done {
-        ordered[index] = Some(result);
-    }
-    ordered
-        .into_iter()
-        .map(|result| result.expect("every task finished"))
-        .collect()
+    let mut done = wait(tasks, ReturnWhen::AllCompleted).await.done;
+    done.sort_unstable_by_key(|&(index, _)| index);
+    done.into_iter().map(|(_, result)| result).collect()
 }
 
 /// Awaits every task and returns their values in order, or the first error in input order,
