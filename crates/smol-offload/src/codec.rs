@@ -7,14 +7,16 @@
 //! deserialized with "BadDe refuses to deserialize" would only read "Serde Deserialization Error".
 //! Nothing in postcard 1.x lets a caller get the message back: user code calls `custom` on the
 //! error type of the serializer it is handed, and postcard hands every nested value its own.
-//! Wrapping postcard's serializer and deserializer took a forwarding adapter of every serde method
-//! (about 700 lines of code), slow enough over a `Vec<u8>` that values went through postcard alone
-//! first and, on failure, a second time through the adapter. Formats that keep the message
-//! (MessagePack through `rmp-serde`, CBOR through `ciborium`) would change the bytes on the wire
-//! and write each byte above 127 of a `Vec<u8>` in two. postcard's format itself is small and
-//! specified (varints, zigzag, length-prefixed blocks): writing it directly, with an error that is
-//! a [`CodecError`], keeps the message at once, runs user code once, and lets the codec do two
-//! things postcard's API cannot:
+//! Wrapping postcard took a forwarding adapter of every serde method (the serializer and its
+//! seven compounds, the deserializer, a visitor, a seed, the four access traits: about 700 lines
+//! of code, where a format implements each method once in about 630), slow enough over a
+//! `Vec<u8>` that values went through postcard alone first and, on failure, a second time
+//! through the adapter. Formats that keep the message (MessagePack through `rmp-serde`, CBOR
+//! through `ciborium`) would change the bytes on the wire and write each byte above 127 of a
+//! `Vec<u8>` in two. postcard's format itself is small and specified (varints, zigzag,
+//! length-prefixed blocks): writing it directly, with an error that is a [`CodecError`], keeps
+//! the message at once, runs user code once, and lets the codec do two things postcard's API
+//! cannot:
 //!
 //! - count the bytes that the crate's [`ByteBuf`](crate::ByteBuf)s wrote, so that a worker
 //!   knows a large result is best read in place ([`last_block_bytes`]);
@@ -24,13 +26,6 @@
 //!
 //! The bytes are postcard's, byte for byte (the tests compare them with postcard's own), and
 //! postcard's error kinds name what is wrong with malformed input.
-//!
-//! Why not smaller: whatever keeps the message must see every serde call a value makes, and serde's
-//! data model has some thirty methods each way. The adapter forwarded each of them (through the
-//! serializer and its seven compounds, the deserializer, a visitor, a seed and the four access
-//! traits) and still needed postcard behind it; a format implements each once. That is about 630
-//! lines of code here (blank and comment lines aside) against the adapter's 700, and no second
-//! pass.
 
 use std::cell::Cell;
 use std::fmt;
@@ -445,10 +440,8 @@ struct Stream<'de, R> {
 }
 
 impl<R: Read> Stream<'_, R> {
+    /// Fills `out`; the reader ends where the input does.
     fn read_into(&mut self, out: &mut [u8]) -> Result<()> {
-        if out.len() > self.left() {
-            return Err(unexpected_end());
-        }
         self.reader.read_exact(out).map_err(|_| unexpected_end())
     }
 }
@@ -541,7 +534,7 @@ fn wont_implement<T>() -> Result<T> {
     Err(malformed(postcard::Error::WontImplement))
 }
 
-/// Integers: raw bytes for the 8-bit ones, varints (zigzag for signed ones) for the others.
+/// Integers wider than a byte: varints, zigzag-encoded when signed.
 macro_rules! integers {
     ($($method:ident => $visit:ident($read:ident, $bits:expr, $type:ty)),* $(,)?) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
