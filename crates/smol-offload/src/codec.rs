@@ -179,6 +179,18 @@ macro_rules! varints {
     )*};
 }
 
+/// Where a compound starts: its length for sequences and maps, its variant index for enum
+/// variants, nothing for tuples and structs, whose shape the type knows.
+macro_rules! starts {
+    ($($method:ident($($arg:tt: $type:ty),*) $(=> $head:ident($value:expr))?;)*) => {$(
+        #[inline]
+        fn $method(self, $($arg: $type),*) -> Result<Self> {
+            $(self.$head($value)?;)?
+            Ok(self)
+        }
+    )*};
+}
+
 impl Serializer for &mut Encoder<'_> {
     type Ok = ();
     type Error = Box<CodecError>;
@@ -278,49 +290,16 @@ impl Serializer for &mut Encoder<'_> {
         self.varint(index.into())?;
         value.serialize(self)
     }
-    #[inline]
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
-        self.length(len)?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple(self, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        index: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        self.varint(index.into())?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_map(self, len: Option<usize>) -> Result<Self> {
-        self.length(len)?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        index: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        self.varint(index.into())?;
-        Ok(self)
+    starts! {
+        serialize_seq(len: Option<usize>) => length(len);
+        serialize_map(len: Option<usize>) => length(len);
+        serialize_tuple(_: usize);
+        serialize_tuple_struct(_: &'static str, _: usize);
+        serialize_struct(_: &'static str, _: usize);
+        serialize_tuple_variant(_: &'static str, index: u32, _: &'static str, _: usize)
+            => varint(index.into());
+        serialize_struct_variant(_: &'static str, index: u32, _: &'static str, _: usize)
+            => varint(index.into());
     }
     #[inline]
     fn is_human_readable(&self) -> bool {
