@@ -2,7 +2,7 @@
 //! calling a function by its address: forking, leaving a forked child, receiving file
 //! descriptors, shared memory, catching `SIGINT` and `SIGTERM` while a remote worker serves, and
 //! [`ErasedCall`]. The worker's request loop is `process_pool::worker`; whether the workers have
-//! a call's code is checked in `process_pool::job`.
+//! a call's code is checked in `process_pool`.
 //!
 //! # The fork contract
 //!
@@ -25,7 +25,7 @@
 //!
 //! | the parent maps | what the worker holds | why no access of the parent's can fault |
 //! | --- | --- | --- |
-//! | the claim page ([`SharedWord`]), read and written atomically | a writable mapping; it closes its descriptor once mapped | sealed against shrinking and growing before the worker gets it; every value read is the worker's word, checked as such (`process_pool::claim`) |
+//! | the claim page ([`SharedWord`]), read and written atomically | a writable mapping; it closes its descriptor once mapped | sealed against shrinking and growing before the worker gets it; every value read is the worker's word, checked as such (`process_pool::worker::Claims`) |
 //! | the request arena ([`ArenaMapping`]), written, never read | a read-only mapping (which it could make writable); it closes its descriptor once mapped | sealed against shrinking and growing by the parent; what the worker writes there only reaches its own arguments |
 //! | a sealed reply ([`SealedMapping`]), read in place | the memfd it made, which it may keep | the seals (writes, shrinking, growing), the file system, the size and that every page was written are checked on the file before it is mapped; its size is bounded (`process_pool::wire::MAX_RESULT`) |
 //!
@@ -206,8 +206,8 @@ pub fn catch_interrupts() -> io::Result<CatchingInterrupts> {
     }
     INTERRUPTED.store(false, Ordering::Relaxed);
     let previous = [
-        current_action(INTERRUPTS[0])?,
-        current_action(INTERRUPTS[1])?,
+        swap_action(INTERRUPTS[0], None)?,
+        swap_action(INTERRUPTS[1], None)?,
     ];
     for (slot, action) in previous.iter().enumerate() {
         CHAINED[slot].store(action.sa_sigaction, Ordering::Release);
@@ -219,9 +219,9 @@ pub fn catch_interrupts() -> io::Result<CatchingInterrupts> {
     ours.sa_sigaction = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
     ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     for (slot, &signal) in INTERRUPTS.iter().enumerate() {
-        if let Err(err) = set_action(signal, &ours) {
+        if let Err(err) = swap_action(signal, Some(&ours)) {
             for (undo, &signal) in INTERRUPTS.iter().enumerate().take(slot) {
-                let _ = set_action(signal, &previous[undo]);
+                let _ = swap_action(signal, Some(&previous[undo]));
             }
             return Err(err);
         }
@@ -254,35 +254,27 @@ impl Drop for CatchingInterrupts {
         let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
         for (slot, &signal) in INTERRUPTS.iter().enumerate() {
             // An action the application installed meanwhile is its own: it stays.
-            if current_action(signal).is_ok_and(|now| now.sa_sigaction == ours) {
-                let _ = set_action(signal, &previous[slot]);
+            if swap_action(signal, None).is_ok_and(|now| now.sa_sigaction == ours) {
+                let _ = swap_action(signal, Some(&previous[slot]));
             }
         }
     }
 }
 
-/// The action `signal` has now.
-fn current_action(signal: libc::c_int) -> io::Result<libc::sigaction> {
+/// The action `signal` had, after giving it the action `new`, if any.
+fn swap_action(signal: libc::c_int, new: Option<&libc::sigaction>) -> io::Result<libc::sigaction> {
     // SAFETY: all-zero bytes are a valid `sigaction` (see `catch_interrupts`), and it is only
     // written by the call below.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only reads the current one into `action`, a valid, writable
-    // `sigaction` that outlives the call.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } != 0 {
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let new = new.map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `old` is a valid, writable `sigaction` that outlives the call. `new` is null (the
+    // call only reads the current action) or, from the callers in this module, an action that
+    // this function read (put back as it was) or ours, whose handler is `on_interrupt`, which
+    // is async-signal-safe (see it).
+    if unsafe { libc::sigaction(signal, new, &mut old) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(action)
-}
-
-/// Gives `signal` the action `action`.
-fn set_action(signal: libc::c_int, action: &libc::sigaction) -> io::Result<()> {
-    // SAFETY: the callers, in this module, pass either an action that `current_action` read
-    // (put back as it was) or ours, whose handler is `on_interrupt`, which is
-    // async-signal-safe (see it).
-    if unsafe { libc::sigaction(signal, action, std::ptr::null_mut()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(old)
 }
 
 /// The handler of `SIGINT` and `SIGTERM` while they are caught: sets [`INTERRUPTED`], then
@@ -433,14 +425,10 @@ const READ_WRITE: ProtFlags = ProtFlags::PROT_READ.union(ProtFlags::PROT_WRITE);
 
 /// A 64-bit word of memory shared by the parent and one worker: a page of a memfd, mapped
 /// `MAP_SHARED` in each. The parent creates it and passes the memfd to the worker (through
-/// the fork server); both then see the same word, for atomic operations only.
-///
-/// The worker may be hostile, and this is memory the parent maps: the memfd is sealed against
-/// shrinking and growing before it leaves the parent, so that no holder of the file can cut
-/// the page from under the parent's mapping (an access would raise `SIGBUS`, and kill the
-/// application). What the worker can still do is write the page, at any time: every value
-/// read from it is data from the worker, which the parent checks as such (see
-/// `process_pool::claim`).
+/// the fork server); both then see the same word, for atomic operations only. The memfd is
+/// sealed against shrinking and growing before it leaves the parent; the worker can still
+/// write the page at any time, so every value read from it is untrusted data (see the table
+/// above and `process_pool::worker::Claims`).
 pub(crate) struct SharedWord(Mapping);
 
 // SAFETY: the mapping is only reached through `&AtomicU64`, which is `Sync`, and it stays
@@ -483,7 +471,7 @@ impl SharedWord {
     }
 
     /// The second word of the page, for a second use (the arena's, see
-    /// `process_pool::arena`).
+    /// `process_pool::out_of_line`).
     pub(crate) fn second(&self) -> &AtomicU64 {
         // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 16), so
         // the second 8-byte-aligned word lies in it too, and it is only ever accessed
@@ -499,7 +487,7 @@ impl SharedWord {
         // by `map`), so no access faults. This process only accesses it atomically. The other
         // process is meant to as well; one that writes it some other way, or writes any value,
         // is upheld by nobody and needs no one to: an `AtomicU64` has no invalid value, and
-        // the parent treats what it reads as untrusted data (see `process_pool::claim`).
+        // the parent treats what it reads as untrusted data (see `process_pool::worker::Claims`).
         unsafe { self.0.address.cast::<AtomicU64>().as_ref() }
     }
 }
@@ -545,7 +533,7 @@ pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// A new memfd holding a copy of `bytes`, not sealed: its reader may punch out its pages as it
-/// goes (see `process_pool::stream_reply`).
+/// goes (see `process_pool::out_of_line::StreamPayload`).
 pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     let mut file = File::from(memfd_create(c"smol-offload-stream", MFdFlags::MFD_CLOEXEC)?);
     file.write_all(bytes)?;
@@ -555,14 +543,9 @@ pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
 /// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
 /// change while they are mapped.
 ///
-/// The parent maps these from a worker, which may be hostile, so everything that makes the
-/// mapping safe to read is checked on the file itself before it is mapped, not taken from the
-/// worker's word: the seals (no holder of the file can write, shrink or grow it, so no access
-/// faults and no byte changes), the file system (an ordinary memfd, whose pages cannot fail to
-/// be there, not one of `hugetlbfs`), the size, and that every page was written (the sender
-/// paid for the memory: mapping a file of holes would allocate its pages in the reader). How
-/// large a mapping the reader accepts is for the caller to bound (see
-/// `process_pool::wire::MAX_RESULT`).
+/// The parent maps these from a possibly hostile worker, so what makes the mapping safe to
+/// read is checked on the file itself, not taken from the worker's word (see `new`). How large
+/// a mapping the reader accepts is for the caller to bound (`process_pool::wire::MAX_RESULT`).
 #[derive(Debug)]
 pub(crate) struct SealedMapping(Option<Mapping>);
 
@@ -574,9 +557,10 @@ unsafe impl Send for SealedMapping {}
 unsafe impl Sync for SealedMapping {}
 
 impl SealedMapping {
-    /// Maps the memfd `fd`, which must hold exactly `len` bytes, all of them written, and be
-    /// sealed against writes, shrinking and growing; `fd` is closed (the mapping keeps the
-    /// memory).
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes, all of them written (the
+    /// sender paid for the memory: mapping holes would allocate them in the reader), be sealed
+    /// against writes, shrinking and growing (no holder can change a byte or fault a reader),
+    /// and be an ordinary memfd; `fd` is closed (the mapping keeps the memory).
     ///
     /// # Errors
     ///
@@ -640,11 +624,10 @@ impl SealedMapping {
     }
 }
 
-/// The writer's side of a per-worker payload arena (see `process_pool::arena`): a memfd of a
-/// fixed size, sealed against shrinking and growing, mapped writable by the one process that
-/// writes it. The other process (a worker, possibly hostile) holds the descriptor, reads the
-/// file with `pread`, and may write it too; it can never shrink it, so a write through the
-/// mapping never faults past the end of the file.
+/// The writer's side of a per-worker payload arena (see `process_pool::out_of_line`): a memfd
+/// of a fixed size, sealed against shrinking and growing, mapped writable by the one process
+/// that writes it. The other process holds the descriptor and may write the file too, never
+/// shrink it, so a write through the mapping never faults.
 #[derive(Debug)]
 pub(crate) struct ArenaMapping {
     mapping: Mapping,
@@ -698,8 +681,8 @@ impl ArenaMapping {
 }
 
 /// The worker's read-only mapping of the parent's request arena (see
-/// `process_pool::arena`), so that a large argument is decoded, and a `ByteBuf` in it read, in
-/// place rather than copied out first.
+/// `process_pool::out_of_line`), so that a large argument is decoded, and a `ByteBuf` in it
+/// read, in place rather than copied out first.
 ///
 /// Unlike a [`SealedMapping`], the kernel does not keep these bytes from changing: the parent
 /// writes the arena again for a later argument. What keeps them still while they are read is
@@ -1166,8 +1149,8 @@ mod tests {
         // SAFETY: all-zero bytes are a valid `sigaction`.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = programs;
-        set_action(libc::SIGTERM, &action).unwrap();
-        let sigint_before = current_action(libc::SIGINT).unwrap().sa_sigaction;
+        swap_action(libc::SIGTERM, Some(&action)).unwrap();
+        let sigint_before = swap_action(libc::SIGINT, None).unwrap().sa_sigaction;
 
         let first = catch_interrupts().unwrap();
         let second = catch_interrupts().unwrap();
@@ -1179,19 +1162,19 @@ mod tests {
         assert_eq!(SEEN_BY_THE_PROGRAM.load(Ordering::Relaxed), 1);
         drop(first);
         let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
-        assert_eq!(current_action(libc::SIGTERM).unwrap().sa_sigaction, ours);
+        assert_eq!(swap_action(libc::SIGTERM, None).unwrap().sa_sigaction, ours);
         drop(second);
         assert_eq!(
-            current_action(libc::SIGTERM).unwrap().sa_sigaction,
+            swap_action(libc::SIGTERM, None).unwrap().sa_sigaction,
             programs
         );
         assert_eq!(
-            current_action(libc::SIGINT).unwrap().sa_sigaction,
+            swap_action(libc::SIGINT, None).unwrap().sa_sigaction,
             sigint_before
         );
 
         action.sa_sigaction = libc::SIG_DFL;
-        set_action(libc::SIGTERM, &action).unwrap();
+        swap_action(libc::SIGTERM, Some(&action)).unwrap();
     }
 
     #[test]
