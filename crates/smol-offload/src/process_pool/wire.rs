@@ -7,22 +7,18 @@
 //! where `len` counts the bytes after itself. The argument and a returned value are
 //! postcard-encoded. A request's flags carry its [`CallOptions`].
 //!
-//! With the `tracing` feature, a request also carries its [`TaskContext`]: the `CONTEXT` flag
-//! says so, and `task_id: u64 | name_len: u8 | name` comes between the header and the argument
-//! (the submitting span's name, at most [`MAX_SPAN_NAME`] bytes of UTF-8, empty when no span
-//! was current). Without the feature no request has it, and frames are as above.
+//! With the `tracing` feature, a request also carries its [`TaskContext`] (the `CONTEXT` flag):
+//! `task_id: u64 | name_len: u8 | name` between the header and the argument (the submitting
+//! span's name, at most [`MAX_SPAN_NAME`] bytes of UTF-8, empty when no span was current).
+//! Without the feature no request has it, and frames are as above.
 //!
-//! An argument or a result longer than [`out_of_line::THRESHOLD`] travels in a sealed memfd
-//! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
-//! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
-//! payload, and the memfd's descriptor is attached to the frame's bytes.
-//!
-//! One of at most [`ARENA_MAX`](super::out_of_line::ARENA_MAX) bytes goes through the sender's
-//! per-worker arena when it is free (see [`OutArena`](super::out_of_line::OutArena)): the `ARENA_ARGUMENT` flag
-//! or the `ARENA_REPLY` status bit says so, the frame carries the size in place of the payload,
-//! and the `NEW_ARENA` flag or status bit says that the descriptor attached to the frame is the
-//! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
-//! reading the parent's request arena, which the parent must never write again.
+//! A payload longer than [`out_of_line::THRESHOLD`] travels in shared memory (see
+//! [`out_of_line`]), and its frame carries its size as a `u64` in place of it: a fresh sealed
+//! memfd, attached to the frame's bytes; at most [`ARENA_MAX`](out_of_line::ARENA_MAX) bytes,
+//! the sender's per-worker arena when it is free, attached to the first frame that uses it; a
+//! large result, a memfd to read as a stream. The request flags and reply status bits below say
+//! which; a reply's `ARENA_RETAINED` bit says that the worker keeps reading the parent's request
+//! arena, which the parent must never write again.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read};
@@ -1279,14 +1275,17 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Carried(#[cfg(feature = "tracing")] Option<TaskContext<'static>>);
 
-#[cfg(feature = "tracing")]
 impl Carried {
     /// The context of a task submitted now, from the current span: a new task id, and the
     /// span's name. Logs the id in the current span (a `DEBUG` event).
+    #[inline(always)]
     pub(crate) fn capture() -> Carried {
         Carried::capture_for("process")
     }
+}
 
+#[cfg(feature = "tracing")]
+impl Carried {
     /// `capture` for a task of the pool kind `what`, which the event's
     /// message names: "`what` task submitted".
     pub fn capture_for(what: &'static str) -> Carried {
@@ -1320,12 +1319,6 @@ impl Carried {
 
 #[cfg(not(feature = "tracing"))]
 impl Carried {
-    /// Nothing: without the `tracing` feature no context crosses.
-    #[inline(always)]
-    pub(crate) fn capture() -> Carried {
-        Carried()
-    }
-
     /// Nothing: without the `tracing` feature no context crosses.
     #[inline(always)]
     pub fn capture_for(_: &'static str) -> Carried {
