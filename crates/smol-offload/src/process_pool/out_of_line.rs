@@ -59,9 +59,10 @@ pub(crate) const THRESHOLD: usize = 128 * 1024;
 // compares it with the count it wrote. When an arena is busy, the payload takes a fresh
 // sealed memfd instead, as a payload above [`ARENA_MAX`] always does.
 // - **Size.** An arena's pages are allocated when first written, so it holds as much memory
-// as the largest payload written to it, at most [`ARENA_MAX`]: a worker holds at most two. Above that size
-// the fixed costs of a fresh memfd are small beside the copy, and a sealed memfd can be read
-// in place, without the copy (a large `ByteBuf` result costs no second copy of itself).
+// as the largest payload written to it, at most [`ARENA_MAX`]: a worker holds at most two.
+// Above that size the fixed costs of a fresh memfd are small beside the copy, and a sealed
+// memfd can be read in place, without the copy (a large `ByteBuf` result costs no second copy
+// of itself).
 // - **A worker that dies mid-write** leaves its arena half written: its reply never comes,
 // and the parent closes the arena with the worker's link.
 
