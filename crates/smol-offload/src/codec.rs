@@ -522,6 +522,17 @@ macro_rules! integers {
     )*};
 }
 
+/// Methods whose body is a call on the visitor, or a refusal: besides the visitor, their
+/// arguments are those named; the body sees the decoder and the visitor as named.
+macro_rules! visits {
+    ($($method:ident($($arg:tt: $type:ty),*) => |$d:tt, $v:tt| $body:expr;)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $type,)* visitor: V) -> Result<V::Value> {
+            let ($d, $v) = (self, visitor);
+            $body
+        }
+    )*};
+}
+
 impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
     type Error = Box<CodecError>;
 
@@ -536,27 +547,12 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
         deserialize_u128 => visit_u128(varint, 128, u128),
     );
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
-    }
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.0.byte()? {
             0 => visitor.visit_bool(false),
             1 => visitor.visit_bool(true),
             _ => Err(malformed(postcard::Error::DeserializeBadBool)),
         }
-    }
-    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_i8(self.0.byte()? as i8)
-    }
-    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_u8(self.0.byte()?)
-    }
-    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f32(f32::from_le_bytes(self.array()?))
-    }
-    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f64(f64::from_le_bytes(self.array()?))
     }
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let bad_char = || malformed(postcard::Error::DeserializeBadChar);
@@ -598,63 +594,30 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
             _ => Err(malformed(postcard::Error::DeserializeBadOption)),
         }
     }
-    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_unit()
-    }
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_unit()
-    }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_newtype_struct(self)
-    }
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.length()?;
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.length()?;
-        visitor.visit_map(self.counted(len))
-    }
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(fields.len()))
-    }
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_enum(self)
-    }
-    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
-    }
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
+    visits! {
+        deserialize_i8() => |d, v| v.visit_i8(d.0.byte()? as i8);
+        deserialize_u8() => |d, v| v.visit_u8(d.0.byte()?);
+        deserialize_f32() => |d, v| v.visit_f32(f32::from_le_bytes(d.array()?));
+        deserialize_f64() => |d, v| v.visit_f64(f64::from_le_bytes(d.array()?));
+        deserialize_unit() => |_d, v| v.visit_unit();
+        deserialize_unit_struct(_: &'static str) => |_d, v| v.visit_unit();
+        deserialize_newtype_struct(_: &'static str) => |d, v| v.visit_newtype_struct(d);
+        deserialize_seq() => |d, v| {
+            let len = d.length()?;
+            v.visit_seq(d.counted(len))
+        };
+        deserialize_map() => |d, v| {
+            let len = d.length()?;
+            v.visit_map(d.counted(len))
+        };
+        deserialize_tuple(len: usize) => |d, v| v.visit_seq(d.counted(len));
+        deserialize_tuple_struct(_: &'static str, len: usize) => |d, v| v.visit_seq(d.counted(len));
+        deserialize_struct(_: &'static str, fields: &'static [&'static str])
+            => |d, v| v.visit_seq(d.counted(fields.len()));
+        deserialize_enum(_: &'static str, _: &'static [&'static str]) => |d, v| v.visit_enum(d);
+        deserialize_any() => |_d, _v| wont_implement();
+        deserialize_identifier() => |_d, _v| wont_implement();
+        deserialize_ignored_any() => |_d, _v| wont_implement();
     }
     fn is_human_readable(&self) -> bool {
         false
