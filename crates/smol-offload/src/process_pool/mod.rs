@@ -223,9 +223,7 @@ impl ProcessPool {
     pub fn ready(&self) -> Ready {
         Ready::new(self.handle.shared.clone())
     }
-}
 
-impl ProcessPool {
     /// Submits `job`, whose promise `task` awaits: the task then helps with a loan or waits
     /// for room as needed, and a started task that is abandoned kills its worker.
     pub(crate) fn place<T>(&self, job: Job, task: Task<T>) -> Task<T> {

@@ -45,12 +45,9 @@ pub(crate) const THRESHOLD: usize = 128 * 1024;
 // memory of its own, through the kernel, so that can change the bytes it gets or make the
 // read fail (the reply is then malformed), never touch the parent's memory otherwise. A
 // descriptor that is not a memfd is refused, so that a read can never wait.
-// - **The worker reads an argument in place** in its read-only mapping of the parent's arena
-// (`sys::ArenaView`): it trusts the parent, which writes the arena only when no job in flight
-// has its argument there. A `ByteBuf` of the argument that outlives its call (the function
-// kept it) would see the next argument: the worker then drops its view (the `ByteBuf` keeps
-// the old mapping) and says so in its reply (`ARENA_RETAINED`), and the parent makes a new
-// arena for the next large argument, never writing the old one again.
+// - **The worker reads an argument in place** in its read-only mapping of the parent's arena,
+// trusting the parent's side of the protocol, and lets go of it when a `ByteBuf` of the
+// argument outlives its call (`ARENA_RETAINED`): see `sys::ArenaView`.
 // - **When an arena may be written again.** The parent writes a new argument only when no job
 // in flight on that worker has its argument in the arena (the worker reads a claimed job's
 // argument before running it, and never reads one whose job was taken back). The worker

@@ -1265,10 +1265,7 @@ mod tests {
 // target `smol_offload::task` inside the submitting span (with its fields, as the subscriber
 // records them); the worker runs the call inside an `INFO` span `smol_offload_task` of the same
 // target with fields `task_id` and `submitted_in`, so that every record of the task names both
-// and joins the application's record on `task_id`.
-//
-// Without the feature, [`Carried`] is empty and nothing crosses: request frames are those of a
-// build without it.
+// and joins the application's record on `task_id`. Without the feature, [`Carried`] is empty.
 
 /// What a job carries into its worker: its [`TaskContext`] with the `tracing` feature, nothing
 /// without.
