@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::sync::Arc;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -83,12 +83,8 @@ pub struct ByteBuf {
 enum Repr {
     Owned(Vec<u8>),
     /// Bytes read in place from a large payload that this buffer keeps alive (mapped, for a
-    /// sealed memfd).
-    Mapped {
-        mapping: Arc<Backing>,
-        start: usize,
-        len: usize,
-    },
+    /// sealed memfd): where they lie in it.
+    Mapped(Arc<Backing>, Range<usize>),
 }
 
 impl Default for Repr {
@@ -126,11 +122,7 @@ impl ByteBuf {
     pub fn as_slice(&self) -> &[u8] {
         match &self.repr {
             Repr::Owned(bytes) => bytes,
-            Repr::Mapped {
-                mapping,
-                start,
-                len,
-            } => &mapping.as_slice()[*start..*start + *len],
+            Repr::Mapped(mapping, range) => &mapping.as_slice()[range.clone()],
         }
     }
 
@@ -139,26 +131,26 @@ impl ByteBuf {
     pub fn into_vec(self) -> Vec<u8> {
         match self.repr {
             Repr::Owned(bytes) => bytes,
-            Repr::Mapped { .. } => self.as_slice().to_vec(),
+            Repr::Mapped(..) => self.as_slice().to_vec(),
         }
     }
 
     /// The bytes, to change them: a buffer that reads a shared payload in place copies it
     /// first.
     pub fn to_mut(&mut self) -> &mut Vec<u8> {
-        if let Repr::Mapped { .. } = self.repr {
+        if let Repr::Mapped(..) = self.repr {
             self.repr = Repr::Owned(self.as_slice().to_vec());
         }
         match &mut self.repr {
             Repr::Owned(bytes) => bytes,
-            Repr::Mapped { .. } => unreachable!("copied just above"),
+            Repr::Mapped(..) => unreachable!("copied just above"),
         }
     }
 
     /// True when the buffer reads a shared payload in place (it was decoded from a large
     /// argument or result of a process task), false when it owns its bytes.
     pub fn is_shared(&self) -> bool {
-        matches!(self.repr, Repr::Mapped { .. })
+        matches!(self.repr, Repr::Mapped(..))
     }
 
     /// The buffer for `bytes` decoded from a payload: in place if `bytes` lie in the payload
@@ -169,11 +161,9 @@ impl ByteBuf {
                 let mapping = backing.as_ref()?;
                 let whole = mapping.as_slice().as_ptr_range();
                 let part = bytes.as_ptr_range();
-                (whole.start <= part.start && part.end <= whole.end).then(|| Repr::Mapped {
-                    mapping: mapping.clone(),
-                    start: part.start as usize - whole.start as usize,
-                    len: bytes.len(),
-                })
+                let start = (part.start as usize).checked_sub(whole.start as usize)?;
+                (part.end <= whole.end)
+                    .then(|| Repr::Mapped(mapping.clone(), start..start + bytes.len()))
             });
             if let Some(repr) = in_place {
                 return ByteBuf { repr };

@@ -7,14 +7,16 @@
 //! deserialized with "BadDe refuses to deserialize" would only read "Serde Deserialization Error".
 //! Nothing in postcard 1.x lets a caller get the message back: user code calls `custom` on the
 //! error type of the serializer it is handed, and postcard hands every nested value its own.
-//! Wrapping postcard's serializer and deserializer took a forwarding adapter of every serde method
-//! (about 700 lines of code), slow enough over a `Vec<u8>` that values went through postcard alone
-//! first and, on failure, a second time through the adapter. Formats that keep the message
-//! (MessagePack through `rmp-serde`, CBOR through `ciborium`) would change the bytes on the wire
-//! and write each byte above 127 of a `Vec<u8>` in two. postcard's format itself is small and
-//! specified (varints, zigzag, length-prefixed blocks): writing it directly, with an error that is
-//! a [`CodecError`], keeps the message at once, runs user code once, and lets the codec do two
-//! things postcard's API cannot:
+//! Wrapping postcard took a forwarding adapter of every serde method (the serializer and its
+//! seven compounds, the deserializer, a visitor, a seed, the four access traits: about 700 lines
+//! of code, where a format implements each method once in about 630), slow enough over a
+//! `Vec<u8>` that values went through postcard alone first and, on failure, a second time
+//! through the adapter. Formats that keep the message (MessagePack through `rmp-serde`, CBOR
+//! through `ciborium`) would change the bytes on the wire and write each byte above 127 of a
+//! `Vec<u8>` in two. postcard's format itself is small and specified (varints, zigzag,
+//! length-prefixed blocks): writing it directly, with an error that is a [`CodecError`], keeps
+//! the message at once, runs user code once, and lets the codec do two things postcard's API
+//! cannot:
 //!
 //! - count the bytes that the crate's [`ByteBuf`](crate::ByteBuf)s wrote, so that a worker
 //!   knows a large result is best read in place ([`last_block_bytes`]);
@@ -24,13 +26,6 @@
 //!
 //! The bytes are postcard's, byte for byte (the tests compare them with postcard's own), and
 //! postcard's error kinds name what is wrong with malformed input.
-//!
-//! Why not smaller: whatever keeps the message must see every serde call a value makes, and serde's
-//! data model has some thirty methods each way. The adapter forwarded each of them (through the
-//! serializer and its seven compounds, the deserializer, a visitor, a seed and the four access
-//! traits) and still needed postcard behind it; a format implements each once. That is about 630
-//! lines of code here (blank and comment lines aside) against the adapter's 700, and no second
-//! pass.
 
 use std::cell::Cell;
 use std::fmt;
@@ -184,6 +179,18 @@ macro_rules! varints {
     )*};
 }
 
+/// Where a compound starts: its length for sequences and maps, its variant index for enum
+/// variants, nothing for tuples and structs, whose shape the type knows.
+macro_rules! starts {
+    ($($method:ident($($arg:tt: $type:ty),*) $(=> $head:ident($value:expr))?;)*) => {$(
+        #[inline]
+        fn $method(self, $($arg: $type),*) -> Result<Self> {
+            $(self.$head($value)?;)?
+            Ok(self)
+        }
+    )*};
+}
+
 impl Serializer for &mut Encoder<'_> {
     type Ok = ();
     type Error = Box<CodecError>;
@@ -283,49 +290,16 @@ impl Serializer for &mut Encoder<'_> {
         self.varint(index.into())?;
         value.serialize(self)
     }
-    #[inline]
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
-        self.length(len)?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple(self, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        index: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        self.varint(index.into())?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_map(self, len: Option<usize>) -> Result<Self> {
-        self.length(len)?;
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
-    }
-    #[inline]
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        index: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self> {
-        self.varint(index.into())?;
-        Ok(self)
+    starts! {
+        serialize_seq(len: Option<usize>) => length(len);
+        serialize_map(len: Option<usize>) => length(len);
+        serialize_tuple(_: usize);
+        serialize_tuple_struct(_: &'static str, _: usize);
+        serialize_struct(_: &'static str, _: usize);
+        serialize_tuple_variant(_: &'static str, index: u32, _: &'static str, _: usize)
+            => varint(index.into());
+        serialize_struct_variant(_: &'static str, index: u32, _: &'static str, _: usize)
+            => varint(index.into());
     }
     #[inline]
     fn is_human_readable(&self) -> bool {
@@ -445,10 +419,8 @@ struct Stream<'de, R> {
 }
 
 impl<R: Read> Stream<'_, R> {
+    /// Fills `out`; the reader ends where the input does.
     fn read_into(&mut self, out: &mut [u8]) -> Result<()> {
-        if out.len() > self.left() {
-            return Err(unexpected_end());
-        }
         self.reader.read_exact(out).map_err(|_| unexpected_end())
     }
 }
@@ -541,11 +513,22 @@ fn wont_implement<T>() -> Result<T> {
     Err(malformed(postcard::Error::WontImplement))
 }
 
-/// Integers: raw bytes for the 8-bit ones, varints (zigzag for signed ones) for the others.
+/// Integers wider than a byte: varints, zigzag-encoded when signed.
 macro_rules! integers {
     ($($method:ident => $visit:ident($read:ident, $bits:expr, $type:ty)),* $(,)?) => {$(
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
             visitor.$visit(self.$read($bits)? as $type)
+        }
+    )*};
+}
+
+/// Methods whose body is a call on the visitor, or a refusal: besides the visitor, their
+/// arguments are those named; the body sees the decoder and the visitor as named.
+macro_rules! visits {
+    ($($method:ident($($arg:tt: $type:ty),*) => |$d:tt, $v:tt| $body:expr;)*) => {$(
+        fn $method<V: Visitor<'de>>(self, $($arg: $type,)* visitor: V) -> Result<V::Value> {
+            let ($d, $v) = (self, visitor);
+            $body
         }
     )*};
 }
@@ -564,27 +547,12 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
         deserialize_u128 => visit_u128(varint, 128, u128),
     );
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
-    }
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.0.byte()? {
             0 => visitor.visit_bool(false),
             1 => visitor.visit_bool(true),
             _ => Err(malformed(postcard::Error::DeserializeBadBool)),
         }
-    }
-    fn deserialize_i8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_i8(self.0.byte()? as i8)
-    }
-    fn deserialize_u8<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_u8(self.0.byte()?)
-    }
-    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f32(f32::from_le_bytes(self.array()?))
-    }
-    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_f64(f64::from_le_bytes(self.array()?))
     }
     fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let bad_char = || malformed(postcard::Error::DeserializeBadChar);
@@ -626,63 +594,30 @@ impl<'de, I: Input<'de>> Deserializer<'de> for &mut Decoder<I> {
             _ => Err(malformed(postcard::Error::DeserializeBadOption)),
         }
     }
-    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        visitor.visit_unit()
-    }
-    fn deserialize_unit_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_unit()
-    }
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_newtype_struct(self)
-    }
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.length()?;
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_tuple_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(len))
-    }
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let len = self.length()?;
-        visitor.visit_map(self.counted(len))
-    }
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_seq(self.counted(fields.len()))
-    }
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _: &'static str,
-        _: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value> {
-        visitor.visit_enum(self)
-    }
-    fn deserialize_identifier<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
-    }
-    fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        wont_implement()
+    visits! {
+        deserialize_i8() => |d, v| v.visit_i8(d.0.byte()? as i8);
+        deserialize_u8() => |d, v| v.visit_u8(d.0.byte()?);
+        deserialize_f32() => |d, v| v.visit_f32(f32::from_le_bytes(d.array()?));
+        deserialize_f64() => |d, v| v.visit_f64(f64::from_le_bytes(d.array()?));
+        deserialize_unit() => |_d, v| v.visit_unit();
+        deserialize_unit_struct(_: &'static str) => |_d, v| v.visit_unit();
+        deserialize_newtype_struct(_: &'static str) => |d, v| v.visit_newtype_struct(d);
+        deserialize_seq() => |d, v| {
+            let len = d.length()?;
+            v.visit_seq(d.counted(len))
+        };
+        deserialize_map() => |d, v| {
+            let len = d.length()?;
+            v.visit_map(d.counted(len))
+        };
+        deserialize_tuple(len: usize) => |d, v| v.visit_seq(d.counted(len));
+        deserialize_tuple_struct(_: &'static str, len: usize) => |d, v| v.visit_seq(d.counted(len));
+        deserialize_struct(_: &'static str, fields: &'static [&'static str])
+            => |d, v| v.visit_seq(d.counted(fields.len()));
+        deserialize_enum(_: &'static str, _: &'static [&'static str]) => |d, v| v.visit_enum(d);
+        deserialize_any() => |_d, _v| wont_implement();
+        deserialize_identifier() => |_d, _v| wont_implement();
+        deserialize_ignored_any() => |_d, _v| wont_implement();
     }
     fn is_human_readable(&self) -> bool {
         false

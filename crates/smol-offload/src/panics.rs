@@ -172,14 +172,10 @@ pub(crate) fn caught(payload: Box<dyn Any + Send>, location: Option<String>) -> 
 }
 
 /// The text of a panic payload, the way the standard library's hook prints it.
-pub(crate) fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(message) = payload.downcast_ref::<&'static str>() {
-        (*message).to_owned()
-    } else if let Some(message) = payload.downcast_ref::<String>() {
-        message.clone()
-    } else {
-        "Box<dyn Any>".to_owned()
-    }
+fn panic_payload_message(payload: &(dyn Any + Send)) -> String {
+    let text = payload.downcast_ref::<&'static str>().copied();
+    let text = text.or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    text.unwrap_or("Box<dyn Any>").to_owned()
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! calling a function by its address: forking, leaving a forked child, receiving file
 //! descriptors, shared memory, catching `SIGINT` and `SIGTERM` while a remote worker serves, and
 //! [`ErasedCall`]. The worker's request loop is `process_pool::worker`; whether the workers have
-//! a call's code is checked in `process_pool::job`.
+//! a call's code is checked in `process_pool`.
 //!
 //! # The fork contract
 //!
@@ -25,7 +25,7 @@
 //!
 //! | the parent maps | what the worker holds | why no access of the parent's can fault |
 //! | --- | --- | --- |
-//! | the claim page ([`SharedWord`]), read and written atomically | a writable mapping; it closes its descriptor once mapped | sealed against shrinking and growing before the worker gets it; every value read is the worker's word, checked as such (`process_pool::claim`) |
+//! | the claim page ([`SharedWord`]), read and written atomically | a writable mapping; it closes its descriptor once mapped | sealed against shrinking and growing before the worker gets it; every value read is the worker's word, checked as such (`process_pool::worker::Claims`) |
 //! | the request arena ([`ArenaMapping`]), written, never read | a read-only mapping (which it could make writable); it closes its descriptor once mapped | sealed against shrinking and growing by the parent; what the worker writes there only reaches its own arguments |
 //! | a sealed reply ([`SealedMapping`]), read in place | the memfd it made, which it may keep | the seals (writes, shrinking, growing), the file system, the size and that every page was written are checked on the file before it is mapped; its size is bounded (`process_pool::wire::MAX_RESULT`) |
 //!
@@ -45,11 +45,18 @@
 
 #![allow(unsafe_code)]
 
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::fs::File;
+use std::io::{self, Write};
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
+use nix::sys::signal::{SigHandler, Signal, signal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -143,11 +150,14 @@ pub(crate) fn set_process_name(name: &std::ffi::CStr) {
 /// application, not its fork server or workers, decides what it means. When the application
 /// exits, they follow (`PR_SET_PDEATHSIG` and the end of their sockets).
 pub(crate) fn ignore_interrupts() -> io::Result<()> {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    for interrupt in [Signal::SIGINT, Signal::SIGTERM] {
+    ignore(&[Signal::SIGINT, Signal::SIGTERM])
+}
+
+fn ignore(signals: &[Signal]) -> io::Result<()> {
+    for &ignored in signals {
         // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be
         // broken.
-        unsafe { signal(interrupt, SigHandler::SigIgn) }?;
+        unsafe { signal(ignored, SigHandler::SigIgn) }?;
     }
     Ok(())
 }
@@ -196,8 +206,8 @@ pub fn catch_interrupts() -> io::Result<CatchingInterrupts> {
     }
     INTERRUPTED.store(false, Ordering::Relaxed);
     let previous = [
-        current_action(INTERRUPTS[0])?,
-        current_action(INTERRUPTS[1])?,
+        swap_action(INTERRUPTS[0], None)?,
+        swap_action(INTERRUPTS[1], None)?,
     ];
     for (slot, action) in previous.iter().enumerate() {
         CHAINED[slot].store(action.sa_sigaction, Ordering::Release);
@@ -209,9 +219,9 @@ pub fn catch_interrupts() -> io::Result<CatchingInterrupts> {
     ours.sa_sigaction = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
     ours.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
     for (slot, &signal) in INTERRUPTS.iter().enumerate() {
-        if let Err(err) = set_action(signal, &ours) {
+        if let Err(err) = swap_action(signal, Some(&ours)) {
             for (undo, &signal) in INTERRUPTS.iter().enumerate().take(slot) {
-                let _ = set_action(signal, &previous[undo]);
+                let _ = swap_action(signal, Some(&previous[undo]));
             }
             return Err(err);
         }
@@ -244,35 +254,27 @@ impl Drop for CatchingInterrupts {
         let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
         for (slot, &signal) in INTERRUPTS.iter().enumerate() {
             // An action the application installed meanwhile is its own: it stays.
-            if current_action(signal).is_ok_and(|now| now.sa_sigaction == ours) {
-                let _ = set_action(signal, &previous[slot]);
+            if swap_action(signal, None).is_ok_and(|now| now.sa_sigaction == ours) {
+                let _ = swap_action(signal, Some(&previous[slot]));
             }
         }
     }
 }
 
-/// The action `signal` has now.
-fn current_action(signal: libc::c_int) -> io::Result<libc::sigaction> {
+/// The action `signal` had, after giving it the action `new`, if any.
+fn swap_action(signal: libc::c_int, new: Option<&libc::sigaction>) -> io::Result<libc::sigaction> {
     // SAFETY: all-zero bytes are a valid `sigaction` (see `catch_interrupts`), and it is only
     // written by the call below.
-    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-    // SAFETY: a null new action only reads the current one into `action`, a valid, writable
-    // `sigaction` that outlives the call.
-    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } != 0 {
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    let new = new.map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `old` is a valid, writable `sigaction` that outlives the call. `new` is null (the
+    // call only reads the current action) or, from the callers in this module, an action that
+    // this function read (put back as it was) or ours, whose handler is `on_interrupt`, which
+    // is async-signal-safe (see it).
+    if unsafe { libc::sigaction(signal, new, &mut old) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(action)
-}
-
-/// Gives `signal` the action `action`.
-fn set_action(signal: libc::c_int, action: &libc::sigaction) -> io::Result<()> {
-    // SAFETY: the callers, in this module, pass either an action that `current_action` read
-    // (put back as it was) or ours, whose handler is `on_interrupt`, which is
-    // async-signal-safe (see it).
-    if unsafe { libc::sigaction(signal, action, std::ptr::null_mut()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    Ok(old)
 }
 
 /// The handler of `SIGINT` and `SIGTERM` while they are caught: sets [`INTERRUPTED`], then
@@ -318,10 +320,7 @@ extern "C" fn on_interrupt(
 /// by [`init_for_tests!`](crate::init_for_tests!) (where it had not), so a task sees the same
 /// behaviour either way.
 pub(crate) fn ignore_broken_pipes() -> io::Result<()> {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    // SAFETY: `SigIgn` installs no handler code, so no async-signal-safety rule can be broken.
-    unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) }?;
-    Ok(())
+    ignore(&[Signal::SIGPIPE])
 }
 
 /// Makes process `pid` (0: the calling process) the leader of a new process group whose id is
@@ -354,19 +353,83 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// An `InvalidData` error: what a peer sent is not what the protocol allows.
+pub(crate) fn invalid_data(what: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+/// A new memfd of `len` bytes (holes until written), close-on-exec, that can be sealed.
+fn new_memfd(name: &std::ffi::CStr, len: usize) -> io::Result<File> {
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let file = File::from(memfd_create(name, flags)?);
+    file.set_len(len as u64)?;
+    Ok(file)
+}
+
+/// Seals `file` against shrinking, growing and `more`, and against further seals.
+fn seal(file: &File, more: SealFlag) -> io::Result<()> {
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL | more;
+    fcntl(file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(())
+}
+
+/// The seals of `fd`; an error when it is no memfd (or other shared-memory file).
+fn seals(fd: BorrowedFd<'_>) -> io::Result<SealFlag> {
+    Ok(SealFlag::from_bits_truncate(fcntl(
+        fd,
+        FcntlArg::F_GET_SEALS,
+    )?))
+}
+
+/// A shared mapping of the start of a file, unmapped when dropped. Its owners below say why
+/// their accesses to it are sound; each hands out references that borrow it.
+#[derive(Debug)]
+struct Mapping {
+    address: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd`, shared, with `protection` and `flags` besides.
+    ///
+    /// # Safety
+    ///
+    /// The file must hold `len` bytes and be sealed against shrinking: the kernel then keeps
+    /// every page of the mapping backed by the file, whatever any holder of the file does (an
+    /// access to a page the file no longer covers raises `SIGBUS`, which kills the process).
+    unsafe fn new(
+        fd: BorrowedFd<'_>,
+        len: NonZeroUsize,
+        protection: ProtFlags,
+        flags: MapFlags,
+    ) -> io::Result<Mapping> {
+        // SAFETY: a new mapping at an address the kernel picks: it overlaps no memory of this
+        // process. That no access to it faults is the caller's contract (see above).
+        let address = unsafe { mmap(None, len, protection, MapFlags::MAP_SHARED | flags, fd, 0) }?;
+        Ok(Mapping {
+            address: address.cast(),
+            len: len.get(),
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped; no reference into it outlives its owner,
+        // whose accessors all borrow it.
+        let _ = unsafe { munmap(self.address.cast(), self.len) };
+    }
+}
+
+const READ_WRITE: ProtFlags = ProtFlags::PROT_READ.union(ProtFlags::PROT_WRITE);
+
 /// A 64-bit word of memory shared by the parent and one worker: a page of a memfd, mapped
 /// `MAP_SHARED` in each. The parent creates it and passes the memfd to the worker (through
-/// the fork server); both then see the same word, for atomic operations only.
-///
-/// The worker may be hostile, and this is memory the parent maps: the memfd is sealed against
-/// shrinking and growing before it leaves the parent, so that no holder of the file can cut
-/// the page from under the parent's mapping (an access would raise `SIGBUS`, and kill the
-/// application). What the worker can still do is write the page, at any time: every value
-/// read from it is data from the worker, which the parent checks as such (see
-/// `process_pool::claim`).
-pub(crate) struct SharedWord {
-    word: std::ptr::NonNull<std::sync::atomic::AtomicU64>,
-}
+/// the fork server); both then see the same word, for atomic operations only. The memfd is
+/// sealed against shrinking and growing before it leaves the parent; the worker can still
+/// write the page at any time, so every value read from it is untrusted data (see the table
+/// above and `process_pool::worker::Claims`).
+pub(crate) struct SharedWord(Mapping);
 
 // SAFETY: the mapping is only reached through `&AtomicU64`, which is `Sync`, and it stays
 // mapped until the `SharedWord` is dropped; moving the owner to another thread changes nothing.
@@ -379,20 +442,11 @@ impl SharedWord {
     /// seals, and maps it. Returns the mapping and the memfd (close-on-exec), to pass to the
     /// other process.
     pub(crate) fn create() -> io::Result<(SharedWord, OwnedFd)> {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use nix::sys::memfd::{MFdFlags, memfd_create};
-
-        let fd = memfd_create(
-            c"smol-offload-claim",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        nix::unistd::ftruncate(&fd, page_size() as libc::off_t)?;
-        // Not `F_SEAL_WRITE`: both sides write the page. `F_SEAL_SEAL` keeps anyone from adding
-        // seals later.
-        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
-        let word = SharedWord::map(std::os::fd::AsFd::as_fd(&fd))?;
-        Ok((word, fd))
+        let file = new_memfd(c"smol-offload-claim", page_size())?;
+        // Not `F_SEAL_WRITE`: both sides write the page.
+        seal(&file, SealFlag::empty())?;
+        let word = SharedWord::map(file.as_fd())?;
+        Ok((word, file.into()))
     }
 
     /// Maps the word of a memfd made by [`create`](SharedWord::create). The descriptor may be
@@ -402,67 +456,39 @@ impl SharedWord {
     ///
     /// The memfd is not sealed against shrinking, or holds less than a page (no such memfd
     /// comes from `create`), or `mmap` failed.
-    pub(crate) fn map(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<SharedWord> {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use std::os::fd::AsRawFd;
-
-        let seals = SealFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GET_SEALS)?);
-        let size = nix::sys::stat::fstat(fd)?.st_size;
-        if !seals.contains(SealFlag::F_SEAL_SHRINK) || size < page_size() as libc::off_t {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+    pub(crate) fn map(fd: BorrowedFd<'_>) -> io::Result<SharedWord> {
+        let sealed = seals(fd)?.contains(SealFlag::F_SEAL_SHRINK);
+        if !sealed || nix::sys::stat::fstat(fd)?.st_size < page_size() as libc::off_t {
+            return Err(invalid_data(
                 "a claim page that is not a page sealed against shrinking",
             ));
         }
-        // SAFETY: a new shared mapping of one page of `fd` at an address the kernel picks: it
-        // overlaps nothing of this process. The file holds at least that page (checked just
-        // above) and is sealed against shrinking, so the kernel keeps the page backed by the
-        // file for as long as it is mapped, whatever any other holder of the file does.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page_size(),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let word = std::ptr::NonNull::new(address.cast())
-            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
-        Ok(SharedWord { word })
+        let page = NonZeroUsize::new(page_size()).expect("at least 16 bytes");
+        // SAFETY: the file holds at least that page and is sealed against shrinking (both
+        // checked just above).
+        let mapping = unsafe { Mapping::new(fd, page, READ_WRITE, MapFlags::empty()) }?;
+        Ok(SharedWord(mapping))
     }
 
     /// The second word of the page, for a second use (the arena's, see
-    /// `process_pool::arena`).
-    pub(crate) fn second(&self) -> &std::sync::atomic::AtomicU64 {
+    /// `process_pool::out_of_line`).
+    pub(crate) fn second(&self) -> &AtomicU64 {
         // SAFETY: as in `get`: the page is at least 16 bytes (`page_size` is at least 16), so
         // the second 8-byte-aligned word lies in it too, and it is only ever accessed
         // atomically here.
-        unsafe { self.word.add(1).as_ref() }
+        unsafe { self.0.address.cast::<AtomicU64>().add(1).as_ref() }
     }
 
     /// The word.
-    pub(crate) fn get(&self) -> &std::sync::atomic::AtomicU64 {
-        // SAFETY: `word` points to the start of a live, page-aligned (so 8-byte aligned)
+    pub(crate) fn get(&self) -> &AtomicU64 {
+        // SAFETY: `address` points to the start of a live, page-aligned (so 8-byte aligned)
         // mapping of a page, which stays mapped while `self` lives, and stays backed by the
         // file: the kernel upholds that, since the memfd is sealed against shrinking (checked
         // by `map`), so no access faults. This process only accesses it atomically. The other
         // process is meant to as well; one that writes it some other way, or writes any value,
         // is upheld by nobody and needs no one to: an `AtomicU64` has no invalid value, and
-        // the parent treats what it reads as untrusted data (see `process_pool::claim`).
-        unsafe { self.word.as_ref() }
-    }
-}
-
-impl Drop for SharedWord {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the page `map` mapped; no reference from `get` outlives
-        // `self`, so nothing uses it afterwards.
-        unsafe { libc::munmap(self.word.as_ptr().cast(), page_size()) };
+        // the parent treats what it reads as untrusted data (see `process_pool::worker::Claims`).
+        unsafe { self.0.address.cast::<AtomicU64>().as_ref() }
     }
 }
 
@@ -500,35 +526,16 @@ pub(crate) fn own_received_fd(fd: RawFd) -> OwnedFd {
 /// write, shrink or grow it any more: a process it is sent to may map it and read it as
 /// immutable memory.
 pub(crate) fn sealed_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
-    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-    use nix::sys::memfd::{MFdFlags, memfd_create};
-    use std::io::Write;
-
-    let fd = memfd_create(
-        c"smol-offload-payload",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )?;
-    let mut file = std::fs::File::from(fd);
-    file.set_len(bytes.len() as u64)?;
+    let mut file = new_memfd(c"smol-offload-payload", bytes.len())?;
     file.write_all(bytes)?;
-    let seals = SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_SEAL;
-    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    seal(&file, SealFlag::F_SEAL_WRITE)?;
     Ok(file.into())
 }
 
 /// A new memfd holding a copy of `bytes`, not sealed: its reader may punch out its pages as it
-/// goes (see `process_pool::stream_reply`).
+/// goes (see `process_pool::out_of_line::StreamPayload`).
 pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
-    use std::io::Write;
-
-    let fd = nix::sys::memfd::memfd_create(
-        c"smol-offload-stream",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )?;
-    let mut file = std::fs::File::from(fd);
+    let mut file = File::from(memfd_create(c"smol-offload-stream", MFdFlags::MFD_CLOEXEC)?);
     file.write_all(bytes)?;
     Ok(file.into())
 }
@@ -536,18 +543,11 @@ pub(crate) fn payload_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
 /// A read-only mapping of a memfd that [`sealed_memfd`] made (checked): bytes that can never
 /// change while they are mapped.
 ///
-/// The parent maps these from a worker, which may be hostile, so everything that makes the
-/// mapping safe to read is checked on the file itself before it is mapped, not taken from the
-/// worker's word: the seals (no holder of the file can write, shrink or grow it, so no access
-/// faults and no byte changes), the file system (an ordinary memfd, whose pages cannot fail to
-/// be there, not one of `hugetlbfs`), the size, and that every page was written (the sender
-/// paid for the memory: mapping a file of holes would allocate its pages in the reader). How
-/// large a mapping the reader accepts is for the caller to bound (see
-/// `process_pool::wire::MAX_RESULT`).
-pub(crate) struct SealedMapping {
-    address: std::ptr::NonNull<u8>,
-    len: usize,
-}
+/// The parent maps these from a possibly hostile worker, so what makes the mapping safe to
+/// read is checked on the file itself, not taken from the worker's word (see `new`). How large
+/// a mapping the reader accepts is for the caller to bound (`process_pool::wire::MAX_RESULT`).
+#[derive(Debug)]
+pub(crate) struct SealedMapping(Option<Mapping>);
 
 // SAFETY: the mapping is read-only memory that nobody can write (the memfd is sealed against
 // writes), owned by this value alone: sharing or sending it between threads is like doing so
@@ -557,37 +557,32 @@ unsafe impl Send for SealedMapping {}
 unsafe impl Sync for SealedMapping {}
 
 impl SealedMapping {
-    /// Maps the memfd `fd`, which must hold exactly `len` bytes, all of them written, and be
-    /// sealed against writes, shrinking and growing; `fd` is closed (the mapping keeps the
-    /// memory).
+    /// Maps the memfd `fd`, which must hold exactly `len` bytes, all of them written (the
+    /// sender paid for the memory: mapping holes would allocate them in the reader), be sealed
+    /// against writes, shrinking and growing (no holder can change a byte or fault a reader),
+    /// and be an ordinary memfd; `fd` is closed (the mapping keeps the memory).
     ///
     /// # Errors
     ///
     /// The descriptor is no such memfd (a broken or hostile peer), or `mmap` failed.
     pub(crate) fn new(fd: OwnedFd, len: usize) -> io::Result<SealedMapping> {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
         use std::os::unix::fs::MetadataExt;
 
-        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         let needed = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_WRITE;
-        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
-        if !seals.contains(needed) {
-            return Err(invalid(
-                "a shared payload that is not sealed against writes".to_owned(),
+        if !seals(fd.as_fd())?.contains(needed) {
+            return Err(invalid_data(
+                "a shared payload that is not sealed against writes",
             ));
         }
         // Seals work on `hugetlbfs` too, whose pages are reserved, not allocated, by a mapping.
         if nix::sys::statfs::fstatfs(&fd)?.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
-            return Err(invalid(
-                "a shared payload that is no ordinary memfd".to_owned(),
-            ));
+            return Err(invalid_data("a shared payload that is no ordinary memfd"));
         }
-        let file = std::fs::File::from(fd);
+        let file = File::from(fd);
         let metadata = file.metadata()?;
         let size = metadata.len();
         if size != len as u64 {
-            return Err(invalid(format!(
+            return Err(invalid_data(format!(
                 "a shared payload of {size} bytes announced as {len}"
             )));
         }
@@ -596,79 +591,46 @@ impl SealedMapping {
         // since the file is sealed against writes, none can be punched later.
         let held = metadata.blocks().saturating_mul(512);
         if held < size {
-            return Err(invalid(format!(
+            return Err(invalid_data(format!(
                 "a shared payload of {size} bytes of which only {held} were ever written"
             )));
         }
-        let Some(length) = std::num::NonZeroUsize::new(len) else {
-            return Ok(SealedMapping {
-                address: std::ptr::NonNull::dangling(),
-                len: 0,
-            });
+        let Some(len) = NonZeroUsize::new(len) else {
+            return Ok(SealedMapping(None));
         };
-        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps
-        // no memory of this process. What keeps every access to it from faulting is upheld by
-        // the kernel, whoever else holds the file, on the strength of the checks above: the
-        // file holds `len` bytes and is sealed against shrinking (no page of the mapping can
-        // vanish under a reader, which would raise SIGBUS) and against writes (no byte
-        // changes, and no page can be punched out); it is an ordinary memfd whose every page
-        // is allocated already, so no access needs to allocate one.
-        let address = unsafe {
-            mmap(
-                None,
-                length,
-                ProtFlags::PROT_READ,
-                // Populated at once: one call instead of a page fault per few pages, since
-                // the payload is about to be read whole. It only maps pages that the sender
-                // allocated already (checked above), at most as many as the caller allows.
-                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
-                &file,
-                0,
-            )
-        }?;
-        Ok(SealedMapping {
-            address: address.cast(),
-            len,
-        })
+        // Populated at once: one call instead of a page fault per few pages, since the payload
+        // is about to be read whole. It only maps pages that the sender allocated already
+        // (checked above), at most as many as the caller allows.
+        let populate = MapFlags::MAP_POPULATE;
+        // SAFETY: the file holds `len` bytes and is sealed against shrinking (no page of the
+        // mapping can vanish under a reader) and against writes (no byte changes, and no page
+        // can be punched out), as checked above; it is an ordinary memfd whose every page is
+        // allocated already, so no access needs to allocate one.
+        let mapping = unsafe { Mapping::new(file.as_fd(), len, ProtFlags::PROT_READ, populate) }?;
+        Ok(SealedMapping(Some(mapping)))
     }
 
     /// The mapped bytes.
     pub(crate) fn as_slice(&self) -> &[u8] {
-        // SAFETY: `address` is the start of a readable mapping of `len` bytes (or dangling with
-        // `len == 0`), alive until `self` is dropped, and its contents never change and never
-        // fault: `new` checked that the memfd is sealed against writes and shrinking and that
-        // every page is in it, the kernel upholds the seals whoever holds the file, and this
-        // process mapped it read-only.
-        unsafe { std::slice::from_raw_parts(self.address.as_ptr(), self.len) }
+        let Some(mapping) = &self.0 else {
+            return &[];
+        };
+        // SAFETY: `address` is the start of a readable mapping of `len` bytes, alive until
+        // `self` is dropped, and its contents never change and never fault: `new` checked that
+        // the memfd is sealed against writes and shrinking and that every page is in it, the
+        // kernel upholds the seals whoever holds the file, and this process mapped it
+        // read-only.
+        unsafe { std::slice::from_raw_parts(mapping.address.as_ptr(), mapping.len) }
     }
 }
 
-impl Drop for SealedMapping {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: the mapping was made by `new` with this address and length, and no slice
-            // of it outlives `self` (`as_slice` borrows `self`).
-            let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
-        }
-    }
-}
-
-impl std::fmt::Debug for SealedMapping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SealedMapping")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The writer's side of a per-worker payload arena (see `process_pool::arena`): a memfd of a
-/// fixed size, sealed against shrinking and growing, mapped writable by the one process that
-/// writes it. The other process (a worker, possibly hostile) holds the descriptor, reads the
-/// file with `pread`, and may write it too; it can never shrink it, so a write through the
-/// mapping never faults past the end of the file.
+/// The writer's side of a per-worker payload arena (see `process_pool::out_of_line`): a memfd
+/// of a fixed size, sealed against shrinking and growing, mapped writable by the one process
+/// that writes it. The other process holds the descriptor and may write the file too, never
+/// shrink it, so a write through the mapping never faults.
+#[derive(Debug)]
 pub(crate) struct ArenaMapping {
-    address: std::ptr::NonNull<u8>,
-    len: usize,
+    mapping: Mapping,
     fd: OwnedFd,
 }
 
@@ -680,81 +642,47 @@ impl ArenaMapping {
     /// Makes the memfd, `len` bytes of it (no page is allocated before it is written), seals
     /// its size, and maps it.
     pub(crate) fn create(len: usize) -> io::Result<ArenaMapping> {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use nix::sys::memfd::{MFdFlags, memfd_create};
-        use std::os::fd::AsRawFd;
-
-        let fd = memfd_create(
-            c"smol-offload-arena",
-            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-        )?;
-        nix::unistd::ftruncate(&fd, len as libc::off_t)?;
-        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals))?;
-        // SAFETY: a new shared mapping of the whole file at an address the kernel picks: it
-        // overlaps nothing of this process. The file is `len` bytes and sealed against
-        // shrinking (just above, and `F_SEAL_SEAL` keeps the seals as they are), so the kernel
-        // keeps every byte of the mapping backed by the file, whatever the other process (which
-        // gets the descriptor, and may be hostile) does to it.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len.max(1),
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let address = std::ptr::NonNull::new(address.cast())
-            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
-        Ok(ArenaMapping { address, len, fd })
+        let len = NonZeroUsize::new(len).ok_or(io::ErrorKind::InvalidInput)?;
+        let file = new_memfd(c"smol-offload-arena", len.get())?;
+        seal(&file, SealFlag::empty())?;
+        // SAFETY: the file is `len` bytes and sealed against shrinking (just above, and
+        // `F_SEAL_SEAL` keeps the seals as they are), whatever the other process (which gets
+        // the descriptor, and may be hostile) does to it.
+        let mapping = unsafe { Mapping::new(file.as_fd(), len, READ_WRITE, MapFlags::empty()) }?;
+        let fd = file.into();
+        Ok(ArenaMapping { mapping, fd })
     }
 
     /// The memfd, to send to the reader.
-    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(&self.fd)
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Copies `bytes` to the start of the arena; `false` (nothing written) when they do not fit.
     pub(crate) fn write(&mut self, bytes: &[u8]) -> bool {
-        if bytes.len() > self.len {
+        if bytes.len() > self.mapping.len {
             return false;
         }
-        // SAFETY: the destination is the first `bytes.len() <= self.len` bytes of the live
+        // SAFETY: the destination is the first `bytes.len() <= len` bytes of the live
         // mapping, which no reference of this process points into (this process only ever
         // writes it, through raw pointers, and never reads it back); `bytes` is memory of this
         // process, so the two do not overlap. The other process may write the same bytes at
         // the same time: that can only change what it reads back itself, as its own writes
         // would.
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.address.as_ptr(), bytes.len());
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.mapping.address.as_ptr(),
+                bytes.len(),
+            );
         }
         true
     }
 }
 
-impl Drop for ArenaMapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `create` mapped; no pointer into it outlives `self`.
-        unsafe { libc::munmap(self.address.as_ptr().cast(), self.len.max(1)) };
-    }
-}
-
-impl std::fmt::Debug for ArenaMapping {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArenaMapping")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
-
 /// The worker's read-only mapping of the parent's request arena (see
-/// `process_pool::arena`), so that a large argument is decoded, and a `ByteBuf` in it read, in
-/// place rather than copied out first.
+/// `process_pool::out_of_line`), so that a large argument is decoded, and a `ByteBuf` in it
+/// read, in place rather than copied out first.
 ///
 /// Unlike a [`SealedMapping`], the kernel does not keep these bytes from changing: the parent
 /// writes the arena again for a later argument. What keeps them still while they are read is
@@ -764,10 +692,8 @@ impl std::fmt::Debug for ArenaMapping {
 /// arena is left (nothing but its own loop holds this view); when a `ByteBuf` of the argument
 /// outlives its call, the worker lets go of this view instead, and tells the parent to make
 /// another arena (the `ByteBuf` keeps this one mapped, and the parent never writes it again).
-pub(crate) struct ArenaView {
-    address: std::ptr::NonNull<u8>,
-    len: usize,
-}
+#[derive(Debug)]
+pub(crate) struct ArenaView(Mapping);
 
 // SAFETY: read-only memory that, by the protocol above, nobody writes while it is referenced;
 // which thread holds the view changes nothing.
@@ -783,78 +709,45 @@ impl ArenaView {
     ///
     /// The descriptor is no memfd sealed against shrinking, or `mmap` failed.
     pub(crate) fn map(fd: OwnedFd) -> io::Result<ArenaView> {
-        use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-        use nix::sys::mman::{MapFlags, ProtFlags, mmap};
-
-        let seals = SealFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GET_SEALS)?);
-        if !seals.contains(SealFlag::F_SEAL_SHRINK) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
+        if !seals(fd.as_fd())?.contains(SealFlag::F_SEAL_SHRINK) {
+            return Err(invalid_data(
                 "a payload arena that is not sealed against shrinking",
             ));
         }
-        let file = std::fs::File::from(fd);
+        let file = File::from(fd);
         let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
-        let length = std::num::NonZeroUsize::new(len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "an empty payload arena"))?;
-        // SAFETY: a new read-only shared mapping at an address the kernel picks: it overlaps no
-        // memory of this process. The file is sealed against shrinking, so no page of the
-        // mapping can vanish under a reader (which would raise SIGBUS).
-        let address = unsafe {
-            mmap(
-                None,
-                length,
-                ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED,
-                &file,
-                0,
-            )
-        }?;
-        Ok(ArenaView {
-            address: address.cast(),
-            len,
-        })
+            .map_err(|_| invalid_data("a payload arena too large"))?;
+        let len = NonZeroUsize::new(len).ok_or_else(|| invalid_data("an empty payload arena"))?;
+        // SAFETY: the file holds `len` bytes and is sealed against shrinking (checked above),
+        // so no page of the mapping can vanish under a reader.
+        let mapping =
+            unsafe { Mapping::new(file.as_fd(), len, ProtFlags::PROT_READ, MapFlags::empty()) }?;
+        Ok(ArenaView(mapping))
     }
 
     /// The first `len` bytes of the arena; `None` if it is shorter.
     pub(crate) fn get(&self, len: usize) -> Option<&[u8]> {
-        if len > self.len {
+        if len > self.0.len {
             return None;
         }
-        // SAFETY: `address` is the start of a live readable mapping of `self.len >= len` bytes,
-        // which no one writes while the returned reference (tied to `self`) lives: see the
-        // type's documentation.
-        Some(unsafe { std::slice::from_raw_parts(self.address.as_ptr(), len) })
-    }
-}
-
-impl Drop for ArenaView {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `map` mapped; no reference from `get` outlives `self`.
-        let _ = unsafe { nix::sys::mman::munmap(self.address.cast(), self.len) };
-    }
-}
-
-impl std::fmt::Debug for ArenaView {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ArenaView")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
+        // SAFETY: `address` is the start of a live readable mapping of `self.0.len >= len`
+        // bytes, which no one writes while the returned reference (tied to `self`) lives: see
+        // the type's documentation.
+        Some(unsafe { std::slice::from_raw_parts(self.0.address.as_ptr(), len) })
     }
 }
 
 /// Whether `fd` is a memfd (or another shared-memory file): `F_GET_SEALS` works on those only.
 /// Reading such a file never waits, whatever the process that sent it does.
-pub(crate) fn is_memfd(fd: std::os::fd::BorrowedFd<'_>) -> bool {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GET_SEALS).is_ok()
+pub(crate) fn is_memfd(fd: BorrowedFd<'_>) -> bool {
+    seals(fd).is_ok()
 }
 
 /// Reads exactly `len` bytes from the start of the file `fd` into a new vector, with `pread`:
 /// the kernel copies them, so what another process does to the file meanwhile (write it,
 /// shrink it) can change the bytes read or make the read come up short (an `InvalidData`
 /// error), never touch this process's memory beyond the vector.
-pub(crate) fn read_from_start(fd: std::os::fd::BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_from_start(fd: BorrowedFd<'_>, len: usize) -> io::Result<Vec<u8>> {
     use std::os::fd::AsRawFd;
 
     let mut bytes: Vec<u8> = Vec::with_capacity(len);
@@ -913,13 +806,10 @@ pub enum CallStatus {
 impl CallStatus {
     /// The status whose `repr(u8)` is `byte`, if any.
     pub fn from_byte(byte: u8) -> Option<CallStatus> {
-        match byte {
-            0 => Some(CallStatus::Returned),
-            1 => Some(CallStatus::Panicked),
-            2 => Some(CallStatus::BadArgument),
-            3 => Some(CallStatus::BadResult),
-            _ => None,
-        }
+        use CallStatus::*;
+        [Returned, Panicked, BadArgument, BadResult]
+            .get(usize::from(byte))
+            .copied()
     }
 }
 
@@ -1259,8 +1149,8 @@ mod tests {
         // SAFETY: all-zero bytes are a valid `sigaction`.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
         action.sa_sigaction = programs;
-        set_action(libc::SIGTERM, &action).unwrap();
-        let sigint_before = current_action(libc::SIGINT).unwrap().sa_sigaction;
+        swap_action(libc::SIGTERM, Some(&action)).unwrap();
+        let sigint_before = swap_action(libc::SIGINT, None).unwrap().sa_sigaction;
 
         let first = catch_interrupts().unwrap();
         let second = catch_interrupts().unwrap();
@@ -1272,19 +1162,19 @@ mod tests {
         assert_eq!(SEEN_BY_THE_PROGRAM.load(Ordering::Relaxed), 1);
         drop(first);
         let ours = on_interrupt as extern "C" fn(_, _, _) as libc::sighandler_t;
-        assert_eq!(current_action(libc::SIGTERM).unwrap().sa_sigaction, ours);
+        assert_eq!(swap_action(libc::SIGTERM, None).unwrap().sa_sigaction, ours);
         drop(second);
         assert_eq!(
-            current_action(libc::SIGTERM).unwrap().sa_sigaction,
+            swap_action(libc::SIGTERM, None).unwrap().sa_sigaction,
             programs
         );
         assert_eq!(
-            current_action(libc::SIGINT).unwrap().sa_sigaction,
+            swap_action(libc::SIGINT, None).unwrap().sa_sigaction,
             sigint_before
         );
 
         action.sa_sigaction = libc::SIG_DFL;
-        set_action(libc::SIGTERM, &action).unwrap();
+        swap_action(libc::SIGTERM, Some(&action)).unwrap();
     }
 
     #[test]

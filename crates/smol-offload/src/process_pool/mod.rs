@@ -223,9 +223,7 @@ impl ProcessPool {
     pub fn ready(&self) -> Ready {
         Ready::new(self.handle.shared.clone())
     }
-}
 
-impl ProcessPool {
     /// Submits `job`, whose promise `task` awaits: the task then helps with a loan or waits
     /// for room as needed, and a started task that is abandoned kills its worker.
     pub(crate) fn place<T>(&self, job: Job, task: Task<T>) -> Task<T> {
@@ -392,11 +390,11 @@ impl ErasedCall {
         at_fork: Option<&LoadedCode>,
         now: &LoadedCode,
     ) -> Option<String> {
+        let cannot = "cannot run the task in a worker process";
         for (what, address) in self.parts() {
             let Some(object) = now.containing(address) else {
                 return Some(format!(
-                    "cannot run the task in a worker process: {what} at {address:#x} lies in no \
-                     loaded object"
+                    "{cannot}: {what} at {address:#x} lies in no loaded object"
                 ));
             };
             if now.is_executable(object) {
@@ -413,18 +411,17 @@ impl ErasedCall {
                 Some(unloaded) if unloaded == now.unloaded => continue,
                 Some(_) => {
                     return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, and a library was unloaded since the fork server \
-                         started, so this one may not be the code that the workers have at \
-                         that address; run the function on a ThreadPool, or keep libraries \
-                         loaded"
+                        "{cannot}: {what} lies in the shared library {path}, and a library was \
+                         unloaded since the fork server started, so this one may not be the code \
+                         that the workers have at that address; run the function on a \
+                         ThreadPool, or keep libraries loaded"
                     ));
                 }
                 None => {
                     return Some(format!(
-                        "cannot run the task in a worker process: {what} lies in the shared \
-                         library {path}, loaded (or reloaded) after the fork server started, so the workers \
-                         (forked from that server) do not have it; load the library before \
+                        "{cannot}: {what} lies in the shared library {path}, loaded (or \
+                         reloaded) after the fork server started, so the workers (forked from \
+                         that server) do not have it; load the library before \
                          smol_offload::init(), or run the function on a ThreadPool"
                     ));
                 }
@@ -599,31 +596,12 @@ impl ProcessPoolBuilder {
     where
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let call = sys::erase(f);
-        let encoded =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| postcard::to_allocvec(&arg)));
-        match encoded {
-            Ok(Ok(arg)) if arg.len() <= wire::MAX_ARGUMENT => {
+        match encode_argument(&arg) {
+            Ok(arg) => {
+                let call = sys::erase(f);
                 self.options.initializer = Some(Initializer { call, arg });
             }
-            Ok(Ok(arg)) => {
-                self.invalid = Some(format!(
-                    "the initializer's argument is too large: {} bytes is more than a frame \
-                     holds",
-                    arg.len()
-                ));
-            }
-            Ok(Err(err)) => {
-                self.invalid = Some(format!(
-                    "could not serialize the initializer's argument: {err}"
-                ));
-            }
-            Err(payload) => {
-                let message = crate::panics::panic_payload_message(payload.as_ref());
-                self.invalid = Some(format!(
-                    "serializing the initializer's argument panicked: {message}"
-                ));
-            }
+            Err(err) => self.invalid = Some(format!("the initializer's argument: {err}")),
         }
         self
     }
@@ -770,23 +748,18 @@ impl ProcessPoolBuilder {
     /// threads; or the workers could not be forked.
     pub fn build(self) -> Result<ProcessPool, BuildError> {
         let workers = worker_count(self.workers)?;
+        let setting = |why: &str| Err(BuildError::new(BuildErrorKind::Setting(why.into())));
         if let Some(message) = self.invalid {
-            return Err(BuildError::new(BuildErrorKind::Setting(message)));
+            return setting(&message);
         }
         if self.options.task_timeout == Some(Duration::ZERO) {
-            return Err(BuildError::new(BuildErrorKind::Setting(
-                "task_timeout must be longer than zero: no task could finish".into(),
-            )));
+            return setting("task_timeout must be longer than zero: no task could finish");
         }
         if self.options.max_tasks_per_worker == Some(0) {
-            return Err(BuildError::new(BuildErrorKind::Setting(
-                "max_tasks_per_worker must be at least 1: a worker must run a task".into(),
-            )));
+            return setting("max_tasks_per_worker must be at least 1: a worker must run a task");
         }
         if self.options.queue_limit == Some(0) {
-            return Err(BuildError::new(BuildErrorKind::Setting(
-                "queue_limit must be at least 1: a pool needs room to queue one task".into(),
-            )));
+            return setting("queue_limit must be at least 1: a pool needs room to queue one task");
         }
         let link = server::link_or_start()?;
         // Checked once the server runs: code loaded before it started is the workers' too.
@@ -796,9 +769,7 @@ impl ProcessPoolBuilder {
             .as_ref()
             .and_then(|initializer| initializer.call.refusal_in_workers())
         {
-            return Err(BuildError::new(BuildErrorKind::Setting(format!(
-                "the initializer: {refusal}"
-            ))));
+            return setting(&format!("the initializer: {refusal}"));
         }
         // For the user's serde code that runs in this process: its panics get a location.
         panics::install_hook();

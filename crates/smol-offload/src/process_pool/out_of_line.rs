@@ -1,20 +1,13 @@
 //! Payloads too large for the socket, in shared memory: a fresh sealed memfd per payload, a
 //! per-worker arena written again for every payload of a middling size ([`OutArena`],
-//! [`InArena`]), or a large result read as a stream ([`StreamPayload`]). Their descriptors
-//! travel with the frames that need them (see [`FdReader`](super::wire::FdReader) and
-//! [`send_with_fd`](super::wire::send_with_fd)).
+//! [`InArena`]), or a large result read as a stream ([`StreamPayload`]). The frame carries the
+//! payload's size instead of the payload.
 //!
-//! A fresh memfd: the argument or the result is written to a sealed memfd, and the frame
-//! carries its size instead, with the descriptor attached (`SCM_RIGHTS`).
-//!
-//! A descriptor travels with the bytes of its own frame, so a reader that keeps the
-//! descriptors it receives in order finds each one by the time the frame that needs it is
-//! complete. The receiver checks the seals before it maps the memory, so that no other holder
-//! of the file can change the bytes while they are read, or shrink the file under the mapping
-//! (which would fault the reader). The parent, which maps what a possibly hostile worker sends,
-//! also checks that the file is an ordinary memfd whose every page was written (mapping holes
-//! would allocate them in the parent), and refuses one larger than
-//! [`MAX_RESULT`](super::wire::MAX_RESULT) before anything else (see `sys::SealedMapping`).
+//! A descriptor travels (`SCM_RIGHTS`) with the bytes of its own frame, so a reader that keeps
+//! the descriptors it receives in order finds each one by the time the frame that needs it is
+//! complete (see [`FdReader`](super::wire::FdReader)). What the receiver checks before it maps
+//! a sealed memfd, and why, is in `sys::SealedMapping`; the parent refuses one larger than
+//! [`MAX_RESULT`](super::wire::MAX_RESULT) before anything else.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -23,7 +16,7 @@ use std::os::unix::fs::FileExt;
 
 use nix::fcntl::{FallocateFlags, fallocate};
 
-use crate::sys::{self, ArenaMapping};
+use crate::sys::{self, ArenaMapping, invalid_data};
 
 /// A payload longer than this goes through shared memory, not through the socket.
 pub(crate) const THRESHOLD: usize = 128 * 1024;
@@ -52,12 +45,9 @@ pub(crate) const THRESHOLD: usize = 128 * 1024;
 // memory of its own, through the kernel, so that can change the bytes it gets or make the
 // read fail (the reply is then malformed), never touch the parent's memory otherwise. A
 // descriptor that is not a memfd is refused, so that a read can never wait.
-// - **The worker reads an argument in place** in its read-only mapping of the parent's arena
-// (`sys::ArenaView`): it trusts the parent, which writes the arena only when no job in flight
-// has its argument there. A `ByteBuf` of the argument that outlives its call (the function
-// kept it) would see the next argument: the worker then drops its view (the `ByteBuf` keeps
-// the old mapping) and says so in its reply (`ARENA_RETAINED`), and the parent makes a new
-// arena for the next large argument, never writing the old one again.
+// - **The worker reads an argument in place** in its read-only mapping of the parent's arena,
+// trusting the parent's side of the protocol, and lets go of it when a `ByteBuf` of the
+// argument outlives its call (`ARENA_RETAINED`): see `sys::ArenaView`.
 // - **When an arena may be written again.** The parent writes a new argument only when no job
 // in flight on that worker has its argument in the arena (the worker reads a claimed job's
 // argument before running it, and never reads one whose job was taken back). The worker
@@ -66,9 +56,10 @@ pub(crate) const THRESHOLD: usize = 128 * 1024;
 // compares it with the count it wrote. When an arena is busy, the payload takes a fresh
 // sealed memfd instead, as a payload above [`ARENA_MAX`] always does.
 // - **Size.** An arena's pages are allocated when first written, so it holds as much memory
-// as the largest payload written to it, at most [`ARENA_MAX`]: a worker holds at most two. Above that size
-// the fixed costs of a fresh memfd are small beside the copy, and a sealed memfd can be read
-// in place, without the copy (a large `ByteBuf` result costs no second copy of itself).
+// as the largest payload written to it, at most [`ARENA_MAX`]: a worker holds at most two.
+// Above that size the fixed costs of a fresh memfd are small beside the copy, and a sealed
+// memfd can be read in place, without the copy (a large `ByteBuf` result costs no second copy
+// of itself).
 // - **A worker that dies mid-write** leaves its arena half written: its reply never comes,
 // and the parent closes the arena with the worker's link.
 
@@ -98,10 +89,8 @@ impl OutArena {
     /// larger than [`ARENA_MAX`]: send the payload another way.
     pub(crate) fn write(&mut self, payload: &[u8]) -> io::Result<Option<OwnedFd>> {
         if payload.len() > ARENA_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a payload larger than the arena",
-            ));
+            let what = "a payload larger than the arena";
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, what));
         }
         let new = self.mapping.is_none();
         if new {
@@ -138,10 +127,7 @@ impl InArena {
     /// `fd` is no memfd (a hostile peer): reading it might wait.
     pub(crate) fn replace(&mut self, fd: OwnedFd) -> io::Result<()> {
         if !sys::is_memfd(fd.as_fd()) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a payload arena that is no memfd",
-            ));
+            return Err(invalid_data("a payload arena that is no memfd"));
         }
         self.fd = Some(fd);
         Ok(())
@@ -154,12 +140,11 @@ impl InArena {
     /// No arena was received, `size` is more than [`ARENA_MAX`], or the arena holds fewer
     /// bytes: the frame that says so is malformed.
     pub(crate) fn read(&self, size: usize) -> io::Result<Vec<u8>> {
-        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
         let Some(fd) = &self.fd else {
-            return Err(invalid("a payload in an arena never received".to_owned()));
+            return Err(invalid_data("a payload in an arena never received"));
         };
         if size > ARENA_MAX {
-            return Err(invalid(format!(
+            return Err(invalid_data(format!(
                 "a payload of {size} bytes in an arena, above its {ARENA_MAX}-byte limit"
             )));
         }
@@ -204,18 +189,17 @@ impl StreamPayload {
     /// The descriptor is no memfd (reading it might wait), or it holds fewer bytes than
     /// claimed, or more than a frame may.
     pub(crate) fn receive(fd: OwnedFd, size: u64, max: u64) -> io::Result<StreamPayload> {
-        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-        if !crate::sys::is_memfd(std::os::fd::AsFd::as_fd(&fd)) {
-            return Err(invalid("a streamed result that is no memfd".to_owned()));
+        if !sys::is_memfd(fd.as_fd()) {
+            return Err(invalid_data("a streamed result that is no memfd"));
         }
         let file = File::from(fd);
         let held = file.metadata()?.len();
         if size > held || size > max {
-            return Err(invalid(format!(
+            return Err(invalid_data(format!(
                 "a streamed result of {size} bytes in a file of {held}"
             )));
         }
-        let size = usize::try_from(size).map_err(|_| invalid("too large".to_owned()))?;
+        let size = usize::try_from(size).map_err(|_| invalid_data("too large"))?;
         Ok(StreamPayload { file, size })
     }
 

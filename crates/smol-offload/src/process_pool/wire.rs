@@ -7,22 +7,18 @@
 //! where `len` counts the bytes after itself. The argument and a returned value are
 //! postcard-encoded. A request's flags carry its [`CallOptions`].
 //!
-//! With the `tracing` feature, a request also carries its [`TaskContext`]: the `CONTEXT` flag
-//! says so, and `task_id: u64 | name_len: u8 | name` comes between the header and the argument
-//! (the submitting span's name, at most [`MAX_SPAN_NAME`] bytes of UTF-8, empty when no span
-//! was current). Without the feature no request has it, and frames are as above.
+//! With the `tracing` feature, a request also carries its [`TaskContext`] (the `CONTEXT` flag):
+//! `task_id: u64 | name_len: u8 | name` between the header and the argument (the submitting
+//! span's name, at most [`MAX_SPAN_NAME`] bytes of UTF-8, empty when no span was current).
+//! Without the feature no request has it, and frames are as above.
 //!
-//! An argument or a result longer than [`out_of_line::THRESHOLD`] travels in a sealed memfd
-//! instead (see [`out_of_line`]): the request's `SHARED_ARGUMENT` flag, or the reply status's
-//! `SHARED_REPLY` bit, says so, the frame carries the payload's size as a `u64` in place of the
-//! payload, and the memfd's descriptor is attached to the frame's bytes.
-//!
-//! One of at most [`ARENA_MAX`](super::out_of_line::ARENA_MAX) bytes goes through the sender's
-//! per-worker arena when it is free (see [`OutArena`](super::out_of_line::OutArena)): the `ARENA_ARGUMENT` flag
-//! or the `ARENA_REPLY` status bit says so, the frame carries the size in place of the payload,
-//! and the `NEW_ARENA` flag or status bit says that the descriptor attached to the frame is the
-//! sender's arena, made for it. A reply's `ARENA_RETAINED` status bit says that the worker keeps
-//! reading the parent's request arena, which the parent must never write again.
+//! A payload longer than [`out_of_line::THRESHOLD`] travels in shared memory (see
+//! [`out_of_line`]), and its frame carries its size as a `u64` in place of it: a fresh sealed
+//! memfd, attached to the frame's bytes; at most [`ARENA_MAX`](out_of_line::ARENA_MAX) bytes,
+//! the sender's per-worker arena when it is free, attached to the first frame that uses it; a
+//! large result, a memfd to read as a stream. The request flags and reply status bits below say
+//! which; a reply's `ARENA_RETAINED` bit says that the worker keeps reading the parent's request
+//! arena, which the parent must never write again.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut, Read};
@@ -37,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::byte_buf::Backing;
 use crate::process_pool::out_of_line::{self, InArena, StreamPayload};
-use crate::sys::{self, CallStatus, ErasedCall, SealedMapping};
+use crate::sys::{self, CallStatus, ErasedCall, SealedMapping, invalid_data};
 
 const REQUEST_HEADER: usize = 8 + 1 + 8 + 8;
 /// Request flag: print the call's panic in the worker as it happens.
@@ -101,17 +97,15 @@ pub struct TaskContext<'a> {
     pub span_name: &'a str,
 }
 
-impl TaskContext<'_> {
-    /// The span name as it crosses: at most [`MAX_SPAN_NAME`] bytes, cut at a character
-    /// boundary.
-    fn bounded_name(&self) -> &str {
-        let mut end = self.span_name.len().min(MAX_SPAN_NAME);
-        while !self.span_name.is_char_boundary(end) {
-            end -= 1;
-        }
-        &self.span_name[..end]
+/// A span name as it crosses: at most [`MAX_SPAN_NAME`] bytes, cut at a character boundary.
+fn bounded(name: &str) -> &str {
+    let mut end = name.len().min(MAX_SPAN_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
+    &name[..end]
 }
+
 const REPLY_HEADER: usize = 8 + 1;
 /// The largest frame accepted: a bigger length means a corrupt stream.
 const MAX_FRAME: usize = u32::MAX as usize;
@@ -132,21 +126,13 @@ pub(crate) fn write_request(
     context: Option<TaskContext<'_>>,
     arg: &[u8],
 ) {
-    let name = context.as_ref().map(TaskContext::bounded_name);
+    let name = context.map(|context| bounded(context.span_name));
     let context_len = name.map_or(0, |name| 8 + 1 + name.len());
     let len = u32::try_from(REQUEST_HEADER + context_len + arg.len())
         .expect("argument checked by the pool");
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(&id.to_le_bytes());
-    let mut flags = if options.print_panics {
-        PRINT_PANICS
-    } else {
-        0
-    };
-    if context.is_some() {
-        flags |= CONTEXT;
-    }
-    out.push(flags);
+    out.push(flag(options.print_panics, PRINT_PANICS) | flag(context.is_some(), CONTEXT));
     for word in call.to_wire() {
         out.extend_from_slice(&word.to_le_bytes());
     }
@@ -156,6 +142,12 @@ pub(crate) fn write_request(
         out.extend_from_slice(name.as_bytes());
     }
     out.extend_from_slice(arg);
+}
+
+/// `bit` if `on`, else no bit.
+#[inline]
+fn flag(on: bool, bit: u8) -> u8 {
+    if on { bit } else { 0 }
 }
 
 /// Appends a request frame whose argument of `size` bytes is in shared memory, `place`, and
@@ -222,14 +214,10 @@ pub(crate) struct Request<'a> {
 impl Request<'_> {
     /// The size of a shared argument (sealed or in the arena), as the frame gives it.
     pub(crate) fn shared_size(&self) -> io::Result<usize> {
-        let size: [u8; 8] = self.arg.try_into().map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "shared request of the wrong length",
-            )
-        })?;
+        let size = <[u8; 8]>::try_from(self.arg)
+            .map_err(|_| invalid_data("shared request of the wrong length"))?;
         usize::try_from(u64::from_le_bytes(size))
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "shared argument too large"))
+            .map_err(|_| invalid_data("shared argument too large"))
     }
 }
 
@@ -246,10 +234,7 @@ pub(crate) fn read_request<'a>(
     }
     let len = u32::from_le_bytes(len) as usize;
     if len < REQUEST_HEADER {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "request frame too short",
-        ));
+        return Err(invalid_data("request frame too short"));
     }
     // Read as the bytes come, not allocated up front: a corrupt length costs no memory.
     buffer.clear();
@@ -282,19 +267,14 @@ pub(crate) fn read_request<'a>(
 
 /// Splits a request's body into its [`TaskContext`] and its argument.
 fn read_context(body: &[u8]) -> io::Result<(TaskContext<'_>, &[u8])> {
-    let malformed = |what| io::Error::new(io::ErrorKind::InvalidData, what);
-    let (task_id, rest) = body
-        .split_first_chunk::<8>()
-        .ok_or_else(|| malformed("request context too short"))?;
-    let (&name_len, rest) = rest
-        .split_first()
-        .ok_or_else(|| malformed("request context too short"))?;
-    if rest.len() < usize::from(name_len) {
-        return Err(malformed("request context too short"));
-    }
-    let (name, arg) = rest.split_at(usize::from(name_len));
+    let too_short = || invalid_data("request context too short");
+    let (task_id, rest) = body.split_first_chunk::<8>().ok_or_else(too_short)?;
+    let (&name_len, rest) = rest.split_first().ok_or_else(too_short)?;
+    let (name, arg) = rest
+        .split_at_checked(name_len.into())
+        .ok_or_else(too_short)?;
     let span_name =
-        std::str::from_utf8(name).map_err(|_| malformed("request span name is not UTF-8"))?;
+        std::str::from_utf8(name).map_err(|_| invalid_data("request span name is not UTF-8"))?;
     let context = TaskContext {
         task_id: u64::from_le_bytes(*task_id),
         span_name,
@@ -419,28 +399,23 @@ impl Payload {
 
 impl PartialEq for Payload {
     fn eq(&self, other: &Payload) -> bool {
-        *self.as_slice() == *other.as_slice()
+        self.as_slice() == other.as_slice()
     }
 }
 
 impl Eq for Payload {}
 
-impl PartialEq<Vec<u8>> for Payload {
-    fn eq(&self, other: &Vec<u8>) -> bool {
-        *self.as_slice() == *other.as_slice()
+impl<T: AsRef<[u8]> + ?Sized> PartialEq<T> for Payload {
+    fn eq(&self, other: &T) -> bool {
+        *self.as_slice() == *other.as_ref()
     }
 }
 
-impl<const N: usize> PartialEq<[u8; N]> for Payload {
-    fn eq(&self, other: &[u8; N]) -> bool {
-        *self.as_slice() == *other
-    }
-}
-
-impl<const N: usize> PartialEq<&[u8; N]> for Payload {
-    fn eq(&self, other: &&[u8; N]) -> bool {
-        *self.as_slice() == **other
-    }
+/// `Err(Malformed(format!(...)))`.
+macro_rules! malformed {
+    ($($why:tt)*) => {
+        Err(Malformed(format!($($why)*)))
+    };
 }
 
 /// Cuts reply frames out of the bytes read from a non-blocking socket.
@@ -542,40 +517,26 @@ impl ReplyReader {
             return Ok(None);
         }
         let Some(expected) = expected else {
-            return Err(Malformed(format!(
-                "{} bytes while it was running no task",
-                self.buffer.len()
-            )));
+            return malformed!("{} bytes while it was running no task", self.buffer.len());
         };
         let Some(prefix) = self.buffer.get(..4) else {
             return Ok(None);
         };
         let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
         if len < REPLY_HEADER {
-            return Err(Malformed(format!(
-                "a frame of {len} bytes, shorter than a reply header"
-            )));
+            return malformed!("a frame of {len} bytes, shorter than a reply header");
         }
         // The id, byte by byte as they come: a wrong first byte is enough.
         let id_in = &self.buffer[4..self.buffer.len().min(12)];
         if id_in != &expected.to_le_bytes()[..id_in.len()] {
-            let mut id = [0; 8];
-            id[..id_in.len()].copy_from_slice(id_in);
-            let id = u64::from_le_bytes(id);
-            let which = if id_in.len() == 8 {
-                format!("request {id}")
-            } else {
-                format!("a request whose id starts {id_in:02x?}")
+            let which = match <[u8; 8]>::try_from(id_in) {
+                Ok(id) => format!("request {}", u64::from_le_bytes(id)),
+                Err(_) => format!("a request whose id starts {id_in:02x?}"),
             };
-            return Err(Malformed(format!(
-                "a reply to {which} while it ran request {expected}"
-            )));
+            return malformed!("a reply to {which} while it ran request {expected}");
         }
         if self.fds.len() > MAX_WAITING_FDS {
-            return Err(Malformed(format!(
-                "{} descriptors that no reply claimed",
-                self.fds.len()
-            )));
+            return malformed!("{} descriptors that no reply claimed", self.fds.len());
         }
         let Some(&status) = self.buffer.get(12) else {
             return Ok(None);
@@ -586,55 +547,28 @@ impl ReplyReader {
             bits if bits == SHARED_REPLY | ARENA_REPLY => Some(OutOfLine::Stream),
             ARENA_REPLY => Some(OutOfLine::Arena { new: false }),
             bits if bits == ARENA_REPLY | NEW_ARENA_REPLY => Some(OutOfLine::Arena { new: true }),
-            _ => return Err(Malformed(format!("an unknown reply status {status}"))),
+            _ => return malformed!("an unknown reply status {status}"),
         };
         let shared = place.is_some();
         let retained = status & ARENA_RETAINED != 0;
         let status = CallStatus::from_byte(status & !(OUT_OF_LINE_REPLY | ARENA_RETAINED))
             .ok_or_else(|| Malformed(format!("an unknown reply status {status}")))?;
         if place == Some(OutOfLine::Stream) && status != CallStatus::Returned {
-            return Err(Malformed(format!(
-                "a streamed reply with status {status:?}"
-            )));
+            return malformed!("a streamed reply with status {status:?}");
         }
         if shared && len != REPLY_HEADER + 8 {
-            return Err(Malformed(format!(
-                "a shared-memory reply frame of {len} bytes"
-            )));
+            return malformed!("a shared-memory reply frame of {len} bytes");
         }
         if self.buffer.len() < 4 + len {
             return Ok(None);
         }
-        let payload = if let Some(place) = place {
-            let size = u64::from_le_bytes(
-                self.buffer[REPLY_PAYLOAD..REPLY_PAYLOAD + 8]
-                    .try_into()
-                    .expect("8 bytes"),
-            );
-            let fd = if place.attaches_fd() {
-                match self.fds.pop_front() {
-                    Some(fd) => Some(fd),
-                    None => {
-                        let malformed =
-                            Malformed("a shared-memory reply without its descriptor".to_owned());
-                        self.broken = Some(malformed.clone());
-                        return Err(malformed);
-                    }
-                }
-            } else {
-                None
-            };
-            match self.read_shared(place, fd, size) {
+        let payload = match place {
+            None => Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec()),
+            // Its descriptor is gone once taken: the verdict is kept.
+            Some(place) => match self.read_shared(place) {
                 Ok(payload) => payload,
-                Err(err) => {
-                    let malformed =
-                        Malformed(format!("a shared-memory reply that is unusable: {err}"));
-                    self.broken = Some(malformed.clone());
-                    return Err(malformed);
-                }
-            }
-        } else {
-            Payload::Inline(self.buffer[REPLY_PAYLOAD..4 + len].to_vec())
+                Err(malformed) => return Err(self.broken.insert(malformed).clone()),
+            },
         };
         self.buffer.drain(..4 + len);
         self.request_arena_retained |= retained;
@@ -647,34 +581,40 @@ impl ReplyReader {
 }
 
 impl ReplyReader {
-    /// The `size` bytes of a reply's payload in shared memory, `place`, with the descriptor
-    /// that came with its frame, if any.
-    fn read_shared(
+    /// The payload in shared memory, `place`, of the complete reply frame the buffer starts
+    /// with, and the descriptor that came with it, if any.
+    fn read_shared(&mut self, place: OutOfLine) -> Result<Payload, Malformed> {
+        let fd = if place.attaches_fd() {
+            let missing = || Malformed("a shared-memory reply without its descriptor".to_owned());
+            Some(self.fds.pop_front().ok_or_else(missing)?)
+        } else {
+            None
+        };
+        let size = u64::from_le_bytes(self.buffer[REPLY_PAYLOAD..][..8].try_into().expect("8"));
+        self.read_payload(place, fd, size)
+            .map_err(|err| Malformed(format!("a shared-memory reply that is unusable: {err}")))
+    }
+
+    /// The `size` bytes of a payload in shared memory, `place`, with the descriptor `fd`.
+    fn read_payload(
         &mut self,
         place: OutOfLine,
         fd: Option<OwnedFd>,
         size: u64,
     ) -> io::Result<Payload> {
-        let size_in_memory =
-            usize::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidData));
+        let size_in_memory = usize::try_from(size).map_err(|_| invalid_data("too large"));
         let backing = match (place, fd) {
             (OutOfLine::Stream, Some(fd)) => {
-                return Ok(Payload::Stream(StreamPayload::receive(
-                    fd,
-                    size,
-                    MAX_RESULT as u64,
-                )?));
+                let max = MAX_RESULT as u64;
+                return Ok(Payload::Stream(StreamPayload::receive(fd, size, max)?));
+            }
+            // The limit is checked before anything else: the parent maps this memory.
+            (OutOfLine::Sealed, Some(_)) if size > MAX_RESULT as u64 => {
+                return Err(invalid_data(format!(
+                    "a sealed result of {size} bytes, above the {MAX_RESULT}-byte limit"
+                )));
             }
             (OutOfLine::Sealed, Some(fd)) => {
-                // Checked before anything else: the parent maps this memory.
-                if size > MAX_RESULT as u64 {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "a sealed result of {size} bytes, above the {MAX_RESULT}-byte limit"
-                        ),
-                    ));
-                }
                 Backing::Sealed(SealedMapping::new(fd, size_in_memory?)?)
             }
             (OutOfLine::Arena { .. }, fd) => {
@@ -686,7 +626,7 @@ impl ReplyReader {
                 Backing::Copied(bytes)
             }
             (OutOfLine::Sealed | OutOfLine::Stream, None) => {
-                return Err(io::ErrorKind::InvalidData.into());
+                return Err(invalid_data("no descriptor"));
             }
         };
         Ok(Payload::Shared(Arc::new(backing)))
@@ -1325,24 +1265,24 @@ mod tests {
 // target `smol_offload::task` inside the submitting span (with its fields, as the subscriber
 // records them); the worker runs the call inside an `INFO` span `smol_offload_task` of the same
 // target with fields `task_id` and `submitted_in`, so that every record of the task names both
-// and joins the application's record on `task_id`.
-//
-// Without the feature, [`Carried`] is empty and nothing crosses: request frames are those of a
-// build without it.
+// and joins the application's record on `task_id`. Without the feature, [`Carried`] is empty.
 
 /// What a job carries into its worker: its [`TaskContext`] with the `tracing` feature, nothing
 /// without.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Carried(#[cfg(feature = "tracing")] Option<TaskContext<'static>>);
 
-#[cfg(feature = "tracing")]
 impl Carried {
     /// The context of a task submitted now, from the current span: a new task id, and the
     /// span's name. Logs the id in the current span (a `DEBUG` event).
+    #[inline(always)]
     pub(crate) fn capture() -> Carried {
         Carried::capture_for("process")
     }
+}
 
+#[cfg(feature = "tracing")]
+impl Carried {
     /// `capture` for a task of the pool kind `what`, which the event's
     /// message names: "`what` task submitted".
     pub fn capture_for(what: &'static str) -> Carried {
@@ -1378,12 +1318,6 @@ impl Carried {
 impl Carried {
     /// Nothing: without the `tracing` feature no context crosses.
     #[inline(always)]
-    pub(crate) fn capture() -> Carried {
-        Carried()
-    }
-
-    /// Nothing: without the `tracing` feature no context crosses.
-    #[inline(always)]
     pub fn capture_for(_: &'static str) -> Carried {
         Carried()
     }
@@ -1411,11 +1345,7 @@ fn interned(name: &str) -> &'static str {
     use std::sync::{Mutex, PoisonError};
 
     static NAMES: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
-    let mut end = name.len().min(MAX_SPAN_NAME);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    let name = &name[..end];
+    let name = bounded(name);
     if name.is_empty() {
         return "";
     }
