@@ -274,7 +274,36 @@ fn an_initializer_argument_that_cannot_be_serialized_is_a_build_error() {
         .initializer(init, Refuses)
         .build()
         .unwrap_err();
-    assert!(err.to_string().contains("initializer"), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("initializer's argument"), "{text}");
+    assert!(text.contains("Refuses will not be serialized"), "{text}");
+}
+
+#[test]
+fn an_initializer_argument_whose_serialize_panics_is_a_build_error() {
+    struct Panics;
+    impl serde::Serialize for Panics {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("Panics panics when serialized")
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for Panics {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Ok(Panics)
+        }
+    }
+    fn init(_: Panics) {}
+    let err = ProcessPool::builder()
+        .initializer(init, Panics)
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains(
+            "serializing the initializer's argument panicked: Panics panics when serialized"
+        ),
+        "{text}"
+    );
 }
 
 fn hang(log: std::path::PathBuf) {

@@ -601,7 +601,14 @@ impl ProcessPoolBuilder {
                 let call = sys::erase(f);
                 self.options.initializer = Some(Initializer { call, arg });
             }
-            Err(err) => self.invalid = Some(format!("the initializer's argument: {err}")),
+            Err(err) => {
+                self.invalid = Some(match err.panic_message() {
+                    Some(message) => {
+                        format!("serializing the initializer's argument panicked: {message}")
+                    }
+                    None => format!("the initializer's argument: {err}"),
+                })
+            }
         }
         self
     }
