@@ -195,7 +195,7 @@ impl Dispatcher {
         loop {
             let closed = self.shared.is_closed();
             if closed {
-                self.reclaim_loans(|_| true);
+                self.reclaim_loans(self.loans());
             }
             // Idle workers stay lent out unless they are needed or one of them ended: taking
             // them back would open a window in which a submitter finds none.
@@ -241,11 +241,7 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let mut wake_at = self.respawn.at;
-            if closed && self.workers.iter().any(|worker| !worker.is_idle()) {
-                wake_at = Some(Instant::now() + STOPPED_CHECK);
-            }
-            let ready = match sleep.wait(&self.shared, wake_at) {
+            let ready = match sleep.wait(&self.shared) {
                 Ok(ready) => ready,
                 Err(err) => {
                     self.shared.break_pool(Some(format!(
@@ -277,7 +273,7 @@ impl Dispatcher {
             for dying in &mut self.dying {
                 dying.kill_if_late(now);
             }
-            self.reclaim_loans(|loan| ready_loans.iter().any(|ready| Arc::ptr_eq(ready, loan)));
+            self.reclaim_loans(ready_loans);
         }
         self.shut_down_workers();
     }
@@ -305,8 +301,7 @@ impl Dispatcher {
         state.loans.is_empty() && state.returned.is_empty() && state.idle.is_empty()
     }
 
-    /// Takes back the workers given back, and those lent out while idle if `idle_too`, and
-    /// reads what they hold: one may have died, or have its reply already there.
+    /// Takes back the workers given back, and those lent out while idle if `idle_too`.
     fn take_back_workers(&mut self, idle_too: bool) {
         let taken: Vec<WorkerLink> = {
             let mut state = self.shared.lock();
@@ -317,36 +312,33 @@ impl Dispatcher {
             taken
         };
         for worker in taken {
-            self.workers.push(worker);
-            self.read_replies(self.workers.len() - 1, false);
+            self.take_home(worker);
         }
     }
 
-    /// Takes the workers of the loans `which` picks away from their tasks, and reads them.
-    fn reclaim_loans(&mut self, which: impl Fn(&Arc<Loan>) -> bool) {
-        let loans: Vec<Arc<Loan>> = self
-            .shared
-            .lock()
-            .loans
-            .iter()
-            .filter(|loan| which(loan))
-            .cloned()
-            .collect();
-        // The queue lock is not held here: a loan's lock comes first.
+    /// Holds `worker` again and reads what it holds: it may have died, or have its reply there.
+    fn take_home(&mut self, worker: WorkerLink) {
+        self.workers.push(worker);
+        self.read_replies(self.workers.len() - 1, false);
+    }
+
+    /// The loans in progress, listed under the queue lock, which is released on return: a
+    /// loan's lock comes first.
+    fn loans(&self) -> Vec<Arc<Loan>> {
+        self.shared.lock().loans.clone()
+    }
+
+    /// Takes the workers of `loans` that still hold one away from their tasks, and reads them.
+    fn reclaim_loans(&mut self, loans: impl IntoIterator<Item = Arc<Loan>>) {
         for loan in loans {
-            let worker = {
-                let mut lent = loan.lock();
-                let worker = lent.take();
-                if worker.is_some() {
-                    // Under the loan's lock, as the loan's task gives a worker back.
-                    self.shared.end_loan(&loan);
-                }
-                worker
+            let mut lent = loan.lock();
+            let Some(worker) = lent.take() else {
+                continue;
             };
-            if let Some(worker) = worker {
-                self.workers.push(worker);
-                self.read_replies(self.workers.len() - 1, false);
-            }
+            // Under the loan's lock, as the loan's task gives a worker back.
+            self.shared.lock().forget(&loan);
+            drop(lent);
+            self.take_home(worker);
         }
     }
 
@@ -365,7 +357,7 @@ impl Dispatcher {
         if !closed && !jobs_wait && !sent_ahead {
             let mut index = 0;
             while index < self.workers.len() {
-                if self.workers[index].is_idle() && self.workers[index].can_take() {
+                if self.workers[index].is_free() {
                     state.idle.push(self.workers.swap_remove(index));
                 } else {
                     index += 1;
@@ -376,11 +368,7 @@ impl Dispatcher {
             }
         } else if !closed
             && jobs_wait
-            && (!state.idle.is_empty()
-                || self
-                    .workers
-                    .iter()
-                    .any(|worker| worker.is_idle() && worker.can_take()))
+            && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_free))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
@@ -416,11 +404,18 @@ impl Dispatcher {
                 what: Watched::Dying(index),
             });
         }
+        // A closed pool forks nothing, and looks for stopped workers while jobs run.
+        let wake_at = if closed && !self.workers.iter().all(WorkerLink::is_idle) {
+            Some(Instant::now() + STOPPED_CHECK)
+        } else {
+            self.respawn.at
+        };
         let deadline = self
             .dying
             .iter()
             .filter_map(Dying::kill_at)
             .chain(self.next_task_deadline())
+            .chain(wake_at)
             .min();
         Some(Sleep {
             watched,
@@ -428,6 +423,7 @@ impl Dispatcher {
             deadline,
         })
     }
+
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
     ///
@@ -460,35 +456,27 @@ impl Dispatcher {
     }
 
     fn hand_out_jobs(&mut self) {
-        self.assign_to_idle_workers();
+        self.fill_up_to(1);
         // A worker is idle while another holds jobs sent ahead that it has not started: take
         // them back, so that no job waits behind a running one while a worker is free. (Not
         // from a worker that has yet to claim the oldest job sent to it: that is a moment, and
         // the next pass, at the next reply, takes them.)
-        let idle = |worker: &WorkerLink| worker.is_idle() && worker.can_take();
-        if self.workers.iter().any(idle) && self.has_jobs_sent_ahead() {
-            for index in 0..self.workers.len() {
-                if self.workers[index].in_flight.len() > 1 {
-                    let unstarted = self.workers[index].take_back_sent_ahead();
-                    self.retry.extend(unstarted);
+        if self.workers.iter().any(WorkerLink::is_free) && self.has_jobs_sent_ahead() {
+            for worker in &mut self.workers {
+                if worker.in_flight.len() > 1 {
+                    self.retry.extend(worker.take_back_sent_ahead());
                 }
             }
-            self.assign_to_idle_workers();
+            self.fill_up_to(1);
         }
         let short_tasks = self
             .typical_task
             .is_some_and(|typical| typical < SHORT_TASK);
         let backlog = self.retry.len() + self.shared.queued();
         if short_tasks && backlog >= 2 * self.workers.len() {
-            'fill: for depth in 2..=PIPELINE_DEPTH {
-                for index in 0..self.workers.len() {
-                    if self.workers[index].in_flight.len() < depth && self.workers[index].can_take()
-                    {
-                        let Some(job) = self.next_job(true) else {
-                            break 'fill;
-                        };
-                        self.workers[index].assign(job);
-                    }
+            for depth in 2..=PIPELINE_DEPTH {
+                if !self.fill_up_to(depth) {
+                    break;
                 }
             }
         }
@@ -503,16 +491,26 @@ impl Dispatcher {
         }
     }
 
-    /// One job to each idle worker, so that work spreads before it queues up.
-    fn assign_to_idle_workers(&mut self) {
+    /// Sends one job to each worker that may take one and holds fewer than `depth`: at depth 1,
+    /// to each idle worker, so that work spreads before it queues up; deeper, jobs sent ahead.
+    /// Returns `false` once no job is left to send.
+    fn fill_up_to(&mut self, depth: usize) -> bool {
         for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() && self.workers[index].can_take() {
-                let Some(job) = self.next_job(false) else {
-                    break;
+            if self.workers[index].in_flight.len() < depth && self.workers[index].can_take() {
+                let Some(job) = self.next_job(depth > 1) else {
+                    return false;
                 };
                 self.workers[index].assign(job);
             }
         }
+        true
+    }
+
+    /// Puts `jobs` first in line, in their order.
+    fn retry_first(&mut self, jobs: Vec<Job>) {
+        jobs.into_iter()
+            .rev()
+            .for_each(|job| self.retry.push_front(job));
     }
 
     /// True when a worker holds jobs sent ahead, behind the one it runs.
@@ -540,9 +538,8 @@ impl Dispatcher {
                 }
                 Incoming::Initialized => self.init_failures = 0,
                 Incoming::InitializerFailed(message) => {
-                    let grace = SHUTDOWN_GRACE;
                     let what = format!("panicked: {message}");
-                    self.initializer_failed(index, &what, Cause::Stopped { grace });
+                    self.initializer_failed(index, &what, Cause::Stopped);
                     return false;
                 }
             }
@@ -574,9 +571,7 @@ impl Dispatcher {
                 // runs and costs no worker; the others revoked with it go first to the next
                 // worker free, and `next_job` drops the abandoned ones.
                 let unstarted = self.workers[index].take_back_sent_ahead();
-                for (position, job) in unstarted.into_iter().enumerate() {
-                    self.retry.insert(position, job);
-                }
+                self.retry_first(unstarted);
             }
             let abandoned = self.workers[index]
                 .in_flight
@@ -596,12 +591,7 @@ impl Dispatcher {
         }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].is_spent() {
-                self.let_go(
-                    index,
-                    Cause::Stopped {
-                        grace: SHUTDOWN_GRACE,
-                    },
-                );
+                self.let_go(index, Cause::Stopped);
             }
         }
     }
@@ -614,16 +604,8 @@ impl Dispatcher {
         };
         let now = Instant::now();
         let overdue = |since: Instant| since + limit <= now;
-        // The loans are listed under the queue lock, and each asked under its own lock only
-        // after that is released (a loan's lock comes first).
-        let loans = self.shared.lock().loans.clone();
-        let late: Vec<Arc<Loan>> = loans
-            .into_iter()
-            .filter(|loan| loan.running_since().is_some_and(overdue))
-            .collect();
-        if !late.is_empty() {
-            self.reclaim_loans(|loan| late.iter().any(|late| Arc::ptr_eq(late, loan)));
-        }
+        let loans = self.loans().into_iter();
+        self.reclaim_loans(loans.filter(|loan| loan.running_since().is_some_and(overdue)));
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].running_since().is_some_and(overdue) {
                 self.let_go(index, Cause::Overdue(limit));
@@ -641,7 +623,7 @@ impl Dispatcher {
     /// With a `task_timeout`: when the first running job, on loan or not, outlives it.
     fn next_task_deadline(&self) -> Option<Instant> {
         let limit = self.shared.options.task_timeout?;
-        let loans = self.shared.lock().loans.clone();
+        let loans = self.loans();
         let own = self.workers.iter().filter_map(|worker| {
             worker
                 .running_since()
@@ -673,11 +655,8 @@ impl Dispatcher {
         if self.shared.is_closed() {
             return;
         }
-        let delay = RESPAWN_FIRST_DELAY
-            .saturating_mul(1 << (self.init_failures - 1).min(16))
-            .min(RESPAWN_MAX_DELAY);
         self.respawn.missing += 1;
-        let at = Instant::now() + delay;
+        let at = Instant::now() + Respawn::delay_after(self.init_failures);
         self.respawn.at = Some(self.respawn.at.map_or(at, |other| other.max(at)));
         self.respawn.error = Some(reason.clone());
         if self.init_failures >= INIT_ATTEMPTS {
@@ -686,15 +665,9 @@ impl Dispatcher {
             self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
         }
         if self.workers.is_empty() && self.all_home() {
-            let error = || Error::new(ErrorKind::InitializerFailed(reason.clone()));
-            for job in self.retry.drain(..) {
-                self.shared.counters.completed();
-                job.completion.fail(error());
-            }
-            while let Some(job) = self.shared.pop() {
-                self.shared.counters.cancelled();
-                job.completion.fail(error());
-            }
+            self.fail_waiting_jobs_with(|_| {
+                Error::new(ErrorKind::InitializerFailed(reason.clone()))
+            });
         }
     }
 
@@ -711,9 +684,7 @@ impl Dispatcher {
             .take_back_unstarted()
             .into_iter()
             .partition(|job| job.lost >= MOST_LOSSES);
-        for (position, job) in unstarted.into_iter().enumerate() {
-            self.retry.insert(position, job);
-        }
+        self.retry_first(unstarted);
         let running = worker
             .in_flight
             .drain(..)
@@ -732,26 +703,21 @@ impl Dispatcher {
     /// job fails.
     fn kill_stopped_workers(&mut self) {
         let now = Instant::now();
-        let mut stopped = Vec::new();
-        for worker in self.workers.iter().filter(|worker| !worker.is_idle()) {
-            if is_stopped(worker.pid) {
-                let since = self
-                    .stopped
-                    .iter()
-                    .find(|(pid, _)| *pid == worker.pid)
-                    .map_or(now, |&(_, since)| since);
-                stopped.push((worker.pid, since));
-            }
-        }
-        self.stopped = stopped;
+        let before = std::mem::take(&mut self.stopped);
         for index in (0..self.workers.len()).rev() {
-            let pid = self.workers[index].pid;
-            let long_stopped = self
-                .stopped
+            let worker = &self.workers[index];
+            if worker.is_idle() || !is_stopped(worker.pid) {
+                continue;
+            }
+            let pid = worker.pid;
+            let since = before
                 .iter()
-                .any(|&(other, since)| other == pid && now - since >= SHUTDOWN_GRACE);
-            if long_stopped {
+                .find(|&&(other, _)| other == pid)
+                .map_or(now, |&(_, since)| since);
+            if now - since >= SHUTDOWN_GRACE {
                 self.let_go(index, Cause::StoppedAfterClose);
+            } else {
+                self.stopped.push((pid, since));
             }
         }
     }
@@ -797,13 +763,18 @@ impl Dispatcher {
     /// Fails every job that no worker holds, with a shutdown error: the queued ones and those
     /// a dead worker left.
     fn fail_waiting_jobs(&mut self) {
+        self.fail_waiting_jobs_with(Shared::refusal);
+    }
+
+    /// Fails every job that no worker holds with the error `error` makes.
+    fn fail_waiting_jobs_with(&mut self, error: impl Fn(&Shared) -> Error) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
-            job.completion.fail(self.shared.refusal());
+            job.completion.fail(error(&self.shared));
         }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.cancelled();
-            job.completion.fail(self.shared.refusal());
+            job.completion.fail(error(&self.shared));
         }
     }
 
@@ -811,20 +782,13 @@ impl Dispatcher {
     /// killing those that do not exit within [`SHUTDOWN_GRACE`].
     fn shut_down_workers(&mut self) {
         // Only after a failure can workers still be out: take them all back.
-        self.reclaim_loans(|_| true);
+        self.reclaim_loans(self.loans());
         self.take_back_workers(true);
         self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
             let mut in_flight = worker.in_flight;
             drop(worker.stream);
-            let mut dying = Dying::new(
-                worker.pid,
-                worker.pidfd,
-                Vec::new(),
-                Cause::Stopped {
-                    grace: SHUTDOWN_GRACE,
-                },
-            );
+            let mut dying = Dying::new(worker.pid, worker.pidfd, Vec::new(), Cause::Stopped);
             if !in_flight.is_empty() {
                 // Only when the dispatcher itself failed: do not wait for its tasks.
                 dying.kill_now();
@@ -919,7 +883,8 @@ struct Sleep {
     watched: Vec<Watch>,
     /// Jobs wait for a worker: a reply on loan ends the loan.
     jobs_wait: bool,
-    /// When the first dying worker must be killed, if it has not exited by then.
+    /// When to wake up at the latest: a dying worker to kill, a task's time limit, a fork to
+    /// try again, or a look for stopped workers.
     deadline: Option<Instant>,
 }
 
@@ -930,7 +895,7 @@ impl Sleep {
     /// Lent workers' sockets are watched for their end only, so that a reply their task reads
     /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
     /// task nobody polls cannot keep its worker from the queue.
-    fn wait(&self, shared: &Shared, respawn_at: Option<Instant>) -> io::Result<Vec<Readiness>> {
+    fn wait(&self, shared: &Shared) -> io::Result<Vec<Readiness>> {
         let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
         fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
         for watch in &self.watched {
@@ -944,8 +909,7 @@ impl Sleep {
             }
             fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
         }
-        let deadline = self.deadline.into_iter().chain(respawn_at).min();
-        let timeout = deadline.map_or(PollTimeout::NONE, timeout_until);
+        let timeout = self.deadline.map_or(PollTimeout::NONE, timeout_until);
         loop {
             match poll(&mut fds, timeout) {
                 Ok(_) => break,

@@ -39,8 +39,8 @@ pub(crate) enum Cause {
     /// It sent bytes that are no reply: it is killed at once.
     Malformed(Malformed),
     /// The pool's dispatcher stopped it (it had nothing to run): killed if it does not exit
-    /// within `grace`.
-    Stopped { grace: Duration },
+    /// within [`SHUTDOWN_GRACE`].
+    Stopped,
     /// The task of the job it runs gave up on it (timed out, cancelled, or dropped with
     /// `kill_on_drop`): it is killed at once.
     Abandoned,
@@ -100,7 +100,7 @@ impl Dying {
             Cause::Malformed(malformed) => {
                 dying.kill(WorkerExit::MalformedReply(malformed.0));
             }
-            Cause::Stopped { grace } => dying.kill_at = Some(Instant::now() + grace),
+            Cause::Stopped => dying.kill_at = Some(Instant::now() + SHUTDOWN_GRACE),
             Cause::Abandoned => {
                 // Nobody reads the error: the task already resolved.
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));

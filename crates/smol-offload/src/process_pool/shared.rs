@@ -284,11 +284,10 @@ impl Shared {
     pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
         let mut state = self.lock();
         state.forget(loan);
-        if worker.is_idle()
-            && worker.can_take()
+        if worker.is_free()
             && state.jobs.is_empty()
             && !self.jobs_sent_ahead.load(Ordering::SeqCst)
-            && !self.closed.load(Ordering::SeqCst)
+            && !self.is_closed()
         {
             state.idle.push(worker);
         } else {
@@ -296,11 +295,6 @@ impl Shared {
             drop(state);
             self.wake_dispatcher();
         }
-    }
-
-    /// Forgets a loan whose worker the dispatcher took back.
-    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
-        self.lock().forget(loan);
     }
 
     /// Tells the dispatcher that the last pool handle is gone.

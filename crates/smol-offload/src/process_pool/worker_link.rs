@@ -152,6 +152,11 @@ impl WorkerLink {
         self.in_flight.is_empty()
     }
 
+    /// Idle, and it may be sent a job.
+    pub(crate) fn is_free(&self) -> bool {
+        self.is_idle() && self.can_take()
+    }
+
     /// Queues `job`'s request for the next [`flush`](WorkerLink::flush).
     pub(crate) fn assign(&mut self, job: Job) {
         debug_assert!(self.can_take(), "a spent worker was sent a job");
