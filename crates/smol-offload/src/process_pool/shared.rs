@@ -1,26 +1,21 @@
 //! [`Shared`]: what a pool's handles, its loans and its dispatcher share, and what runs on the
 //! callers' threads: the submit path, and the [`Assist`]s of a task (the work its awaiting side
-//! does itself when polled): [`LoanAssist`] reads the reply of a worker lent to the task;
-//! [`RoomAssist`] (and [`Ready`]) wait for room in a full queue.
-//!
-//! A job submitted while nothing is queued and a worker is idle goes straight to that worker
-//! (the worker is *lent* to the job's task, see [`Loan`](super::worker_link::Loan)); otherwise it waits in
-//! the queue for the dispatcher, which is woken through an eventfd only when it sleeps with
-//! workers lent out, so that a burst of submissions costs one wake-up.
+//! does itself when polled): [`LoanAssist`] reads the reply of a worker lent to the task (see
+//! [`Loan`](super::worker_link::Loan)); [`RoomAssist`] (and [`Ready`]) wait for room in a full
+//! queue.
 //!
 //! # Where every worker is
 //!
-//! At every instant a worker is in exactly one place: held by the dispatcher, in [`State::idle`]
-//! (lent out idle, for a submitter to take), in [`State::returned`] (given back to the
-//! dispatcher) or on a loan registered in [`State::loans`]. A worker moves between a loan and
-//! these lists with both the loan's lock and the queue lock held, so the dispatcher never loses
-//! track of one.
+//! Held by the dispatcher, in [`State::idle`] (lent out idle, for a submitter to take), in
+//! [`State::returned`] (given back to the dispatcher) or on a loan registered in
+//! [`State::loans`]: one place at a time. A worker moves between a loan and these lists with
+//! both the loan's lock and the queue lock held, so the dispatcher never loses track of one.
 //!
 //! # Lock order
 //!
 //! 1. a loan's lock ([`Loan::lock`]);
 //! 2. the queue lock ([`Shared::lock`], the [`State`]);
-//! 3. the pid list ([`Shared::pids_mut`]).
+//! 3. the pid list ([`Shared::pids`]).
 //!
 //! A lock may be taken while holding one above it in this list, never the reverse. The one
 //! exception is [`Shared::submit`] locking a loan it has just created under the queue lock:
@@ -31,19 +26,13 @@
 //!
 //! # Backpressure
 //!
-//! With [`queue_limit`](super::ProcessPoolBuilder::queue_limit), at most that
-//! many jobs wait in the pool's queue.
-//!
-//! [`Executor::run`](crate::Executor::run) stays synchronous. A job submitted while the queue
-//! is full is not queued: its task holds it, as a [`RoomAssist`], and puts it in the queue
-//! itself when it is polled and there is room (or sends it straight to a worker that is idle
-//! by then). Until then the task has not started, and dropping it drops the job. A producer
-//! that awaits [`Ready`] (`ProcessPool::ready`) before each `run` never holds more than one job
-//! outside the queue, so the pool's memory stays flat however fast it submits.
-//!
-//! A task detached while it waits for room cannot be polled any more: its job goes to an
-//! overflow list that moves into the queue, in order, as room frees. Only detached tasks grow
-//! that list.
+//! With [`queue_limit`](super::ProcessPoolBuilder::queue_limit), a job submitted while the
+//! queue is full is not queued, and [`Executor::run`](crate::Executor::run) stays synchronous:
+//! its task holds the job, as a [`RoomAssist`], and submits it when polled once there is room;
+//! until then, dropping the task drops the job. A producer that awaits [`Ready`] before each
+//! `run` holds at most one job outside the queue. A task detached while it waits for room
+//! cannot be polled any more: its job goes to an overflow list that moves into the queue, in
+//! order, as room frees.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
@@ -61,7 +50,7 @@ use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line;
 use crate::process_pool::worker_link::WorkerLink;
-use crate::process_pool::worker_link::{Loan, LoanRead};
+use crate::process_pool::worker_link::{Loan, LoanRead, remember};
 use crate::stats::{self, Counters, Kind, PoolMetrics};
 use crate::task::{Abandon, Assist};
 
@@ -130,15 +119,12 @@ pub(crate) enum Placed {
 }
 
 /// The largest argument sent through the socket straight to an idle worker from the
-/// submitting thread. The send blocks until the socket takes it, which an idle worker's empty
-/// socket buffer does at once for a frame this size; larger ones go through the dispatcher,
-/// except those that go through shared memory (see [`sent_directly`]).
+/// submitting thread: the send blocks, but an idle worker's empty socket buffer takes it at once.
 const DIRECT_SEND_LIMIT: usize = 64 * 1024;
 
 /// Whether an argument of `len` bytes may be sent straight to an idle worker from the
-/// submitting thread: one short enough for the socket to take at once, or one long enough to
-/// go through shared memory, whose frame is short (the submitting thread then writes it into
-/// a new memfd, outside the queue's lock).
+/// submitting thread: one short enough for the socket, or one for shared memory, whose frame
+/// is short (written into a memfd outside the queue's lock). Others go through the dispatcher.
 fn sent_directly(len: usize) -> bool {
     len <= DIRECT_SEND_LIMIT || len > out_of_line::THRESHOLD
 }
@@ -222,9 +208,7 @@ impl Shared {
         }
         state.jobs.push_back(job);
         drop(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
+        self.wake_if_armed();
         Ok(Placed::Queued)
     }
 
@@ -232,11 +216,9 @@ impl Shared {
     fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
         let started = job.completion.start();
         debug_assert!(started, "nobody holds the task yet");
-        // The loan is registered before the lock is released, so that the dispatcher always
-        // knows where every worker is, and stays locked until the request is sent, so that the
-        // dispatcher cannot take the worker back in between.
-        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
-        // reach this one yet.)
+        // Registered before the queue lock is released, so that the dispatcher always knows
+        // where every worker is, and locked until the request is sent, so that it cannot take
+        // the worker back in between (locked under the queue lock: nobody else can reach it).
         let loan = Loan::new();
         let mut lent = loan.lock();
         state.loans.push(loan.clone());
@@ -244,12 +226,10 @@ impl Shared {
         // a job that went straight to a worker as queued.
         self.counters.picked();
         drop(state);
-        // An idle worker says nothing until it is sent a job. Bytes from it now were written
-        // by what an earlier task left running (a thread, a process it forked): sent this job,
-        // the worker would be found broken in the middle of it, and the job would fail for
-        // them. Looked at once the queue's lock is released, as the job is assigned: a large
-        // argument is copied into a new memfd here. Nobody else can reach the worker
-        // meanwhile, nor its loan, still locked.
+        // An idle worker says nothing until it is sent a job: bytes from it now come from what
+        // an earlier task left running (a thread, a process it forked), and this job would fail
+        // for them. Looked at outside the queue lock, as the job is assigned (a large argument
+        // is copied into a memfd here); nobody else can reach the worker or its loan meanwhile.
         let job = if worker.is_silent() {
             worker.assign(job);
             if worker.flush().is_ok() {
@@ -304,9 +284,12 @@ impl Shared {
         self.wake_all_waiters();
     }
 
-    /// The pids of the pool's current workers.
+    /// The pids of the pool's current workers (last in the lock order).
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids_mut().clone()
+        self.pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(super) fn wake_dispatcher(&self) {
@@ -314,15 +297,19 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
+    /// Wakes the dispatcher if it asked to be woken by the next job queued.
+    fn wake_if_armed(&self) {
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+    }
+
     /// Refuses new work from now on, saying `reason` if given; the caller then fails what is
     /// queued with [`refusal`](Shared::refusal).
     pub(super) fn break_pool(&self, reason: Option<String>) {
         let state = self.lock();
         if let Some(reason) = reason {
-            *self
-                .broken_reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+            *self.broken_reason() = Some(reason);
         }
         self.broken.store(true, Ordering::Release);
         drop(state);
@@ -331,12 +318,14 @@ impl Shared {
 
     /// The error of a job the pool refuses or gives up on: it was closed, or it broke.
     pub(crate) fn refusal(&self) -> Error {
-        let reason = self
-            .broken_reason
+        let reason = self.broken_reason().clone();
+        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
+    }
+
+    fn broken_reason(&self) -> MutexGuard<'_, Option<String>> {
+        self.broken_reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
     }
 
     /// True once the last pool handle is gone.
@@ -370,14 +359,9 @@ impl Shared {
         let _ = self.wake.read();
     }
 
-    /// The workers' pids, for [`pids`](Shared::pids) (last in the lock order).
-    pub(super) fn pids_mut(&self) -> MutexGuard<'_, Vec<u32>> {
-        self.pids.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Changes the list of the workers' pids, and the `smol_offload_workers` gauge with it.
     pub(super) fn change_pids(&self, change: impl FnOnce(&mut Vec<u32>)) {
-        let mut pids = self.pids_mut();
+        let mut pids = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
         let before = pids.len();
         change(&mut pids);
         self.counters.metrics.workers_changed(before, pids.len());
@@ -391,25 +375,20 @@ impl Shared {
     /// The oldest queued job, if `fits` accepts it, counted as picked.
     pub(super) fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut state = self.lock();
-        if state.jobs.front().is_some_and(fits) {
-            let job = state.jobs.pop_front();
-            // Counted under the lock, so that `stats()` never sees room refilled first.
-            self.counters.picked();
-            self.made_room(state);
-            job
-        } else {
-            None
-        }
-    }
-
-    pub(super) fn pop(&self) -> Option<Job> {
-        let mut state = self.lock();
-        let job = state.jobs.pop_front();
+        let job = match state.jobs.front() {
+            Some(job) if fits(job) => state.jobs.pop_front(),
+            _ => None,
+        };
         if job.is_some() {
+            // Counted under the lock, so that `stats()` never sees room refilled first.
             self.counters.picked();
         }
         self.made_room(state);
         job
+    }
+
+    pub(super) fn pop(&self) -> Option<Job> {
+        self.pop_if(|_| true)
     }
 
     /// After a job left the queue: moves jobs of detached tasks in from the overflow, and
@@ -510,9 +489,7 @@ impl Shared {
         state.overflow.push_back(job);
         // Room may have freed since the task last looked.
         self.made_room(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
+        self.wake_if_armed();
     }
 
     /// Wakes every waiter for room: the pool is closing or broke, and their submissions fail.
@@ -619,36 +596,28 @@ impl RoomAssist {
 impl Assist for RoomAssist {
     fn assist(&self, waker: Option<&Waker>) {
         let mut state = self.state();
-        if let Waiting::Job(..) = &*state {
-            let Waiting::Job(job, mut last) = std::mem::replace(&mut *state, Waiting::Placed)
-            else {
-                unreachable!("matched just above");
-            };
-            if let Some(waker) = waker
-                && !last.as_ref().is_some_and(|old| old.will_wake(waker))
-            {
-                last = Some(waker.clone());
-            }
-            let waiter = last.as_ref().map(|waker| (self.waiter, waker));
-            match self.shared.submit_or_wait(job, waiter) {
-                Ok(Placed::Full(job)) => *state = Waiting::Job(job, last),
-                Ok(Placed::Queued) => {}
-                Ok(Placed::Lent(loan)) => {
-                    let lent = LoanAssist {
-                        loan,
-                        shared: self.shared.clone(),
-                    };
-                    // The loan reads the reply with the waker this task was last given: called
-                    // from `is_finished`, `waker` is none.
-                    lent.assist(last.as_ref());
-                    *state = Waiting::Lent(lent);
-                }
-                Err(refused) => refused.completion.fail(self.shared.refusal()),
-            }
-            return;
-        }
         if let Waiting::Lent(lent) = &*state {
-            lent.assist(waker);
+            return lent.assist(waker);
+        }
+        let Waiting::Job(job, mut last) = std::mem::replace(&mut *state, Waiting::Placed) else {
+            return;
+        };
+        remember(&mut last, waker);
+        let waiter = last.as_ref().map(|waker| (self.waiter, waker));
+        match self.shared.submit_or_wait(job, waiter) {
+            Ok(Placed::Full(job)) => *state = Waiting::Job(job, last),
+            Ok(Placed::Queued) => {}
+            Ok(Placed::Lent(loan)) => {
+                let lent = LoanAssist {
+                    loan,
+                    shared: self.shared.clone(),
+                };
+                // The loan reads the reply with the waker this task was last given: called
+                // from `is_finished`, `waker` is none.
+                lent.assist(last.as_ref());
+                *state = Waiting::Lent(lent);
+            }
+            Err(refused) => refused.completion.fail(self.shared.refusal()),
         }
     }
 }
@@ -719,7 +688,7 @@ impl Assist for LoanAssist {
         let done = {
             let mut loan = self.loan.lock();
             match loan.read_reply(waker) {
-                LoanRead::Pending | LoanRead::Gone => None,
+                LoanRead::Pending => None,
                 LoanRead::Over(done) => {
                     // Given back under the loan's lock, so that the dispatcher always knows
                     // where the worker is.

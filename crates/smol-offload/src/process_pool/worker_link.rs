@@ -345,17 +345,6 @@ impl WorkerLink {
         matches!(peeked, Err(Errno::EAGAIN))
     }
 
-    /// The length of the reply frame being read, once its length prefix is in.
-    pub(crate) fn next_reply_len(&self) -> Option<usize> {
-        self.replies.next_frame_len()
-    }
-
-    /// Whether the reply frame being read says its payload is in shared memory, once its
-    /// status byte is in.
-    pub(crate) fn next_reply_is_shared(&self) -> bool {
-        self.replies.next_frame_is_shared()
-    }
-
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
         let expected = self
@@ -411,22 +400,12 @@ impl WorkerLink {
     }
 }
 
-// [`Loan`]: an idle worker lent to one task, which reads the worker's reply itself.
-//
-// A task submitted while a worker is idle and nothing is queued skips the dispatcher: the
-// submitting thread writes the request to the idle worker itself, and the task reads the
-// reply on the thread that awaits it, sleeping on the worker's socket through the smol
-// reactor (see [`LoanAssist`](super::shared::LoanAssist)). A lone call then costs what a bare pipe
-// costs: one wake-up of the worker and one of the awaiting thread, where going through the
-// dispatcher adds two more.
-//
-// The dispatcher stays in charge. It watches lent workers for their end (a worker that dies
-// on loan is replaced as usual), and takes a loan back (reading the reply itself) when jobs
-// are queued, so that a task nobody polls cannot keep its worker from them, or when the pool
-// closes. A task that is dropped or detached gives its loan back at once.
-//
-// Locks: a loan's lock comes first in the pool's lock order (see [`shared`](super::shared)):
-// it may be held while taking the queue lock, never the reverse.
+// [`Loan`]: an idle worker lent to one task, whose submitting thread writes the request and
+// whose awaiting thread reads the reply (see [`LoanAssist`](super::shared::LoanAssist)): a lone
+// call costs two wake-ups, as a bare pipe, where the dispatcher adds two more. The dispatcher
+// watches lent workers for their end, and takes a loan back when jobs are queued (a task
+// nobody polls cannot keep its worker from them) or the pool closes. A loan's lock comes first
+// in the pool's lock order (see [`shared`](super::shared)).
 
 /// The longest reply a task reads itself, on the thread that awaits it.
 const DIRECT_REPLY_LIMIT: usize = 64 * 1024;
@@ -437,6 +416,15 @@ const DIRECT_REPLY_LIMIT: usize = 64 * 1024;
 /// copy for a `Vec<u8>` (a fraction of a millisecond at this size): less than the two thread
 /// wake-ups that a detour through the dispatcher adds.
 const DIRECT_SHARED_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Sets `slot` to `waker`, if given and not one that wakes the same task.
+pub(crate) fn remember(slot: &mut Option<Waker>, waker: Option<&Waker>) {
+    if let Some(waker) = waker
+        && !slot.as_ref().is_some_and(|old| old.will_wake(waker))
+    {
+        *slot = Some(waker.clone());
+    }
+}
 
 /// A worker lent to one task, until its reply is read.
 pub(crate) struct Loan {
@@ -453,14 +441,13 @@ pub(crate) struct LoanState {
 
 /// What [`LoanState::read_reply`] found.
 pub(crate) enum LoanRead {
-    /// Nothing to do yet: the waker given (or the one remembered) is woken when there is.
+    /// Nothing to do yet: the waker given (or the one remembered) is woken when there is. Or
+    /// the dispatcher took the worker back already, and completes the job.
     Pending,
     /// The loan is over: take the worker back to the pool. It carries the job's reply when the
     /// task read it; without one, the dispatcher reads it (a long reply), or fails the job (the
     /// worker ended or broke its stream).
     Over(Option<(Job, Reply)>),
-    /// The dispatcher already took the worker back: it completes the job.
-    Gone,
 }
 
 impl Loan {
@@ -516,29 +503,25 @@ impl LoanState {
     /// Reads what the worker sent, without blocking. `waker` (or, without one, the waker
     /// remembered from an earlier call) is woken when the socket has more.
     pub(crate) fn read_reply(&mut self, waker: Option<&Waker>) -> LoanRead {
-        if let Some(waker) = waker
-            && !self.waker.as_ref().is_some_and(|old| old.will_wake(waker))
-        {
-            self.waker = Some(waker.clone());
-        }
+        remember(&mut self.waker, waker);
         let LoanState {
             worker,
             waker: last_waker,
         } = self;
         let Some(link) = worker.as_mut() else {
-            return LoanRead::Gone;
+            return LoanRead::Pending;
         };
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
             // A long reply is read and decoded on the dispatcher's thread, not on the thread
             // of an event loop; one whose payload is in shared memory too above
             // `DIRECT_SHARED_LIMIT`, although its frame is short.
-            let limit = if link.next_reply_is_shared() {
+            let limit = if link.replies.next_frame_is_shared() {
                 DIRECT_SHARED_LIMIT
             } else {
                 DIRECT_REPLY_LIMIT
             };
-            if link.next_reply_len() > Some(limit) {
+            if link.replies.next_frame_len() > Some(limit) {
                 return LoanRead::Over(None);
             }
             return match link.next_incoming() {
@@ -559,11 +542,9 @@ impl LoanState {
                     }
                     continue;
                 }
-                // The worker died or broke its stream: the dispatcher fails the job with how it
-                // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
-                // Never lent while it runs the initializer: the dispatcher deals with it.
-                Incoming::Initialized | Incoming::InitializerFailed(_) => LoanRead::Over(None),
+                // The worker died or broke its stream (never lent while it runs the
+                // initializer): the dispatcher finds out, and fails the job with how it ended.
+                _ => LoanRead::Over(None),
             };
         }
     }
