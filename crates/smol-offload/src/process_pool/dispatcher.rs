@@ -1,13 +1,8 @@
 //! The dispatcher: one thread per pool, blocked in `poll(2)` on the pool's eventfd and the
-//! workers' sockets, that hands queued jobs to idle workers, turns replies into task results,
-//! and replaces workers that die.
-//!
-//! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
-//! submitted then goes straight to a worker and reads its own reply (see
-//! [`Loan`](super::worker_link::Loan)), and the dispatcher is not woken at all. Otherwise submitters push a
-//! job on the queue (see [`shared`](super::shared)) and write the eventfd only when the
-//! dispatcher sleeps with workers lent out, so a burst of submissions costs one wake-up, not
-//! one each.
+//! workers' sockets and pidfds, that hands queued jobs to workers, turns replies into task
+//! results, and replaces workers that die. While nothing is queued, it lends its idle workers
+//! out before it sleeps (see [`Loan`](super::worker_link::Loan)); a job queued then wakes it,
+//! once for a burst (see [`shared`](super::shared)).
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,27 +37,22 @@ const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 /// killed and reaped before the error is returned.
 pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<WorkerLink>> {
     let mut pids = Vec::with_capacity(count);
-    let mut workers = Vec::with_capacity(count);
-    let result = (|| {
-        for _ in 0..count {
+    // On an error, the workers made so far are dropped (their sockets closed) on the way out.
+    let workers: io::Result<Vec<WorkerLink>> = (0..count)
+        .map(|_| {
             let spawned = server::spawn_worker(link)?;
             pids.push(spawned.pid);
-            workers.push(WorkerLink::new(spawned)?);
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(workers),
-        Err(err) => {
-            drop(workers);
-            for pid in pids {
-                // Killed first, so that the reap does not wait.
-                sys::kill_worker_group(pid);
-                let _ = link.reap(pid);
-            }
-            Err(err)
+            WorkerLink::new(spawned)
+        })
+        .collect();
+    if workers.is_err() {
+        for pid in pids {
+            // Killed first, so that the reap does not wait.
+            sys::kill_worker_group(pid);
+            let _ = link.reap(pid);
         }
     }
+    workers
 }
 
 /// What the dispatcher watches while it sleeps, besides its eventfd.
@@ -691,8 +681,9 @@ impl Dispatcher {
             .map(|running| running.job)
             .collect();
         // Killed (if the cause says so) before its socket closes, which would let it exit.
-        let dying = Dying::new(pid, worker.pidfd.clone(), running, cause);
-        self.dying.push(dying.giving_up(given_up));
+        let mut dying = Dying::new(pid, worker.pidfd.clone(), running, cause);
+        dying.given_up = given_up;
+        self.dying.push(dying);
         drop(worker);
         self.shared
             .change_pids(|pids| pids.retain(|&other| other != pid));

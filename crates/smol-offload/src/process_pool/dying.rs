@@ -61,7 +61,7 @@ pub(crate) struct Dying {
     running: Vec<Job>,
     /// The job it may have been running, as far as its claim word tells, that the pool gives
     /// up on: its workers were lost `job::MOST_LOSSES` times. It fails with how this one ended.
-    given_up: Vec<Job>,
+    pub(crate) given_up: Vec<Job>,
     /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
@@ -113,12 +113,6 @@ impl Dying {
             Cause::StoppedAfterClose => dying.kill(WorkerExit::StoppedAfterClose),
         }
         dying
-    }
-
-    /// Adds the jobs the pool gives up on with this worker (see [`Dying::given_up`]).
-    pub(crate) fn giving_up(mut self, jobs: Vec<Job>) -> Dying {
-        self.given_up = jobs;
-        self
     }
 
     /// The instant it must be killed at, unless it exits first.

@@ -280,21 +280,14 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
     let server = std::process::id();
     let mut workers: Vec<u32> = Vec::new();
     loop {
-        let (request, mut fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
+        let (request, fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
             Ok(Some(message)) => message,
             // The application closed the link or died.
             Ok(None) | Err(_) => break,
         };
         // A spawn brings the worker's socket and its claim word, in that order.
-        let (worker_socket, claims) = match fds.len() {
-            2 => {
-                let claims = fds.pop();
-                (fds.pop(), claims)
-            }
-            _ => (None, None),
-        };
-        let reply = match (request, worker_socket, claims) {
-            (ServerRequest::Spawn, Some(worker_socket), Some(claims)) => match sys::fork() {
+        let reply = match (request, <[OwnedFd; 2]>::try_from(fds)) {
+            (ServerRequest::Spawn, Ok([worker_socket, claims])) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
                     // The worker does it too: whichever runs first, the group exists before
                     // the parent learns the pid.
@@ -310,12 +303,12 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                 },
             },
-            // The parent always attaches the worker's socket: the server could not take it
-            // (it is out of descriptors).
-            (ServerRequest::Spawn, _, _) => ServerReply::Failed {
+            // The parent always attaches both: the server could not take them (it is out of
+            // descriptors).
+            (ServerRequest::Spawn, Err(_)) => ServerReply::Failed {
                 errno: libc::EMFILE,
             },
-            (ServerRequest::Reap { pid }, _, _) => {
+            (ServerRequest::Reap { pid }, _) => {
                 workers.retain(|&worker| worker != pid);
                 reap(pid)
             }
