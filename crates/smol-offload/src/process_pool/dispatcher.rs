@@ -66,15 +66,6 @@ enum Watched {
     Dying(usize),
 }
 
-/// What one watched entry showed after a sleep.
-#[derive(Clone, Copy, Default)]
-struct Readiness {
-    /// The socket has data or ended.
-    socket: bool,
-    /// The pidfd says the process exited.
-    exited: bool,
-}
-
 /// The dispatcher's state and loop.
 ///
 /// A worker runs one task at a time. To spare a round trip per task when tasks are tiny, the
@@ -246,13 +237,10 @@ impl Dispatcher {
             let mut ready_loans = Vec::new();
             // Indices go down, dying workers (listed last) first: a worker let go of meanwhile
             // moves the last of its list into its place, which was already seen.
-            for (watch, ready) in sleep.watched.into_iter().zip(ready).rev() {
-                if !ready.socket && !ready.exited {
-                    continue;
-                }
-                match watch.what {
+            for (what, exited) in ready.into_iter().rev() {
+                match what {
                     Watched::Own(worker) => {
-                        self.read_replies(worker, ready.exited);
+                        self.read_replies(worker, exited);
                     }
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
@@ -546,9 +534,8 @@ impl Dispatcher {
 
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
     /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
-    /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
-    /// instead (start claims), once it started the job before them: an abandoned one runs only
-    /// if the worker reaches it first.
+    /// for work nobody wants. Abandoned jobs sent ahead are taken back instead, with the others
+    /// sent ahead (start claims): they run only if the worker reaches them first.
     fn kill_abandoned(&mut self) {
         for index in (0..self.workers.len()).rev() {
             let abandoned_ahead = self.workers[index]
@@ -557,9 +544,7 @@ impl Dispatcher {
                 .skip(1)
                 .any(|waiting| waiting.job.completion.is_abandoned());
             if abandoned_ahead {
-                // Revoked before the worker starts it, a job sent ahead and given up on never
-                // runs and costs no worker; the others revoked with it go first to the next
-                // worker free, and `next_job` drops the abandoned ones.
+                // The others go first to the next worker free; `next_job` drops abandoned ones.
                 let unstarted = self.workers[index].take_back_sent_ahead();
                 self.retry_first(unstarted);
             }
@@ -576,9 +561,6 @@ impl Dispatcher {
     /// With `max_tasks_per_worker`: lets the workers that ran all their tasks go (their socket
     /// closes and they exit) and forks their replacements.
     fn retire_spent(&mut self) {
-        if self.shared.options.max_tasks_per_worker.is_none() {
-            return;
-        }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].is_spent() {
                 self.let_go(index, Cause::Stopped);
@@ -725,28 +707,22 @@ impl Dispatcher {
     /// doubles with each failure in a row (never a tight fork loop).
     fn fork_missing_workers(&mut self) {
         while self.respawn.missing > 0 {
-            let spawned = match server::spawn_worker(self.link) {
-                Ok(spawned) => spawned,
-                Err(err) => {
-                    self.respawn.failed(&err);
-                    return;
-                }
-            };
-            let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
-            match WorkerLink::new(spawned) {
+            let forked = server::spawn_worker(self.link).and_then(|spawned| {
+                let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
+                WorkerLink::new(spawned).inspect_err(|_| {
+                    // Its socket is closed: it exits at once.
+                    let dying = Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink);
+                    self.dying.push(dying);
+                })
+            });
+            match forked {
                 Ok(worker) => {
-                    let worker = new_worker(&self.shared, worker);
+                    let pid = worker.pid;
+                    self.workers.push(new_worker(&self.shared, worker));
                     self.shared.change_pids(|pids| pids.push(pid));
-                    self.workers.push(worker);
                     self.respawn.succeeded();
                 }
-                Err(err) => {
-                    // Its socket is closed: it exits at once.
-                    self.dying
-                        .push(Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink));
-                    self.respawn.failed(&err);
-                    return;
-                }
+                Err(err) => return self.respawn.failed(&err),
             }
         }
     }
@@ -881,12 +857,13 @@ struct Sleep {
 
 impl Sleep {
     /// Sleeps in `poll` until the eventfd or a watched worker has something, or the deadline;
-    /// returns what each watched entry showed.
+    /// returns, in order, the watched entries whose socket or pidfd showed something, each
+    /// with whether its process exited.
     ///
     /// Lent workers' sockets are watched for their end only, so that a reply their task reads
     /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
     /// task nobody polls cannot keep its worker from the queue.
-    fn wait(&self, shared: &Shared) -> io::Result<Vec<Readiness>> {
+    fn wait(self, shared: &Shared) -> io::Result<Vec<(Watched, bool)>> {
         let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
         fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
         for watch in &self.watched {
@@ -901,26 +878,23 @@ impl Sleep {
             fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
         }
         let timeout = self.deadline.map_or(PollTimeout::NONE, timeout_until);
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err.into()),
+        while let Err(err) = poll(&mut fds, timeout) {
+            if err != nix::errno::Errno::EINTR {
+                return Err(err.into());
             }
         }
-        let mut ready = fds.iter().map(has_events);
-        if ready.next() == Some(true) {
+        let events: Vec<bool> = fds.iter().map(has_events).collect();
+        drop(fds);
+        let mut events = events.into_iter();
+        if events.next() == Some(true) {
             shared.clear_wake();
         }
-        let readiness = self
-            .watched
-            .iter()
-            .map(|watch| Readiness {
-                socket: watch.stream.is_some() && ready.next() == Some(true),
-                exited: ready.next() == Some(true),
-            })
-            .collect();
-        Ok(readiness)
+        let ready = self.watched.into_iter().filter_map(|watch| {
+            let socket = watch.stream.is_some() && events.next() == Some(true);
+            let exited = events.next() == Some(true);
+            (socket || exited).then_some((watch.what, exited))
+        });
+        Ok(ready.collect())
     }
 }
 

@@ -141,16 +141,6 @@ impl ServerLink {
         }
     }
 
-    /// Forks a worker serving `socket`, with the memfd of its claim word (see
-    /// [`claim`](super::claim)); returns its pid.
-    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>, claims: BorrowedFd<'_>) -> io::Result<u32> {
-        match self.request(&ServerRequest::Spawn, &[socket, claims])? {
-            ServerReply::Spawned { pid } => Ok(pid),
-            ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
     /// Waits for worker `pid` and says how it ended. The server waits in `waitpid`, holding the
     /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
     /// readable) or that was just killed.
@@ -357,8 +347,8 @@ pub(crate) struct Spawned {
     pub(crate) pidfd: Arc<OwnedFd>,
 }
 
-/// Creates the parent's end of a new worker's socket pair, forks the worker on the server, and
-/// opens its pidfd.
+/// Creates a new worker's socket pair and claim word, forks the worker on the server with the
+/// worker's ends, and opens its pidfd.
 pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
     let (parent_end, worker_end) = socketpair(
         AddressFamily::Unix,
@@ -367,7 +357,12 @@ pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
         SockFlag::SOCK_CLOEXEC,
     )?;
     let (claims, claims_fd) = Claims::create()?;
-    let pid = link.spawn(worker_end.as_fd(), claims_fd.as_fd())?;
+    let fds = [worker_end.as_fd(), claims_fd.as_fd()];
+    let pid = match link.request(&ServerRequest::Spawn, &fds)? {
+        ServerReply::Spawned { pid } => pid,
+        ServerReply::Failed { errno } => return Err(io::Error::from_raw_os_error(errno)),
+        other => return Err(unexpected(&other)),
+    };
     drop(worker_end);
     drop(claims_fd);
     // The server reaps a worker only when asked to, so `pid` is still this worker.

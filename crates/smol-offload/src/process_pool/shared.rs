@@ -506,15 +506,13 @@ impl Shared {
     }
 }
 
-/// Registers `waker` as waiter `id` for room, replacing what `id` registered before.
+/// Registers `waker` as waiter `id` for room, replacing what `id` registered before
+/// (`clone_from` keeps a waker that wakes the same task).
 fn register_waiter(state: &mut State, id: u64, waker: &Waker) {
-    match state.room_waiters.get_mut(&id) {
-        Some(old) if old.will_wake(waker) => {}
-        Some(old) => old.clone_from(waker),
-        None => {
-            state.room_waiters.insert(id, waker.clone());
-        }
-    }
+    let waiters = state.room_waiters.entry(id);
+    waiters
+        .and_modify(|old| old.clone_from(waker))
+        .or_insert_with(|| waker.clone());
 }
 
 /// The pool's side of [`Task::timeout`](crate::Task::timeout) and [`Task::cancel`](crate::Task::cancel)
