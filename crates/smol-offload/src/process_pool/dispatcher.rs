@@ -188,9 +188,8 @@ impl Dispatcher {
             self.retire_spent();
             if closed {
                 self.fail_waiting_jobs();
-                // A closed pool waits for the jobs its workers run, but not for a stopped
-                // worker, which would keep it (and its thread) forever: it looks for them
-                // every `STOPPED_CHECK` (the deadline of its sleep).
+                // It waits for the jobs its workers run, but not forever for a stopped worker:
+                // it looks for them every `STOPPED_CHECK`.
                 self.kill_stopped_workers();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
@@ -333,14 +332,9 @@ impl Dispatcher {
         let sent_ahead = self.has_jobs_sent_ahead();
         self.shared.set_jobs_sent_ahead(sent_ahead);
         if !closed && !jobs_wait && !sent_ahead {
-            let mut index = 0;
-            while index < self.workers.len() {
-                if self.workers[index].is_free() {
-                    state.idle.push(self.workers.swap_remove(index));
-                } else {
-                    index += 1;
-                }
-            }
+            state
+                .idle
+                .extend(self.workers.extract_if(.., |worker| worker.is_free()));
             if !state.idle.is_empty() || !state.loans.is_empty() {
                 self.shared.arm_wake_on_submit();
             }
@@ -616,9 +610,8 @@ impl Dispatcher {
     }
 
     /// The initializer of the worker at `index` failed (`what` says how): lets it go for `cause`,
-    /// and forks its replacement only after a delay that doubles with each failure in a row
-    /// (never a tight fork loop). If no other worker can take the waiting jobs, they fail with
-    /// the initializer's message; after [`INIT_ATTEMPTS`] failures in a row the pool breaks.
+    /// and forks its replacement after [`Respawn`]'s delay. With no other worker, the waiting
+    /// jobs fail with the initializer's message; after [`INIT_ATTEMPTS`] the pool breaks.
     fn initializer_failed(&mut self, index: usize, what: &str, cause: Cause) {
         let pid = self.workers[index].pid;
         self.discard(index, cause);
@@ -632,8 +625,7 @@ impl Dispatcher {
         self.respawn.at = Some(self.respawn.at.map_or(at, |other| other.max(at)));
         self.respawn.error = Some(reason.clone());
         if self.init_failures >= INIT_ATTEMPTS {
-            // Counted with the fork failures: the run loop breaks the pool once no worker is
-            // left.
+            // Counted with the fork failures: the pool breaks once no worker is left.
             self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
         }
         if self.workers.is_empty() && self.all_home() {
@@ -648,10 +640,9 @@ impl Dispatcher {
     fn discard(&mut self, index: usize, cause: Cause) {
         let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
-        // The jobs it never started go to others first, the one it ran fails: a worker that
-        // died between two jobs fails none. Taken back before anything else, so that a
-        // worker still alive cannot start them. One that lost too many workers (its own task
-        // may be killing them, see `MOST_LOSSES`) fails with this one instead.
+        // The jobs it never started go to others first (taken back before anything else, so
+        // that a worker still alive cannot start them), the one it ran fails, unless it lost
+        // too many workers (its own task may be killing them, see `MOST_LOSSES`).
         let (given_up, unstarted): (Vec<Job>, Vec<Job>) = worker
             .take_back_unstarted()
             .into_iter()
@@ -703,8 +694,7 @@ impl Dispatcher {
         }
     }
 
-    /// Forks the workers the pool misses; on a failure, tries again after a delay that
-    /// doubles with each failure in a row (never a tight fork loop).
+    /// Forks the workers the pool misses; on a failure, tries again after [`Respawn`]'s delay.
     fn fork_missing_workers(&mut self) {
         while self.respawn.missing > 0 {
             let forked = server::spawn_worker(self.link).and_then(|spawned| {
@@ -727,13 +717,13 @@ impl Dispatcher {
         }
     }
 
-    /// Fails every job that no worker holds, with a shutdown error: the queued ones and those
-    /// a dead worker left.
+    /// Fails every job that no worker holds (queued, or left by a dead worker) with
+    /// [`Shared::refusal`].
     fn fail_waiting_jobs(&mut self) {
         self.fail_waiting_jobs_with(Shared::refusal);
     }
 
-    /// Fails every job that no worker holds with the error `error` makes.
+    /// Fails every job that no worker holds with the error that `error` makes.
     fn fail_waiting_jobs_with(&mut self, error: impl Fn(&Shared) -> Error) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();

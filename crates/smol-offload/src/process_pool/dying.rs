@@ -1,14 +1,11 @@
 //! [`Dying`]: a worker the pool let go of, from the moment it looked broken until it is reaped.
 //!
-//! Nothing here ever waits for a process that may still run. A worker whose socket ended may
-//! still be alive (its task closed the socket, or a process it forked holds a copy), so the
-//! pool watches the worker's pidfd, which the kernel makes readable once the process has
-//! exited, and asks the fork server to reap it only then: the server's `waitpid` returns at
-//! once, and the server's link, which every pool of the process shares, is never held while a
-//! worker runs. A worker that does not exit by a deadline is killed, with its process group.
-//!
-//! The job a dying worker was running fails only once the worker is reaped, with how it ended:
-//! the signal or exit code it died of, or why the pool had to kill it.
+//! Nothing here waits for a process that may still run: a worker whose socket ended may live
+//! on (its task closed the socket, or a process it forked holds a copy), so the fork server,
+//! whose link every pool shares, is asked to reap it only once its pidfd says it exited. A
+//! worker that does not exit by a deadline is killed, with its process group. The job it was
+//! running fails once it is reaped, with how it ended: a signal, an exit code, or why the pool
+//! killed it.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
