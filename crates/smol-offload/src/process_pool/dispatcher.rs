@@ -231,7 +231,7 @@ impl Dispatcher {
                     break;
                 }
             };
-            self.shared.disarm_wake_on_submit();
+            self.shared.wake_on_submit(false);
             idle_ended = false;
             let mut ready_loans = Vec::new();
             // Indices go down, dying workers (listed last) first: a worker let go of meanwhile
@@ -309,7 +309,7 @@ impl Dispatcher {
     fn reclaim_loans(&mut self, loans: impl IntoIterator<Item = Arc<Loan>>) {
         for loan in loans {
             let mut lent = loan.lock();
-            let Some(worker) = lent.take() else {
+            let Some(worker) = lent.worker.take() else {
                 continue;
             };
             // Under the loan's lock, as the loan's task gives a worker back.
@@ -336,7 +336,7 @@ impl Dispatcher {
                 .idle
                 .extend(self.workers.extract_if(.., |worker| worker.is_free()));
             if !state.idle.is_empty() || !state.loans.is_empty() {
-                self.shared.arm_wake_on_submit();
+                self.shared.wake_on_submit(true);
             }
         } else if !closed
             && jobs_wait
@@ -347,7 +347,7 @@ impl Dispatcher {
             return None;
         } else if self.workers.iter().any(WorkerLink::is_idle) {
             // An idle worker at home: a job submitted now must wake the dispatcher.
-            self.shared.arm_wake_on_submit();
+            self.shared.wake_on_submit(true);
         }
         let mut watched = Vec::with_capacity(
             self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
@@ -362,19 +362,11 @@ impl Dispatcher {
         drop(state);
         for loan in loans {
             if let Some((stream, pidfd)) = loan.watch() {
-                watched.push(Watch {
-                    stream: Some(stream),
-                    pidfd,
-                    what: Watched::Lent(Some(loan)),
-                });
+                watched.push(Watch(Some(stream), pidfd, Watched::Lent(Some(loan))));
             }
         }
         for (index, dying) in self.dying.iter().enumerate() {
-            watched.push(Watch {
-                stream: None,
-                pidfd: dying.pidfd.clone(),
-                what: Watched::Dying(index),
-            });
+            watched.push(Watch(None, dying.pidfd.clone(), Watched::Dying(index)));
         }
         // A closed pool forks nothing, and looks for stopped workers while jobs run.
         let wake_at = if closed && !self.workers.iter().all(WorkerLink::is_idle) {
@@ -743,7 +735,7 @@ impl Dispatcher {
         self.take_back_workers(true);
         self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
-            let mut in_flight = worker.in_flight;
+            let in_flight = worker.in_flight;
             drop(worker.stream);
             let mut dying = Dying::new(worker.pid, worker.pidfd, Vec::new(), Cause::Stopped);
             if !in_flight.is_empty() {
@@ -751,7 +743,7 @@ impl Dispatcher {
                 dying.kill_now();
             }
             self.dying.push(dying);
-            for in_flight in in_flight.drain(..) {
+            for in_flight in in_flight {
                 in_flight
                     .job
                     .completion
@@ -817,21 +809,13 @@ fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
     worker
 }
 
-/// One entry of what the dispatcher sleeps on.
-struct Watch {
-    /// The worker's socket; `None` for a dying worker.
-    stream: Option<Arc<Async<UnixStream>>>,
-    pidfd: Arc<OwnedFd>,
-    what: Watched,
-}
+/// One entry of what the dispatcher sleeps on: a worker's socket (`None` for a dying worker),
+/// its pidfd, and which it is.
+struct Watch(Option<Arc<Async<UnixStream>>>, Arc<OwnedFd>, Watched);
 
 impl Watch {
     fn worker(worker: &WorkerLink, what: Watched) -> Watch {
-        Watch {
-            stream: Some(worker.stream.clone()),
-            pidfd: worker.pidfd.clone(),
-            what,
-        }
+        Watch(Some(worker.stream.clone()), worker.pidfd.clone(), what)
     }
 }
 
@@ -855,17 +839,17 @@ impl Sleep {
     /// task nobody polls cannot keep its worker from the queue.
     fn wait(self, shared: &Shared) -> io::Result<Vec<(Watched, bool)>> {
         let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
-        fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
-        for watch in &self.watched {
-            if let Some(stream) = &watch.stream {
-                let events = match watch.what {
+        fds.push(PollFd::new(shared.wake.as_fd(), PollFlags::POLLIN));
+        for Watch(stream, pidfd, what) in &self.watched {
+            if let Some(stream) = stream {
+                let events = match what {
                     // `poll` reports POLLHUP without being asked: the worker's end closed.
                     Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
                     _ => PollFlags::POLLIN,
                 };
                 fds.push(PollFd::new(stream.get_ref().as_fd(), events));
             }
-            fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
         let timeout = self.deadline.map_or(PollTimeout::NONE, timeout_until);
         while let Err(err) = poll(&mut fds, timeout) {
@@ -877,13 +861,16 @@ impl Sleep {
         drop(fds);
         let mut events = events.into_iter();
         if events.next() == Some(true) {
-            shared.clear_wake();
+            let _ = shared.wake.read();
         }
-        let ready = self.watched.into_iter().filter_map(|watch| {
-            let socket = watch.stream.is_some() && events.next() == Some(true);
-            let exited = events.next() == Some(true);
-            (socket || exited).then_some((watch.what, exited))
-        });
+        let ready = self
+            .watched
+            .into_iter()
+            .filter_map(|Watch(stream, _, what)| {
+                let socket = stream.is_some() && events.next() == Some(true);
+                let exited = events.next() == Some(true);
+                (socket || exited).then_some((what, exited))
+            });
         Ok(ready.collect())
     }
 }

@@ -124,11 +124,9 @@ impl Dying {
         }
     }
 
-    /// Kills it now, whatever its deadline.
+    /// Kills it now, whatever its deadline (it was not killed yet).
     pub(crate) fn kill_now(&mut self) {
-        if self.killed_for.is_none() {
-            self.kill(WorkerExit::ClosedLink);
-        }
+        self.kill(WorkerExit::ClosedLink);
     }
 
     fn kill(&mut self, reason: WorkerExit) {

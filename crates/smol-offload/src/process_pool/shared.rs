@@ -38,7 +38,6 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -57,7 +56,8 @@ use crate::task::{Abandon, Assist};
 /// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    wake: EventFd,
+    /// The eventfd the dispatcher sleeps on.
+    pub(super) wake: EventFd,
     /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
     /// workers are lent out: the next job queued must wake it.
     wake_on_submit: AtomicBool,
@@ -233,7 +233,7 @@ impl Shared {
         let job = if worker.is_silent() {
             worker.assign(job);
             if worker.flush().is_ok() {
-                lent.hold(worker);
+                lent.worker = Some(worker);
                 if self.options.task_timeout.is_some() {
                     // The dispatcher sleeps without a deadline for this job: it must arm one.
                     self.wake_dispatcher();
@@ -334,29 +334,14 @@ impl Shared {
     }
 
     /// Asks the next submitter that queues a job to wake the dispatcher (it is going to sleep
-    /// with workers lent out). Called under the queue lock.
-    pub(super) fn arm_wake_on_submit(&self) {
-        self.wake_on_submit.store(true, Ordering::SeqCst);
+    /// with workers lent out), or not (it is awake). Armed under the queue lock.
+    pub(super) fn wake_on_submit(&self, wake: bool) {
+        self.wake_on_submit.store(wake, Ordering::SeqCst);
     }
 
     /// Says whether jobs sent ahead wait behind running ones. Called under the queue lock.
     pub(super) fn set_jobs_sent_ahead(&self, waiting: bool) {
         self.jobs_sent_ahead.store(waiting, Ordering::SeqCst);
-    }
-
-    /// The dispatcher is awake: submitters need not wake it.
-    pub(super) fn disarm_wake_on_submit(&self) {
-        self.wake_on_submit.store(false, Ordering::SeqCst);
-    }
-
-    /// The eventfd the dispatcher sleeps on.
-    pub(super) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
-    }
-
-    /// Clears the eventfd after a wake-up.
-    pub(super) fn clear_wake(&self) {
-        let _ = self.wake.read();
     }
 
     /// Changes the list of the workers' pids, and the `smol_offload_workers` gauge with it.
@@ -690,7 +675,7 @@ impl Assist for LoanAssist {
                 LoanRead::Over(done) => {
                     // Given back under the loan's lock, so that the dispatcher always knows
                     // where the worker is.
-                    let worker = loan.take().expect("the worker is on loan");
+                    let worker = loan.worker.take().expect("the worker is on loan");
                     self.shared.give_back(&self.loan, worker);
                     done
                 }
@@ -710,8 +695,8 @@ impl Drop for LoanAssist {
     /// loan, the dispatcher takes it back and completes the promise.
     fn drop(&mut self) {
         let mut loan = self.loan.lock();
-        loan.forget_waker();
-        if let Some(worker) = loan.take() {
+        loan.waker = None;
+        if let Some(worker) = loan.worker.take() {
             self.shared.give_back(&self.loan, worker);
         }
     }
@@ -721,6 +706,7 @@ impl Drop for LoanAssist {
 mod tests {
     //! The submit and give-back paths, with a socket pair standing in for each worker.
 
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
 
@@ -1096,7 +1082,7 @@ mod tests {
         ));
         assert_eq!(wake_ups(&shared), 0);
         // Asleep with workers lent out: the next job wakes it, the one after does not.
-        shared.arm_wake_on_submit();
+        shared.wake_on_submit(true);
         for name in ["b", "c"] {
             assert!(matches!(
                 shared.submit(job(name, &log)).unwrap(),

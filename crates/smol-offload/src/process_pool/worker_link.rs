@@ -411,10 +411,10 @@ pub(crate) struct Loan {
 
 /// What a loan holds, under its lock.
 pub(crate) struct LoanState {
-    /// `None` once the worker went back to the pool.
-    worker: Option<WorkerLink>,
+    /// The worker, sent its job; `None` before and once it went back to the pool.
+    pub(crate) worker: Option<WorkerLink>,
     /// The waker the task registered last: it is woken when the worker's socket has data.
-    waker: Option<Waker>,
+    pub(crate) waker: Option<Waker>,
 }
 
 /// What [`LoanState::read_reply`] found.
@@ -429,8 +429,8 @@ pub(crate) enum LoanRead {
 }
 
 impl Loan {
-    /// A loan with no worker yet: lock it, register it, send the request, then
-    /// [`hold`](LoanState::hold) the worker.
+    /// A loan with no worker yet: lock it, register it, send the request, then put the worker
+    /// in it.
     pub(crate) fn new() -> Arc<Loan> {
         Arc::new(Loan {
             state: Mutex::new(LoanState {
@@ -463,21 +463,6 @@ impl Loan {
 }
 
 impl LoanState {
-    /// Puts `worker`, which was sent its job, on loan.
-    pub(crate) fn hold(&mut self, worker: WorkerLink) {
-        self.worker = Some(worker);
-    }
-
-    /// Takes the worker off the loan, to give it back to the pool.
-    pub(crate) fn take(&mut self) -> Option<WorkerLink> {
-        self.worker.take()
-    }
-
-    /// Forgets the task's waker: nobody awaits the task any more.
-    pub(crate) fn forget_waker(&mut self) {
-        self.waker = None;
-    }
-
     /// Reads what the worker sent, without blocking. `waker` (or, without one, the waker
     /// remembered from an earlier call) is woken when the socket has more.
     pub(crate) fn read_reply(&mut self, waker: Option<&Waker>) -> LoanRead {
