@@ -187,7 +187,7 @@ impl Dispatcher {
             self.kill_overdue();
             self.retire_spent();
             if closed {
-                self.fail_waiting_jobs();
+                self.fail_waiting_jobs(Shared::refusal);
                 // It waits for the jobs its workers run, but not forever for a stopped worker:
                 // it looks for them every `STOPPED_CHECK`.
                 self.kill_stopped_workers();
@@ -211,7 +211,7 @@ impl Dispatcher {
                          build a new pool once the cause is fixed"
                     )));
                 }
-                self.fail_waiting_jobs();
+                self.fail_waiting_jobs(Shared::refusal);
                 break;
             }
             let sleep = self.prepare_to_sleep(closed);
@@ -227,7 +227,7 @@ impl Dispatcher {
                     self.shared.break_pool(Some(format!(
                         "its dispatcher thread could not wait for its workers ({err})"
                     )));
-                    self.fail_waiting_jobs();
+                    self.fail_waiting_jobs(Shared::refusal);
                     break;
                 }
             };
@@ -280,14 +280,12 @@ impl Dispatcher {
 
     /// Takes back the workers given back, and those lent out while idle if `idle_too`.
     fn take_back_workers(&mut self, idle_too: bool) {
-        let taken: Vec<WorkerLink> = {
-            let mut state = self.shared.lock();
-            let mut taken: Vec<WorkerLink> = state.returned.drain(..).collect();
-            if idle_too {
-                taken.append(&mut state.idle);
-            }
-            taken
-        };
+        let mut state = self.shared.lock();
+        let mut taken = std::mem::take(&mut state.returned);
+        if idle_too {
+            taken.append(&mut state.idle);
+        }
+        drop(state);
         for worker in taken {
             self.take_home(worker);
         }
@@ -621,9 +619,7 @@ impl Dispatcher {
             self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
         }
         if self.workers.is_empty() && self.all_home() {
-            self.fail_waiting_jobs_with(|_| {
-                Error::new(ErrorKind::InitializerFailed(reason.clone()))
-            });
+            self.fail_waiting_jobs(|_| Error::new(ErrorKind::InitializerFailed(reason.clone())));
         }
     }
 
@@ -709,14 +705,9 @@ impl Dispatcher {
         }
     }
 
-    /// Fails every job that no worker holds (queued, or left by a dead worker) with
-    /// [`Shared::refusal`].
-    fn fail_waiting_jobs(&mut self) {
-        self.fail_waiting_jobs_with(Shared::refusal);
-    }
-
-    /// Fails every job that no worker holds with the error that `error` makes.
-    fn fail_waiting_jobs_with(&mut self, error: impl Fn(&Shared) -> Error) {
+    /// Fails every job that no worker holds (queued, or left by a dead worker) with the error
+    /// that `error` makes: [`Shared::refusal`], or the initializer's failure.
+    fn fail_waiting_jobs(&mut self, error: impl Fn(&Shared) -> Error) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
             job.completion.fail(error(&self.shared));
@@ -910,7 +901,7 @@ impl Drop for Dispatcher {
             // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
             // workers exit when their sockets close.
             self.shared.break_pool(None);
-            self.fail_waiting_jobs();
+            self.fail_waiting_jobs(Shared::refusal);
         }
     }
 }

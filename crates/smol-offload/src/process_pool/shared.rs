@@ -514,10 +514,8 @@ impl Abandon for Shared {
     }
 }
 
-// [`PoolOptions`]: what a [`ProcessPoolBuilder`](super::ProcessPoolBuilder) chose besides the
-// number of workers, shared by the submit path and the dispatcher.
-
-/// The settings of one process pool.
+/// The settings of one process pool: what its [`ProcessPoolBuilder`](super::ProcessPoolBuilder)
+/// chose besides the number of workers, shared by the submit path and the dispatcher.
 #[derive(Debug, Default)]
 pub(crate) struct PoolOptions {
     /// The pool's label in metrics and debug mode's reports.
