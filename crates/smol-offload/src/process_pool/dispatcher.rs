@@ -247,9 +247,9 @@ impl Dispatcher {
                 }
             }
             let now = Instant::now();
-            for dying in &mut self.dying {
-                dying.kill_if_late(now);
-            }
+            self.dying
+                .iter_mut()
+                .for_each(|dying| dying.kill_if_late(now));
             self.reclaim_loans(ready_loans);
         }
         self.shut_down_workers();
@@ -392,21 +392,17 @@ impl Dispatcher {
     /// A job for a busy worker must be small (`ahead`): see [`SEND_AHEAD_LIMIT`].
     fn next_job(&mut self, ahead: bool) -> Option<Job> {
         let fits = |job: &Job| !ahead || job.arg.len() <= SEND_AHEAD_LIMIT;
-        while self
-            .retry
-            .front()
-            .is_some_and(|job| job.completion.is_abandoned())
-        {
-            // Sent ahead to a worker that died, and given up on since: nobody waits for it.
-            let job = self.retry.pop_front().expect("checked just above");
-            self.shared.counters.completed();
-            job.completion.fail(Error::new(ErrorKind::Cancelled));
-        }
-        if self.retry.front().is_some_and(fits) {
-            return self.retry.pop_front();
-        }
-        if !self.retry.is_empty() {
-            return None;
+        while let Some(job) = self.retry.pop_front() {
+            if job.completion.is_abandoned() {
+                // Sent ahead to a worker that died, and given up on since: nobody waits for it.
+                self.shared.counters.completed();
+                job.completion.fail(Error::new(ErrorKind::Cancelled));
+            } else if fits(&job) {
+                return Some(job);
+            } else {
+                self.retry.push_front(job);
+                return None;
+            }
         }
         while let Some(job) = self.shared.pop_if(fits) {
             if job.completion.start() {
@@ -752,9 +748,9 @@ impl Dispatcher {
         let mut give_up_at: Option<Instant> = None;
         while !self.dying.is_empty() {
             let now = Instant::now();
-            for dying in &mut self.dying {
-                dying.kill_if_late(now);
-            }
+            self.dying
+                .iter_mut()
+                .for_each(|dying| dying.kill_if_late(now));
             let deadline = match self.dying.iter().filter_map(Dying::kill_at).min() {
                 Some(kill_at) => kill_at,
                 None => *give_up_at.get_or_insert(now + SHUTDOWN_GRACE),

@@ -169,15 +169,10 @@ impl ServerLink {
             Ok(Some((reply, _))) => Ok(reply),
             // The end of the link, or a link the other end reset: the server died.
             Ok(None) => Err(self.mark_gone()),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
-                ) =>
-            {
-                Err(self.mark_gone())
-            }
-            Err(err) => Err(err),
+            Err(err) => match err.raw_os_error() {
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => Err(self.mark_gone()),
+                _ => Err(err),
+            },
         }
     }
 
