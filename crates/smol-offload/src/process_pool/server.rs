@@ -1,11 +1,9 @@
 //! The fork server: a small single-threaded process, forked by [`init`] while the application
-//! is still single-threaded, that forks every worker on request.
-//!
-//! The parent holds one `SOCK_SEQPACKET` link to it. Each request gets one reply, under a lock,
-//! so several pools can share the server. The server answers `Spawn` (with the worker's socket
-//! attached as `SCM_RIGHTS`) by forking a worker, and `Reap` by waiting for a worker that is
-//! exiting and reporting how it ended. When the application dies, the server sees the end of
-//! its link (and gets `SIGKILL` from `PR_SET_PDEATHSIG`), kills its workers and exits.
+//! is still single-threaded, that forks every worker on request over one `SOCK_SEQPACKET` link,
+//! one reply per request under a lock that every pool shares: `Spawn` (the worker's socket
+//! attached as `SCM_RIGHTS`) forks a worker, `Reap` waits for one that is exiting and says how
+//! it ended. When the application dies, the server sees its link end (and gets `SIGKILL` from
+//! `PR_SET_PDEATHSIG`), kills its workers and exits.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

@@ -1,12 +1,16 @@
 //! A worker process: set up after the fork, serve the parent's requests, then exit; and the
 //! [`Claims`] word it shares with the parent, which says which jobs it started.
 
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::byte_buf::Backing;
 use crate::panics::{self, Reporting};
+use crate::process_pool::out_of_line::{self, OutArena};
+use crate::process_pool::wire::{self, FdReader, OutOfLine};
 use crate::sys::{self, ArenaView, CallStatus, ChildGuard, ErasedCall, SealedMapping, SharedWord};
 
 /// Serves requests on `socket` until the parent closes it, then exits, claiming each job in
@@ -43,15 +47,7 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
 /// (through [`ErasedCall::sent_by_parent`], which says why that is sound), and writes the
 /// reply, until the parent closes the socket. Each job is claimed in `claims` first: one the
 /// parent took back is skipped (its memfd still taken off the queue, to keep the others in order).
-fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> io::Result<()> {
-    use crate::byte_buf::Backing;
-    use crate::process_pool::out_of_line::{self, OutArena};
-    use crate::process_pool::wire::FdReader;
-    use crate::process_pool::wire::{self, OutOfLine};
-    use std::io::BufReader;
-    use std::os::fd::AsFd;
-    use std::sync::Arc;
-
+fn serve_requests(stream: &UnixStream, claims: &Claims) -> io::Result<()> {
     let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
@@ -210,7 +206,7 @@ impl Claims {
     /// The worker's view of the word the parent created. Closes `fd`: the mapping keeps the
     /// page, and a descriptor the worker no longer holds is one that no task can misuse.
     pub(crate) fn map(fd: OwnedFd) -> io::Result<Claims> {
-        let word = SharedWord::map(std::os::fd::AsFd::as_fd(&fd))?;
+        let word = SharedWord::map(fd.as_fd())?;
         drop(fd);
         Ok(Claims { word })
     }
