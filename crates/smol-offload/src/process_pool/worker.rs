@@ -52,7 +52,7 @@ fn serve_requests(stream: &UnixStream, claims: &Claims) -> io::Result<()> {
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
     // The parent's request arena, mapped, and this worker's reply arena with the count of
-    // replies written to it (see `process_pool::arena`).
+    // replies written to it (see `out_of_line`).
     let mut request_arena: Option<Arc<ArenaView>> = None;
     let mut reply_arena = OutArena::default();
     let mut arena_replies_written = 0u64;
