@@ -1,13 +1,8 @@
 //! The dispatcher: one thread per pool, blocked in `poll(2)` on the pool's eventfd and the
-//! workers' sockets, that hands queued jobs to idle workers, turns replies into task results,
-//! and replaces workers that die.
-//!
-//! While nothing is queued, the dispatcher lends its idle workers out before it sleeps: a task
-//! submitted then goes straight to a worker and reads its own reply (see
-//! [`Loan`](super::worker_link::Loan)), and the dispatcher is not woken at all. Otherwise submitters push a
-//! job on the queue (see [`shared`](super::shared)) and write the eventfd only when the
-//! dispatcher sleeps with workers lent out, so a burst of submissions costs one wake-up, not
-//! one each.
+//! workers' sockets and pidfds, that hands queued jobs to workers, turns replies into task
+//! results, and replaces workers that die. While nothing is queued, it lends its idle workers
+//! out before it sleeps (see [`Loan`](super::worker_link::Loan)); a job queued then wakes it,
+//! once for a burst (see [`shared`](super::shared)).
 
 use std::collections::VecDeque;
 use std::io;
@@ -42,27 +37,22 @@ const SEND_AHEAD_LIMIT: usize = 4 * 1024;
 /// killed and reaped before the error is returned.
 pub(crate) fn spawn_workers(link: &ServerLink, count: usize) -> io::Result<Vec<WorkerLink>> {
     let mut pids = Vec::with_capacity(count);
-    let mut workers = Vec::with_capacity(count);
-    let result = (|| {
-        for _ in 0..count {
+    // On an error, the workers made so far are dropped (their sockets closed) on the way out.
+    let workers: io::Result<Vec<WorkerLink>> = (0..count)
+        .map(|_| {
             let spawned = server::spawn_worker(link)?;
             pids.push(spawned.pid);
-            workers.push(WorkerLink::new(spawned)?);
-        }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(workers),
-        Err(err) => {
-            drop(workers);
-            for pid in pids {
-                // Killed first, so that the reap does not wait.
-                sys::kill_worker_group(pid);
-                let _ = link.reap(pid);
-            }
-            Err(err)
+            WorkerLink::new(spawned)
+        })
+        .collect();
+    if workers.is_err() {
+        for pid in pids {
+            // Killed first, so that the reap does not wait.
+            sys::kill_worker_group(pid);
+            let _ = link.reap(pid);
         }
     }
+    workers
 }
 
 /// What the dispatcher watches while it sleeps, besides its eventfd.
@@ -74,15 +64,6 @@ enum Watched {
     Lent(Option<Arc<Loan>>),
     /// A dying worker, by index: its pidfd.
     Dying(usize),
-}
-
-/// What one watched entry showed after a sleep.
-#[derive(Clone, Copy, Default)]
-struct Readiness {
-    /// The socket has data or ended.
-    socket: bool,
-    /// The pidfd says the process exited.
-    exited: bool,
 }
 
 /// The dispatcher's state and loop.
@@ -195,7 +176,7 @@ impl Dispatcher {
         loop {
             let closed = self.shared.is_closed();
             if closed {
-                self.reclaim_loans(|_| true);
+                self.reclaim_loans(self.loans());
             }
             // Idle workers stay lent out unless they are needed or one of them ended: taking
             // them back would open a window in which a submitter finds none.
@@ -206,10 +187,9 @@ impl Dispatcher {
             self.kill_overdue();
             self.retire_spent();
             if closed {
-                self.fail_waiting_jobs();
-                // A closed pool waits for the jobs its workers run, but not for a stopped
-                // worker, which would keep it (and its thread) forever: it looks for them
-                // every `STOPPED_CHECK` (the deadline of its sleep).
+                self.fail_waiting_jobs(Shared::refusal);
+                // It waits for the jobs its workers run, but not forever for a stopped worker:
+                // it looks for them every `STOPPED_CHECK`.
                 self.kill_stopped_workers();
                 if self.all_home() && self.workers.iter().all(WorkerLink::is_idle) {
                     break;
@@ -231,7 +211,7 @@ impl Dispatcher {
                          build a new pool once the cause is fixed"
                     )));
                 }
-                self.fail_waiting_jobs();
+                self.fail_waiting_jobs(Shared::refusal);
                 break;
             }
             let sleep = self.prepare_to_sleep(closed);
@@ -241,32 +221,25 @@ impl Dispatcher {
             let Some(sleep) = sleep else {
                 continue;
             };
-            let mut wake_at = self.respawn.at;
-            if closed && self.workers.iter().any(|worker| !worker.is_idle()) {
-                wake_at = Some(Instant::now() + STOPPED_CHECK);
-            }
-            let ready = match sleep.wait(&self.shared, wake_at) {
+            let ready = match sleep.wait(&self.shared) {
                 Ok(ready) => ready,
                 Err(err) => {
                     self.shared.break_pool(Some(format!(
                         "its dispatcher thread could not wait for its workers ({err})"
                     )));
-                    self.fail_waiting_jobs();
+                    self.fail_waiting_jobs(Shared::refusal);
                     break;
                 }
             };
-            self.shared.disarm_wake_on_submit();
+            self.shared.wake_on_submit(false);
             idle_ended = false;
             let mut ready_loans = Vec::new();
             // Indices go down, dying workers (listed last) first: a worker let go of meanwhile
             // moves the last of its list into its place, which was already seen.
-            for (watch, ready) in sleep.watched.into_iter().zip(ready).rev() {
-                if !ready.socket && !ready.exited {
-                    continue;
-                }
-                match watch.what {
+            for (what, exited) in ready.into_iter().rev() {
+                match what {
                     Watched::Own(worker) => {
-                        self.read_replies(worker, ready.exited);
+                        self.read_replies(worker, exited);
                     }
                     Watched::Lent(Some(loan)) => ready_loans.push(loan),
                     Watched::Lent(None) => idle_ended = true,
@@ -274,10 +247,10 @@ impl Dispatcher {
                 }
             }
             let now = Instant::now();
-            for dying in &mut self.dying {
-                dying.kill_if_late(now);
-            }
-            self.reclaim_loans(|loan| ready_loans.iter().any(|ready| Arc::ptr_eq(ready, loan)));
+            self.dying
+                .iter_mut()
+                .for_each(|dying| dying.kill_if_late(now));
+            self.reclaim_loans(ready_loans);
         }
         self.shut_down_workers();
     }
@@ -305,48 +278,42 @@ impl Dispatcher {
         state.loans.is_empty() && state.returned.is_empty() && state.idle.is_empty()
     }
 
-    /// Takes back the workers given back, and those lent out while idle if `idle_too`, and
-    /// reads what they hold: one may have died, or have its reply already there.
+    /// Takes back the workers given back, and those lent out while idle if `idle_too`.
     fn take_back_workers(&mut self, idle_too: bool) {
-        let taken: Vec<WorkerLink> = {
-            let mut state = self.shared.lock();
-            let mut taken: Vec<WorkerLink> = state.returned.drain(..).collect();
-            if idle_too {
-                taken.append(&mut state.idle);
-            }
-            taken
-        };
+        let mut state = self.shared.lock();
+        let mut taken = std::mem::take(&mut state.returned);
+        if idle_too {
+            taken.append(&mut state.idle);
+        }
+        drop(state);
         for worker in taken {
-            self.workers.push(worker);
-            self.read_replies(self.workers.len() - 1, false);
+            self.take_home(worker);
         }
     }
 
-    /// Takes the workers of the loans `which` picks away from their tasks, and reads them.
-    fn reclaim_loans(&mut self, which: impl Fn(&Arc<Loan>) -> bool) {
-        let loans: Vec<Arc<Loan>> = self
-            .shared
-            .lock()
-            .loans
-            .iter()
-            .filter(|loan| which(loan))
-            .cloned()
-            .collect();
-        // The queue lock is not held here: a loan's lock comes first.
+    /// Holds `worker` again and reads what it holds: it may have died, or have its reply there.
+    fn take_home(&mut self, worker: WorkerLink) {
+        self.workers.push(worker);
+        self.read_replies(self.workers.len() - 1, false);
+    }
+
+    /// The loans in progress, listed under the queue lock, which is released on return: a
+    /// loan's lock comes first.
+    fn loans(&self) -> Vec<Arc<Loan>> {
+        self.shared.lock().loans.clone()
+    }
+
+    /// Takes the workers of `loans` that still hold one away from their tasks, and reads them.
+    fn reclaim_loans(&mut self, loans: impl IntoIterator<Item = Arc<Loan>>) {
         for loan in loans {
-            let worker = {
-                let mut lent = loan.lock();
-                let worker = lent.take();
-                if worker.is_some() {
-                    // Under the loan's lock, as the loan's task gives a worker back.
-                    self.shared.end_loan(&loan);
-                }
-                worker
+            let mut lent = loan.lock();
+            let Some(worker) = lent.worker.take() else {
+                continue;
             };
-            if let Some(worker) = worker {
-                self.workers.push(worker);
-                self.read_replies(self.workers.len() - 1, false);
-            }
+            // Under the loan's lock, as the loan's task gives a worker back.
+            self.shared.lock().forget(&loan);
+            drop(lent);
+            self.take_home(worker);
         }
     }
 
@@ -363,31 +330,22 @@ impl Dispatcher {
         let sent_ahead = self.has_jobs_sent_ahead();
         self.shared.set_jobs_sent_ahead(sent_ahead);
         if !closed && !jobs_wait && !sent_ahead {
-            let mut index = 0;
-            while index < self.workers.len() {
-                if self.workers[index].is_idle() && self.workers[index].can_take() {
-                    state.idle.push(self.workers.swap_remove(index));
-                } else {
-                    index += 1;
-                }
-            }
+            state
+                .idle
+                .extend(self.workers.extract_if(.., |worker| worker.is_free()));
             if !state.idle.is_empty() || !state.loans.is_empty() {
-                self.shared.arm_wake_on_submit();
+                self.shared.wake_on_submit(true);
             }
         } else if !closed
             && jobs_wait
-            && (!state.idle.is_empty()
-                || self
-                    .workers
-                    .iter()
-                    .any(|worker| worker.is_idle() && worker.can_take()))
+            && (!state.idle.is_empty() || self.workers.iter().any(WorkerLink::is_free))
         {
             // Jobs came in after the idle workers were taken back and handed jobs: go round
             // again to take them back and hand these out too.
             return None;
         } else if self.workers.iter().any(WorkerLink::is_idle) {
             // An idle worker at home: a job submitted now must wake the dispatcher.
-            self.shared.arm_wake_on_submit();
+            self.shared.wake_on_submit(true);
         }
         let mut watched = Vec::with_capacity(
             self.workers.len() + state.idle.len() + state.loans.len() + self.dying.len(),
@@ -402,25 +360,24 @@ impl Dispatcher {
         drop(state);
         for loan in loans {
             if let Some((stream, pidfd)) = loan.watch() {
-                watched.push(Watch {
-                    stream: Some(stream),
-                    pidfd,
-                    what: Watched::Lent(Some(loan)),
-                });
+                watched.push(Watch(Some(stream), pidfd, Watched::Lent(Some(loan))));
             }
         }
         for (index, dying) in self.dying.iter().enumerate() {
-            watched.push(Watch {
-                stream: None,
-                pidfd: dying.pidfd.clone(),
-                what: Watched::Dying(index),
-            });
+            watched.push(Watch(None, dying.pidfd.clone(), Watched::Dying(index)));
         }
+        // A closed pool forks nothing, and looks for stopped workers while jobs run.
+        let wake_at = if closed && !self.workers.iter().all(WorkerLink::is_idle) {
+            Some(Instant::now() + STOPPED_CHECK)
+        } else {
+            self.respawn.at
+        };
         let deadline = self
             .dying
             .iter()
             .filter_map(Dying::kill_at)
             .chain(self.next_task_deadline())
+            .chain(wake_at)
             .min();
         Some(Sleep {
             watched,
@@ -428,27 +385,24 @@ impl Dispatcher {
             deadline,
         })
     }
+
     /// The next job to send: one a dead worker left, else the oldest queued one that was not
     /// cancelled (which is then marked started).
     ///
     /// A job for a busy worker must be small (`ahead`): see [`SEND_AHEAD_LIMIT`].
     fn next_job(&mut self, ahead: bool) -> Option<Job> {
         let fits = |job: &Job| !ahead || job.arg.len() <= SEND_AHEAD_LIMIT;
-        while self
-            .retry
-            .front()
-            .is_some_and(|job| job.completion.is_abandoned())
-        {
-            // Sent ahead to a worker that died, and given up on since: nobody waits for it.
-            let job = self.retry.pop_front().expect("checked just above");
-            self.shared.counters.completed();
-            job.completion.fail(Error::new(ErrorKind::Cancelled));
-        }
-        if self.retry.front().is_some_and(fits) {
-            return self.retry.pop_front();
-        }
-        if !self.retry.is_empty() {
-            return None;
+        while let Some(job) = self.retry.pop_front() {
+            if job.completion.is_abandoned() {
+                // Sent ahead to a worker that died, and given up on since: nobody waits for it.
+                self.shared.counters.completed();
+                job.completion.fail(Error::new(ErrorKind::Cancelled));
+            } else if fits(&job) {
+                return Some(job);
+            } else {
+                self.retry.push_front(job);
+                return None;
+            }
         }
         while let Some(job) = self.shared.pop_if(fits) {
             if job.completion.start() {
@@ -460,35 +414,27 @@ impl Dispatcher {
     }
 
     fn hand_out_jobs(&mut self) {
-        self.assign_to_idle_workers();
+        self.fill_up_to(1);
         // A worker is idle while another holds jobs sent ahead that it has not started: take
         // them back, so that no job waits behind a running one while a worker is free. (Not
         // from a worker that has yet to claim the oldest job sent to it: that is a moment, and
         // the next pass, at the next reply, takes them.)
-        let idle = |worker: &WorkerLink| worker.is_idle() && worker.can_take();
-        if self.workers.iter().any(idle) && self.has_jobs_sent_ahead() {
-            for index in 0..self.workers.len() {
-                if self.workers[index].in_flight.len() > 1 {
-                    let unstarted = self.workers[index].take_back_sent_ahead();
-                    self.retry.extend(unstarted);
+        if self.workers.iter().any(WorkerLink::is_free) && self.has_jobs_sent_ahead() {
+            for worker in &mut self.workers {
+                if worker.in_flight.len() > 1 {
+                    self.retry.extend(worker.take_back_sent_ahead());
                 }
             }
-            self.assign_to_idle_workers();
+            self.fill_up_to(1);
         }
         let short_tasks = self
             .typical_task
             .is_some_and(|typical| typical < SHORT_TASK);
         let backlog = self.retry.len() + self.shared.queued();
         if short_tasks && backlog >= 2 * self.workers.len() {
-            'fill: for depth in 2..=PIPELINE_DEPTH {
-                for index in 0..self.workers.len() {
-                    if self.workers[index].in_flight.len() < depth && self.workers[index].can_take()
-                    {
-                        let Some(job) = self.next_job(true) else {
-                            break 'fill;
-                        };
-                        self.workers[index].assign(job);
-                    }
+            for depth in 2..=PIPELINE_DEPTH {
+                if !self.fill_up_to(depth) {
+                    break;
                 }
             }
         }
@@ -503,16 +449,26 @@ impl Dispatcher {
         }
     }
 
-    /// One job to each idle worker, so that work spreads before it queues up.
-    fn assign_to_idle_workers(&mut self) {
+    /// Sends one job to each worker that may take one and holds fewer than `depth`: at depth 1,
+    /// to each idle worker, so that work spreads before it queues up; deeper, jobs sent ahead.
+    /// Returns `false` once no job is left to send.
+    fn fill_up_to(&mut self, depth: usize) -> bool {
         for index in 0..self.workers.len() {
-            if self.workers[index].is_idle() && self.workers[index].can_take() {
-                let Some(job) = self.next_job(false) else {
-                    break;
+            if self.workers[index].in_flight.len() < depth && self.workers[index].can_take() {
+                let Some(job) = self.next_job(depth > 1) else {
+                    return false;
                 };
                 self.workers[index].assign(job);
             }
         }
+        true
+    }
+
+    /// Puts `jobs` first in line, in their order.
+    fn retry_first(&mut self, jobs: Vec<Job>) {
+        jobs.into_iter()
+            .rev()
+            .for_each(|job| self.retry.push_front(job));
     }
 
     /// True when a worker holds jobs sent ahead, behind the one it runs.
@@ -540,9 +496,8 @@ impl Dispatcher {
                 }
                 Incoming::Initialized => self.init_failures = 0,
                 Incoming::InitializerFailed(message) => {
-                    let grace = SHUTDOWN_GRACE;
                     let what = format!("panicked: {message}");
-                    self.initializer_failed(index, &what, Cause::Stopped { grace });
+                    self.initializer_failed(index, &what, Cause::Stopped);
                     return false;
                 }
             }
@@ -559,9 +514,8 @@ impl Dispatcher {
 
     /// Kills the workers whose running job was abandoned by its task (timed out, cancelled, or
     /// dropped with `kill_on_drop`), and forks their replacements: the next jobs need not wait
-    /// for work nobody wants. Jobs sent ahead that a worker has not started are taken back
-    /// instead (start claims), once it started the job before them: an abandoned one runs only
-    /// if the worker reaches it first.
+    /// for work nobody wants. Abandoned jobs sent ahead are taken back instead, with the others
+    /// sent ahead (start claims): they run only if the worker reaches them first.
     fn kill_abandoned(&mut self) {
         for index in (0..self.workers.len()).rev() {
             let abandoned_ahead = self.workers[index]
@@ -570,13 +524,9 @@ impl Dispatcher {
                 .skip(1)
                 .any(|waiting| waiting.job.completion.is_abandoned());
             if abandoned_ahead {
-                // Revoked before the worker starts it, a job sent ahead and given up on never
-                // runs and costs no worker; the others revoked with it go first to the next
-                // worker free, and `next_job` drops the abandoned ones.
+                // The others go first to the next worker free; `next_job` drops abandoned ones.
                 let unstarted = self.workers[index].take_back_sent_ahead();
-                for (position, job) in unstarted.into_iter().enumerate() {
-                    self.retry.insert(position, job);
-                }
+                self.retry_first(unstarted);
             }
             let abandoned = self.workers[index]
                 .in_flight
@@ -591,17 +541,9 @@ impl Dispatcher {
     /// With `max_tasks_per_worker`: lets the workers that ran all their tasks go (their socket
     /// closes and they exit) and forks their replacements.
     fn retire_spent(&mut self) {
-        if self.shared.options.max_tasks_per_worker.is_none() {
-            return;
-        }
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].is_spent() {
-                self.let_go(
-                    index,
-                    Cause::Stopped {
-                        grace: SHUTDOWN_GRACE,
-                    },
-                );
+                self.let_go(index, Cause::Stopped);
             }
         }
     }
@@ -614,16 +556,8 @@ impl Dispatcher {
         };
         let now = Instant::now();
         let overdue = |since: Instant| since + limit <= now;
-        // The loans are listed under the queue lock, and each asked under its own lock only
-        // after that is released (a loan's lock comes first).
-        let loans = self.shared.lock().loans.clone();
-        let late: Vec<Arc<Loan>> = loans
-            .into_iter()
-            .filter(|loan| loan.running_since().is_some_and(overdue))
-            .collect();
-        if !late.is_empty() {
-            self.reclaim_loans(|loan| late.iter().any(|late| Arc::ptr_eq(late, loan)));
-        }
+        let loans = self.loans().into_iter();
+        self.reclaim_loans(loans.filter(|loan| loan.running_since().is_some_and(overdue)));
         for index in (0..self.workers.len()).rev() {
             if self.workers[index].running_since().is_some_and(overdue) {
                 self.let_go(index, Cause::Overdue(limit));
@@ -641,7 +575,7 @@ impl Dispatcher {
     /// With a `task_timeout`: when the first running job, on loan or not, outlives it.
     fn next_task_deadline(&self) -> Option<Instant> {
         let limit = self.shared.options.task_timeout?;
-        let loans = self.shared.lock().loans.clone();
+        let loans = self.loans();
         let own = self.workers.iter().filter_map(|worker| {
             worker
                 .running_since()
@@ -662,9 +596,8 @@ impl Dispatcher {
     }
 
     /// The initializer of the worker at `index` failed (`what` says how): lets it go for `cause`,
-    /// and forks its replacement only after a delay that doubles with each failure in a row
-    /// (never a tight fork loop). If no other worker can take the waiting jobs, they fail with
-    /// the initializer's message; after [`INIT_ATTEMPTS`] failures in a row the pool breaks.
+    /// and forks its replacement after [`Respawn`]'s delay. With no other worker, the waiting
+    /// jobs fail with the initializer's message; after [`INIT_ATTEMPTS`] the pool breaks.
     fn initializer_failed(&mut self, index: usize, what: &str, cause: Cause) {
         let pid = self.workers[index].pid;
         self.discard(index, cause);
@@ -673,28 +606,16 @@ impl Dispatcher {
         if self.shared.is_closed() {
             return;
         }
-        let delay = RESPAWN_FIRST_DELAY
-            .saturating_mul(1 << (self.init_failures - 1).min(16))
-            .min(RESPAWN_MAX_DELAY);
         self.respawn.missing += 1;
-        let at = Instant::now() + delay;
+        let at = Instant::now() + Respawn::delay_after(self.init_failures);
         self.respawn.at = Some(self.respawn.at.map_or(at, |other| other.max(at)));
         self.respawn.error = Some(reason.clone());
         if self.init_failures >= INIT_ATTEMPTS {
-            // Counted with the fork failures: the run loop breaks the pool once no worker is
-            // left.
+            // Counted with the fork failures: the pool breaks once no worker is left.
             self.respawn.failures = self.respawn.failures.max(RESPAWN_ATTEMPTS);
         }
         if self.workers.is_empty() && self.all_home() {
-            let error = || Error::new(ErrorKind::InitializerFailed(reason.clone()));
-            for job in self.retry.drain(..) {
-                self.shared.counters.completed();
-                job.completion.fail(error());
-            }
-            while let Some(job) = self.shared.pop() {
-                self.shared.counters.cancelled();
-                job.completion.fail(error());
-            }
+            self.fail_waiting_jobs(|_| Error::new(ErrorKind::InitializerFailed(reason.clone())));
         }
     }
 
@@ -703,25 +624,23 @@ impl Dispatcher {
     fn discard(&mut self, index: usize, cause: Cause) {
         let mut worker = self.workers.swap_remove(index);
         let pid = worker.pid;
-        // The jobs it never started go to others first, the one it ran fails: a worker that
-        // died between two jobs fails none. Taken back before anything else, so that a
-        // worker still alive cannot start them. One that lost too many workers (its own task
-        // may be killing them, see `MOST_LOSSES`) fails with this one instead.
+        // The jobs it never started go to others first (taken back before anything else, so
+        // that a worker still alive cannot start them), the one it ran fails, unless it lost
+        // too many workers (its own task may be killing them, see `MOST_LOSSES`).
         let (given_up, unstarted): (Vec<Job>, Vec<Job>) = worker
             .take_back_unstarted()
             .into_iter()
             .partition(|job| job.lost >= MOST_LOSSES);
-        for (position, job) in unstarted.into_iter().enumerate() {
-            self.retry.insert(position, job);
-        }
+        self.retry_first(unstarted);
         let running = worker
             .in_flight
             .drain(..)
             .map(|running| running.job)
             .collect();
         // Killed (if the cause says so) before its socket closes, which would let it exit.
-        let dying = Dying::new(pid, worker.pidfd.clone(), running, cause);
-        self.dying.push(dying.giving_up(given_up));
+        let mut dying = Dying::new(pid, worker.pidfd.clone(), running, cause);
+        dying.given_up = given_up;
+        self.dying.push(dying);
         drop(worker);
         self.shared
             .change_pids(|pids| pids.retain(|&other| other != pid));
@@ -732,26 +651,21 @@ impl Dispatcher {
     /// job fails.
     fn kill_stopped_workers(&mut self) {
         let now = Instant::now();
-        let mut stopped = Vec::new();
-        for worker in self.workers.iter().filter(|worker| !worker.is_idle()) {
-            if is_stopped(worker.pid) {
-                let since = self
-                    .stopped
-                    .iter()
-                    .find(|(pid, _)| *pid == worker.pid)
-                    .map_or(now, |&(_, since)| since);
-                stopped.push((worker.pid, since));
-            }
-        }
-        self.stopped = stopped;
+        let before = std::mem::take(&mut self.stopped);
         for index in (0..self.workers.len()).rev() {
-            let pid = self.workers[index].pid;
-            let long_stopped = self
-                .stopped
+            let worker = &self.workers[index];
+            if worker.is_idle() || !is_stopped(worker.pid) {
+                continue;
+            }
+            let pid = worker.pid;
+            let since = before
                 .iter()
-                .any(|&(other, since)| other == pid && now - since >= SHUTDOWN_GRACE);
-            if long_stopped {
+                .find(|&&(other, _)| other == pid)
+                .map_or(now, |&(_, since)| since);
+            if now - since >= SHUTDOWN_GRACE {
                 self.let_go(index, Cause::StoppedAfterClose);
+            } else {
+                self.stopped.push((pid, since));
             }
         }
     }
@@ -764,46 +678,39 @@ impl Dispatcher {
         }
     }
 
-    /// Forks the workers the pool misses; on a failure, tries again after a delay that
-    /// doubles with each failure in a row (never a tight fork loop).
+    /// Forks the workers the pool misses; on a failure, tries again after [`Respawn`]'s delay.
     fn fork_missing_workers(&mut self) {
         while self.respawn.missing > 0 {
-            let spawned = match server::spawn_worker(self.link) {
-                Ok(spawned) => spawned,
-                Err(err) => {
-                    self.respawn.failed(&err);
-                    return;
-                }
-            };
-            let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
-            match WorkerLink::new(spawned) {
+            let forked = server::spawn_worker(self.link).and_then(|spawned| {
+                let (pid, pidfd) = (spawned.pid, spawned.pidfd.clone());
+                WorkerLink::new(spawned).inspect_err(|_| {
+                    // Its socket is closed: it exits at once.
+                    let dying = Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink);
+                    self.dying.push(dying);
+                })
+            });
+            match forked {
                 Ok(worker) => {
-                    let worker = new_worker(&self.shared, worker);
+                    let pid = worker.pid;
+                    self.workers.push(new_worker(&self.shared, worker));
                     self.shared.change_pids(|pids| pids.push(pid));
-                    self.workers.push(worker);
                     self.respawn.succeeded();
                 }
-                Err(err) => {
-                    // Its socket is closed: it exits at once.
-                    self.dying
-                        .push(Dying::new(pid, pidfd, Vec::new(), Cause::ClosedLink));
-                    self.respawn.failed(&err);
-                    return;
-                }
+                Err(err) => return self.respawn.failed(&err),
             }
         }
     }
 
-    /// Fails every job that no worker holds, with a shutdown error: the queued ones and those
-    /// a dead worker left.
-    fn fail_waiting_jobs(&mut self) {
+    /// Fails every job that no worker holds (queued, or left by a dead worker) with the error
+    /// that `error` makes: [`Shared::refusal`], or the initializer's failure.
+    fn fail_waiting_jobs(&mut self, error: impl Fn(&Shared) -> Error) {
         for job in self.retry.drain(..) {
             self.shared.counters.completed();
-            job.completion.fail(self.shared.refusal());
+            job.completion.fail(error(&self.shared));
         }
         while let Some(job) = self.shared.pop() {
             self.shared.counters.cancelled();
-            job.completion.fail(self.shared.refusal());
+            job.completion.fail(error(&self.shared));
         }
     }
 
@@ -811,26 +718,19 @@ impl Dispatcher {
     /// killing those that do not exit within [`SHUTDOWN_GRACE`].
     fn shut_down_workers(&mut self) {
         // Only after a failure can workers still be out: take them all back.
-        self.reclaim_loans(|_| true);
+        self.reclaim_loans(self.loans());
         self.take_back_workers(true);
         self.deliver_results();
         for worker in std::mem::take(&mut self.workers) {
-            let mut in_flight = worker.in_flight;
+            let in_flight = worker.in_flight;
             drop(worker.stream);
-            let mut dying = Dying::new(
-                worker.pid,
-                worker.pidfd,
-                Vec::new(),
-                Cause::Stopped {
-                    grace: SHUTDOWN_GRACE,
-                },
-            );
+            let mut dying = Dying::new(worker.pid, worker.pidfd, Vec::new(), Cause::Stopped);
             if !in_flight.is_empty() {
                 // Only when the dispatcher itself failed: do not wait for its tasks.
                 dying.kill_now();
             }
             self.dying.push(dying);
-            for in_flight in in_flight.drain(..) {
+            for in_flight in in_flight {
                 in_flight
                     .job
                     .completion
@@ -848,9 +748,9 @@ impl Dispatcher {
         let mut give_up_at: Option<Instant> = None;
         while !self.dying.is_empty() {
             let now = Instant::now();
-            for dying in &mut self.dying {
-                dying.kill_if_late(now);
-            }
+            self.dying
+                .iter_mut()
+                .for_each(|dying| dying.kill_if_late(now));
             let deadline = match self.dying.iter().filter_map(Dying::kill_at).min() {
                 Some(kill_at) => kill_at,
                 None => *give_up_at.get_or_insert(now + SHUTDOWN_GRACE),
@@ -896,21 +796,13 @@ fn new_worker(shared: &Shared, mut worker: WorkerLink) -> WorkerLink {
     worker
 }
 
-/// One entry of what the dispatcher sleeps on.
-struct Watch {
-    /// The worker's socket; `None` for a dying worker.
-    stream: Option<Arc<Async<UnixStream>>>,
-    pidfd: Arc<OwnedFd>,
-    what: Watched,
-}
+/// One entry of what the dispatcher sleeps on: a worker's socket (`None` for a dying worker),
+/// its pidfd, and which it is.
+struct Watch(Option<Arc<Async<UnixStream>>>, Arc<OwnedFd>, Watched);
 
 impl Watch {
     fn worker(worker: &WorkerLink, what: Watched) -> Watch {
-        Watch {
-            stream: Some(worker.stream.clone()),
-            pidfd: worker.pidfd.clone(),
-            what,
-        }
+        Watch(Some(worker.stream.clone()), worker.pidfd.clone(), what)
     }
 }
 
@@ -919,53 +811,54 @@ struct Sleep {
     watched: Vec<Watch>,
     /// Jobs wait for a worker: a reply on loan ends the loan.
     jobs_wait: bool,
-    /// When the first dying worker must be killed, if it has not exited by then.
+    /// When to wake up at the latest: a dying worker to kill, a task's time limit, a fork to
+    /// try again, or a look for stopped workers.
     deadline: Option<Instant>,
 }
 
 impl Sleep {
     /// Sleeps in `poll` until the eventfd or a watched worker has something, or the deadline;
-    /// returns what each watched entry showed.
+    /// returns, in order, the watched entries whose socket or pidfd showed something, each
+    /// with whether its process exited.
     ///
     /// Lent workers' sockets are watched for their end only, so that a reply their task reads
     /// does not wake the dispatcher, unless jobs wait: then a reply ends the loan, so that a
     /// task nobody polls cannot keep its worker from the queue.
-    fn wait(&self, shared: &Shared, respawn_at: Option<Instant>) -> io::Result<Vec<Readiness>> {
+    fn wait(self, shared: &Shared) -> io::Result<Vec<(Watched, bool)>> {
         let mut fds = Vec::with_capacity(2 * self.watched.len() + 1);
-        fds.push(PollFd::new(shared.wake_fd(), PollFlags::POLLIN));
-        for watch in &self.watched {
-            if let Some(stream) = &watch.stream {
-                let events = match watch.what {
+        fds.push(PollFd::new(shared.wake.as_fd(), PollFlags::POLLIN));
+        for Watch(stream, pidfd, what) in &self.watched {
+            if let Some(stream) = stream {
+                let events = match what {
                     // `poll` reports POLLHUP without being asked: the worker's end closed.
                     Watched::Lent(_) if !self.jobs_wait => PollFlags::empty(),
                     _ => PollFlags::POLLIN,
                 };
                 fds.push(PollFd::new(stream.get_ref().as_fd(), events));
             }
-            fds.push(PollFd::new(watch.pidfd.as_fd(), PollFlags::POLLIN));
+            fds.push(PollFd::new(pidfd.as_fd(), PollFlags::POLLIN));
         }
-        let deadline = self.deadline.into_iter().chain(respawn_at).min();
-        let timeout = deadline.map_or(PollTimeout::NONE, timeout_until);
-        loop {
-            match poll(&mut fds, timeout) {
-                Ok(_) => break,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(err) => return Err(err.into()),
+        let timeout = self.deadline.map_or(PollTimeout::NONE, timeout_until);
+        while let Err(err) = poll(&mut fds, timeout) {
+            if err != nix::errno::Errno::EINTR {
+                return Err(err.into());
             }
         }
-        let mut ready = fds.iter().map(has_events);
-        if ready.next() == Some(true) {
-            shared.clear_wake();
+        let events: Vec<bool> = fds.iter().map(has_events).collect();
+        drop(fds);
+        let mut events = events.into_iter();
+        if events.next() == Some(true) {
+            let _ = shared.wake.read();
         }
-        let readiness = self
+        let ready = self
             .watched
-            .iter()
-            .map(|watch| Readiness {
-                socket: watch.stream.is_some() && ready.next() == Some(true),
-                exited: ready.next() == Some(true),
-            })
-            .collect();
-        Ok(readiness)
+            .into_iter()
+            .filter_map(|Watch(stream, _, what)| {
+                let socket = stream.is_some() && events.next() == Some(true);
+                let exited = events.next() == Some(true);
+                (socket || exited).then_some((what, exited))
+            });
+        Ok(ready.collect())
     }
 }
 
@@ -1004,7 +897,7 @@ impl Drop for Dispatcher {
             // fail the queued jobs. Jobs held by workers fail as their promises drop, and the
             // workers exit when their sockets close.
             self.shared.break_pool(None);
-            self.fail_waiting_jobs();
+            self.fail_waiting_jobs(Shared::refusal);
         }
     }
 }

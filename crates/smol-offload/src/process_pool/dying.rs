@@ -1,14 +1,11 @@
 //! [`Dying`]: a worker the pool let go of, from the moment it looked broken until it is reaped.
 //!
-//! Nothing here ever waits for a process that may still run. A worker whose socket ended may
-//! still be alive (its task closed the socket, or a process it forked holds a copy), so the
-//! pool watches the worker's pidfd, which the kernel makes readable once the process has
-//! exited, and asks the fork server to reap it only then: the server's `waitpid` returns at
-//! once, and the server's link, which every pool of the process shares, is never held while a
-//! worker runs. A worker that does not exit by a deadline is killed, with its process group.
-//!
-//! The job a dying worker was running fails only once the worker is reaped, with how it ended:
-//! the signal or exit code it died of, or why the pool had to kill it.
+//! Nothing here waits for a process that may still run: a worker whose socket ended may live
+//! on (its task closed the socket, or a process it forked holds a copy), so the fork server,
+//! whose link every pool shares, is asked to reap it only once its pidfd says it exited. A
+//! worker that does not exit by a deadline is killed, with its process group. The job it was
+//! running fails once it is reaped, with how it ended: a signal, an exit code, or why the pool
+//! killed it.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -39,8 +36,8 @@ pub(crate) enum Cause {
     /// It sent bytes that are no reply: it is killed at once.
     Malformed(Malformed),
     /// The pool's dispatcher stopped it (it had nothing to run): killed if it does not exit
-    /// within `grace`.
-    Stopped { grace: Duration },
+    /// within [`SHUTDOWN_GRACE`].
+    Stopped,
     /// The task of the job it runs gave up on it (timed out, cancelled, or dropped with
     /// `kill_on_drop`): it is killed at once.
     Abandoned,
@@ -61,7 +58,7 @@ pub(crate) struct Dying {
     running: Vec<Job>,
     /// The job it may have been running, as far as its claim word tells, that the pool gives
     /// up on: its workers were lost `job::MOST_LOSSES` times. It fails with how this one ended.
-    given_up: Vec<Job>,
+    pub(crate) given_up: Vec<Job>,
     /// Why the pool killed it, once it did: said instead of how it ended.
     killed_for: Option<WorkerExit>,
     /// When to kill it if it has not exited by then.
@@ -100,7 +97,7 @@ impl Dying {
             Cause::Malformed(malformed) => {
                 dying.kill(WorkerExit::MalformedReply(malformed.0));
             }
-            Cause::Stopped { grace } => dying.kill_at = Some(Instant::now() + grace),
+            Cause::Stopped => dying.kill_at = Some(Instant::now() + SHUTDOWN_GRACE),
             Cause::Abandoned => {
                 // Nobody reads the error: the task already resolved.
                 dying.kill(WorkerExit::Signal(libc::SIGKILL));
@@ -115,12 +112,6 @@ impl Dying {
         dying
     }
 
-    /// Adds the jobs the pool gives up on with this worker (see [`Dying::given_up`]).
-    pub(crate) fn giving_up(mut self, jobs: Vec<Job>) -> Dying {
-        self.given_up = jobs;
-        self
-    }
-
     /// The instant it must be killed at, unless it exits first.
     pub(crate) fn kill_at(&self) -> Option<Instant> {
         self.kill_at
@@ -133,11 +124,9 @@ impl Dying {
         }
     }
 
-    /// Kills it now, whatever its deadline.
+    /// Kills it now, whatever its deadline (it was not killed yet).
     pub(crate) fn kill_now(&mut self) {
-        if self.killed_for.is_none() {
-            self.kill(WorkerExit::ClosedLink);
-        }
+        self.kill(WorkerExit::ClosedLink);
     }
 
     fn kill(&mut self, reason: WorkerExit) {

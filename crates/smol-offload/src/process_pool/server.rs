@@ -1,11 +1,9 @@
 //! The fork server: a small single-threaded process, forked by [`init`] while the application
-//! is still single-threaded, that forks every worker on request.
-//!
-//! The parent holds one `SOCK_SEQPACKET` link to it. Each request gets one reply, under a lock,
-//! so several pools can share the server. The server answers `Spawn` (with the worker's socket
-//! attached as `SCM_RIGHTS`) by forking a worker, and `Reap` by waiting for a worker that is
-//! exiting and reporting how it ended. When the application dies, the server sees the end of
-//! its link (and gets `SIGKILL` from `PR_SET_PDEATHSIG`), kills its workers and exits.
+//! is still single-threaded, that forks every worker on request over one `SOCK_SEQPACKET` link,
+//! one reply per request under a lock that every pool shares: `Spawn` (the worker's socket
+//! attached as `SCM_RIGHTS`) forks a worker, `Reap` waits for one that is exiting and says how
+//! it ended. When the application dies, the server sees its link end (and gets `SIGKILL` from
+//! `PR_SET_PDEATHSIG`), kills its workers and exits.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -141,16 +139,6 @@ impl ServerLink {
         }
     }
 
-    /// Forks a worker serving `socket`, with the memfd of its claim word (see
-    /// [`claim`](super::claim)); returns its pid.
-    pub(crate) fn spawn(&self, socket: BorrowedFd<'_>, claims: BorrowedFd<'_>) -> io::Result<u32> {
-        match self.request(&ServerRequest::Spawn, &[socket, claims])? {
-            ServerReply::Spawned { pid } => Ok(pid),
-            ServerReply::Failed { errno } => Err(io::Error::from_raw_os_error(errno)),
-            other => Err(unexpected(&other)),
-        }
-    }
-
     /// Waits for worker `pid` and says how it ended. The server waits in `waitpid`, holding the
     /// link that every pool shares: ask only for a worker known to have exited (its pidfd is
     /// readable) or that was just killed.
@@ -179,15 +167,10 @@ impl ServerLink {
             Ok(Some((reply, _))) => Ok(reply),
             // The end of the link, or a link the other end reset: the server died.
             Ok(None) => Err(self.mark_gone()),
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN)
-                ) =>
-            {
-                Err(self.mark_gone())
-            }
-            Err(err) => Err(err),
+            Err(err) => match err.raw_os_error() {
+                Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN) => Err(self.mark_gone()),
+                _ => Err(err),
+            },
         }
     }
 
@@ -280,21 +263,14 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
     let server = std::process::id();
     let mut workers: Vec<u32> = Vec::new();
     loop {
-        let (request, mut fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
+        let (request, fds) = match receive_message::<ServerRequest>(socket.as_fd()) {
             Ok(Some(message)) => message,
             // The application closed the link or died.
             Ok(None) | Err(_) => break,
         };
         // A spawn brings the worker's socket and its claim word, in that order.
-        let (worker_socket, claims) = match fds.len() {
-            2 => {
-                let claims = fds.pop();
-                (fds.pop(), claims)
-            }
-            _ => (None, None),
-        };
-        let reply = match (request, worker_socket, claims) {
-            (ServerRequest::Spawn, Some(worker_socket), Some(claims)) => match sys::fork() {
+        let reply = match (request, <[OwnedFd; 2]>::try_from(fds)) {
+            (ServerRequest::Spawn, Ok([worker_socket, claims])) => match sys::fork() {
                 Ok(Forked::Parent(pid)) => {
                     // The worker does it too: whichever runs first, the group exists before
                     // the parent learns the pid.
@@ -310,12 +286,12 @@ fn serve(socket: OwnedFd, application: u32) -> ! {
                     errno: err.raw_os_error().unwrap_or(libc::EIO),
                 },
             },
-            // The parent always attaches the worker's socket: the server could not take it
-            // (it is out of descriptors).
-            (ServerRequest::Spawn, _, _) => ServerReply::Failed {
+            // The parent always attaches both: the server could not take them (it is out of
+            // descriptors).
+            (ServerRequest::Spawn, Err(_)) => ServerReply::Failed {
                 errno: libc::EMFILE,
             },
-            (ServerRequest::Reap { pid }, _, _) => {
+            (ServerRequest::Reap { pid }, _) => {
                 workers.retain(|&worker| worker != pid);
                 reap(pid)
             }
@@ -364,8 +340,8 @@ pub(crate) struct Spawned {
     pub(crate) pidfd: Arc<OwnedFd>,
 }
 
-/// Creates the parent's end of a new worker's socket pair, forks the worker on the server, and
-/// opens its pidfd.
+/// Creates a new worker's socket pair and claim word, forks the worker on the server with the
+/// worker's ends, and opens its pidfd.
 pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
     let (parent_end, worker_end) = socketpair(
         AddressFamily::Unix,
@@ -374,7 +350,12 @@ pub(crate) fn spawn_worker(link: &ServerLink) -> io::Result<Spawned> {
         SockFlag::SOCK_CLOEXEC,
     )?;
     let (claims, claims_fd) = Claims::create()?;
-    let pid = link.spawn(worker_end.as_fd(), claims_fd.as_fd())?;
+    let fds = [worker_end.as_fd(), claims_fd.as_fd()];
+    let pid = match link.request(&ServerRequest::Spawn, &fds)? {
+        ServerReply::Spawned { pid } => pid,
+        ServerReply::Failed { errno } => return Err(io::Error::from_raw_os_error(errno)),
+        other => return Err(unexpected(&other)),
+    };
     drop(worker_end);
     drop(claims_fd);
     // The server reaps a worker only when asked to, so `pid` is still this worker.

@@ -1,26 +1,21 @@
 //! [`Shared`]: what a pool's handles, its loans and its dispatcher share, and what runs on the
 //! callers' threads: the submit path, and the [`Assist`]s of a task (the work its awaiting side
-//! does itself when polled): [`LoanAssist`] reads the reply of a worker lent to the task;
-//! [`RoomAssist`] (and [`Ready`]) wait for room in a full queue.
-//!
-//! A job submitted while nothing is queued and a worker is idle goes straight to that worker
-//! (the worker is *lent* to the job's task, see [`Loan`](super::worker_link::Loan)); otherwise it waits in
-//! the queue for the dispatcher, which is woken through an eventfd only when it sleeps with
-//! workers lent out, so that a burst of submissions costs one wake-up.
+//! does itself when polled): [`LoanAssist`] reads the reply of a worker lent to the task (see
+//! [`Loan`](super::worker_link::Loan)); [`RoomAssist`] (and [`Ready`]) wait for room in a full
+//! queue.
 //!
 //! # Where every worker is
 //!
-//! At every instant a worker is in exactly one place: held by the dispatcher, in [`State::idle`]
-//! (lent out idle, for a submitter to take), in [`State::returned`] (given back to the
-//! dispatcher) or on a loan registered in [`State::loans`]. A worker moves between a loan and
-//! these lists with both the loan's lock and the queue lock held, so the dispatcher never loses
-//! track of one.
+//! Held by the dispatcher, in [`State::idle`] (lent out idle, for a submitter to take), in
+//! [`State::returned`] (given back to the dispatcher) or on a loan registered in
+//! [`State::loans`]: one place at a time. A worker moves between a loan and these lists with
+//! both the loan's lock and the queue lock held, so the dispatcher never loses track of one.
 //!
 //! # Lock order
 //!
 //! 1. a loan's lock ([`Loan::lock`]);
 //! 2. the queue lock ([`Shared::lock`], the [`State`]);
-//! 3. the pid list ([`Shared::pids_mut`]).
+//! 3. the pid list ([`Shared::pids`]).
 //!
 //! A lock may be taken while holding one above it in this list, never the reverse. The one
 //! exception is [`Shared::submit`] locking a loan it has just created under the queue lock:
@@ -31,25 +26,18 @@
 //!
 //! # Backpressure
 //!
-//! With [`queue_limit`](super::ProcessPoolBuilder::queue_limit), at most that
-//! many jobs wait in the pool's queue.
-//!
-//! [`Executor::run`](crate::Executor::run) stays synchronous. A job submitted while the queue
-//! is full is not queued: its task holds it, as a [`RoomAssist`], and puts it in the queue
-//! itself when it is polled and there is room (or sends it straight to a worker that is idle
-//! by then). Until then the task has not started, and dropping it drops the job. A producer
-//! that awaits [`Ready`] (`ProcessPool::ready`) before each `run` never holds more than one job
-//! outside the queue, so the pool's memory stays flat however fast it submits.
-//!
-//! A task detached while it waits for room cannot be polled any more: its job goes to an
-//! overflow list that moves into the queue, in order, as room frees. Only detached tasks grow
-//! that list.
+//! With [`queue_limit`](super::ProcessPoolBuilder::queue_limit), a job submitted while the
+//! queue is full is not queued, and [`Executor::run`](crate::Executor::run) stays synchronous:
+//! its task holds the job, as a [`RoomAssist`], and submits it when polled once there is room;
+//! until then, dropping the task drops the job. A producer that awaits [`Ready`] before each
+//! `run` holds at most one job outside the queue. A task detached while it waits for room
+//! cannot be polled any more: its job goes to an overflow list that moves into the queue, in
+//! order, as room frees.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -61,14 +49,15 @@ use crate::error::{Error, ErrorKind};
 use crate::process_pool::job::Job;
 use crate::process_pool::out_of_line;
 use crate::process_pool::worker_link::WorkerLink;
-use crate::process_pool::worker_link::{Loan, LoanRead};
+use crate::process_pool::worker_link::{Loan, LoanRead, remember};
 use crate::stats::{self, Counters, Kind, PoolMetrics};
 use crate::task::{Abandon, Assist};
 
 /// What the pool's handles, its loans and its dispatcher share.
 pub(crate) struct Shared {
     state: Mutex<State>,
-    wake: EventFd,
+    /// The eventfd the dispatcher sleeps on.
+    pub(super) wake: EventFd,
     /// Set by the dispatcher, under the state lock, when it sleeps while nothing is queued and
     /// workers are lent out: the next job queued must wake it.
     wake_on_submit: AtomicBool,
@@ -130,15 +119,12 @@ pub(crate) enum Placed {
 }
 
 /// The largest argument sent through the socket straight to an idle worker from the
-/// submitting thread. The send blocks until the socket takes it, which an idle worker's empty
-/// socket buffer does at once for a frame this size; larger ones go through the dispatcher,
-/// except those that go through shared memory (see [`sent_directly`]).
+/// submitting thread: the send blocks, but an idle worker's empty socket buffer takes it at once.
 const DIRECT_SEND_LIMIT: usize = 64 * 1024;
 
 /// Whether an argument of `len` bytes may be sent straight to an idle worker from the
-/// submitting thread: one short enough for the socket to take at once, or one long enough to
-/// go through shared memory, whose frame is short (the submitting thread then writes it into
-/// a new memfd, outside the queue's lock).
+/// submitting thread: one short enough for the socket, or one for shared memory, whose frame
+/// is short (written into a memfd outside the queue's lock). Others go through the dispatcher.
 fn sent_directly(len: usize) -> bool {
     len <= DIRECT_SEND_LIMIT || len > out_of_line::THRESHOLD
 }
@@ -222,9 +208,7 @@ impl Shared {
         }
         state.jobs.push_back(job);
         drop(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
+        self.wake_if_armed();
         Ok(Placed::Queued)
     }
 
@@ -232,11 +216,9 @@ impl Shared {
     fn lend(&self, mut state: MutexGuard<'_, State>, mut worker: WorkerLink, job: Job) -> Placed {
         let started = job.completion.start();
         debug_assert!(started, "nobody holds the task yet");
-        // The loan is registered before the lock is released, so that the dispatcher always
-        // knows where every worker is, and stays locked until the request is sent, so that the
-        // dispatcher cannot take the worker back in between.
-        // (Locking a loan under the queue lock reverses the usual order, but nobody else can
-        // reach this one yet.)
+        // Registered before the queue lock is released, so that the dispatcher always knows
+        // where every worker is, and locked until the request is sent, so that it cannot take
+        // the worker back in between (locked under the queue lock: nobody else can reach it).
         let loan = Loan::new();
         let mut lent = loan.lock();
         state.loans.push(loan.clone());
@@ -244,16 +226,14 @@ impl Shared {
         // a job that went straight to a worker as queued.
         self.counters.picked();
         drop(state);
-        // An idle worker says nothing until it is sent a job. Bytes from it now were written
-        // by what an earlier task left running (a thread, a process it forked): sent this job,
-        // the worker would be found broken in the middle of it, and the job would fail for
-        // them. Looked at once the queue's lock is released, as the job is assigned: a large
-        // argument is copied into a new memfd here. Nobody else can reach the worker
-        // meanwhile, nor its loan, still locked.
+        // An idle worker says nothing until it is sent a job: bytes from it now come from what
+        // an earlier task left running (a thread, a process it forked), and this job would fail
+        // for them. Looked at outside the queue lock, as the job is assigned (a large argument
+        // is copied into a memfd here); nobody else can reach the worker or its loan meanwhile.
         let job = if worker.is_silent() {
             worker.assign(job);
             if worker.flush().is_ok() {
-                lent.hold(worker);
+                lent.worker = Some(worker);
                 if self.options.task_timeout.is_some() {
                     // The dispatcher sleeps without a deadline for this job: it must arm one.
                     self.wake_dispatcher();
@@ -284,11 +264,10 @@ impl Shared {
     pub(crate) fn give_back(&self, loan: &Arc<Loan>, worker: WorkerLink) {
         let mut state = self.lock();
         state.forget(loan);
-        if worker.is_idle()
-            && worker.can_take()
+        if worker.is_free()
             && state.jobs.is_empty()
             && !self.jobs_sent_ahead.load(Ordering::SeqCst)
-            && !self.closed.load(Ordering::SeqCst)
+            && !self.is_closed()
         {
             state.idle.push(worker);
         } else {
@@ -298,11 +277,6 @@ impl Shared {
         }
     }
 
-    /// Forgets a loan whose worker the dispatcher took back.
-    pub(crate) fn end_loan(&self, loan: &Arc<Loan>) {
-        self.lock().forget(loan);
-    }
-
     /// Tells the dispatcher that the last pool handle is gone.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
@@ -310,9 +284,12 @@ impl Shared {
         self.wake_all_waiters();
     }
 
-    /// The pids of the pool's current workers.
+    /// The pids of the pool's current workers (last in the lock order).
     pub(crate) fn pids(&self) -> Vec<u32> {
-        self.pids_mut().clone()
+        self.pids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(super) fn wake_dispatcher(&self) {
@@ -320,15 +297,19 @@ impl Shared {
         let _ = self.wake.write(1);
     }
 
+    /// Wakes the dispatcher if it asked to be woken by the next job queued.
+    fn wake_if_armed(&self) {
+        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
+            self.wake_dispatcher();
+        }
+    }
+
     /// Refuses new work from now on, saying `reason` if given; the caller then fails what is
     /// queued with [`refusal`](Shared::refusal).
     pub(super) fn break_pool(&self, reason: Option<String>) {
         let state = self.lock();
         if let Some(reason) = reason {
-            *self
-                .broken_reason
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
+            *self.broken_reason() = Some(reason);
         }
         self.broken.store(true, Ordering::Release);
         drop(state);
@@ -337,12 +318,14 @@ impl Shared {
 
     /// The error of a job the pool refuses or gives up on: it was closed, or it broke.
     pub(crate) fn refusal(&self) -> Error {
-        let reason = self
-            .broken_reason
+        let reason = self.broken_reason().clone();
+        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
+    }
+
+    fn broken_reason(&self) -> MutexGuard<'_, Option<String>> {
+        self.broken_reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Error::new(reason.map_or(ErrorKind::Shutdown, ErrorKind::Broken))
     }
 
     /// True once the last pool handle is gone.
@@ -351,9 +334,9 @@ impl Shared {
     }
 
     /// Asks the next submitter that queues a job to wake the dispatcher (it is going to sleep
-    /// with workers lent out). Called under the queue lock.
-    pub(super) fn arm_wake_on_submit(&self) {
-        self.wake_on_submit.store(true, Ordering::SeqCst);
+    /// with workers lent out), or not (it is awake). Armed under the queue lock.
+    pub(super) fn wake_on_submit(&self, wake: bool) {
+        self.wake_on_submit.store(wake, Ordering::SeqCst);
     }
 
     /// Says whether jobs sent ahead wait behind running ones. Called under the queue lock.
@@ -361,29 +344,9 @@ impl Shared {
         self.jobs_sent_ahead.store(waiting, Ordering::SeqCst);
     }
 
-    /// The dispatcher is awake: submitters need not wake it.
-    pub(super) fn disarm_wake_on_submit(&self) {
-        self.wake_on_submit.store(false, Ordering::SeqCst);
-    }
-
-    /// The eventfd the dispatcher sleeps on.
-    pub(super) fn wake_fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
-    }
-
-    /// Clears the eventfd after a wake-up.
-    pub(super) fn clear_wake(&self) {
-        let _ = self.wake.read();
-    }
-
-    /// The workers' pids, for [`pids`](Shared::pids) (last in the lock order).
-    pub(super) fn pids_mut(&self) -> MutexGuard<'_, Vec<u32>> {
-        self.pids.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Changes the list of the workers' pids, and the `smol_offload_workers` gauge with it.
     pub(super) fn change_pids(&self, change: impl FnOnce(&mut Vec<u32>)) {
-        let mut pids = self.pids_mut();
+        let mut pids = self.pids.lock().unwrap_or_else(PoisonError::into_inner);
         let before = pids.len();
         change(&mut pids);
         self.counters.metrics.workers_changed(before, pids.len());
@@ -397,25 +360,20 @@ impl Shared {
     /// The oldest queued job, if `fits` accepts it, counted as picked.
     pub(super) fn pop_if(&self, fits: impl Fn(&Job) -> bool) -> Option<Job> {
         let mut state = self.lock();
-        if state.jobs.front().is_some_and(fits) {
-            let job = state.jobs.pop_front();
-            // Counted under the lock, so that `stats()` never sees room refilled first.
-            self.counters.picked();
-            self.made_room(state);
-            job
-        } else {
-            None
-        }
-    }
-
-    pub(super) fn pop(&self) -> Option<Job> {
-        let mut state = self.lock();
-        let job = state.jobs.pop_front();
+        let job = match state.jobs.front() {
+            Some(job) if fits(job) => state.jobs.pop_front(),
+            _ => None,
+        };
         if job.is_some() {
+            // Counted under the lock, so that `stats()` never sees room refilled first.
             self.counters.picked();
         }
         self.made_room(state);
         job
+    }
+
+    pub(super) fn pop(&self) -> Option<Job> {
+        self.pop_if(|_| true)
     }
 
     /// After a job left the queue: moves jobs of detached tasks in from the overflow, and
@@ -516,9 +474,7 @@ impl Shared {
         state.overflow.push_back(job);
         // Room may have freed since the task last looked.
         self.made_room(state);
-        if self.wake_on_submit.swap(false, Ordering::SeqCst) {
-            self.wake_dispatcher();
-        }
+        self.wake_if_armed();
     }
 
     /// Wakes every waiter for room: the pool is closing or broke, and their submissions fail.
@@ -535,15 +491,13 @@ impl Shared {
     }
 }
 
-/// Registers `waker` as waiter `id` for room, replacing what `id` registered before.
+/// Registers `waker` as waiter `id` for room, replacing what `id` registered before
+/// (`clone_from` keeps a waker that wakes the same task).
 fn register_waiter(state: &mut State, id: u64, waker: &Waker) {
-    match state.room_waiters.get_mut(&id) {
-        Some(old) if old.will_wake(waker) => {}
-        Some(old) => old.clone_from(waker),
-        None => {
-            state.room_waiters.insert(id, waker.clone());
-        }
-    }
+    let waiters = state.room_waiters.entry(id);
+    waiters
+        .and_modify(|old| old.clone_from(waker))
+        .or_insert_with(|| waker.clone());
 }
 
 /// The pool's side of [`Task::timeout`](crate::Task::timeout) and [`Task::cancel`](crate::Task::cancel)
@@ -560,10 +514,8 @@ impl Abandon for Shared {
     }
 }
 
-// [`PoolOptions`]: what a [`ProcessPoolBuilder`](super::ProcessPoolBuilder) chose besides the
-// number of workers, shared by the submit path and the dispatcher.
-
-/// The settings of one process pool.
+/// The settings of one process pool: what its [`ProcessPoolBuilder`](super::ProcessPoolBuilder)
+/// chose besides the number of workers, shared by the submit path and the dispatcher.
 #[derive(Debug, Default)]
 pub(crate) struct PoolOptions {
     /// The pool's label in metrics and debug mode's reports.
@@ -625,36 +577,28 @@ impl RoomAssist {
 impl Assist for RoomAssist {
     fn assist(&self, waker: Option<&Waker>) {
         let mut state = self.state();
-        if let Waiting::Job(..) = &*state {
-            let Waiting::Job(job, mut last) = std::mem::replace(&mut *state, Waiting::Placed)
-            else {
-                unreachable!("matched just above");
-            };
-            if let Some(waker) = waker
-                && !last.as_ref().is_some_and(|old| old.will_wake(waker))
-            {
-                last = Some(waker.clone());
-            }
-            let waiter = last.as_ref().map(|waker| (self.waiter, waker));
-            match self.shared.submit_or_wait(job, waiter) {
-                Ok(Placed::Full(job)) => *state = Waiting::Job(job, last),
-                Ok(Placed::Queued) => {}
-                Ok(Placed::Lent(loan)) => {
-                    let lent = LoanAssist {
-                        loan,
-                        shared: self.shared.clone(),
-                    };
-                    // The loan reads the reply with the waker this task was last given: called
-                    // from `is_finished`, `waker` is none.
-                    lent.assist(last.as_ref());
-                    *state = Waiting::Lent(lent);
-                }
-                Err(refused) => refused.completion.fail(self.shared.refusal()),
-            }
-            return;
-        }
         if let Waiting::Lent(lent) = &*state {
-            lent.assist(waker);
+            return lent.assist(waker);
+        }
+        let Waiting::Job(job, mut last) = std::mem::replace(&mut *state, Waiting::Placed) else {
+            return;
+        };
+        remember(&mut last, waker);
+        let waiter = last.as_ref().map(|waker| (self.waiter, waker));
+        match self.shared.submit_or_wait(job, waiter) {
+            Ok(Placed::Full(job)) => *state = Waiting::Job(job, last),
+            Ok(Placed::Queued) => {}
+            Ok(Placed::Lent(loan)) => {
+                let lent = LoanAssist {
+                    loan,
+                    shared: self.shared.clone(),
+                };
+                // The loan reads the reply with the waker this task was last given: called
+                // from `is_finished`, `waker` is none.
+                lent.assist(last.as_ref());
+                *state = Waiting::Lent(lent);
+            }
+            Err(refused) => refused.completion.fail(self.shared.refusal()),
         }
     }
 }
@@ -725,11 +669,11 @@ impl Assist for LoanAssist {
         let done = {
             let mut loan = self.loan.lock();
             match loan.read_reply(waker) {
-                LoanRead::Pending | LoanRead::Gone => None,
+                LoanRead::Pending => None,
                 LoanRead::Over(done) => {
                     // Given back under the loan's lock, so that the dispatcher always knows
                     // where the worker is.
-                    let worker = loan.take().expect("the worker is on loan");
+                    let worker = loan.worker.take().expect("the worker is on loan");
                     self.shared.give_back(&self.loan, worker);
                     done
                 }
@@ -749,8 +693,8 @@ impl Drop for LoanAssist {
     /// loan, the dispatcher takes it back and completes the promise.
     fn drop(&mut self) {
         let mut loan = self.loan.lock();
-        loan.forget_waker();
-        if let Some(worker) = loan.take() {
+        loan.waker = None;
+        if let Some(worker) = loan.worker.take() {
             self.shared.give_back(&self.loan, worker);
         }
     }
@@ -760,6 +704,7 @@ impl Drop for LoanAssist {
 mod tests {
     //! The submit and give-back paths, with a socket pair standing in for each worker.
 
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
     use std::sync::{Arc, Mutex};
 
@@ -1135,7 +1080,7 @@ mod tests {
         ));
         assert_eq!(wake_ups(&shared), 0);
         // Asleep with workers lent out: the next job wakes it, the one after does not.
-        shared.arm_wake_on_submit();
+        shared.wake_on_submit(true);
         for name in ["b", "c"] {
             assert!(matches!(
                 shared.submit(job(name, &log)).unwrap(),

@@ -1,18 +1,21 @@
 //! A worker process: set up after the fork, serve the parent's requests, then exit; and the
 //! [`Claims`] word it shares with the parent, which says which jobs it started.
 
-use std::io::{self, Write};
-use std::os::fd::OwnedFd;
+use std::io::{self, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use crate::byte_buf::Backing;
 use crate::panics::{self, Reporting};
+use crate::process_pool::out_of_line::{self, OutArena};
+use crate::process_pool::wire::{self, FdReader, OutOfLine};
 use crate::sys::{self, ArenaView, CallStatus, ChildGuard, ErasedCall, SealedMapping, SharedWord};
 
 /// Serves requests on `socket` until the parent closes it, then exits, claiming each job in
-/// the claim word of the memfd `claims` before starting it (the page is mapped, and the
-/// descriptor closed, before any task runs). Runs in a process just forked from the fork server
-/// `server`, which closed its own copies of both descriptors; never returns.
+/// the word of the memfd `claims` (mapped, and closed, before any task runs). Runs in a process
+/// just forked from the fork server `server`, which closed its copies of both; never returns.
 pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
     let _guard = ChildGuard;
     // Its own process group: the pool kills the group when the worker ends, taking what a task
@@ -33,46 +36,28 @@ pub(crate) fn serve(socket: OwnedFd, claims: OwnedFd, server: u32) -> ! {
         sys::exit_child(1);
     };
     let stream = UnixStream::from(socket);
-    let code = match serve_requests(&stream, &claims) {
-        Ok(()) => 0,
-        Err(_) => 1,
-    };
+    let code = i32::from(serve_requests(&stream, &claims).is_err());
     // Output written with `print!` sits in the worker's own buffer: flush it, since `_exit`
     // will not.
     let _ = std::io::stdout().flush();
     sys::exit_child(code)
 }
 
-/// The loop of a worker process: reads each request its parent sends on `stream`, calls the
-/// function it names, and writes the reply, until the parent closes the socket. Words read
-/// from the socket become a call through [`ErasedCall::sent_by_parent`], which says why that
-/// is sound.
-///
-/// Each job is claimed in `claims` before it starts: one the parent took back first is skipped
-/// (its shared argument's memfd is still taken off the queue, to keep the others in order).
-fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> io::Result<()> {
-    use crate::byte_buf::Backing;
-    use crate::process_pool::out_of_line::{self, OutArena};
-    use crate::process_pool::wire::FdReader;
-    use crate::process_pool::wire::{self, OutOfLine};
-    use std::io::BufReader;
-    use std::os::fd::AsFd;
-    use std::sync::Arc;
-
+/// The loop of a worker process: reads each request on `stream`, calls the function it names
+/// (through [`ErasedCall::sent_by_parent`], which says why that is sound), and writes the
+/// reply, until the parent closes the socket. Each job is claimed in `claims` first: one the
+/// parent took back is skipped (its memfd still taken off the queue, to keep the others in order).
+fn serve_requests(stream: &UnixStream, claims: &Claims) -> io::Result<()> {
     let mut input = BufReader::with_capacity(64 * 1024, FdReader::blocking(stream));
     let mut buffer = Vec::new();
     let mut reply = Vec::new();
     // The parent's request arena, mapped, and this worker's reply arena with the count of
-    // replies written to it (see `process_pool::arena`).
+    // replies written to it (see `out_of_line`).
     let mut request_arena: Option<Arc<ArenaView>> = None;
     let mut reply_arena = OutArena::default();
     let mut arena_replies_written = 0u64;
-    let missing_fd = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "shared request without its memfd",
-        )
-    };
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what);
+    let missing_fd = || invalid("shared request without its memfd");
     while let Some(request) = wire::read_request(&mut input, &mut buffer)? {
         // The descriptors that came with the frame's bytes are in by now, in order: a sealed
         // argument's memfd, or the parent's new request arena.
@@ -96,10 +81,7 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             // The word went back below this job: something in this worker (a task) wrote over
             // the claim page, and no job could be claimed again. Exit: the parent then runs
             // elsewhere the jobs that never started, instead of waiting for them forever.
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the claim word was written over",
-            ));
+            return Err(invalid("the claim word was written over"));
         }
         // An argument in the arena is read in place, and only for a job claimed: the parent
         // writes the arena again only once the job is answered (or taken back, and then it
@@ -109,12 +91,7 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             let in_arena = request_arena
                 .as_ref()
                 .and_then(|view| Backing::in_arena(view, size))
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "an argument beyond the request arena",
-                    )
-                })?;
+                .ok_or_else(|| invalid("an argument beyond the request arena"))?;
             backing = Some(Arc::new(in_arena));
         }
         let arg = backing.as_deref().map_or(request.arg, Backing::as_slice);
@@ -148,34 +125,27 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
             wire::retain_request_arena(&mut reply);
         }
         // A large result goes to the reply arena once the parent has read the last one there,
-        // else to a fresh sealed memfd (else through the socket).
-        let payload = wire::reply_payload(&reply);
-        if out_of_line::fits_in_arena(payload.len())
+        // else to a fresh memfd (else through the socket). One that is not mostly blocks of
+        // bytes (a `Vec<u8>`, say) is decoded by the parent as a stream, which gives the memory
+        // back as it goes; one that is (a `ByteBuf`) comes sealed, to be read in place.
+        let len = wire::reply_payload(&reply).len();
+        let fd = if out_of_line::fits_in_arena(len)
             && claims.arena_replies_read() == arena_replies_written
-            && let Ok(new_arena) = reply_arena.write(payload)
+            && let Ok(new_arena) = reply_arena.write(wire::reply_payload(&reply))
         {
             arena_replies_written += 1;
             let new = new_arena.is_some();
             wire::move_reply_payload(&mut reply, OutOfLine::Arena { new });
-            match new_arena {
-                Some(fd) => wire::send_with_fd(stream, &reply, fd.as_fd())?,
-                None => wire::send_all(stream, &reply)?,
-            }
-            continue;
-        }
-        // A large returned value that is not mostly blocks of bytes (a `Vec<u8>`, say) is
-        // decoded by the parent as a stream, which gives the memory back as it goes; one that
-        // is (a `ByteBuf`) comes sealed, to be read in place.
-        let large = wire::reply_payload(&reply).len() > out_of_line::THRESHOLD;
-        let streamed = large
+            new_arena
+        } else if len > out_of_line::THRESHOLD
             && status == CallStatus::Returned
-            && crate::codec::last_block_bytes() < wire::reply_payload(&reply).len() / 2;
-        let shared = if streamed {
+            && crate::codec::last_block_bytes() < len / 2
+        {
             wire::stream_reply_payload(&mut reply)
         } else {
             wire::share_reply_payload(&mut reply)
         };
-        match shared {
+        match fd {
             Some(fd) => wire::send_with_fd(stream, &reply, fd.as_fd())?,
             None => wire::send_all(stream, &reply)?,
         }
@@ -183,30 +153,24 @@ fn serve_requests(stream: &std::os::unix::net::UnixStream, claims: &Claims) -> i
     Ok(())
 }
 
-// [`Claims`]: how the parent knows which jobs a worker started, and takes back those it has
-// not, through one word of memory they share.
+// [`Claims`]: one word of memory shared with a worker, which says which jobs it started, so
+// that the parent can take back those it has not.
 //
-// A worker gets its jobs in order, with ids 0, 1, 2, ... The shared word holds the id of the
-// next job the worker may start. Before it starts job `id`, the worker *claims* it: it swaps
-// the word from `id` to `id + 1`, atomically. The parent *revokes* the jobs it sent and the
-// worker has not started by swapping the word, atomically too, from its current value to the
-// id of the next job it will send: a worker that then reads one of those requests finds the
-// word moved past it, and skips it without a reply. Exactly one of the two swaps wins for each
-// job, so a revoked job never starts, and a job the worker claimed is never revoked.
-//
-// The parent uses it to requeue the jobs that provably never started when a worker dies (only
-// the job it was running fails), and to move jobs sent ahead to a busy worker onto an idle
-// one. It costs the worker one compare-and-swap per job, with no system call.
+// Jobs have ids 0, 1, 2, ... in order, and the word holds the id of the next job the worker
+// may start. The worker *claims* job `id` before it starts it, swapping the word from `id` to
+// `id + 1`; the parent *revokes* the jobs not started, swapping the word from its value to the
+// id of the next job it will send, and the worker skips, without a reply, a job the word moved
+// past. Exactly one swap wins for each job. So the parent requeues the jobs a dead worker
+// never started (only its running job fails), and moves jobs sent ahead to a busy worker onto
+// an idle one, for one compare-and-swap per job in the worker.
 //
 // # A hostile worker
 //
-// The page is memory the parent maps and a worker can write, so it is made so that no worker
-// can make an access to it fault: the memfd is sealed against shrinking and growing before the
-// worker gets it (see `sys::SharedWord`), and the worker closes its descriptor as soon as it
-// has mapped the page, so that a task that truncates every descriptor it holds does not even
-// reach it. A task can still write the page through the worker's own mapping, at any time and
-// with any value, so every value the parent reads from it is the worker's word, trusted only
-// for the worker's own jobs:
+// No worker can make an access to the page fault: its memfd is sealed against shrinking and
+// growing before the worker gets it (see `sys::SharedWord`), and the worker closes its
+// descriptor once it mapped the page, out of reach of a task that truncates every descriptor
+// it holds. A task can still write any value over the page at any time, so every value the
+// parent reads from it is trusted only for the worker's own jobs:
 //
 // - *Which jobs it started* is trusted as far as it goes: a word below the truth makes the
 // parent run elsewhere jobs that this worker ran (a second run, whose first result the
@@ -242,7 +206,7 @@ impl Claims {
     /// The worker's view of the word the parent created. Closes `fd`: the mapping keeps the
     /// page, and a descriptor the worker no longer holds is one that no task can misuse.
     pub(crate) fn map(fd: OwnedFd) -> io::Result<Claims> {
-        let word = SharedWord::map(std::os::fd::AsFd::as_fd(&fd))?;
+        let word = SharedWord::map(fd.as_fd())?;
         drop(fd);
         Ok(Claims { word })
     }
@@ -292,11 +256,10 @@ impl Claims {
     }
 
     /// For the parent, taking back jobs from a worker it keeps: like
-    /// [`revoke_unstarted`](Claims::revoke_unstarted), but only if the word says that job
-    /// `started` was started (it is past it), at the instant of the swap; `None`, and nothing
-    /// revoked, otherwise. A worker that moved its word back to make its running job look
-    /// unstarted cannot have it taken back and run again elsewhere this way: only the loss of
-    /// the worker can, which is counted (see `job::MOST_LOSSES`).
+    /// [`revoke_unstarted`](Claims::revoke_unstarted), but only if the word shows job `started`
+    /// started (it is past it) at the instant of the swap; `None`, and nothing revoked,
+    /// otherwise. So a word moved back cannot make a running job run again elsewhere: only the
+    /// worker's loss can, which is counted (see `job::MOST_LOSSES`).
     pub(crate) fn revoke_unstarted_after(&self, started: u64, next_id: u64) -> Option<u64> {
         self.revoke(next_id, started + 1)
     }

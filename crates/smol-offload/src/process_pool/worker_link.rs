@@ -1,9 +1,6 @@
 //! [`WorkerLink`]: the parent's end of one worker process, with the jobs sent to it, and
-//! [`Loan`], the link lent to one task while the worker is idle.
-//!
-//! A link is owned by one party at a time: the dispatcher, or a task that was lent the idle
-//! worker (see [`Loan`]). Whoever owns it sends requests and reads replies; only
-//! the dispatcher ever closes it.
+//! [`Loan`], the link lent to one task while the worker is idle. Whoever owns a link, the
+//! dispatcher or a task, sends requests and reads replies; only the dispatcher closes it.
 
 use std::collections::VecDeque;
 use std::io;
@@ -54,12 +51,11 @@ pub(crate) enum Incoming {
 /// The parent's end of one worker.
 pub(crate) struct WorkerLink {
     pub(crate) pid: u32,
-    /// Registered with the smol reactor, so that a task awaiting a reply can sleep on it. The
-    /// socket stays in blocking mode: reads pass `MSG_DONTWAIT`, and writes block.
+    /// Registered with the smol reactor, for a task awaiting a reply to sleep on, but in
+    /// blocking mode: reads pass `MSG_DONTWAIT`, and writes block.
     pub(crate) stream: Arc<Async<UnixStream>>,
-    /// Readable once the worker process has exited, whoever holds its socket: the dispatcher
-    /// watches it, since the socket alone may outlive the worker (a process the task forked
-    /// holds a copy) or end while it lives (the task closed it).
+    /// Readable once the worker process has exited: its socket may outlive it (a process the
+    /// task forked holds a copy) or end while it lives (the task closed it).
     pub(crate) pidfd: Arc<OwnedFd>,
     /// Which of the jobs sent it started: see [`take_back_unstarted`](Self::take_back_unstarted).
     claims: Claims,
@@ -106,8 +102,7 @@ impl WorkerLink {
     }
 
     /// Queues the request that runs the pool's initializer `call(arg)`, for the next
-    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply. Its panic comes
-    /// back in its reply, and the worker prints it too if `options` say so, as a task's.
+    /// [`flush`](WorkerLink::flush); the worker takes no job until its reply.
     pub(crate) fn initialize(&mut self, call: ErasedCall, options: wire::CallOptions, arg: &[u8]) {
         debug_assert!(self.in_flight.is_empty(), "initialized before any job");
         let id = self.next_id;
@@ -152,6 +147,11 @@ impl WorkerLink {
         self.in_flight.is_empty()
     }
 
+    /// Idle, and it may be sent a job.
+    pub(crate) fn is_free(&self) -> bool {
+        self.is_idle() && self.can_take()
+    }
+
     /// Queues `job`'s request for the next [`flush`](WorkerLink::flush).
     pub(crate) fn assign(&mut self, job: Job) {
         debug_assert!(self.can_take(), "a spent worker was sent a job");
@@ -194,10 +194,9 @@ impl WorkerLink {
         self.in_flight.push_back(InFlight { id, job, in_arena });
     }
 
-    /// Puts a large argument out of the socket's way: in the worker's request arena when it
-    /// fits and no job in flight has its argument there (see [`OutArena`](super::out_of_line::OutArena)), else
-    /// in a fresh sealed memfd. Returns where, with the descriptor to attach to the frame;
-    /// `None` for an argument that goes through the socket (short, or no memfd could be made).
+    /// Puts a large argument in the worker's request arena when it fits and no job in flight has
+    /// its argument there (see [`OutArena`]), else in a fresh sealed memfd. Returns where, with
+    /// the descriptor to attach; `None` through the socket (short, or no memfd could be made).
     fn place_argument(&mut self, arg: &[u8]) -> Option<(OutOfLine, Option<OwnedFd>)> {
         if arg.len() <= out_of_line::THRESHOLD {
             return None;
@@ -216,21 +215,18 @@ impl WorkerLink {
     ///
     /// An error means the worker is gone, and that the last request queued did not reach it.
     pub(crate) fn flush(&mut self) -> io::Result<()> {
-        let stream = self.stream.get_ref();
+        let (stream, outbox) = (self.stream.get_ref(), &self.outbox);
         let mut sent = 0;
-        let mut result = Ok(());
-        for (frame, fd) in self.attached.drain(..) {
-            let (start, end) = (frame.start, frame.end);
-            result = wire::send_all(stream, &self.outbox[sent..start])
-                .and_then(|()| wire::send_with_fd(stream, &self.outbox[start..end], fd.as_fd()));
-            if result.is_err() {
-                break;
-            }
-            sent = end;
-        }
-        if result.is_ok() {
-            result = wire::send_all(stream, &self.outbox[sent..]);
-        }
+        let result = self
+            .attached
+            .drain(..)
+            .try_for_each(|(frame, fd)| {
+                wire::send_all(stream, &outbox[sent..frame.start])?;
+                wire::send_with_fd(stream, &outbox[frame.clone()], fd.as_fd())?;
+                sent = frame.end;
+                Ok(())
+            })
+            .and_then(|()| wire::send_all(stream, &outbox[sent..]));
         self.outbox.clear();
         self.attached.clear();
         result
@@ -239,23 +235,16 @@ impl WorkerLink {
     /// Takes the last job assigned back, after a [`flush`](WorkerLink::flush) that failed: it
     /// never reached the worker.
     pub(crate) fn take_back_last(&mut self) -> Option<Job> {
-        let last = self.in_flight.pop_back()?;
-        if let Some(left) = &mut self.tasks_left {
-            *left += 1;
-        }
         // Its id was never sent: the next job takes it, as the worker expects.
-        self.next_id = last.id;
-        Some(last.job)
+        self.next_id = self.in_flight.back()?.id;
+        self.split_off_from(self.next_id).pop()
     }
 
     /// For a worker being lost: takes back, in order, the jobs sent to it that it has not
-    /// started; it will never start them (see [`claim`](super::claim)). The jobs left in flight
-    /// were started. Call it with every request flushed, and the replies read.
-    ///
-    /// The oldest job in flight, taken back, counts the loss (`Job::lost`): it is the one the
-    /// worker may have been running, for all the parent can tell from a word the worker
-    /// writes. (The worker starts a job only after its reply to the one before, which the
-    /// parent read.) The jobs behind it never ran here.
+    /// started, and never will (see [`Claims`]); those left in flight were started. Call it
+    /// with every request flushed and the replies read. The oldest in flight, taken back,
+    /// counts the loss (`Job::lost`): for all its word tells, the worker may have been running
+    /// it (it starts a job only after its reply to the one before, which was read).
     pub(crate) fn take_back_unstarted(&mut self) -> Vec<Job> {
         debug_assert!(self.outbox.is_empty(), "requests not sent yet");
         let first_revoked = self.claims.revoke_unstarted(self.next_id);
@@ -269,10 +258,8 @@ impl WorkerLink {
     }
 
     /// For a worker the pool keeps: takes back, in order, the jobs sent ahead to it that it has
-    /// not started, but only once it started the oldest in flight (none are taken otherwise).
-    /// The job it runs stays in flight whatever its claim word says: a word moved back cannot
-    /// make a running job run again elsewhere, as long as the worker lives. Call it with every
-    /// request flushed.
+    /// not started, but only once it started the oldest in flight, which stays whatever its
+    /// word says (see [`Claims::revoke_unstarted_after`]). Call it with every request flushed.
     pub(crate) fn take_back_sent_ahead(&mut self) -> Vec<Job> {
         debug_assert!(self.outbox.is_empty(), "requests not sent yet");
         let Some(oldest) = self.in_flight.front() else {
@@ -284,16 +271,16 @@ impl WorkerLink {
         }
     }
 
-    /// Takes the jobs from id `first_revoked` on out of flight: they were revoked.
-    fn split_off_from(&mut self, first_revoked: u64) -> Vec<Job> {
+    /// Takes the jobs from id `first` on out of flight: revoked or never sent, it will never run
+    /// them, and they do not count against its budget.
+    fn split_off_from(&mut self, first: u64) -> Vec<Job> {
         let started = self
             .in_flight
             .iter()
-            .take_while(|in_flight| in_flight.id < first_revoked)
+            .take_while(|in_flight| in_flight.id < first)
             .count();
         let unstarted = self.in_flight.split_off(started);
         if let Some(left) = &mut self.tasks_left {
-            // It will never run them: they do not count against its budget.
             *left += unstarted.len();
         }
         unstarted
@@ -340,17 +327,6 @@ impl WorkerLink {
         matches!(peeked, Err(Errno::EAGAIN))
     }
 
-    /// The length of the reply frame being read, once its length prefix is in.
-    pub(crate) fn next_reply_len(&self) -> Option<usize> {
-        self.replies.next_frame_len()
-    }
-
-    /// Whether the reply frame being read says its payload is in shared memory, once its
-    /// status byte is in.
-    pub(crate) fn next_reply_is_shared(&self) -> bool {
-        self.replies.next_frame_is_shared()
-    }
-
     /// The next reply among the bytes [`receive`](WorkerLink::receive) read.
     pub(crate) fn next_incoming(&mut self) -> Incoming {
         let expected = self
@@ -360,10 +336,8 @@ impl WorkerLink {
         if let Ok(Some(_)) = reply
             && let Some(word) = self.claims.claimed_beyond(self.next_id)
         {
-            // Checked at each reply, while the worker is known to have run a job: a worker that
-            // wrote over its claim page would otherwise skip every job sent to it from now on,
-            // and those would wait forever. The reply goes with the verdict: its job fails with
-            // the worker.
+            // Checked at each reply: a worker that wrote over its claim page would skip every
+            // job sent to it from now on, and those would wait forever. Its job fails with it.
             let why = format!(
                 "a claim word of {word}, past the {} jobs it was sent (it wrote over the memory \
                  it shares with the pool)",
@@ -406,32 +380,29 @@ impl WorkerLink {
     }
 }
 
-// [`Loan`]: an idle worker lent to one task, which reads the worker's reply itself.
-//
-// A task submitted while a worker is idle and nothing is queued skips the dispatcher: the
-// submitting thread writes the request to the idle worker itself, and the task reads the
-// reply on the thread that awaits it, sleeping on the worker's socket through the smol
-// reactor (see [`LoanAssist`](super::shared::LoanAssist)). A lone call then costs what a bare pipe
-// costs: one wake-up of the worker and one of the awaiting thread, where going through the
-// dispatcher adds two more.
-//
-// The dispatcher stays in charge. It watches lent workers for their end (a worker that dies
-// on loan is replaced as usual), and takes a loan back (reading the reply itself) when jobs
-// are queued, so that a task nobody polls cannot keep its worker from them, or when the pool
-// closes. A task that is dropped or detached gives its loan back at once.
-//
-// Locks: a loan's lock comes first in the pool's lock order (see [`shared`](super::shared)):
-// it may be held while taking the queue lock, never the reverse.
+// [`Loan`]: an idle worker lent to one task, whose submitting thread writes the request and
+// whose awaiting thread reads the reply (see [`LoanAssist`](super::shared::LoanAssist)): a lone
+// call costs two wake-ups, as a bare pipe, where the dispatcher adds two more. The dispatcher
+// watches lent workers for their end, and takes a loan back when jobs are queued (a task
+// nobody polls cannot keep its worker from them) or the pool closes. A loan's lock comes first
+// in the pool's lock order (see [`shared`](super::shared)).
 
 /// The longest reply a task reads itself, on the thread that awaits it.
 const DIRECT_REPLY_LIMIT: usize = 64 * 1024;
 
-/// The largest payload in shared memory that a task maps and decodes itself, on the thread
-/// that awaits it. Its frame is short; mapping it costs one `mmap` that populates its pages,
-/// and decoding it costs nothing for a [`ByteBuf`](crate::ByteBuf) (read in place) and one
-/// copy for a `Vec<u8>` (a fraction of a millisecond at this size): less than the two thread
-/// wake-ups that a detour through the dispatcher adds.
+/// The largest payload in shared memory that a task maps and decodes itself: one `mmap`, and
+/// at most one copy (none for a [`ByteBuf`](crate::ByteBuf), read in place), cost less than the
+/// two thread wake-ups of a detour through the dispatcher.
 const DIRECT_SHARED_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Sets `slot` to `waker`, if given and not one that wakes the same task.
+pub(crate) fn remember(slot: &mut Option<Waker>, waker: Option<&Waker>) {
+    if let Some(waker) = waker
+        && !slot.as_ref().is_some_and(|old| old.will_wake(waker))
+    {
+        *slot = Some(waker.clone());
+    }
+}
 
 /// A worker lent to one task, until its reply is read.
 pub(crate) struct Loan {
@@ -440,27 +411,26 @@ pub(crate) struct Loan {
 
 /// What a loan holds, under its lock.
 pub(crate) struct LoanState {
-    /// `None` once the worker went back to the pool.
-    worker: Option<WorkerLink>,
+    /// The worker, sent its job; `None` before and once it went back to the pool.
+    pub(crate) worker: Option<WorkerLink>,
     /// The waker the task registered last: it is woken when the worker's socket has data.
-    waker: Option<Waker>,
+    pub(crate) waker: Option<Waker>,
 }
 
 /// What [`LoanState::read_reply`] found.
 pub(crate) enum LoanRead {
-    /// Nothing to do yet: the waker given (or the one remembered) is woken when there is.
+    /// Nothing to do yet: the waker given (or the one remembered) is woken when there is. Or
+    /// the dispatcher took the worker back already, and completes the job.
     Pending,
     /// The loan is over: take the worker back to the pool. It carries the job's reply when the
     /// task read it; without one, the dispatcher reads it (a long reply), or fails the job (the
     /// worker ended or broke its stream).
     Over(Option<(Job, Reply)>),
-    /// The dispatcher already took the worker back: it completes the job.
-    Gone,
 }
 
 impl Loan {
-    /// A loan with no worker yet: lock it, register it, send the request, then
-    /// [`hold`](LoanState::hold) the worker.
+    /// A loan with no worker yet: lock it, register it, send the request, then put the worker
+    /// in it.
     pub(crate) fn new() -> Arc<Loan> {
         Arc::new(Loan {
             state: Mutex::new(LoanState {
@@ -493,47 +463,28 @@ impl Loan {
 }
 
 impl LoanState {
-    /// Puts `worker`, which was sent its job, on loan.
-    pub(crate) fn hold(&mut self, worker: WorkerLink) {
-        self.worker = Some(worker);
-    }
-
-    /// Takes the worker off the loan, to give it back to the pool.
-    pub(crate) fn take(&mut self) -> Option<WorkerLink> {
-        self.worker.take()
-    }
-
-    /// Forgets the task's waker: nobody awaits the task any more.
-    pub(crate) fn forget_waker(&mut self) {
-        self.waker = None;
-    }
-
     /// Reads what the worker sent, without blocking. `waker` (or, without one, the waker
     /// remembered from an earlier call) is woken when the socket has more.
     pub(crate) fn read_reply(&mut self, waker: Option<&Waker>) -> LoanRead {
-        if let Some(waker) = waker
-            && !self.waker.as_ref().is_some_and(|old| old.will_wake(waker))
-        {
-            self.waker = Some(waker.clone());
-        }
+        remember(&mut self.waker, waker);
         let LoanState {
             worker,
             waker: last_waker,
         } = self;
         let Some(link) = worker.as_mut() else {
-            return LoanRead::Gone;
+            return LoanRead::Pending;
         };
         loop {
             let open = link.receive_up_to(DIRECT_REPLY_LIMIT);
             // A long reply is read and decoded on the dispatcher's thread, not on the thread
             // of an event loop; one whose payload is in shared memory too above
             // `DIRECT_SHARED_LIMIT`, although its frame is short.
-            let limit = if link.next_reply_is_shared() {
+            let limit = if link.replies.next_frame_is_shared() {
                 DIRECT_SHARED_LIMIT
             } else {
                 DIRECT_REPLY_LIMIT
             };
-            if link.next_reply_len() > Some(limit) {
+            if link.replies.next_frame_len() > Some(limit) {
                 return LoanRead::Over(None);
             }
             return match link.next_incoming() {
@@ -554,11 +505,9 @@ impl LoanState {
                     }
                     continue;
                 }
-                // The worker died or broke its stream: the dispatcher fails the job with how it
-                // ended, and forks a replacement.
-                Incoming::Nothing | Incoming::Corrupt(_) => LoanRead::Over(None),
-                // Never lent while it runs the initializer: the dispatcher deals with it.
-                Incoming::Initialized | Incoming::InitializerFailed(_) => LoanRead::Over(None),
+                // The worker died or broke its stream (never lent while it runs the
+                // initializer): the dispatcher finds out, and fails the job with how it ended.
+                _ => LoanRead::Over(None),
             };
         }
     }
