@@ -931,7 +931,7 @@ impl ErasedCall {
     /// `offsets` must be the `to_portable()` of an `ErasedCall` made by [`erase`] in a process
     /// that runs the very same executable (same build) as this one, of code that lies in that
     /// executable (the anchor included). Any other offsets are addresses of arbitrary code,
-    /// which [`invoke`](ErasedCall::invoke) would jump to.
+    /// which the call, once invoked, would jump to.
     pub unsafe fn from_portable(offsets: [i64; 2]) -> ErasedCall {
         let anchor = anchor_address();
         ErasedCall {
