@@ -181,9 +181,13 @@ impl Shared {
             self.queue.poll_run(cx, || self.is_drained())
         }));
         THIS_LOOP.with(|this| this.borrow_mut().take());
-        let mut end = self.end();
-        end.finished = true;
-        end.wakers.drain(..).for_each(Waker::wake);
+        let wakers = {
+            let mut end = self.end();
+            end.finished = true;
+            std::mem::take(&mut end.wakers)
+        };
+        // Woken once the lock is released: a waker may run code that takes it.
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
