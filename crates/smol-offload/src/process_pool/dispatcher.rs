@@ -367,10 +367,12 @@ impl Dispatcher {
             watched.push(Watch(None, dying.pidfd.clone(), Watched::Dying(index)));
         }
         // A closed pool forks nothing, and looks for stopped workers while jobs run.
-        let wake_at = if closed && !self.workers.iter().all(WorkerLink::is_idle) {
-            Some(Instant::now() + STOPPED_CHECK)
-        } else {
+        let wake_at = if !closed {
             self.respawn.at
+        } else if self.workers.iter().all(WorkerLink::is_idle) {
+            None
+        } else {
+            Some(Instant::now() + STOPPED_CHECK)
         };
         let deadline = self
             .dying
