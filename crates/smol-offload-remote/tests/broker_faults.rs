@@ -9,11 +9,10 @@ mod common;
 mod redis_server;
 
 use std::collections::HashMap;
-use std::process::Child;
 use std::time::Duration;
 
-use common::{block_on, in_child};
-use redis_server::{RedisServer, skip_without_redis_server};
+use common::{Workers, block_on, in_child};
+use redis_server::{RedisServer, record, skip_without_redis_server};
 use smol_offload::Executor;
 use smol_offload_remote::{Delivery, RemotePool, RemoteWorker};
 
@@ -26,18 +25,6 @@ const KEY: &str = "broker-faults-test-key-0123456789";
 const WORKER_MARKER: &str = "SMOL_OFFLOAD_TEST_FAULTS_WORKER";
 /// The tasks of each restart test.
 const TASKS: u32 = 400;
-
-/// Worker processes of a test, killed when dropped.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Starts `count` workers of two processes each: this test binary again, in worker mode.
 fn start_workers(broker: &RedisServer, queue: &str, count: usize) -> Workers {
@@ -80,7 +67,7 @@ fn faults_worker_main() {
 /// Waits until `count` workers of `queue` have told the broker they serve it: a worker that
 /// started while the broker was down would exit.
 fn wait_for_workers(broker: &RedisServer, queue: &str, count: usize) {
-    let mut connection = connect(broker);
+    let mut connection = broker.connection();
     loop {
         let serving: usize = redis::cmd("HLEN")
             .arg(format!("smol-offload:{queue}:workers"))
@@ -93,23 +80,10 @@ fn wait_for_workers(broker: &RedisServer, queue: &str, count: usize) {
     }
 }
 
-fn connect(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Records in the list `key` of the server at `url` that it ran, with `tag`.
-fn record_slowly((url, key, tag): (String, String, u32)) -> u32 {
+/// [`record`], 5 ms after it started.
+fn record_slowly(what: (String, String, u32)) -> u32 {
     std::thread::sleep(Duration::from_millis(5));
-    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-    redis::cmd("RPUSH")
-        .arg(&key)
-        .arg(tag)
-        .query::<()>(&mut connection)
-        .unwrap();
-    tag
+    record(what)
 }
 
 /// Waits until the list `key` has at least `count` entries.
@@ -145,7 +119,7 @@ fn run_across_a_restart(
     let tasks: Vec<_> = (0..TASKS)
         .map(|tag| pool.run(record_slowly, (record.url(), "ran".to_owned(), tag)))
         .collect();
-    let mut watch = connect(&record);
+    let mut watch = record.connection();
     wait_for_records(&mut watch, "ran", TASKS as usize / 10);
     broker.restart(keep_data);
     // One wait (and watchdog) per task: each must make progress, however long they all take
@@ -284,7 +258,7 @@ fn a_broker_down_past_the_reconnect_limit_fails_pending_tasks_saying_so_and_run_
         .build()
         .unwrap();
     let pending = pool.run(report_and_hang, (record.url(), "started".to_owned()));
-    let mut watch = connect(&record);
+    let mut watch = record.connection();
     wait_for_records(&mut watch, "started", 1);
     broker.stop();
     // `run` returns at once with the broker down (this would hang otherwise), and its task

@@ -9,8 +9,8 @@ mod redis_server;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{block_on, in_child};
-use redis_server::{RedisServer, skip_without_redis_server};
+use common::{Workers, block_on, in_child};
+use redis_server::{RedisServer, record, skip_without_redis_server};
 use smol_offload::{Executor, ProcessPool, ThreadPool, gather};
 use smol_offload_remote::{Delivery, RemotePool, RemoteWorker};
 
@@ -21,26 +21,6 @@ fn init() {
 
 const KEY: &str = "remote-test-key-0123456789abcdef";
 const WORKER_MARKER: &str = "SMOL_OFFLOAD_TEST_REMOTE_WORKER";
-
-/// A connection to the test's own broker.
-fn connect(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Worker processes of a test, killed when dropped.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Starts this test binary again as a remote worker: `processes` local processes, serving
 /// `queue`, with index `index` (the jobs can read it to say which worker ran them).
@@ -150,17 +130,6 @@ fn report_and_hang((url, key): (String, String)) -> u32 {
     std::process::id()
 }
 
-/// Records in the list `key` that it ran, with `tag`.
-fn record((url, key, tag): (String, String, u32)) -> u32 {
-    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-    redis::cmd("RPUSH")
-        .arg(&key)
-        .arg(tag)
-        .query::<()>(&mut connection)
-        .unwrap();
-    tag
-}
-
 /// Blocks until the stream `key` has had `count` entries (from its start), without polling.
 fn wait_for_entries(connection: &mut redis::Connection, key: &str, count: usize) {
     let mut seen = 0;
@@ -227,7 +196,7 @@ fn blocks_gives_the_same_results_remote_as_local() {
             )
         })
         .collect();
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let runners: std::collections::HashSet<String> = (0..3)
         .map(|_| pop(&mut connection, "blocks-report"))
         .collect();
@@ -269,7 +238,7 @@ fn a_killed_worker_host_has_its_job_retried_on_the_other() {
     let mut workers = start_workers(&redis, "retry", 2, 1);
     let remote = pool(&redis, "retry");
     let task = remote.run(report_and_hang, (redis.url(), "retry-pids".to_owned()));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let line = pop(&mut connection, "retry-pids");
     let (first_pid, index) = line.split_once(' ').unwrap();
     // Kill the whole worker (its processes die with it), as a machine that goes away.
@@ -292,7 +261,7 @@ fn a_killed_worker_process_fails_its_task_at_most_once() {
         .build()
         .unwrap();
     let task = remote.run(report_and_hang, (redis.url(), "once-pids".to_owned()));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let line = pop(&mut connection, "once-pids");
     let pid: i32 = line.split_once(' ').unwrap().0.parse().unwrap();
     nix::sys::signal::kill(
@@ -316,7 +285,7 @@ fn a_job_with_a_bad_signature_is_refused() {
     let honest = pool(&redis, "forged");
     // A forger with another key gets past the fleet's key check: the fleet's fingerprint is
     // deleted while it starts, and put back.
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let fingerprint: String = redis::cmd("GETDEL")
         .arg("smol-offload:forged:fingerprint")
         .query(&mut connection)
@@ -388,7 +357,7 @@ fn a_cancelled_queued_job_never_runs() {
     assert!(err.is_cancelled(), "{err}");
     let marker = remote.run(record, (url.clone(), "cancel-ran".to_owned(), 2));
     // The pool writes in order: once the marker's job is on the stream, so is the withdrawal.
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     wait_for_entries(&mut connection, "smol-offload:cancel:jobs", 2);
     let _workers = start_workers(&redis, "cancel", 1, 1);
     assert_eq!(block_on(marker).unwrap(), 2);
@@ -462,7 +431,7 @@ fn sigterm_stops_a_worker_after_the_job_it_holds() {
         gated,
         (url, "term-report".to_owned(), "term-gate".to_owned()),
     );
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     pop(&mut connection, "term-report");
     let serve_pid = workers.0[0].id() as i32;
     nix::sys::signal::kill(
@@ -493,7 +462,7 @@ fn a_task_past_the_pool_timeout_fails_and_its_job_never_runs() {
             "timeout-gate".to_owned(),
         ),
     );
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     pop(&mut connection, "timeout-report");
     // The only process is busy: this job waits in the queue past its pool's timeout.
     let impatient = RemotePool::builder(&url)
@@ -556,7 +525,7 @@ fn a_killed_worker_host_fails_its_task_at_most_once() {
         .build()
         .unwrap();
     let task = remote.run(report_and_hang, (redis.url(), "host-once-pids".to_owned()));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let line = pop(&mut connection, "host-once-pids");
     let index: usize = line.split_once(' ').unwrap().1.parse().unwrap();
     let serve_pid = workers.0[index].id();
@@ -580,7 +549,7 @@ fn a_killed_worker_process_has_its_job_retried_at_least_once() {
     let _workers = start_workers(&redis, "again", 1, 1);
     let remote = pool(&redis, "again");
     let task = remote.run(report_and_hang, (redis.url(), "again-pids".to_owned()));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let line = pop(&mut connection, "again-pids");
     let pid: i32 = line.split_once(' ').unwrap().0.parse().unwrap();
     nix::sys::signal::kill(
@@ -638,7 +607,7 @@ fn a_remote_task_is_started_once_a_worker_claims_it() {
         gated,
         (url, "started-report".to_owned(), "started-gate".to_owned()),
     );
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     wait_for_entries(&mut connection, "smol-offload:started:jobs", 1);
     assert!(!task.is_started(), "no worker yet");
     let _workers = start_workers(&redis, "started", 1, 1);
@@ -680,7 +649,7 @@ fn cancelling_a_job_a_worker_claimed_first_waits_for_its_result() {
     let remote = pool(&redis, "claimed");
     let url = redis.url();
     let task = remote.run(record, (url, "claimed-ran".to_owned(), 7));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let (client, id, entry) = first_job(&mut connection, "claimed");
     // A worker claimed the job and vanished before its started notice reached the pool.
     redis::cmd("SET")
@@ -708,7 +677,7 @@ fn cancelling_a_job_before_any_worker_claims_it_withdraws_it() {
     let remote = pool(&redis, "withdrawn");
     let url = redis.url();
     let task = remote.run(record, (url.clone(), "withdrawn-ran".to_owned(), 1));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let (client, id, _) = first_job(&mut connection, "withdrawn");
     let err = block_on(task.cancel()).unwrap_err();
     assert!(err.is_cancelled(), "{err}");
@@ -746,7 +715,7 @@ fn a_killed_prefetching_worker_host_has_every_job_it_held_retried() {
     let mut workers = Workers(vec![holder]);
     let remote = pool(&redis, "prefetch");
     let hanging = remote.run(report_and_hang, (redis.url(), "prefetch-pids".to_owned()));
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let line = pop(&mut connection, "prefetch-pids");
     let first_pid = line.split_once(' ').unwrap().0.to_owned();
     // Held by the same worker, behind the hanging job: claimed, so started, but not run.
@@ -779,7 +748,7 @@ fn cancelling_a_running_remote_job_gives_its_result_not_cancelled() {
         gated,
         (url, "running-report".to_owned(), "running-gate".to_owned()),
     );
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     pop(&mut connection, "running-report");
     // The job runs: whether or not its started notice has come yet, cancelling cannot stop
     // it, so it waits for the job and gives its result.

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use common::{block_on, in_child};
-use redis_server::{RedisServer, skip_without_redis_server};
+use common::{Workers, block_on, in_child};
+use redis_server::{RedisServer, record, skip_without_redis_server};
 use smol_offload::{Executor, gather};
 use smol_offload_remote::{RemotePool, RemoteWorker};
 
@@ -25,18 +25,6 @@ fn init() {
 const KEY: &str = "fleet-key-test-key-0123456789abcdef";
 const WRONG_KEY: &str = "not-the-fleet-key-0123456789abcdef";
 const WORKER_MARKER: &str = "SMOL_OFFLOAD_TEST_FLEET_KEY_WORKER";
-
-/// Worker processes of a test, killed when dropped.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// Starts this test binary again as a worker of `queue` with `key`, two processes holding up
 /// to eight jobs each.
@@ -73,24 +61,6 @@ fn fleet_key_worker_main() {
         .unwrap();
 }
 
-fn connect(redis: &RedisServer) -> redis::Connection {
-    redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
-}
-
-/// Records in the list `key` that it ran, with `tag`.
-fn record((url, key, tag): (String, String, u32)) -> u32 {
-    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-    redis::cmd("RPUSH")
-        .arg(&key)
-        .arg(tag)
-        .query::<()>(&mut connection)
-        .unwrap();
-    tag
-}
-
 /// Waits, up to a minute, until the queue has `count` live workers.
 fn wait_for_workers(connection: &mut redis::Connection, queue: &str, count: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -122,7 +92,7 @@ fn a_worker_or_a_pool_with_another_key_refuses_to_start() {
         .unwrap();
     let recorded: String = redis::cmd("GET")
         .arg("smol-offload:keyed:fingerprint")
-        .query(&mut connect(&redis))
+        .query(&mut redis.connection())
         .unwrap();
     assert!(!recorded.contains(KEY), "{recorded}");
     // A stopped worker returns at once, if it starts at all.
@@ -172,7 +142,7 @@ fn a_wrong_key_worker_leaves_the_jobs_it_cannot_verify_to_the_fleet() {
     const JOBS: u32 = 60;
     let redis = RedisServer::start();
     let url = redis.url();
-    let mut connection = connect(&redis);
+    let mut connection = redis.connection();
     let mut workers = Workers(vec![start_worker(&redis, "mixed", KEY)]);
     let pool = RemotePool::builder(&url)
         .queue("mixed")

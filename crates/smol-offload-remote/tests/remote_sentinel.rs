@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{block_on, in_child};
-use redis_server::{RedisServer, skip_without_redis_server};
+use common::{Workers, block_on, in_child};
+use redis_server::{RedisServer, free_port, record, skip_without_redis_server};
 use smol_offload::{Executor, Task, gather};
 use smol_offload_remote::{RemotePool, RemoteWorker};
 
@@ -161,14 +161,6 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn connect(port: u16) -> redis::Connection {
     redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .unwrap()
@@ -195,18 +187,6 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
     while !ready() {
         assert!(std::time::Instant::now() < deadline, "waited a minute");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Worker processes of a test, killed when dropped.
-struct Workers(Vec<Child>);
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
@@ -243,21 +223,14 @@ fn pool(url: &str, queue: &str) -> RemotePool {
         .unwrap()
 }
 
-/// Records in the list `key` of the server at `url` that it ran, with `tag`, a little
-/// after it started.
-fn record((url, key, tag): (String, String, u32)) -> u32 {
+/// [`record`], 20 ms after it started.
+fn record_slowly(what: (String, String, u32)) -> u32 {
     std::thread::sleep(Duration::from_millis(20));
-    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
-    redis::cmd("RPUSH")
-        .arg(&key)
-        .arg(tag)
-        .query::<()>(&mut connection)
-        .unwrap();
-    tag
+    record(what)
 }
 
 fn submit(pool: &RemotePool, witness: &RedisServer, tags: std::ops::Range<u32>) -> Vec<Task<u32>> {
-    tags.map(|tag| pool.run(record, (witness.url(), "ran".to_owned(), tag)))
+    tags.map(|tag| pool.run(record_slowly, (witness.url(), "ran".to_owned(), tag)))
         .collect()
 }
 

@@ -7,7 +7,7 @@ mod core;
 pub(crate) use core::*;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 /// The test binary `exe` (this one, or a copy) started again as a remote worker: it runs only
 /// the `#[ignore]`d test `entry`, which finds the broker's URL in the environment variable
@@ -34,4 +34,17 @@ pub(crate) fn worker_command(
         .env("TEST_QUEUE", queue)
         .stdout(Stdio::null());
     command
+}
+
+/// Worker processes of a test, killed and reaped when dropped, also when the test fails.
+#[allow(dead_code)]
+pub(crate) struct Workers(pub(crate) Vec<Child>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -240,6 +240,14 @@ impl RedisServer {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
+    /// A connection to this server (a plain one: TLS servers need their test's client).
+    pub(crate) fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
     pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -266,10 +274,23 @@ fn on_a_free_port(mut launch: impl FnMut(u16) -> Option<RedisServer>) -> RedisSe
     panic!("redis-server found every free port taken, 20 times in a row");
 }
 
-fn free_port() -> u16 {
+/// A loopback TCP port that was free a moment ago.
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A task that records that it ran: appends `tag` to the list `key` of the server at `url`,
+/// and returns `tag`. Tests judge what ran from that list, not from the pool's word.
+pub(crate) fn record((url, key, tag): (String, String, u32)) -> u32 {
+    let mut connection = redis::Client::open(url).unwrap().get_connection().unwrap();
+    redis::cmd("RPUSH")
+        .arg(&key)
+        .arg(tag)
+        .query::<()>(&mut connection)
+        .unwrap();
+    tag
 }
