@@ -393,27 +393,11 @@ fn marked_or_guilty(task: Marked) -> u64 {
 /// Sends a reply to request `id` whose payload is in a memfd that is not sealed, on every
 /// socket the worker holds (its link to the pool is its only one).
 fn send_unsealed_reply(id: u64) {
-    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
     let fd =
         nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let file = std::fs::File::from(fd);
     file.set_len(1000).unwrap();
-    // Length, id, status (returned, payload in a sealed memfd), payload size.
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&(8u32 + 1 + 8).to_le_bytes());
-    frame.extend_from_slice(&id.to_le_bytes());
-    frame.push(0x80);
-    frame.extend_from_slice(&1000u64.to_le_bytes());
-    let memfd = [std::os::fd::AsRawFd::as_raw_fd(&file)];
-    for socket in common::sockets() {
-        let _ = sendmsg::<()>(
-            socket,
-            &[std::io::IoSlice::new(&frame)],
-            &[ControlMessage::ScmRights(&memfd)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-    }
+    common::send_reply_in_memfd(id, 1000, &file);
 }
 
 /// How many times each task of `0..count` ran, from the file the tasks append their number to.

@@ -195,21 +195,7 @@ fn unsealed_reply(_: ()) -> u64 {
         nix::sys::memfd::memfd_create(c"unsealed", nix::sys::memfd::MFdFlags::empty()).unwrap();
     let mut file = std::fs::File::from(fd);
     file.write_all(&[7; 1000]).unwrap();
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&(8u32 + 1 + 8).to_le_bytes());
-    frame.extend_from_slice(&0u64.to_le_bytes());
-    frame.push(0x80);
-    frame.extend_from_slice(&1000u64.to_le_bytes());
-    let memfd = [std::os::fd::AsRawFd::as_raw_fd(&file)];
-    for socket in common::sockets() {
-        let _ = sendmsg::<()>(
-            socket,
-            &[IoSlice::new(&frame)],
-            &[ControlMessage::ScmRights(&memfd)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
-    }
+    common::send_reply_in_memfd(0, 1000, &file);
     std::thread::sleep(std::time::Duration::from_secs(30));
     unreachable!("the pool kills a worker that sends a malformed reply")
 }

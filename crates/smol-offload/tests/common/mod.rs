@@ -248,6 +248,29 @@ pub(crate) fn wait_until_reaped(pids: &[u32]) {
     }
 }
 
+/// Sends, on every socket this process holds (in a worker, its link to the pool), a reply to
+/// request `id` that says its payload of `size` bytes is in a sealed memfd, with `memfd`
+/// attached: for tasks that play a hostile worker, which choose what `memfd` really is.
+pub(crate) fn send_reply_in_memfd(id: u64, size: u64, memfd: &std::fs::File) {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    // Length, id, status (returned, payload in a sealed memfd), payload size.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(8u32 + 1 + 8).to_le_bytes());
+    frame.extend_from_slice(&id.to_le_bytes());
+    frame.push(0x80);
+    frame.extend_from_slice(&size.to_le_bytes());
+    let fds = [std::os::fd::AsRawFd::as_raw_fd(memfd)];
+    for socket in sockets() {
+        let _ = sendmsg::<()>(
+            socket,
+            &[std::io::IoSlice::new(&frame)],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+    }
+}
+
 /// The descriptors of the sockets this process holds, read from `/proc/self/fd`: in a worker
 /// process, its link to the pool (its only socket), for tasks that play a hostile worker.
 pub(crate) fn sockets() -> Vec<std::os::fd::RawFd> {
